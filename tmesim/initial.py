@@ -1,0 +1,89 @@
+"""Initial conditions: where tumor cells and vessels start, and the initial fields.
+
+Random choices (partial filling, random vessels) use the counter-based generator at step 0 in
+their own streams, so the initial lattice is a pure function of the scenario and seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import codes, rng
+from .grid import Grid
+from .scenario import Scenario, resolve_path
+from .state import State
+
+
+def _centres(grid: Grid) -> list[np.ndarray]:
+    """Voxel-centre coordinates in um, one broadcastable array per axis."""
+    out = []
+    for axis in range(grid.ndim):
+        shape = [1] * grid.ndim
+        shape[axis] = grid.shape[axis]
+        out.append(grid.centers_um(axis).reshape(shape))
+    return out
+
+
+def tumor_region(sc: Scenario, grid: Grid) -> np.ndarray:
+    """Boolean mask (grid shape) of voxels inside the initial tumor region."""
+    ti = sc.init.tumor
+    if ti.shape == "none":
+        return np.zeros(grid.shape, dtype=bool)
+    if ti.shape == "mask":
+        return np.load(resolve_path(sc, ti.mask), allow_pickle=False) != 0
+    centre = ti.center_um or tuple(n * grid.dx_um / 2 for n in grid.shape)
+    xs = _centres(grid)
+    if ti.shape in ("disk", "sphere"):
+        r2 = sum((x - c) ** 2 for x, c in zip(xs, centre))
+        return np.broadcast_to(r2 <= ti.radius_um ** 2, grid.shape).copy()
+    # rectangle / box
+    inside = np.ones(grid.shape, dtype=bool)
+    for x, c, s in zip(xs, centre, ti.size_um):
+        inside &= np.abs(x - c) <= s / 2
+    return inside
+
+
+def vessel_region(sc: Scenario, grid: Grid) -> np.ndarray:
+    """Boolean mask (grid shape) of vessel voxels (before removing those inside the tumor)."""
+    vi = sc.init.vessels
+    if vi.placement == "none":
+        return np.zeros(grid.shape, dtype=bool)
+    if vi.placement == "mask":
+        return np.load(resolve_path(sc, vi.mask), allow_pickle=False) != 0
+    if vi.placement == "random":
+        u = rng.uniform_range(sc.run.seed, 0, rng.INIT_VESSELS, grid.n_sites)
+        return (u < vi.density).reshape(grid.shape)
+    # straight vessels along an axis, on a square lattice of spacing in the other axes
+    axis = {"z": 0, "y": 1, "x": 2}[vi.axis] - (3 - grid.ndim)
+    step = max(1, int(round(vi.spacing_um / grid.dx_um)))
+    mask = np.ones(grid.shape, dtype=bool)
+    for a in range(grid.ndim):
+        if a == axis:
+            continue
+        idx = np.arange(grid.shape[a])
+        offset = (grid.shape[a] % step) // 2 + step // 2
+        on = ((idx - offset) % step) == 0
+        shape = [1] * grid.ndim
+        shape[a] = grid.shape[a]
+        mask &= on.reshape(shape)
+    return mask
+
+
+def initial_state(sc: Scenario, grid: Grid) -> State:
+    """The state at time zero: vessels, tumor cells (all sensitive), fields at their initial value."""
+    state = State.empty(grid, len(sc.fields))
+    vessels = vessel_region(sc, grid).ravel()
+    tumor = tumor_region(sc, grid).ravel()
+    if sc.init.vessels.outside_tumor:
+        vessels &= ~tumor
+    ff = sc.init.tumor.fill_fraction
+    if ff < 1.0:
+        tumor &= rng.uniform_range(sc.run.seed, 0, rng.INIT_TUMOR, grid.n_sites) < ff
+    tumor &= ~vessels
+    state.kind[vessels] = codes.VESSEL
+    state.kind[tumor] = codes.TUMOR
+    state.tumor_state[tumor] = codes.SENSITIVE
+    for i, fc in enumerate(sc.fields):
+        state.fields[i] = fc.initial
+        state.fields[i][vessels] = fc.vessel_value
+    return state

@@ -1,0 +1,89 @@
+"""Reading runs: ``open_run(path)`` gives a lazily loaded xarray Dataset.
+
+Snapshot arrays stay in the file until indexed (xarray's lazy indexing over h5py, the documented
+backend-array protocol), so opening a large run is instant. The file is opened in SWMR mode, so a
+run still being written can be read; call ``ds.close()`` (or use ``with``) to release it.
+
+Dimensions: ``time`` (snapshots, coordinate in hours), ``z``/``y``/``x`` (voxel centres in um) and
+``step`` (time-series rows, with coordinate ``step_time_h``). Snapshot variables: ``kind``,
+``tumor_state`` and one per field; time-series variables: one per column (``n_S``, ``burden``,
+...). Events are in ``ds.attrs["events"]`` as a list of (time_min, kind, detail) tuples.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
+
+from . import schema
+from .hdf5 import attr_str, open_h5
+
+
+class _H5Array(BackendArray):
+    """An h5py dataset seen through xarray's lazy indexing (basic indexing goes to HDF5)."""
+
+    def __init__(self, ds, lock):
+        self.ds = ds
+        self.shape = ds.shape
+        self.dtype = ds.dtype
+        self.lock = lock
+
+    def __getitem__(self, key):
+        return indexing.explicit_indexing_adapter(key, self.shape,
+                                                  indexing.IndexingSupport.OUTER_1VECTOR,
+                                                  self._getitem)
+
+    def _getitem(self, key):
+        with self.lock:
+            return np.asarray(self.ds[key])
+
+
+def open_run(path) -> xr.Dataset:
+    """Open a run file as a lazily loaded xarray Dataset (see the module docstring)."""
+    f = open_h5(path, swmr=True)
+    lock = threading.Lock()
+    shape = tuple(int(s) for s in f.attrs["grid_shape"])
+    dims = ("z", "y", "x")[3 - len(shape):]
+    dx = float(f.attrs["dx_um"])
+    snaps = f[schema.SNAPSHOTS]
+    T = snaps["kind"].shape[0]  # rows of the arrays all agree: snapshot() writes them together
+    coords = {d: (d, (np.arange(n) + 0.5) * dx, {"units": "um"}) for d, n in zip(dims, shape)}
+    coords["time"] = ("time", np.asarray(snaps["time"][:T]) / 60.0, {"units": "h"})
+
+    def lazy(ds, n):
+        arr = indexing.LazilyIndexedArray(_H5Array(ds, lock))
+        return arr[indexing.BasicIndexer((slice(0, n),) + (slice(None),) * len(shape))]
+
+    data_vars = {}
+    for name in ("kind", "tumor_state"):
+        ds = snaps[name]
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in ds.attrs["names"]]
+        data_vars[name] = xr.Variable(("time",) + dims, lazy(ds, T),
+                                      {"names": names, "flag_values": list(range(len(names)))})
+    for name, ds in f[schema.FIELDS].items():
+        data_vars[name] = xr.Variable(("time",) + dims, lazy(ds, T),
+                                      {"units": attr_str(ds, "units")})
+    ts = f[schema.TIMESERIES]
+    N = min(ts[c].shape[0] for c in ts) if len(ts) else 0
+    if N:
+        coords["step_time_h"] = ("step", np.asarray(ts["time_min"][:N]) / 60.0, {"units": "h"})
+        for col, ds in ts.items():
+            data_vars[col] = xr.Variable(("step",), np.asarray(ds[:N]),
+                                         {"units": attr_str(ds, "units")})
+    ev = f[schema.EVENTS]
+    E = min(ev[k].shape[0] for k in ev)
+    events = [(float(t), k.decode() if isinstance(k, bytes) else k,
+               json.loads(d.decode() if isinstance(d, bytes) else d))
+              for t, k, d in zip(ev["time_min"][:E], ev["kind"][:E], ev["detail"][:E])]
+    attrs = {k: attr_str(f, k) for k in ("format", "format_version", "tmesim_version", "backend",
+                                          "device", "created", "scenario", "name")}
+    attrs.update(seed=int(f.attrs["seed"]), dx_um=dx, dt_min=float(f.attrs["dt_min"]),
+                 status=attr_str(f, "status").strip(), events=events, path=str(path))
+    out = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    out.set_close(f.close)
+    return out

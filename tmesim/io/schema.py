@@ -1,0 +1,52 @@
+"""The run-file schema: names, attributes and version, shared by the writer, readers and viewer.
+
+One run, one HDF5 file (DESIGN.md). Axis order is (z, y, x); a 2D run has (y, x).
+
+    /                       attrs: format, format_version, tmesim_version, backend, device, seed,
+                            created, scenario (TOML text), dx_um, dt_min, axes, grid_shape,
+                            kind_names, tumor_state_names, status
+    /snapshots/time         (T,) float64, minutes
+    /snapshots/step         (T,) int64, agent step of each snapshot
+    /snapshots/kind         (T, [Z,] Y, X) uint8, codes in attrs["names"]
+    /snapshots/tumor_state  (T, [Z,] Y, X) uint8, codes in attrs["names"]
+    /snapshots/fields/NAME  (T, [Z,] Y, X) float32, attrs["units"]
+    /timeseries/COLUMN      (N,) float64, one row per agent step, attrs["units"]
+    /events/time_min, /events/kind, /events/detail   (E,) float64, str, str (detail is JSON)
+
+Everything is created before SWMR mode starts and grows along its first axis only, so a reader
+(``h5py.File(path, "r", swmr=True)``) can follow a run while it is written, and a run killed at
+any moment leaves a file that opens, holding everything flushed before the kill.
+"""
+
+FORMAT = "tmesim"
+FORMAT_VERSION = "1.0"          # major.minor: readers refuse a newer major version
+MAJOR = 1
+
+SNAPSHOTS = "snapshots"
+FIELDS = "snapshots/fields"
+TIMESERIES = "timeseries"
+EVENTS = "events"
+
+# Time-series columns every run has, with units; then mean_<field> and mean_<field>_tumor per field.
+BASE_COLUMNS = {
+    "time_min": "min",
+    "n_S": "cells", "n_P": "cells", "n_R": "cells",
+    "n_caf": "cells", "n_tam": "cells", "n_necrotic": "voxels", "n_vessel": "voxels",
+    "burden": "cells",
+    "persister_fraction": "1", "resistant_fraction": "1", "hypoxic_fraction": "1",
+    "divisions": "cells/step", "necroses": "cells/step", "cleared": "voxels/step",
+    "field_sweeps": "sweeps/step",
+}
+
+
+def field_columns(field_names, field_units) -> dict:
+    out = {}
+    for name, units in zip(field_names, field_units):
+        out[f"mean_{name}"] = units
+        out[f"mean_{name}_tumor"] = units
+    return out
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    major, _, minor = str(text).partition(".")
+    return int(major), int(minor or 0)

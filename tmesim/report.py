@@ -1,0 +1,141 @@
+"""``tmesim report``: figures (PNG) and a summary table of a run, from the run file alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import codes
+from .io.reader import open_run
+
+KIND_COLOURS = {  # fixed colours per occupant kind, shared by every figure
+    "empty": "#ffffff", "tumor": "#d62728", "caf": "#2ca02c", "tam": "#9467bd",
+    "vessel": "#1f77b4", "necrotic": "#3a3a3a",
+}
+
+
+def _mid_slice(a: np.ndarray) -> np.ndarray:
+    """The central z plane of a 3D array, or the 2D array itself."""
+    return a[a.shape[0] // 2] if a.ndim == 3 else a
+
+
+def summary_table(ds) -> str:
+    """Initial and final values of the main observables, as aligned text."""
+    rows = [("time", "h", "step_time_h"), ("tumor cells (burden)", "cells", "burden"),
+            ("necrotic voxels", "voxels", "n_necrotic"), ("vessels", "voxels", "n_vessel"),
+            ("hypoxic fraction of tumor", "1", "hypoxic_fraction")]
+    for name in ds.data_vars:
+        if name.startswith("mean_") and name.endswith("_tumor"):
+            rows.append((f"{name[5:-6]} in tumor (mean)", ds[name].attrs.get("units", ""), name))
+    lines = [f"Run '{ds.attrs['name']}' ({ds.attrs['status']}), seed {ds.attrs['seed']}, "
+             f"{ds.attrs['backend']} backend",
+             f"{'observable':32s} {'units':>7s} {'start':>12s} {'end':>12s}"]
+    for label, units, var in rows:
+        v = ds[var].values
+        lines.append(f"{label:32s} {units:>7s} {v[0]:12.4g} {v[-1]:12.4g}")
+    dx = ds.attrs["dx_um"]
+    ndim = len([d for d in ("z", "y", "x") if d in ds.dims])
+    for when, i in (("start", 0), ("end", -1)):
+        n = float(ds["burden"].values[i] + ds["n_necrotic"].values[i])
+        r = (n * 3 / (4 * np.pi)) ** (1 / 3) * dx if ndim == 3 else (n / np.pi) ** 0.5 * dx
+        lines.append(f"{'equivalent radius (' + when + ')':32s} {'um':>7s} {r:12.4g}")
+    return "\n".join(lines)
+
+
+def make_report(path, out_dir=None, times_h=None) -> list[Path]:
+    """Write <run>_population.png and <run>_maps.png; return their paths.
+
+    Args:
+        path: a run file.
+        out_dir: where to write (default: beside the run file).
+        times_h: snapshot times (h) for the maps; default first, middle and last snapshot.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    path = Path(path)
+    out_dir = Path(out_dir) if out_dir else path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    with open_run(path) as ds:
+        t_days = ds["step_time_h"].values / 24.0
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        ax = axes[0]
+        for col, label in (("burden", "tumor cells"), ("n_necrotic", "necrotic"),
+                           ("n_S", "sensitive"), ("n_P", "persister"), ("n_R", "resistant")):
+            v = ds[col].values
+            if v.max() > 0:
+                ax.plot(t_days, v, label=label)
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_xlabel("time (days)")
+        ax.set_ylabel("count")
+        ax.set_title("populations")
+        ax.legend(fontsize=8)
+        ax = axes[1]
+        ax.plot(t_days, ds["hypoxic_fraction"].values, color="tab:purple")
+        ax.set_xlabel("time (days)")
+        ax.set_ylabel("fraction of tumor cells")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("hypoxic fraction")
+        ax = axes[2]
+        for name in ds.data_vars:
+            if name.startswith("mean_") and name.endswith("_tumor"):
+                ax.plot(t_days, ds[name].values, label=f"{name[5:-6]} (tumor mean)")
+            elif name.startswith("mean_"):
+                ax.plot(t_days, ds[name].values, "--", label=f"{name[5:]} (domain mean)")
+        ax.set_xlabel("time (days)")
+        ax.set_title("fields")
+        ax.legend(fontsize=8)
+        fig.suptitle(f"{ds.attrs['name']}  (seed {ds.attrs['seed']})")
+        fig.tight_layout()
+        p = out_dir / f"{path.stem}_population.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+
+        times = ds["time"].values
+        if times_h:
+            idx = [int(np.argmin(np.abs(times - t))) for t in times_h]
+        else:
+            idx = sorted({0, len(times) // 2, len(times) - 1})
+        fields = [n for n in ds.data_vars if ds[n].dims[:1] == ("time",)
+                  and n not in ("kind", "tumor_state")]
+        nrow = 1 + len(fields)
+        fig, axes = plt.subplots(nrow, len(idx), figsize=(4 * len(idx), 3.6 * nrow),
+                                 squeeze=False)
+        cmap = ListedColormap([KIND_COLOURS[k] for k in codes.KIND_NAMES])
+        dims = [d for d in ("z", "y", "x") if d in ds.dims]
+        ext_y = float(ds[dims[-2]].values[-1] + ds.attrs["dx_um"] / 2) / 1000
+        ext_x = float(ds[dims[-1]].values[-1] + ds.attrs["dx_um"] / 2) / 1000
+        extent = (0, ext_x, 0, ext_y)
+        where = " (central z plane)" if len(dims) == 3 else ""
+        for j, i in enumerate(idx):
+            kind = _mid_slice(ds["kind"][i].values)
+            a = axes[0, j]
+            a.imshow(kind, cmap=cmap, vmin=-0.5, vmax=len(codes.KIND_NAMES) - 0.5,
+                     interpolation="nearest", origin="lower", extent=extent)
+            a.set_title(f"occupants, t = {times[i]:.0f} h{where}", fontsize=9)
+            a.set_xlabel("x (mm)")
+            a.set_ylabel("y (mm)")
+            for r, name in enumerate(fields, start=1):
+                a = axes[r, j]
+                da = ds[name]
+                im = a.imshow(_mid_slice(da[i].values), cmap="viridis", origin="lower",
+                              extent=extent)
+                a.set_title(f"{name} ({da.attrs.get('units', '')}), t = {times[i]:.0f} h",
+                            fontsize=9)
+                fig.colorbar(im, ax=a, shrink=0.8)
+        axes[0, -1].legend(handles=[Patch(color=KIND_COLOURS[k], label=k)
+                                    for k in codes.KIND_NAMES if k != "empty"],
+                           loc="upper right", fontsize=7)
+        fig.tight_layout()
+        p = out_dir / f"{path.stem}_maps.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
+        table = summary_table(ds)
+    return written, table

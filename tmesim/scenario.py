@@ -1,0 +1,670 @@
+"""Scenarios: TOML files validated into frozen, typed objects with units and defaults.
+
+A scenario is read once, validated completely, and then never changes. Every quantity carries its
+unit in its key (``dx_um``, ``doubling_time_h``, ``diffusion_um2_per_min``). Anything left out takes
+the default documented here; every default cites where it comes from.
+
+Errors name the dotted key path, the value and what was expected (:class:`ScenarioError`).
+
+Sources of defaults:
+  [PC-het] PhysiCell sample project "heterogeneity" (PhysiCell_settings.xml): oxygen diffusion
+           1e5 um^2/min, decay 0.1 /min, far-field 38 mmHg, tumor uptake 10 /min.
+  [PC-core] PhysiCell core cell parameters (standard O2-dependent phenotype): hypoxic threshold
+           15 mmHg, necrosis threshold 5 mmHg with maximal necrosis at 2.5 mmHg, maximal necrosis
+           rate 1/(6 h); proliferation 0 at 5 mmHg rising linearly to saturation.
+  [PC9]    PC9 doubling time about 24 h (Sharma et al. 2010, Cell 141:69).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .codes import KIND_NAMES
+from .errors import _MISSING, ScenarioError
+
+FACES = ("z-", "z+", "y-", "y+", "x-", "x+")
+
+
+def param(default, unit: str = "", doc: str = "", *, lo=None, hi=None, lo_open=False,
+          choices=None):
+    """A scenario parameter: default, unit, a sentence of documentation and its accepted range.
+
+    ``lo``/``hi`` are inclusive bounds (``lo_open`` makes the lower one exclusive); ``choices`` lists
+    accepted strings.
+    """
+    meta = dict(unit=unit, doc=doc, lo=lo, hi=hi, lo_open=lo_open, choices=choices)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StopConfig:
+    """Conditions that end a run before its duration."""
+    on_extinction: bool = param(True, "", "stop when no tumor cell is left")
+    max_burden: int = param(0, "cells", "stop when the tumor burden reaches this (0: off)", lo=0)
+    wall_time_hours: float = param(0.0, "h", "stop after this much wall-clock time (0: off)", lo=0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The run: identity, random seed, duration, agent time step and output cadence."""
+    name: str = param("tmesim_run", "", "run name, used for the default output file name")
+    seed: int = param(0, "", "random seed; same seed, same run", lo=0, hi=2**63 - 1)
+    duration_days: float = param(7.0, "d", "simulated time", lo=0, lo_open=True)
+    dt_min: float = param(6.0, "min", "agent step (MODEL.md section 2)", lo=0, hi=120,
+                          lo_open=True)
+    snapshot_every_hours: float = param(12.0, "h", "lattice and field snapshots", lo=0,
+                                        lo_open=True)
+    stop: StopConfig = field(default_factory=StopConfig)
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The lattice: 2D (y, x) or 3D (z, y, x), one cell per voxel."""
+    shape: tuple[int, ...] = param((128, 128), "voxels",
+                                   "(y, x) or (z, y, x); the number of entries sets the dimension")
+    dx_um: float = param(20.0, "um", "voxel edge", lo=0, lo_open=True)
+    neighbourhood: str = param("moore", "", "neighbours a daughter may be placed in",
+                               choices=("moore", "von_neumann"))
+
+
+@dataclass(frozen=True)
+class TumorInitConfig:
+    """Initial tumor: a disk (2D), sphere (3D), rectangle/box, a mask file, or none."""
+    shape: str = param("disk", "", "initial tumor geometry",
+                       choices=("disk", "sphere", "rectangle", "mask", "none"))
+    center_um: tuple[float, ...] | None = param(None, "um",
+                                                "centre (z, y, x) or (y, x); default: domain centre")
+    radius_um: float = param(200.0, "um", "disk or sphere radius", lo=0)
+    size_um: tuple[float, ...] | None = param(None, "um", "rectangle extent per axis")
+    mask: str | None = param(None, "", ".npy file of the grid's shape; nonzero voxels get a cell")
+    fill_fraction: float = param(1.0, "", "fraction of the region's voxels that get a cell",
+                                 lo=0, hi=1)
+
+
+@dataclass(frozen=True)
+class VesselInitConfig:
+    """Vessels: fixed voxels that are sources of oxygen (and later of drugs)."""
+    placement: str = param("none", "", "how vessels are placed",
+                           choices=("none", "random", "lines", "mask"))
+    density: float = param(0.0, "", "fraction of voxels that are vessels (random)", lo=0, hi=1)
+    axis: str = param("x", "", "direction of straight vessels (lines)", choices=("x", "y", "z"))
+    spacing_um: float = param(400.0, "um", "distance between straight vessels (lines)", lo=0,
+                              lo_open=True)
+    mask: str | None = param(None, "", ".npy file of the grid's shape; nonzero voxels are vessels")
+    outside_tumor: bool = param(True, "", "keep vessels out of the initial tumor")
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    tumor: TumorInitConfig = field(default_factory=TumorInitConfig)
+    vessels: VesselInitConfig = field(default_factory=VesselInitConfig)
+
+
+@dataclass(frozen=True)
+class TumorConfig:
+    """Growth, hypoxia and necrosis of tumor cells (MODEL.md section 3)."""
+    doubling_time_h: float = param(24.0, "h", "doubling time at full oxygen [PC9]", lo=0,
+                                   lo_open=True)
+    proliferation_threshold_mmHg: float = param(5.0, "mmHg",
+                                                "no division at or below this oxygen [PC-core]",
+                                                lo=0)
+    proliferation_saturation_mmHg: float = param(38.0, "mmHg",
+                                                 "full division rate at or above this [PC-het]",
+                                                 lo=0, lo_open=True)
+    hypoxic_threshold_mmHg: float = param(15.0, "mmHg", "cells below this count as hypoxic "
+                                          "[PC-core]", lo=0)
+    necrosis_threshold_mmHg: float = param(5.0, "mmHg", "necrosis starts below this [PC-core]",
+                                           lo=0)
+    necrosis_max_mmHg: float = param(2.5, "mmHg", "necrosis rate is maximal at or below this "
+                                     "[PC-core]", lo=0)
+    necrosis_max_rate_per_h: float = param(1.0 / 6.0, "1/h", "maximal necrosis rate [PC-core]",
+                                           lo=0)
+    necrotic_clearance_per_h: float = param(1.0 / 48.0, "1/h",
+                                            "necrotic voxels become empty at this rate (chosen: "
+                                            "debris cleared over about two days)", lo=0)
+
+
+@dataclass(frozen=True)
+class BoundaryConfig:
+    """One boundary condition applied to a set of domain faces."""
+    faces: tuple[str, ...] = param(("all",), "", "faces: z-, z+, y-, y+, x-, x+ or all")
+    kind: str = param("dirichlet", "", "fixed value or zero flux",
+                      choices=("dirichlet", "no_flux"))
+    value: float = param(0.0, "field units", "the fixed value (dirichlet)", lo=0)
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """A diffusing field: dc/dt = D lap c - decay c - uptake(kind) c + secretion(kind) + vessels.
+
+    Faces not named by any boundary entry are no-flux.
+    """
+    name: str = ""
+    units: str = param("", "", "units of the concentration, e.g. mmHg, ng/mL, uM")
+    diffusion_um2_per_min: float = param(0.0, "um^2/min", "diffusion coefficient", lo=0)
+    decay_per_min: float = param(0.0, "1/min", "first-order decay everywhere", lo=0)
+    initial: float = param(0.0, "field units", "initial value everywhere", lo=0)
+    vessel_value: float = param(0.0, "field units", "value that vessels hold the field at", lo=0)
+    vessel_exchange_per_min: float = param(1000.0, "1/min",
+                                           "vessel-tissue exchange rate; large means vessels act "
+                                           "as fixed-value (Dirichlet) voxels", lo=0)
+    uptake_per_min: dict[str, float] = param({}, "1/min", "first-order uptake by occupant kind")
+    secretion_per_min: dict[str, float] = param({}, "units/min",
+                                                "zero-order secretion by occupant kind")
+    boundary: tuple[BoundaryConfig, ...] = param((), "", "boundary conditions per face")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """The field solver (see tmesim.steps.fields for the method and its accuracy)."""
+    method: str = param("adi", "", "adi: implicit Euler solved by ADI iteration (exact steady "
+                        "state at any step); lod: BioFVM's split LOD, accurate only for small "
+                        "steps", choices=("adi", "lod"))
+    dt_min: float = param(0.0, "min", "field time step; 0 means one step per agent step", lo=0)
+    tolerance: float = param(1e-4, "", "adi: stop iterating when the largest update is below "
+                                        "this fraction of the field's scale", lo=0, lo_open=True)
+    max_cycles: int = param(8, "", "adi: most iteration cycles per field step", lo=1, hi=1000)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated, frozen scenario. Build it with :func:`load_scenario` or :func:`parse_scenario`."""
+    run: RunConfig = field(default_factory=RunConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    tumor: TumorConfig = field(default_factory=TumorConfig)
+    fields: tuple[FieldConfig, ...] = ()
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    text: str = ""          # the TOML text it came from, overrides applied (stored in run files)
+    base_dir: str = "."     # where relative paths in the scenario (masks) are resolved
+
+    @property
+    def ndim(self) -> int:
+        return len(self.grid.shape)
+
+    @property
+    def n_steps(self) -> int:
+        """Agent steps in the whole run."""
+        return int(round(self.run.duration_days * 1440.0 / self.run.dt_min))
+
+    def field(self, name: str) -> FieldConfig:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+
+# Defaults of the known fields; a field of another name must give its own parameters.
+FIELD_PRESETS: dict[str, dict] = {
+    "oxygen": dict(
+        units="mmHg",
+        diffusion_um2_per_min=1.0e5,    # [PC-het]
+        decay_per_min=0.1,              # [PC-het]
+        initial=38.0,                   # [PC-het] far-field
+        vessel_value=38.0,              # [PC-het]
+        uptake_per_min={"tumor": 10.0},  # [PC-het]; MODEL.md section 4
+        boundary=[{"faces": ["all"], "kind": "dirichlet", "value": 38.0}],
+    ),
+}
+REQUIRED_FIELDS = ("oxygen",)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if tp is float:
+        return "a number"
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    if origin is dict:
+        return "a table of numbers"
+    return str(tp)
+
+
+def _check_range(path, value, meta):
+    lo, hi = meta.get("lo"), meta.get("hi")
+    unit = f" {meta['unit']}" if meta.get("unit") else ""
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        rel = ">" if meta.get("lo_open") else ">="
+        bound = f"{rel} {lo}{unit}" + (f" and <= {hi}{unit}" if hi is not None else "")
+        raise ScenarioError(path, value, f"a value {bound}")
+    if hi is not None and value > hi:
+        raise ScenarioError(path, value, f"a value <= {hi}{unit}")
+
+
+def _convert(path: str, value, tp, meta):
+    """Check ``value`` against the annotated type ``tp`` and convert it (lists become tuples)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in args if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(path, value, inner[0], meta)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ScenarioError(path, value, "a table")
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ScenarioError(path, value, "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ScenarioError(path, value, _type_name(tp))
+        _check_range(path, value, meta)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ScenarioError(path, value, _type_name(tp))
+        value = float(value)
+        if not math.isfinite(value):
+            raise ScenarioError(path, value, "a finite number")
+        _check_range(path, value, meta)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ScenarioError(path, value, _type_name(tp))
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            raise ScenarioError(path, value, "one of " + ", ".join(repr(c) for c in choices))
+        return value
+    if origin is tuple:
+        elem = args[0]
+        if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
+            if elem is str and isinstance(value, str):
+                value = [value]
+            elif dataclasses.is_dataclass(elem) and isinstance(value, dict):
+                value = [value]
+            else:
+                raise ScenarioError(path, value, _type_name(tp))
+        return tuple(_convert(f"{path}[{i}]", v, elem, meta) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ScenarioError(path, value, "a table of kind = number, kinds: "
+                                + ", ".join(KIND_NAMES))
+        out = {}
+        for k, v in value.items():
+            if k not in KIND_NAMES:
+                raise ScenarioError(f"{path}.{k}", v, "an occupant kind: " + ", ".join(KIND_NAMES))
+            out[k] = _convert(f"{path}.{k}", v, float, dict(meta, lo=0, hi=None))
+        return out
+    raise TypeError(f"unsupported schema type {tp!r} at {path}")  # a bug in the schema
+
+
+def _build(cls, data: dict, path: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in names:
+            where = f"{path}.{key}" if path else key
+            raise ScenarioError(where, data[key],
+                                f"no such key; keys here are: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            where = f"{path}.{f.name}" if path else f.name
+            kwargs[f.name] = _convert(where, data[f.name], hints[f.name], f.metadata)
+    return cls(**kwargs)
+
+
+def _build_fields(data, path="fields") -> tuple[FieldConfig, ...]:
+    if not isinstance(data, dict):
+        raise ScenarioError(path, data, "a table of fields, e.g. [fields.oxygen]")
+    merged = {name: {} for name in REQUIRED_FIELDS}
+    merged.update(data)
+    out = []
+    for name, spec in merged.items():
+        where = f"{path}.{name}"
+        if not name.isidentifier():
+            raise ScenarioError(where, name, "a field name made of letters, digits and _")
+        if not isinstance(spec, dict):
+            raise ScenarioError(where, spec, "a table of field parameters")
+        if "name" in spec:
+            raise ScenarioError(f"{where}.name", spec["name"], "no such key (the table name is "
+                                "the field name)")
+        preset = FIELD_PRESETS.get(name)
+        if preset is None:
+            for key in ("units", "diffusion_um2_per_min"):
+                if key not in spec:
+                    raise ScenarioError(f"{where}.{key}", _MISSING,
+                                        f"a value: '{name}' has no preset, so it must give "
+                                        "units and diffusion_um2_per_min")
+            values = dict(spec)
+        else:
+            values = {**preset, **spec}
+        fc = _build(FieldConfig, values, where)
+        out.append(dataclasses.replace(fc, name=name))
+    return tuple(out)
+
+
+def _validate_whole(sc: Scenario, base_dir: Path) -> None:
+    """Checks that involve more than one key."""
+    g = sc.grid
+    if len(g.shape) not in (2, 3):
+        raise ScenarioError("grid.shape", list(g.shape), "2 entries (y, x) or 3 entries (z, y, x)")
+    for i, n in enumerate(g.shape):
+        if n < 1:
+            raise ScenarioError(f"grid.shape[{i}]", n, "a positive number of voxels")
+    if math.prod(g.shape) > 2**31 - 1:
+        raise ScenarioError("grid.shape", list(g.shape), "fewer than 2**31 voxels in all")
+    ndim = len(g.shape)
+    t = sc.tumor
+    if t.proliferation_threshold_mmHg >= t.proliferation_saturation_mmHg:
+        raise ScenarioError("tumor.proliferation_threshold_mmHg", t.proliferation_threshold_mmHg,
+                            f"a value below tumor.proliferation_saturation_mmHg "
+                            f"({t.proliferation_saturation_mmHg} mmHg)")
+    if t.hypoxic_threshold_mmHg > t.proliferation_saturation_mmHg:
+        raise ScenarioError("tumor.hypoxic_threshold_mmHg", t.hypoxic_threshold_mmHg,
+                            f"a value at or below tumor.proliferation_saturation_mmHg "
+                            f"({t.proliferation_saturation_mmHg} mmHg)")
+    if t.necrosis_max_mmHg > t.necrosis_threshold_mmHg:
+        raise ScenarioError("tumor.necrosis_max_mmHg", t.necrosis_max_mmHg,
+                            f"a value at or below tumor.necrosis_threshold_mmHg "
+                            f"({t.necrosis_threshold_mmHg} mmHg)")
+    if t.necrosis_threshold_mmHg > t.hypoxic_threshold_mmHg:
+        raise ScenarioError("tumor.necrosis_threshold_mmHg", t.necrosis_threshold_mmHg,
+                            f"a value at or below tumor.hypoxic_threshold_mmHg "
+                            f"({t.hypoxic_threshold_mmHg} mmHg)")
+    ti = sc.init.tumor
+    if ti.shape == "sphere" and ndim != 3:
+        raise ScenarioError("init.tumor.shape", ti.shape, "'disk' on a 2D grid (a sphere needs "
+                            "a 3-entry grid.shape)")
+    if ti.shape == "disk" and ndim != 2:
+        raise ScenarioError("init.tumor.shape", ti.shape, "'sphere' on a 3D grid (a disk needs "
+                            "a 2-entry grid.shape)")
+    for key in ("center_um", "size_um"):
+        v = getattr(ti, key)
+        if v is not None and len(v) != ndim:
+            raise ScenarioError(f"init.tumor.{key}", list(v),
+                                f"{ndim} entries, one per grid axis ({_axes(ndim)})")
+    if ti.shape == "rectangle" and ti.size_um is None:
+        raise ScenarioError("init.tumor.size_um", _MISSING, f"{ndim} extents in um for a rectangle")
+    if ti.shape == "mask":
+        _check_mask("init.tumor.mask", ti.mask, g.shape, base_dir)
+    vi = sc.init.vessels
+    if vi.placement == "mask":
+        _check_mask("init.vessels.mask", vi.mask, g.shape, base_dir)
+    if vi.placement == "lines" and vi.axis == "z" and ndim == 2:
+        raise ScenarioError("init.vessels.axis", vi.axis, "'x' or 'y' on a 2D grid")
+    if vi.placement == "random" and vi.density <= 0:
+        raise ScenarioError("init.vessels.density", vi.density, "a value > 0 for random vessels")
+    for fc in sc.fields:
+        seen = {}
+        for i, b in enumerate(fc.boundary):
+            for face in b.faces:
+                where = f"fields.{fc.name}.boundary[{i}].faces"
+                if face != "all" and face not in FACES:
+                    raise ScenarioError(where, face, "one of all, " + ", ".join(FACES))
+                if face in ("z-", "z+") and ndim == 2:
+                    raise ScenarioError(where, face, "a face of a 2D grid: y-, y+, x-, x+ or all")
+                for f in (FACES if face == "all" else (face,)):
+                    if f in seen and seen[f] != i:
+                        raise ScenarioError(where, face, f"each face named once; {f} is already "
+                                            f"set by boundary[{seen[f]}]")
+                    seen[f] = i
+    if sc.run.snapshot_every_hours * 60 < sc.run.dt_min:
+        raise ScenarioError("run.snapshot_every_hours", sc.run.snapshot_every_hours,
+                            f"at least one agent step ({sc.run.dt_min} min)")
+    if sc.solver.dt_min > sc.run.dt_min:
+        raise ScenarioError("solver.dt_min", sc.solver.dt_min,
+                            f"at most run.dt_min ({sc.run.dt_min} min), or 0 for one field step "
+                            "per agent step")
+    if sc.n_steps < 1:
+        raise ScenarioError("run.duration_days", sc.run.duration_days,
+                            f"at least one agent step ({sc.run.dt_min} min)")
+
+
+def _axes(ndim):
+    return "z, y, x" if ndim == 3 else "y, x"
+
+
+def _check_mask(path, mask, shape, base_dir: Path):
+    import numpy as np
+    if not mask:
+        raise ScenarioError(path, _MISSING, "the path of a .npy file")
+    p = Path(mask)
+    if not p.is_absolute():
+        p = base_dir / p
+    if not p.is_file():
+        raise ScenarioError(path, mask, f"an existing .npy file (looked at {p})")
+    try:
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise ScenarioError(path, mask, f"a readable .npy array ({exc})") from None
+    if tuple(arr.shape) != tuple(shape):
+        raise ScenarioError(path, mask, f"an array of the grid's shape {list(shape)}, "
+                            f"not {list(arr.shape)}")
+
+
+def resolve_path(sc: Scenario, p: str) -> Path:
+    """A path from the scenario, relative to the scenario file's folder."""
+    path = Path(p)
+    return path if path.is_absolute() else Path(sc.base_dir) / path
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and overrides
+# ---------------------------------------------------------------------------------------------
+
+def parse_value(text: str):
+    """A ``--set`` value: TOML syntax (numbers, true/false, [lists], "strings"), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides) -> dict:
+    """Set ``key.path=value`` pairs (a dict or ``["a.b=1", ...]``) into nested ``data``."""
+    if overrides is None:
+        return data
+    items = overrides.items() if isinstance(overrides, dict) else []
+    if not isinstance(overrides, dict):
+        parsed = []
+        for item in overrides:
+            if "=" not in item:
+                raise ScenarioError(item, _MISSING, "an override of the form key.path=value")
+            key, text = item.split("=", 1)
+            parsed.append((key.strip(), parse_value(text.strip())))
+        items = parsed
+    for key, value in items:
+        parts = key.split(".")
+        if not all(parts):
+            raise ScenarioError(key, value, "a dotted key path such as grid.dx_um")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ScenarioError(".".join(parts[: i + 1]), nxt, "a table to set a key inside")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def _to_toml(data: dict) -> str:
+    """Write nested plain data back as TOML (used to store the scenario with overrides applied)."""
+    lines: list[str] = []
+
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
+        raise TypeError(type(v))
+
+    def table(prefix, d):
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        subs = {k: v for k, v in d.items() if isinstance(v, dict)}
+        if prefix and (scalars or not subs):
+            lines.append(f"\n[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {val(v)}")
+        for k, v in subs.items():
+            table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", data)
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def parse_scenario(data: dict, *, text: str | None = None, base_dir: str | os.PathLike = ".",
+                   overrides=None) -> Scenario:
+    """Validate plain nested data (as from TOML) into a :class:`Scenario`."""
+    if not isinstance(data, dict):
+        raise ScenarioError("(top level)", data, "a table")
+    data = apply_overrides(_deepcopy(data), overrides)
+    top = {f.name for f in dataclasses.fields(Scenario) if f.name not in ("text", "base_dir")}
+    for key in data:
+        if key not in top:
+            raise ScenarioError(key, data[key], f"no such section; sections are: "
+                                f"{', '.join(sorted(top))}")
+    rest = {k: v for k, v in data.items() if k != "fields"}
+    sc = _build(Scenario, rest, "")
+    fields = _build_fields(data.get("fields", {}))
+    if overrides or text is None:
+        text = _to_toml(data)
+    sc = dataclasses.replace(sc, fields=fields, text=text, base_dir=str(base_dir))
+    _validate_whole(sc, Path(base_dir))
+    return sc
+
+
+def _deepcopy(d):
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def load_scenario(path: str | os.PathLike, overrides=None) -> Scenario:
+    """Read, validate and freeze a scenario file.
+
+    Args:
+        path: a TOML scenario file.
+        overrides: ``{"grid.dx_um": 10}`` or ``["grid.dx_um=10", ...]``, applied before validation.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError("(file)", str(path), "an existing scenario file")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError("(file)", str(path), f"valid TOML ({exc})") from None
+    return parse_scenario(data, text=text, base_dir=p.resolve().parent, overrides=overrides)
+
+
+def loads_scenario(text: str, overrides=None, base_dir=".") -> Scenario:
+    """Like :func:`load_scenario`, from TOML text."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError("(text)", text[:40], f"valid TOML ({exc})") from None
+    return parse_scenario(data, text=text, base_dir=base_dir, overrides=overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------------
+
+def face_conditions(fc: FieldConfig, ndim: int) -> dict[str, tuple[str, float]]:
+    """Boundary condition per face, {face: ("dirichlet"|"no_flux", value)}; unnamed faces no-flux."""
+    faces = FACES[6 - 2 * ndim:]
+    out = {f: ("no_flux", 0.0) for f in faces}
+    for b in fc.boundary:
+        for face in b.faces:
+            for f in (faces if face == "all" else (face,)):
+                out[f] = (b.kind, b.value)
+    return out
+
+
+def summary(sc: Scenario) -> str:
+    """A human-readable account of the scenario: what will be simulated, in sentences."""
+    g, r, t = sc.grid, sc.run, sc.tumor
+    ext = " x ".join(f"{n * g.dx_um / 1000:g}" for n in g.shape)
+    lines = [
+        f"Scenario '{r.name}': {sc.ndim}D lattice {' x '.join(map(str, g.shape))} voxels "
+        f"({_axes(sc.ndim)}) of {g.dx_um:g} um = {ext} mm, {g.neighbourhood} neighbourhood.",
+        f"Runs {r.duration_days:g} days in {sc.n_steps} agent steps of {r.dt_min:g} min, seed "
+        f"{r.seed}; snapshots every {r.snapshot_every_hours:g} h.",
+    ]
+    ti = sc.init.tumor
+    if ti.shape in ("disk", "sphere"):
+        lines.append(f"Initial tumor: a {ti.shape} of radius {ti.radius_um:g} um, "
+                     f"{ti.fill_fraction:.0%} filled.")
+    elif ti.shape == "rectangle":
+        lines.append(f"Initial tumor: a box of {' x '.join(f'{s:g}' for s in ti.size_um)} um.")
+    elif ti.shape == "mask":
+        lines.append(f"Initial tumor: from mask {ti.mask}.")
+    vi = sc.init.vessels
+    if vi.placement == "random":
+        lines.append(f"Vessels: random, {vi.density:.2%} of voxels.")
+    elif vi.placement == "lines":
+        lines.append(f"Vessels: straight along {vi.axis}, every {vi.spacing_um:g} um.")
+    elif vi.placement == "mask":
+        lines.append(f"Vessels: from mask {vi.mask}.")
+    lines.append(
+        f"Tumor cells divide every {t.doubling_time_h:g} h at full oxygen; the rate falls "
+        f"linearly from {t.proliferation_saturation_mmHg:g} mmHg to zero at "
+        f"{t.proliferation_threshold_mmHg:g} mmHg; the daughter goes to a random empty "
+        "neighbour (none empty: no division).")
+    lines.append(
+        f"Below {t.necrosis_threshold_mmHg:g} mmHg cells become necrotic, at up to "
+        f"{t.necrosis_max_rate_per_h:.3g} /h (reached at {t.necrosis_max_mmHg:g} mmHg); necrotic "
+        f"voxels clear at {t.necrotic_clearance_per_h:.3g} /h. Hypoxic means below "
+        f"{t.hypoxic_threshold_mmHg:g} mmHg.")
+    for fc in sc.fields:
+        ell = (math.sqrt(fc.diffusion_um2_per_min / fc.decay_per_min)
+               if fc.decay_per_min > 0 else float("inf"))
+        s = (f"Field {fc.name} ({fc.units}): D = {fc.diffusion_um2_per_min:g} um^2/min, decay "
+             f"{fc.decay_per_min:g} /min (diffusion length {ell:.0f} um), starts at "
+             f"{fc.initial:g}")
+        if fc.uptake_per_min:
+            s += "; taken up by " + ", ".join(f"{k} at {v:g} /min"
+                                              for k, v in fc.uptake_per_min.items())
+        if fc.secretion_per_min:
+            s += "; secreted by " + ", ".join(f"{k} at {v:g} {fc.units}/min"
+                                             for k, v in fc.secretion_per_min.items())
+        bc = face_conditions(fc, sc.ndim)
+        fixed = [f for f, (k, _) in bc.items() if k == "dirichlet"]
+        if fixed:
+            vals = sorted({bc[f][1] for f in fixed})
+            s += f"; held at {', '.join(f'{v:g}' for v in vals)} {fc.units} on faces " \
+                 f"{' '.join(fixed)}"
+        s += f"; vessels hold it at {fc.vessel_value:g}." if vi.placement != "none" else "."
+        lines.append(s)
+    sv = sc.solver
+    fdt = sv.dt_min or r.dt_min
+    lines.append(f"Fields solved by {sv.method.upper()} with steps of {fdt:g} min.")
+    return "\n".join(lines)
