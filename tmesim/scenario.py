@@ -157,9 +157,6 @@ class FieldConfig:
     decay_per_min: float = param(0.0, "1/min", "first-order decay everywhere", lo=0)
     initial: float = param(0.0, "field units", "initial value everywhere", lo=0)
     vessel_value: float = param(0.0, "field units", "value that vessels hold the field at", lo=0)
-    vessel_exchange_per_min: float = param(1000.0, "1/min",
-                                           "vessel-tissue exchange rate; large means vessels act "
-                                           "as fixed-value (Dirichlet) voxels", lo=0)
     uptake_per_min: dict[str, float] = param({}, "1/min", "first-order uptake by occupant kind")
     secretion_per_min: dict[str, float] = param({}, "units/min",
                                                 "zero-order secretion by occupant kind")
