@@ -388,6 +388,10 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
         raise ScenarioError("tumor.necrosis_threshold_mmHg", t.necrosis_threshold_mmHg,
                             f"a value at or below tumor.hypoxic_threshold_mmHg "
                             f"({t.hypoxic_threshold_mmHg} mmHg)")
+    if t.doubling_time_h * 60 < sc.run.dt_min:
+        raise ScenarioError("tumor.doubling_time_h", t.doubling_time_h,
+                            f"at least one agent step ({sc.run.dt_min:g} min = "
+                            f"{sc.run.dt_min / 60:g} h); shorten run.dt_min for faster cells")
     ti = sc.init.tumor
     if ti.shape == "sphere" and ndim != 3:
         raise ScenarioError("init.tumor.shape", ti.shape, "'disk' on a 2D grid (a sphere needs "
