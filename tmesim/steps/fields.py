@@ -292,6 +292,7 @@ class FieldSolver:
     def _adi_step(self, c, U, S, pinned) -> int:
         dt = self.dt
         inv_dt = np.float32(1.0 / dt)
+        c_start = c.copy()
         b = c * inv_dt + S                       # right-hand side of the implicit-Euler system
         diag = U + inv_dt                         # 1/dt + U per voxel
         lap = np.empty_like(c)
@@ -319,8 +320,11 @@ class FieldSolver:
                 sweeps += 1
                 if k == len(self.taus) - 1:
                     biggest = np.abs(r).reshape(self.F, -1).max(axis=1)
-            scale = np.maximum(np.abs(c).reshape(self.F, -1).max(axis=1), 1e-30)
-            if np.all(biggest <= tol * scale):
+            # converged when the last update is a small fraction of what this step changed (so
+            # tiny steps are resolved as well as large ones), or near float32 rounding level
+            change = np.abs(c - c_start).reshape(self.F, -1).max(axis=1)
+            scale = np.abs(c).reshape(self.F, -1).max(axis=1)
+            if np.all(biggest <= np.maximum(tol * change, min(tol, 1e-6) * scale)):
                 break
             if previous is not None and np.any(biggest > 4 * previous) and cycle >= 2:
                 bad = [self.sc.fields[i].name for i in np.flatnonzero(biggest > 4 * previous)]
