@@ -41,9 +41,10 @@ NO_FLUX = "[]"          # faces not named are no-flux
 # ----------------------------------------------------------------------------------------- helpers
 
 def make_solver(shape, dx, D, *, decay=0.0, boundary=NO_FLUX, method="adi", dt_agent=1.0,
-                dt_field=0.0, tolerance=1e-4, max_cycles=8, uptake="{}", secretion="{}",
+                dt_field=0.0, tolerance=None, max_cycles=None, uptake="{}", secretion="{}",
                 vessel_value=0.0):
-    """A FieldSolver for a scenario whose only field is oxygen with the given parameters."""
+    """A FieldSolver for a scenario whose only field is oxygen with the given parameters
+    (tolerance and max_cycles: the scenario defaults unless given)."""
     text = f"""
 [run]
 dt_min = {float(dt_agent)!r}
@@ -55,8 +56,8 @@ shape = "none"
 [solver]
 method = "{method}"
 dt_min = {float(dt_field)!r}
-tolerance = {float(tolerance)!r}
-max_cycles = {int(max_cycles)}
+{"" if tolerance is None else f"tolerance = {float(tolerance)!r}"}
+{"" if max_cycles is None else f"max_cycles = {int(max_cycles)}"}
 [fields.oxygen]
 diffusion_um2_per_min = {float(D)!r}
 decay_per_min = {float(decay)!r}
@@ -551,7 +552,7 @@ OXYGEN_BOUNDARY = '[{ faces = ["all"], kind = "dirichlet", value = 38.0 }]'
 
 
 def test_adi_uptake_steady_matches_direct(uptake_disk):
-    """adi (default 6-min agent step, default tolerance 1e-4) from a flat 38 start reaches the
+    """adi (default 6-min agent step, default solver settings) from a flat 38 start reaches the
     sparse direct steady state to 1e-4 of the far-field value (measured 2e-7): no splitting, so
     the 10 /min uptake is as exact as the diffusion."""
     u = uptake_disk
