@@ -40,7 +40,10 @@ vanish).
 ``lod``: BioFVM's scheme (Ghaffarizadeh et al. 2016, Bioinformatics 32:1256): per substep, implicit
 1D solves along x, y, z in turn with decay split equally among them, then the per-voxel implicit
 update c = (c + dt S) / (1 + dt U). First order, unconditionally stable, but accurate only when
-dt * uptake << 1. Kept for comparison with BioFVM.
+dt * uptake << 1. Vessel voxels are reset to their value after each line solve, as BioFVM does;
+inside a solve they are free unknowns, so the supply from vessels is short by an error that scales
+with dt D / dx^2 (13 % at dt D/dx^2 = 0.25, 4 % at 0.0625 in tests/test_fields.py). Kept for
+comparison with BioFVM; use adi for results.
 
 The arrays: ``fields`` is (n_fields, n_sites) float32, viewed as (n_fields, *grid.shape).
 """
@@ -233,8 +236,10 @@ class FieldSolver:
         for a in range(self.ndim):
             k = taus * self.D / h ** 2
             lo, hi = self.dirichlet[a]
+            # float64 coefficients: with float32 ones a no-flux solve shifts the line's sum by
+            # about 1e-8 each time, always the same way (LOD's mass then drifts 1e-5 in 240 steps)
             out.append(thomas_coefficients(k, self.grid.shape[a], lo, hi, extra, self.ndim,
-                                           self.dtype))
+                                           np.float64))
         return out
 
     def _setup_adi(self):
