@@ -24,13 +24,21 @@ def _centres(grid: Grid) -> list[np.ndarray]:
     return out
 
 
+def _given_region(how: str, mask: str | None, sc: Scenario, grid: Grid) -> np.ndarray | None:
+    """The region for placements "none" (no voxel) and "mask" (nonzero voxels of a .npy file)."""
+    if how == "none":
+        return np.zeros(grid.shape, dtype=bool)
+    if how == "mask":
+        return np.load(resolve_path(sc, mask), allow_pickle=False) != 0
+    return None
+
+
 def tumor_region(sc: Scenario, grid: Grid) -> np.ndarray:
     """Boolean mask (grid shape) of voxels inside the initial tumor region."""
     ti = sc.init.tumor
-    if ti.shape == "none":
-        return np.zeros(grid.shape, dtype=bool)
-    if ti.shape == "mask":
-        return np.load(resolve_path(sc, ti.mask), allow_pickle=False) != 0
+    given = _given_region(ti.shape, ti.mask, sc, grid)
+    if given is not None:
+        return given
     centre = ti.center_um or tuple(n * grid.dx_um / 2 for n in grid.shape)
     xs = _centres(grid)
     if ti.shape in ("disk", "sphere"):
@@ -46,10 +54,9 @@ def tumor_region(sc: Scenario, grid: Grid) -> np.ndarray:
 def vessel_region(sc: Scenario, grid: Grid) -> np.ndarray:
     """Boolean mask (grid shape) of vessel voxels (before removing those inside the tumor)."""
     vi = sc.init.vessels
-    if vi.placement == "none":
-        return np.zeros(grid.shape, dtype=bool)
-    if vi.placement == "mask":
-        return np.load(resolve_path(sc, vi.mask), allow_pickle=False) != 0
+    given = _given_region(vi.placement, vi.mask, sc, grid)
+    if given is not None:
+        return given
     if vi.placement == "random":
         u = rng.uniform_range(sc.run.seed, 0, rng.INIT_VESSELS, grid.n_sites)
         return (u < vi.density).reshape(grid.shape)

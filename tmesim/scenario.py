@@ -373,22 +373,16 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
         raise ScenarioError("grid.shape", list(g.shape), "fewer than 2**31 voxels in all")
     ndim = len(g.shape)
     t = sc.tumor
-    if t.proliferation_threshold_mmHg >= t.proliferation_saturation_mmHg:
-        raise ScenarioError("tumor.proliferation_threshold_mmHg", t.proliferation_threshold_mmHg,
-                            f"a value below tumor.proliferation_saturation_mmHg "
-                            f"({t.proliferation_saturation_mmHg} mmHg)")
-    if t.hypoxic_threshold_mmHg > t.proliferation_saturation_mmHg:
-        raise ScenarioError("tumor.hypoxic_threshold_mmHg", t.hypoxic_threshold_mmHg,
-                            f"a value at or below tumor.proliferation_saturation_mmHg "
-                            f"({t.proliferation_saturation_mmHg} mmHg)")
-    if t.necrosis_max_mmHg > t.necrosis_threshold_mmHg:
-        raise ScenarioError("tumor.necrosis_max_mmHg", t.necrosis_max_mmHg,
-                            f"a value at or below tumor.necrosis_threshold_mmHg "
-                            f"({t.necrosis_threshold_mmHg} mmHg)")
-    if t.necrosis_threshold_mmHg > t.hypoxic_threshold_mmHg:
-        raise ScenarioError("tumor.necrosis_threshold_mmHg", t.necrosis_threshold_mmHg,
-                            f"a value at or below tumor.hypoxic_threshold_mmHg "
-                            f"({t.hypoxic_threshold_mmHg} mmHg)")
+    # oxygen thresholds in order: (lower key, upper key, must the lower be strictly below?)
+    for low, high, strict in (
+            ("proliferation_threshold_mmHg", "proliferation_saturation_mmHg", True),
+            ("hypoxic_threshold_mmHg", "proliferation_saturation_mmHg", False),
+            ("necrosis_max_mmHg", "necrosis_threshold_mmHg", False),
+            ("necrosis_threshold_mmHg", "hypoxic_threshold_mmHg", False)):
+        lo_v, hi_v = getattr(t, low), getattr(t, high)
+        if lo_v > hi_v or (strict and lo_v == hi_v):
+            rel = "below" if strict else "at or below"
+            raise ScenarioError(f"tumor.{low}", lo_v, f"a value {rel} tumor.{high} ({hi_v} mmHg)")
     if t.doubling_time_h * 60 < sc.run.dt_min:
         raise ScenarioError("tumor.doubling_time_h", t.doubling_time_h,
                             f"at least one agent step ({sc.run.dt_min:g} min = "
