@@ -41,10 +41,10 @@ NO_FLUX = "[]"          # faces not named are no-flux
 # ----------------------------------------------------------------------------------------- helpers
 
 def make_solver(shape, dx, D, *, decay=0.0, boundary=NO_FLUX, method="adi", dt_agent=1.0,
-                dt_field=0.0, tolerance=None, max_cycles=None, uptake="{}", secretion="{}",
+                dt_field=0.0, tolerance=None, max_iterations=None, uptake="{}", secretion="{}",
                 vessel_value=0.0):
     """A FieldSolver for a scenario whose only field is oxygen with the given parameters
-    (tolerance and max_cycles: the scenario defaults unless given)."""
+    (tolerance and max_iterations: the scenario defaults unless given)."""
     text = f"""
 [run]
 dt_min = {float(dt_agent)!r}
@@ -57,7 +57,7 @@ shape = "none"
 method = "{method}"
 dt_min = {float(dt_field)!r}
 {"" if tolerance is None else f"tolerance = {float(tolerance)!r}"}
-{"" if max_cycles is None else f"max_cycles = {int(max_cycles)}"}
+{"" if max_iterations is None else f"max_iterations = {int(max_iterations)}"}
 [fields.oxygen]
 diffusion_um2_per_min = {float(D)!r}
 decay_per_min = {float(decay)!r}
@@ -144,7 +144,7 @@ def gaussian_1d(D, dx, s0, T, dt, method, tolerance=1e-7, half_widths=6.0):
     n_steps = int(round(T / dt))
     assert abs(n_steps * dt - T) < 1e-9 * T
     fs = make_solver([1, x.size], dx, D, method=method, dt_agent=dt, tolerance=tolerance,
-                     max_cycles=100)
+                     max_iterations=800)
     c = advance(fs, c0[None, :], np.zeros((1, x.size)), n_steps)[0]
     exact = s0 / sigma * np.exp(-x ** 2 / (2 * sigma ** 2))
     return x, c0.astype(np.float32).astype(float), c, exact
@@ -199,7 +199,7 @@ def test_gaussian_spread_2d(method):
     r = radius_grid((n, n), dx)
     y, x = np.meshgrid(*[(np.arange(n) - n_half) * dx] * 2, indexing="ij")
     c0 = np.exp(-r ** 2 / (2 * s0 ** 2)).astype(np.float32).astype(float)
-    fs = make_solver([n, n], dx, D, method=method, dt_agent=dt, tolerance=1e-7, max_cycles=100)
+    fs = make_solver([n, n], dx, D, method=method, dt_agent=dt, tolerance=1e-7, max_iterations=800)
     c = advance(fs, c0, np.zeros((n, n)), int(round(T / dt)))
     assert c.sum() == pytest.approx(c0.sum(), rel=1e-5)
     for coord in (x, y):
@@ -230,7 +230,7 @@ def test_point_source_steady_2d():
     D, decay, dx, n, s = 1000.0, 0.1, 10.0, 201, 1.0
     ell = math.sqrt(D / decay)
     fs = make_solver([n, n], dx, D, decay=decay, boundary=ALL_DIRICHLET_0, dt_agent=120.0,
-                     secretion=f"{{ tumor = {s} }}", tolerance=1e-6, max_cycles=50)
+                     secretion=f"{{ tumor = {s} }}", tolerance=1e-6, max_iterations=400)
     r = radius_grid((n, n), dx)
     kind = np.where(r == 0, codes.TUMOR, codes.EMPTY)
     c = advance(fs, np.zeros((n, n)), kind, 6)
@@ -249,7 +249,7 @@ D3, DECAY3, DX3, N3 = 1000.0, 0.625, 10.0, 61        # ell = 40 um = 4 voxels; f
 def solver_3d():
     return make_solver([N3] * 3, DX3, D3, decay=DECAY3, boundary=ALL_DIRICHLET_0,
                        dt_agent=120.0, secretion="{ tumor = 1.0 }", tolerance=1e-6,
-                       max_cycles=50)
+                       max_iterations=400)
 
 
 def shell_means(values, r, dx, radii):
@@ -327,7 +327,7 @@ def mass_run(method, shape):
     kinds = [codes.EMPTY, codes.TUMOR, codes.CAF, codes.TAM, codes.NECROTIC]
     kind = rng.choice(kinds, size=shape).astype(np.uint8)
     fs = make_solver(shape, 20.0, 200.0, method=method, dt_agent=6.0, dt_field=0.5,
-                     tolerance=1e-6, max_cycles=50)
+                     tolerance=1e-6, max_iterations=400)
     c = advance(fs, c0, kind, 20)
     m0 = c0.astype(np.float64).sum()
     return c.sum() / m0 - 1, 20 * fs.n_sub, c.std() / c0.std()
@@ -473,7 +473,7 @@ def test_dirichlet_bar_adi(dx, N):
     direct = direct_steady((1, N), dx, D, decay, 0.0, {(1, 0): cb})[0]
     assert np.abs(direct - discrete).max() < 1e-10 * cb
     fs = make_solver([1, N], dx, D, decay=decay, boundary=BAR_BOUNDARY, dt_agent=120.0,
-                     tolerance=1e-6, max_cycles=50)
+                     tolerance=1e-6, max_iterations=400)
     c = advance(fs, np.zeros((1, N)), np.zeros((1, N)), 5)[0]
     assert np.abs(c - discrete).max() < 1e-5 * cb
     ell = math.sqrt(D / decay)
@@ -584,7 +584,7 @@ def test_vessels_pinned_and_steady(shape):
                         {(a, s): 0.0 for a in range(len(shape)) for s in (0, 1)},
                         pinned=ves, pinned_value=cv)
     fs = make_solver(shape, dx, D, decay=decay, boundary=ALL_DIRICHLET_0, dt_agent=60.0,
-                     tolerance=1e-6, max_cycles=50, vessel_value=cv)
+                     tolerance=1e-6, max_iterations=400, vessel_value=cv)
     f = np.zeros((1, ves.size), np.float32)
     for _ in range(6):
         fs.step(f, kind.ravel().astype(np.uint8))
@@ -630,7 +630,7 @@ shape = "none"
 method = "{method}"
 dt_min = {dt_field}
 tolerance = 1e-6
-max_cycles = 50
+max_iterations = 400
 """
 TRACER = """
 [fields.tracer]

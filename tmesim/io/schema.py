@@ -35,7 +35,7 @@ BASE_COLUMNS = {
     "burden": "cells",
     "persister_fraction": "1", "resistant_fraction": "1", "hypoxic_fraction": "1",
     "divisions": "cells/step", "necroses": "cells/step", "cleared": "voxels/step",
-    "field_sweeps": "sweeps/step",
+    "field_sweeps": "iterations/step",
 }
 
 
