@@ -1,0 +1,845 @@
+#!/usr/bin/env python
+"""CPU benchmark of tmesim's core: the field solver and the tumor rules, beside the machine's memory
+bandwidth.
+
+    python benchmarks/bench_core.py                 # full run (about 7 minutes on 2 cores)
+    python benchmarks/bench_core.py --quick         # the smallest grids only (well under a minute)
+    python benchmarks/bench_core.py --out FILE.md   # also write the tables as markdown
+
+What is measured (benchmarks/README.md explains every column):
+
+* memory copy bandwidth: ``np.copyto`` of a 512 MB float32 array, best of 5, counting the bytes
+  read plus the bytes written;
+* field solver, 2D and 3D, 4 fields (oxygen and three extra fields with different diffusion,
+  decay, uptake and secretion), on a tumor disk/sphere with a necrotic core (no vessels: with
+  pinned vessel voxels the cycled ADI iteration stalls or diverges on large 2D grids, see
+  benchmarks/README.md):
+  (c) a realistic agent step: fields warm-started by ``WARM_STEPS`` agent steps, then the sweeps
+      the ADI iteration actually takes and the wall time of the step;
+  (a) one ADI sweep: agent steps capped at a few sweeps (one cycle of K pseudo-steps in the
+      cycled ADI iteration, 8 iterations in the preconditioned-CG form) on the warm fields,
+      time / sweeps, so the per-step set-up is shared by those sweeps;
+  (b) one LOD step (BioFVM's scheme, ``[solver] method = "lod"``): agent steps of 4 LOD substeps,
+      time / 4;
+* tumor rules: ``TumorRules.apply`` on a lattice mostly filled with tumor cells under a radial
+  oxygen profile (normoxic rim, hypoxic and necrotic core), so every branch runs;
+* bytes: the state per voxel (``State.bytes_per_voxel``) and the bytes the numpy code reads and
+  writes per update, counted operation by operation from tmesim/steps/fields.py and
+  tmesim/steps/tumor.py (see ``adi_sweep_bytes``, ``pcg_sweep_bytes``, ``lod_step_bytes``, ``rules_bytes``), and from
+  them the achieved GB/s as a fraction of the measured copy bandwidth.
+
+Every timing is the median of repeats after a warm-up. numpy runs each operation on one core, so
+the solver and the rules use one of the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import tmesim
+from tmesim import codes
+from tmesim.grid import Grid
+from tmesim.scenario import SolverConfig
+from tmesim.state import State
+from tmesim.steps.fields import FieldSolver
+from tmesim.steps.tumor import TumorRules
+
+# ------------------------------------------------------------------------------------------------
+# Settings
+# ------------------------------------------------------------------------------------------------
+
+FULL_2D = [(256, 256), (1024, 1024), (2048, 2048)]
+FULL_3D = [(64, 64, 64), (128, 128, 128), (200, 200, 200)]
+QUICK_2D = [(256, 256)]
+QUICK_3D = [(64, 64, 64)]
+RULES_FULL_2D = FULL_2D
+RULES_FULL_3D = FULL_3D
+RULES_QUICK_2D = [(256, 256), (1024, 1024)]
+RULES_QUICK_3D = [(64, 64, 64)]
+
+N_FIELDS = 4
+WARM_STEPS = 2          # agent steps that warm the fields up before (c) is measured
+AGENT_BUDGET_S = 150.0  # most seconds (c) may take per grid (a quarter with --quick); a solver
+#                         slower than that gets fewer warm-up and measured steps
+LOD_SUBSTEPS = 4        # LOD substeps per timed call (solver.dt_min = 0.01 min, BioFVM's default)
+DX_UM = 20.0
+VESSEL_DENSITY = 0.004  # vessels in the rules lattice (the rules leave them alone)
+COPY_MB = 512
+
+# references quoted in the tables
+BIOFVM_UPD_PER_S = (7e7, 8e7)    # BioFVM LOD, 64^3..200^3, 4 substrates, 2 threads, 2-core machine
+SOLVER_TARGET = 1.1e8            # about 1.5x BioFVM
+RULES_TARGET_2D = 1e7
+HAL_STEPS_PER_S = (4e6, 8e6)
+STATE_TARGET_B = 40
+
+
+def repeats(n_sites: int, quick: bool) -> dict:
+    """How many times to repeat each measurement at this grid size (keeps the run under ~10 min)."""
+    if quick:
+        return dict(adi=3, lod=3, agent=1, rules=3)
+    if n_sites <= 300_000:
+        return dict(adi=5, lod=5, agent=3, rules=7)
+    if n_sites <= 2_200_000:
+        return dict(adi=3, lod=3, agent=2, rules=5)
+    return dict(adi=2, lod=2, agent=1, rules=3)
+
+
+# The four fields: oxygen (preset: D 1e5 um^2/min, decay 0.1 /min, tumor uptake 10 /min, 38 mmHg on
+# every face and at vessels) and three extra fields with other diffusion, decay, uptake and source
+# terms: a small-molecule drug fed by the boundary and the vessels, a secreted cytokine washed out at
+# the boundary, and glucose.
+EXTRA_FIELDS = """
+[fields.oxygen]
+
+[fields.drug]
+units = "uM"
+diffusion_um2_per_min = 2.4e4
+decay_per_min = 0.01
+uptake_per_min = { tumor = 0.2 }
+initial = 1.0
+vessel_value = 1.0
+boundary = { faces = "all", kind = "dirichlet", value = 1.0 }
+
+[fields.tgfb]
+units = "ng/mL"
+diffusion_um2_per_min = 6.0e3
+decay_per_min = 0.02
+secretion_per_min = { tumor = 0.001 }
+boundary = { faces = "all", kind = "dirichlet", value = 0.0 }
+
+[fields.glucose]
+units = "mM"
+diffusion_um2_per_min = 3.6e4
+uptake_per_min = { tumor = 0.05 }
+initial = 5.0
+vessel_value = 5.0
+boundary = { faces = "all", kind = "dirichlet", value = 5.0 }
+"""
+
+
+def scenario(shape, method="adi", run_dt_min=6.0, solver_dt_min=0.0, **solver):
+    """The benchmark scenario; ``solver`` adds [solver] keys (e.g. max_cycles = 1)."""
+    ndim = len(shape)
+    extra = "".join(f"{k} = {v!r}\n" for k, v in solver.items())
+    text = f"""
+[run]
+dt_min = {run_dt_min}
+
+[grid]
+shape = {list(shape)}
+dx_um = {DX_UM}
+
+[init.tumor]
+shape = "{'sphere' if ndim == 3 else 'disk'}"
+
+[solver]
+method = "{method}"
+dt_min = {solver_dt_min}
+{extra}""" + EXTRA_FIELDS
+    sc = tmesim.loads_scenario(text)
+    assert len(sc.fields) == N_FIELDS
+    return sc
+
+
+# The ADI solver of tmesim exists in two forms; the benchmark measures whichever is installed.
+#   "cycled": sweeps c += tau (I - tau Lz)^-1 ... r for K pseudo-steps tau per cycle, at most
+#             solver.max_cycles cycles (FieldSolver.taus); one sweep = one pseudo-step.
+#   "pcg":    conjugate gradients preconditioned by a symmetric product of line factors, at most
+#             solver.max_iterations iterations (FieldSolver.adi_factors); one sweep = one iteration.
+# In both, FieldSolver.last_sweeps counts the sweeps of the last step.
+
+def solver_keys() -> set:
+    return {f.name for f in dataclasses.fields(SolverConfig)}
+
+
+def capped_solver(fixed_sweeps: int = 8) -> dict:
+    """[solver] keys that make an ADI step take a fixed, small number of sweeps (for timing one)."""
+    keys = solver_keys()
+    if "max_cycles" in keys:
+        return dict(max_cycles=1)                          # exactly K sweeps
+    if "max_iterations" in keys:
+        return dict(max_iterations=fixed_sweeps, tolerance=1e-9)   # runs to the cap
+    raise RuntimeError(f"unknown solver settings {sorted(keys)}: update bench_core.py")
+
+
+def solver_variant(fs) -> str:
+    if hasattr(fs, "taus"):
+        return "cycled"
+    if hasattr(fs, "adi_factors"):
+        return "pcg"
+    return "unknown"
+
+
+def sweep_cap(fs, sc) -> int:
+    """Most sweeps one ADI step may take."""
+    if hasattr(sc.solver, "max_iterations"):
+        return sc.solver.max_iterations * fs.n_sub
+    return len(fs.taus) * sc.solver.max_cycles * fs.n_sub
+
+
+def git_state() -> str:
+    """Commit of the tmesim package's checkout and whether tmesim/ has uncommitted changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tmesim.__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "tmesim"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return f"{root} (not a git checkout)"
+    return f"{head}" + (" with uncommitted changes in tmesim/" if dirty.strip() else " (clean)")
+
+
+def make_grid(sc) -> Grid:
+    return Grid(sc.grid.shape, sc.grid.dx_um, sc.grid.neighbourhood)
+
+
+def radius01(shape) -> np.ndarray:
+    """Distance of each site from the domain centre, in units of the half side (flat, float32)."""
+    axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
+    r2 = np.zeros(shape, dtype=np.float32)
+    for a, x in enumerate(axes):
+        s = [1] * len(shape)
+        s[a] = len(x)
+        r2 += (x * x).reshape(s)
+    return np.sqrt(r2).ravel()
+
+
+def solver_kind(shape) -> np.ndarray:
+    """Occupants for the field solver: a tumor disk/sphere of radius 0.6 half-sides (0.3 of the
+    side) with a necrotic core (inner 40 % of the radius) in empty tissue. No vessels: pinned
+    vessel voxels make the ADI iteration stall at max_cycles or diverge on large 2D grids
+    (benchmarks/README.md), and a benchmark of a diverging solve would mean nothing."""
+    r = radius01(shape)
+    kind = np.zeros(r.size, dtype=np.uint8)
+    kind[r <= 0.6] = codes.TUMOR
+    kind[r <= 0.24] = codes.NECROTIC
+    return kind
+
+
+def initial_fields(sc, n_sites) -> np.ndarray:
+    init = np.array([f.initial for f in sc.fields], dtype=np.float32)
+    return np.repeat(init[:, None], n_sites, axis=1)
+
+
+def median_time(fn, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bytes moved, counted from the code
+# ------------------------------------------------------------------------------------------------
+# Counts are bytes read + written per field-voxel (float32 = 4 B) by the numpy operations as
+# written, each operand counted once per operation (what the code asks of the memory system; data
+# that stays in cache between operations is counted again, so small grids can "exceed" the copy
+# bandwidth). Work on faces, pinned voxels and single rows is left out (O(1/m) of the volume).
+
+def laplacian_bytes(ndim: int) -> float:
+    # out[...] = 0                                           w4
+    # per axis: flux = np.zeros (pages zeroed on first touch) w4
+    #           np.subtract(c[1:], c[:-1], out=flux[1:m])     r8 w4
+    #           np.diff(flux)  (a new array)                  r8 w4
+    #           out += diff                                   r8 w4
+    # out *= D_over_h2                                        r4 w4
+    return 4 + ndim * (4 + 12 + 12 + 12) + 8
+
+
+def thomas_bytes() -> float:
+    # forward, per row: np.multiply(xa[i-1], kinv, out=tmp) r4 w4; xa[i] *= inv r4 w4;
+    #                   xa[i] += tmp r8 w4                                           = 24
+    # backward, per row: np.multiply(xa[i+1], cp, out=tmp) r4 w4; xa[i] -= tmp r8 w4 = 20
+    return 44.0
+
+
+def step_setup_bytes(F: int) -> float:
+    """FieldSolver.step's work once per agent step, per field-voxel."""
+    rates = 2 * (9 / F + 12)     # U_table[:, kind], S_table[:, kind]: kind -> intp r1 w8 per voxel,
+    #                              gather r8 (index) w4 per field-voxel
+    pinned = 4 / F               # kind == VESSEL r1 w1, flatnonzero r2, per voxel
+    rhs = 8 + 12                 # b = c * inv_dt + S
+    diag = 8                     # diag = U + inv_dt
+    finite = 6                   # np.isfinite(fields) r4 w1, .all() r1
+    return rates + pinned + rhs + diag + finite
+
+
+def adi_sweep_core_bytes(ndim: int, pinned_frac: float) -> float:
+    """One ADI sweep (FieldSolver._adi_step, body of the tau loop), per field-voxel."""
+    lap = laplacian_bytes(ndim)
+    residual = 3 * 12            # np.multiply(diag, c, out=r); np.subtract(b, r, out=r); r += lap
+    scale = 8 + 8 + 8 + 12       # t * diag; 1.0 + (.); t / (.); r *= (.)
+    pinned = 2 * 64 * pinned_frac  # r_flat[:, pinned] = 0 twice: one 64 B cache line per voxel
+    lines = ndim * thomas_bytes()
+    update = 12                  # c += r
+    return lap + residual + scale + pinned + lines + update
+
+
+def adi_cycle_check_bytes() -> float:
+    # once per cycle: np.abs(r) r4 w4, .max r4 ; np.abs(c) r4 w4, .max r4
+    return 24.0
+
+
+def adi_sweep_bytes(ndim: int, F: int, K: int, pinned_frac: float) -> float:
+    """Per field-voxel bytes of one sweep as measured in (a): agent steps of exactly one cycle of K
+    sweeps, so the per-step set-up and the cycle's convergence check are shared by K sweeps."""
+    return adi_sweep_core_bytes(ndim, pinned_frac) + (adi_cycle_check_bytes()
+                                                      + step_setup_bytes(F)) / K
+
+
+def adi_minimal_bytes(ndim: int) -> float:
+    """What a fused, cache-blocked sweep must move per field-voxel: read c, c_old (for b) and the
+    residual's output r; one read + write of r per axis of line solves; c += r (read c, r, write
+    c). The voxel's kind (1 B) is shared by the fields and left out."""
+    return 4 + 4 + 4 + ndim * 8 + 12
+
+
+def thomas_diag_bytes() -> float:
+    """thomas_solve_diag (per-voxel diagonal, PCG preconditioner), per element of the line."""
+    # forward, per row: np.add(ea[i], base[i], out=tmp) r4 w4; tmp -= kk * ca[i-1] (temporary
+    # r4 w4, then r8 w4); np.reciprocal r4 w4; xa[i] += kk * xa[i-1] (r4 w4, r8 w4);
+    # xa[i] *= tmp r8 w4; np.multiply(tmp, kk, out=ca[i]) r4 w4                        = 76
+    # backward, per row: xa[i] += ca[i] * xa[i+1] (temporary r8 w4, then r8 w4)        = 24
+    return 100.0
+
+
+def pcg_apply_bytes(ndim: int) -> float:
+    # _apply: laplacian(p), np.multiply(diag, p, out=q) r8 w4, q -= lap r8 w4
+    return laplacian_bytes(ndim) + 24
+
+
+def pcg_precondition_bytes(ndim: int) -> float:
+    # np.copyto(out, r) r4 w4; per line factor (2 ndim - 1 of them): extra = diag * (tau share)
+    # r4 w4 and one thomas_solve_diag
+    return 8 + (2 * ndim - 1) * (8 + thomas_diag_bytes())
+
+
+def pcg_sweep_bytes(ndim: int, F: int, sweeps: float, pinned_frac: float) -> float:
+    """One PCG iteration (FieldSolver._adi_step loop body) per field-voxel, with the step's set-up
+    shared by ``sweeps`` iterations as measured in (a)."""
+    it = (pcg_apply_bytes(ndim)
+          + 8                  # _dots(p, q)
+          + 12                 # np.abs(p).max
+          + 20 + 20            # c += a_b * p; r -= a_b * q (temporary r4 w4, then r8 w4)
+          + 24 + 12            # np.abs(c - c_start).max; np.abs(c).max
+          + pcg_precondition_bytes(ndim)
+          + 8                  # _dots(r, z)
+          + 8 + 12             # p *= beta; p += z
+          + 2 * 64 * pinned_frac * (2 * ndim))   # pinned resets (q, extra per factor, out)
+    setup = (8 + 8 + 20        # c_start = c.copy(); diag = U + inv_dt; b = c * inv_dt + S
+             + pcg_apply_bytes(ndim) + 12 + pcg_precondition_bytes(ndim) + 8 + 8)
+    return it + (setup + step_setup_bytes(F)) / sweeps
+
+
+def lod_step_bytes(ndim: int, F: int, n_sub: int, pinned_frac: float) -> float:
+    """One LOD substep (FieldSolver._lod_step) per field-voxel, the agent step's set-up shared by
+    n_sub substeps."""
+    lines = ndim * thomas_bytes()
+    pinned = (ndim + 1) * 64 * pinned_frac   # c[:, pinned] = vessel_value after each axis and at end
+    # U_no_decay = U - decay r4 w4; dt * S r4 w4; c += (.) r8 w4; dt * U_no_decay r4 w4;
+    # 1.0 + (.) r4 w4; c /= (.) r8 w4
+    bulk = 8 + 8 + 12 + 8 + 8 + 12
+    return lines + pinned + bulk + step_setup_bytes(F) / n_sub
+
+
+def uniform_at_bytes(m: float, span: float) -> float:
+    """rng.uniform_at for m sites spread over span sites (bytes in total, not per site)."""
+    return (16 * m          # sites.min(), sites.max()
+            + 8 * span      # Philox words for the whole span (random_raw)
+            + 16 * m        # sites - lo
+            + 24 * m        # words[...] gather: index r8, word r8, w8
+            + 48 * m)       # to_uniform: >> 11, astype(float64), * 2**-53 (r8 w8 each)
+
+
+def rules_bytes(n: int, c: dict, ndim: int, k_nbrs: int) -> float:
+    """Bytes TumorRules.apply reads and writes in one step (total), from the counts ``c`` of the
+    step: T tumor, N necrotic, L tumor below the necrosis threshold, D dying, G growing, S division
+    candidates, C cleared, W divisions; spans of the index sets passed to the generator."""
+    T, N, L, D, G = c["T"], c["N"], c["L"], c["D"], c["G"]
+    S, C, W = c["S"], c["C"], c["W"]
+    A = T - D
+    b = 0.0
+    b += 2 * (1 + 1 + 2) * n + 8 * T + 8 * N      # kind == TUMOR / NECROTIC, flatnonzero (2 passes)
+    if N:                                          # clearance
+        b += uniform_at_bytes(N, c["span_N"]) + 9 * N + 9 * N + 8 * C
+    if T:
+        b += 16 * T                                # o2 = oxygen[cells]: index r8, gather r4, w4
+        b += 5 * T + 1 * T                         # low = o2 < thr; low.any()
+        if L:
+            b += 9 * T + 8 * L                     # cand = cells[low]
+            b += 5 * T + 4 * L                     # o2[low]
+            b += 32 * L                            # necrosis_rate_per_min: 4 float32 operations
+            b += 76 * L                            # probability: float64 cast, -, * dt, expm1, -
+            b += uniform_at_bytes(L, c["span_L"]) + 17 * L   # uniform_at(...) < p_nec
+            b += 9 * L + 8 * D                     # dying = cand[die]
+            b += 1 * T + 2 * T + 8 * L + 9 * L + 9 * D   # alive mask and its scatter
+            b += (9 * T + 8 * A) + (5 * T + 4 * A)  # cells[alive], o2[alive]
+        b += 24 * A + 8 * A                        # oxygen_factor (3 float32 ops), r_max * (.)
+        b += 10 * A + 9 * A + 20 * A               # tumor_state[cells], state_factor[.], product
+        b += 9 * A                                 # grow = rate > 0
+        b += 9 * A + 8 * G                         # cand = cells[grow]
+        b += 9 * A + 8 * G + 48 * G                # rate[grow]; division_probability
+        b += uniform_at_bytes(G, c["span_G"]) + 17 * G + 9 * G + 8 * S   # draw, compare, select
+    if S:
+        # neighbours (coordinates, offsets, inside mask, flat indices), kind[nbr] == EMPTY,
+        # choose_target (cumsum int64, rank == k, argmax): about 50 B per (candidate, neighbour,
+        # axis) plus 50 B per (candidate, neighbour); the claims (np.maximum.at) and the final
+        # scatters touch one 64 B cache line per voxel
+        b += (50 * ndim + 50) * k_nbrs * S + 3 * 64 * S
+    b += 64 * (C + 2 * D + 2 * W)
+    return b
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurements
+# ------------------------------------------------------------------------------------------------
+
+def machine_info() -> dict:
+    model = platform.processor() or platform.machine()
+    family = mdl = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key, val = key.strip(), val.strip()
+                if key == "model name" and model in ("", platform.machine()):
+                    model = val
+                elif key == "cpu family" and family is None:
+                    family = val
+                elif key == "model" and mdl is None:
+                    mdl = val
+    except OSError:
+        pass
+    if family is not None:
+        model = f"{model} (family {family}, model {mdl})"
+    cores = os.cpu_count()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = cores
+    return dict(host=socket.gethostname(), cpu=model, cores=cores, usable=usable,
+                numpy=np.__version__, python=platform.python_version(),
+                tmesim=tmesim.__version__, system=f"{platform.system()} {platform.release()}")
+
+
+def cpu_probe() -> float:
+    """Seconds for 10**7 additions in a Python loop: a check of the CPU's speed at the time of the
+    run (shared virtual machines vary by tens of percent from minute to minute)."""
+    t0 = time.perf_counter()
+    s = 0
+    for i in range(10 ** 7):
+        s += i
+    return time.perf_counter() - t0
+
+
+def copy_bandwidth(mb: int, reps: int = 5) -> tuple[float, float]:
+    """Best-of-reps GB/s (read + write) of np.copyto on a float32 array, 1 thread and 2 threads."""
+    n = mb * 2 ** 20 // 4
+    src = np.ones(n, dtype=np.float32)
+    dst = np.zeros_like(src)
+    one = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        one.append(time.perf_counter() - t0)
+    half = n // 2
+    parts = [(dst[:half], src[:half]), (dst[half:], src[half:])]
+    two = []
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            list(pool.map(lambda p: np.copyto(*p), parts))
+            two.append(time.perf_counter() - t0)
+    nbytes = 2 * src.nbytes
+    return nbytes / min(one) / 1e9, nbytes / min(two) / 1e9
+
+
+def bench_solver(shape, quick: bool) -> dict:
+    reps = repeats(int(np.prod(shape)), quick)
+    ndim = len(shape)
+    sc = scenario(shape)
+    grid = make_grid(sc)
+    n = grid.n_sites
+    F = len(sc.fields)
+    kind = solver_kind(shape)
+    pinned_frac = float(np.mean(kind == codes.VESSEL))   # 0 here; kept for the byte counts
+
+    # (c) realistic agent steps: warm start, then the sweeps ADI takes and the step's time
+    fs = FieldSolver(sc, grid)
+    variant = solver_variant(fs)
+    cap = sweep_cap(fs, sc)
+    fields = initial_fields(sc, n)
+    times, sweeps = [], []
+    budget = AGENT_BUDGET_S / (4 if quick else 1)
+    for i in range(WARM_STEPS + reps["agent"]):
+        t0 = time.perf_counter()
+        fs.step(fields, kind)
+        times.append(time.perf_counter() - t0)
+        sweeps.append(fs.last_sweeps)
+        # a slow solver: stop once the next step would overrun the budget (at least 2 steps:
+        # one warm-up, one measured); the table then shows fewer warm-up steps
+        if i >= 1 and sum(times) + times[-1] > budget:
+            break
+    n_warm = min(WARM_STEPS, len(times) - 1)
+    warm_sweeps = sweeps[:n_warm]
+    agent_t, agent_sweeps = times[n_warm:], sweeps[n_warm:]
+    warm = fields.copy()
+    # converged: no measured step ran into the sweep cap, and every field stays within the range
+    # of its initial, boundary and vessel values (all of them within [0, 38]; tgfb's
+    # secretion/decay ratio is 0.05 ng/mL)
+    bounded = bool(np.all(warm[0] <= 38.0 * (1 + 1e-4)) and np.all(warm >= -1e-4))
+    converged = bounded and max(agent_sweeps) < cap
+
+    # (a) one sweep: steps capped at a fixed number of sweeps, run on the warm fields;
+    # time / sweeps taken
+    fs1 = FieldSolver(scenario(shape, **capped_solver()), grid)
+    f1 = warm.copy()
+    per_sweep, taken = [], []
+
+    def capped():
+        t0 = time.perf_counter()
+        fs1.step(f1, kind)
+        dt = time.perf_counter() - t0
+        return dt / fs1.last_sweeps, fs1.last_sweeps
+    capped()                                   # warm-up
+    for _ in range(reps["adi"]):
+        t, k = capped()
+        per_sweep.append(t)
+        taken.append(k)
+    t_sweep = statistics.median(per_sweep)
+    sweeps_capped = statistics.mean(taken)
+
+    # (b) one LOD step: steps of LOD_SUBSTEPS substeps of 0.01 min
+    fsl = FieldSolver(scenario(shape, method="lod", run_dt_min=0.01 * LOD_SUBSTEPS,
+                               solver_dt_min=0.01), grid)
+    assert fsl.n_sub == LOD_SUBSTEPS, fsl.n_sub
+    fl = warm.copy()
+    t_lod = median_time(lambda: fsl.step(fl, kind), reps["lod"]) / LOD_SUBSTEPS
+
+    if variant == "cycled":
+        b_sweep = adi_sweep_bytes(ndim, F, len(fs.taus), pinned_frac)
+    elif variant == "pcg":
+        b_sweep = pcg_sweep_bytes(ndim, F, sweeps_capped, pinned_frac)
+    else:
+        b_sweep = float("nan")
+    o2 = warm[0]
+    tumor = kind == codes.TUMOR
+    return dict(
+        shape=shape, n=n, F=F, variant=variant, sweeps_capped=sweeps_capped,
+        K=len(fs.taus) if variant == "cycled" else None,
+        t_sweep=t_sweep, upd_sweep=F * n / t_sweep,
+        t_lod=t_lod, upd_lod=F * n / t_lod,
+        warm_sweeps=warm_sweeps, sweeps=statistics.mean(agent_sweeps), cap=cap,
+        converged=converged,
+        t_agent=statistics.median(agent_t),
+        b_sweep=b_sweep,
+        b_lod=lod_step_bytes(ndim, F, LOD_SUBSTEPS, pinned_frac),
+        tumor_frac=float(tumor.mean()),
+        hypoxic_frac=float((o2[tumor] < 15).mean()) if tumor.any() else 0.0,
+    )
+
+
+def rules_lattice(shape, seed=0):
+    """A lattice mostly filled with tumor cells: 10 % empty voxels, 0.4 % vessels, oxygen rising
+    from 0 at the centre to 38 mmHg at 0.9 half-sides (o2 = 38 (r/0.9)^2), so the core is hypoxic
+    and necrotic (70 % of voxels below 2.5 mmHg hold necrotic debris)."""
+    r = radius01(shape)
+    o2 = (38.0 * np.clip(r / 0.9, 0.0, 1.0) ** 2).astype(np.float32)
+    u = np.random.default_rng(seed).random(r.size, dtype=np.float32)
+    kind = np.full(r.size, codes.TUMOR, dtype=np.uint8)
+    kind[u < 0.10] = codes.EMPTY
+    kind[(o2 < 2.5) & (u >= 0.30)] = codes.NECROTIC
+    kind[u >= 1.0 - VESSEL_DENSITY] = codes.VESSEL
+    tumor_state = np.where(kind == codes.TUMOR, codes.SENSITIVE, codes.NONE).astype(np.uint8)
+    return kind, tumor_state, o2
+
+
+def span(idx: np.ndarray) -> int:
+    return int(idx.max() - idx.min() + 1) if idx.size else 0
+
+
+def bench_rules(shape, quick: bool) -> dict:
+    reps = repeats(int(np.prod(shape)), quick)["rules"]
+    ndim = len(shape)
+    sc = tmesim.loads_scenario(f'[grid]\nshape = {list(shape)}\ndx_um = {DX_UM}\n'
+                               f'[init.tumor]\nshape = "{"sphere" if ndim == 3 else "disk"}"\n')
+    grid = make_grid(sc)
+    rules = TumorRules(sc.tumor, grid, seed=1, dt_min=sc.run.dt_min)
+    kind0, ts0, o2 = rules_lattice(shape)
+    kind, ts = kind0.copy(), ts0.copy()
+    times, counts = [], []
+    for step in range(reps + 1):
+        np.copyto(kind, kind0)
+        np.copyto(ts, ts0)
+        t0 = time.perf_counter()
+        rc = rules.apply(kind, ts, o2, step)
+        dt = time.perf_counter() - t0
+        if step:                       # step 0 is the warm-up
+            times.append(dt)
+            counts.append(rc)
+    t = statistics.median(times)
+    n = grid.n_sites
+    p = sc.tumor
+    cells = np.flatnonzero(kind0 == codes.TUMOR)
+    necrotic = np.flatnonzero(kind0 == codes.NECROTIC)
+    low = cells[o2[cells] < p.necrosis_threshold_mmHg]
+    grow = cells[o2[cells] > p.proliferation_threshold_mmHg]
+    mean = lambda attr: statistics.mean(getattr(rc, attr) for rc in counts)   # noqa: E731
+    cnt = dict(T=cells.size, N=necrotic.size, L=low.size, G=grow.size,
+               D=mean("necroses"), C=mean("cleared"), W=mean("divisions"),
+               S=mean("divisions") + mean("blocked") + mean("lost_conflicts"),
+               span_N=span(necrotic), span_L=span(low), span_G=span(grow))
+    k_nbrs = len(grid.offsets)
+    b_site = rules_bytes(n, cnt, ndim, k_nbrs) / n
+    return dict(shape=shape, n=n, t=t, rate=n / t, b_site=b_site,
+                tumor_frac=cells.size / n, hypoxic_frac=float((o2[cells] < 15).mean()),
+                necrotic_frac=necrotic.size / n, low_frac=low.size / n,
+                divisions=mean("divisions"), necroses=mean("necroses"), cleared=mean("cleared"))
+
+
+def solver_peak_bytes(shape) -> float:
+    """Peak memory numpy allocates inside one ADI agent step, per voxel (tracemalloc)."""
+    sc = scenario(shape, **capped_solver())
+    grid = make_grid(sc)
+    fs = FieldSolver(sc, grid)
+    kind = solver_kind(shape)
+    fields = initial_fields(sc, grid.n_sites)
+    fs.step(fields, kind)                 # scratch buffers exist from here on
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    fs.step(fields, kind)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return peak / grid.n_sites
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables
+# ------------------------------------------------------------------------------------------------
+
+def fmt_shape(shape) -> str:
+    if len(set(shape)) == 1:
+        return f"{shape[0]}^{len(shape)}"
+    return "x".join(map(str, shape))
+
+
+def e(x: float) -> str:
+    return f"{x:.2e}"
+
+
+def md_table(header, rows) -> list[str]:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + \
+        [line(r) for r in cells[1:]]
+
+
+def render(info, bw1, bw2, copy_mb, probes, solver, rules, peak, command, elapsed) -> str:
+    out = []
+    out.append("## Machine")
+    out.append("")
+    out += md_table(["item", "value"], [
+        ["CPU", info["cpu"]],
+        ["cores", f"{info['cores']} ({info['usable']} usable by this process)"],
+        ["host / system", f"{info['host']} / {info['system']}"],
+        ["python / numpy / tmesim", f"{info['python']} / {info['numpy']} / {info['tmesim']}"],
+        ["tmesim checkout", info.get("git", "-")],
+        [f"memory copy bandwidth, 1 thread (np.copyto {copy_mb} MB float32, best of 5, read + "
+         "write)", f"{bw1:.1f} GB/s"],
+        ["memory copy bandwidth, 2 threads (same, each thread half)", f"{bw2:.1f} GB/s"],
+        ["CPU speed probe: 10^7 Python additions, at start / at end",
+         f"{probes[0]:.3f} s / {probes[1]:.3f} s"],
+    ])
+    out.append("")
+
+    if solver:
+        F = solver[0]["F"]
+        variant = solver[0]["variant"]
+        if variant == "cycled":
+            what = (f"ADI here is the cycled iteration (K = {solver[0]['K']} pseudo-step sweeps "
+                    "per cycle); one sweep = one pseudo-step, (a) times steps of one cycle.")
+        elif variant == "pcg":
+            what = ("ADI here is conjugate gradients preconditioned by the ADI line-factor product; "
+                    "one sweep = one iteration (an operator product and 2 ndim - 1 line solves), "
+                    f"(a) times steps capped at {solver[0]['sweeps_capped']:.0f} iterations.")
+        else:
+            what = "Unknown ADI variant: no byte counts."
+        out.append(f"## Field solver ({F} fields: oxygen, drug, tgfb, glucose; dx {DX_UM:g} um, "
+                   "agent step 6 min)")
+        out.append("")
+        out.append(f"One voxel-field update = one field at one voxel advanced by one ADI sweep or "
+                   f"one LOD step. {what} BioFVM (LOD, 4 substrates, "
+                   f"2 threads, this kind of machine): {e(BIOFVM_UPD_PER_S[0])}-"
+                   f"{e(BIOFVM_UPD_PER_S[1])} updates/s; target >= {e(SOLVER_TARGET)} (3D).")
+        out.append("")
+        rows = []
+        for s in solver:
+            rows.append([fmt_shape(s["shape"]), e(s["n"]),
+                         f"{s['t_sweep'] * 1e3:.1f}", e(s["upd_sweep"]),
+                         f"{s['upd_sweep'] / SOLVER_TARGET:.2f}" if len(s["shape"]) == 3
+                         else "-",
+                         f"{s['t_lod'] * 1e3:.1f}", e(s["upd_lod"]),
+                         f"{s['sweeps']:.0f} (warm-up {','.join(map(str, s['warm_sweeps']))})"
+                         + ("" if s["converged"] else f" NOT CONVERGED (cap {s['cap']})"),
+                         f"{s['t_agent']:.3g}",
+                         f"{100 * s['tumor_frac']:.0f} / {100 * s['hypoxic_frac']:.0f}"])
+        out += md_table(["grid", "voxels", "ADI ms/sweep", "ADI upd/s", "x target",
+                         "LOD ms/step", "LOD upd/s", "sweeps/agent step", "s/agent step",
+                         "tumor % / hypoxic % of tumor"], rows)
+        out.append("")
+        out.append("Memory traffic of the solver (bytes per voxel-field update, counted from the "
+                   "numpy operations in tmesim/steps/fields.py):")
+        out.append("")
+        rows = []
+        for s in solver:
+            gb_a = s["b_sweep"] * s["upd_sweep"] / 1e9
+            gb_l = s["b_lod"] * s["upd_lod"] / 1e9
+            rows.append([fmt_shape(s["shape"]), f"{s['b_sweep']:.0f}",
+                         f"{adi_minimal_bytes(len(s['shape'])):.0f}",
+                         f"{gb_a:.1f}", f"{100 * gb_a / bw1:.0f}%",
+                         f"{s['b_lod']:.0f}", f"{gb_l:.1f}", f"{100 * gb_l / bw1:.0f}%"])
+        out += md_table(["grid", "ADI B/update", "fused minimum B/update", "ADI GB/s",
+                         "ADI % of copy BW", "LOD B/update", "LOD GB/s", "LOD % of copy BW"],
+                        rows)
+        out.append("")
+
+    if rules:
+        out.append("## Tumor rules (TumorRules.apply, every lattice site counted each step)")
+        out.append("")
+        out.append(f"Target (2D) >= {e(RULES_TARGET_2D)} site updates/s; HAL on-lattice model: "
+                   f"{e(HAL_STEPS_PER_S[0])}-{e(HAL_STEPS_PER_S[1])} agent steps/s.")
+        out.append("")
+        rows = []
+        for r in rules:
+            gb = r["b_site"] * r["rate"] / 1e9
+            rows.append([fmt_shape(r["shape"]), e(r["n"]), f"{r['t'] * 1e3:.1f}", e(r["rate"]),
+                         f"{100 * r['tumor_frac']:.0f} / {100 * r['hypoxic_frac']:.0f} / "
+                         f"{100 * r['necrotic_frac']:.1f}",
+                         f"{r['divisions']:.0f} / {r['necroses']:.0f} / {r['cleared']:.0f}",
+                         f"{r['b_site']:.0f}", f"{gb:.1f}", f"{100 * gb / bw1:.0f}%"])
+        out += md_table(["grid", "sites", "ms/step", "site upd/s",
+                         "tumor % / hypoxic % of tumor / necrotic %",
+                         "divisions / necroses / cleared per step", "B/site", "GB/s",
+                         "% of copy BW"], rows)
+        out.append("")
+
+    out.append("## State")
+    out.append("")
+    F = N_FIELDS
+    rows = [[f"State.bytes_per_voxel({F}) (kind, tumor_state, {F} float32 fields)",
+             f"{State.bytes_per_voxel(F)} B", f"<= {STATE_TARGET_B} B"]]
+    for shape, b in peak:
+        rows.append([f"peak transient memory of one ADI agent step at {fmt_shape(shape)} "
+                     "(tracemalloc, beyond the state)", f"{b:.0f} B", "-"])
+    out += md_table(["quantity, per voxel", "bytes", "target"], rows)
+    out.append("")
+
+    out.append("## Targets")
+    out.append("")
+    rows = []
+    three = [s for s in solver if len(s["shape"]) == 3]
+    if three:
+        worst = min(three, key=lambda s: s["upd_sweep"])
+        best = max(three, key=lambda s: s["upd_sweep"])
+        ok = worst["upd_sweep"] >= SOLVER_TARGET
+        rows.append([f"field solver >= {e(SOLVER_TARGET)} voxel-field updates/s, 3D, {F} fields",
+                     f"{e(worst['upd_sweep'])} ({fmt_shape(worst['shape'])}) .. "
+                     f"{e(best['upd_sweep'])} ({fmt_shape(best['shape'])})",
+                     "met" if ok else "MISSED"])
+    two = [r for r in rules if len(r["shape"]) == 2]
+    if two:
+        worst = min(two, key=lambda r: r["rate"])
+        rows.append([f"2D rules >= {e(RULES_TARGET_2D)} site updates/s",
+                     f"{e(worst['rate'])} (slowest, {fmt_shape(worst['shape'])})",
+                     "met" if worst["rate"] >= RULES_TARGET_2D else "MISSED"])
+    sb = State.bytes_per_voxel(F)
+    rows.append([f"state <= {STATE_TARGET_B} B per voxel ({F} fields)", f"{sb} B",
+                 "met" if sb <= STATE_TARGET_B else "MISSED"])
+    out += md_table(["target", "measured", "status"], rows)
+    out.append("")
+    out.append(f"Command: `{command}`; wall time {elapsed:.0f} s.")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="only the smallest grids, fewer repeats")
+    ap.add_argument("--out", metavar="FILE", help="also write the tables as markdown to FILE")
+    args = ap.parse_args(argv)
+    command = "python benchmarks/bench_core.py" + (" --quick" if args.quick else "") + \
+        (f" --out {args.out}" if args.out else "")
+    t_start = time.perf_counter()
+    info = machine_info()
+    info["git"] = git_state()
+    probe0 = cpu_probe()
+    log(f"tmesim core benchmark on {info['cpu']}, {info['cores']} cores, numpy {info['numpy']}")
+    copy_mb = COPY_MB // 4 if args.quick else COPY_MB
+    bw1, bw2 = copy_bandwidth(copy_mb)
+    log(f"copy bandwidth {bw1:.1f} GB/s (1 thread), {bw2:.1f} GB/s (2 threads)")
+
+    sizes = (QUICK_2D + QUICK_3D) if args.quick else (FULL_2D + FULL_3D)
+    solver = []
+    for shape in sizes:
+        t0 = time.perf_counter()
+        s = bench_solver(shape, args.quick)
+        solver.append(s)
+        log(f"solver {fmt_shape(shape)}: {s['t_sweep'] * 1e3:.1f} ms/sweep "
+            f"({e(s['upd_sweep'])} upd/s), LOD {s['t_lod'] * 1e3:.1f} ms/step, "
+            f"{s['sweeps']:.0f} sweeps/agent step, {s['t_agent']:.3g} s/agent step "
+            f"[{time.perf_counter() - t0:.0f} s]")
+
+    rsizes = (RULES_QUICK_2D + RULES_QUICK_3D) if args.quick else (RULES_FULL_2D + RULES_FULL_3D)
+    rules = []
+    for shape in rsizes:
+        r = bench_rules(shape, args.quick)
+        rules.append(r)
+        log(f"rules {fmt_shape(shape)}: {r['t'] * 1e3:.1f} ms/step, {e(r['rate'])} site upd/s")
+
+    peak = [(s, solver_peak_bytes(s)) for s in ((QUICK_2D[0], QUICK_3D[0]))]
+    probes = (probe0, cpu_probe())
+    elapsed = time.perf_counter() - t_start
+    table = render(info, bw1, bw2, copy_mb, probes, solver, rules, peak, command, elapsed)
+    print()
+    print(table)
+    if args.out:
+        today = datetime.date.today().isoformat()
+        header = (f"# tmesim CPU benchmark, {today}\n\n"
+                  f"- date: {today}\n"
+                  f"- machine: {info['cpu']}, {info['cores']} cores, host {info['host']}, "
+                  f"{info['system']}\n"
+                  f"- command: `{command}` (from the repository root)\n\n")
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(header + table + "\n")
+        log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
