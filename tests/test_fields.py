@@ -690,3 +690,17 @@ def test_adi_default_tolerance_small_steps(dt):
     var0 = (c0 * x ** 2).sum() / c0.sum()
     var = (c * x ** 2).sum() / c.sum()
     assert abs((var - var0) / (2 * D * T) - 1) < 0.01
+
+
+def test_unconverged_solve_warns_once():
+    """A field step that hits solver.max_iterations says so (once per solver), never silently."""
+    sc = tmesim.loads_scenario("[grid]\nshape = [40, 40]\n[solver]\nmax_iterations = 1\n"
+                               "tolerance = 1e-9\n")
+    fs = FieldSolver(sc, Grid(sc.grid.shape, sc.grid.dx_um))
+    kind = np.zeros(1600, np.uint8)
+    kind[800:900] = codes.TUMOR
+    f = np.full((1, 1600), 38.0, np.float32)
+    with pytest.warns(RuntimeWarning, match="max_iterations = 1") as record:
+        fs.step(f, kind)
+        fs.step(f, kind)
+    assert len([w for w in record if "max_iterations" in str(w.message)]) == 1

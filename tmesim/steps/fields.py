@@ -50,6 +50,7 @@ The arrays: ``fields`` is (n_fields, n_sites) float32, viewed as (n_fields, *gri
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -269,6 +270,7 @@ class FieldSolver:
         self.dt = dt_agent / self.n_sub
         self.method = sc.solver.method
         self._tmp = {}
+        self._warned = False      # max_iterations reached (warned once per solver)
         if self.method == "adi":
             self._setup_adi()
         else:
@@ -394,7 +396,7 @@ class FieldSolver:
         diag = U + inv_dt
         b = c * inv_dt + S
         r, z, p, q, lap, extra, cp = (np.empty_like(c) for _ in range(7))
-        r_flat, p_flat, q_flat = (a.reshape(F, -1) for a in (r, p, q))
+        r_flat, q_flat = (a.reshape(F, -1) for a in (r, q))
         # r = b - A c with the true boundary values; 0 at pinned voxels
         self._apply(c, diag, r, lap, self.ghosts)
         np.subtract(b, r, out=r)
@@ -425,6 +427,13 @@ class FieldSolver:
             rz = rz_new
             p *= beta.astype(self.dtype).reshape((F,) + (1,) * self.ndim)
             p += z
+        else:
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"field solve stopped at solver.max_iterations = {it} with residual "
+                              f"{np.abs(r_flat).max():.3g} (start {r0.max():.3g}); raise "
+                              "solver.max_iterations or solver.tolerance", RuntimeWarning,
+                              stacklevel=3)
         return it
 
     def _lod_step(self, c, U, S, pinned):
