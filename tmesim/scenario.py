@@ -170,7 +170,7 @@ class SolverConfig:
                         "state at any step); lod: BioFVM's split LOD, accurate only for small "
                         "steps", choices=("adi", "lod"))
     dt_min: float = param(0.0, "min", "field time step; 0 means one step per agent step", lo=0)
-    tolerance: float = param(1e-3, "", "adi: stop iterating when the largest residual has fallen "
+    tolerance: float = param(3e-2, "", "adi: stop iterating when the largest residual has fallen "
                              "to this fraction of its value at the start of the step (or to "
                              "min(tolerance, 1e-6) of the right-hand side, near float32 "
                              "rounding)", lo=0, lo_open=True, hi=0.5)
