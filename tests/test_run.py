@@ -1,6 +1,5 @@
 """Whole runs: the HDF5 file and its schema, determinism, a killed run, the reader, CLI, report."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -198,7 +198,7 @@ def laplacian(c: np.ndarray, D_over_h2: np.ndarray, ghosts, out: np.ndarray) -> 
         flux = np.zeros(flux_shape, dtype=c.dtype)
         sl = [slice(None)] * c.ndim
 
-        def at(i, arr=None):
+        def at(i):
             s = list(sl)
             s[ax] = i
             return tuple(s)
@@ -215,7 +215,7 @@ def laplacian(c: np.ndarray, D_over_h2: np.ndarray, ghosts, out: np.ndarray) -> 
 
 
 class FieldSolverError(UserError):
-    """The field solve failed (diverged or produced non-finite values)."""
+    """The field solve produced non-finite values."""
 
 
 class FieldSolver:
@@ -275,23 +275,9 @@ class FieldSolver:
             self._setup_adi()
         else:
             self._setup_lod()
-        self.last_sweeps = 0      # sweeps taken by the last step (adi), for diagnostics
+        self.last_sweeps = 0      # CG iterations (adi) or LOD substeps of the last step
 
     # ----------------------------------------------------------------------------- coefficients
-    def _line_coefficients(self, taus: np.ndarray, diag_extra=None):
-        """Thomas coefficients per axis for pseudo-steps taus (F,)."""
-        h = self.grid.dx_um
-        extra = np.zeros(self.F) if diag_extra is None else diag_extra
-        out = []
-        for a in range(self.ndim):
-            k = taus * self.D / h ** 2
-            lo, hi = self.dirichlet[a]
-            # float64 coefficients: with float32 ones a no-flux solve shifts the line's sum by
-            # about 1e-8 each time, always the same way (LOD's mass then drifts 1e-5 in 240 steps)
-            out.append(thomas_coefficients(k, self.grid.shape[a], lo, hi, extra, self.ndim,
-                                           np.float64))
-        return out
-
     def _setup_adi(self):
         h = self.grid.dx_um
         L = max(self.grid.shape) * h
@@ -307,7 +293,7 @@ class FieldSolver:
         sl = (self.F,) + (1,) * (self.ndim - 1)
         order = list(range(self.ndim - 1)) + [self.ndim - 1] + list(range(self.ndim - 2, -1, -1))
         self.adi_factors = []
-        for pos, a in enumerate(order):
+        for a in order:
             share = 1.0 if a == self.ndim - 1 else 0.5
             k = share * self.tau * self.D / h ** 2
             lo, hi = self.dirichlet[a]
@@ -320,9 +306,13 @@ class FieldSolver:
                               .astype(self.dtype) for g in pair) for pair in self.ghosts]
 
     def _setup_lod(self):
-        dt = self.dt
-        self.lod_coeffs = self._line_coefficients(np.full(self.F, dt),
-                                                  diag_extra=dt * self.decay / self.ndim)
+        k = self.dt * self.D / self.grid.dx_um ** 2
+        extra = self.dt * self.decay / self.ndim
+        # float64 coefficients: with float32 ones a no-flux solve shifts the line's sum by about
+        # 1e-8 each time, always the same way (LOD's mass then drifts 1e-5 in 240 steps)
+        self.lod_coeffs = [thomas_coefficients(k, self.grid.shape[a], *self.dirichlet[a], extra,
+                                               self.ndim, np.float64) for a in range(self.ndim)]
+        self.lod_k = k.reshape((self.F,) + (1,) * self.ndim).astype(self.dtype)
 
     # ----------------------------------------------------------------------------- stepping
     def rates(self, kind: np.ndarray):
@@ -371,7 +361,8 @@ class FieldSolver:
                 # length: solve on an x-first copy instead (measured 3x faster at 2048^2)
                 xt = np.ascontiguousarray(np.moveaxis(out, -1, 1))
                 et = np.ascontiguousarray(np.moveaxis(extra, -1, 1))
-                thomas_solve_diag(xt, 0, k, base, et, np.empty_like(xt), self._scratch(xt, 0))
+                thomas_solve_diag(xt, 0, k, base, et, cp.reshape(xt.shape),
+                                  self._scratch(xt, 0))
                 np.copyto(out, np.moveaxis(xt, 1, -1))
             else:
                 thomas_solve_diag(out, a, k, base, extra, cp, self._scratch(out, a))
@@ -438,11 +429,10 @@ class FieldSolver:
 
     def _lod_step(self, c, U, S, pinned):
         dt = np.float32(self.dt)
-        h2 = self.grid.dx_um ** 2
+        k = self.lod_k
         for a in range(self.ndim):
             lo, hi = self.ghosts[a]
             ax = a + 1
-            k = (self.dt * self.D / h2).reshape((self.F,) + (1,) * self.ndim).astype(self.dtype)
             for g, idx in ((lo, 0), (hi, c.shape[ax] - 1)):
                 if g is None:
                     continue
@@ -456,9 +446,6 @@ class FieldSolver:
         c += dt * S
         c /= 1.0 + dt * U_no_decay
         c.reshape(self.F, -1)[:, pinned] = self.vessel_value
-
-    def laplacian(self, c, out):
-        return laplacian(c, self.D_over_h2, self.ghosts, out)
 
     def _scratch(self, x, axis):
         shape = np.moveaxis(x, axis + 1, 0).shape[1:]
