@@ -11,21 +11,19 @@ What is measured (benchmarks/README.md explains every column):
 * memory copy bandwidth: ``np.copyto`` of a 512 MB float32 array, best of 5, counting the bytes
   read plus the bytes written;
 * field solver, 2D and 3D, 4 fields (oxygen and three extra fields with different diffusion,
-  decay, uptake and secretion), on a tumor disk/sphere with a necrotic core (no vessels: with
-  pinned vessel voxels the cycled ADI iteration stalls or diverges on large 2D grids, see
-  benchmarks/README.md):
+  decay, uptake and secretion), on a tumor disk/sphere with a necrotic core (no vessels, as in
+  the first recorded runs, so that results stay comparable):
   (c) a realistic agent step: fields warm-started by ``WARM_STEPS`` agent steps, then the sweeps
       the ADI iteration actually takes and the wall time of the step;
-  (a) one ADI sweep: agent steps capped at a few sweeps (one cycle of K pseudo-steps in the
-      cycled ADI iteration, 8 iterations in the preconditioned-CG form) on the warm fields,
-      time / sweeps, so the per-step set-up is shared by those sweeps;
+  (a) one ADI sweep (one CG iteration): agent steps capped at 8 iterations on the warm fields,
+      time / iterations, so the per-step set-up is shared by those iterations;
   (b) one LOD step (BioFVM's scheme, ``[solver] method = "lod"``): agent steps of 4 LOD substeps,
       time / 4;
 * tumor rules: ``TumorRules.apply`` on a lattice mostly filled with tumor cells under a radial
   oxygen profile (normoxic rim, hypoxic and necrotic core), so every branch runs;
 * bytes: the state per voxel (``State.bytes_per_voxel``) and the bytes the numpy code reads and
   writes per update, counted operation by operation from tmesim/steps/fields.py and
-  tmesim/steps/tumor.py (see ``adi_sweep_bytes``, ``pcg_sweep_bytes``, ``lod_step_bytes``, ``rules_bytes``), and from
+  tmesim/steps/tumor.py (see ``pcg_sweep_bytes``, ``lod_step_bytes``, ``rules_bytes``), and from
   them the achieved GB/s as a fraction of the measured copy bandwidth.
 
 Every timing is the median of repeats after a warm-up. numpy runs each operation on one core, so
@@ -35,7 +33,6 @@ the solver and the rules use one of the machine's cores.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import platform
@@ -52,7 +49,6 @@ import numpy as np
 import tmesim
 from tmesim import codes
 from tmesim.grid import Grid
-from tmesim.scenario import SolverConfig
 from tmesim.state import State
 from tmesim.steps.fields import FieldSolver
 from tmesim.steps.tumor import TumorRules
@@ -132,7 +128,7 @@ boundary = { faces = "all", kind = "dirichlet", value = 5.0 }
 
 
 def scenario(shape, method="adi", run_dt_min=6.0, solver_dt_min=0.0, **solver):
-    """The benchmark scenario; ``solver`` adds [solver] keys (e.g. max_cycles = 1)."""
+    """The benchmark scenario; ``solver`` adds [solver] keys (e.g. max_iterations = 8)."""
     ndim = len(shape)
     extra = "".join(f"{k} = {v!r}\n" for k, v in solver.items())
     text = f"""
@@ -155,40 +151,12 @@ dt_min = {solver_dt_min}
     return sc
 
 
-# The ADI solver of tmesim exists in two forms; the benchmark measures whichever is installed.
-#   "cycled": sweeps c += tau (I - tau Lz)^-1 ... r for K pseudo-steps tau per cycle, at most
-#             solver.max_cycles cycles (FieldSolver.taus); one sweep = one pseudo-step.
-#   "pcg":    conjugate gradients preconditioned by a symmetric product of line factors, at most
-#             solver.max_iterations iterations (FieldSolver.adi_factors); one sweep = one iteration.
-# In both, FieldSolver.last_sweeps counts the sweeps of the last step.
+# The ADI solver is conjugate gradients preconditioned by a symmetric product of line factors, at
+# most solver.max_iterations iterations; one sweep = one iteration, and FieldSolver.last_sweeps
+# counts the iterations of the last step.
 
-def solver_keys() -> set:
-    return {f.name for f in dataclasses.fields(SolverConfig)}
-
-
-def capped_solver(fixed_sweeps: int = 8) -> dict:
-    """[solver] keys that make an ADI step take a fixed, small number of sweeps (for timing one)."""
-    keys = solver_keys()
-    if "max_cycles" in keys:
-        return dict(max_cycles=1)                          # exactly K sweeps
-    if "max_iterations" in keys:
-        return dict(max_iterations=fixed_sweeps, tolerance=1e-9)   # runs to the cap
-    raise RuntimeError(f"unknown solver settings {sorted(keys)}: update bench_core.py")
-
-
-def solver_variant(fs) -> str:
-    if hasattr(fs, "taus"):
-        return "cycled"
-    if hasattr(fs, "adi_factors"):
-        return "pcg"
-    return "unknown"
-
-
-def sweep_cap(fs, sc) -> int:
-    """Most sweeps one ADI step may take."""
-    if hasattr(sc.solver, "max_iterations"):
-        return sc.solver.max_iterations * fs.n_sub
-    return len(fs.taus) * sc.solver.max_cycles * fs.n_sub
+# [solver] keys that make an ADI step run exactly this many iterations (for timing one)
+CAPPED_SOLVER = dict(max_iterations=8, tolerance=1e-9)
 
 
 def git_state() -> str:
@@ -221,9 +189,8 @@ def radius01(shape) -> np.ndarray:
 
 def solver_kind(shape) -> np.ndarray:
     """Occupants for the field solver: a tumor disk/sphere of radius 0.6 half-sides (0.3 of the
-    side) with a necrotic core (inner 40 % of the radius) in empty tissue. No vessels: pinned
-    vessel voxels make the ADI iteration stall at max_cycles or diverge on large 2D grids
-    (benchmarks/README.md), and a benchmark of a diverging solve would mean nothing."""
+    side) with a necrotic core (inner 40 % of the radius) in empty tissue, without vessels (the
+    workload of the first recorded runs, kept so that results compare)."""
     r = radius01(shape)
     kind = np.zeros(r.size, dtype=np.uint8)
     kind[r <= 0.6] = codes.TUMOR
@@ -301,13 +268,6 @@ def adi_sweep_core_bytes(ndim: int, pinned_frac: float) -> float:
 def adi_cycle_check_bytes() -> float:
     # once per cycle: np.abs(r) r4 w4, .max r4 ; np.abs(c) r4 w4, .max r4
     return 24.0
-
-
-def adi_sweep_bytes(ndim: int, F: int, K: int, pinned_frac: float) -> float:
-    """Per field-voxel bytes of one sweep as measured in (a): agent steps of exactly one cycle of K
-    sweeps, so the per-step set-up and the cycle's convergence check are shared by K sweeps."""
-    return adi_sweep_core_bytes(ndim, pinned_frac) + (adi_cycle_check_bytes()
-                                                      + step_setup_bytes(F)) / K
 
 
 def adi_minimal_bytes(ndim: int) -> float:
@@ -489,8 +449,7 @@ def bench_solver(shape, quick: bool) -> dict:
 
     # (c) realistic agent steps: warm start, then the sweeps ADI takes and the step's time
     fs = FieldSolver(sc, grid)
-    variant = solver_variant(fs)
-    cap = sweep_cap(fs, sc)
+    cap = sc.solver.max_iterations * fs.n_sub
     fields = initial_fields(sc, n)
     times, sweeps = [], []
     budget = AGENT_BUDGET_S / (4 if quick else 1)
@@ -515,7 +474,7 @@ def bench_solver(shape, quick: bool) -> dict:
 
     # (a) one sweep: steps capped at a fixed number of sweeps, run on the warm fields;
     # time / sweeps taken
-    fs1 = FieldSolver(scenario(shape, **capped_solver()), grid)
+    fs1 = FieldSolver(scenario(shape, **CAPPED_SOLVER), grid)
     f1 = warm.copy()
     per_sweep, taken = [], []
 
@@ -539,17 +498,11 @@ def bench_solver(shape, quick: bool) -> dict:
     fl = warm.copy()
     t_lod = median_time(lambda: fsl.step(fl, kind), reps["lod"]) / LOD_SUBSTEPS
 
-    if variant == "cycled":
-        b_sweep = adi_sweep_bytes(ndim, F, len(fs.taus), pinned_frac)
-    elif variant == "pcg":
-        b_sweep = pcg_sweep_bytes(ndim, F, sweeps_capped, pinned_frac)
-    else:
-        b_sweep = float("nan")
+    b_sweep = pcg_sweep_bytes(ndim, F, sweeps_capped, pinned_frac)
     o2 = warm[0]
     tumor = kind == codes.TUMOR
     return dict(
-        shape=shape, n=n, F=F, variant=variant, sweeps_capped=sweeps_capped,
-        K=len(fs.taus) if variant == "cycled" else None,
+        shape=shape, n=n, F=F, sweeps_capped=sweeps_capped,
         t_sweep=t_sweep, upd_sweep=F * n / t_sweep,
         t_lod=t_lod, upd_lod=F * n / t_lod,
         warm_sweeps=warm_sweeps, sweeps=statistics.mean(agent_sweeps), cap=cap,
@@ -622,7 +575,7 @@ def bench_rules(shape, quick: bool) -> dict:
 
 def solver_peak_bytes(shape) -> float:
     """Peak memory numpy allocates inside one ADI agent step, per voxel (tracemalloc)."""
-    sc = scenario(shape, **capped_solver())
+    sc = scenario(shape, **CAPPED_SOLVER)
     grid = make_grid(sc)
     fs = FieldSolver(sc, grid)
     kind = solver_kind(shape)
@@ -679,16 +632,9 @@ def render(info, bw1, bw2, copy_mb, probes, solver, rules, peak, command, elapse
 
     if solver:
         F = solver[0]["F"]
-        variant = solver[0]["variant"]
-        if variant == "cycled":
-            what = (f"ADI here is the cycled iteration (K = {solver[0]['K']} pseudo-step sweeps "
-                    "per cycle); one sweep = one pseudo-step, (a) times steps of one cycle.")
-        elif variant == "pcg":
-            what = ("ADI here is conjugate gradients preconditioned by the ADI line-factor product; "
-                    "one sweep = one iteration (an operator product and 2 ndim - 1 line solves), "
-                    f"(a) times steps capped at {solver[0]['sweeps_capped']:.0f} iterations.")
-        else:
-            what = "Unknown ADI variant: no byte counts."
+        what = ("ADI here is conjugate gradients preconditioned by the ADI line-factor product; "
+                "one sweep = one iteration (an operator product and 2 ndim - 1 line solves), "
+                f"(a) times steps capped at {solver[0]['sweeps_capped']:.0f} iterations.")
         out.append(f"## Field solver ({F} fields: oxygen, drug, tgfb, glucose; dx {DX_UM:g} um, "
                    "agent step 6 min)")
         out.append("")
