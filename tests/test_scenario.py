@@ -144,4 +144,9 @@ def test_validate_prints_memory(tmp_path, capsys):
     f.write_text(textwrap.dedent(GOOD))
     assert main(["validate", str(f)]) == 0
     out = capsys.readouterr().out
-    assert "6 bytes/voxel" in out and "OK" in out
+    # the estimate must match the arrays a real state holds per voxel
+    from tmesim.grid import Grid
+    from tmesim.state import State
+    st = State.empty(Grid((4, 4), 20.0), 1)
+    per_voxel = sum(a.nbytes for k, a in st.arrays().items() if k != "plasma") // 16
+    assert f"{per_voxel} bytes/voxel" in out and "OK" in out

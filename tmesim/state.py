@@ -1,13 +1,19 @@
-"""The simulation state: a struct of flat arrays over lattice sites.
+"""The simulation state: a struct of flat arrays over lattice sites, plus a few scalars.
 
 Every per-voxel quantity is one flat array of length ``n_sites`` (C order over the grid), so a
-CUDA kernel sees the same layout with one thread per site. Bytes per voxel: 2 + 4 x n_fields
-(kind and tumor state as uint8, each field float32).
+CUDA kernel sees the same layout with one thread per site. Bytes per voxel: 10 + 4 x n_fields
+(kind and tumor state as uint8; memory and time in P as float32; each field float32).
+
+Everything that determines the rest of a run is in here (the random numbers are a pure function
+of seed, step, site and stream): a checkpoint is this object, and a run resumed from it continues
+exactly. :meth:`State.arrays` lists the arrays by name, so writers and checkpoints need not be
+changed when a variable is added.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,27 +27,50 @@ class State:
     Attributes:
         kind: (n_sites,) uint8, occupant kind (tmesim.codes).
         tumor_state: (n_sites,) uint8, S/P/R of tumor cells, NONE elsewhere.
+        memory: (n_sites,) float32 in [0, 1], epigenetic tolerance memory of tumor cells
+            (0 elsewhere); daughters inherit it.
+        time_in_P_min: (n_sites,) float32, minutes the tumor cell has spent as a persister
+            (cumulative over its lineage's persister episodes; 0 elsewhere).
         fields: (n_fields, n_sites) float32, concentrations in each field's units.
+        plasma: (n_drugs,) float64, plasma concentration of each drug (uM).
         step: agent steps taken.
         time_min: simulated time in minutes.
     """
     kind: np.ndarray
     tumor_state: np.ndarray
     fields: np.ndarray
+    memory: np.ndarray = None
+    time_in_P_min: np.ndarray = None
+    plasma: np.ndarray = field(default_factory=lambda: np.zeros(0))
     step: int = 0
     time_min: float = 0.0
 
+    def __post_init__(self):
+        n = self.kind.shape[0]
+        if self.memory is None:
+            self.memory = np.zeros(n, dtype=np.float32)
+        if self.time_in_P_min is None:
+            self.time_in_P_min = np.zeros(n, dtype=np.float32)
+
     @classmethod
-    def empty(cls, grid: Grid, n_fields: int, xp=np) -> "State":
+    def empty(cls, grid: Grid, n_fields: int, n_drugs: int = 0, xp=np) -> "State":
         n = grid.n_sites
         return cls(kind=xp.zeros(n, dtype=xp.uint8),
                    tumor_state=xp.zeros(n, dtype=xp.uint8),
-                   fields=xp.zeros((n_fields, n), dtype=xp.float32))
+                   fields=xp.zeros((n_fields, n), dtype=xp.float32),
+                   memory=xp.zeros(n, dtype=xp.float32),
+                   time_in_P_min=xp.zeros(n, dtype=xp.float32),
+                   plasma=np.zeros(n_drugs, dtype=np.float64))
 
     @staticmethod
     def bytes_per_voxel(n_fields: int) -> int:
-        return 2 + 4 * n_fields
+        return 10 + 4 * n_fields
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array of the state by attribute name (site arrays, fields, plasma)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), np.ndarray)}
 
     def copy(self) -> "State":
-        return State(self.kind.copy(), self.tumor_state.copy(), self.fields.copy(),
-                     self.step, self.time_min)
+        return State(**{k: v.copy() for k, v in self.arrays().items()},
+                     step=self.step, time_min=self.time_min)

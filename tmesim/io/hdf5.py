@@ -85,6 +85,8 @@ class RunWriter:
         k.attrs["names"] = list(codes.KIND_NAMES)
         s = snaps.create_dataset("tumor_state", (0,) + shape, dtype="u1", **opts)
         s.attrs["names"] = list(codes.TUMOR_STATE_NAMES)
+        m = snaps.create_dataset("memory", (0,) + shape, dtype="f4", **opts)
+        m.attrs["units"] = "1"
         fg = f.create_group(schema.FIELDS)
         for fc in scenario.fields:
             d = fg.create_dataset(fc.name, (0,) + shape, dtype="f4", **opts)
@@ -115,13 +117,15 @@ class RunWriter:
         self._append(snaps["step"], [state.step])
         self._append(snaps["kind"], state.kind.reshape((1,) + shape))
         self._append(snaps["tumor_state"], state.tumor_state.reshape((1,) + shape))
+        self._append(snaps["memory"], state.memory.reshape((1,) + shape))
         for i, fc in enumerate(self.sc.fields):
             self._append(self.f[schema.FIELDS][fc.name], state.fields[i].reshape((1,) + shape))
         self._snap_times.append(float(state.time_min))
         self.flush_rows()
         if self.xdmf:
             arrays = [("kind", f"{schema.SNAPSHOTS}/kind", "uint8"),
-                      ("tumor_state", f"{schema.SNAPSHOTS}/tumor_state", "uint8")]
+                      ("tumor_state", f"{schema.SNAPSHOTS}/tumor_state", "uint8"),
+                      ("memory", f"{schema.SNAPSHOTS}/memory", "float32")]
             arrays += [(fc.name, f"{schema.FIELDS}/{fc.name}", "float32")
                        for fc in self.sc.fields]
             write_xdmf(self.path, shape, self.grid.dx_um, self._snap_times, arrays)

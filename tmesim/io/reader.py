@@ -65,6 +65,9 @@ def open_run(path) -> xr.Dataset:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in ds.attrs["names"]]
         data_vars[name] = xr.Variable(("time",) + dims, lazy(ds, T),
                                       {"names": names, "flag_values": list(range(len(names)))})
+    if "memory" in snaps:
+        data_vars["memory"] = xr.Variable(("time",) + dims, lazy(snaps["memory"], T),
+                                          {"units": "1"})
     for name, ds in f[schema.FIELDS].items():
         data_vars[name] = xr.Variable(("time",) + dims, lazy(ds, T),
                                       {"units": attr_str(ds, "units")})

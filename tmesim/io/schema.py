@@ -9,6 +9,7 @@ One run, one HDF5 file (DESIGN.md). Axis order is (z, y, x); a 2D run has (y, x)
     /snapshots/step         (T,) int64, agent step of each snapshot
     /snapshots/kind         (T, [Z,] Y, X) uint8, codes in attrs["names"]
     /snapshots/tumor_state  (T, [Z,] Y, X) uint8, codes in attrs["names"]
+    /snapshots/memory       (T, [Z,] Y, X) float32, epigenetic memory of tumor cells in [0, 1]
     /snapshots/fields/NAME  (T, [Z,] Y, X) float32, attrs["units"]
     /timeseries/COLUMN      (N,) float64, one row per agent step, attrs["units"]
     /events/time_min, /events/kind, /events/detail   (E,) float64, str, str (detail is JSON)
