@@ -12,3 +12,7 @@ KIND_CODES = {name: code for code, name in enumerate(KIND_NAMES)}
 NONE, SENSITIVE, PERSISTER, RESISTANT = 0, 1, 2, 3
 TUMOR_STATE_NAMES = ("none", "S", "P", "R")
 TUMOR_STATE_CODES = {name: code for code, name in enumerate(TUMOR_STATE_NAMES)}
+
+# Scenario keys that name a tumor state in per-kind tables (uptake, secretion): they override the
+# "tumor" entry for cells in that state.
+STATE_KEYS = {"sensitive": SENSITIVE, "persister": PERSISTER, "resistant": RESISTANT}

@@ -25,7 +25,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .codes import KIND_NAMES
+from .codes import KIND_NAMES, STATE_KEYS
+
+# keys of per-kind rate tables: occupant kinds, and tumor states that override "tumor"
+RATE_KEYS = KIND_NAMES + tuple(STATE_KEYS)
 from .errors import _MISSING, ScenarioError
 
 FACES = ("z-", "z+", "y-", "y+", "x-", "x+")
@@ -307,11 +310,12 @@ def _convert(path: str, value, tp, meta):
     if origin is dict:
         if not isinstance(value, dict):
             raise ScenarioError(path, value, "a table of kind = number, kinds: "
-                                + ", ".join(KIND_NAMES))
+                                + ", ".join(RATE_KEYS))
         out = {}
         for k, v in value.items():
-            if k not in KIND_NAMES:
-                raise ScenarioError(f"{path}.{k}", v, "an occupant kind: " + ", ".join(KIND_NAMES))
+            if k not in RATE_KEYS:
+                raise ScenarioError(f"{path}.{k}", v, "an occupant kind or tumor state: "
+                                    + ", ".join(RATE_KEYS))
             out[k] = _convert(f"{path}.{k}", v, float, dict(meta, lo=0, hi=None))
         return out
     raise TypeError(f"unsupported schema type {tp!r} at {path}")  # a bug in the schema

@@ -44,12 +44,22 @@ class Model:
     def step(self):
         """Advance one agent step: fields over dt with the current cells, then the cell rules."""
         st = self.state
-        self.field_solver.step(st.fields, st.kind)
+        self.field_solver.step(st.fields, st.kind, st.tumor_state)
         self.last_counts = self.tumor_rules.apply(st.kind, st.tumor_state,
                                                   st.fields[self.oxygen], st.step)
         st.step += 1
         st.time_min = st.step * self.sc.run.dt_min
         return self.last_counts
+
+    def extra_state(self) -> dict:
+        """State the steps keep outside :class:`State` (controllers), as {name: numpy array}.
+
+        A checkpoint stores it beside the state's arrays; :meth:`load_extra_state` restores it.
+        Empty while no step keeps any."""
+        return {}
+
+    def load_extra_state(self, arrays: dict) -> None:
+        """Restore what :meth:`extra_state` returned."""
 
     def observe(self) -> dict:
         return observables.observe(self.state, self.sc, self.last_counts,

@@ -238,16 +238,22 @@ class FieldSolver:
         self.D = np.array([f.diffusion_um2_per_min for f in fcs], dtype=np.float64)
         self.decay = np.array([f.decay_per_min for f in fcs], dtype=np.float64)
         self.D_over_h2 = (self.D / h ** 2).reshape(bshape).astype(self.dtype)
-        # per-kind rate tables, (F, n_kinds): uptake and decay in 1/min, secretion in units/min
-        nk = len(codes.KIND_NAMES)
-        self.U_table = np.zeros((F, nk))
-        self.S_table = np.zeros((F, nk))
+        # rate tables by (field, kind, tumor state): uptake and decay in 1/min, secretion in
+        # units/min; a tumor cell's rate is its state's entry if the scenario names the state
+        # ("sensitive", "persister", "resistant"), else the "tumor" entry
+        nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
+        self.U_table = np.zeros((F, nk, ns))
+        self.S_table = np.zeros((F, nk, ns))
         for i, f in enumerate(fcs):
             self.U_table[i] += f.decay_per_min
-            for kname, rate in f.uptake_per_min.items():
-                self.U_table[i, codes.KIND_CODES[kname]] += rate
-            for kname, rate in f.secretion_per_min.items():
-                self.S_table[i, codes.KIND_CODES[kname]] += rate
+            for table, spec in ((self.U_table, f.uptake_per_min),
+                                (self.S_table, f.secretion_per_min)):
+                for kname, rate in spec.items():
+                    if kname in codes.KIND_CODES:
+                        table[i, codes.KIND_CODES[kname]] += rate
+                for sname, code in codes.STATE_KEYS.items():
+                    if sname in spec:
+                        table[i, codes.TUMOR, code] += spec[sname] - spec.get("tumor", 0.0)
         self.vessel_value = np.array([f.vessel_value for f in fcs], dtype=self.dtype)[:, None]
         # boundaries: per axis (lo, hi) ghost arrays; NaN marks a no-flux face for that field
         self.dirichlet = []     # per axis: (lo bool (F,), hi bool (F,))
@@ -281,7 +287,7 @@ class FieldSolver:
     def _setup_adi(self):
         h = self.grid.dx_um
         L = max(self.grid.shape) * h
-        U_max = self.U_table.max(axis=1)
+        U_max = self.U_table.reshape(self.F, -1).max(axis=1)
         # spectrum of (1/dt + U - L): the preconditioner's pseudo-step sits below its geometric
         # middle, because warm-started steps leave mostly local (high-frequency) error: on the 3D
         # spheroid (48^3) 0.3x the middle took 12 iterations per step, 1x took 52, 3x took 195
@@ -315,18 +321,37 @@ class FieldSolver:
         self.lod_k = k.reshape((self.F,) + (1,) * self.ndim).astype(self.dtype)
 
     # ----------------------------------------------------------------------------- stepping
-    def rates(self, kind: np.ndarray):
-        """Per-voxel implicit rate U (1/min, excluding decay for lod) and source S (units/min)."""
-        U = self.U_table.astype(self.dtype)[:, kind]
-        S = self.S_table.astype(self.dtype)[:, kind]
+    def rates(self, kind: np.ndarray, tumor_state: np.ndarray | None = None):
+        """Per-voxel implicit rate U (1/min, decay included) and source S (units/min), (F, n)."""
+        if tumor_state is None:
+            tumor_state = np.zeros_like(kind)
+        idx = kind.astype(np.intp) * self.U_table.shape[2] + tumor_state
+        U = self.U_table.reshape(self.F, -1).astype(self.dtype)[:, idx]
+        S = self.S_table.reshape(self.F, -1).astype(self.dtype)[:, idx]
         return U, S
 
-    def step(self, fields: np.ndarray, kind: np.ndarray) -> np.ndarray:
+    def set_supply(self, values) -> None:
+        """Set the value that vessels and Dirichlet faces hold each field at, (F,) in field units.
+
+        NaN keeps a field's configured values. Drugs use this every step: their vessels and
+        bath follow the plasma concentration."""
+        values = np.asarray(values, dtype=np.float64)
+        for i, v in enumerate(values):
+            if not np.isfinite(v):
+                continue
+            self.vessel_value[i] = v
+            for pair in self.ghosts:
+                for g in pair:
+                    if g is not None and np.isfinite(g[i]).all():
+                        g[i] = v
+
+    def step(self, fields: np.ndarray, kind: np.ndarray,
+             tumor_state: np.ndarray | None = None) -> np.ndarray:
         """Advance ``fields`` (F, n_sites) float32 by one agent step in place, given occupants."""
         if self.F == 0:
             return fields
         c = fields.reshape((self.F,) + self.grid.shape)
-        U, S = self.rates(kind)
+        U, S = self.rates(kind, tumor_state)
         U = U.reshape(c.shape)
         S = S.reshape(c.shape)
         pinned = np.flatnonzero(kind == codes.VESSEL)
