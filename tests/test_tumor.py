@@ -12,10 +12,17 @@ from scipy import stats
 
 from tmesim import codes, rng
 from tmesim.grid import Grid
-from tmesim.scenario import TumorConfig
+from tmesim.scenario import TransitionConfig
+from tmesim.scenario import TumorConfig as _TumorConfig
 from tmesim.steps.tumor import TumorRules
 
 DT = 6.0
+
+
+def TumorConfig(**kw):
+    """Growth, necrosis and clearance alone: no phenotype transitions (tested in test_persisters)."""
+    kw.setdefault("transitions", TransitionConfig(pre_existing=False, drug_induced=False))
+    return _TumorConfig(**kw)
 
 
 def lattice(shape, sites=(), kind=codes.TUMOR):

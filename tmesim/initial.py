@@ -76,9 +76,39 @@ def vessel_region(sc: Scenario, grid: Grid) -> np.ndarray:
     return mask
 
 
+def stroma_region(cfg, sc: Scenario, grid: Grid, tumor: np.ndarray, stream: int) -> np.ndarray:
+    """Candidate voxels (grid shape, bool) of a stromal placement, before density thinning.
+
+    random: everywhere; shell: the ring between shell_gap_um and shell_gap_um + shell_width_um
+    outside the tumor's edge (by Euclidean distance); clusters: balls of cluster_radius_um around
+    centres drawn uniformly outside the tumor; mask: nonzero voxels of a .npy file.
+    """
+    from scipy import ndimage
+    given = _given_region(cfg.placement, cfg.mask, sc, grid)
+    if given is not None:
+        return given
+    if cfg.placement == "random":
+        return np.ones(grid.shape, dtype=bool)
+    if cfg.placement == "shell":
+        if not tumor.any():
+            return np.zeros(grid.shape, dtype=bool)
+        d = ndimage.distance_transform_edt(~tumor) * grid.dx_um
+        return (d > cfg.shell_gap_um) & (d <= cfg.shell_gap_um + cfg.shell_width_um)
+    # clusters: centres are the first n voxels outside the tumor in the order of a random key
+    outside = np.flatnonzero(~tumor.ravel())
+    key = rng.raw_at(sc.run.seed, 1, stream, outside)
+    centres = outside[np.argsort(key, kind="stable")[:cfg.clusters]]
+    seeds = np.zeros(grid.n_sites, dtype=bool)
+    seeds[centres] = True
+    d = ndimage.distance_transform_edt(~seeds.reshape(grid.shape)) * grid.dx_um
+    return d <= cfg.cluster_radius_um
+
+
 def initial_state(sc: Scenario, grid: Grid) -> State:
-    """The state at time zero: vessels, tumor cells (all sensitive), fields at their initial value."""
-    state = State.empty(grid, len(sc.fields))
+    """The state at time zero: vessels, tumor cells (sensitive, with the scenario's fractions of
+    persisters and resistant cells), CAFs and TAMs in empty voxels, fields at their initial
+    values, drug plasma levels at time zero."""
+    state = State.empty(grid, len(sc.fields), len(sc.drugs))
     vessels = vessel_region(sc, grid).ravel()
     tumor = tumor_region(sc, grid).ravel()
     if sc.init.vessels.outside_tumor:
@@ -90,7 +120,28 @@ def initial_state(sc: Scenario, grid: Grid) -> State:
     state.kind[vessels] = codes.VESSEL
     state.kind[tumor] = codes.TUMOR
     state.tumor_state[tumor] = codes.SENSITIVE
+    ti = sc.init.tumor
+    u = rng.uniform_range(sc.run.seed, 0, rng.INIT_STATE, grid.n_sites)
+    p_frac = ti.persister_fraction if sc.tumor.transitions.pre_existing else 0.0
+    state.tumor_state[tumor & (u < p_frac)] = codes.PERSISTER
+    state.tumor_state[tumor & (u >= p_frac) & (u < p_frac + ti.resistant_fraction)] = \
+        codes.RESISTANT
+    occupied = tumor | vessels
+    for cfg, code, stream in ((sc.init.caf, codes.CAF, rng.INIT_CAF),
+                              (sc.init.tam, codes.TAM, rng.INIT_TAM)):
+        if cfg.placement == "none":
+            continue
+        region = stroma_region(cfg, sc, grid, tumor.reshape(grid.shape), stream).ravel()
+        keep = rng.uniform_range(sc.run.seed, 0, stream, grid.n_sites) < cfg.density
+        if cfg.placement == "mask":
+            keep[:] = True
+        place = region & keep & ~occupied
+        state.kind[place] = code
+        occupied |= place
     for i, fc in enumerate(sc.fields):
         state.fields[i] = fc.initial
         state.fields[i][vessels] = fc.vessel_value
+    if sc.drugs:
+        from .drugs import Pharmacokinetics
+        state.plasma[:] = Pharmacokinetics(sc.drugs, sc.run.dt_min).initial()
     return state

@@ -6,6 +6,7 @@ Column names follow DESIGN.md so that every tool agrees (see tmesim.io.schema).
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from . import codes
 from .io import schema
@@ -15,14 +16,25 @@ def columns(sc) -> dict:
     """{column: units} of a scenario's time series, in a fixed order."""
     cols = dict(schema.BASE_COLUMNS)
     cols.update(schema.field_columns(sc.field_names, [f.units for f in sc.fields]))
+    cols.update(schema.drug_columns(sc.drug_names))
     return cols
 
 
-def observe(state, sc, counts=None, sweeps: int = 0) -> dict:
+def near_caf(kind: np.ndarray, shape, dx_um: float, distance_um: float = schema.NEAR_CAF_UM):
+    """(n_sites,) bool: voxels within ``distance_um`` (Euclidean, centre to centre) of a CAF."""
+    caf = (kind == codes.CAF).reshape(shape)
+    if not caf.any():
+        return np.zeros(kind.shape, dtype=bool)
+    d = ndimage.distance_transform_edt(~caf) * dx_um
+    return (d <= distance_um).ravel()
+
+
+def observe(state, sc, counts=None, sweeps: int = 0, doses=None, stroma=None) -> dict:
     """One row of observables for ``state`` (host numpy arrays).
 
     hypoxic_fraction is the fraction of tumor cells below the hypoxic threshold; mean_<field> is
-    the domain mean and mean_<field>_tumor the mean over tumor cells (NaN without tumor cells).
+    the domain mean and mean_<field>_tumor the mean over tumor cells (NaN without tumor cells);
+    *_near_caf_fraction count cells within schema.NEAR_CAF_UM of a CAF (0 without CAFs).
     """
     kinds = np.bincount(state.kind, minlength=len(codes.KIND_NAMES))
     tumor = state.kind == codes.TUMOR
@@ -42,6 +54,24 @@ def observe(state, sc, counts=None, sweeps: int = 0) -> dict:
         "cleared": counts.cleared if counts else 0,
         "field_sweeps": sweeps,
     }
+    for key in ("killed", "killed_S", "killed_P", "entered_P", "exited_P", "became_R"):
+        row[key] = getattr(counts, key) if counts else 0
+    row["tam_recruited"] = stroma.tam_recruited if stroma else 0
+    row["tam_died"] = stroma.tam_died if stroma else 0
+    row["mean_memory"] = float(state.memory[tumor].mean(dtype=np.float64)) if burden else 0.0
+    pers = tumor & (state.tumor_state == codes.PERSISTER)
+    row["mean_time_in_P_h"] = float(state.time_in_P_min[pers].mean(dtype=np.float64) / 60) \
+        if n_P else 0.0
+    if kinds[codes.CAF] and burden:
+        near = near_caf(state.kind, sc.grid.shape, sc.grid.dx_um)
+        row["tumor_near_caf_fraction"] = float(np.count_nonzero(near & tumor) / burden)
+        row["persisters_near_caf_fraction"] = float(np.count_nonzero(near & pers) / n_P) \
+            if n_P else 0.0
+    else:
+        row["tumor_near_caf_fraction"] = row["persisters_near_caf_fraction"] = 0.0
+    for i, name in enumerate(sc.drug_names):
+        row[f"plasma_{name}"] = float(state.plasma[i])
+        row[f"dose_{name}"] = float(doses[i]) if doses is not None and len(doses) > i else 0.0
     names = sc.field_names
     if "oxygen" in names and burden:
         o2 = state.fields[names.index("oxygen")][tumor]

@@ -29,6 +29,16 @@ DIRECTION = 11
 PRIORITY = 12
 NECROSIS = 13
 CLEARANCE = 14
+TRANSITION = 15      # S->P, P->S, P->R
+KILL = 16            # drug kill
+MOVE = 17            # stromal cell attempts a move
+MOVE_DIRECTION = 18  # which neighbour (and conflict priority)
+RECRUIT = 19         # TAM recruitment at vessels
+STROMA_DEATH = 20    # TAM turnover
+CHEMOTAXIS = 21      # a TAM's step follows the signal or is random
+INIT_STATE = 3       # initial persister / resistant cells
+INIT_CAF = 4
+INIT_TAM = 5
 
 _M0 = 0xD2E7470EE14C6C93
 _M1 = 0xCA5A826395121157

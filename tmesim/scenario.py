@@ -13,6 +13,19 @@ Sources of defaults:
            15 mmHg, necrosis threshold 5 mmHg with maximal necrosis at 2.5 mmHg, maximal necrosis
            rate 1/(6 h); proliferation 0 at 5 mmHg rising linearly to saturation.
   [PC9]    PC9 doubling time about 24 h (Sharma et al. 2010, Cell 141:69).
+  [Sharma] Sharma et al. 2010, Cell 141:69: about 0.3 % of PC9 cells survive 9 days of 2 uM
+           erlotinib as drug-tolerant persisters; they re-sensitise after about nine doublings off
+           drug; IGF-1R signalling and KDM5A are needed to form them, and HDAC inhibition ablates
+           them.
+  [Russo]  Russo et al. 2022 (Nat Genet): persisters raise their mutation rate 7-50-fold.
+  [Straus] Straussman et al. 2012 (Nature 487:500): HGF from stromal fibroblasts protects tumor
+           cells from targeted drugs through MET; MET inhibition removes the protection.
+  [Nauman] Nauman et al. 2007 (Biophys J): IGF-1 diffusion about 9.5e3 um^2/min in tissue.
+  [Fryst]  Frystyk 1994: free IGF-1 plasma half-life about 14 min.
+  [chosen] No measured value exists; the value is chosen to give the behaviour described next to
+           it and is named as such in `tmesim validate`.
+Rates of the persister biology are calibrated by scenarios/validation (see its README): the
+command `tmesim validate-model` reproduces the calibration targets.
 """
 
 from __future__ import annotations
@@ -69,6 +82,9 @@ class RunConfig:
                           lo_open=True)
     snapshot_every_hours: float = param(12.0, "h", "lattice and field snapshots", lo=0,
                                         lo_open=True)
+    checkpoint_every_hours: float = param(24.0, "h", "simulated time between checkpoints in the "
+                                          "run file, for `tmesim resume` (0: only on SIGTERM/"
+                                          "SIGUSR1 and wall-time stops)", lo=0)
     stop: StopConfig = field(default_factory=StopConfig)
 
 
@@ -94,6 +110,27 @@ class TumorInitConfig:
     mask: str | None = param(None, "", ".npy file of the grid's shape; nonzero voxels get a cell")
     fill_fraction: float = param(1.0, "", "fraction of the region's voxels that get a cell",
                                  lo=0, hi=1)
+    persister_fraction: float = param(0.0, "", "initial cells that are persisters (pre-existing "
+                                      "DTP-like cells, selection model)", lo=0, hi=1)
+    resistant_fraction: float = param(0.0, "", "initial cells that are resistant (pre-existing "
+                                      "resistance, 1e-4..1e-3 [Emert 2021])", lo=0, hi=1)
+
+
+@dataclass(frozen=True)
+class StromaInitConfig:
+    """Where stromal cells (CAFs or TAMs) start: none, random, a shell around the tumor,
+    clusters, or a mask file. Stromal cells only go into empty voxels."""
+    placement: str = param("none", "", "how the cells are placed",
+                           choices=("none", "random", "shell", "clusters", "mask"))
+    density: float = param(0.05, "", "fraction of the candidate voxels that get a cell "
+                           "(random: all empty voxels; shell: the shell; clusters: the clusters)",
+                           lo=0, hi=1)
+    shell_width_um: float = param(200.0, "um", "shell: width of the ring outside the tumor edge",
+                                  lo=0, lo_open=True)
+    shell_gap_um: float = param(0.0, "um", "shell: distance from the tumor edge to the ring", lo=0)
+    clusters: int = param(4, "", "clusters: how many", lo=1, hi=100000)
+    cluster_radius_um: float = param(100.0, "um", "clusters: radius of each", lo=0, lo_open=True)
+    mask: str | None = param(None, "", ".npy file of the grid's shape; nonzero voxels get a cell")
 
 
 @dataclass(frozen=True)
@@ -113,6 +150,78 @@ class VesselInitConfig:
 class InitConfig:
     tumor: TumorInitConfig = field(default_factory=TumorInitConfig)
     vessels: VesselInitConfig = field(default_factory=VesselInitConfig)
+    caf: StromaInitConfig = field(default_factory=StromaInitConfig)
+    tam: StromaInitConfig = field(default_factory=StromaInitConfig)
+
+
+@dataclass(frozen=True)
+class TransitionConfig:
+    """Phenotype transitions of tumor cells (MODEL.md section 3), rates per hour.
+
+    S -> P at  (entry_basal (1 + hypoxia_weight h)
+                + entry_induced E_target (1 + m + signalling + hypoxia_weight h)) (1 - E_block)
+    P -> S at  exit (1 - E_target + F_speedup) / (1 + memory_exit_slowing m
+                                                   + hypoxia_exit_slowing h)
+               with F_speedup the summed fold x E of exit_speedup drugs
+    P -> R at  resistance (1 + adaptive_mutability min(1, time_in_P / mutability_ramp_h))
+    dm/dt  =   memory_gain E_target (1 - m) - memory_decay (1 - E_target) m
+    where h in [0, 1] is the hypoxia level (0 at or above the hypoxic threshold, 1 at or below the
+    necrosis threshold), m the cell's memory and E_target the combined effect of the drugs that
+    kill sensitive cells.
+    """
+    pre_existing: bool = param(True, "", "selection origin: basal entry and the initial "
+                               "persister fraction are on")
+    drug_induced: bool = param(True, "", "adaptation origin: drug-induced entry is on")
+    entry_basal_per_h: float = param(4e-5, "1/h", "S -> P without drug; with exit_per_h it sets "
+                                     "a pre-existing persister pool of about 0.1 % [Sharma, "
+                                     "calibrated]", lo=0)
+    entry_induced_per_h: float = param(7e-5, "1/h", "S -> P per unit targeted-drug effect; sets "
+                                       "the persister plateau under erlotinib with the basal pool "
+                                       "to about 0.3 % [Sharma, calibrated]", lo=0)
+    exit_per_h: float = param(0.01, "1/h", "P -> S off drug without memory: mean 4 days, about "
+                                           "9 days with the memory of a long exposure [Sharma]",
+                              lo=0)
+    resistance_per_h: float = param(5e-6, "1/h", "P -> R, basal [chosen: a few resistant "
+                                    "founders per thousand persisters per month on drug]", lo=0)
+    adaptive_mutability: float = param(10.0, "", "extra fold-increase of P -> R reached after "
+                                       "mutability_ramp_h in P (7-50-fold [Russo])", lo=0)
+    mutability_ramp_h: float = param(72.0, "h", "time in P over which the mutability rises "
+                                     "[chosen]", lo=0, lo_open=True)
+    memory_gain_per_h: float = param(0.02, "1/h", "rise of memory under full targeted-drug "
+                                     "effect (about 2 days) [chosen]", lo=0)
+    memory_decay_per_h: float = param(0.005, "1/h", "relaxation of memory without drug (about "
+                                      "8 days) [chosen]", lo=0)
+    memory_exit_slowing: float = param(1.0, "", "P -> S is slower by 1 + this x memory "
+                                       "[chosen]", lo=0)
+    hypoxia_weight: float = param(1.0, "", "hypoxia raises S -> P by 1 + this x h (quiescence) "
+                                  "[chosen]", lo=0)
+    hypoxia_exit_slowing: float = param(1.0, "", "P -> S is slower by 1 + this x h [chosen]",
+                                        lo=0)
+
+
+@dataclass(frozen=True)
+class SignallingConfig:
+    """Survival and growth signalling from HGF (through MET) and IGF-1 (through IGF-1R).
+
+    Each ligand L activates its receptor by a = L / (L + half_max); protection from drug kill is
+    1 - (1 - p_met a_hgf (1 - E_cancel_met)) (1 - p_igf a_igf (1 - E_cancel_igf1r)), and the
+    division factor is 1 + g_hgf a_hgf (1 - E_cancel_met) + g_igf a_igf (1 - E_cancel_igf1r).
+    """
+    hgf_half_max_ng_per_mL: float = param(5.0, "ng/mL", "HGF for half-maximal MET activation "
+                                          "[chosen; HGF acts at 1-50 ng/mL in culture]", lo=0,
+                                          lo_open=True)
+    igf1_half_max_ng_per_mL: float = param(10.0, "ng/mL", "IGF-1 for half-maximal IGF-1R "
+                                           "activation [chosen]", lo=0, lo_open=True)
+    met_protection_max: float = param(0.8, "", "largest fraction of the kill of sensitive cells "
+                                      "that HGF removes [Straus; chosen]", lo=0, hi=1)
+    igf1r_protection_max: float = param(0.5, "", "largest fraction of the kill of sensitive "
+                                        "cells that IGF-1 removes [chosen]", lo=0, hi=1)
+    hgf_growth_gain: float = param(0.2, "", "division speeds up by up to this fraction with HGF "
+                                   "[chosen]", lo=0)
+    igf1_growth_gain: float = param(0.2, "", "division speeds up by up to this fraction with "
+                                    "IGF-1 [chosen]", lo=0)
+    entry_weight: float = param(1.0, "", "signalling term in drug-induced S -> P entry, x the "
+                                "summed receptor activation [chosen]", lo=0)
 
 
 @dataclass(frozen=True)
@@ -137,6 +246,39 @@ class TumorConfig:
     necrotic_clearance_per_h: float = param(1.0 / 48.0, "1/h",
                                             "necrotic voxels become empty at this rate (chosen: "
                                             "debris cleared over about two days)", lo=0)
+    persister_cycle_factor: float = param(0.05, "", "division of persisters relative to "
+                                          "sensitive cells (slow cycling) [MODEL.md]", lo=0, hi=1)
+    resistance_cost: float = param(0.1, "", "fitness cost: resistant cells divide at 1 - cost "
+                                   "[MODEL.md]", lo=0, hi=1)
+    persister_tolerance: float = param(0.01, "", "persisters die at this fraction of the kill "
+                                       "rate of sensitive cells [MODEL.md]", lo=0, hi=1)
+    transitions: TransitionConfig = field(default_factory=TransitionConfig)
+    signalling: SignallingConfig = field(default_factory=SignallingConfig)
+
+
+@dataclass(frozen=True)
+class CafConfig:
+    """Cancer-associated fibroblasts: secrete HGF (see fields.hgf), wander slowly, do not divide."""
+    motility_per_h: float = param(0.02, "1/h", "rate of stepping into a random empty neighbour "
+                                  "(about 10 um/h [chosen])", lo=0)
+
+
+@dataclass(frozen=True)
+class TamConfig:
+    """Tumor-associated macrophages: secrete IGF-1 and some HGF, walk up the recruitment signal,
+    are recruited at vessels and turn over."""
+    motility_per_h: float = param(1.0, "1/h", "rate of stepping into an empty neighbour "
+                                  "(macrophages crawl about 0.3-2 um/min [chosen])", lo=0)
+    chemotaxis: float = param(0.7, "", "probability that a step goes to the empty neighbour with "
+                              "the most recruitment signal rather than a random one [chosen]",
+                              lo=0, hi=1)
+    recruitment_per_h: float = param(0.0, "1/h", "TAMs recruited per vessel voxel without signal "
+                                     "(placed in an empty neighbour) [chosen]", lo=0)
+    recruitment_signal_gain: float = param(0.01, "1/h", "extra recruitment per vessel voxel at "
+                                           "saturating signal [chosen]", lo=0)
+    signal_half_max: float = param(1.0, "signal units", "signal for half the extra recruitment "
+                                   "[chosen]", lo=0, lo_open=True)
+    death_per_h: float = param(1.0 / 120.0, "1/h", "turnover (mean life 5 days) [chosen]", lo=0)
 
 
 @dataclass(frozen=True)
@@ -164,6 +306,81 @@ class FieldConfig:
     secretion_per_min: dict[str, float] = param({}, "units/min",
                                                 "zero-order secretion by occupant kind")
     boundary: tuple[BoundaryConfig, ...] = param((), "", "boundary conditions per face")
+    role: str = param("other", "", "what the field is, for readers and viewers",
+                      choices=("oxygen", "growth_factor", "signal", "drug", "other"))
+
+
+@dataclass(frozen=True)
+class EffectConfig:
+    """One pharmacodynamic effect: E = emax C^hill / (C^hill + ec50^hill) of the free local
+    concentration C (uM). Kill targets use rate_per_h (rate at E = 1); exit_speedup uses fold."""
+    emax: float = param(1.0, "", "largest effect", lo=0, hi=1)
+    ec50_uM: float = param(1.0, "uM", "concentration of half the largest effect", lo=0,
+                           lo_open=True)
+    hill: float = param(1.0, "", "Hill coefficient", lo=0, lo_open=True, hi=10)
+    rate_per_h: float = param(0.0, "1/h", "kill_S, kill_P: death rate at E = 1", lo=0)
+    fold: float = param(0.0, "", "exit_speedup: adds fold E to the P -> S factor (1 - E_target)",
+                        lo=0)
+
+
+EFFECT_TARGETS = {
+    "kill_S": "kills sensitive cells (and persisters at persister_tolerance of the rate); its "
+              "effect is the targeted-drug stress that induces persistence",
+    "kill_P": "kills persisters",
+    "block_division": "stops division of sensitive cells and persisters (cytostasis)",
+    "block_entry": "blocks S -> P entry",
+    "exit_speedup": "speeds P -> S reversion",
+    "cancel_met": "cancels HGF/MET protection and growth signalling",
+    "cancel_igf1r": "cancels IGF-1/IGF-1R protection and growth signalling",
+}
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """When a drug is given.
+
+    continuous: from start_day to stop_day; intermittent: on_days on, off_days off, repeated;
+    doses: explicit times_h with doses_uM. With a half-life (one-compartment PK) each dose is a
+    bolus of dose_uM into plasma, repeated every interval_h while on; without one (square wave)
+    the plasma level is dose_uM while on (for kind "doses": each dose sets the level until the
+    next).
+    """
+    kind: str = param("continuous", "", "schedule kind",
+                      choices=("continuous", "intermittent", "doses", "none"))
+    dose_uM: float = param(0.0, "uM", "plasma level (square wave) or bolus (one-compartment)",
+                           lo=0)
+    start_day: float = param(0.0, "d", "first dose", lo=0)
+    stop_day: float = param(1e9, "d", "no dose at or after this day", lo=0)
+    on_days: float = param(7.0, "d", "intermittent: days on", lo=0, lo_open=True)
+    off_days: float = param(7.0, "d", "intermittent: days off", lo=0)
+    interval_h: float = param(24.0, "h", "one-compartment: time between boluses while on", lo=0,
+                              lo_open=True)
+    times_h: tuple[float, ...] = param((), "h", "doses: times of the doses")
+    doses_uM: tuple[float, ...] = param((), "uM", "doses: amount of each dose")
+
+
+@dataclass(frozen=True)
+class DrugConfig:
+    """A drug: pharmacokinetics, tissue transport (its own field) and pharmacodynamics."""
+    name: str = ""
+    preset: str | None = param(None, "", "a drug class whose values fill what is left out")
+    description: str = param("", "", "what the drug stands for")
+    half_life_h: float = param(0.0, "h", "plasma half-life (one-compartment PK); 0 means a "
+                               "square wave that follows the schedule exactly", lo=0)
+    unbound_fraction: float = param(1.0, "", "free fraction of the plasma level that reaches "
+                                    "tissue (erlotinib about 0.05 in vivo; 1 in culture)", lo=0,
+                                    lo_open=True, hi=1)
+    transport: str = param("bath", "", "bath: domain faces and vessels held at the free plasma "
+                           "level (a dish or a tissue slab); vessels: only vessels supply it; "
+                           "uniform: the tissue level equals the free plasma level (well mixed)",
+                           choices=("bath", "vessels", "uniform"))
+    diffusion_um2_per_min: float = param(1.0e3, "um^2/min", "tissue diffusion (PhysiCell "
+                                         "examples use 1e3; free small molecules about 1e4)", lo=0)
+    decay_per_min: float = param(0.0, "1/min", "tissue clearance", lo=0)
+    uptake_per_min: dict[str, float] = param({}, "1/min", "first-order uptake by occupant kind")
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    effects: dict[str, EffectConfig] = param({}, "", "pharmacodynamic effects by target: " +
+                                             ", ".join(EFFECT_TARGETS))
 
 
 @dataclass(frozen=True)
@@ -188,7 +405,10 @@ class Scenario:
     grid: GridConfig = field(default_factory=GridConfig)
     init: InitConfig = field(default_factory=InitConfig)
     tumor: TumorConfig = field(default_factory=TumorConfig)
+    caf: CafConfig = field(default_factory=CafConfig)
+    tam: TamConfig = field(default_factory=TamConfig)
     fields: tuple[FieldConfig, ...] = ()
+    drugs: tuple[DrugConfig, ...] = ()
     solver: SolverConfig = field(default_factory=SolverConfig)
     text: str = ""          # the TOML text it came from, overrides applied (stored in run files)
     base_dir: str = "."     # where relative paths in the scenario (masks) are resolved
@@ -212,6 +432,16 @@ class Scenario:
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 
+    @property
+    def drug_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.drugs)
+
+    def drug(self, name: str) -> DrugConfig:
+        for d in self.drugs:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
 
 # Defaults of the known fields; a field of another name must give its own parameters.
 FIELD_PRESETS: dict[str, dict] = {
@@ -223,6 +453,32 @@ FIELD_PRESETS: dict[str, dict] = {
         vessel_value=38.0,              # [PC-het]
         uptake_per_min={"tumor": 10.0},  # [PC-het]; MODEL.md section 4
         boundary=[{"faces": ["all"], "kind": "dirichlet", "value": 38.0}],
+        role="oxygen",
+    ),
+    "hgf": dict(
+        units="ng/mL",
+        diffusion_um2_per_min=2.0e3,    # Stokes-Einstein for 85 kDa, slowed in matrix (MODEL.md)
+        decay_per_min=0.01,             # [chosen] half-life about 70 min in tissue
+        secretion_per_min={"caf": 0.5, "tam": 0.1},  # [chosen] about 6 ng/day per 1e6 CAFs;
+        # gives 5-10 ng/mL (about the MET half-maximum) where CAFs are 10-20 % of voxels
+        uptake_per_min={"tumor": 0.005},  # [chosen] MET-mediated internalisation
+        role="growth_factor",
+    ),
+    "igf1": dict(
+        units="ng/mL",
+        diffusion_um2_per_min=9.5e3,    # [Nauman]
+        decay_per_min=0.05,             # [Fryst] half-life about 14 min
+        secretion_per_min={"tam": 5.0},  # [chosen] about 10 ng/mL among TAMs at 5 % of voxels
+        uptake_per_min={"tumor": 0.005},  # [chosen]
+        role="growth_factor",
+    ),
+    "signal": dict(
+        units="a.u.",
+        diffusion_um2_per_min=6.0e3,    # [chosen] a 10-20 kDa chemokine (IL-6/CXCL12-sized)
+        decay_per_min=0.01,             # [chosen]
+        secretion_per_min={"persister": 0.05},  # [chosen] about 1 a.u. (the TAM half-maximum)
+        # near a cluster of a few dozen persisters
+        role="signal",
     ),
 }
 REQUIRED_FIELDS = ("oxygen",)
@@ -307,6 +563,17 @@ def _convert(path: str, value, tp, meta):
             else:
                 raise ScenarioError(path, value, _type_name(tp))
         return tuple(_convert(f"{path}[{i}]", v, elem, meta) for i, v in enumerate(value))
+    if origin is dict and dataclasses.is_dataclass(args[1]):
+        if not isinstance(value, dict):
+            raise ScenarioError(path, value, "a table of effects by target: "
+                                + ", ".join(EFFECT_TARGETS))
+        out = {}
+        for k, v in value.items():
+            if k not in EFFECT_TARGETS:
+                raise ScenarioError(f"{path}.{k}", v, "an effect target: "
+                                    + ", ".join(EFFECT_TARGETS))
+            out[k] = _convert(f"{path}.{k}", v, args[1], {})
+        return out
     if origin is dict:
         if not isinstance(value, dict):
             raise ScenarioError(path, value, "a table of kind = number, kinds: "
@@ -365,6 +632,67 @@ def _build_fields(data, path="fields") -> tuple[FieldConfig, ...]:
         fc = _build(FieldConfig, values, where)
         out.append(dataclasses.replace(fc, name=name))
     return tuple(out)
+
+
+def _build_drugs(data, path="drugs") -> tuple[DrugConfig, ...]:
+    from .drugs import DRUG_PRESETS
+    if not isinstance(data, dict):
+        raise ScenarioError(path, data, "a table of drugs, e.g. [drugs.erlotinib]")
+    out = []
+    for name, spec in data.items():
+        where = f"{path}.{name}"
+        if not name.isidentifier():
+            raise ScenarioError(where, name, "a drug name made of letters, digits and _")
+        if not isinstance(spec, dict):
+            raise ScenarioError(where, spec, "a table of drug parameters")
+        if "name" in spec:
+            raise ScenarioError(f"{where}.name", spec["name"], "no such key (the table name is "
+                                "the drug name)")
+        values = dict(spec)
+        preset = values.get("preset")
+        if preset is not None:
+            if preset not in DRUG_PRESETS:
+                raise ScenarioError(f"{where}.preset", preset,
+                                    "one of " + ", ".join(sorted(DRUG_PRESETS)))
+            base = DRUG_PRESETS[preset]
+            merged_effects = {k: dict(v) for k, v in base.get("effects", {}).items()}
+            user_effects = values.get("effects", {})
+            if isinstance(user_effects, dict):
+                for k, v in user_effects.items():
+                    if isinstance(v, dict) and k in merged_effects:
+                        merged_effects[k].update(v)
+                    else:
+                        merged_effects[k] = v
+            values = {**{k: v for k, v in base.items() if k != "effects"}, **values,
+                      "effects": merged_effects}
+        dc = _build(DrugConfig, values, where)
+        if not dc.effects:
+            raise ScenarioError(f"{where}.effects", _MISSING, "at least one effect (or a preset); "
+                                "targets: " + ", ".join(EFFECT_TARGETS))
+        out.append(dataclasses.replace(dc, name=name))
+    return tuple(out)
+
+
+def _stroma_present(sc_data: dict) -> tuple[bool, bool]:
+    init = sc_data.get("init", {}) if isinstance(sc_data.get("init", {}), dict) else {}
+    caf = init.get("caf", {}) if isinstance(init.get("caf", {}), dict) else {}
+    tam = init.get("tam", {}) if isinstance(init.get("tam", {}), dict) else {}
+    tam_cfg = sc_data.get("tam", {}) if isinstance(sc_data.get("tam", {}), dict) else {}
+    has_caf = caf.get("placement", "none") != "none"
+    has_tam = tam.get("placement", "none") != "none" or bool(tam_cfg.get("recruitment_per_h", 0))
+    return has_caf, has_tam
+
+
+def _drug_field(d: DrugConfig, ndim: int) -> FieldConfig:
+    """The tissue field of a drug: its value at vessels (and faces, for a bath) follows the free
+    plasma level, set every step (FieldSolver.set_supply)."""
+    boundary = ()
+    if d.transport == "bath":
+        boundary = (BoundaryConfig(faces=("all",), kind="dirichlet", value=0.0),)
+    return FieldConfig(name=d.name, units="uM", diffusion_um2_per_min=d.diffusion_um2_per_min,
+                       decay_per_min=d.decay_per_min, initial=0.0, vessel_value=0.0,
+                       uptake_per_min=dict(d.uptake_per_min), secretion_per_min={},
+                       boundary=boundary, role="drug")
 
 
 def _validate_whole(sc: Scenario, base_dir: Path) -> None:
@@ -551,12 +879,27 @@ def parse_scenario(data: dict, *, text: str | None = None, base_dir: str | os.Pa
         if key not in top:
             raise ScenarioError(key, data[key], f"no such section; sections are: "
                                 f"{', '.join(sorted(top))}")
-    rest = {k: v for k, v in data.items() if k != "fields"}
+    rest = {k: v for k, v in data.items() if k not in ("fields", "drugs")}
     sc = _build(Scenario, rest, "")
-    fields = _build_fields(data.get("fields", {}))
+    field_data = data.get("fields", {})
+    if isinstance(field_data, dict):
+        # stromal cells need the fields they secrete and sense: added with their defaults
+        has_caf, has_tam = _stroma_present(data)
+        field_data = dict(field_data)
+        for name, needed in (("hgf", has_caf or has_tam), ("igf1", has_tam),
+                             ("signal", has_tam)):
+            if needed and name not in field_data:
+                field_data[name] = {}
+    fields = _build_fields(field_data)
+    drugs = _build_drugs(data.get("drugs", {}))
+    for d in drugs:
+        if d.name in {f.name for f in fields}:
+            raise ScenarioError(f"drugs.{d.name}", d.name, "a drug name that is not also a "
+                                "field name (each drug gets a field of its own name)")
+    fields = fields + tuple(_drug_field(d, len(sc.grid.shape)) for d in drugs)
     if overrides or text is None:
         text = _to_toml(data)
-    sc = dataclasses.replace(sc, fields=fields, text=text, base_dir=str(base_dir))
+    sc = dataclasses.replace(sc, fields=fields, drugs=drugs, text=text, base_dir=str(base_dir))
     _validate_whole(sc, Path(base_dir))
     return sc
 

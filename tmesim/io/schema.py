@@ -37,7 +37,27 @@ BASE_COLUMNS = {
     "persister_fraction": "1", "resistant_fraction": "1", "hypoxic_fraction": "1",
     "divisions": "cells/step", "necroses": "cells/step", "cleared": "voxels/step",
     "field_sweeps": "iterations/step",
+    "killed": "cells/step", "killed_S": "cells/step", "killed_P": "cells/step",
+    "entered_P": "cells/step", "exited_P": "cells/step", "became_R": "cells/step",
+    "tam_recruited": "cells/step", "tam_died": "cells/step",
+    "mean_memory": "1", "mean_time_in_P_h": "h",
+    "tumor_near_caf_fraction": "1", "persisters_near_caf_fraction": "1",
 }
+
+# Distance within which a tumor cell counts as near a CAF (tumor_near_caf_fraction,
+# persisters_near_caf_fraction): a few cell diameters, the reach of paracrine HGF protection in
+# co-culture (Straussman et al. 2012).
+NEAR_CAF_UM = 100.0
+
+
+def drug_columns(drug_names) -> dict:
+    """plasma_<drug> (plasma level at the end of the step) and dose_<drug> (the boluses given in
+    the step, or the square-wave level), both uM."""
+    out = {}
+    for name in drug_names:
+        out[f"plasma_{name}"] = "uM"
+        out[f"dose_{name}"] = "uM"
+    return out
 
 
 def field_columns(field_names, field_units) -> dict:

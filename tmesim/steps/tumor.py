@@ -1,4 +1,5 @@
-"""Tumor-cell rules on the lattice: oxygen-dependent division, necrosis and clearance.
+"""Tumor-cell rules on the lattice: division, necrosis, clearance, drug kill and the phenotype
+transitions of drug-tolerant persisters (MODEL.md section 3).
 
 Every decision of a step is taken from the state at the start of the step and from the
 counter-based generator at (seed, step, site, stream), then all changes are applied at once. The
@@ -22,6 +23,23 @@ this step.
 Necrosis: rate rising linearly from zero at the necrosis threshold to its maximum at
 ``necrosis_max_mmHg`` and below. Necrotic voxels become empty at the clearance rate; a voxel
 emptied in a step can receive a daughter from the next step on.
+
+Persister biology (the rates are written out in tmesim.scenario.TransitionConfig and
+SignallingConfig). One step, for every tumor cell, from the state at the start of the step and
+this step's fields:
+1. necrosis (stream NECROSIS); a cell that does not become necrotic may be killed by drugs
+   (stream KILL): sensitive cells at kill_S (1 - protection), persisters at
+   kill_S persister_tolerance + kill_P, resistant cells not at all; killed cells leave an empty
+   voxel (apoptotic cells are cleared within the step).
+2. survivors change phenotype (stream TRANSITION): S -> P; P -> S or P -> R, competing (one draw
+   decides whether either happens, with 1 - exp(-(k_exit + k_res) dt), and which, in proportion to
+   the rates).
+3. survivors divide (stream DIVIDE) at r_max f_O2 f_state f_signal, f_state by the phenotype at
+   the start of the step; the daughter copies the mother's phenotype, memory and time in P after
+   this step's transition and memory update.
+4. memory relaxes exactly over the step towards memory_gain E / (memory_gain E + memory_decay
+   (1 - E)); time in P grows by dt for cells that were and stay persisters, restarts at 0 on
+   entry into P and on reversion.
 """
 
 from __future__ import annotations
@@ -32,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import codes, rng
+from ..drugs import Effects
 from ..grid import Grid
 from ..scenario import TumorConfig
 
@@ -44,6 +63,12 @@ class RuleCounts:
     cleared: int = 0
     blocked: int = 0      # cells that would divide but had no empty neighbour
     lost_conflicts: int = 0  # cells that chose a voxel another cell won
+    killed: int = 0       # cells killed by drugs
+    killed_S: int = 0
+    killed_P: int = 0
+    entered_P: int = 0    # S -> P
+    exited_P: int = 0     # P -> S
+    became_R: int = 0     # P -> R
 
 
 def oxygen_factor(o2: np.ndarray, p: TumorConfig) -> np.ndarray:
@@ -85,30 +110,124 @@ def choose_target(words: np.ndarray, empty: np.ndarray, nbr: np.ndarray) -> np.n
 
 
 class TumorRules:
-    """Applies division, necrosis and clearance to the state arrays in place.
+    """Applies the tumor rules to the state arrays in place.
 
     Args:
         params: the scenario's [tumor] table.
         grid: the lattice.
         seed: the run's seed.
         dt_min: agent step in minutes.
+        drugs: the scenario's drugs (for their effects); () for none.
     """
 
-    def __init__(self, params: TumorConfig, grid: Grid, seed: int, dt_min: float):
+    def __init__(self, params: TumorConfig, grid: Grid, seed: int, dt_min: float, drugs=()):
         self.p = params
         self.grid = grid
         self.seed = seed
         self.dt = dt_min
         self.r_max = math.log(2.0) / (params.doubling_time_h * 60.0)   # 1/min
-        # division factor by tumor state (none, S, P, R): only S cells exist in this version
-        self.state_factor = np.array([0.0, 1.0, 1.0, 1.0])
+        # division factor by tumor state (none, S, P, R)
+        self.state_factor = np.array([0.0, 1.0, params.persister_cycle_factor,
+                                      1.0 - params.resistance_cost])
+        self.effects = Effects(drugs) if drugs else None
+        self.n_drugs = len(drugs)
         self._claims = np.zeros(grid.n_sites, dtype=np.uint64)
+        self.last_division = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
 
-    def apply(self, kind: np.ndarray, tumor_state: np.ndarray, oxygen: np.ndarray,
-              step: int) -> RuleCounts:
-        """One agent step of the rules. ``oxygen`` is (n_sites,) in mmHg after this step's fields."""
+    # ------------------------------------------------------------------ per-cell quantities
+    def hypoxia_level(self, o2: np.ndarray) -> np.ndarray:
+        """h in [0, 1]: 0 at or above the hypoxic threshold, 1 at or below the necrosis one."""
+        hi, lo = self.p.hypoxic_threshold_mmHg, self.p.necrosis_threshold_mmHg
+        if hi <= lo:
+            return (np.asarray(o2) < hi).astype(np.float64)
+        return np.clip((hi - np.asarray(o2, dtype=np.float64)) / (hi - lo), 0.0, 1.0)
+
+    def receptor_activation(self, hgf, igf1, eff) -> tuple[np.ndarray, np.ndarray]:
+        """MET and IGF-1R activation in [0, 1] after inhibitors: a_L (1 - E_cancel)."""
+        sg = self.p.signalling
+        n = len(eff["target"])
+        a_met = np.zeros(n) if hgf is None else \
+            hgf.astype(np.float64) / (hgf + sg.hgf_half_max_ng_per_mL)
+        a_igf = np.zeros(n) if igf1 is None else \
+            igf1.astype(np.float64) / (igf1 + sg.igf1_half_max_ng_per_mL)
+        return a_met * (1.0 - eff["cancel_met"]), a_igf * (1.0 - eff["cancel_igf1r"])
+
+    def protection(self, a_met, a_igf) -> np.ndarray:
+        """Fraction of the kill of sensitive cells that survival signalling removes."""
+        sg = self.p.signalling
+        return 1.0 - (1.0 - sg.met_protection_max * a_met) * (1.0 - sg.igf1r_protection_max * a_igf)
+
+    def rates_per_min(self, ts, o2, memory, time_in_P, hgf, igf1, conc):
+        """Every rate of the rules for cells with phenotype ``ts`` (1/min, float64).
+
+        Returns a dict: division, kill, entry (S -> P), exit (P -> S), resistance (P -> R), and
+        the targeted-drug effect E_target (for the memory)."""
+        p, tr = self.p, self.p.transitions
+        n = ts.size
+        eff = self.effects.at(conc) if self.effects is not None else \
+            {k: np.zeros(n) for k in ("kill_S", "kill_P", "exit_speedup", "block_entry",
+                                      "block_division", "cancel_met", "cancel_igf1r", "target")}
+        h = self.hypoxia_level(o2)
+        a_met, a_igf = self.receptor_activation(hgf, igf1, eff)
+        sg = p.signalling
+        f_signal = 1.0 + sg.hgf_growth_gain * a_met + sg.igf1_growth_gain * a_igf
+        S, P = ts == codes.SENSITIVE, ts == codes.PERSISTER
+        E = eff["target"]
+        kill = np.where(S, eff["kill_S"] * (1.0 - self.protection(a_met, a_igf)),
+                        np.where(P, eff["kill_S"] * p.persister_tolerance + eff["kill_P"], 0.0))
+        m = memory.astype(np.float64)
+        entry = np.zeros(n)
+        if tr.pre_existing:
+            entry += tr.entry_basal_per_h * (1.0 + tr.hypoxia_weight * h)
+        if tr.drug_induced:
+            entry += tr.entry_induced_per_h * E * (1.0 + m + sg.entry_weight * (a_met + a_igf)
+                                                   + tr.hypoxia_weight * h)
+        entry *= (1.0 - eff["block_entry"]) * S
+        # exit_speedup (KDM5/HDAC inhibition) undoes the persister state even under the targeted
+        # drug, where the cell, sensitive again, is then killed
+        exit_ = tr.exit_per_h * (1.0 - E + eff["exit_speedup"]) / (
+            1.0 + tr.memory_exit_slowing * m + tr.hypoxia_exit_slowing * h) * P
+        ramp = np.minimum(1.0, time_in_P.astype(np.float64) / (tr.mutability_ramp_h * 60.0))
+        res = tr.resistance_per_h * (1.0 + tr.adaptive_mutability * ramp) * P
+        # resistant cells divide through the drugs that stop the others
+        arrest = np.where(ts == codes.RESISTANT, 0.0, eff["block_division"])
+        division = self.r_max * oxygen_factor(o2, p) * self.state_factor[ts] * f_signal * \
+            (1.0 - arrest)
+        per_min = 1.0 / 60.0
+        return dict(division=division, kill=kill * per_min, entry=entry * per_min,
+                    exit=exit_ * per_min, resistance=res * per_min, target=E)
+
+    def relax_memory(self, m: np.ndarray, E: np.ndarray) -> np.ndarray:
+        """Memory after one step of dm/dt = g E (1 - m) - d (1 - E) m, solved exactly."""
+        tr = self.p.transitions
+        a = tr.memory_gain_per_h / 60.0 * E
+        b = tr.memory_decay_per_h / 60.0 * (1.0 - E)
+        k = a + b
+        m_eq = np.where(k > 0, a / np.where(k > 0, k, 1.0), m)
+        return (m_eq + (m - m_eq) * np.exp(-k * self.dt)).astype(np.float32)
+
+    # ------------------------------------------------------------------ the step
+    def apply(self, kind: np.ndarray, tumor_state: np.ndarray, oxygen: np.ndarray, step: int,
+              memory: np.ndarray | None = None, time_in_P: np.ndarray | None = None,
+              hgf: np.ndarray | None = None, igf1: np.ndarray | None = None,
+              drug_conc: np.ndarray | None = None) -> RuleCounts:
+        """One agent step of the rules, in place.
+
+        Args:
+            kind, tumor_state: (n_sites,) uint8 lattice arrays.
+            oxygen: (n_sites,) mmHg after this step's fields.
+            step: the agent step (a counter of the random numbers).
+            memory, time_in_P: (n_sites,) float32 per-cell variables (None: zeros, not kept).
+            hgf, igf1: (n_sites,) ng/mL, or None without those fields.
+            drug_conc: (n_drugs, n_sites) free tissue concentrations in uM, or None.
+        """
         out = RuleCounts()
         seed, dt = self.seed, self.dt
+        n_sites = kind.shape[0]
+        if memory is None:
+            memory = np.zeros(n_sites, dtype=np.float32)
+        if time_in_P is None:
+            time_in_P = np.zeros(n_sites, dtype=np.float32)
         cells = np.flatnonzero(kind == codes.TUMOR)
         necrotic = np.flatnonzero(kind == codes.NECROTIC)
 
@@ -118,8 +237,9 @@ class TumorRules:
             p_clear = probability(self.p.necrotic_clearance_per_h / 60.0, dt)
             cleared = necrotic[rng.uniform_at(seed, step, rng.CLEARANCE, necrotic) < p_clear]
 
-        dying = np.empty(0, dtype=np.int64)
+        dying = killed = np.empty(0, dtype=np.int64)
         sources = targets = np.empty(0, dtype=np.int64)
+        to_P = to_S = to_R = np.empty(0, dtype=np.int64)
         if cells.size:
             o2 = oxygen[cells]
             low = o2 < self.p.necrosis_threshold_mmHg
@@ -131,11 +251,48 @@ class TumorRules:
                 alive = np.ones(cells.size, dtype=bool)
                 alive[np.flatnonzero(low)[die]] = False
                 cells, o2 = cells[alive], o2[alive]
-            rate = self.r_max * oxygen_factor(o2, self.p) * self.state_factor[tumor_state[cells]]
+            ts = tumor_state[cells]
+            conc = drug_conc[:, cells] if drug_conc is not None and self.n_drugs else \
+                np.zeros((0, cells.size))
+            r = self.rates_per_min(ts, o2, memory[cells], time_in_P[cells],
+                                   None if hgf is None else hgf[cells],
+                                   None if igf1 is None else igf1[cells], conc)
+            # drug kill
+            hit = r["kill"] > 0
+            if hit.any():
+                cand = cells[hit]
+                die = rng.uniform_at(seed, step, rng.KILL, cand) < probability(r["kill"][hit], dt)
+                killed = cand[die]
+                out.killed_S = int((ts[hit][die] == codes.SENSITIVE).sum())
+                out.killed_P = int((ts[hit][die] == codes.PERSISTER).sum())
+                alive = np.ones(cells.size, dtype=bool)
+                alive[np.flatnonzero(hit)[die]] = False
+                cells, ts, o2 = cells[alive], ts[alive], o2[alive]
+                r = {k: v[alive] for k, v in r.items()}
+            # phenotype transitions: S -> P; P -> S or R (competing)
+            k_tot = r["entry"] + r["exit"] + r["resistance"]
+            moving = k_tot > 0
+            if moving.any():
+                cand = cells[moving]
+                kt = k_tot[moving]
+                u = rng.uniform_at(seed, step, rng.TRANSITION, cand)
+                p_any = probability(kt, dt)
+                fire = u < p_any
+                # which transition: split [0, p_any) in proportion to the rates
+                is_S = ts[moving] == codes.SENSITIVE
+                go_S = ~is_S & (u < p_any * r["exit"][moving] / kt)
+                to_P = cand[fire & is_S]
+                to_S = cand[fire & go_S]
+                to_R = cand[fire & ~is_S & ~go_S]
+            rate = r["division"]
             grow = rate > 0
             cand = cells[grow]
             p_div = division_probability(rate[grow], dt)
             sources = cand[rng.uniform_at(seed, step, rng.DIVIDE, cand) < p_div]
+            # memory of every surviving cell, time in P of persisters that stay persisters
+            memory[cells] = self.relax_memory(memory[cells].astype(np.float64), r["target"])
+            stay_P = cells[ts == codes.PERSISTER]
+            time_in_P[stay_P] += np.float32(dt)
         if sources.size:
             nbr, inside = self.grid.neighbours(sources)
             empty = inside & (kind[nbr] == codes.EMPTY)
@@ -151,14 +308,28 @@ class TumorRules:
             out.lost_conflicts = int((~won).sum())
             sources, targets = sources[won], targets[won]
 
-        # --- apply: the three sets of voxels are disjoint (necrotic, tumor, empty at the start)
+        # --- apply: necrotic, tumor and empty voxels at the start are disjoint sets
         kind[cleared] = codes.EMPTY
-        kind[dying] = codes.NECROTIC
-        tumor_state[dying] = codes.NONE
+        for gone, new_kind in ((dying, codes.NECROTIC), (killed, codes.EMPTY)):
+            kind[gone] = new_kind
+            tumor_state[gone] = codes.NONE
+            memory[gone] = 0
+            time_in_P[gone] = 0
+        tumor_state[to_P] = codes.PERSISTER
+        time_in_P[to_P] = 0
+        tumor_state[to_S] = codes.SENSITIVE
+        time_in_P[to_S] = 0
+        tumor_state[to_R] = codes.RESISTANT
         kind[targets] = codes.TUMOR
         tumor_state[targets] = tumor_state[sources]
+        memory[targets] = memory[sources]
+        time_in_P[targets] = time_in_P[sources]
         out.divisions = int(targets.size)
         out.necroses = int(dying.size)
+        out.killed = int(killed.size)
         out.cleared = int(cleared.size)
+        out.entered_P = int(to_P.size)
+        out.exited_P = int(to_S.size)
+        out.became_R = int(to_R.size)
         self.last_division = (sources, targets)
         return out

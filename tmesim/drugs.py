@@ -1,0 +1,223 @@
+"""Drugs: named presets, pharmacokinetics (plasma level over time) and pharmacodynamics (effects).
+
+Pharmacokinetics (MODEL.md section 5). A square-wave drug (``half_life_h = 0``) has a plasma level
+equal to the schedule's dose while the schedule is on. A one-compartment drug receives boluses of
+``dose_uM`` at its dosing times and decays with its half-life in between; one agent step advances
+the level exactly:
+
+    C(t + dt) = C(t) exp(-k dt) + sum over doses at tau in (t, t + dt] of D exp(-k (t + dt - tau))
+
+The tissue sees the free fraction ``unbound_fraction * C`` at vessels (and at the domain faces
+for ``transport = "bath"``, or everywhere for ``"uniform"``).
+
+Pharmacodynamics: each effect is an Emax/Hill curve ``E = emax C^h / (C^h + EC50^h)`` of the local
+free concentration. Several drugs on one target combine by Bliss independence,
+``E = 1 - prod(1 - E_i)``; kill rates add (independent hazards).
+
+Presets fill in what a scenario leaves out; every number says where it comes from. PK is the
+experiment's, not the drug's (a dish has no half-life), so presets carry pharmacodynamics and
+tissue transport, and document the clinical PK for scenarios that model it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Presets: pharmacodynamics by target (see tmesim.scenario.EFFECT_TARGETS). Rates marked
+# "calibrated" are fitted by scenarios/validation (tmesim validate-model), the rest cited or chosen.
+DRUG_PRESETS: dict[str, dict] = {
+    "egfr_tki": dict(
+        description="EGFR tyrosine-kinase inhibitor (erlotinib/gefitinib/osimertinib-like). "
+                    "Clinical PK for erlotinib: half-life about 36 h, steady-state trough about "
+                    "3 uM total, about 95 % protein-bound (Lu 2006; product information).",
+        effects={"kill_S": dict(emax=1.0, ec50_uM=0.06, hill=1.5, rate_per_h=0.06),
+                 "block_division": dict(emax=1.0, ec50_uM=0.06, hill=1.5)},
+        # ec50: gefitinib IC50 in PC9 about 0.06 uM (MODEL.md section 4); hill: chosen;
+        # rate: calibrated so that sensitive PC9 cells are cleared within about 5 days at 2 uM
+    ),
+    "kdm5_inhibitor": dict(
+        description="KDM5 histone demethylase inhibitor (CPI-455-like; Vinogradova 2016 used "
+                    "6-25 uM): blocks entry into the persister state and speeds reversion "
+                    "(Sharma 2010: KDM5A is required for persisters).",
+        effects={"block_entry": dict(emax=0.9, ec50_uM=2.0, hill=1.0),
+                 "exit_speedup": dict(emax=1.0, ec50_uM=2.0, hill=1.0, fold=2.0)},
+    ),
+    "hdac_inhibitor": dict(
+        description="Histone deacetylase inhibitor (entinostat/trichostatin A-like; Sharma 2010: "
+                    "TSA with erlotinib ablates persisters): kills persisters, partly blocks entry.",
+        effects={"kill_P": dict(emax=1.0, ec50_uM=0.5, hill=1.0, rate_per_h=0.03),
+                 "block_entry": dict(emax=0.5, ec50_uM=0.5, hill=1.0)},
+    ),
+    "oxphos_inhibitor": dict(
+        description="Mitochondrial complex I inhibitor (IACS-010759-like, IC50 of nM order): "
+                    "persisters depend on oxidative phosphorylation and die.",
+        effects={"kill_P": dict(emax=1.0, ec50_uM=0.01, hill=1.0, rate_per_h=0.03)},
+    ),
+    "fao_inhibitor": dict(
+        description="Fatty-acid oxidation inhibitor (etomoxir-like, used at tens of uM): weak "
+                    "persister kill.",
+        effects={"kill_P": dict(emax=1.0, ec50_uM=10.0, hill=1.0, rate_per_h=0.01)},
+    ),
+    "gpx4_inhibitor": dict(
+        description="GPX4 inhibitor (RSL3/ML210-like; Hangauer 2017: persisters are "
+                    "hypersensitive, EC50 tens of nM): ferroptotic persister kill.",
+        effects={"kill_P": dict(emax=1.0, ec50_uM=0.05, hill=2.0, rate_per_h=0.05)},
+    ),
+    "aldh_inhibitor": dict(
+        description="ALDH inhibitor (disulfiram-like; Raha 2014): weak persister kill.",
+        effects={"kill_P": dict(emax=1.0, ec50_uM=0.5, hill=1.0, rate_per_h=0.005)},
+    ),
+    "met_inhibitor": dict(
+        description="MET inhibitor (crizotinib-like, cellular MET IC50 about 10-20 nM): cancels "
+                    "HGF/MET protection (Straussman 2012).",
+        effects={"cancel_met": dict(emax=1.0, ec50_uM=0.02, hill=1.0)},
+    ),
+    "igf1r_inhibitor": dict(
+        description="IGF-1R inhibitor (linsitinib-like, IC50 about 35 nM): cancels IGF-1 "
+                    "protection and partly blocks persister formation (Sharma 2010).",
+        effects={"cancel_igf1r": dict(emax=1.0, ec50_uM=0.05, hill=1.0),
+                 "block_entry": dict(emax=0.5, ec50_uM=0.05, hill=1.0)},
+    ),
+}
+
+FRACTION_TARGETS = ("block_entry", "block_division", "cancel_met", "cancel_igf1r")
+KILL_TARGETS = ("kill_S", "kill_P")
+
+
+def hill(c, emax: float, ec50: float, h: float):
+    """Emax/Hill effect of concentration ``c`` (uM), in [0, emax]. Float64 on every backend."""
+    c = np.maximum(np.asarray(c, dtype=np.float64), 0.0)
+    x = (c / ec50) ** h
+    return emax * x / (1.0 + x)
+
+
+# ------------------------------------------------------------------------------ pharmacokinetics
+def _on(sched, t_min: float) -> bool:
+    """Whether a continuous/intermittent schedule is on at time t (minutes)."""
+    t_d = t_min / 1440.0
+    if t_d < sched.start_day or t_d >= sched.stop_day:
+        return False
+    if sched.kind == "continuous":
+        return True
+    period = sched.on_days + sched.off_days
+    return ((t_d - sched.start_day) % period) < sched.on_days
+
+
+def dose_times_h(sched, until_h: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bolus times (h) and amounts (uM) of a one-compartment schedule up to ``until_h``."""
+    if sched.kind == "none":
+        return np.zeros(0), np.zeros(0)
+    if sched.kind == "doses":
+        t = np.asarray(sched.times_h, dtype=np.float64)
+        d = np.asarray(sched.doses_uM, dtype=np.float64)
+        keep = t <= until_h
+        return t[keep], d[keep]
+    start = sched.start_day * 24.0
+    stop = min(sched.stop_day * 24.0, until_h + 1e-9)
+    n = int(math.floor((stop - start) / sched.interval_h + 1e-9)) + 1 if stop >= start else 0
+    t = start + sched.interval_h * np.arange(max(n, 0))
+    t = t[t <= until_h]
+    on = np.array([_on(sched, x * 60.0) for x in t], dtype=bool)
+    t = t[on]
+    return t, np.full(t.shape, sched.dose_uM)
+
+
+def square_level(sched, t_min: float) -> float:
+    """Plasma level (uM) of a square-wave schedule at time t (minutes)."""
+    if sched.kind == "none":
+        return 0.0
+    if sched.kind == "doses":
+        t_h = t_min / 60.0
+        times = np.asarray(sched.times_h, dtype=np.float64)
+        past = np.flatnonzero(times <= t_h + 1e-9)
+        return float(sched.doses_uM[past[np.argmax(times[past])]]) if past.size else 0.0
+    return float(sched.dose_uM) if _on(sched, t_min) else 0.0
+
+
+class Pharmacokinetics:
+    """Plasma levels of every drug of a scenario, advanced one agent step at a time.
+
+    The level of a one-compartment drug is state (State.plasma) so that controllers that dose
+    from observables (a later issue) fit the same update; square waves are a function of time.
+    """
+
+    def __init__(self, drugs, dt_min: float):
+        self.drugs = drugs
+        self.dt = dt_min
+        self._doses = []
+        for d in drugs:
+            if d.half_life_h > 0:
+                horizon = max(d.schedule.times_h, default=0.0) if d.schedule.kind == "doses" \
+                    else min(d.schedule.stop_day * 24.0, 1e7)
+                self._doses.append(dose_times_h(d.schedule, horizon))
+            else:
+                self._doses.append(None)
+
+    def advance(self, plasma: np.ndarray, t_min: float) -> np.ndarray:
+        """Levels at t + dt from levels at t (uM), in place; returns the dose given per drug in
+        (t, t + dt] (uM: the boluses, or the square-wave level)."""
+        given = np.zeros(len(self.drugs))
+        t1 = t_min + self.dt
+        for i, d in enumerate(self.drugs):
+            if d.half_life_h <= 0:
+                plasma[i] = square_level(d.schedule, t1)
+                given[i] = plasma[i]
+                continue
+            k = math.log(2.0) / (d.half_life_h * 60.0)          # 1/min
+            times, amounts = self._doses[i]
+            tm = times * 60.0
+            now = (tm > t_min + 1e-9) & (tm <= t1 + 1e-9)
+            plasma[i] = plasma[i] * math.exp(-k * self.dt) + float(
+                np.sum(amounts[now] * np.exp(-k * (t1 - tm[now]))))
+            given[i] = float(np.sum(amounts[now]))
+        return given
+
+    def initial(self) -> np.ndarray:
+        """Levels at time 0 (doses at exactly t = 0 count as given before the first step)."""
+        out = np.zeros(len(self.drugs))
+        for i, d in enumerate(self.drugs):
+            if d.half_life_h <= 0:
+                out[i] = square_level(d.schedule, 0.0)
+            else:
+                times, amounts = self._doses[i]
+                out[i] = float(np.sum(amounts[np.abs(times) < 1e-9]))
+        return out
+
+
+# ------------------------------------------------------------------------------ pharmacodynamics
+class Effects:
+    """Combined drug effects per cell from the local free concentrations.
+
+    Args:
+        drugs: the scenario's drugs (their ``effects`` tables).
+    """
+
+    def __init__(self, drugs):
+        self.drugs = drugs
+
+    def at(self, conc: np.ndarray) -> dict:
+        """Effects for cells with local concentrations ``conc`` (n_drugs, n) in uM.
+
+        Returns {"kill_S": rate 1/h, "kill_P": rate 1/h, "target": E_target,
+        "block_entry", "block_division", "cancel_met", "cancel_igf1r": Bliss-combined fractions,
+        "exit_speedup": summed fold x E} as float64 arrays of length n.
+        """
+        n = conc.shape[1] if conc.ndim == 2 else 0
+        out = {k: np.zeros(n) for k in ("kill_S", "kill_P", "exit_speedup")}
+        keep = {k: np.ones(n) for k in FRACTION_TARGETS + ("target",)}
+        for i, d in enumerate(self.drugs):
+            for target, e in d.effects.items():
+                E = hill(conc[i], e.emax, e.ec50_uM, e.hill)
+                if target in KILL_TARGETS:
+                    out[target] += e.rate_per_h * E
+                    if target == "kill_S":
+                        keep["target"] *= 1.0 - E
+                elif target == "exit_speedup":
+                    out[target] += e.fold * E
+                else:
+                    keep[target] *= 1.0 - E
+        for k, v in keep.items():
+            out[k] = 1.0 - v
+        return out

@@ -1,0 +1,60 @@
+"""Therapy: each step, the drugs' plasma levels and what the tissue receives from them.
+
+The plasma levels advance over the step (tmesim.drugs.Pharmacokinetics); the free level
+``unbound_fraction * plasma`` is what vessels hold each drug field at, and the domain faces too
+for ``transport = "bath"``. For ``transport = "uniform"`` the tissue level is the free level
+everywhere (a well-mixed dish): the field is set after the solve.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..drugs import Pharmacokinetics
+
+
+class Therapy:
+    """Plasma levels and tissue supply of every drug of a scenario.
+
+    Args:
+        sc: the scenario.
+        field_solver: the FieldSolver whose drug fields follow the plasma.
+    """
+
+    def __init__(self, sc, field_solver):
+        self.sc = sc
+        self.drugs = sc.drugs
+        self.pk = Pharmacokinetics(sc.drugs, sc.run.dt_min)
+        names = sc.field_names
+        self.field_index = np.array([names.index(d.name) for d in sc.drugs], dtype=np.intp)
+        self.unbound = np.array([d.unbound_fraction for d in sc.drugs])
+        self.uniform = np.array([d.transport == "uniform" for d in sc.drugs], dtype=bool)
+        self.solver = field_solver
+        self.last_given = np.zeros(len(sc.drugs))
+
+    def free_levels(self, plasma: np.ndarray) -> np.ndarray:
+        """Free plasma levels (uM) that reach the tissue."""
+        return self.unbound * plasma
+
+    def before_fields(self, state) -> np.ndarray:
+        """Advance the plasma over the coming step and set the drug fields' supply values.
+
+        Returns the doses given in the step per drug (uM)."""
+        if not self.drugs:
+            return self.last_given
+        self.last_given = self.pk.advance(state.plasma, state.time_min)
+        supply = np.full(len(self.sc.fields), np.nan)
+        supply[self.field_index] = self.free_levels(state.plasma)
+        self.solver.set_supply(supply)
+        return self.last_given
+
+    def after_fields(self, state) -> None:
+        """Well-mixed drugs: the tissue level is the free plasma level everywhere."""
+        if self.uniform.any():
+            free = self.free_levels(state.plasma)
+            for i in np.flatnonzero(self.uniform):
+                state.fields[self.field_index[i]] = np.float32(free[i])
+
+    def tissue_levels(self, state) -> np.ndarray:
+        """(n_drugs, n_sites) view-free copy of the drug fields (uM)."""
+        return state.fields[self.field_index]
