@@ -163,7 +163,7 @@ class TransitionConfig:
     P -> S at  exit (1 - E_target + F_speedup) / (1 + memory_exit_slowing m
                                                    + hypoxia_exit_slowing h)
                with F_speedup the summed fold x E of exit_speedup drugs
-    P -> R at  resistance (1 + adaptive_mutability min(1, time_in_P / mutability_ramp_h))
+    P -> R at  resistance (1 + adaptive_mutability min(1, time_in_P / mutability_ramp_h) E_target)
     dm/dt  =   memory_gain E_target (1 - m) - memory_decay (1 - E_target) m
     where h in [0, 1] is the hypoxia level (0 at or above the hypoxic threshold, 1 at or below the
     necrosis threshold), m the cell's memory and E_target the combined effect of the drugs that
@@ -183,8 +183,9 @@ class TransitionConfig:
                               lo=0)
     resistance_per_h: float = param(5e-6, "1/h", "P -> R, basal [chosen: a few resistant "
                                     "founders per thousand persisters per month on drug]", lo=0)
-    adaptive_mutability: float = param(10.0, "", "extra fold-increase of P -> R reached after "
-                                       "mutability_ramp_h in P (7-50-fold [Russo])", lo=0)
+    adaptive_mutability: float = param(10.0, "", "extra fold-increase of P -> R under the "
+                                       "targeted drug, reached after mutability_ramp_h in P "
+                                       "(7-50-fold [Russo])", lo=0)
     mutability_ramp_h: float = param(72.0, "h", "time in P over which the mutability rises "
                                      "[chosen]", lo=0, lo_open=True)
     memory_gain_per_h: float = param(0.02, "1/h", "rise of memory under full targeted-drug "
@@ -458,9 +459,10 @@ FIELD_PRESETS: dict[str, dict] = {
     "hgf": dict(
         units="ng/mL",
         diffusion_um2_per_min=2.0e3,    # Stokes-Einstein for 85 kDa, slowed in matrix (MODEL.md)
-        decay_per_min=0.01,             # [chosen] half-life about 70 min in tissue
-        secretion_per_min={"caf": 0.5, "tam": 0.1},  # [chosen] about 6 ng/day per 1e6 CAFs;
-        # gives 5-10 ng/mL (about the MET half-maximum) where CAFs are 10-20 % of voxels
+        decay_per_min=0.05,             # [chosen] binding to heparan sulfate in the matrix
+        # keeps HGF near its source: diffusion length about 190 um
+        secretion_per_min={"caf": 2.0, "tam": 0.2},  # [chosen] about 20 ng/day per 1e6 CAFs
+        # (reported 1-30); gives 3-5 ng/mL (about the MET half-maximum) within 100 um of CAF nests
         uptake_per_min={"tumor": 0.005},  # [chosen] MET-mediated internalisation
         role="growth_factor",
     ),

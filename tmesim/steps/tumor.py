@@ -188,7 +188,9 @@ class TumorRules:
         exit_ = tr.exit_per_h * (1.0 - E + eff["exit_speedup"]) / (
             1.0 + tr.memory_exit_slowing * m + tr.hypoxia_exit_slowing * h) * P
         ramp = np.minimum(1.0, time_in_P.astype(np.float64) / (tr.mutability_ramp_h * 60.0))
-        res = tr.resistance_per_h * (1.0 + tr.adaptive_mutability * ramp) * P
+        # stress-induced mutagenesis: raised under the targeted drug only, and more so the longer
+        # the cell has been a persister (Russo et al. 2022)
+        res = tr.resistance_per_h * (1.0 + tr.adaptive_mutability * ramp * E) * P
         # resistant cells divide through the drugs that stop the others
         arrest = np.where(ts == codes.RESISTANT, 0.0, eff["block_division"])
         division = self.r_max * oxygen_factor(o2, p) * self.state_factor[ts] * f_signal * \
