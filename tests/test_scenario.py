@@ -61,6 +61,24 @@ BAD = [
     ("not TOML", "[run\nname=1", "(file)", "valid TOML"),
     ("infinite value", GOOD.replace("radius_um = 100", "radius_um = inf"),
      "init.tumor.radius_um", "finite"),
+    ("unknown drug preset", GOOD + '[drugs.x]\npreset = "nope"\n', "drugs.x.preset", "egfr_tki"),
+    ("drug without effects", GOOD + '[drugs.x]\nschedule = { dose_uM = 1 }\n', "drugs.x.effects",
+     "at least one effect"),
+    ("unknown effect target", GOOD + '[drugs.x]\npreset = "egfr_tki"\neffects = { kill_Q = {} }\n',
+     "drugs.x.effects.kill_Q", "an effect target"),
+    ("negative EC50", GOOD + '[drugs.x]\npreset = "egfr_tki"\n'
+     'effects = { kill_S = { ec50_uM = -1 } }\n', "drugs.x.effects.kill_S.ec50_uM", "> 0"),
+    ("doses and times differ", GOOD + '[drugs.x]\npreset = "egfr_tki"\nschedule = { kind = '
+     '"doses", times_h = [1, 2], doses_uM = [1] }\n', "drugs.x.schedule.doses_uM", "2 doses"),
+    ("vessel transport without vessels", GOOD + '[drugs.x]\npreset = "egfr_tki"\n'
+     'transport = "vessels"\n', "drugs.x.transport", "no vessels"),
+    ("unknown stroma placement", GOOD + '[init.caf]\nplacement = "ring"\n',
+     "init.caf.placement", "shell"),
+    ("persister fraction above 1",
+     GOOD.replace("radius_um = 100", "radius_um = 100\npersister_fraction = 2"),
+     "init.tumor.persister_fraction", "<= 1"),
+    ("uptake by an unknown state", GOOD + '[fields.oxygen]\nuptake_per_min = { dormant = 1 }\n',
+     "fields.oxygen.uptake_per_min.dormant", "persister"),
 ]
 
 

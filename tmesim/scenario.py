@@ -760,6 +760,27 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
                         raise ScenarioError(where, face, f"each face named once; {f} is already "
                                             f"set by boundary[{seen[f]}]")
                     seen[f] = i
+    for d in sc.drugs:
+        sch = d.schedule
+        where = f"drugs.{d.name}.schedule"
+        if sch.kind == "doses":
+            if not sch.times_h:
+                raise ScenarioError(f"{where}.times_h", _MISSING, "a list of dose times in hours "
+                                    "for kind = \"doses\"")
+            if len(sch.times_h) != len(sch.doses_uM):
+                raise ScenarioError(f"{where}.doses_uM", list(sch.doses_uM),
+                                    f"{len(sch.times_h)} doses, one per entry of times_h")
+            if any(t < 0 for t in sch.times_h):
+                raise ScenarioError(f"{where}.times_h", list(sch.times_h), "times >= 0 h")
+            if any(x < 0 for x in sch.doses_uM):
+                raise ScenarioError(f"{where}.doses_uM", list(sch.doses_uM), "doses >= 0 uM")
+        if sch.stop_day < sch.start_day:
+            raise ScenarioError(f"{where}.stop_day", sch.stop_day,
+                                f"a day at or after start_day ({sch.start_day:g})")
+        if d.transport == "vessels" and sc.init.vessels.placement == "none":
+            raise ScenarioError(f"drugs.{d.name}.transport", d.transport,
+                                "\"bath\" or \"uniform\": this scenario has no vessels "
+                                "(init.vessels.placement = \"none\")")
     if sc.run.snapshot_every_hours * 60 < sc.run.dt_min:
         raise ScenarioError("run.snapshot_every_hours", sc.run.snapshot_every_hours,
                             f"at least one agent step ({sc.run.dt_min} min)")
@@ -1011,6 +1032,8 @@ def summary(sc: Scenario) -> str:
                  f"{' '.join(fixed)}"
         s += f"; vessels hold it at {fc.vessel_value:g}." if vi.placement != "none" else "."
         lines.append(s)
+    from .rules_text import rule_sentences
+    lines.extend(rule_sentences(sc))
     sv = sc.solver
     fdt = sv.dt_min or r.dt_min
     lines.append(f"Fields solved by {sv.method.upper()} with steps of {fdt:g} min.")
