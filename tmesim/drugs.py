@@ -94,15 +94,23 @@ def hill(c, emax: float, ec50: float, h: float):
 
 
 # ------------------------------------------------------------------------------ pharmacokinetics
+_EPS_MIN = 1e-6   # minutes: switch times given in days are compared to this tolerance
+
+
 def _on(sched, t_min: float) -> bool:
-    """Whether a continuous/intermittent schedule is on at time t (minutes)."""
-    t_d = t_min / 1440.0
-    if t_d < sched.start_day or t_d >= sched.stop_day:
+    """Whether a continuous/intermittent schedule is on at time t (minutes).
+
+    Computed in minutes with a tolerance, so that a switch falling on a step boundary (e.g.
+    0.35 d = 504 min) switches exactly there despite the rounding of days in binary."""
+    start, stop = sched.start_day * 1440.0, sched.stop_day * 1440.0
+    if t_min < start - _EPS_MIN or t_min >= stop - _EPS_MIN:
         return False
     if sched.kind == "continuous":
         return True
-    period = sched.on_days + sched.off_days
-    return ((t_d - sched.start_day) % period) < sched.on_days
+    period = (sched.on_days + sched.off_days) * 1440.0
+    t = t_min - start
+    k = math.floor((t + _EPS_MIN) / period)
+    return t - k * period < sched.on_days * 1440.0 - _EPS_MIN
 
 
 def dose_times_h(sched, until_h: float) -> tuple[np.ndarray, np.ndarray]:
@@ -143,14 +151,14 @@ class Pharmacokinetics:
     from observables (a later issue) fit the same update; square waves are a function of time.
     """
 
-    def __init__(self, drugs, dt_min: float):
+    def __init__(self, drugs, dt_min: float, duration_min: float = 1e7):
         self.drugs = drugs
         self.dt = dt_min
         self._doses = []
         for d in drugs:
             if d.half_life_h > 0:
                 horizon = max(d.schedule.times_h, default=0.0) if d.schedule.kind == "doses" \
-                    else min(d.schedule.stop_day * 24.0, 1e7)
+                    else min(d.schedule.stop_day * 24.0, duration_min / 60.0 + 1.0)
                 self._doses.append(dose_times_h(d.schedule, horizon))
             else:
                 self._doses.append(None)

@@ -143,5 +143,6 @@ def initial_state(sc: Scenario, grid: Grid) -> State:
         state.fields[i][vessels] = fc.vessel_value
     if sc.drugs:
         from .drugs import Pharmacokinetics
-        state.plasma[:] = Pharmacokinetics(sc.drugs, sc.run.dt_min).initial()
+        state.plasma[:] = Pharmacokinetics(sc.drugs, sc.run.dt_min,
+                                           sc.run.duration_days * 1440.0).initial()
     return state

@@ -4,8 +4,8 @@ One step, from the lattice after this step's tumor rules (MODEL.md section 3, "S
 1. TAM turnover (stream STROMA_DEATH): a TAM leaves at 1 - exp(-death dt); its voxel empties.
 2. Moves (stream MOVE): a CAF or surviving TAM tries to move with probability 1 - exp(-motility
    dt) into an empty neighbour. A TAM goes, with probability ``chemotaxis`` (stream CHEMOTAXIS), to
-   the empty neighbour with the most recruitment signal (the first such in the neighbour order on
-   ties), otherwise to a uniformly chosen one; a CAF always to a uniformly chosen one.
+   the empty neighbour with the most recruitment signal (uniformly among ties), otherwise to a
+   uniformly chosen one; a CAF always to a uniformly chosen one.
 3. Recruitment (stream RECRUIT): each vessel voxel adds a TAM to a uniformly chosen empty
    neighbour at rate recruitment + gain s / (s + half_max), s the signal at the vessel.
 Moves and recruitments claim their target voxels together; a voxel claimed by several goes to the
@@ -104,8 +104,11 @@ class StromaRules:
             words = rng.raw_at(seed, step, rng.MOVE_DIRECTION, sources)
             targets = choose_target(words, empty, nbr)
             if follow.any() and signal is not None:
+                # the empty neighbours with the most signal; ties are broken uniformly by the
+                # same random word, else a gradient along an axis would also push sideways
                 s = np.where(empty[follow], signal[nbr[follow]], -np.inf)
-                targets[follow] = nbr[follow][np.arange(s.shape[0]), np.argmax(s, axis=1)]
+                best = s == s.max(axis=1, keepdims=True)
+                targets[follow] = choose_target(words[follow], best, nbr[follow])
             keys = ((words & np.uint64(0xFFFFFFFF)) << np.uint64(32)) | sources.astype(np.uint64)
             np.maximum.at(self._claims, targets, keys)
             won = self._claims[targets] == keys

@@ -24,7 +24,7 @@ class Therapy:
     def __init__(self, sc, field_solver):
         self.sc = sc
         self.drugs = sc.drugs
-        self.pk = Pharmacokinetics(sc.drugs, sc.run.dt_min)
+        self.pk = Pharmacokinetics(sc.drugs, sc.run.dt_min, sc.run.duration_days * 1440.0)
         names = sc.field_names
         self.field_index = np.array([names.index(d.name) for d in sc.drugs], dtype=np.intp)
         self.unbound = np.array([d.unbound_fraction for d in sc.drugs])
