@@ -1,0 +1,448 @@
+"""The napari reader: a tmesim run file as lazily loaded napari layers.
+
+``get_reader(path)`` answers ``None`` quickly for anything that is not a tmesim run (it reads the
+HDF5 signature, then the root ``format`` attribute; the extension alone proves nothing), and
+otherwise :func:`read_run`, which returns napari layer-data tuples ``(data, kwargs, layer_type)``:
+
+- one Image layer per field, named with its units (``"oxygen (mmHg)"``), bottom to top: oxygen, the
+  others in file order; all hidden except oxygen and the first drug;
+- ``epigenetic memory`` (Image, hidden) when the run has it;
+- ``kind`` and ``tumor state`` Labels layers with the fixed colours of :mod:`tmesim_napari._style`.
+
+Every array is ``(time, [z,] y, x)``: a dask array with one chunk per snapshot, read from the file
+only when napari shows that snapshot. Each read opens the file in SWMR mode and closes it again, so
+no handle is left behind, a run that is still being written can be viewed (and re-read larger, see
+:func:`tmesim_napari.refresh_layers`), and a run file replaced by a new run is never served from a
+stale handle. Scale: voxel edge ``dx_um`` in µm on the spatial axes (translated by half a voxel, so
+world coordinates are voxel centres, as in ``tmesim.open_run``); on the time axis the snapshot
+interval in hours, so the slider reads hours.
+
+This module reads the documented file schema only (``tmesim.io.schema``): never the simulator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from tmesim.errors import RunFileError
+from tmesim.io import schema
+
+from . import _style
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# a damaged file is claimed only if its first bytes hold the format string: the writer stores the
+# root attributes (format, scenario text, ...) when it creates the file, so they sit near the start
+_SNIFF_BYTES = 1 << 20
+META_KEY = "tmesim"          # layer.metadata[META_KEY] describes where a layer came from
+# code names as README's schema documents them, for a file whose datasets lack attrs["names"]
+DEFAULT_KIND_NAMES = ("empty", "tumor", "caf", "tam", "vessel", "necrotic")
+DEFAULT_TUMOR_STATE_NAMES = ("none", "S", "P", "R")
+
+
+# ------------------------------------------------------------------------------------- opening
+def _text(v) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.ndarray) and v.shape == ():
+        return _text(v[()])
+    return str(v)
+
+
+@contextlib.contextmanager
+def open_h5(path):
+    """Open a run file read-only; errors as RunFileError with a one-line message.
+
+    A plain open comes first: it fails at once, with HDF5's "truncated file" diagnosis, on a file
+    cut short, where a SWMR open can sit in HDF5's metadata retry loop. A file that is still being
+    written (or whose writer was killed) is marked "open for write" and refuses a plain open; it is
+    then opened in SWMR mode, which is what lets a reader follow a live run.
+    """
+    p = os.fspath(path)
+    try:
+        f = h5py.File(p, "r")
+    except FileNotFoundError:
+        raise RunFileError(f"{p}: no such file") from None
+    except OSError as exc:
+        if "truncated" in str(exc):
+            raise RunFileError(f"{p}: truncated file, cannot be opened ({_short(exc)}); "
+                               "was it copied before the copy finished?") from None
+        try:
+            f = h5py.File(p, "r", swmr=True)
+        except OSError as exc2:
+            raise RunFileError(f"{p}: damaged HDF5 file, cannot be opened "
+                               f"({_short(exc2)})") from None
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an h5py error, without HDF5's error stack and "Unable to ..." prefix."""
+    msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    text = msg.splitlines()[0] if msg else type(exc).__name__
+    for prefix in ("Unable to synchronously open file ", "Unable to synchronously open object ",
+                   "Can't synchronously read data "):
+        text = text.replace(prefix, "")
+    return text.strip("() ") or type(exc).__name__
+
+
+def sniff(path) -> str | None:
+    """What ``path`` is: ``"tmesim"`` (a run file), ``"damaged"`` (HDF5 signature and tmesim's
+    format string, but HDF5 cannot open it) or ``None`` (anything else). Cheap and never raises."""
+    try:
+        p = os.fspath(path)
+        if not os.path.isfile(p):
+            return None
+        with open(p, "rb") as fh:
+            head = fh.read(len(HDF5_SIGNATURE))
+            # tmesim writes no user block, so the signature is at offset 0
+            if head != HDF5_SIGNATURE:
+                return None
+        try:
+            with open_h5(p) as f:
+                return "tmesim" if _text(f.attrs.get("format", "")) == schema.FORMAT else None
+        except Exception:  # noqa: BLE001 - whatever HDF5 says, the file cannot be read as is
+            with open(p, "rb") as fh:
+                start = fh.read(_SNIFF_BYTES)
+            return "damaged" if schema.FORMAT.encode() in start else None
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def get_reader(path):
+    """npe2 reader hook: :func:`read_run` for a tmesim run file (or a damaged one, so that
+    napari shows why it cannot be opened), ``None`` for anything else."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    return read_run if sniff(path) is not None else None
+
+
+# ----------------------------------------------------------------------------- what a run holds
+@dataclass
+class FieldInfo:
+    name: str
+    units: str
+    role: str          # "oxygen", "growth_factor", "signal", "drug" or "unknown"
+    dataset: str       # HDF5 path
+
+
+@dataclass
+class RunInfo:
+    """What :func:`read_info` found in a run file (plain values; the file is closed again)."""
+    path: str
+    name: str
+    status: str
+    created: str
+    shape: tuple[int, ...]
+    dx_um: float
+    times_min: np.ndarray                 # (T,) snapshot times, minutes
+    kind_names: list[str]
+    tumor_state_names: list[str]
+    fields: list[FieldInfo]
+    has_memory: bool
+    datasets: dict[str, str] = field(default_factory=dict)   # key -> HDF5 path of the snapshots
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def n_snapshots(self) -> int:
+        return len(self.times_min)
+
+    @property
+    def interval_h(self) -> float:
+        """Snapshot interval in hours: the median spacing (the last snapshot of a stopped run
+        comes off the cadence); 1 h when there is a single snapshot."""
+        if len(self.times_min) < 2:
+            return 1.0
+        d = float(np.median(np.diff(self.times_min))) / 60.0
+        return d if d > 0 else 1.0
+
+    @property
+    def t0_h(self) -> float:
+        return float(self.times_min[0]) / 60.0 if len(self.times_min) else 0.0
+
+
+def _names(ds, root_attr, fallback) -> list[str]:
+    names = ds.attrs.get("names")
+    if names is None:
+        names = ds.file.attrs.get(root_attr)
+    if names is None:
+        return list(fallback)
+    return [_text(n) for n in names]
+
+
+def _role(name: str, ds) -> str:
+    role = ds.attrs.get("role")
+    if role is not None:
+        return _text(role)
+    # older files carry no role; oxygen is the one field every run has, by that name
+    return "oxygen" if name == "oxygen" else "unknown"
+
+
+def _info(f, p) -> RunInfo:
+    """RunInfo of an open file; h5py errors from a damaged file propagate to read_info."""
+    fmt = _text(f.attrs.get("format", ""))
+    if fmt != schema.FORMAT:
+        raise RunFileError(f"{p}: not a tmesim run file (format attribute {fmt!r})")
+    version = _text(f.attrs.get("format_version", "0.0"))
+    try:
+        major, _ = schema.parse_version(version)
+    except ValueError:
+        raise RunFileError(f"{p}: unreadable format version {version!r}") from None
+    if major > schema.MAJOR:
+        raise RunFileError(f"{p}: written by a newer tmesim (file format {version}); this "
+                           f"viewer reads format {schema.MAJOR}.x -- upgrade tmesim")
+    snaps = f[schema.SNAPSHOTS]
+    kind, state = snaps["kind"], snaps["tumor_state"]
+    shape = tuple(int(s) for s in f.attrs["grid_shape"])
+    dx = float(f.attrs["dx_um"])
+    datasets = {"kind": kind.name, "tumor_state": state.name}
+    lengths = [kind.shape[0], state.shape[0], snaps["time"].shape[0]]
+    has_memory = "memory" in snaps
+    if has_memory:
+        datasets["memory"] = snaps["memory"].name
+        lengths.append(snaps["memory"].shape[0])
+    fields = []
+    if schema.FIELDS in f:
+        for name, ds in f[schema.FIELDS].items():
+            fields.append(FieldInfo(name, _text(ds.attrs.get("units", "")),
+                                    _role(name, ds), ds.name))
+            datasets[f"field/{name}"] = ds.name
+            lengths.append(ds.shape[0])
+    # the writer appends time, kind, state, memory and fields one after the other: a reader
+    # that comes in between sees some one row longer; only complete snapshots count
+    T = min(lengths)
+    times = np.asarray(snaps["time"][:T], dtype=float)
+    for key, dsp in datasets.items():
+        if tuple(f[dsp].shape[1:]) != shape:
+            raise RunFileError(f"{p}: {dsp} has shape {f[dsp].shape[1:]}, the grid is "
+                               f"{shape}: damaged file")
+    info = RunInfo(path=str(Path(p).resolve()), name=_text(f.attrs.get("name", "")),
+                   status=_text(f.attrs.get("status", "")).strip(),
+                   created=_text(f.attrs.get("created", "")), shape=shape, dx_um=dx,
+                   times_min=times,
+                   kind_names=_names(kind, "kind_names", DEFAULT_KIND_NAMES),
+                   tumor_state_names=_names(state, "tumor_state_names",
+                                            DEFAULT_TUMOR_STATE_NAMES),
+                   fields=fields,
+                   has_memory=has_memory, datasets=datasets)
+    return info
+
+
+def read_info(path) -> RunInfo:
+    """Read the metadata of a run file; RunFileError with a clear message if it is not a
+    complete-enough tmesim run (damaged, truncated, foreign, from a newer tmesim, empty)."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise RunFileError(f"{p}: no such file")
+    if not os.path.isfile(p):
+        raise RunFileError(f"{p}: not a file")
+    try:
+        with open(p, "rb") as fh:
+            if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+                raise RunFileError(f"{p}: not an HDF5 file, so not a tmesim run file")
+    except OSError as exc:
+        raise RunFileError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    with open_h5(p) as f:
+        try:
+            info = _info(f, p)
+        except RunFileError:
+            raise
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            raise RunFileError(f"{p}: incomplete or damaged tmesim run file "
+                               f"({_short(exc)})") from None
+    if info.n_snapshots == 0:
+        raise RunFileError(f"{p}: holds no snapshot yet (status {info.status!r}); "
+                           "a run writes its first one when it starts, try again")
+    return info
+
+
+def read_timeseries(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """All time-series columns of a run, cut to the rows every column has: ({column: (N,)
+    array}, {column: units}). Columns differ between runs; take whatever is there."""
+    cols, units = {}, {}
+    with open_h5(path) as f:
+        if schema.TIMESERIES not in f:
+            return cols, units
+        ts = f[schema.TIMESERIES]
+        names = [n for n in ts if isinstance(ts[n], h5py.Dataset)]
+        n = min((ts[c].shape[0] for c in names), default=0)
+        for c in names:
+            cols[c] = np.asarray(ts[c][:n], dtype=float)
+            units[c] = _text(ts[c].attrs.get("units", ""))
+    return cols, units
+
+
+def read_events(path) -> list[tuple[float, str, dict]]:
+    """The run's events as (time_min, kind, detail) with detail parsed from JSON (never
+    evaluated: a detail that is not valid JSON is kept as ``{"text": ...}``)."""
+    out = []
+    with open_h5(path) as f:
+        if schema.EVENTS not in f:
+            return out
+        ev = f[schema.EVENTS]
+        try:
+            n = min(ev[k].shape[0] for k in ("time_min", "kind", "detail"))
+            rows = zip(ev["time_min"][:n], ev["kind"][:n], ev["detail"][:n])
+        except KeyError:
+            return out
+        for t, k, d in rows:
+            try:
+                detail = json.loads(_text(d))
+            except ValueError:
+                detail = {"text": _text(d)}
+            out.append((float(t), _text(k), detail if isinstance(detail, dict) else
+                        {"value": detail}))
+    return out
+
+
+# --------------------------------------------------------------------------------- lazy arrays
+class _Snapshots:
+    """The first ``n`` snapshots of one dataset as an array-like for ``dask.array.from_array``;
+    every read opens the file (SWMR), reads the requested block and closes it."""
+
+    def __init__(self, path: str, dataset: str, n: int, shape: tuple, dtype):
+        self.path, self.dataset = path, dataset
+        self.shape = (n,) + tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        try:
+            with open_h5(self.path) as f:
+                return np.asarray(f[self.dataset][key])
+        except (OSError, KeyError) as exc:
+            raise RunFileError(f"{self.path}: cannot read {self.dataset} "
+                               f"({_short(exc)})") from None
+
+
+def lazy_snapshots(info: RunInfo, key: str):
+    """(T, [Z,] Y, X) dask array of ``info.datasets[key]``, one chunk per snapshot."""
+    import dask.array as da
+    dsp = info.datasets[key]
+    with open_h5(info.path) as f:
+        dtype = f[dsp].dtype
+    arr = _Snapshots(info.path, dsp, info.n_snapshots, info.shape, dtype)
+    # the name identifies the content (file identity + rows), so napari's dask cache is reused
+    # across refreshes of a growing run but never serves a replaced file's data
+    token = f"tmesim-{info.path}-{info.created}-{dsp}-{info.n_snapshots}"
+    return da.from_array(arr, chunks=(1,) + info.shape, name=token, asarray=False, fancy=False,
+                         meta=np.empty((0,) * arr.ndim, dtype=dtype))
+
+
+# --------------------------------------------------------------------------------- the layers
+def _label_colormap(colors: dict):
+    from napari.utils.colormaps import DirectLabelColormap
+    cmap = {None: "transparent"}
+    for code, c in colors.items():
+        cmap[code] = c if c is not None else "transparent"
+    return DirectLabelColormap(color_dict=cmap)
+
+
+def _contrast(f, dsp: str, T: int, role: str) -> tuple[float, float]:
+    """Contrast limits from the first and last snapshot (reading all would defeat laziness).
+
+    Concentrations (oxygen, drugs, growth factors, signals) start at 0, so a low value looks low;
+    an unknown field spans its own range."""
+    ds = f[dsp]
+    vals = [np.asarray(ds[0]), np.asarray(ds[T - 1])] if T > 1 else [np.asarray(ds[0])]
+    finite = [v[np.isfinite(v)] for v in vals]
+    finite = [v for v in finite if v.size]
+    if not finite:
+        return 0.0, 1.0
+    lo = min(float(v.min()) for v in finite)
+    hi = max(float(v.max()) for v in finite)
+    if role != "unknown":
+        lo = min(0.0, lo)
+    if not hi > lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def _common(info: RunInfo, key: str) -> dict:
+    nd = info.ndim
+    return dict(
+        scale=(info.interval_h,) + (info.dx_um,) * nd,
+        translate=(info.t0_h,) + (info.dx_um / 2,) * nd,
+        axis_labels=("time",) + ("z", "y", "x")[3 - nd:],
+        units=("hour",) + ("micrometer",) * nd,
+        metadata={META_KEY: {"path": info.path, "key": key, "run": info.name,
+                             "status": info.status, "created": info.created,
+                             "times_min": np.asarray(info.times_min).tolist(),
+                             "interval_h": info.interval_h, "t0_h": info.t0_h}},
+    )
+
+
+def layer_data(info: RunInfo) -> list[tuple]:
+    """napari layer-data tuples for a run, bottom layer first (see the module docstring)."""
+    three_d = info.ndim == 3
+    out = []
+    fields = sorted(info.fields, key=lambda fi: fi.role != "oxygen")  # stable: oxygen first
+    first_drug = next((fi.name for fi in fields if fi.role == "drug"), None)
+    with open_h5(info.path) as f:
+        try:
+            limits = {fi.name: _contrast(f, fi.dataset, info.n_snapshots, fi.role)
+                      for fi in fields}
+        except (OSError, KeyError) as exc:
+            raise RunFileError(f"{info.path}: damaged snapshot data ({_short(exc)})") from None
+    for fi in fields:
+        key = f"field/{fi.name}"
+        kw = _common(info, key)
+        kw["metadata"][META_KEY].update(role=fi.role, units=fi.units, field=fi.name)
+        kw.update(
+            name=f"{fi.name} ({fi.units})" if fi.units else fi.name,
+            colormap=_style.ROLE_COLORMAPS.get(fi.role, _style.UNKNOWN_COLORMAP),
+            contrast_limits=limits[fi.name],
+            visible=fi.role == "oxygen" or fi.name == first_drug,
+            # additive, so the first drug shows over oxygen instead of hiding it
+            blending="additive",
+        )
+        if three_d:
+            # a minimum-intensity projection shows a hypoxic core inside an oxygenated bath
+            kw["rendering"] = "minip" if fi.role == "oxygen" else "mip"
+        out.append((lazy_snapshots(info, key), kw, "image"))
+    if info.has_memory:
+        kw = _common(info, "memory")
+        kw.update(name="epigenetic memory", colormap="viridis", contrast_limits=(0.0, 1.0),
+                  visible=False, blending="additive")
+        if three_d:
+            kw["rendering"] = "mip"
+        out.append((lazy_snapshots(info, "memory"), kw, "image"))
+    for key, names, table, label in (
+            ("kind", info.kind_names, _style.KIND_COLORS, "kind"),
+            ("tumor_state", info.tumor_state_names, _style.TUMOR_STATE_COLORS, "tumor state")):
+        colors = _style.colors_for(names, table)
+        kw = _common(info, key)
+        kw["metadata"][META_KEY].update(names=list(names),
+                                        colors={i: c for i, c in colors.items()})
+        kw.update(name=label, colormap=_label_colormap(colors), opacity=1.0,
+                  # napari shows a label's features in the status bar under the cursor
+                  features={"index": list(range(len(names))), "name": list(names)})
+        if three_d:
+            kw["rendering"] = "iso_categorical"
+        out.append((lazy_snapshots(info, key), kw, "labels"))
+    return out
+
+
+def read_run(path) -> list[tuple]:
+    """The reader function npe2 calls: layer-data tuples for one run file (or a list of one).
+
+    Raises RunFileError, with a one-line message, for a damaged, truncated, foreign, empty or too
+    new file; napari shows it as a notification."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    return layer_data(read_info(path))
