@@ -452,7 +452,8 @@ FIELD_PRESETS: dict[str, dict] = {
         decay_per_min=0.1,              # [PC-het]
         initial=38.0,                   # [PC-het] far-field
         vessel_value=38.0,              # [PC-het]
-        uptake_per_min={"tumor": 10.0},  # [PC-het]; MODEL.md section 4
+        uptake_per_min={"tumor": 10.0,  # [PC-het]; MODEL.md section 4
+                        "persister": 15.0},  # [chosen] persisters rely on OXPHOS (MODEL.md)
         boundary=[{"faces": ["all"], "kind": "dirichlet", "value": 38.0}],
         role="oxygen",
     ),
