@@ -116,6 +116,20 @@ def test_foreign_and_future_files_are_refused(tmp_path):
     assert main(["report", str(tmp_path / "junk.h5")]) == 2
 
 
+def test_truncated_file_is_refused_at_once(tmp_path):
+    """A run file cut short (e.g. copied before the copy ended) gives a one-line RunFileError in
+    well under a second, not a wait in HDF5's SWMR retry loop."""
+    sc = tmesim.loads_scenario(SMALL_2D)
+    path = tmesim.Simulation(sc, backend="cpu").run(tmp_path / "r.h5")
+    cut = tmp_path / "cut.h5"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    t0 = time.monotonic()
+    with pytest.raises(RunFileError, match="truncated"):
+        tmesim.open_run(cut)
+    assert time.monotonic() - t0 < 2.0
+
+
 def test_killed_run_leaves_a_readable_file(tmp_path):
     """SIGKILL while running: the file opens (h5py and open_run) with the snapshots flushed."""
     scen = tmp_path / "long.toml"

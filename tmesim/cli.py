@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -47,14 +48,46 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; the run file {out} holds everything up to now", file=sys.stderr)
         return 130
+    code = _finished(sim, out)
+    if code == 0 and args.report:
+        return cmd_report(argparse.Namespace(run=str(out), out_dir=None, times_h=None))
+    return code
+
+
+def _finished(sim, out) -> int:
+    """Print how a run ended; exit code 0, or 3 when it was interrupted with a checkpoint."""
+    if sim.status == "interrupted":
+        print(f"interrupted ({sim.interrupt_reason}) at step {sim.state.step} "
+              f"({sim.state.time_min / 1440:.2f} days); checkpoint written, continue with: "
+              f"tmesim resume {out}", file=sys.stderr)
+        return 3
     row = sim.last_row
     print(f"wrote {out}: {sim.state.step} steps ({sim.state.time_min / 1440:.2f} days) in "
           f"{sim.wall_seconds:.1f} s; burden {row['burden']}, necrotic {row['n_necrotic']}, "
           f"hypoxic fraction {row['hypoxic_fraction']:.3f}"
           + (f"; stopped: {sim.stop_reason}" if sim.stop_reason else ""))
-    if args.report:
-        return cmd_report(argparse.Namespace(run=str(out), out_dir=None, times_h=None))
     return 0
+
+
+def cmd_resume(args) -> int:
+    from .simulation import Simulation
+    try:
+        sim = Simulation.resume(args.run, backend=args.backend, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted; resume {args.run} again to continue", file=sys.stderr)
+        return 130
+    if sim.resumed_from is None:
+        print(f"{args.run}: already {sim.status}; nothing to do")
+        return 0
+    if not args.quiet:
+        print(f"resumed {args.run} from step {sim.resumed_from}", file=sys.stderr)
+    return _finished(sim, args.run)
+
+
+def cmd_validate_model(args) -> int:
+    from . import validation
+    ok = validation.run(args.only or None, quick=args.quick, jobs=args.jobs)
+    return 0 if ok else 1
 
 
 def cmd_report(args) -> int:
@@ -64,6 +97,25 @@ def cmd_report(args) -> int:
     print(table)
     for p in written:
         print(f"wrote {p}")
+    return 0
+
+
+def cmd_view(args) -> int:
+    if args.run is None and args.scenario is None:
+        raise UserError("give a run file to view, or --scenario FILE for an interactive run")
+    try:
+        from tmesim_napari import read_info, view_run
+    except ImportError as exc:
+        raise UserError(f"the viewer is not installed ({exc}); install it with "
+                        "pip install 'tmesim[viewer]'") from None
+    if args.run is not None:
+        read_info(args.run)   # a bad file is one line here, before any window opens
+    try:
+        import napari  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"the viewer needs napari and Qt ({exc}); install them with "
+                        "pip install 'tmesim[viewer]'") from None
+    view_run(args.run, scenario=args.scenario, follow=args.follow, refresh_s=args.refresh_s)
     return 0
 
 
@@ -86,12 +138,35 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
+    rs = sub.add_parser("resume", help="continue a run from its last checkpoint",
+                        description="Continue an interrupted run (killed, SIGTERM, wall time) "
+                        "from the last checkpoint in its run file; the result is the file an "
+                        "uninterrupted run writes. Exit code 3: interrupted again, resume again.")
+    rs.add_argument("run", help="run file (.h5)")
+    rs.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"))
+    rs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    rs.set_defaults(func=cmd_resume)
+
+    from .sweep import add_parser as _add_sweep_parser
+    _add_sweep_parser(sub)
+
     v = sub.add_parser("validate", help="check a scenario and print its summary",
                        description="Check a scenario, print what it will simulate and the "
                        "memory it needs.")
     v.add_argument("scenario")
     v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     v.set_defaults(func=cmd_validate)
+
+    vm = sub.add_parser("validate-model", help="run the published-behaviour experiments "
+                        "(scenarios/validation) and compare with the literature",
+                        description="Runs the experiments of scenarios/validation and prints, "
+                        "for each, the published expectation beside what tmesim produced. "
+                        "Exit code 1 if a behaviour does not hold.")
+    vm.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
+    vm.add_argument("--quick", action="store_true", help="smaller dishes (about 4x faster)")
+    vm.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="runs in parallel (default: one per CPU core)")
+    vm.set_defaults(func=cmd_validate_model)
 
     rep = sub.add_parser("report", help="figures and a summary table of a run",
                          description="Write population and map figures (PNG) beside the run "
@@ -100,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out-dir", help="folder for the figures (default: beside the run)")
     rep.add_argument("--times-h", help="snapshot times for the maps, e.g. 0,48,96")
     rep.set_defaults(func=cmd_report)
+
+    vw = sub.add_parser("view", help="open a run in napari",
+                        description="Open a run in napari: kind, tumor state and field layers, "
+                        "the time series, and (for a run still being written) refresh.")
+    vw.add_argument("run", nargs="?", help="run file (.h5)")
+    vw.add_argument("--scenario", help="also open the interactive runner with this scenario")
+    vw.add_argument("--follow", action=argparse.BooleanOptionalAction, default=None,
+                    help="re-read the file while the run is running (default: when it is)")
+    vw.add_argument("--refresh-s", type=float, default=2.0, help="seconds between re-reads")
+    vw.set_defaults(func=cmd_view)
     return p
 
 

@@ -69,7 +69,9 @@ class StopConfig:
     """Conditions that end a run before its duration."""
     on_extinction: bool = param(True, "", "stop when no tumor cell is left")
     max_burden: int = param(0, "cells", "stop when the tumor burden reaches this (0: off)", lo=0)
-    wall_time_hours: float = param(0.0, "h", "stop after this much wall-clock time (0: off)", lo=0)
+    wall_time_hours: float = param(0.0, "h", "after this much wall-clock time, checkpoint and end "
+                                   "the run as \"interrupted\" (resume it with tmesim resume; 0: off)",
+                                   lo=0)
 
 
 @dataclass(frozen=True)

@@ -8,23 +8,35 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
-from . import observables
+import numpy as np
+
+from . import __version__, observables
 from .backend import CPU, get_backend
-from .callbacks import Progress, StopAfterWallTime, StopAtBurden, StopOnExtinction
+from .callbacks import Progress, StopAtBurden, StopOnExtinction
+from .errors import RunFileError
 from .grid import Grid
 from .initial import initial_state
-from .io.hdf5 import RunWriter
-from .scenario import Scenario, load_scenario
+from .io import checkpoint as ckpt
+from .io import schema
+from .io.hdf5 import RunWriter, attr_str, last_row, open_h5
+from .scenario import Scenario, load_scenario, loads_scenario
 from .schedules import TimeInterval
 from .steps.fields import FieldSolver
+from .steps.stroma import StromaRules
+from .steps.therapy import Therapy
 from .steps.tumor import TumorRules
 
 
 class Model:
     """Grid, state and the ordered steps of one scenario.
+
+    One step: therapy (plasma levels over the step, drug supply) -> fields (over dt with the
+    current cells) -> tumor rules -> stromal rules. Observables are taken by the loop.
 
     Args:
         sc: a validated scenario.
@@ -37,16 +49,40 @@ class Model:
         self.grid = Grid(sc.grid.shape, sc.grid.dx_um, sc.grid.neighbourhood)
         self.state = initial_state(sc, self.grid)
         self.field_solver = FieldSolver(sc, self.grid)
-        self.tumor_rules = TumorRules(sc.tumor, self.grid, sc.run.seed, sc.run.dt_min)
-        self.oxygen = sc.field_names.index("oxygen")
+        self.therapy = Therapy(sc, self.field_solver)
+        if sc.drugs:
+            # the supply of the first step is the plasma at time 0 (the initial fields hold it)
+            self.field_solver.set_supply(self._supply_now())
+        self.tumor_rules = TumorRules(sc.tumor, self.grid, sc.run.seed, sc.run.dt_min, sc.drugs)
+        self.stroma_rules = StromaRules(sc.caf, sc.tam, self.grid, sc.run.seed, sc.run.dt_min)
+        names = sc.field_names
+        self.oxygen = names.index("oxygen")
+        self.index = {n: (names.index(n) if n in names else None)
+                      for n in ("hgf", "igf1", "signal")}
         self.last_counts = None
+        self.last_stroma = None
+
+    def _supply_now(self):
+        supply = np.full(len(self.sc.fields), np.nan)
+        supply[self.therapy.field_index] = self.therapy.free_levels(self.state.plasma)
+        return supply
+
+    def _field(self, name):
+        i = self.index[name]
+        return None if i is None else self.state.fields[i]
 
     def step(self):
-        """Advance one agent step: fields over dt with the current cells, then the cell rules."""
+        """Advance one agent step: therapy, fields over dt, tumor rules, stromal rules."""
         st = self.state
+        self.therapy.before_fields(st)
         self.field_solver.step(st.fields, st.kind, st.tumor_state)
-        self.last_counts = self.tumor_rules.apply(st.kind, st.tumor_state,
-                                                  st.fields[self.oxygen], st.step)
+        self.therapy.after_fields(st)
+        drugs = self.therapy.tissue_levels(st) if self.sc.drugs else None
+        self.last_counts = self.tumor_rules.apply(
+            st.kind, st.tumor_state, st.fields[self.oxygen], st.step, st.memory, st.time_in_P_min,
+            self._field("hgf"), self._field("igf1"), drugs)
+        if self.stroma_rules.active(st.kind):
+            self.last_stroma = self.stroma_rules.apply(st.kind, self._field("signal"), st.step)
         st.step += 1
         st.time_min = st.step * self.sc.run.dt_min
         return self.last_counts
@@ -63,16 +99,40 @@ class Model:
 
     def observe(self) -> dict:
         return observables.observe(self.state, self.sc, self.last_counts,
-                                   self.field_solver.last_sweeps)
+                                   self.field_solver.last_sweeps, self.therapy.last_given,
+                                   self.last_stroma)
 
 
 class Simulation:
     """Runs a scenario to its end (or a stop condition) and writes the run file.
 
+    Checkpoints: the state is written into the run file (tmesim.io.checkpoint) every
+    ``run.checkpoint_every_hours`` of simulated time, before a wall-time stop
+    (``run.stop.wall_time_hours``, or :attr:`wall_deadline`) and when the process receives
+    SIGTERM or SIGUSR1 (what Slurm sends before a job's time limit; handled when the run is in
+    the main thread). After a wall-time stop or a signal the run ends with status "interrupted",
+    and :meth:`resume` (``tmesim resume run.h5``) continues it: the finished file is the same,
+    dataset for dataset and bit for bit, as that of a run never interrupted, except for the
+    root attribute ``created`` (of the first start), the ``resume`` rows of ``/events`` and the
+    ``/checkpoint`` group itself.
+
     Args:
         scenario: a :class:`Scenario` or the path of a scenario file.
         backend: "auto", "cpu" or "gpu" (or a backend object).
+
+    Attributes:
+        status: how the last :meth:`run` ended: "finished", "stopped" (a stop condition),
+            "interrupted" (signal, wall time or Ctrl-C: resume it) or "failed"; None before.
+        wall_deadline: optional absolute wall-clock time (``time.time()`` seconds) at which to
+            checkpoint and end as "interrupted", e.g. the end of a cluster job minus the time a
+            checkpoint takes.
+        resumed_from: the step the last run continued from (None for a fresh start).
     """
+
+    #: statuses a resume continues; "finished" and "stopped" runs have nothing left to do
+    RESUMABLE = ("running", "interrupted", "failed")
+    #: signals that ask for a checkpoint and a clean end
+    SIGNALS = ("SIGTERM", "SIGUSR1")
 
     def __init__(self, scenario, backend="auto"):
         if isinstance(scenario, (str, os.PathLike)):
@@ -83,9 +143,15 @@ class Simulation:
         self.dt_min = scenario.run.dt_min
         self.callbacks: list = []
         self.stop_reason: str | None = None
+        self.interrupt_reason: str | None = None
+        self.status: str | None = None
+        self.wall_deadline: float | None = None
+        self.resumed_from: int | None = None
+        self.checkpoints_written = 0
         self.last_row: dict = self.model.observe()
         self.writer: RunWriter | None = None
         self.wall_seconds = 0.0
+        self._signal: str | None = None
 
     @property
     def state(self):
@@ -97,37 +163,171 @@ class Simulation:
             self.stop_reason = reason
 
     def _default_callbacks(self):
+        # the wall-time limit is not a stop condition here: the loop checkpoints and ends the run
+        # as "interrupted", so that it can be resumed (see _interrupt_due)
         st = self.sc.run.stop
         cbs = []
         if st.on_extinction:
             cbs.append(StopOnExtinction())
         if st.max_burden > 0:
             cbs.append(StopAtBurden(st.max_burden))
-        if st.wall_time_hours > 0:
-            cbs.append(StopAfterWallTime(st.wall_time_hours * 3600))
         return cbs
 
-    def run(self, path=None, progress: bool = False) -> Path:
+    # ------------------------------------------------------------------ running
+
+    def run(self, path=None, progress: bool = False, resume: bool = False) -> Path:
         """Run to the end and write ``path`` (default: ``<run.name>.h5`` in the working folder).
 
-        Returns the path of the run file. A KeyboardInterrupt closes the file cleanly (status
-        "interrupted") and is re-raised.
+        With ``resume=True`` and an existing ``path`` written for this same scenario, continue
+        it from its checkpoint instead (see :meth:`resume`); a run already "finished" or
+        "stopped" is left as it is. Returns the path of the run file; :attr:`status` says how it
+        ended. A KeyboardInterrupt closes the file cleanly (status "interrupted") and is
+        re-raised; the run can be resumed from its last scheduled checkpoint.
         """
         sc = self.sc
         path = Path(path) if path else Path(f"{sc.run.name}.h5")
-        cols = observables.columns(sc)
-        self.writer = w = RunWriter(path, sc, self.model.grid, cols, backend=self.backend.name,
-                                    device=self.backend.device)
+        fresh = True
+        if resume and path.exists():
+            w = self._reopen(path)
+            if w is None:
+                return path
+            fresh = w.resumed_checkpoint is None
+        else:
+            cols = observables.columns(sc)
+            arrays = {k: self.backend.to_host(v) for k, v in self.state.arrays().items()}
+            w = RunWriter(path, sc, self.model.grid, cols, backend=self.backend.name,
+                          device=self.backend.device, checkpoint_arrays=arrays)
+        self.writer = w
+        self._loop(w, progress, fresh)
+        return path
+
+    @classmethod
+    def resume(cls, path, backend="auto", progress: bool = False,
+               callbacks=()) -> "Simulation":
+        """Continue the run in ``path`` from its last checkpoint, to its end.
+
+        The scenario is the one stored in the file. Time-series rows, snapshots and events
+        written after the checkpoint are removed first, so the finished file is what an
+        uninterrupted run writes (see the class docstring for what differs). A file whose
+        checkpoint is from another format major version is refused; one with no checkpoint yet
+        is run again from the start. ``callbacks`` are added before continuing (a user's own
+        callbacks keep no state across a resume). Returns the simulation (its :attr:`status`,
+        :attr:`state`, :attr:`last_row`).
+        """
+        sim = cls(stored_scenario(path), backend)
+        sim.callbacks.extend(callbacks)
+        sim.run(path, progress=progress, resume=True)
+        return sim
+
+    def _reopen(self, path: Path) -> RunWriter | None:
+        """Check ``path`` can be resumed by this simulation and open it, cut back to its
+        checkpoint, with the state restored. None when the run has already ended."""
+        f = open_h5(path, swmr=True)
+        try:
+            ckpt.check_version(f, str(path))
+            if attr_str(f, "scenario") != self.sc.text:
+                raise RunFileError(f"{path}: was written by another scenario than the one given; "
+                                   f"resume it with `tmesim resume {path}`, which uses its own")
+            status = attr_str(f, "status").strip()
+        finally:
+            f.close()
+        if status not in self.RESUMABLE:
+            self.status = status
+            with open_h5(path, swmr=True) as g:
+                self.last_row = last_row(g, list(g[schema.TIMESERIES]))
+                # where it ended, for messages (the state's arrays stay the initial ones)
+                self.state.step = g[schema.TIMESERIES]["time_min"].shape[0] - 1
+                self.state.time_min = float(self.last_row["time_min"])
+            return None
+        w = RunWriter.reopen(path, self.sc, self.model.grid, observables.columns(self.sc))
+        try:
+            ck = w.resumed_checkpoint
+            if ck is not None:
+                self._restore(ck, path)
+                self.last_row = w.last_row()
+            self.resumed_from = ck.step if ck is not None else 0
+        except BaseException:
+            w.close("failed")
+            raise
+        return w
+
+    def _restore(self, ck, path) -> None:
+        arrays = self.state.arrays()
+        if set(ck.arrays) != set(arrays):
+            raise RunFileError(f"{path}: its checkpoint holds state arrays {sorted(ck.arrays)}, "
+                               f"this tmesim's state has {sorted(arrays)}")
+        for name, a in arrays.items():
+            src = ck.arrays[name]
+            if src.shape != a.shape or src.dtype != a.dtype:
+                raise RunFileError(f"{path}: checkpoint array {name} is {src.dtype}{src.shape}, "
+                                   f"expected {a.dtype}{a.shape}")
+            a[...] = self.backend.to_device(src)      # in place: steps may hold references
+        self.state.step = ck.step
+        self.state.time_min = ck.time_min
+        self.model.load_extra_state(ck.extra)
+
+    def checkpoint(self) -> int:
+        """Write a checkpoint of the current state into the open run file; returns the slot."""
+        arrays = {k: self.backend.to_host(v) for k, v in self.state.arrays().items()}
+        slot = self.writer.checkpoint(arrays, self.state.step, self.state.time_min,
+                                      self.model.extra_state())
+        self.checkpoints_written += 1
+        return slot
+
+    def _on_signal(self, signum, frame) -> None:
+        # only a flag: the loop checkpoints at the end of the step, when the state is whole
+        self._signal = f"{signal.Signals(signum).name} received"
+
+    def _install_signal_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}     # Python delivers signals to the main thread only (e.g. Dask workers)
+        prev = {}
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                prev[sig] = signal.signal(sig, self._on_signal)
+        return prev
+
+    def _interrupt_due(self, wall_end: float) -> str | None:
+        if self._signal:
+            return self._signal
+        if time.monotonic() >= wall_end:
+            return f"wall time {self.sc.run.stop.wall_time_hours:g} h reached"
+        if self.wall_deadline is not None and time.time() >= self.wall_deadline:
+            return "wall-clock deadline reached"
+        return None
+
+    def _loop(self, w: RunWriter, progress: bool, fresh: bool) -> None:
+        sc = self.sc
+        dt = self.dt_min
         snap = TimeInterval(sc.run.snapshot_every_hours * 60.0)
+        every = sc.run.checkpoint_every_hours * 60.0
+        ck_due = TimeInterval(every, first=False) if every > 0 else None
         callbacks = self._default_callbacks() + list(self.callbacks)
         bar = Progress(sc.n_steps, disable=not progress)
         t0 = time.monotonic()
+        hours = sc.run.stop.wall_time_hours
+        wall_end = t0 + hours * 3600.0 if hours > 0 else float("inf")
         status = "finished"
-        w.event(self.state.time_min, "start", {"steps": sc.n_steps, "seed": sc.run.seed})
-        w.row(self.last_row)
-        snap(self)
-        w.snapshot(self.state)
+        self.stop_reason = self.interrupt_reason = self._signal = None
+        handlers = self._install_signal_handlers()
         try:
+            if fresh:
+                w.event(self.state.time_min, "start", {"steps": sc.n_steps, "seed": sc.run.seed})
+                w.row(self.last_row)
+                snap(self)
+                w.snapshot(self.state)
+            else:
+                # both schedules continue as if they had run all along: after any step each one
+                # waits for the first multiple of its interval beyond time + its tolerance
+                t = self.state.time_min + 1e-6 * dt
+                snap.reset(t)
+                if ck_due is not None:
+                    ck_due.reset(t)
+            if self.resumed_from is not None:
+                w.event(self.state.time_min, "resume",
+                        {"from_step": self.resumed_from, "backend": self.backend.name,
+                         "tmesim_version": __version__})
             while self.state.step < sc.n_steps and self.stop_reason is None:
                 self.model.step()
                 self.last_row = self.model.observe()
@@ -138,21 +338,51 @@ class Simulation:
                 for cb in callbacks:
                     if cb.schedule(self):
                         cb(self)
+                if self.stop_reason is not None or self.state.step >= sc.n_steps:
+                    break         # the run ends here: a checkpoint would never be used
+                self.interrupt_reason = self._interrupt_due(wall_end)
+                if self.interrupt_reason is not None:
+                    break
+                if ck_due is not None and ck_due(self):
+                    self.checkpoint()
             if self.stop_reason is not None:
                 status = "stopped"
                 w.event(self.state.time_min, "stop", {"reason": self.stop_reason})
-            last = w.f["snapshots/step"]
-            if last.shape[0] == 0 or last[-1] != self.state.step:
-                w.snapshot(self.state)
+            elif self.interrupt_reason is not None:
+                status = "interrupted"
+                self.checkpoint()
+                w.event(self.state.time_min, "interrupted",
+                        {"reason": self.interrupt_reason, "checkpoint_step": self.state.step})
+            if status != "interrupted":
+                last = w.f["snapshots/step"]
+                if last.shape[0] == 0 or last[-1] != self.state.step:
+                    w.snapshot(self.state)
         except KeyboardInterrupt:
             status = "interrupted"
-            w.event(self.state.time_min, "interrupted", {})
+            w.event(self.state.time_min, "interrupted", {"reason": "KeyboardInterrupt"})
             raise
         except BaseException:
             status = "failed"
             raise
         finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
             self.wall_seconds = time.monotonic() - t0
+            self.status = status
             bar.close()
             w.close(status)
-        return path
+
+
+def stored_scenario(path) -> Scenario:
+    """The scenario a run file was written for (its stored TOML text; relative mask paths are
+    resolved from the folder of the scenario file it was first loaded from)."""
+    f = open_h5(path, swmr=True)
+    try:
+        ckpt.check_version(f, str(path))
+        text = attr_str(f, "scenario")
+        base = "."
+        if ckpt.GROUP in f:
+            base = attr_str(f[ckpt.GROUP], "scenario_base_dir", ".")
+    finally:
+        f.close()
+    return loads_scenario(text, base_dir=base)

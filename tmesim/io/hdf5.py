@@ -4,12 +4,19 @@ The writer creates every dataset up front, then switches the file to SWMR mode: 
 write is followed by a flush, so a reader can follow the run live, and a process killed with
 SIGKILL leaves a file that opens with everything flushed before the kill. Time-series rows are
 buffered and flushed every ``flush_every_steps`` steps, at every snapshot, and at the end.
+
+The file is built under a temporary name (``run.h5.part``) and renamed once SWMR mode is on, so a
+process killed while creating it never leaves a half-made file under the run's name. When given
+the state's arrays the writer also creates the checkpoint slots (tmesim.io.checkpoint);
+:meth:`RunWriter.reopen` opens a run for appending after its writer ended, cut back to its
+checkpoint.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -17,7 +24,7 @@ import numpy as np
 
 from .. import __version__, codes
 from ..errors import RunFileError
-from . import schema
+from . import checkpoint, schema
 from .xdmf import write_xdmf
 
 _STR = h5py.string_dtype("utf-8")
@@ -41,20 +48,17 @@ class RunWriter:
         backend, device: what ran it, stored as attributes.
         flush_every_steps: time-series rows buffered before a flush.
         xdmf: also write the ParaView sidecar.
+        checkpoint_arrays: {name: array} of the state (only shapes and dtypes are used): create
+            the checkpoint slots for it; None makes a file without them.
     """
 
     def __init__(self, path, scenario, grid, columns: dict, backend: str = "cpu",
-                 device: str = "", flush_every_steps: int = 50, xdmf: bool = True):
-        self.path = Path(path)
+                 device: str = "", flush_every_steps: int = 50, xdmf: bool = True,
+                 checkpoint_arrays: dict | None = None):
+        self._setup(path, scenario, grid, columns, flush_every_steps, xdmf)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.grid = grid
-        self.sc = scenario
-        self.columns = list(columns)
-        self.flush_every = max(1, flush_every_steps)
-        self.xdmf = xdmf
-        self._rows: list[dict] = []
-        self._snap_times: list[float] = []
-        f = self.f = h5py.File(self.path, "w", libver="latest")
+        part = self.path.with_name(self.path.name + ".part")
+        f = self.f = h5py.File(part, "w", libver="latest")
         a = f.attrs
         a["format"] = schema.FORMAT
         a["format_version"] = schema.FORMAT_VERSION
@@ -99,8 +103,93 @@ class RunWriter:
         ev.create_dataset("time_min", (0,), maxshape=(None,), dtype="f8", chunks=(64,))
         ev.create_dataset("kind", (0,), maxshape=(None,), dtype=_STR, chunks=(64,))
         ev.create_dataset("detail", (0,), maxshape=(None,), dtype=_STR, chunks=(64,))
+        if checkpoint_arrays is not None:
+            checkpoint.create_slots(f, checkpoint_arrays, getattr(scenario, "base_dir", "."))
         f.swmr_mode = True
         f.flush()
+        # HDF5 dropped its own lock when SWMR started; ours says a writer is alive from now on
+        self._lock = checkpoint.WriterLock(part)
+        self._lock.shared()
+        os.replace(part, self.path)
+
+    def _setup(self, path, scenario, grid, columns, flush_every_steps, xdmf) -> None:
+        self.path = Path(path)
+        self.grid = grid
+        self.sc = scenario
+        self.columns = list(columns)
+        self.flush_every = max(1, flush_every_steps)
+        self.xdmf = xdmf
+        self._rows: list[dict] = []
+        self._snap_times: list[float] = []
+        self._lock = None
+
+    @classmethod
+    def reopen(cls, path, scenario, grid, columns: dict, flush_every_steps: int = 50,
+               xdmf: bool = True) -> "RunWriter":
+        """Open an existing run for appending, cut back to its committed checkpoint.
+
+        The checkpoint is read under the writer lock and kept as ``self.resumed_checkpoint``
+        (None when none was committed yet: the file is then cut back to nothing, a restart).
+        Snapshot rows, time-series rows and events written after the checkpoint are removed
+        (datasets shrink along their first axis; SWMR allows it), so appending continues exactly
+        where the checkpoint was taken."""
+        self = cls.__new__(cls)
+        self._setup(path, scenario, grid, columns, flush_every_steps, xdmf)
+        self.f, self._lock = checkpoint.open_for_append(self.path)
+        try:
+            f = self.f
+            if not checkpoint.has_slots(f):
+                raise RunFileError(f"{path}: has no checkpoint slots (written before tmesim "
+                                   "had checkpoints); run the scenario again")
+            self.resumed_checkpoint = ck = checkpoint.read(f)
+            ts = f[schema.TIMESERIES]
+            if set(ts) != set(self.columns):
+                raise RunFileError(f"{path}: time-series columns {sorted(ts)} differ from this "
+                                   f"scenario's {sorted(self.columns)}")
+            n_snap = ck.n_snapshots if ck else 0
+            n_rows = ck.n_rows if ck else 0
+            n_ev = ck.n_events if ck else 0
+            have = (f[schema.SNAPSHOTS]["time"].shape[0], ts["time_min"].shape[0],
+                    f[schema.EVENTS]["time_min"].shape[0])
+            if any(h < n for h, n in zip(have, (n_snap, n_rows, n_ev))):
+                raise RunFileError(f"{path}: holds fewer rows (snapshots, time series, events = "
+                                   f"{have}) than its checkpoint recorded {(n_snap, n_rows, n_ev)}"
+                                   "; the file is damaged")
+            snaps = f[schema.SNAPSHOTS]
+            for name, ds in snaps.items():
+                if isinstance(ds, h5py.Dataset):
+                    ds.resize(n_snap, axis=0)
+            for ds in f[schema.FIELDS].values():
+                ds.resize(n_snap, axis=0)
+            for ds in ts.values():
+                ds.resize(n_rows, axis=0)
+            for ds in f[schema.EVENTS].values():
+                ds.resize(n_ev, axis=0)
+            f.attrs["status"] = "running".ljust(64)
+            f.flush()
+            self._snap_times = [float(t) for t in snaps["time"][:]]
+            if self.xdmf:
+                self._write_xdmf()
+            self._lock.shared()
+        except BaseException:
+            self.f.close()
+            self._lock.release()
+            raise
+        return self
+
+    def checkpoint(self, state_arrays: dict, step: int, time_min: float, extra: dict) -> int:
+        """Write a checkpoint of the state (host arrays) after flushing the buffered rows.
+
+        Returns the slot written. Counts of snapshots, rows and events are taken from the file as
+        it stands, which is what a resume cuts back to."""
+        self.flush_rows()
+        f = self.f
+        n_rows = f[schema.TIMESERIES][self.columns[0]].shape[0]
+        if n_rows != step + 1:
+            raise RuntimeError(f"checkpoint at step {step} but the file holds {n_rows} rows")
+        counts = {"step": int(step), "n_snapshots": f[schema.SNAPSHOTS]["time"].shape[0],
+                  "n_rows": n_rows, "n_events": f[schema.EVENTS]["time_min"].shape[0]}
+        return checkpoint.write(f, state_arrays, time_min, counts, extra)
 
     # ------------------------------------------------------------------ writing
     @staticmethod
@@ -123,12 +212,19 @@ class RunWriter:
         self._snap_times.append(float(state.time_min))
         self.flush_rows()
         if self.xdmf:
-            arrays = [("kind", f"{schema.SNAPSHOTS}/kind", "uint8"),
-                      ("tumor_state", f"{schema.SNAPSHOTS}/tumor_state", "uint8"),
-                      ("memory", f"{schema.SNAPSHOTS}/memory", "float32")]
-            arrays += [(fc.name, f"{schema.FIELDS}/{fc.name}", "float32")
-                       for fc in self.sc.fields]
-            write_xdmf(self.path, shape, self.grid.dx_um, self._snap_times, arrays)
+            self._write_xdmf()
+
+    def _write_xdmf(self) -> None:
+        arrays = [("kind", f"{schema.SNAPSHOTS}/kind", "uint8"),
+                  ("tumor_state", f"{schema.SNAPSHOTS}/tumor_state", "uint8"),
+                  ("memory", f"{schema.SNAPSHOTS}/memory", "float32")]
+        arrays += [(fc.name, f"{schema.FIELDS}/{fc.name}", "float32")
+                   for fc in self.sc.fields]
+        write_xdmf(self.path, self.grid.shape, self.grid.dx_um, self._snap_times, arrays)
+
+    def last_row(self) -> dict:
+        """The last time-series row on disk (see :func:`last_row`)."""
+        return last_row(self.f, self.columns)
 
     def row(self, values: dict) -> None:
         """Buffer one time-series row (every column must be present)."""
@@ -158,6 +254,8 @@ class RunWriter:
             self.f.attrs["status"] = status.ljust(64)[:64]
             self.f.flush()
             self.f.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self):
         return self
@@ -166,15 +264,37 @@ class RunWriter:
         self.close("finished" if exc[0] is None else "failed")
 
 
+def last_row(f: h5py.File, columns) -> dict:
+    """The last time-series row of an open run file, {column: value} (integral values as int,
+    NaN for an empty column)."""
+    ts = f[schema.TIMESERIES]
+    out = {}
+    for col in columns:
+        ds = ts[col]
+        v = float(ds[ds.shape[0] - 1]) if ds.shape[0] else float("nan")
+        out[col] = int(v) if v.is_integer() else v
+    return out
+
+
 def open_h5(path, swmr: bool = True) -> h5py.File:
     """Open a run file for reading, refusing files that are not tmesim runs or are too new."""
     p = Path(path)
     if not p.is_file():
         raise RunFileError(f"{path}: no such file")
+    # a plain open first: on a file cut short it fails at once ("truncated file"), where a SWMR
+    # open can sit in HDF5's metadata retry loop; a file still being written (or whose writer
+    # was killed) refuses it as "open for write", and is then read in SWMR mode
     try:
-        f = h5py.File(p, "r", swmr=swmr)
+        f = h5py.File(p, "r")
     except OSError as exc:
-        raise RunFileError(f"{path}: not a readable HDF5 file ({exc})") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not swmr or "truncated" in str(exc):
+            raise RunFileError(f"{path}: not a readable HDF5 file ({first})") from None
+        try:
+            f = h5py.File(p, "r", swmr=True)
+        except OSError as exc2:
+            raise RunFileError(f"{path}: not a readable HDF5 file "
+                               f"({str(exc2).splitlines()[0] if str(exc2) else exc2!r})") from None
     check_format(f, str(path))
     return f
 

@@ -13,6 +13,9 @@ One run, one HDF5 file (DESIGN.md). Axis order is (z, y, x); a 2D run has (y, x)
     /snapshots/fields/NAME  (T, [Z,] Y, X) float32, attrs["units"]
     /timeseries/COLUMN      (N,) float64, one row per agent step, attrs["units"]
     /events/time_min, /events/kind, /events/detail   (E,) float64, str, str (detail is JSON)
+    /checkpoint             two slots, each every State array plus step, time, row counts and
+                            Model.extra_state(); attrs valid_slot says which slot is committed
+                            (tmesim.io.checkpoint)
 
 Everything is created before SWMR mode starts and grows along its first axis only, so a reader
 (``h5py.File(path, "r", swmr=True)``) can follow a run while it is written, and a run killed at

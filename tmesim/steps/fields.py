@@ -17,7 +17,8 @@ are precomputed once, vectorized over all lines and all fields:
     (I/dt + U - L) c_new = c_old/dt + S,          U = decay + uptake, S = secretion
 
 solved *without operator splitting* by conjugate gradients preconditioned with a symmetric ADI
-product of line factors, (X/2)(Y/2)(Z)(Y/2)(X/2) in 3D and (X/2)(Y)(X/2) in 2D, each factor
+product of line factors, (Z/2)(Y/2)(X)(Y/2)(Z/2) in 3D and (Y/2)(X)(Y/2) in 2D (grid axes
+(z, y, x), x contiguous), each factor
 I + share*tau*(1/dt + U) - tau_a L_a solved by a Thomas sweep with the per-voxel diagonal, at one
 pseudo-step tau = 0.3/sqrt(a_min a_max) of the operator's spectrum. On the free (non-vessel) voxels
 the system is symmetric positive definite and the preconditioner is too (a congruence of positive
@@ -25,7 +26,10 @@ factors), so the iteration converges for any rates, boundaries and vessel layout
 residual has fallen to ``tolerance`` times its value at the start of the step (or to
 min(tolerance, 1e-6) of the right-hand side's largest value). At convergence c is the exact implicit-Euler solution: the steady
 state is exact whatever the agent step, and uptake and diffusion are never split. Vessel voxels
-are pinned: residual and update zero there, and a huge diagonal in every line factor.
+are pinned: residual and update zero there, and a huge diagonal in every line factor. The line
+factors depend only on the occupants, so their elimination factors are computed once per agent
+step (thomas_factor_diag) and every iteration runs plain forward and back substitutions
+(thomas_solve_factored, bit for bit thomas_solve_diag's result).
 
 Why not plain LOD: for a tumour taking up oxygen at 10 /min (diffusion length 100 um), LOD's
 splitting error at steady state is of order dt * uptake; measured on a 2 mm disk in 2D against a
@@ -42,7 +46,21 @@ update c = (c + dt S) / (1 + dt U). First order, unconditionally stable, but acc
 dt * uptake << 1. Vessel voxels are reset to their value after each line solve, as BioFVM does;
 inside a solve they are free unknowns, so the supply from vessels is short by an error that scales
 with dt D / dx^2 (13 % at dt D/dx^2 = 0.25, 4 % at 0.0625 in tests/test_fields.py). Kept for
-comparison with BioFVM; use adi for results.
+comparison with BioFVM; use adi for results. Its work arrays are float64, BioFVM's precision:
+with float32 elimination factors a no-flux line solve shifts the line's total by about 1e-8, always
+the same way (1.3e-5 after 240 steps in tests/test_fields.py; a float32 path would be about twice
+as fast but needs a conservative formulation first).
+
+Speed (numpy only, so every pass over memory is one array operation; benchmarks/README.md):
+line solves run row by row over all lines at once, so a row must be a large contiguous block.
+Along the first grid axis it is; the y lines of a 3D grid are solved in a copy with the first two
+axes swapped, and the x lines (contiguous in memory, a row would stride by the line length) in a
+copy with the last two axes swapped (each plane transposed), where a row is a set of contiguous y
+runs. Work arrays are kept between steps. Groups of fields run on worker threads (``threads``;
+numpy releases the GIL inside array operations): LOD runs a whole agent step per group without
+synchronizing; CG synchronizes three times per iteration for its per-field inner products and the
+common stopping test. A field's arithmetic is the same in any grouping, so the thread count never
+changes results (tested bit for bit).
 
 The arrays: ``fields`` is (n_fields, n_sites) float32, viewed as (n_fields, *grid.shape).
 """
@@ -50,7 +68,10 @@ The arrays: ``fields`` is (n_fields, n_sites) float32, viewed as (n_fields, *gri
 from __future__ import annotations
 
 import math
+import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +82,9 @@ from ..grid import Grid
 from ..scenario import Scenario, face_conditions
 
 _PIN = np.float32(1e20)   # diagonal of a pinned (vessel) voxel in the line solves: fixes it to 0
+# below this many sites a solver stays on one thread: its rows are so short that the numpy calls
+# hold the GIL most of the time, and threads would only take turns
+_THREAD_MIN_SITES = 1 << 15
 
 FACE_NAMES = {3: (("z-", "z+"), ("y-", "y+"), ("x-", "x+")), 2: (("y-", "y+"), ("x-", "x+"))}
 
@@ -173,10 +197,72 @@ def thomas_solve_diag(x: np.ndarray, axis: int, k: np.ndarray, base: np.ndarray,
     return x
 
 
+def thomas_factor_diag(axis: int, k: np.ndarray, base: np.ndarray, extra: np.ndarray,
+                       inv: np.ndarray, cp: np.ndarray, tmp: np.ndarray | None = None) -> None:
+    """Elimination factors of thomas_solve_diag's systems, per voxel, for thomas_solve_factored.
+
+    Same system and the same float32 operations as thomas_solve_diag's forward sweep, so that
+    thomas_factor_diag + thomas_solve_factored give bit for bit what thomas_solve_diag gives; used
+    where one diagonal serves many right-hand sides (the CG preconditioner: once per agent step
+    instead of once per iteration).
+
+    Args:
+        axis: grid axis of the lines.
+        k, base, extra: as in thomas_solve_diag.
+        inv: (F, *grid) output, 1 / (b_i - a c'_{i-1}) per voxel.
+        cp: (F, *grid) output, k inv_i per voxel (= -c'_i, kept positive).
+        tmp: scratch of one slice's shape (allocated if None).
+    """
+    ea = np.moveaxis(extra, axis + 1, 0)
+    ia = np.moveaxis(inv, axis + 1, 0)
+    ca = np.moveaxis(cp, axis + 1, 0)
+    if tmp is None:
+        tmp = np.empty(ea.shape[1:], dtype=extra.dtype)
+    for i in range(ea.shape[0]):
+        np.add(ea[i], base[i], out=tmp)
+        if i:
+            tmp -= k * ca[i - 1]
+        np.reciprocal(tmp, out=ia[i])
+        np.multiply(ia[i], k, out=ca[i])
+
+
+def thomas_solve_factored(x: np.ndarray, axis: int, k: np.ndarray, inv: np.ndarray,
+                          cp: np.ndarray, tmp: np.ndarray | None = None) -> np.ndarray:
+    """Solve along grid ``axis`` of x (F, *grid) in place with per-voxel factors from
+    thomas_factor_diag (bit for bit thomas_solve_diag's result): forward x_i = (x_i + k x_{i-1})
+    inv_i, back x_i += cp_i x_{i+1}. k: (F, 1, ..., 1); tmp: scratch of one slice's shape
+    (allocated if None)."""
+    xa = np.moveaxis(x, axis + 1, 0)
+    ia = np.moveaxis(inv, axis + 1, 0)
+    ca = np.moveaxis(cp, axis + 1, 0)
+    m = xa.shape[0]
+    if tmp is None:
+        tmp = np.empty(xa.shape[1:], dtype=x.dtype)
+    xa[0] *= ia[0]
+    for i in range(1, m):
+        np.multiply(xa[i - 1], k, out=tmp)
+        xa[i] += tmp
+        xa[i] *= ia[i]
+    for i in range(m - 2, -1, -1):
+        np.multiply(ca[i], xa[i + 1], out=tmp)
+        xa[i] += tmp
+    return x
+
+
 def _dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-field inner products of two (F, ...) arrays, accumulated in float64."""
+    """Per-field inner products of two (F, ...) arrays, accumulated in float64.
+
+    One field at a time, so that a field's value does not depend on which other fields share the
+    call (threads over groups of fields give the single-threaded result bit for bit)."""
     n = a.shape[0]
-    return np.einsum("fi,fi->f", a.reshape(n, -1), b.reshape(n, -1), dtype=np.float64)
+    a2, b2 = a.reshape(n, -1), b.reshape(n, -1)
+    return np.array([np.einsum("i,i->", a2[f], b2[f], dtype=np.float64) for f in range(n)])
+
+
+def _absmax(x: np.ndarray) -> np.ndarray:
+    """Per-field largest |x| of an (F, ...) array, without an |x| temporary."""
+    x2 = x.reshape(x.shape[0], -1)
+    return np.maximum(x2.max(axis=1), -x2.min(axis=1))
 
 
 def laplacian(c: np.ndarray, D_over_h2: np.ndarray, ghosts, out: np.ndarray) -> np.ndarray:
@@ -214,6 +300,67 @@ def laplacian(c: np.ndarray, D_over_h2: np.ndarray, ghosts, out: np.ndarray) -> 
     return out
 
 
+def _lod_sweep(xa: np.ndarray, co: ThomasCoefficients, g: slice, kg, tmp: np.ndarray,
+               ra: np.ndarray | None = None, rb: np.ndarray | None = None) -> None:
+    """One LOD line solve of the rows xa (m, Fc, ...) in place (float64), for the fields g.
+
+    thomas_solve's sweep, plus: kg = (lo, hi) Dirichlet terms k g ((F, 1, ...) or None) added to
+    the edge rows first; and, when ra, rb (rows like xa) are given, each row's final value x is
+    replaced by x ra + rb as soon as the back substitution no longer needs it (row i + 1 after
+    row i is solved), so the per-voxel reaction update costs no separate pass over memory.
+    """
+    m = xa.shape[0]
+    inv, kinv, cp = co.inv[:, g], co.kinv[:, g], co.cp[:, g]
+    lo, hi = kg
+    if lo is not None:
+        xa[0] += lo[g]
+    if hi is not None:
+        xa[m - 1] += hi[g]
+    xa[0] *= inv[0]
+    for i in range(1, m):
+        np.multiply(xa[i - 1], kinv[i], out=tmp)
+        xa[i] *= inv[i]
+        xa[i] += tmp
+    react = ra is not None
+    for i in range(m - 2, -1, -1):
+        np.multiply(xa[i + 1], cp[i], out=tmp)
+        xa[i] -= tmp
+        if react:
+            xa[i + 1] *= ra[i + 1]
+            xa[i + 1] += rb[i + 1]
+    if react:
+        xa[0] *= ra[0]
+        xa[0] += rb[0]
+
+
+def default_threads() -> int:
+    """Worker threads of a FieldSolver: ``TMESIM_THREADS`` if set, else the cores this process
+    may run on, at most 8."""
+    env = os.environ.get("TMESIM_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise UserError(f"TMESIM_THREADS = {env!r}: expected a whole number >= 1") from None
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """One shared pool of n worker threads per process (solvers come and go; threads should not)."""
+    with _POOLS_LOCK:
+        if n not in _POOLS:
+            _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tmesim-fields")
+        return _POOLS[n]
+
+
 class FieldSolverError(UserError):
     """The field solve produced non-finite values."""
 
@@ -224,9 +371,15 @@ class FieldSolver:
     Args:
         sc: the scenario (fields, solver settings).
         grid: the lattice.
+        threads: worker threads for large grids (None: the ``TMESIM_THREADS`` environment
+            variable, else the cores this process may use, at most 8). Work is split by groups
+            of fields and each field's arithmetic is the same whatever the grouping, so results
+            do not depend on this number (tests/test_fields.py checks them bit for bit).
     """
 
-    def __init__(self, sc: Scenario, grid: Grid):
+    _swap_y = True     # CG: solve 3D y lines in the z/y-swapped layout (see _line_layout)
+
+    def __init__(self, sc: Scenario, grid: Grid, threads: int | None = None):
         self.sc = sc
         self.grid = grid
         self.ndim = grid.ndim
@@ -275,7 +428,8 @@ class FieldSolver:
         self.n_sub = max(1, int(math.ceil(dt_agent / dt_f - 1e-9)))
         self.dt = dt_agent / self.n_sub
         self.method = sc.solver.method
-        self._tmp = {}
+        self.threads = default_threads() if threads is None else max(1, int(threads))
+        self._ws = {}             # work arrays, kept between steps (see _buf)
         self._warned = False      # max_iterations reached (warned once per solver)
         if self.method == "adi":
             self._setup_adi()
@@ -319,6 +473,7 @@ class FieldSolver:
         self.lod_coeffs = [thomas_coefficients(k, self.grid.shape[a], *self.dirichlet[a], extra,
                                                self.ndim, np.float64) for a in range(self.ndim)]
         self.lod_k = k.reshape((self.F,) + (1,) * self.ndim).astype(self.dtype)
+        self.lod_k64 = k
 
     # ----------------------------------------------------------------------------- stepping
     def rates(self, kind: np.ndarray, tumor_state: np.ndarray | None = None):
@@ -356,124 +511,358 @@ class FieldSolver:
         S = S.reshape(c.shape)
         pinned = np.flatnonzero(kind == codes.VESSEL)
         fields[:, pinned] = self.vessel_value
-        sweeps = 0
-        for _ in range(self.n_sub):
-            if self.method == "adi":
-                sweeps += self._adi_step(c, U, S, pinned)
-            else:
-                self._lod_step(c, U, S, pinned)
-                sweeps += 1
+        if self.method == "adi":
+            prep = self._adi_prepare(U, pinned)
+            sweeps = 0
+            for _ in range(self.n_sub):
+                sweeps += self._adi_step(c, S, pinned, prep)
+        else:
+            self._lod_run(c, U, S, pinned)
+            sweeps = self.n_sub
         self.last_sweeps = sweeps
         if not np.isfinite(fields).all():
             bad = [self.sc.fields[i].name for i in range(self.F) if not np.isfinite(fields[i]).all()]
             raise FieldSolverError(f"field(s) {', '.join(bad)} became non-finite")
         return fields
 
-    def _precondition(self, r, diag, pinned, out, extra, cp):
-        """out = M^-1 r with M the symmetric product of line factors (I + share tau w - tau_a L_a),
-        w = 1/dt + U; pinned voxels carry a huge diagonal in every factor, so out is 0 there."""
-        np.copyto(out, r)
-        out_flat = out.reshape(self.F, -1)
-        extra_flat = extra.reshape(self.F, -1)
-        bshape = (self.F,) + (1,) * self.ndim
+    # ----------------------------------------------------------------------------- threads, buffers
+    def _groups(self, min_sites: int = 0) -> list[tuple[int, int]]:
+        """Contiguous groups of fields, one per worker: all fields in one group when there is one
+        thread, one field, or fewer than ``min_sites`` sites (threads would cost more than they
+        save)."""
+        n = min(self.threads, self.F)
+        if n <= 1 or self.grid.n_sites < min_sites:
+            return [(0, self.F)]
+        edges = [round(i * self.F / n) for i in range(n + 1)]
+        return [(edges[i], edges[i + 1]) for i in range(n)]
+
+    def _map(self, fn, groups):
+        """fn(f0, f1) for every group, on the worker threads (numpy releases the GIL inside its
+        array operations); results in group order."""
+        if len(groups) == 1:
+            return [fn(*groups[0])]
+        return list(_pool(self.threads).map(lambda g: fn(*g), groups))
+
+    def _buf(self, name: str, shape, dtype=np.float32) -> np.ndarray:
+        """A work array kept between steps (allocating and page-faulting fresh arrays every
+        iteration cost as much as some of the arithmetic)."""
+        a = self._ws.get(name)
+        if a is None or a.shape != tuple(shape) or a.dtype != dtype:
+            a = self._ws[name] = np.empty(shape, dtype=dtype)
+        return a
+
+    def _swapped_shape(self, sw) -> tuple:
+        """Grid shape with the grid axes ``sw`` (a pair, or None) swapped."""
+        s = list(self.grid.shape)
+        if sw is not None:
+            s[sw[0]], s[sw[1]] = s[sw[1]], s[sw[0]]
+        return tuple(s)
+
+    def _tshape(self):
+        """Grid shape with the last two axes swapped: the layout of the x-axis line solves."""
+        return self._swapped_shape((self.ndim - 2, self.ndim - 1))
+
+    def _pinned_in(self, pinned, sw):
+        """Flat indices, in the layout with grid axes ``sw`` swapped, of the flat grid indices
+        ``pinned``."""
+        if pinned.size == 0 or sw is None:
+            return pinned
+        idx = list(np.unravel_index(pinned, self.grid.shape))
+        idx[sw[0]], idx[sw[1]] = idx[sw[1]], idx[sw[0]]
+        return np.ravel_multi_index(tuple(idx), self._swapped_shape(sw))
+
+    def _pinned_t(self, pinned):
+        """Flat indices in the x-axis layout (_tshape) of the flat grid indices ``pinned``."""
+        return self._pinned_in(pinned, (self.ndim - 2, self.ndim - 1))
+
+    def _line_layout(self, a):
+        """The layout in which lines along grid axis a are solved: the pair of grid axes swapped
+        (None: the grid's own) and the lines' axis there. A sweep works row by row over all lines,
+        so a row must be a large block: along axis 0 it is; a y row of a 3D grid is a set of x runs,
+        solved faster (with two copies of x runs) with z and y swapped; an x row would stride by
+        the line length, so x lines are solved with the last two axes swapped (each plane
+        transposed), where a row is a set of contiguous y runs."""
+        nd = self.ndim
+        if nd > 1 and a == nd - 1:
+            return (nd - 2, nd - 1), nd - 2
+        if nd == 3 and a == 1 and self._swap_y:
+            return (0, 1), 0
+        return None, a
+
+    # ----------------------------------------------------------------------------- adi (CG)
+    def _adi_prepare(self, U, pinned):
+        """Once per agent step: the operator's diagonal 1/dt + U and the elimination factors of
+        every distinct preconditioner line factor (they depend on the occupants only, so every
+        CG iteration of every field step of this agent step reuses them)."""
+        F, nd = self.F, self.ndim
+        inv_dt = np.float32(1.0 / self.dt)
+        diag = self._buf("diag", U.shape)
+        np.add(U, inv_dt, out=diag)
+        bshape = (F,) + (1,) * nd
         tau = self.tau.astype(self.dtype).reshape(bshape)
-        last = self.ndim - 1
+        factors = {}
+        plan = []
         for a, share, k, base in self.adi_factors:
-            np.multiply(diag, tau * np.float32(share), out=extra)
-            extra_flat[:, pinned] = _PIN
-            if a == last and self.ndim > 1:
-                # x lines are contiguous, so row operations along x would stride by the line
-                # length: solve on an x-first copy instead (measured 3x faster at 2048^2)
-                xt = np.ascontiguousarray(np.moveaxis(out, -1, 1))
-                et = np.ascontiguousarray(np.moveaxis(extra, -1, 1))
-                thomas_solve_diag(xt, 0, k, base, et, cp.reshape(xt.shape),
-                                  self._scratch(xt, 0))
-                np.copyto(out, np.moveaxis(xt, 1, -1))
+            key = (a, float(share))
+            plan.append((key, k))
+            if key in factors:
+                continue
+            sw, ax = self._line_layout(a)
+            shp = (F,) + self._swapped_shape(sw)
+            extra = self._buf(f"extra{shp}", shp)
+            src = diag if sw is None else diag.swapaxes(sw[0] + 1, sw[1] + 1)
+            np.multiply(src, tau * np.float32(share), out=extra)
+            extra.reshape(F, -1)[:, self._pinned_in(pinned, sw)] = _PIN
+            inv = self._buf(f"inv{len(factors)}", shp)
+            cp = self._buf(f"cp{len(factors)}", shp)
+            tmp = self._buf(f"row{ax}{shp}", np.moveaxis(extra, ax + 1, 0).shape[1:])
+            thomas_factor_diag(ax, k, base, extra, inv, cp, tmp)
+            factors[key] = (sw, ax, inv, cp)
+        for name in [n for n in self._ws if n.startswith("extra")]:
+            del self._ws[name]        # needed again only at the next agent step
+        return dict(diag=diag, factors=factors, plan=plan)
+
+    def _flux_bufs(self, shape):
+        """Per axis a flux array (m + 1 along the axis), faces zero (they are written only
+        for Dirichlet faces, the same ones every call), and one scratch of the grid's shape (the
+        "tmp" array of _adi_step: the two are never in use at once)."""
+        fl = []
+        for a in range(self.ndim):
+            s = list(shape)
+            s[a + 1] += 1
+            name = f"flux{a}"
+            if name not in self._ws or self._ws[name].shape != tuple(s):
+                self._ws[name] = np.zeros(s, dtype=self.dtype)
+            fl.append(self._ws[name])
+        return fl, self._buf("tmp", shape)
+
+    def _laplacian(self, c, ghosts, out, fluxes, tmp, g):
+        """out = D lap(c) for the fields g (a slice): laplacian() with work arrays kept between
+        calls, the same operations in the same order (bit for bit laplacian()'s result)."""
+        nd = self.ndim
+        for a in range(nd):
+            ax = a + 1
+            m = c.shape[ax]
+            flux = fluxes[a][g]
+
+            def at(i, ax=ax):
+                s = [slice(None)] * c.ndim
+                s[ax] = i
+                return tuple(s)
+
+            np.subtract(c[at(slice(1, None))], c[at(slice(None, -1))], out=flux[at(slice(1, m))])
+            lo, hi = ghosts[a]
+            if lo is not None:
+                flux[at(slice(0, 1))] = np.where(np.isnan(lo[g]), 0.0, c[at(slice(0, 1))] - lo[g])
+            if hi is not None:
+                flux[at(slice(m, m + 1))] = np.where(np.isnan(hi[g]), 0.0,
+                                                     hi[g] - c[at(slice(m - 1, m))])
+            if a == 0:
+                np.subtract(flux[at(slice(1, None))], flux[at(slice(None, -1))], out=out)
             else:
-                thomas_solve_diag(out, a, k, base, extra, cp, self._scratch(out, a))
-        out_flat[:, pinned] = 0
+                np.subtract(flux[at(slice(1, None))], flux[at(slice(None, -1))], out=tmp)
+                out += tmp
+        out *= self.D_over_h2[g]
         return out
 
-    def _apply(self, p, diag, out, lap, ghosts):
-        """out = (1/dt + U) p - D lap(p) with the given ghost values."""
-        laplacian(p, self.D_over_h2, ghosts, lap)
+    def _apply(self, p, diag, out, lap, ghosts, fluxes, tmp, g):
+        """out = (1/dt + U) p - D lap(p) with the given ghost values, for the fields g."""
+        self._laplacian(p, ghosts, lap, fluxes, tmp, g)
         np.multiply(diag, p, out=out)
         out -= lap
         return out
 
-    def _adi_step(self, c, U, S, pinned) -> int:
+    def _precondition(self, r, out, prep, work, pinned, g):
+        """out = M^-1 r for the fields g, with M the symmetric product of line factors
+        (I + share tau w - tau_a L_a), w = 1/dt + U, factored in _adi_prepare; pinned voxels
+        carry a huge diagonal in every factor, so out is 0 there. ``work``: per factor key, the
+        swapped-layout copy (or None) and a row scratch, for the fields g."""
+        np.copyto(out, r)
+        factors = prep["factors"]
+        for key, k in prep["plan"]:
+            sw, ax, inv, cp = factors[key]
+            buf, row = work[key]
+            if sw is not None:
+                np.copyto(buf, out.swapaxes(sw[0] + 1, sw[1] + 1))
+                thomas_solve_factored(buf, ax, k[g], inv[g], cp[g], row)
+                np.copyto(out, buf.swapaxes(sw[0] + 1, sw[1] + 1))
+            else:
+                thomas_solve_factored(out, ax, k[g], inv[g], cp[g], row)
+        out.reshape(out.shape[0], -1)[:, pinned] = 0
+        return out
+
+    def _adi_step(self, c, S, pinned, prep) -> int:
         """One implicit-Euler step by conjugate gradients preconditioned with the ADI product.
 
         The system (1/dt + U - L) c = c_old/dt + S on the free (non-vessel) voxels is symmetric
         positive definite, and so is the preconditioner (a congruence of positive line factors),
-        so the iteration converges for any rates and vessel layout."""
-        F = self.F
+        so the iteration converges for any rates and vessel layout. Each field's iteration is
+        independent of the others' (its own alpha and beta), except that all stop together;
+        groups of fields run on worker threads between the per-iteration reductions."""
+        nd = self.ndim
         inv_dt = np.float32(1.0 / self.dt)
-        diag = U + inv_dt
-        b = c * inv_dt + S
-        r, z, p, q, lap, extra, cp = (np.empty_like(c) for _ in range(7))
-        r_flat, q_flat = (a.reshape(F, -1) for a in (r, q))
-        # r = b - A c with the true boundary values; 0 at pinned voxels
-        self._apply(c, diag, r, lap, self.ghosts)
-        np.subtract(b, r, out=r)
-        r_flat[:, pinned] = 0
-        self._precondition(r, diag, pinned, z, extra, cp)
-        np.copyto(p, z)
-        rz = _dots(r, z)
+        diag = prep["diag"]
+        shape = c.shape
+        b, r, z, p, q, lap, tmp = (self._buf(n, shape) for n in
+                                   ("b", "r", "z", "p", "q", "lap", "tmp"))
+        fluxes, ltmp = self._flux_bufs(shape)
+        groups = self._groups(min_sites=_THREAD_MIN_SITES)
+        bcast = (1,) * nd
+        # per factor key: its swapped-layout copy and a row scratch (all fields; sliced per group)
+        work_all = {}
+        for key, (sw, ax, inv, _) in prep["factors"].items():
+            buf = None if sw is None else self._buf(f"sw{sw}", inv.shape)
+            row = self._buf(f"row{ax}{sw}", np.moveaxis(inv, ax + 1, 0).shape[1:])
+            work_all[key] = (buf, row)
+
+        def work_for(g):
+            return {key: (None if buf is None else buf[g], row[g])
+                    for key, (buf, row) in work_all.items()}
+
+        def start(f0, f1):
+            g = slice(f0, f1)
+            np.multiply(c[g], inv_dt, out=b[g])
+            b[g] += S[g]
+            # r = b - A c with the true boundary values; 0 at pinned voxels
+            self._apply(c[g], diag[g], r[g], lap[g], self.ghosts, fluxes, ltmp[g], g)
+            np.subtract(b[g], r[g], out=r[g])
+            r[g].reshape(f1 - f0, -1)[:, pinned] = 0
+            self._precondition(r[g], z[g], prep, work_for(g), pinned, g)
+            np.copyto(p[g], z[g])
+            return _dots(r[g], z[g]), _absmax(r[g]), _absmax(b[g])
+
+        def direction(f0, f1, beta):
+            g = slice(f0, f1)
+            if beta is not None:
+                p[g] *= beta[f0:f1].astype(self.dtype).reshape((-1,) + bcast)
+                p[g] += z[g]
+            self._apply(p[g], diag[g], q[g], lap[g], self.ghosts0, fluxes, ltmp[g], g)
+            q[g].reshape(f1 - f0, -1)[:, pinned] = 0
+            return _dots(p[g], q[g])
+
+        def update(f0, f1, alpha):
+            g = slice(f0, f1)
+            a_b = alpha[f0:f1].astype(self.dtype).reshape((-1,) + bcast)
+            np.multiply(p[g], a_b, out=tmp[g])
+            c[g] += tmp[g]
+            np.multiply(q[g], a_b, out=tmp[g])
+            r[g] -= tmp[g]
+            return _absmax(r[g])
+
+        def precondition(f0, f1):
+            g = slice(f0, f1)
+            self._precondition(r[g], z[g], prep, work_for(g), pinned, g)
+            return _dots(r[g], z[g])
+
+        res = self._map(start, groups)
+        rz = np.concatenate([x[0] for x in res])
+        r0 = np.concatenate([x[1] for x in res])
         tol = self.sc.solver.tolerance
-        r0 = np.abs(r_flat).max(axis=1)
-        floor = min(tol, 1e-6) * np.abs(b).reshape(F, -1).max(axis=1)
+        floor = min(tol, 1e-6) * np.concatenate([x[2] for x in res])
+        beta = None
         it = 0
+        rmax = r0
         for it in range(1, self.sc.solver.max_iterations + 1):
-            self._apply(p, diag, q, lap, self.ghosts0)
-            q_flat[:, pinned] = 0
-            pq = _dots(p, q)
+            pq = np.concatenate(self._map(lambda f0, f1: direction(f0, f1, beta), groups))
             alpha = np.where(pq > 0, rz / np.where(pq > 0, pq, 1.0), 0.0)
-            a_b = alpha.astype(self.dtype).reshape((F,) + (1,) * self.ndim)
-            c += a_b * p
-            r -= a_b * q
+            rmax = np.concatenate(self._map(lambda f0, f1: update(f0, f1, alpha), groups))
             # converged when the residual has fallen by the tolerance from its value at the start
             # of the step (so small steps are resolved as well as large ones), or to near float32
             # rounding of the right-hand side
-            if np.all(np.abs(r_flat).max(axis=1) <= np.maximum(tol * r0, floor)):
+            if np.all(rmax <= np.maximum(tol * r0, floor)):
                 break
-            self._precondition(r, diag, pinned, z, extra, cp)
-            rz_new = _dots(r, z)
+            rz_new = np.concatenate(self._map(precondition, groups))
             beta = np.where(rz > 0, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
             rz = rz_new
-            p *= beta.astype(self.dtype).reshape((F,) + (1,) * self.ndim)
-            p += z
         else:
             if not self._warned:
                 self._warned = True
                 warnings.warn(f"field solve stopped at solver.max_iterations = {it} with residual "
-                              f"{np.abs(r_flat).max():.3g} (start {r0.max():.3g}); raise "
+                              f"{rmax.max():.3g} (start {r0.max():.3g}); raise "
                               "solver.max_iterations or solver.tolerance", RuntimeWarning,
                               stacklevel=3)
         return it
 
-    def _lod_step(self, c, U, S, pinned):
-        dt = np.float32(self.dt)
-        k = self.lod_k
-        for a in range(self.ndim):
-            lo, hi = self.ghosts[a]
-            ax = a + 1
-            for g, idx in ((lo, 0), (hi, c.shape[ax] - 1)):
-                if g is None:
-                    continue
-                s = [slice(None)] * c.ndim
-                s[ax] = slice(idx, idx + 1)
-                c[tuple(s)] += np.where(np.isnan(g), 0.0, k * np.nan_to_num(g))
-            thomas_solve(c, a, self.lod_coeffs[a], self._scratch(c, a))
-            c.reshape(self.F, -1)[:, pinned] = self.vessel_value
-        # decay is inside the line solves; uptake, secretion and vessels here, implicitly
-        U_no_decay = U - self.decay.reshape((self.F,) + (1,) * self.ndim).astype(self.dtype)
-        c += dt * S
-        c /= 1.0 + dt * U_no_decay
-        c.reshape(self.F, -1)[:, pinned] = self.vessel_value
+    # ----------------------------------------------------------------------------- lod
+    def _lod_run(self, c, U, S, pinned):
+        """All n_sub LOD substeps of an agent step, in float64 (BioFVM's precision, and what
+        keeps a no-flux solve from drifting the total: see _setup_lod).
 
-    def _scratch(self, x, axis):
-        shape = np.moveaxis(x, axis + 1, 0).shape[1:]
-        if shape not in self._tmp:
-            self._tmp[shape] = np.empty(shape, dtype=x.dtype)
-        return self._tmp[shape]
+        Per substep, as BioFVM: implicit line solves along each grid axis in turn (axis 0 first;
+        Dirichlet ghosts enter the edge rows' right-hand side; vessel voxels reset after each
+        solve), then the per-voxel implicit update c = (c + dt S) / (1 + dt U'), U' = U - decay,
+        done here as c a + b with a = 1 / (1 + dt U') and b = dt S a precomputed for the agent
+        step, inside the x sweep's back substitution (while the row is in cache). The x lines
+        are solved in the layout with the last two axes swapped (_tshape). The fields are
+        independent, so groups of fields run all substeps on their own threads."""
+        F, nd = self.F, self.ndim
+        f64 = np.float64
+        bshape = (F,) + (1,) * nd
+        tshape = (F,) + self._tshape()
+        w = self._buf("lod_c", c.shape, f64)
+        np.copyto(w, c)
+        t = self._buf("lod_t", tshape, f64)
+        dt = self.dt
+        # reaction coefficients, in the x layout
+        ra = self._buf("lod_a", tshape, f64)
+        rb = self._buf("lod_b", tshape, f64)
+        np.copyto(ra, U.swapaxes(-1, -2))
+        ra -= self.decay.reshape(bshape)
+        ra *= dt
+        ra += 1.0
+        np.reciprocal(ra, out=ra)
+        np.copyto(rb, S.swapaxes(-1, -2))
+        rb *= dt
+        rb *= ra
+        v = self.vessel_value.astype(f64)                # (F, 1)
+        pinned_t = self._pinned_t(pinned)
+        # Dirichlet ghosts: k g added to the edge rows (0 for a field without one on that face)
+        kg = []
+        for a in range(nd):
+            pair = []
+            for gh in self.ghosts[a]:
+                pair.append(None if gh is None else
+                            np.nan_to_num(gh.astype(f64) * self.lod_k64.reshape(bshape), nan=0.0)
+                            .reshape((F,) + (1,) * (nd - 1)))
+            kg.append(pair)
+        co = self.lod_coeffs
+        n_sub = self.n_sub
+        if nd == 3:
+            z, y, x = self.grid.shape
+            t_sw = self._buf("lod_sw", (F, y, z, x), f64)
+
+        def run(f0, f1):
+            g = slice(f0, f1)
+            wg, tg, cg = w[g], t[g], c[g]
+            wflat, tflat = wg.reshape(f1 - f0, -1), tg.reshape(f1 - f0, -1)
+            # the y lines (3D) are solved in the layout with the first two grid axes swapped, a
+            # copy of contiguous x runs: there a row of the sweep is one contiguous block per
+            # field, and a sweep over runs of x values cost more than the two copies
+            sw = t_sw[g] if nd == 3 else None
+            vg, rag, rbg = v[g], ra[g], rb[g]
+            rows = {}
+
+            def sweep(arr, ax, a):
+                xa = np.moveaxis(arr, ax, 0)
+                if (a, xa.shape) not in rows:
+                    rows[a, xa.shape] = np.empty(xa.shape[1:], f64)
+                _lod_sweep(xa, co[a], g, kg[a], rows[a, xa.shape])
+
+            for s in range(n_sub):
+                sweep(wg, 1, 0)
+                wflat[:, pinned] = vg
+                if nd == 3:
+                    np.copyto(sw, wg.swapaxes(1, 2))
+                    sweep(sw, 1, 1)
+                    np.copyto(wg, sw.swapaxes(1, 2))
+                    wflat[:, pinned] = vg
+                # x lines in the layout with the last two axes swapped, then the reaction there
+                np.copyto(tg, wg.swapaxes(-1, -2))
+                sweep(tg, nd - 1, nd - 1)
+                tflat[:, pinned_t] = vg
+                tg *= rag
+                tg += rbg
+                tflat[:, pinned_t] = vg
+                np.copyto(cg if s == n_sub - 1 else wg, tg.swapaxes(-1, -2))
+
+        self._map(run, self._groups(min_sites=_THREAD_MIN_SITES))

@@ -1,0 +1,380 @@
+"""Sweeps: the sweep file, a real Dask LocalCluster with process workers (a worker killed
+mid-run, a failing run, a re-run that does no work), the Slurm job-array script, and a real
+single-node Slurm through dask-jobqueue where one can be started."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import tmesim
+from tmesim import sweep as sw
+from tmesim.cli import main
+
+from .test_checkpoint import TINY, assert_same_run
+
+SWEEP = """
+[sweep]
+name = "t"
+scenario = "tiny.toml"
+out_dir = "out"
+
+[set]
+"run.duration_days" = {days}
+
+[grid]
+"tumor.doubling_time_h" = [20, 30]
+"fields.oxygen.diffusion_um2_per_min" = {diff}
+
+[replicates]
+seeds = [1, 2]
+
+[observables]
+final = ["burden", "hypoxic_fraction"]
+at_hours = [12]
+at = ["burden"]
+"""
+
+
+def write_sweep(d: Path, days=2, diff="[1e5]", extra="") -> Path:
+    (d / "tiny.toml").write_text(TINY)
+    p = d / "sweep.toml"
+    p.write_text(SWEEP.format(days=days, diff=diff) + extra)
+    return p
+
+
+def test_sweep_file_grid_lhs_seeds(tmp_path):
+    p = write_sweep(tmp_path, diff="{start = 1e4, stop = 1e6, num = 3, scale = \"log\"}", extra="""
+[latin_hypercube]
+samples = 5
+seed = 3
+"tumor.necrosis_max_rate_per_h" = {min = 0.1, max = 0.6}
+"fields.oxygen.decay_per_min" = {min = 0.01, max = 1.0, scale = "log"}
+""")
+    spec = sw.load_sweep(p)
+    np.testing.assert_allclose(spec.grid["fields.oxygen.diffusion_um2_per_min"],
+                               [1e4, 1e5, 1e6])
+    runs = spec.runs()
+    assert len(runs) == 2 * 3 * 5 * 2
+    assert [r.id for r in runs[:3]] == ["r0000", "r0001", "r0002"]
+    assert [r.params["seed"] for r in runs[:4]] == [1, 2, 1, 2]      # seeds fastest
+    assert runs[0].overrides["run.name"] == "t_r0000"
+    assert runs[0].h5 == tmp_path / "out" / "runs" / "r0000.h5"
+    # Latin hypercube: each of the 5 strata of each parameter holds exactly one sample
+    pts = sw.latin_hypercube({"a": (0.1, 0.6, False), "b": (0.01, 1.0, True)}, 5, 3)
+    a = np.array([q["a"] for q in pts])
+    b = np.array([q["b"] for q in pts])
+    assert sorted(((a - 0.1) / 0.5 * 5).astype(int)) == [0, 1, 2, 3, 4]
+    assert sorted(((np.log(b) - np.log(0.01)) / np.log(100) * 5).astype(int)) == [0, 1, 2, 3, 4]
+    assert pts == sw.latin_hypercube({"a": (0.1, 0.6, False), "b": (0.01, 1.0, True)}, 5, 3)
+    assert pts != sw.latin_hypercube({"a": (0.1, 0.6, False), "b": (0.01, 1.0, True)}, 5, 4)
+    # each run's scenario carries its values (as plain TOML, not numpy reprs)
+    sc = tmesim.load_scenario(spec.scenario, overrides=runs[7].overrides)
+    assert sc.run.seed == runs[7].params["seed"]
+    assert sc.tumor.necrosis_max_rate_per_h == runs[7].params["tumor.necrosis_max_rate_per_h"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('[replicates2]\nn = 1\n', "key 'replicates2'"),
+    ('[latin_hypercube]\nsamples = 2\n"x.y" = {min = 2, max = 1}\n', "min < max"),
+])
+def test_sweep_file_mistakes_are_one_line_exit_2(tmp_path, capsys, extra, message):
+    p = write_sweep(tmp_path, extra=extra)
+    assert main(["sweep", str(p), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_misspelt_parameter_refuses_the_whole_sweep(tmp_path, capsys):
+    p = write_sweep(tmp_path)
+    p.write_text(p.read_text().replace('"run.duration_days" = 2', '"tumor.doubling_hours" = 3'))
+    assert main(["sweep", str(p), "-q"]) == 2
+    assert "no run has a valid scenario" in capsys.readouterr().err
+
+
+def _worker_running(client, keys):
+    """{worker address: key} of runs being processed now."""
+    out = {}
+    for addr, ks in client.processing().items():
+        for k in ks:
+            if k in keys:
+                out[addr] = k
+    return out
+
+
+def test_local_cluster_sweep_survives_killed_worker_records_failure_and_reruns_nothing(
+        tmp_path):
+    """A real LocalCluster with two worker processes runs 6 runs (one of which fails at run
+    time: a diffusion coefficient that makes the field non-finite). One worker is SIGKILLed
+    while a run is under way, after that run wrote a checkpoint; the sweep still ends with every
+    result, the killed run resumed from its checkpoint to a file identical to a run made in one
+    go, and running the sweep again does nothing."""
+    from distributed import Client, LocalCluster
+    path = write_sweep(tmp_path, days=3, diff="[1e5, 1e300]")
+    # 2 doubling times x 2 diffusions x 2 seeds = 8 runs, the 4 with 1e300 fail
+    spec = sw.load_sweep(path)
+    assert len(spec.runs()) == 8
+    result = {}
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    client = Client(cluster)
+    try:
+        pids = client.run(os.getpid)
+        t = threading.Thread(target=lambda: result.update(
+            res=sw.run_sweep(spec, client=client, progress=False, log=lambda m: None)))
+        t.start()
+        killed = None
+        deadline = time.monotonic() + 120
+        while killed is None and time.monotonic() < deadline and t.is_alive():
+            time.sleep(0.05)
+            keys = {f"tmesim-t-{r.id}-0" for r in spec.runs()}
+            for addr, key in _worker_running(client, keys).items():
+                rid = key.split("-")[2]
+                h5 = spec.out_dir / "runs" / f"{rid}.h5"
+                try:
+                    with h5py.File(h5, "r", swmr=True) as f:
+                        step = int(f["checkpoint/valid_slot"][()])
+                        n = f["timeseries/time_min"].shape[0]
+                except (OSError, KeyError):
+                    continue
+                if step >= 0 and n < 600:          # a checkpoint, and far from the end
+                    os.kill(pids[addr], signal.SIGKILL)
+                    killed = rid
+                    break
+        t.join(300)
+        assert not t.is_alive()
+    finally:
+        client.close()
+        cluster.close()
+    assert killed is not None, "no run was caught mid-way to kill its worker"
+    res = result["res"]
+    assert (res.total, res.done, res.failed, res.ran) == (8, 4, 4, 8)
+
+    rows = list(csv.DictReader(open(spec.summary)))
+    assert [r["run"] for r in rows] == [r.id for r in spec.runs()]      # one row per run
+    for r in rows:
+        bad = float(r["fields.oxygen.diffusion_um2_per_min"]) > 1e200
+        assert r["status"] == ("failed" if bad else "finished")
+        if bad:
+            assert "became non-finite" in r["error"] and r["final_burden"] == "nan"
+        else:
+            assert int(float(r["steps"])) == 720 and r["error"] == ""
+    rec = json.loads((spec.out_dir / "runs" / f"{killed}.json").read_text())
+    assert rec["status"] == "finished" and rec["resumed_from"] > 0
+
+    # independent check: the killed-and-resumed run is the run made in one go, and the table
+    # holds its values
+    run = {r.id: r for r in spec.runs()}[killed]
+    sc = tmesim.load_scenario(spec.scenario, overrides=run.overrides)
+    ref = tmesim.Simulation(sc, "cpu").run(tmp_path / "ref.h5")
+    assert_same_run(ref, run.h5)
+    with h5py.File(ref, "r") as f:
+        burden = f["timeseries/burden"][:]
+    row = {r["run"]: r for r in rows}[killed]
+    assert float(row["final_burden"]) == burden[-1]
+    assert float(row["burden_at_12h"]) == burden[120]
+
+    # running the sweep again does no work: no cluster, no file touched
+    stamps = {q: q.stat().st_mtime_ns for q in (spec.out_dir / "runs").iterdir()}
+    again = sw.run_sweep(spec, cluster="no cluster may be made", progress=False,
+                         log=lambda m: None)
+    assert (again.ran, again.done, again.failed) == (0, 4, 4)
+    assert stamps == {q: q.stat().st_mtime_ns for q in (spec.out_dir / "runs").iterdir()}
+
+
+def test_slurm_array_script_requeues_after_usr1(tmp_path):
+    """The generated array script, run by bash as Slurm would run one array task: USR1 (Slurm's
+    warning before the wall time) makes tmesim checkpoint and exit 3, and the script requeues its
+    task (a stand-in scontrol records the call); the requeued task finishes the run."""
+    p = write_sweep(tmp_path, extra='\n[slurm]\nqueue = "short"\naccount = "lab"\ngpus = 1\n'
+                    'walltime = "00:30:00"\njobs = 3\nprologue = ["echo prologue ran"]\n')
+    spec = sw.load_sweep(p)
+    assert main(["sweep", str(p), "--slurm-array"]) == 0
+    script = spec.out_dir / "slurm_array.sh"
+    text = script.read_text()
+    for line in ("#SBATCH --array=0-3%3", "#SBATCH --time=00:30:00", "#SBATCH --gres=gpu:1",
+                 "#SBATCH --partition=short", "#SBATCH --account=lab", "#SBATCH --requeue",
+                 "#SBATCH --signal=B:USR1@600", "echo prologue ran",
+                 "--task \"$SLURM_ARRAY_TASK_ID\""):
+        assert line in text, line
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "scontrol").write_text(f"#!/bin/bash\necho \"$@\" >> {tmp_path}/scontrol.log\n")
+    (bindir / "scontrol").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", SLURM_ARRAY_TASK_ID="1",
+               SLURM_ARRAY_JOB_ID="77")
+    proc = subprocess.Popen(["bash", str(script)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    h5 = spec.out_dir / "runs" / "r0001.h5"
+    deadline = time.monotonic() + 60
+    rows = 0
+    while rows < 50 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        try:
+            with h5py.File(h5, "r", swmr=True) as f:
+                rows = f["timeseries/time_min"].shape[0]
+        except (OSError, KeyError):
+            pass
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert b"prologue ran" in out and b"run r0001: interrupted" in out
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 77_1\n"
+    with h5py.File(h5, "r") as f:
+        assert f.attrs["status"].strip() == "interrupted"
+    # the requeued task
+    proc = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0 and b"run r0001: finished" in proc.stdout
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 77_1\n"     # no second requeue
+    assert main(["sweep", str(p), "--collect"]) == 0
+    rows = list(csv.DictReader(open(spec.summary)))
+    assert [(r["run"], r["status"]) for r in rows] == [("r0001", "finished")]
+
+
+# ---------------------------------------------------------------------------- real Slurm
+
+SLURM_CONF = """ClusterName=tmesimtest
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd.log
+SlurmctldPort={port}
+SlurmdPort={port2}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MpiDefault=none
+KillWait=10
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=2000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _sinfo_ok(env) -> bool:
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
+                           text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0 and ("idle" in r.stdout or "mix" in r.stdout)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A single-node Slurm on localhost: slurmctld + slurmd from Debian's slurm-wlm package,
+    started here as root with munge. Starting daemons is intrusive, so it runs in CI (CI set)
+    or when TMESIM_TEST_SLURM=1; it skips when the programs are missing or cannot start."""
+    if not (os.environ.get("CI") or os.environ.get("TMESIM_TEST_SLURM")):
+        pytest.skip("starts Slurm daemons: set TMESIM_TEST_SLURM=1 (CI runs it)")
+    need = ["slurmctld", "slurmd", "munged", "sbatch", "sinfo"]
+    if any(shutil.which(x) is None for x in need):
+        pytest.skip("Slurm not installed (apt-get install slurm-wlm munge)")
+    if os.geteuid() != 0:
+        pytest.skip("starting slurmd needs root")
+    d = tmp_path_factory.mktemp("slurm")
+    for sub in ("state", "spool"):
+        (d / sub).mkdir()
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    port = 17000 + os.getpid() % 2000
+    (d / "slurm.conf").write_text(SLURM_CONF.format(host=host, d=d, port=port, port2=port + 1,
+                                                    cpus=os.cpu_count()))
+    env = dict(os.environ, SLURM_CONF=str(d / "slurm.conf"))
+    if not Path("/run/munge/munge.socket.2").exists():
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        subprocess.run(["munged", "--force"], capture_output=True, timeout=30)
+    try:
+        subprocess.run(["slurmctld", "-c"], env=env, check=True, capture_output=True, timeout=30)
+        subprocess.run(["slurmd"], env=env, check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 30
+        while not _sinfo_ok(env):
+            if time.monotonic() > deadline:
+                _stop_daemons(env["SLURM_CONF"])
+                pytest.skip("single-node Slurm did not come up: "
+                            + (d / "slurmctld.log").read_text()[-300:])
+            time.sleep(0.5)
+    except (OSError, subprocess.SubprocessError) as exc:
+        _stop_daemons(env["SLURM_CONF"])
+        pytest.skip(f"single-node Slurm did not start: {exc}")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    yield d
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+    _stop_daemons(env["SLURM_CONF"])
+
+
+def _pids_with_conf(conf: str) -> list[int]:
+    """Processes started with this test's SLURM_CONF (the daemons and their job step helpers)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if f"SLURM_CONF={conf}".encode() in (d / "environ").read_bytes().split(b"\0"):
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return [p for p in out if p != os.getpid()]
+
+
+def _stop_daemons(conf: str) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _pids_with_conf(conf):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        while _pids_with_conf(conf) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def test_sweep_through_dask_jobqueue_on_real_slurm(slurm, tmp_path):
+    """`tmesim sweep --cluster slurm`: dask-jobqueue submits worker jobs to the local Slurm,
+    the runs go through them and the table has every run."""
+    p = write_sweep(tmp_path, days=0.5, extra='\n[slurm]\nqueue = "debug"\ngpus = 0\ncores = 1\n'
+                    'memory = "1GB"\nwalltime = "00:10:00"\njobs = 2\n'
+                    'checkpoint_margin_minutes = 1\n')
+    spec = sw.load_sweep(p)
+    sw.import_slurm_cluster()          # in the main thread: its import sets a signal handler
+    out = {}
+    t = threading.Thread(target=lambda: out.update(
+        res=sw.run_sweep(spec, cluster="slurm", progress=False, log=lambda m: None)),
+        daemon=True)
+    t.start()
+    t.join(240)
+    if t.is_alive():
+        jobs = subprocess.run(["squeue"], capture_output=True, text=True).stdout
+        pytest.fail(f"the Slurm sweep did not end in 240 s; queue:\n{jobs}")
+    res = out["res"]
+    assert (res.total, res.done, res.failed) == (4, 4, 0)
+    rows = list(csv.DictReader(open(spec.summary)))
+    assert [r["status"] for r in rows] == ["finished"] * 4
+    logs = list((spec.out_dir / "slurm_logs").glob("*"))
+    assert logs, "no Slurm job wrote a log"
+    for r in spec.runs():
+        assert json.loads(r.record.read_text())["status"] == "finished"
