@@ -142,62 +142,78 @@ class TumorRules:
             return (np.asarray(o2) < hi).astype(np.float64)
         return np.clip((hi - np.asarray(o2, dtype=np.float64)) / (hi - lo), 0.0, 1.0)
 
-    def receptor_activation(self, hgf, igf1, eff) -> tuple[np.ndarray, np.ndarray]:
-        """MET and IGF-1R activation in [0, 1] after inhibitors: a_L (1 - E_cancel)."""
+    def receptor_activation(self, hgf, igf1, eff):
+        """MET and IGF-1R activation in [0, 1] after inhibitors: a_L (1 - E_cancel) (arrays, or
+        the scalar 0 without the ligand's field)."""
         sg = self.p.signalling
-        n = len(eff["target"])
-        a_met = np.zeros(n) if hgf is None else \
+        a_met = 0.0 if hgf is None else \
             hgf.astype(np.float64) / (hgf + sg.hgf_half_max_ng_per_mL)
-        a_igf = np.zeros(n) if igf1 is None else \
+        a_igf = 0.0 if igf1 is None else \
             igf1.astype(np.float64) / (igf1 + sg.igf1_half_max_ng_per_mL)
         return a_met * (1.0 - eff["cancel_met"]), a_igf * (1.0 - eff["cancel_igf1r"])
 
-    def protection(self, a_met, a_igf) -> np.ndarray:
+    def protection(self, a_met, a_igf):
         """Fraction of the kill of sensitive cells that survival signalling removes."""
         sg = self.p.signalling
         return 1.0 - (1.0 - sg.met_protection_max * a_met) * (1.0 - sg.igf1r_protection_max * a_igf)
 
+    _NO_DRUG = {k: 0.0 for k in ("kill_S", "kill_P", "exit_speedup", "block_entry",
+                                 "block_division", "cancel_met", "cancel_igf1r", "target")}
+
     def rates_per_min(self, ts, o2, memory, time_in_P, hgf, igf1, conc):
-        """Every rate of the rules for cells with phenotype ``ts`` (1/min, float64).
+        """Every rate of the rules for cells with phenotype ``ts`` (1/min, float64 arrays).
 
         Returns a dict: division, kill, entry (S -> P), exit (P -> S), resistance (P -> R), and
-        the targeted-drug effect E_target (for the memory)."""
+        the targeted-drug effect E_target (for the memory). Terms that cannot matter (no drugs,
+        no ligand fields, no persisters) are skipped as scalars: the values are the same."""
         p, tr = self.p, self.p.transitions
         n = ts.size
-        eff = self.effects.at(conc) if self.effects is not None else \
-            {k: np.zeros(n) for k in ("kill_S", "kill_P", "exit_speedup", "block_entry",
-                                      "block_division", "cancel_met", "cancel_igf1r", "target")}
+        eff = self.effects.at(conc) if self.effects is not None else self._NO_DRUG
         h = self.hypoxia_level(o2)
         a_met, a_igf = self.receptor_activation(hgf, igf1, eff)
         sg = p.signalling
         f_signal = 1.0 + sg.hgf_growth_gain * a_met + sg.igf1_growth_gain * a_igf
         S, P = ts == codes.SENSITIVE, ts == codes.PERSISTER
         E = eff["target"]
-        kill = np.where(S, eff["kill_S"] * (1.0 - self.protection(a_met, a_igf)),
-                        np.where(P, eff["kill_S"] * p.persister_tolerance + eff["kill_P"], 0.0))
+        if self.effects is None:
+            kill = np.zeros(n)
+        else:
+            kill = np.where(S, eff["kill_S"] * (1.0 - self.protection(a_met, a_igf)),
+                            np.where(P, eff["kill_S"] * p.persister_tolerance + eff["kill_P"],
+                                     0.0))
         m = memory.astype(np.float64)
         entry = np.zeros(n)
         if tr.pre_existing:
             entry += tr.entry_basal_per_h * (1.0 + tr.hypoxia_weight * h)
-        if tr.drug_induced:
+        if tr.drug_induced and self.effects is not None:
             entry += tr.entry_induced_per_h * E * (1.0 + m + sg.entry_weight * (a_met + a_igf)
                                                    + tr.hypoxia_weight * h)
         entry *= (1.0 - eff["block_entry"]) * S
-        # exit_speedup (KDM5/HDAC inhibition) undoes the persister state even under the targeted
-        # drug, where the cell, sensitive again, is then killed
-        exit_ = tr.exit_per_h * (1.0 - E + eff["exit_speedup"]) / (
-            1.0 + tr.memory_exit_slowing * m + tr.hypoxia_exit_slowing * h) * P
-        ramp = np.minimum(1.0, time_in_P.astype(np.float64) / (tr.mutability_ramp_h * 60.0))
-        # stress-induced mutagenesis: raised under the targeted drug only, and more so the longer
-        # the cell has been a persister (Russo et al. 2022)
-        res = tr.resistance_per_h * (1.0 + tr.adaptive_mutability * ramp * E) * P
-        # resistant cells divide through the drugs that stop the others
-        arrest = np.where(ts == codes.RESISTANT, 0.0, eff["block_division"])
-        division = self.r_max * oxygen_factor(o2, p) * self.state_factor[ts] * f_signal * \
-            (1.0 - arrest)
+        # persister-only rates, on the persisters alone
+        exit_, res = np.zeros(n), np.zeros(n)
+        pi = np.flatnonzero(P)
+        if pi.size:
+            def at(x):
+                return x[pi] if isinstance(x, np.ndarray) else x
+            Ep = at(E)
+            # exit_speedup (KDM5/HDAC inhibition) undoes the persister state even under the
+            # targeted drug, where the cell, sensitive again, is then killed
+            exit_[pi] = tr.exit_per_h * (1.0 - Ep + at(eff["exit_speedup"])) / (
+                1.0 + tr.memory_exit_slowing * m[pi] + tr.hypoxia_exit_slowing * h[pi])
+            ramp = np.minimum(1.0, time_in_P[pi].astype(np.float64) /
+                              (tr.mutability_ramp_h * 60.0))
+            # stress-induced mutagenesis: raised under the targeted drug only, and more so the
+            # longer the cell has been a persister (Russo et al. 2022)
+            res[pi] = tr.resistance_per_h * (1.0 + tr.adaptive_mutability * ramp * Ep)
+        division = self.r_max * oxygen_factor(o2, p) * self.state_factor[ts] * f_signal
+        if self.effects is not None:
+            # resistant cells divide through the drugs that stop the others
+            division = division * (1.0 - np.where(ts == codes.RESISTANT, 0.0,
+                                                   eff["block_division"]))
         per_min = 1.0 / 60.0
         return dict(division=division, kill=kill * per_min, entry=entry * per_min,
-                    exit=exit_ * per_min, resistance=res * per_min, target=E)
+                    exit=exit_ * per_min, resistance=res * per_min,
+                    target=np.broadcast_to(np.asarray(E, dtype=np.float64), (n,)))
 
     def relax_memory(self, m: np.ndarray, E: np.ndarray) -> np.ndarray:
         """Memory after one step of dm/dt = g E (1 - m) - d (1 - E) m, solved exactly."""
@@ -292,7 +308,13 @@ class TumorRules:
             p_div = division_probability(rate[grow], dt)
             sources = cand[rng.uniform_at(seed, step, rng.DIVIDE, cand) < p_div]
             # memory of every surviving cell, time in P of persisters that stay persisters
-            memory[cells] = self.relax_memory(memory[cells].astype(np.float64), r["target"])
+            if self.effects is None:
+                # no drug: pure relaxation, m exp(-decay dt), on the cells that have memory
+                held = cells[memory[cells] > 0]
+                if held.size:
+                    memory[held] = self.relax_memory(memory[held].astype(np.float64), 0.0)
+            else:
+                memory[cells] = self.relax_memory(memory[cells].astype(np.float64), r["target"])
             stay_P = cells[ts == codes.PERSISTER]
             time_in_P[stay_P] += np.float32(dt)
         if sources.size:
