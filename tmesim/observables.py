@@ -72,6 +72,7 @@ def observe(state, sc, counts=None, sweeps: int = 0, doses=None, stroma=None) ->
     for i, name in enumerate(sc.drug_names):
         row[f"plasma_{name}"] = float(state.plasma[i])
         row[f"dose_{name}"] = float(doses[i]) if doses is not None and len(doses) > i else 0.0
+        row[f"cumulative_dose_{name}"] = float(state.dose_total[i])
     names = sc.field_names
     if "oxygen" in names and burden:
         o2 = state.fields[names.index("oxygen")][tumor]

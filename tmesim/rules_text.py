@@ -18,7 +18,28 @@ def _g(x: float) -> str:
     return f"{x:.3g}"
 
 
+def controller_text(d) -> str:
+    c = d.controller
+    when = f"every {_g(c.decide_every_h)} h from day {_g(c.start_day)}" + (
+        "" if c.stop_day >= 1e8 else f" until day {_g(c.stop_day)}")
+    if c.kind == "adaptive":
+        return (f"adaptive control (Zhang 2017) {when}: {_g(c.dose_uM)} uM until the burden falls "
+                f"to {_g(c.lower_fraction)} x its value at the first decision, then none until it "
+                f"is back to {_g(c.upper_fraction)} x")
+    if c.kind == "modulation":
+        return (f"dose modulation (Gatenby 2009) {when}: starting at {_g(c.dose_uM)} uM, the dose "
+                f"moves by {_g(100 * c.step_fraction)} % to hold the burden within "
+                f"{_g(100 * c.tolerance)} % of {_g(c.target_fraction)} x its first value "
+                f"({_g(c.min_dose_uM)}-{_g(c.max_dose_uM)} uM)")
+    return (f"biomarker-guided {when}: a biopsy of {c.biopsy_cells} cells in a "
+            f"{_g(c.biopsy_size_um)} um box; {_g(c.dose_uM)} uM once the persister fraction "
+            f"exceeds {_g(c.on_fraction)}" + (f", stopped below {_g(c.off_fraction)}"
+                                              if c.off_fraction > 0 else ""))
+
+
 def schedule_text(d) -> str:
+    if d.controller.kind != "none":
+        return controller_text(d)
     s = d.schedule
     if s.kind == "none":
         return "not given"

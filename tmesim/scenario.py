@@ -363,6 +363,39 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class ControllerConfig:
+    """A feedback controller that doses the drug instead of its schedule (tmesim.controllers)."""
+    kind: str = param("none", "", "none (use the schedule), adaptive (Zhang 2017), modulation "
+                      "(Gatenby 2009) or biomarker (a simulated biopsy)",
+                      choices=("none", "adaptive", "modulation", "biomarker"))
+    dose_uM: float = param(1.0, "uM", "dose level when treating (adaptive, biomarker) or the "
+                           "first dose (modulation)", lo=0)
+    start_day: float = param(0.0, "d", "first decision", lo=0)
+    stop_day: float = param(1e9, "d", "no dosing at or after this day", lo=0)
+    decide_every_h: float = param(24.0, "h", "time between decisions", lo=0, lo_open=True)
+    lower_fraction: float = param(0.5, "", "adaptive: pause when burden falls to this x baseline "
+                                  "[Zhang 2017: 50 %]", lo=0, lo_open=True)
+    upper_fraction: float = param(1.0, "", "adaptive: treat again when burden is back to this x "
+                                  "baseline", lo=0, lo_open=True)
+    target_fraction: float = param(1.0, "", "modulation: burden to hold, x baseline", lo=0,
+                                   lo_open=True)
+    tolerance: float = param(0.1, "", "modulation: relative band without a change", lo=0, hi=1)
+    step_fraction: float = param(0.5, "", "modulation: relative dose change per decision", lo=0,
+                                 lo_open=True, hi=1)
+    min_dose_uM: float = param(0.1, "uM", "modulation: smallest non-zero dose", lo=0)
+    max_dose_uM: float = param(10.0, "uM", "modulation: largest dose", lo=0, lo_open=True)
+    biopsy_center_um: tuple[float, ...] | None = param(None, "um", "biomarker: biopsy centre "
+                                                       "(default: domain centre)")
+    biopsy_size_um: float = param(400.0, "um", "biomarker: edge of the sampled box", lo=0,
+                                  lo_open=True)
+    biopsy_cells: int = param(200, "cells", "biomarker: cells sampled per biopsy", lo=1)
+    on_fraction: float = param(0.01, "", "biomarker: start the drug when the measured persister "
+                               "fraction exceeds this", lo=0, hi=1)
+    off_fraction: float = param(0.0, "", "biomarker: stop it when the measurement falls below "
+                                "this (0: never)", lo=0, hi=1)
+
+
+@dataclass(frozen=True)
 class DrugConfig:
     """A drug: pharmacokinetics, tissue transport (its own field) and pharmacodynamics."""
     name: str = ""
@@ -384,6 +417,7 @@ class DrugConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     effects: dict[str, EffectConfig] = param({}, "", "pharmacodynamic effects by target: " +
                                              ", ".join(EFFECT_TARGETS))
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
 
 
 @dataclass(frozen=True)
@@ -780,6 +814,20 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
         if sch.stop_day < sch.start_day:
             raise ScenarioError(f"{where}.stop_day", sch.stop_day,
                                 f"a day at or after start_day ({sch.start_day:g})")
+        c = d.controller
+        if c.kind == "adaptive" and c.upper_fraction <= c.lower_fraction:
+            raise ScenarioError(f"drugs.{d.name}.controller.upper_fraction", c.upper_fraction,
+                                f"a value above lower_fraction ({c.lower_fraction:g})")
+        if c.kind == "biomarker" and c.off_fraction > c.on_fraction:
+            raise ScenarioError(f"drugs.{d.name}.controller.off_fraction", c.off_fraction,
+                                f"a value at or below on_fraction ({c.on_fraction:g})")
+        if c.kind == "biomarker" and c.biopsy_center_um is not None and \
+                len(c.biopsy_center_um) != ndim:
+            raise ScenarioError(f"drugs.{d.name}.controller.biopsy_center_um",
+                                list(c.biopsy_center_um), f"{ndim} entries ({_axes(ndim)})")
+        if c.kind == "modulation" and c.min_dose_uM > c.max_dose_uM:
+            raise ScenarioError(f"drugs.{d.name}.controller.min_dose_uM", c.min_dose_uM,
+                                f"at most max_dose_uM ({c.max_dose_uM:g})")
         if d.transport == "vessels" and sc.init.vessels.placement == "none":
             raise ScenarioError(f"drugs.{d.name}.transport", d.transport,
                                 "\"bath\" or \"uniform\": this scenario has no vessels "

@@ -27,6 +27,7 @@ from .io.hdf5 import RunWriter, attr_str, last_row, open_h5
 from .scenario import Scenario, load_scenario, loads_scenario
 from .schedules import TimeInterval
 from .steps.fields import FieldSolver
+from .controllers import Controllers
 from .steps.stroma import StromaRules
 from .steps.therapy import Therapy
 from .steps.tumor import TumorRules
@@ -43,13 +44,15 @@ class Model:
         backend: where the arrays live (only the CPU in this version).
     """
 
-    def __init__(self, sc: Scenario, backend=None):
+    def __init__(self, sc: Scenario, backend=None, controllers=None):
         self.sc = sc
         self.backend = backend or CPU()
         self.grid = Grid(sc.grid.shape, sc.grid.dx_um, sc.grid.neighbourhood)
         self.state = initial_state(sc, self.grid)
         self.field_solver = FieldSolver(sc, self.grid)
-        self.therapy = Therapy(sc, self.field_solver)
+        self.controllers = Controllers(sc, self.grid, controllers)
+        self.therapy = Therapy(sc, self.field_solver, self.controllers)
+        self.last_row = None
         if sc.drugs:
             # the supply of the first step is the plasma at time 0 (the initial fields hold it)
             self.field_solver.set_supply(self._supply_now())
@@ -74,6 +77,9 @@ class Model:
     def step(self):
         """Advance one agent step: therapy, fields over dt, tumor rules, stromal rules."""
         st = self.state
+        if self.controllers.active:
+            # decisions from the observables of the state the step starts from
+            self.controllers.decide(self.last_row or self.observe(), st, st.step)
         self.therapy.before_fields(st)
         self.field_solver.step(st.fields, st.kind, st.tumor_state)
         self.therapy.after_fields(st)
@@ -88,19 +94,21 @@ class Model:
         return self.last_counts
 
     def extra_state(self) -> dict:
-        """State the steps keep outside :class:`State` (controllers), as {name: numpy array}.
+        """State the steps keep outside :class:`State` (the controllers'), as {name: array}.
 
-        A checkpoint stores it beside the state's arrays; :meth:`load_extra_state` restores it.
-        Empty while no step keeps any."""
-        return {}
+        A checkpoint stores it beside the state's arrays; :meth:`load_extra_state` restores it."""
+        return self.controllers.state() if self.controllers.active else {}
 
     def load_extra_state(self, arrays: dict) -> None:
-        """Restore what :meth:`extra_state` returned."""
+        """Restore what :meth:`extra_state` returned (called with the restored state)."""
+        self.controllers.load(arrays)
+        self.last_row = None      # the next decision observes the restored state afresh
 
     def observe(self) -> dict:
-        return observables.observe(self.state, self.sc, self.last_counts,
-                                   self.field_solver.last_sweeps, self.therapy.last_given,
-                                   self.last_stroma)
+        self.last_row = observables.observe(self.state, self.sc, self.last_counts,
+                                            self.field_solver.last_sweeps,
+                                            self.therapy.last_given, self.last_stroma)
+        return self.last_row
 
 
 class Simulation:
@@ -134,12 +142,12 @@ class Simulation:
     #: signals that ask for a checkpoint and a clean end
     SIGNALS = ("SIGTERM", "SIGUSR1")
 
-    def __init__(self, scenario, backend="auto"):
+    def __init__(self, scenario, backend="auto", controllers=None):
         if isinstance(scenario, (str, os.PathLike)):
             scenario = load_scenario(scenario)
         self.sc = scenario
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
-        self.model = Model(scenario, self.backend)
+        self.model = Model(scenario, self.backend, controllers)
         self.dt_min = scenario.run.dt_min
         self.callbacks: list = []
         self.stop_reason: str | None = None
@@ -330,6 +338,8 @@ class Simulation:
                          "tmesim_version": __version__})
             while self.state.step < sc.n_steps and self.stop_reason is None:
                 self.model.step()
+                for t_ev, kind_ev, detail in self.model.controllers.pop_events():
+                    w.event(t_ev, kind_ev, detail)
                 self.last_row = self.model.observe()
                 w.row(self.last_row)
                 if snap(self):

@@ -33,6 +33,8 @@ class State:
             (cumulative over its lineage's persister episodes; 0 elsewhere).
         fields: (n_fields, n_sites) float32, concentrations in each field's units.
         plasma: (n_drugs,) float64, plasma concentration of each drug (uM).
+        dose_total: (n_drugs,) float64, cumulative dose per drug: the sum of boluses (uM) of a
+            one-compartment drug, or the time integral of a square wave's level (uM h).
         step: agent steps taken.
         time_min: simulated time in minutes.
     """
@@ -42,6 +44,7 @@ class State:
     memory: np.ndarray = None
     time_in_P_min: np.ndarray = None
     plasma: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    dose_total: np.ndarray = None
     step: int = 0
     time_min: float = 0.0
 
@@ -51,6 +54,8 @@ class State:
             self.memory = np.zeros(n, dtype=np.float32)
         if self.time_in_P_min is None:
             self.time_in_P_min = np.zeros(n, dtype=np.float32)
+        if self.dose_total is None:
+            self.dose_total = np.zeros(self.plasma.shape[0], dtype=np.float64)
 
     @classmethod
     def empty(cls, grid: Grid, n_fields: int, n_drugs: int = 0, xp=np) -> "State":
@@ -60,7 +65,8 @@ class State:
                    fields=xp.zeros((n_fields, n), dtype=xp.float32),
                    memory=xp.zeros(n, dtype=xp.float32),
                    time_in_P_min=xp.zeros(n, dtype=xp.float32),
-                   plasma=np.zeros(n_drugs, dtype=np.float64))
+                   plasma=np.zeros(n_drugs, dtype=np.float64),
+                   dose_total=np.zeros(n_drugs, dtype=np.float64))
 
     @staticmethod
     def bytes_per_voxel(n_fields: int) -> int:

@@ -55,11 +55,13 @@ NEAR_CAF_UM = 100.0
 
 def drug_columns(drug_names) -> dict:
     """plasma_<drug> (plasma level at the end of the step) and dose_<drug> (the boluses given in
-    the step, or the square-wave level), both uM."""
+    the step, or the square-wave level), both uM; cumulative_dose_<drug>: the boluses so far (uM)
+    of a one-compartment drug, or the integral of a square wave's level (uM h)."""
     out = {}
     for name in drug_names:
         out[f"plasma_{name}"] = "uM"
         out[f"dose_{name}"] = "uM"
+        out[f"cumulative_dose_{name}"] = "uM or uM h"
     return out
 
 

@@ -21,7 +21,7 @@ class Therapy:
         field_solver: the FieldSolver whose drug fields follow the plasma.
     """
 
-    def __init__(self, sc, field_solver):
+    def __init__(self, sc, field_solver, controllers=None):
         self.sc = sc
         self.drugs = sc.drugs
         self.pk = Pharmacokinetics(sc.drugs, sc.run.dt_min, sc.run.duration_days * 1440.0)
@@ -30,6 +30,8 @@ class Therapy:
         self.unbound = np.array([d.unbound_fraction for d in sc.drugs])
         self.uniform = np.array([d.transport == "uniform" for d in sc.drugs], dtype=bool)
         self.solver = field_solver
+        self.controllers = controllers
+        self.square = np.array([d.half_life_h <= 0 for d in sc.drugs], dtype=bool)
         self.last_given = np.zeros(len(sc.drugs))
 
     def free_levels(self, plasma: np.ndarray) -> np.ndarray:
@@ -42,7 +44,16 @@ class Therapy:
         Returns the doses given in the step per drug (uM)."""
         if not self.drugs:
             return self.last_given
+        before = state.plasma.copy()
         self.last_given = self.pk.advance(state.plasma, state.time_min)
+        ctl = self.controllers
+        if ctl is not None and ctl.active:
+            for i in ctl.index:
+                state.plasma[i] = before[i]
+                self.last_given[i] = ctl.advance(i, state.plasma, state.time_min, self.sc.run.dt_min)
+        # cumulative dose: boluses (uM), or the square wave's level over the step (uM h)
+        state.dose_total += np.where(self.square, self.last_given * self.sc.run.dt_min / 60.0,
+                                     self.last_given)
         supply = np.full(len(self.sc.fields), np.nan)
         supply[self.field_index] = self.free_levels(state.plasma)
         self.solver.set_supply(supply)
