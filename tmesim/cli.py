@@ -84,6 +84,18 @@ def cmd_resume(args) -> int:
     return _finished(sim, args.run)
 
 
+def cmd_compare(args) -> int:
+    from . import compare
+    c = compare.load_comparison(args.file)
+    if args.replicates:
+        c.replicates = args.replicates
+    results = compare.run_comparison(c, jobs=args.jobs)
+    out = Path(args.figure) if args.figure else Path(args.file).with_suffix(".png")
+    compare.figure(c, results, out)
+    print(f"figure: {out}")
+    return 0
+
+
 def cmd_validate_model(args) -> int:
     from . import validation
     ok = validation.run(args.only or None, quick=args.quick, jobs=args.jobs)
@@ -156,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("scenario")
     v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     v.set_defaults(func=cmd_validate)
+
+    cp = sub.add_parser("compare", help="run a scenario under several treatment arms with "
+                        "replicate seeds and compare them",
+                        description="Runs every arm of a comparison file with replicate seeds, "
+                        "prints time to progression, cumulative dose and persister/resistant "
+                        "counts per arm, and writes a figure of the burden curves with dosing.")
+    cp.add_argument("file", help="comparison file (TOML), e.g. scenarios/therapy/adaptive_vs_"
+                    "continuous.toml")
+    cp.add_argument("--replicates", type=int, default=0, help="override the file's replicates")
+    cp.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel")
+    cp.add_argument("--figure", help="PNG to write (default: beside the file)")
+    cp.set_defaults(func=cmd_compare)
 
     vm = sub.add_parser("validate-model", help="run the published-behaviour experiments "
                         "(scenarios/validation) and compare with the literature",

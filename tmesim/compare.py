@@ -1,0 +1,203 @@
+"""``tmesim compare``: one scenario under several named treatment arms, with replicate seeds.
+
+A comparison file (TOML):
+
+    scenario = "nsclc_tki.toml"          # relative to this file
+    replicates = 5                       # seeds: the scenario's seed, +1, ..., + replicates - 1
+    reference_day = 3                    # burden at this day is the progression reference
+    progression_fraction = 1.2           # progression: burden above this x the reference
+    times_days = [14, 28]                # when to report persister and resistant counts
+    [arms.continuous]
+    set = ["drugs.erlotinib.schedule.kind=continuous"]
+    [arms.adaptive]
+    set = ["drugs.erlotinib.controller.kind=adaptive"]
+
+Time to progression is the first time after ``reference_day`` at which the burden exceeds
+``progression_fraction`` x the burden at ``reference_day``; a replicate that never progresses is
+censored at the end of the run (reported as ">T" and counted). The table gives, per arm, the
+mean and standard deviation over replicates of: time to progression, cumulative dose of each
+drug, and persister and resistant counts at the chosen times. The figure overlays the burden
+curves (mean and each replicate) and shades each arm's dosing.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ScenarioError, UserError
+from .scenario import load_scenario
+
+
+@dataclass
+class Comparison:
+    scenario: Path
+    arms: dict[str, list[str]]
+    replicates: int = 3
+    reference_day: float = 0.0
+    progression_fraction: float = 1.2
+    times_days: list[float] = field(default_factory=list)
+
+
+def load_comparison(path) -> Comparison:
+    """Read and check a comparison file (errors name the key, the value and what was expected)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError("(file)", str(path), "an existing comparison file")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError("(file)", str(path), f"valid TOML ({exc})") from None
+    known = {"scenario", "arms", "replicates", "reference_day", "progression_fraction",
+             "times_days"}
+    for k in data:
+        if k not in known:
+            raise ScenarioError(k, data[k], "no such key; keys are: " + ", ".join(sorted(known)))
+    if "scenario" not in data or not isinstance(data["scenario"], str):
+        raise ScenarioError("scenario", data.get("scenario"), "the path of a scenario file")
+    scen = (p.parent / data["scenario"]).resolve()
+    arms = data.get("arms")
+    if not isinstance(arms, dict) or not arms:
+        raise ScenarioError("arms", arms, "at least one [arms.NAME] table with set = [...]")
+    out = {}
+    for name, spec in arms.items():
+        if not isinstance(spec, dict) or set(spec) - {"set"} or \
+                not isinstance(spec.get("set", []), list):
+            raise ScenarioError(f"arms.{name}", spec, 'a table with set = ["key.path=value", ...]')
+        out[name] = [str(x) for x in spec.get("set", [])]
+    c = Comparison(scen, out)
+    for key, tp, lo in (("replicates", int, 1), ("reference_day", (int, float), 0),
+                        ("progression_fraction", (int, float), 0)):
+        if key in data:
+            v = data[key]
+            if isinstance(v, bool) or not isinstance(v, tp) or v < lo or \
+                    (key == "progression_fraction" and v <= 0):
+                raise ScenarioError(key, v, f"a number >= {lo}" if key != "replicates"
+                                    else "an integer >= 1")
+            setattr(c, key, v)
+    if "times_days" in data:
+        t = data["times_days"]
+        if not isinstance(t, list) or not all(isinstance(x, (int, float)) and x >= 0 for x in t):
+            raise ScenarioError("times_days", t, "a list of days >= 0")
+        c.times_days = [float(x) for x in t]
+    # every arm must make a valid scenario: check them all before running anything
+    for name, sets in c.arms.items():
+        try:
+            load_scenario(c.scenario, overrides=sets)
+        except ScenarioError as exc:
+            raise UserError(f"arm '{name}': {exc}") from None
+    return c
+
+
+def _run(args) -> dict:
+    from .validation import run_arm
+    path, overrides = args
+    return run_arm(path, overrides)
+
+
+def time_to_progression(day: np.ndarray, burden: np.ndarray, ref_day: float,
+                        fraction: float) -> tuple[float, bool]:
+    """(days from ref_day to progression, progressed?); censored at the last day if never."""
+    i0 = int(np.argmin(np.abs(day - ref_day)))
+    ref = burden[i0]
+    above = np.flatnonzero(burden[i0:] > fraction * ref)
+    if above.size:
+        return float(day[i0 + above[0]] - day[i0]), True
+    return float(day[-1] - day[i0]), False
+
+
+def run_comparison(c: Comparison, jobs: int = 1, echo=print):
+    """Run every arm x replicate; print the table; return {arm: [series per replicate]}."""
+    base_seed = load_scenario(c.scenario).run.seed
+    tasks = [(arm, k, (str(c.scenario), sets + [f"run.seed={base_seed + k}"]))
+             for arm, sets in c.arms.items() for k in range(c.replicates)]
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            series = list(pool.map(_run, [t[2] for t in tasks]))
+    else:
+        series = [_run(t[2]) for t in tasks]
+    results: dict[str, list] = {}
+    for (arm, _, _), s in zip(tasks, series):
+        results.setdefault(arm, []).append(s)
+    echo(table(c, results))
+    return results
+
+
+def _ms(values) -> str:
+    v = np.asarray(values, dtype=float)
+    if v.size == 1:
+        return f"{v[0]:.3g}"
+    return f"{v.mean():.3g} ± {v.std(ddof=1):.2g}"
+
+
+def table(c: Comparison, results: dict) -> str:
+    drugs = sorted({k[len("cumulative_dose_"):] for s in next(iter(results.values()))
+                    for k in s if k.startswith("cumulative_dose_")})
+    head = ["arm", "time to progression (d)"] + [f"cum. dose {d}" for d in drugs]
+    for t in c.times_days:
+        head += [f"P at {t:g} d", f"R at {t:g} d"]
+    rows = []
+    for arm, reps in results.items():
+        ttp = [time_to_progression(s["day"], s["burden"], c.reference_day,
+                                   c.progression_fraction) for s in reps]
+        days = [t for t, _ in ttp]
+        censored = sum(1 for _, p in ttp if not p)
+        cell = _ms(days) + (f" ({censored} not progressed: >{min(days):.3g})" if censored else "")
+        row = [arm, cell]
+        for d in drugs:
+            row.append(_ms([s[f"cumulative_dose_{d}"][-1] for s in reps]))
+        for t in c.times_days:
+            idx = [int(np.argmin(np.abs(s["day"] - t))) for s in reps]
+            row.append(_ms([s["n_P"][i] for s, i in zip(reps, idx)]))
+            row.append(_ms([s["n_R"][i] for s, i in zip(reps, idx)]))
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    lines = [f"{len(results)} arms x {c.replicates} replicates of {c.scenario.name}; progression: "
+             f"burden > {c.progression_fraction:g} x its value at day {c.reference_day:g}; "
+             "mean ± sd over replicates",
+             "  ".join(h.ljust(w) for h, w in zip(head, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def figure(c: Comparison, results: dict, out: Path) -> Path:
+    """Burden curves per arm (replicates thin, mean thick) with each arm's dosing shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(results)
+    fig, axes = plt.subplots(n + 1, 1, figsize=(10, 2.2 * (n + 1)), sharex=True)
+    ax0 = axes[0]
+    for k, (arm, reps) in enumerate(results.items()):
+        col = f"C{k}"
+        length = min(len(s["day"]) for s in reps)
+        day = reps[0]["day"][:length]
+        mean = np.mean([s["burden"][:length] for s in reps], axis=0)
+        for s in reps:
+            ax0.plot(s["day"], s["burden"], color=col, alpha=0.25, lw=0.7)
+        ax0.plot(day, mean, color=col, lw=2, label=arm)
+        ax = axes[k + 1]
+        s = reps[0]
+        plasma = [key for key in s if key.startswith("plasma_")]
+        for j, key in enumerate(plasma):
+            on = s[key] > 0
+            ax.fill_between(s["day"], j, j + 0.8, where=on, color=f"C{j + 3}", alpha=0.6,
+                            step="post", label=key[len("plasma_"):])
+        ax.set_yticks([])
+        ax.set_ylabel(arm, rotation=0, ha="right", va="center")
+        ax.legend(fontsize=7, loc="upper right")
+    ax0.axvline(c.reference_day, color="k", ls=":", lw=0.8)
+    ax0.set_ylabel("tumor cells")
+    ax0.legend(fontsize=8)
+    ax0.set_title(f"{c.scenario.stem}: burden (mean and replicates) and dosing per arm")
+    axes[-1].set_xlabel("time (days)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
