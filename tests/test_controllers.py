@@ -17,8 +17,9 @@ from tmesim import codes
 from tmesim.cli import main
 from tmesim.controllers import ControllerError, Controllers
 from tmesim.grid import Grid
-from tmesim.schedules import IterationInterval
 from tmesim.state import State
+
+from .test_checkpoint import _At
 
 BASE = """
 [run]
@@ -146,16 +147,6 @@ def test_adaptive_run_writes_decisions_as_events_and_cumulative_dose(tmp_path):
     assert decisions[0]["dose_uM"] == 2.0 and any(d["dose_uM"] == 0 for d in decisions)
     assert set(np.unique(plasma)) <= {0.0, 2.0}
     assert cum[-1] == pytest.approx(np.sum(plasma[1:]) * 0.1)
-
-
-class _At:
-    def __init__(self, step, fn):
-        self.schedule = IterationInterval(1)
-        self.step, self.fn = step, fn
-
-    def __call__(self, sim):
-        if sim.state.step == self.step:
-            self.fn(sim)
 
 
 def test_controller_state_survives_a_resume(tmp_path):

@@ -1,6 +1,5 @@
 """Report figures of a run with drugs and stroma: exposure shading and the persister maps."""
 
-import numpy as np
 
 import tmesim
 from tmesim.report import make_report, shade_exposure

@@ -22,7 +22,6 @@ curves (mean and each replicate) and shades each arm's dosing.
 
 from __future__ import annotations
 
-import math
 import tomllib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field

@@ -163,12 +163,15 @@ class Pharmacokinetics:
             else:
                 self._doses.append(None)
 
-    def advance(self, plasma: np.ndarray, t_min: float) -> np.ndarray:
+    def advance(self, plasma: np.ndarray, t_min: float, skip=()) -> np.ndarray:
         """Levels at t + dt from levels at t (uM), in place; returns the dose given per drug in
-        (t, t + dt] (uM: the boluses, or the square-wave level)."""
+        (t, t + dt] (uM: the boluses, or the square-wave level). Drugs in ``skip`` (dosed by a
+        controller) are left alone."""
         given = np.zeros(len(self.drugs))
         t1 = t_min + self.dt
         for i, d in enumerate(self.drugs):
+            if i in skip:
+                continue
             if d.half_life_h <= 0:
                 plasma[i] = square_level(d.schedule, t1)
                 given[i] = plasma[i]

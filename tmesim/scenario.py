@@ -643,21 +643,27 @@ def _build(cls, data: dict, path: str):
     return cls(**kwargs)
 
 
+def _named_tables(data: dict, path: str, what: str):
+    """(name, table, key path) of each [path.NAME] table, checking the name and the table."""
+    for name, spec in data.items():
+        where = f"{path}.{name}"
+        if not name.isidentifier():
+            raise ScenarioError(where, name, f"a {what} name made of letters, digits and _")
+        if not isinstance(spec, dict):
+            raise ScenarioError(where, spec, f"a table of {what} parameters")
+        if "name" in spec:
+            raise ScenarioError(f"{where}.name", spec["name"], "no such key (the table name is "
+                                f"the {what} name)")
+        yield name, spec, where
+
+
 def _build_fields(data, path="fields") -> tuple[FieldConfig, ...]:
     if not isinstance(data, dict):
         raise ScenarioError(path, data, "a table of fields, e.g. [fields.oxygen]")
     merged = {name: {} for name in REQUIRED_FIELDS}
     merged.update(data)
     out = []
-    for name, spec in merged.items():
-        where = f"{path}.{name}"
-        if not name.isidentifier():
-            raise ScenarioError(where, name, "a field name made of letters, digits and _")
-        if not isinstance(spec, dict):
-            raise ScenarioError(where, spec, "a table of field parameters")
-        if "name" in spec:
-            raise ScenarioError(f"{where}.name", spec["name"], "no such key (the table name is "
-                                "the field name)")
+    for name, spec, where in _named_tables(merged, path, "field"):
         preset = FIELD_PRESETS.get(name)
         if preset is None:
             for key in ("units", "diffusion_um2_per_min"):
@@ -678,15 +684,7 @@ def _build_drugs(data, path="drugs") -> tuple[DrugConfig, ...]:
     if not isinstance(data, dict):
         raise ScenarioError(path, data, "a table of drugs, e.g. [drugs.erlotinib]")
     out = []
-    for name, spec in data.items():
-        where = f"{path}.{name}"
-        if not name.isidentifier():
-            raise ScenarioError(where, name, "a drug name made of letters, digits and _")
-        if not isinstance(spec, dict):
-            raise ScenarioError(where, spec, "a table of drug parameters")
-        if "name" in spec:
-            raise ScenarioError(f"{where}.name", spec["name"], "no such key (the table name is "
-                                "the drug name)")
+    for name, spec, where in _named_tables(data, path, "drug"):
         values = dict(spec)
         preset = values.get("preset")
         if preset is not None:
@@ -911,22 +909,25 @@ def apply_overrides(data: dict, overrides) -> dict:
     return data
 
 
+def toml_value(v) -> str:
+    """A plain value as TOML text (what ``--set key=value`` and TOML files parse back)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
 def _to_toml(data: dict) -> str:
     """Write nested plain data back as TOML (used to store the scenario with overrides applied)."""
     lines: list[str] = []
-
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
-        raise TypeError(type(v))
+    val = toml_value
 
     def table(prefix, d):
         scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}

@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
 from . import __version__, observables
 from .backend import CPU, get_backend
@@ -55,7 +54,7 @@ class Model:
         self.last_row = None
         if sc.drugs:
             # the supply of the first step is the plasma at time 0 (the initial fields hold it)
-            self.field_solver.set_supply(self._supply_now())
+            self.field_solver.set_supply(self.therapy.supply(self.state))
         self.tumor_rules = TumorRules(sc.tumor, self.grid, sc.run.seed, sc.run.dt_min, sc.drugs)
         self.stroma_rules = StromaRules(sc.caf, sc.tam, self.grid, sc.run.seed, sc.run.dt_min)
         names = sc.field_names
@@ -64,11 +63,6 @@ class Model:
                       for n in ("hgf", "igf1", "signal")}
         self.last_counts = None
         self.last_stroma = None
-
-    def _supply_now(self):
-        supply = np.full(len(self.sc.fields), np.nan)
-        supply[self.therapy.field_index] = self.therapy.free_levels(self.state.plasma)
-        return supply
 
     def _field(self, name):
         i = self.index[name]

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import codes, rng
 from ..grid import Grid
-from .tumor import choose_target, probability
+from .tumor import choose_target, probability, resolve_claims
 
 
 @dataclass
@@ -109,10 +109,7 @@ class StromaRules:
                 s = np.where(empty[follow], signal[nbr[follow]], -np.inf)
                 best = s == s.max(axis=1, keepdims=True)
                 targets[follow] = choose_target(words[follow], best, nbr[follow])
-            keys = ((words & np.uint64(0xFFFFFFFF)) << np.uint64(32)) | sources.astype(np.uint64)
-            np.maximum.at(self._claims, targets, keys)
-            won = self._claims[targets] == keys
-            self._claims[targets] = 0
+            won = resolve_claims(self._claims, sources, targets, words)
             out.lost_conflicts = int((~won).sum())
             won_src, won_tgt = sources[won], targets[won]
 

@@ -44,20 +44,23 @@ class Therapy:
         Returns the doses given in the step per drug (uM)."""
         if not self.drugs:
             return self.last_given
-        before = state.plasma.copy()
-        self.last_given = self.pk.advance(state.plasma, state.time_min)
         ctl = self.controllers
-        if ctl is not None and ctl.active:
-            for i in ctl.index:
-                state.plasma[i] = before[i]
-                self.last_given[i] = ctl.advance(i, state.plasma, state.time_min, self.sc.run.dt_min)
+        controlled = ctl.index if ctl is not None else ()
+        self.last_given = self.pk.advance(state.plasma, state.time_min, skip=controlled)
+        for i in controlled:
+            self.last_given[i] = ctl.advance(i, state.plasma, state.time_min, self.sc.run.dt_min)
         # cumulative dose: boluses (uM), or the square wave's level over the step (uM h)
         state.dose_total += np.where(self.square, self.last_given * self.sc.run.dt_min / 60.0,
                                      self.last_given)
-        supply = np.full(len(self.sc.fields), np.nan)
-        supply[self.field_index] = self.free_levels(state.plasma)
-        self.solver.set_supply(supply)
+        self.solver.set_supply(self.supply(state))
         return self.last_given
+
+    def supply(self, state) -> np.ndarray:
+        """(n_fields,) values for FieldSolver.set_supply: the free plasma level of each drug's
+        field, NaN (keep) for the others."""
+        out = np.full(len(self.sc.fields), np.nan)
+        out[self.field_index] = self.free_levels(state.plasma)
+        return out
 
     def after_fields(self, state) -> None:
         """Well-mixed drugs: the tissue level is the free plasma level everywhere."""

@@ -109,6 +109,20 @@ def choose_target(words: np.ndarray, empty: np.ndarray, nbr: np.ndarray) -> np.n
     return nbr[np.arange(len(nbr)), col]
 
 
+def resolve_claims(claims: np.ndarray, sources: np.ndarray, targets: np.ndarray,
+                   words: np.ndarray) -> np.ndarray:
+    """Which claims win: each target voxel goes to the largest key (low 32 bits of the source's
+    random word << 32 | source site), the rule a CUDA 64-bit atomicMax applies.
+
+    ``claims`` is a (n_sites,) uint64 scratch array of zeros, left zeroed. Returns a bool mask
+    over the claims."""
+    keys = ((words & np.uint64(0xFFFFFFFF)) << np.uint64(32)) | sources.astype(np.uint64)
+    np.maximum.at(claims, targets, keys)
+    won = claims[targets] == keys
+    claims[targets] = 0
+    return won
+
+
 class TumorRules:
     """Applies the tumor rules to the state arrays in place.
 
@@ -325,10 +339,7 @@ class TumorRules:
             sources, nbr, empty = sources[has_room], nbr[has_room], empty[has_room]
             words = rng.raw_at(seed, step, rng.DIRECTION, sources)
             targets = choose_target(words, empty, nbr)
-            keys = ((words & np.uint64(0xFFFFFFFF)) << np.uint64(32)) | sources.astype(np.uint64)
-            np.maximum.at(self._claims, targets, keys)
-            won = self._claims[targets] == keys
-            self._claims[targets] = 0
+            won = resolve_claims(self._claims, sources, targets, words)
             out.lost_conflicts = int((~won).sum())
             sources, targets = sources[won], targets[won]
 

@@ -34,19 +34,6 @@ STOP_REASON = "stopped in the viewer"
 _DRUG_KEY_WORDS = ("schedule", "dose")
 
 
-def _toml_value(v) -> str:
-    """A value as TOML text (what ``--set key=value`` parses back)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return str(v)
-
-
 def _leaves(data, prefix=""):
     if isinstance(data, dict):
         for k, v in data.items():
@@ -62,17 +49,18 @@ def default_overrides(scenario_path) -> list[str]:
 
     Raises ``tmesim.ScenarioError`` (a UserError) for a scenario that does not validate."""
     import tmesim
+    from tmesim.scenario import toml_value
     sc = tmesim.load_scenario(scenario_path)
-    lines = [f"run.duration_days={_toml_value(sc.run.duration_days)}",
-             f"run.seed={_toml_value(sc.run.seed)}",
-             f"run.snapshot_every_hours={_toml_value(sc.run.snapshot_every_hours)}"]
+    lines = [f"run.duration_days={toml_value(sc.run.duration_days)}",
+             f"run.seed={toml_value(sc.run.seed)}",
+             f"run.snapshot_every_hours={toml_value(sc.run.snapshot_every_hours)}"]
     with open(scenario_path, "rb") as fh:
         raw = tomllib.load(fh)
     drugs = raw.get("drugs")
     if isinstance(drugs, dict):
         for key, value in _leaves(drugs, "drugs"):
             if any(w in key.lower() for w in _DRUG_KEY_WORDS):
-                lines.append(f"{key}={_toml_value(value)}")
+                lines.append(f"{key}={toml_value(value)}")
     return lines
 
 
