@@ -369,3 +369,111 @@ TM_KERNEL void tm_thomas_solve_factored(int F, int nz, int ny, int nx, int axis,
         }
     }
 }
+
+/* tm_cg_rhs: b = c * inv_dt + S, the right-hand side of one implicit-Euler field step (the
+ * operator's diagonal is unchanged between the field steps of an agent step, so only b is redone).
+ * Twin of "np.multiply(c, inv_dt, out=b); b += S" in FieldSolver._adi_step.
+ *   c, S   (F*n,) float32 (field units; units/min)
+ *   inv_dt 1/dt in 1/min (the float32 numpy uses)
+ *   b      (F*n,) float32 output, units/min
+ * One work item per (field, site); each writes only its own b[i]. */
+TM_KERNEL void tm_cg_rhs(long long n_total, float inv_dt,
+                         const float* __restrict__ c,
+                         const float* __restrict__ S,
+                         float* __restrict__ b) {
+    TM_FOR_EACH(i, n_total) {
+        b[i] = __fadd_rn(__fmul_rn(c[i], inv_dt), S[i]);
+    }
+}
+
+/* NaN test for doubles (x != x, as tm_isnan). */
+TM_HD bool tm_isnan64(double x) { return x != x; }
+
+/* LOD's per-voxel implicit reaction c (1 + dt U') = c + dt S, U' = U - decay (decay is split
+ * among the line solves), in float64 as FieldSolver._lod_run computes its coefficient arrays
+ * ra = 1 / (((double)U - decay) dt + 1), rb = ((double)S dt) ra, then c ra + rb; here per voxel
+ * from the float32 rate tables instead of two float64 arrays per field (16 B per voxel saved).
+ * a - b is spelled a + (-b): negation is exact, so it is the same IEEE operation. */
+TM_HD double tm_lod_react(double x, float u, float s, double decay, double dt) {
+    double ra = __dadd_rn((double)u, -decay);
+    ra = __dmul_rn(ra, dt);
+    ra = __dadd_rn(ra, 1.0);
+    ra = __ddiv_rn(1.0, ra);                       /* np.reciprocal: 1/x, correctly rounded */
+    const double rb = __dmul_rn(__dmul_rn((double)s, dt), ra);
+    return __dadd_rn(__dmul_rn(x, ra), rb);
+}
+
+/* tm_lod_sweep: one LOD line solve of ONE field in float64, in place, along kernel axis `axis`,
+ * with BioFVM's vessel reset and, on the last axis, the reaction update fused into the back
+ * substitution. Twin of one _lod_sweep call of FieldSolver._lod_run plus the lines after it
+ * ("w[:, pinned] = v", and after the x sweep "t[pinned] = v; t *= ra; t += rb; t[pinned] = v").
+ *   nz, ny, nx   grid (2D: nz = 1)
+ *   F, f         number of fields and this field's index (column of the coefficient tables)
+ *   x            (n_sites,) float64, this field's work array (field units)
+ *   inv, kinv, cp  (m, F) float64 ThomasCoefficients of LOD's (1 + dt decay/ndim - dt D L_axis),
+ *                dimensionless, m = the axis length
+ *   kg_lo, kg_hi k g, the Dirichlet ghost terms added to the first / last row's right-hand side
+ *                (0 for a field without a bath on that face); NaN: the face is no-flux for every
+ *                field and numpy adds nothing (bit-exact even for a -0.0 value)
+ *   kind         (n_sites,) uint8; vessel voxels are reset to `vessel` once their line is solved
+ *   vessel       this field's vessel value (float32 value widened, field units)
+ *   react        nonzero: non-vessel voxels get the reaction tm_lod_react (the last axis)
+ *   tumor_state  (n_sites,) uint8; U_table, S_table (F, n_codes) float32 as tm_rates
+ *                (uptake + decay in 1/min; secretion in units/min), n_codes = n_kinds * n_states
+ *   decay        this field's decay (1/min, float64); dt the field step (min)
+ * One work item per line (n_sites / m lines). The back substitution keeps the unreset value in a
+ * register for the next row, so resetting/reacting row i+1 as soon as row i is solved gives what
+ * numpy's separate passes give. A work item reads and writes only the m sites of its own line
+ * (lines of one axis are disjoint) and reads the shared tables: no races, no atomics, and the
+ * result does not depend on the order in which lines run. */
+TM_KERNEL void tm_lod_sweep(int nz, int ny, int nx, int axis, int F, int f,
+                            double* __restrict__ x,
+                            const double* __restrict__ inv,
+                            const double* __restrict__ kinv,
+                            const double* __restrict__ cp,
+                            double kg_lo, double kg_hi,
+                            const u8* __restrict__ kind, double vessel, int react,
+                            const u8* __restrict__ tumor_state, int n_codes, int n_states,
+                            const float* __restrict__ U_table,
+                            const float* __restrict__ S_table,
+                            double decay, double dt) {
+    const int m_axis = axis == 0 ? nz : axis == 1 ? ny : nx;
+    const long long n_lines = (long long)nz * ny * nx / m_axis;
+    const bool add_lo = !tm_isnan64(kg_lo), add_hi = !tm_isnan64(kg_hi);
+    const float* Uf = U_table + (long long)f * n_codes;
+    const float* Sf = S_table + (long long)f * n_codes;
+    TM_FOR_EACH(l, n_lines) {
+        long long base, stride;
+        int m;
+        tm_line(l, nz, ny, nx, axis, &base, &stride, &m);   /* one field: l < n_lines, f = 0 */
+        /* forward: numpy adds k g to the edge rows first, then x_0 *= inv_0,
+         * x_i = x_i inv_i + x_{i-1} kinv_i */
+        double prev = x[base];
+        if (add_lo) prev = __dadd_rn(prev, kg_lo);
+        if (m == 1 && add_hi) prev = __dadd_rn(prev, kg_hi);
+        prev = __dmul_rn(prev, inv[f]);
+        if (m > 1) x[base] = prev;
+        for (int i = 1; i < m; ++i) {
+            const long long at = base + i * stride;
+            double xi = x[at];
+            if (i == m - 1 && add_hi) xi = __dadd_rn(xi, kg_hi);
+            const double t = __dmul_rn(prev, kinv[i * F + f]);
+            prev = __dadd_rn(__dmul_rn(xi, inv[i * F + f]), t);
+            if (i < m - 1) x[at] = prev;
+        }
+        /* back: x_i -= cp_i x_{i+1}; each row's final value is reset (vessels) or reacted
+         * before it is stored, while `prev` keeps the plain solution for the next row */
+        for (int i = m - 1; i >= 0; --i) {
+            const long long at = base + i * stride;
+            if (i < m - 1) prev = __dadd_rn(x[at], -__dmul_rn(prev, cp[i * F + f]));
+            double out = prev;
+            if (kind[at] == TM_VESSEL) {
+                out = vessel;
+            } else if (react) {
+                const int idx = (int)kind[at] * n_states + (int)tumor_state[at];
+                out = tm_lod_react(prev, Uf[idx], Sf[idx], decay, dt);
+            }
+            x[at] = out;
+        }
+    }
+}

@@ -251,7 +251,8 @@ def test_pointwise_pieces_bit_exact(launcher):
 
 # ------------------------------------------------------------------------------------------ tumor
 def tumor_config(**kw) -> TumorConfig:
-    """A TumorConfig with the persister transitions off (they have no kernel yet)."""
+    """A TumorConfig with the persister transitions off: the growth rules alone (the persister
+    biology has its own parity tests in tests/test_kernels_tumor_cpu.py)."""
     cfg = TumorConfig(**kw)
     if hasattr(cfg, "transitions"):
         from tmesim.scenario import TransitionConfig
@@ -347,12 +348,27 @@ def test_tumor_rules_do_not_depend_on_thread_order(launcher, order):
     np.testing.assert_array_equal(s1, s0)
 
 
-def test_tumor_kernels_refuse_rules_they_do_not_have(launcher):
+def test_tumor_kernels_take_every_rule(launcher):
+    """Nothing of the numpy rules is refused any more, and the default persister biology runs
+    on the kernels with the numpy step's result (tests/test_kernels_tumor_cpu.py has the full
+    parity tests: drugs, signalling, memory, every branch)."""
     cfg = TumorConfig()
-    if not kernels.unsupported_tumor_rules(cfg):
-        pytest.skip("this TumorConfig has no persister transitions")
-    with pytest.raises(NotImplementedError, match="do not implement"):
-        kernels.KernelTumorRules(cfg, Grid((4, 4), 20.0), 1, 6.0, launcher=launcher)
+    assert kernels.unsupported_tumor_rules(cfg) == []
+    assert kernels.unsupported_tumor_rules(tumor_config()) == []
+    g = np.random.default_rng(4)
+    grid = Grid((20, 20), 20.0)
+    kind, state, o2 = random_lattice(g, grid.shape)
+    ref = TumorRules(cfg, grid, 4, 6.0)
+    ker = kernels.KernelTumorRules(cfg, grid, 4, 6.0, launcher=launcher)
+    mem = g.random(grid.n_sites).astype(np.float32)
+    t_p = g.uniform(0, 5000, grid.n_sites).astype(np.float32)
+    a = [kind.copy(), state.copy(), mem.copy(), t_p.copy()]
+    b = [kind.copy(), state.copy(), mem.copy(), t_p.copy()]
+    for step in range(3):
+        assert ker.apply(b[0], b[1], o2, step, b[2], b[3]) == \
+            ref.apply(a[0], a[1], o2, step, a[2], a[3])
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(y.view(np.uint8), x.view(np.uint8))
 
 
 # ------------------------------------------------------------------------------------------ sources

@@ -1,0 +1,373 @@
+"""The tumor kernels with the persister biology (kernels/tumor.cu) against TumorRules.apply.
+
+The kernels run compiled as C++ behind kernels/portable.h (PortableLauncher), and on a GPU when
+one is present (the ``gpu`` parameter of the launcher fixture and the device-resident test at the
+end; both skip without one). Every step must leave kind, tumor_state, memory and time_in_P
+identical bit for bit to numpy's (float32 compared as bits), with the same RuleCounts in every
+field and the same division list, on random 2D and 3D lattices of S, P and R cells with random
+memory, time in P, oxygen, HGF and IGF-1 and one to four drugs whose concentrations span their
+EC50s; and the same in forward, reverse and scrambled work-item order. The parameter sets make
+every branch fire often (the tests assert that it did).
+
+Per-cell pow and exp are not correctly rounded and numpy's loops (SVML on AVX-512) differ from
+glibc's in the last bit of a few % of their results; kernels/decisions.cuh explains why that
+changes a decision or a float32 memory only about once in 1e9 cell-steps or less, so these
+~1e4 cell-step tests are exact in practice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from tmesim import codes, kernels
+from tmesim.backend import gpu_available
+from tmesim.drugs import DRUG_PRESETS
+from tmesim.grid import Grid
+from tmesim.scenario import (DrugConfig, EffectConfig, SignallingConfig, TransitionConfig,
+                             TumorConfig)
+from tmesim.steps.tumor import RuleCounts, TumorRules
+
+pytestmark = pytest.mark.skipif(kernels.find_cxx() is None and not gpu_available(),
+                                reason="no C++ compiler and no GPU")
+
+DT_MIN = 6.0
+
+
+class MirrorLauncher:
+    """Each launch on the GPU with numpy arguments: arrays go to the device and come back, so the
+    CPU tests' bodies and exact expectations apply unchanged."""
+    xp = np
+
+    def __init__(self):
+        import cupy
+        self.cupy = cupy
+        self.gpu = kernels.CupyLauncher()
+
+    def set_order(self, mode):
+        """Thread order is the hardware's on a GPU: nothing to set."""
+
+    def __call__(self, name, n_work, *args):
+        dev = [self.cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+        self.gpu(name, n_work, *dev)
+        for a, d in zip(args, dev):
+            if isinstance(a, np.ndarray):
+                a[...] = self.cupy.asnumpy(d)
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param("cpu", marks=pytest.mark.skipif(kernels.find_cxx() is None,
+                                                 reason="no C++ compiler")),
+    pytest.param("gpu", marks=[pytest.mark.gpu,
+                               pytest.mark.skipif(not gpu_available(), reason="needs a GPU")])])
+def launcher(request):
+    if request.param == "gpu":
+        yield MirrorLauncher()
+        return
+    portable = kernels.PortableLauncher(kernels.build_portable())
+    portable.set_order(0)
+    yield portable
+    portable.set_order(0)
+
+
+# ------------------------------------------------------------------------------------- inputs
+def preset(name, **overrides):
+    """A DrugConfig from tmesim.drugs.DRUG_PRESETS, effect fields overridden per target."""
+    effects = {t: EffectConfig(**{**e, **overrides.get(t, {})})
+               for t, e in DRUG_PRESETS[name]["effects"].items()}
+    return DrugConfig(name=name, effects=effects)
+
+
+# kill rates raised so that kills happen within a few 6-min steps
+DRUGS = {
+    "none": (),
+    "egfr": (preset("egfr_tki", kill_S=dict(rate_per_h=4.0)),),
+    # kill_S + block_division (hill 1.5: pow), block_entry + exit_speedup, cancel_met
+    "egfr_kdm5_met": (preset("egfr_tki", kill_S=dict(rate_per_h=4.0)),
+                      preset("kdm5_inhibitor"), preset("met_inhibitor")),
+    # kill_P (hill 1 and 2: np.square), cancel_igf1r, a second kill_S with hill 0.5 (np.sqrt) and
+    # a generic hill: every Hill branch of tm_hill, sums and Bliss products over several drugs
+    "four": (preset("hdac_inhibitor", kill_P=dict(rate_per_h=3.0)),
+             preset("gpx4_inhibitor", kill_P=dict(rate_per_h=2.0)),
+             preset("igf1r_inhibitor"),
+             DrugConfig(name="mixed", effects={
+                 "kill_S": EffectConfig(emax=0.9, ec50_uM=0.3, hill=0.5, rate_per_h=3.0),
+                 "exit_speedup": EffectConfig(emax=0.8, ec50_uM=0.3, hill=2.7, fold=3.0),
+                 "block_division": EffectConfig(emax=0.6, ec50_uM=0.3, hill=0.5),
+                 "cancel_met": EffectConfig(emax=0.7, ec50_uM=0.3, hill=1.3)})),
+}
+
+HIGH_RATES = dict(
+    doubling_time_h=0.5, necrosis_max_rate_per_h=3.0, necrotic_clearance_per_h=3.0,
+    persister_tolerance=0.3,
+    transitions=TransitionConfig(entry_basal_per_h=0.6, entry_induced_per_h=3.0, exit_per_h=1.5,
+                                 resistance_per_h=0.6, adaptive_mutability=4.0,
+                                 mutability_ramp_h=1.0, memory_gain_per_h=2.0,
+                                 memory_decay_per_h=1.0, memory_exit_slowing=2.0,
+                                 hypoxia_weight=3.0, hypoxia_exit_slowing=2.0),
+    signalling=SignallingConfig(hgf_growth_gain=0.7, igf1_growth_gain=0.4, entry_weight=2.0))
+
+CONFIGS = {
+    "high": TumorConfig(**HIGH_RATES),
+    # hypoxia as a step (hypoxic <= necrosis threshold), necrosis as a step, selection only
+    "steps_selection": TumorConfig(**{**HIGH_RATES, "hypoxic_threshold_mmHg": 4.0,
+                                      "necrosis_threshold_mmHg": 5.0, "necrosis_max_mmHg": 6.0,
+                                      "transitions": dataclasses.replace(
+                                          HIGH_RATES["transitions"], drug_induced=False)}),
+    # adaptation only, no necrosis, no memory decay (k = 0 without drug)
+    "induced_only": TumorConfig(**{**HIGH_RATES, "necrosis_max_rate_per_h": 0.0,
+                                   "transitions": dataclasses.replace(
+                                       HIGH_RATES["transitions"], pre_existing=False,
+                                       memory_decay_per_h=0.0)}),
+    "default": TumorConfig(),
+}
+
+
+def random_inputs(g, shape, drugs, cfg):
+    """A lattice of S/P/R cells, necrotic and empty voxels, and every per-site input."""
+    n = int(np.prod(shape))
+    u = g.random(n)
+    kind = np.zeros(n, dtype=np.uint8)
+    kind[u < 0.5] = codes.TUMOR
+    kind[(u >= 0.5) & (u < 0.58)] = codes.NECROTIC
+    kind[(u >= 0.58) & (u < 0.6)] = codes.VESSEL
+    kind[u > 0.97] = codes.CAF
+    state = np.zeros(n, dtype=np.uint8)
+    t = kind == codes.TUMOR
+    state[t] = g.choice([codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT], t.sum(),
+                        p=[0.5, 0.35, 0.15])
+    memory = g.random(n).astype(np.float32)
+    memory[g.random(n) < 0.2] = 0.0
+    memory[g.random(n) < 0.03] = -0.25        # not physical: pins numpy's "memory > 0" gate
+    ramp = np.float32(cfg.transitions.mutability_ramp_h * 60.0)
+    time_in_P = g.uniform(0, 2.5 * ramp, n).astype(np.float32)
+    time_in_P[g.random(n) < 0.1] = ramp
+    time_in_P[g.random(n) < 0.1] = 0.0
+    o2 = g.uniform(0, 45, n).astype(np.float32)
+    edges = np.array([0.0, cfg.necrosis_max_mmHg, cfg.necrosis_threshold_mmHg,
+                      cfg.proliferation_threshold_mmHg, cfg.hypoxic_threshold_mmHg,
+                      cfg.proliferation_saturation_mmHg], dtype=np.float32)
+    pick = g.random(n) < 0.15
+    o2[pick] = edges[g.integers(0, len(edges), pick.sum())]
+    hgf = g.uniform(0, 40, n).astype(np.float32)
+    igf1 = g.uniform(0, 40, n).astype(np.float32)
+    hgf[g.random(n) < 0.1] = 0.0
+    conc = None
+    if drugs:
+        # each drug's concentrations span 1e-2 to 1e2 times its first effect's EC50
+        ec50 = np.array([next(iter(d.effects.values())).ec50_uM for d in drugs])
+        conc = (ec50[:, None] * 10.0 ** g.uniform(-2, 2, (len(drugs), n))).astype(np.float32)
+        conc[g.random(conc.shape) < 0.08] = 0.0
+        conc[g.random(conc.shape) < 0.02] = -1e-3     # solver undershoot: clamped to 0
+    return kind, state, memory, time_in_P, o2, hgf, igf1, conc
+
+
+def same_bits(a, b):
+    return a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def run_both(launcher, cfg, drugs, shape, neighbourhood, seed, steps, order=0, fields="both"):
+    """Steps of TumorRules.apply and KernelTumorRules.apply from the same random state, compared
+    after every step. Returns the summed counts and the kernels' final arrays."""
+    g = np.random.default_rng(seed)
+    grid = Grid(shape, 20.0, neighbourhood)
+    kind, state, memory, time_in_P, o2, hgf, igf1, conc = random_inputs(g, shape, drugs, cfg)
+    hgf = hgf if fields in ("both", "hgf") else None
+    igf1 = igf1 if fields in ("both", "igf1") else None
+    ref = TumorRules(cfg, grid, seed, DT_MIN, drugs)
+    ker = kernels.KernelTumorRules(cfg, grid, seed, DT_MIN, drugs, launcher=launcher)
+    a = [x.copy() for x in (kind, state, memory, time_in_P)]
+    b = [x.copy() for x in (kind, state, memory, time_in_P)]
+    total = RuleCounts()
+    launcher.set_order(order)
+    try:
+        for step in range(steps):
+            c1 = ref.apply(a[0], a[1], o2, step, a[2], a[3], hgf, igf1, conc)
+            c2 = ker.apply(b[0], b[1], o2, step, b[2], b[3], hgf, igf1, conc)
+            for name, x, y in zip(("kind", "tumor_state", "memory", "time_in_P"), a, b):
+                assert same_bits(y, x), (name, step, np.flatnonzero(x != y)[:10])
+            assert c2 == c1, (step, c1, c2)
+            for x, y in zip(ker.last_division, ref.last_division):
+                np.testing.assert_array_equal(x, y)
+            assert not ker._claims.any()
+            for f in dataclasses.fields(RuleCounts):
+                setattr(total, f.name, getattr(total, f.name) + getattr(c1, f.name))
+    finally:
+        launcher.set_order(0)
+    return total, b
+
+
+# ------------------------------------------------------------------------------------- parity
+GEOMETRIES = [((24, 24), "moore"), ((40, 40), "von_neumann"), ((12, 12, 12), "moore"),
+              ((10, 9, 8), "von_neumann")]
+
+
+@pytest.mark.parametrize("drugs", list(DRUGS))
+@pytest.mark.parametrize("shape,neighbourhood", GEOMETRIES)
+def test_persister_rules_identical(launcher, drugs, shape, neighbourhood):
+    seed = 31 * list(DRUGS).index(drugs) + 7 * len(shape) + (neighbourhood == "moore")
+    total, _ = run_both(launcher, CONFIGS["high"], DRUGS[drugs], shape, neighbourhood, seed,
+                        steps=5)
+    # every branch fired (so a wrong branch cannot hide behind an event that never happens)
+    assert total.divisions and total.necroses and total.cleared, total
+    assert total.entered_P and total.exited_P and total.became_R, total
+    if drugs != "none":
+        assert total.killed_S and total.killed_P and total.killed == \
+            total.killed_S + total.killed_P, total
+    if len(shape) == 2 and neighbourhood == "moore":
+        assert total.blocked and total.lost_conflicts, total
+
+
+@pytest.mark.parametrize("config", ["steps_selection", "induced_only", "default"])
+@pytest.mark.parametrize("drugs", ["none", "egfr_kdm5_met"])
+def test_other_parameter_sets_identical(launcher, config, drugs):
+    total, _ = run_both(launcher, CONFIGS[config], DRUGS[drugs], (30, 30), "moore",
+                        seed=len(config) + len(drugs), steps=5)
+    assert total.divisions > 0, total
+    if config != "default":
+        assert total.exited_P and total.became_R, total
+        # adaptation only: no drug, no entry
+        assert bool(total.entered_P) == (config != "induced_only" or drugs != "none"), total
+
+
+@pytest.mark.parametrize("fields", ["none", "hgf", "igf1"])
+def test_without_signalling_fields_identical(launcher, fields):
+    """hgf / igf1 None: numpy's activation is the scalar 0 (no field read)."""
+    run_both(launcher, CONFIGS["high"], DRUGS["four"], (24, 24), "moore", seed=5, steps=4,
+             fields=fields)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("drugs", ["none", "four"])
+def test_persister_rules_do_not_depend_on_thread_order(launcher, order, drugs):
+    """Every launch's work items in reverse and in a scrambled order: identical to numpy and to
+    the forward order."""
+    args = (launcher, CONFIGS["high"], DRUGS[drugs], (20, 21), "moore", 9, 4)
+    t0, b0 = run_both(*args, order=0)
+    t1, b1 = run_both(*args, order=order)
+    assert t1 == t0
+    for x, y in zip(b0, b1):
+        assert same_bits(x, y)
+
+
+def test_memory_and_time_default_to_zeros_not_kept(launcher):
+    """memory / time_in_P None: zeros for the step, as numpy."""
+    cfg, drugs = CONFIGS["high"], DRUGS["egfr"]
+    g = np.random.default_rng(3)
+    grid = Grid((16, 16), 20.0, "moore")
+    kind, state, _, _, o2, hgf, igf1, conc = random_inputs(g, grid.shape, drugs, cfg)
+    ref = TumorRules(cfg, grid, 3, DT_MIN, drugs)
+    ker = kernels.KernelTumorRules(cfg, grid, 3, DT_MIN, drugs, launcher=launcher)
+    k1, s1, k2, s2 = kind.copy(), state.copy(), kind.copy(), state.copy()
+    for step in range(3):
+        c1 = ref.apply(k1, s1, o2, step, hgf=hgf, igf1=igf1, drug_conc=conc)
+        c2 = ker.apply(k2, s2, o2, step, hgf=hgf, igf1=igf1, drug_conc=conc)
+        assert c1 == c2
+        np.testing.assert_array_equal(k2, k1)
+        np.testing.assert_array_equal(s2, s1)
+
+
+def test_inputs_numpy_would_read_differently_are_refused(launcher):
+    cfg, drugs = CONFIGS["high"], DRUGS["egfr"]
+    grid = Grid((6, 6), 20.0)
+    ker = kernels.KernelTumorRules(cfg, grid, 1, DT_MIN, drugs, launcher=launcher)
+    kind = np.zeros(36, np.uint8)
+    state = np.zeros(36, np.uint8)
+    o2 = np.zeros(36, np.float32)
+    with pytest.raises(ValueError, match="drug_conc"):
+        ker.apply(kind, state, o2, 0)
+    with pytest.raises(ValueError, match="hgf: expected float32"):
+        ker.apply(kind, state, o2, 0, hgf=np.zeros(36), drug_conc=np.zeros((1, 36), np.float32))
+    with pytest.raises(ValueError, match="drug_conc: expected float32"):
+        ker.apply(kind, state, o2, 0, drug_conc=np.zeros((2, 36), np.float32))
+
+
+# ------------------------------------------------------------------------------------- tables
+class HostTables:
+    """A launcher that is never called: the constructor only builds its tables on the host."""
+    xp = np
+
+
+def _perturbed(value):
+    if isinstance(value, bool):
+        return not value
+    return value * 0.5 + 0.125
+
+
+@pytest.mark.parametrize("section", ["tumor", "transitions", "signalling"])
+def test_every_config_field_reaches_the_kernels(section):
+    """Changing any one field of TumorConfig, TransitionConfig or SignallingConfig changes the
+    kernels' parameter vector or state table: no setting of the numpy rules is ignored. And the
+    refusal list of the pre-persister kernels is empty."""
+    base = TumorConfig()
+    grid = Grid((4, 4), 20.0)
+    drugs = DRUGS["egfr"]
+    def tables(cfg):
+        k = kernels.KernelTumorRules(cfg, grid, 1, DT_MIN, drugs, launcher=HostTables())
+        return np.concatenate([k.params_host, k.state_table_host.reshape(-1)])
+
+    ref = tables(base)
+    sub = {"tumor": base, "transitions": base.transitions, "signalling": base.signalling}[section]
+    for f in dataclasses.fields(sub):
+        v = getattr(sub, f.name)
+        if dataclasses.is_dataclass(v):
+            continue                                   # checked as its own section
+        changed = dataclasses.replace(sub, **{f.name: _perturbed(v)})
+        cfg = changed if section == "tumor" else dataclasses.replace(base, **{section: changed})
+        assert not np.array_equal(tables(cfg), ref), f"{section}.{f.name} is not passed on"
+        assert kernels.unsupported_tumor_rules(cfg) == []
+    assert kernels.unsupported_tumor_rules(base) == []
+
+
+def test_effect_table_follows_effects_order():
+    drugs = DRUGS["four"]
+    cols = kernels.kernel_defines("tumor.cu", "TM_EF_")
+    code = kernels.kernel_defines("tumor.cu", "TM_EFFECT_")
+    t = kernels.tumor_effect_table(drugs)
+    want = [(i, tgt, e) for i, d in enumerate(drugs) for tgt, e in d.effects.items()]
+    assert t.shape[0] == len(want)
+    for row, (i, tgt, e) in zip(t, want):
+        assert row[cols["DRUG"]] == i and row[cols["TARGET"]] == code[tgt.upper()]
+        assert (row[cols["EMAX"]], row[cols["EC50_UM"]], row[cols["HILL"]]) == \
+            (e.emax, e.ec50_uM, e.hill)
+        coef = e.rate_per_h if tgt.startswith("kill") else e.fold if tgt == "exit_speedup" else 0
+        assert row[cols["COEF"]] == coef
+    assert kernels.tumor_effect_table(()).shape == (0, kernels.kernel_defines(
+        "tumor.cu", "TM_N_")["EFFECT_COLUMNS"])
+
+
+def test_action_codes_match_the_kernel():
+    acts = {k.lower(): v for k, v in kernels.kernel_defines("tumor.cu", "TM_ACT_").items()
+            if k != "EVENT_MASK"}
+    assert acts == {k.lower(): v for k, v in kernels.ACTIONS.items()}
+    trans = kernels.kernel_defines("tumor.cu", "TM_TRANSITION_")
+    assert trans.pop("SHIFT") == kernels.TRANSITION_SHIFT
+    assert {k.lower(): v for k, v in trans.items()} == \
+        {k.lower(): v for k, v in kernels.TRANSITIONS.items() if k != "none"}
+
+
+# ------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")
+@pytest.mark.parametrize("shape,neighbourhood", [((64, 60), "moore"), ((16, 18, 14), "moore")])
+def test_persister_rules_on_device_and_deterministic(shape, neighbourhood):
+    """State kept on the GPU for several steps: identical to numpy, and two GPU runs identical."""
+    import cupy
+    gpu = kernels.CupyLauncher()
+    cfg, drugs = CONFIGS["high"], DRUGS["four"]
+    g = np.random.default_rng(17)
+    grid = Grid(shape, 20.0, neighbourhood)
+    kind, state, memory, time_in_P, o2, hgf, igf1, conc = random_inputs(g, shape, drugs, cfg)
+    host = [x.copy() for x in (kind, state, memory, time_in_P)]
+    ref = TumorRules(cfg, grid, 3, DT_MIN, drugs)
+    want = [ref.apply(*host[:2], o2, s, *host[2:], hgf, igf1, conc) for s in range(6)]
+    dev_in = [cupy.asarray(x) for x in (o2, hgf, igf1, conc)]
+    for _ in range(2):
+        ker = kernels.KernelTumorRules(cfg, grid, 3, DT_MIN, drugs, launcher=gpu)
+        dev = [cupy.asarray(x) for x in (kind, state, memory, time_in_P)]
+        got = [ker.apply(*dev[:2], dev_in[0], s, *dev[2:], *dev_in[1:]) for s in range(6)]
+        assert got == want
+        for x, d in zip(host, dev):
+            assert same_bits(cupy.asnumpy(d), x)

@@ -1,0 +1,418 @@
+"""The field solver on the kernels: :class:`KernelFieldSolver`, the twin of
+:class:`tmesim.steps.fields.FieldSolver` assembled from the kernels of ``kernels/fields.cu``.
+
+The numpy solver is built inside from the same scenario and supplies every coefficient table
+(rates, ghosts, line factors' k and base, pseudo-step tau, LOD's Thomas coefficients), so the two
+cannot drift apart; the driver runs the same operations in the same order on ``L.xp`` arrays
+(numpy with :class:`tmesim.kernels.PortableLauncher`, cupy with
+:class:`tmesim.kernels.CupyLauncher`).
+
+``adi``: FieldSolver._adi_step's preconditioned conjugate gradients, every vector operation a
+kernel. The per-field inner products and largest |r| are xp reductions: on the CPU the numpy
+solver's own ``_dots`` and ``_absmax`` (results bit for bit numpy's), on the GPU cupy reductions
+(float64 sums of exact float32 products; deterministic for a given shape but summed in another
+order than numpy's, so the GPU iterates agree with numpy's to the rounding of the dots). alpha,
+beta and the stopping threshold stay on the device: **one device-to-host copy per CG iteration**
+(the boolean stopping test), plus one per agent step for the non-finite check (and two more,
+only when max_iterations is reached, for the warning's numbers). The other direction: set_supply
+copies the (F,) vessel values and (adi) the (F, 3, 2) ghosts to the device (a few bytes, once
+per call); lod passes its other per-field numbers as kernel arguments (no copies).
+
+``lod``: FieldSolver._lod_run, one field at a time in a float64 work array of one field (8 B per
+voxel), with the line solves (tm_lod_sweep) taking the vessel reset and, on the last axis, the
+implicit reaction fused in; the reaction reads the float32 rate tables per voxel instead of
+numpy's two float64 coefficient arrays per field. Bit for bit numpy's result.
+
+Memory: :func:`field_workspace_bytes` counts every array the solver allocates (the same list
+that allocates them, so the count is exact); the fields themselves (4 B per field per voxel) and
+the cell state are not included.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from . import codes
+from . import kernels as K
+from .grid import Grid
+from .scenario import Scenario
+from .steps import fields as F_
+from .steps.fields import FieldSolver, FieldSolverError
+
+__all__ = ["KernelFieldSolver", "field_workspace_bytes", "FieldSolverError"]
+
+
+def _factor_keys(ndim: int) -> list[tuple[int, float]]:
+    """The distinct (axis, share) line factors of the ADI preconditioner, in first-use order
+    (FieldSolver._setup_adi's order x/2 ... z ... x/2 repeats all but the middle one)."""
+    order = list(range(ndim - 1)) + [ndim - 1] + list(range(ndim - 2, -1, -1))
+    keys = []
+    for a in order:
+        key = (a, (1.0 if a == ndim - 1 else 0.5) / ndim)
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def _array_specs(method: str, F: int, shape: tuple[int, ...]) -> dict[str, tuple[tuple, type]]:
+    """Every device array a KernelFieldSolver holds, name -> (shape, dtype): the one list that
+    both allocates them and counts them (field_workspace_bytes).
+
+    adi: per field and voxel eight float32 vectors (U, which is reused as the line factors'
+    diagonal scratch once the operator's diagonal is built; S, diag, b, r, z, p, q) and two per
+    distinct line factor (inv, cp; 2 in 2D, 3 in 3D), i.e. 4 F (8 + 2 ndim) B per voxel.
+    lod: one float64 work array of one field, 8 B per voxel.
+    Both: small tables (rates, per-field constants, ghosts, LOD coefficients)."""
+    ndim = len(shape)
+    nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
+    f32, f64 = np.float32, np.float64
+    specs = {"U_table": ((F, nk * ns), f32), "S_table": ((F, nk * ns), f32),
+             "vessel": ((F,), f32), "zeros": ((F,), f32)}
+    if method == "adi":
+        full = (F,) + tuple(shape)
+        for name in ("U", "S", "diag", "b", "r", "z", "p", "q"):
+            specs[name] = (full, f32)
+        specs["D_over_h2"] = ((F,), f32)
+        specs["ghosts"] = ((F, 3, 2), f32)
+        specs["ghosts0"] = ((F, 3, 2), f32)
+        for j, (a, _) in enumerate(_factor_keys(ndim)):
+            specs[f"inv{j}"] = (full, f32)
+            specs[f"cp{j}"] = (full, f32)
+            specs[f"scale{j}"] = ((F,), f32)
+            specs[f"k{j}"] = ((F,), f32)
+            specs[f"base{j}"] = ((shape[a] * F,), f32)
+    else:
+        specs["w"] = (tuple(shape), f64)
+        for a in range(ndim):
+            for part in ("inv", "kinv", "cp"):
+                specs[f"lod_{part}{a}"] = ((shape[a], F), f64)
+    return specs
+
+
+def field_workspace_bytes(sc: Scenario) -> int:
+    """Bytes of device memory a KernelFieldSolver for ``sc`` allocates, beyond the fields array
+    (F, n_sites) float32 and the cell state it is given: for lod 8 B per voxel (one field's
+    float64 work array), for adi 4 F (8 + 2 ndim) B per voxel, plus small tables. Exact for a
+    step given a tumor_state (a step without one adds a zero state array, 1 B per voxel) and not
+    counting the few-element temporaries of the reductions."""
+    F = len(sc.fields)
+    if F == 0:
+        return 0
+    specs = _array_specs(sc.solver.method, F, tuple(sc.grid.shape))
+    return int(sum(math.prod(shp) * np.dtype(dt).itemsize for shp, dt in specs.values()))
+
+
+class KernelFieldSolver:
+    """Advances every field by one agent step on the kernels: twin of FieldSolver (same
+    ``step``, ``set_supply``, ``rates``, ``last_sweeps``, ``F``, ``method``, ``vessel_value``,
+    ``n_sub``, ``dt``).
+
+    Args:
+        sc: the scenario (fields, solver settings).
+        grid: the lattice.
+        launcher: where to run (default: the current CUDA device); arrays given to ``step`` and
+            returned by ``rates`` are ``launcher.xp`` arrays.
+    """
+
+    def __init__(self, sc: Scenario, grid: Grid, *, launcher=None):
+        self.L = L = launcher or K.default_launcher()
+        self.xp = xp = L.xp
+        self.ref = ref = FieldSolver(sc, grid, threads=1)
+        self.sc, self.grid, self.ndim = sc, grid, grid.ndim
+        self.F, self.method, self.n_sub, self.dt = ref.F, ref.method, ref.n_sub, ref.dt
+        self.last_sweeps = 0
+        self._warned = False           # max_iterations reached (warned once per solver)
+        self._zero_state = None        # tumor_state of a step given none (allocated if needed)
+        self._arrays = {}
+        if self.F == 0:
+            return
+        for name, (shape, dtype) in _array_specs(self.method, self.F, grid.shape).items():
+            self._arrays[name] = xp.zeros(shape, dtype=dtype)
+        a = self._arrays
+        F, nd = self.F, self.ndim
+        # float32 tables as FieldSolver.rates casts them
+        a["U_table"][...] = xp.asarray(ref.U_table.reshape(F, -1).astype(np.float32))
+        a["S_table"][...] = xp.asarray(ref.S_table.reshape(F, -1).astype(np.float32))
+        if self.method == "adi":
+            a["D_over_h2"][...] = xp.asarray(ref.D_over_h2.reshape(F))
+            a["ghosts0"][...] = xp.asarray(K.pack_ghosts(np, ref.ghosts0, F, nd))
+            tau = ref.tau.astype(np.float32)
+            self._plan = []                 # per factor of the product: index of its key
+            keys = _factor_keys(nd)
+            for axis, share, k, base in ref.adi_factors:
+                j = keys.index((axis, float(share)))
+                self._plan.append(j)
+                # the float32 scale numpy uses: tau * np.float32(share)
+                a[f"scale{j}"][...] = xp.asarray(tau * np.float32(share))
+                a[f"k{j}"][...] = xp.asarray(k.reshape(F))
+                a[f"base{j}"][...] = xp.asarray(base.reshape(-1))
+        else:
+            for ax, co in enumerate(ref.lod_coeffs):
+                m = grid.shape[ax]
+                for part in ("inv", "kinv", "cp"):
+                    a[f"lod_{part}{ax}"][...] = xp.asarray(getattr(co, part).reshape(m, F))
+        self._sync_supply()
+
+    # ----------------------------------------------------------------------------- supply, rates
+    @property
+    def vessel_value(self) -> np.ndarray:
+        """(F, 1) float32 vessel values (host array, shared with the numpy solver)."""
+        return self.ref.vessel_value
+
+    def _sync_supply(self) -> None:
+        """Device copies of what set_supply changes: vessel values and (adi) packed ghosts."""
+        xp, a = self.xp, self._arrays
+        a["vessel"][...] = xp.asarray(self.ref.vessel_value.reshape(self.F))
+        if self.method == "adi":
+            a["ghosts"][...] = xp.asarray(K.pack_ghosts(np, self.ref.ghosts, self.F, self.ndim))
+
+    def set_supply(self, values) -> None:
+        """Set the value that vessels and Dirichlet faces hold each field at, (F,) in field units
+        (NaN keeps a field's values): FieldSolver.set_supply, then the device copies."""
+        if self.F == 0:
+            return
+        self.ref.set_supply(values)
+        self._sync_supply()
+
+    def rates(self, kind, tumor_state=None):
+        """Per-voxel implicit rate U (1/min, decay included) and source S (units/min), (F, n)
+        float32 xp arrays, by tm_rates: FieldSolver.rates."""
+        if tumor_state is None:
+            tumor_state = self.xp.zeros_like(kind)
+        a = self._arrays
+        nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
+        return K.rates(kind, tumor_state, a["U_table"].reshape(self.F, nk, ns),
+                       a["S_table"].reshape(self.F, nk, ns), launcher=self.L)
+
+    def workspace_bytes(self) -> int:
+        """Bytes of the device arrays this solver holds now (field_workspace_bytes(sc) plus the
+        zero tumor state, once a step was given none)."""
+        n = sum(int(v.nbytes) for v in self._arrays.values())
+        return n + (0 if self._zero_state is None else int(self._zero_state.nbytes))
+
+    # ----------------------------------------------------------------------------- stepping
+    def step(self, fields, kind, tumor_state=None):
+        """Advance ``fields`` (F, n_sites) float32 by one agent step in place, given occupants
+        ``kind`` and ``tumor_state`` ((n_sites,) uint8; xp arrays, C-contiguous)."""
+        if self.F == 0:
+            return fields
+        xp = self.xp
+        K._check(fields, dtype=np.float32)
+        if tumor_state is None:
+            if self._zero_state is None or self._zero_state.shape != kind.shape:
+                self._zero_state = xp.zeros_like(kind)
+            tumor_state = self._zero_state
+        K._check(kind, tumor_state, dtype=np.uint8)
+        c = fields.reshape((self.F,) + self.grid.shape)
+        K.set_pinned(c, kind, self._arrays["vessel"], launcher=self.L)
+        if self.method == "adi":
+            self._adi_prepare(c, kind, tumor_state)
+            sweeps = 0
+            for _ in range(self.n_sub):
+                sweeps += self._adi_step(c, kind)
+        else:
+            self._lod_run(c, kind, tumor_state)
+            sweeps = self.n_sub
+        self.last_sweeps = sweeps
+        # largest and smallest value per field: NaN propagates through both and an infinity
+        # shows in one, so this is isfinite(fields).all() without a (F, n) boolean temporary
+        flat = fields.reshape(self.F, -1)
+        ext = xp.concatenate([flat.max(axis=1), flat.min(axis=1)])
+        if not bool(xp.isfinite(ext).all()):
+            ok = np.isfinite(_host(ext)).reshape(2, self.F).all(axis=0)
+            bad = [self.sc.fields[i].name for i in range(self.F) if not ok[i]]
+            raise FieldSolverError(f"field(s) {', '.join(bad)} became non-finite")
+        return fields
+
+    # ----------------------------------------------------------------------------- adi (CG)
+    def _apply(self, p, ghosts, out):
+        """out = (1/dt + U) p - D lap(p) with packed ghosts: FieldSolver._apply."""
+        F = self.F
+        nz, ny, nx, ndim = K._grid3(self.grid.shape)
+        a = self._arrays
+        self.L("tm_apply_operator", p.size, np.int32(F), nz, ny, nx, ndim, p, a["diag"],
+               a["D_over_h2"], ghosts, out)
+        return out
+
+    def _adi_prepare(self, c, kind, tumor_state):
+        """Once per agent step: rates, the operator's diagonal, and every distinct line factor's
+        elimination factors (FieldSolver._adi_prepare)."""
+        a, L, F = self._arrays, self.L, self.F
+        n = self.grid.n_sites
+        U, S = a["U"], a["S"]
+        nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
+        L("tm_rates", F * n, np.int32(F), np.int64(n), np.int32(nk * ns), np.int32(ns), kind,
+          tumor_state, a["U_table"], a["S_table"], U, S)
+        inv_dt = np.float32(1.0 / self.dt)
+        # diag = U + 1/dt (b is redone by every field step)
+        L("tm_cg_setup", c.size, np.int64(c.size), inv_dt, c, U, S, a["diag"], a["b"])
+        extra = U                   # U is not needed again this agent step
+        for j, (axis, _) in enumerate(_factor_keys(self.ndim)):
+            K.factor_diag(a["diag"], a[f"scale{j}"], kind, F_._PIN, extra, launcher=L)
+            K.thomas_factor_diag(axis, a[f"k{j}"], a[f"base{j}"], extra, a[f"inv{j}"],
+                                 a[f"cp{j}"], launcher=L)
+
+    def _precondition(self, r, out, kind):
+        """out = M^-1 r, the symmetric product of line factors: FieldSolver._precondition."""
+        a, L, xp = self._arrays, self.L, self.xp
+        xp.copyto(out, r)
+        keys = _factor_keys(self.ndim)
+        for j in self._plan:
+            K.thomas_solve_factored(out, keys[j][0], a[f"k{j}"], a[f"inv{j}"], a[f"cp{j}"],
+                                    launcher=L)
+        K.set_pinned(out, kind, a["zeros"], launcher=L)
+        return out
+
+    def _dots(self, x, y):
+        """Per-field inner products in float64: numpy's own _dots on the CPU (bit for bit), a
+        cupy reduction of the exact float64 products on the GPU."""
+        if self.xp is np:
+            return F_._dots(x, y)
+        return _cupy_dot()(x.reshape(self.F, -1), y.reshape(self.F, -1), axis=1)
+
+    def _absmax(self, x):
+        """Per-field largest |x| (exact on either side: max and min do not round)."""
+        if self.xp is np:
+            return F_._absmax(x)
+        x2 = x.reshape(self.F, -1)
+        return self.xp.maximum(x2.max(axis=1), -x2.min(axis=1))
+
+    def _adi_step(self, c, kind) -> int:
+        """One implicit-Euler field step by preconditioned CG: FieldSolver._adi_step."""
+        a, L, xp = self._arrays, self.L, self.xp
+        S, b, r, z, p, q = (a[n] for n in ("S", "b", "r", "z", "p", "q"))
+        f32 = np.float32
+        K.cg_rhs(c, S, f32(1.0 / self.dt), b, launcher=L)
+        # r = b - A c with the true boundary values; 0 at pinned voxels
+        self._apply(c, a["ghosts"], r)
+        K.residual(b, r, kind, launcher=L)
+        self._precondition(r, z, kind)
+        xp.copyto(p, z)
+        rz, r0, bmax = self._dots(r, z), self._absmax(r), self._absmax(b)
+        tol = self.sc.solver.tolerance
+        # numpy evaluates tol * r0 with the Python float as a float32 (NEP 50): the same here,
+        # spelled with the array first so that a cupy array's operator handles it
+        thresh = xp.maximum(r0 * f32(tol), bmax * f32(min(tol, 1e-6)))
+        beta = None
+        it = 0
+        rmax = r0
+        for it in range(1, self.sc.solver.max_iterations + 1):
+            if beta is not None:
+                K.scale_add(p, beta, z, launcher=L)
+            self._apply(p, a["ghosts0"], q)
+            K.set_pinned(q, kind, a["zeros"], launcher=L)
+            pq = self._dots(p, q)
+            alpha = xp.where(pq > 0, rz / xp.where(pq > 0, pq, 1.0), 0.0).astype(f32)
+            K.axpy(c, alpha, p, launcher=L)
+            K.axpy(r, -alpha, q, launcher=L)
+            rmax = self._absmax(r)
+            if bool((rmax <= thresh).all()):        # the one host sync of an iteration
+                break
+            self._precondition(r, z, kind)
+            rz_new = self._dots(r, z)
+            beta = xp.where(rz > 0, rz_new / xp.where(rz > 0, rz, 1.0), 0.0).astype(f32)
+            rz = rz_new
+        else:
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"field solve stopped at solver.max_iterations = {it} with residual "
+                              f"{float(rmax.max()):.3g} (start {float(r0.max()):.3g}); raise "
+                              "solver.max_iterations or solver.tolerance", RuntimeWarning,
+                              stacklevel=3)
+        return it
+
+    # ----------------------------------------------------------------------------- lod
+    def _lod_run(self, c, kind, tumor_state):
+        """All n_sub LOD substeps, one field at a time in the float64 work array:
+        FieldSolver._lod_run (per substep the line solves along each grid axis in turn, vessel
+        reset after each, the reaction after the last)."""
+        a, L, xp, ref = self._arrays, self.L, self.xp, self.ref
+        nd, F = self.ndim, self.F
+        w = a["w"]
+        kg = self._lod_ghost_terms()
+        vessel = ref.vessel_value.astype(np.float64).reshape(F)
+        for f in range(F):
+            xp.copyto(w, c[f])
+            for _ in range(self.n_sub):
+                for ax in range(nd):
+                    K.lod_sweep(w, ax, f, a[f"lod_inv{ax}"], a[f"lod_kinv{ax}"], a[f"lod_cp{ax}"],
+                                kg[ax][0][f], kg[ax][1][f], kind, vessel[f], ax == nd - 1,
+                                tumor_state, a["U_table"], a["S_table"], ref.decay[f], ref.dt,
+                                launcher=L)
+            xp.copyto(c[f], w, casting="same_kind")
+
+    def _lod_ghost_terms(self):
+        """Per grid axis (lo, hi) the (F,) float64 Dirichlet terms k g as FieldSolver._lod_run
+        computes them (NaN -> 0 per field), or all NaN where numpy's ghost is None (no term)."""
+        ref, F = self.ref, self.F
+        out = []
+        for pair in ref.ghosts:
+            terms = []
+            for gh in pair:
+                if gh is None:
+                    terms.append(np.full(F, np.nan))
+                else:
+                    terms.append(np.nan_to_num(gh.astype(np.float64).reshape(F) * ref.lod_k64,
+                                               nan=0.0))
+            out.append(terms)
+        return out
+
+
+def _host(x) -> np.ndarray:
+    """A host copy of a numpy or cupy array."""
+    return x.get() if hasattr(x, "get") else np.asarray(x)
+
+
+_CUPY_DOT = None
+
+
+def _cupy_dot():
+    """Per-row float64 inner product of float32 arrays as a cupy reduction (no temporaries;
+    each product of two float32 values is exact in float64, so only the sum order differs from
+    numpy's einsum)."""
+    global _CUPY_DOT
+    if _CUPY_DOT is None:
+        import cupy
+        _CUPY_DOT = cupy.ReductionKernel("float32 x, float32 y", "float64 out",
+                                         "(double)x * (double)y", "a + b", "out = a", "0",
+                                         "tm_field_dot")
+    return _CUPY_DOT
+
+
+def lod_sweep_numpy(x, axis: int, f: int, inv, kinv, cp, kg_lo: float, kg_hi: float, kind,
+                    vessel: float, react: bool, tumor_state, U_table, S_table, decay: float,
+                    dt: float):
+    """numpy twin of :func:`tmesim.kernels.lod_sweep` (same arguments, numpy arrays): the
+    operations of FieldSolver._lod_run for one field and one axis -- fields._lod_sweep, then
+    ``x[pinned] = v``, and with ``react`` the reaction ``x = x ra + rb`` with ra, rb built as
+    _lod_run builds them, then ``x[pinned] = v`` again. In place on x (*grid) float64."""
+    nd = x.ndim
+    m = x.shape[axis]
+    bshape = (m, 1) + (1,) * (nd - 1)
+    co = F_.ThomasCoefficients(inv=inv[:, f].reshape(bshape), kinv=kinv[:, f].reshape(bshape),
+                               cp=cp[:, f].reshape(bshape))
+    one = (1,) + (1,) * (nd - 1)
+    kg = tuple(None if np.isnan(v) else np.full(one, v, dtype=np.float64)
+               for v in (kg_lo, kg_hi))
+    xa = np.moveaxis(x[None], axis + 1, 0)
+    F_._lod_sweep(xa, co, slice(None), kg, np.empty(xa.shape[1:], np.float64))
+    flat = x.reshape(-1)
+    pinned = np.flatnonzero(kind == codes.VESSEL)
+    flat[pinned] = vessel
+    if react:
+        idx = kind.astype(np.intp) * len(codes.TUMOR_STATE_NAMES) + tumor_state
+        ra = U_table[f][idx].astype(np.float64)
+        ra -= decay
+        ra *= dt
+        ra += 1.0
+        np.reciprocal(ra, out=ra)
+        rb = S_table[f][idx].astype(np.float64)
+        rb *= dt
+        rb *= ra
+        flat *= ra
+        flat += rb
+        flat[pinned] = vessel
+    return x
