@@ -48,6 +48,7 @@
 #define TM_ACT_BORN 5        /* empty voxel received a daughter (set by tm_tumor_apply) */
 #define TM_ACT_KILLED_S 6    /* sensitive cell killed by drugs: the voxel becomes empty */
 #define TM_ACT_KILLED_P 7    /* persister killed by drugs: the voxel becomes empty */
+#define TM_ACT_KILLED_R 8    /* resistant cell dead of basal turnover: the voxel becomes empty */
 #define TM_ACT_EVENT_MASK 15
 #define TM_TRANSITION_SHIFT 4
 #define TM_TRANSITION_TO_P 1 /* S -> P */
@@ -113,7 +114,8 @@
 #define TM_TP_HGF_GROWTH_GAIN 36
 #define TM_TP_IGF1_GROWTH_GAIN 37
 #define TM_TP_ENTRY_WEIGHT 38             /* signalling.entry_weight */
-#define TM_N_TUMOR_PARAMS 39
+#define TM_TP_DEATH_PER_H 39              /* basal turnover of every tumor cell (1/h) */
+#define TM_N_TUMOR_PARAMS 40
 
 /* state_table rows: one factor per tumor state (none, S, P, R). */
 #define TM_TS_DIVISION 0                  /* f_state of the division rate */
@@ -306,10 +308,14 @@ TM_KERNEL void tm_tumor_decide(long long n_sites, int nz, int ny, int nx,
                     kill = __dadd_rn(__dmul_rn(eff.kill_S, params[TM_TP_PERSISTER_TOLERANCE]),
                                      eff.kill_P);
                 }
+                /* basal turnover joins the drug kill as one loss event (kill + 0.0 is exact,
+                 * as numpy's skipped addition) */
+                kill = __dadd_rn(kill, params[TM_TP_DEATH_PER_H]);
                 kill = __dmul_rn(kill, per_min);
                 if (kill > 0.0 && tm_rng_uniform(seed, step, (u64)s, TM_STREAM_KILL) <
                                       tm_probability(kill, dt))
-                    act = ts == TM_SENSITIVE ? TM_ACT_KILLED_S : TM_ACT_KILLED_P;
+                    act = ts == TM_SENSITIVE ? TM_ACT_KILLED_S
+                        : (ts == TM_PERSISTER ? TM_ACT_KILLED_P : TM_ACT_KILLED_R);
             }
             if (act != TM_ACT_NONE) {
                 /* necrotic or killed: numpy clears the cell's variables */
@@ -465,7 +471,8 @@ TM_KERNEL void tm_tumor_apply(long long n_sites, u8* __restrict__ kind,
                               const u64* __restrict__ claims) {
     TM_FOR_EACH(t, n_sites) {
         const u8 ev = action[t] & TM_ACT_EVENT_MASK;
-        if (ev == TM_ACT_CLEAR || ev == TM_ACT_KILLED_S || ev == TM_ACT_KILLED_P) {
+        if (ev == TM_ACT_CLEAR || ev == TM_ACT_KILLED_S || ev == TM_ACT_KILLED_P ||
+            ev == TM_ACT_KILLED_R) {
             kind[t] = TM_EMPTY;
         } else if (ev == TM_ACT_NECROSIS) {
             kind[t] = TM_NECROTIC;

@@ -398,18 +398,20 @@ def test_missing_sources_name_every_place_searched(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ backend
-def test_backend_selection_waits_for_every_kernel():
-    """auto stays on the CPU and gpu is refused, naming what is missing, until every step of the
-    model has its kernel (tmesim.backend.GPU_MISSING_STEPS)."""
-    from tmesim.backend import GPU_MISSING_STEPS, get_backend
+def test_backend_selection():
+    """Every step has its kernel; auto keeps to the CPU until the kernels are verified on a GPU
+    (tmesim.backend.GPU_VERIFIED) or when there is none; gpu without a device is a clear error;
+    an unknown backend is named."""
+    from tmesim import backend
     from tmesim.errors import UserError
-    if not GPU_MISSING_STEPS:
-        pytest.skip("every step has its kernel")
-    assert get_backend("auto").name == "cpu"
-    with pytest.raises(UserError, match="not every step has its CUDA kernel"):
-        get_backend("gpu")
+    assert backend.GPU_MISSING_STEPS == ()
+    if not (backend.GPU_VERIFIED and backend.gpu_available()):
+        assert backend.get_backend("auto").name == "cpu"
+    if not backend.gpu_available():
+        with pytest.raises(UserError, match="--backend gpu"):
+            backend.get_backend("gpu")
     with pytest.raises(UserError, match="expected auto, cpu or gpu"):
-        get_backend("tpu")
+        backend.get_backend("tpu")
 
 
 def test_kernels_ship_with_the_package():

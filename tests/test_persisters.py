@@ -377,6 +377,38 @@ def test_drug_kill_rates_protection_and_cleanup():
     assert np.all(tip[~dead & (ts0 == P)] == 50.0 + steps * DT)
 
 
+def test_basal_turnover_adds_to_the_drug_kill_for_every_state():
+    """death_per_h = 0.3: every tumor cell, S, P and R alike, dies at 0.3 /h on top of any drug
+    kill (one loss event): without drug survival is exp(-0.3 t) for all three states; with a TKI
+    killing S at 0.4 /h, S survive exp(-0.7 t), P exp(-(0.3 + 0.4 tol)) and R still exp(-0.3 t).
+    Binomial bound per (drug, state) group of 6000 cells, 15 steps; the counts add up and a dead
+    cell's voxel is empty."""
+    shape = (180, 200)
+    n = shape[0] * shape[1]
+    g = groups(n, 6)                       # (no drug, drug) x (S, P, R)
+    states = np.array([S, P, R] * 2, dtype=np.uint8)[g]
+    kind, ts = full_lattice(shape, states)
+    conc = np.where(g < 3, 0.0, 1.0)[None, :]
+    rules = TumorRules(still_tumor(persister_tolerance=0.25, death_per_h=0.3), Grid(shape, 20.0),
+                       seed=41, dt_min=DT, drugs=(tki(rate=0.8),))
+    ts0 = ts.copy()
+    steps = 15
+    tot = run(rules, kind, ts, np.full(n, 38.0, np.float32), steps, drug_conc=conc)
+    t_h = steps * DT / 60
+    kS = 0.8 * hill(1.0, 1, 1, 1)
+    for gi in range(6):
+        st = [S, P, R][gi % 3]
+        k = 0.3 + (0.0 if gi < 3 else {S: kS, P: kS * 0.25, R: 0.0}[st])
+        sel = g == gi
+        assert_binomial((kind[sel] == codes.TUMOR).sum(), sel.sum(), math.exp(-k * t_h),
+                        f"group {gi}")
+    dead = kind == codes.EMPTY
+    assert tot["killed"] == dead.sum() > 0
+    assert tot["killed_S"] == (dead & (ts0 == S)).sum()
+    assert tot["killed_P"] == (dead & (ts0 == P)).sum()
+    assert np.all(ts[dead] == codes.NONE)
+
+
 # ---------------------------------------------------------------------------------- division
 def sparse_cells(shape, spacing, offset=1):
     """Sites on a square sublattice (spacing 3 or more: the neighbourhoods are disjoint)."""

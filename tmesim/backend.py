@@ -1,7 +1,11 @@
-"""Where the arrays live: CPU (numpy) or GPU (cupy). The only module that imports cupy.
+"""Where the arrays live and which code steps them: CPU (numpy), GPU (cupy + the CUDA kernels),
+or Portable (numpy arrays stepped by the kernels' C++ build). Besides tmesim.kernels, the only
+module that imports cupy.
 
-A backend is a value passed in (``CPU()``, ``GPU(0)``), not a global switch. Data crosses between
-host and device only through :meth:`to_device` and :meth:`to_host`.
+A backend is a value passed in (``CPU()``, ``GPU(0)``, ``Portable()``), not a global switch. Data
+crosses between host and device only through :meth:`to_device` and :meth:`to_host` (and
+:func:`as_host` for code that holds an array but not its backend). ``launcher()`` says which step
+classes run: None means the numpy reference classes, a launcher means the kernel classes.
 """
 
 from __future__ import annotations
@@ -30,6 +34,40 @@ class CPU:
         import platform
         return platform.processor() or platform.machine()
 
+    def launcher(self):
+        """None: the steps are the numpy reference classes."""
+        return None
+
+    def free_memory(self) -> int | None:
+        """Bytes free on the device; None: not checked (host memory, the OS's business)."""
+        return None
+
+
+class Portable(CPU):
+    """numpy arrays on the host, stepped by the CUDA kernels compiled as plain C++
+    (tmesim.kernels.PortableLauncher): the GPU's code path, run on a CPU. For tests and for
+    reproducing a kernel problem without a GPU; slow (sequential C++, one work item at a time).
+
+    Args:
+        lib: path of a prebuilt portable library (default: build it, cached by content hash).
+    """
+    name = "portable"
+
+    def __init__(self, lib=None):
+        self._lib = lib
+        self._launcher = None
+
+    @property
+    def device(self) -> str:
+        return f"portable C++ kernels on {CPU().device}"
+
+    def launcher(self):
+        """The portable launcher (built on first use, then the same one)."""
+        if self._launcher is None:
+            from .kernels import PortableLauncher
+            self._launcher = PortableLauncher(self._lib)
+        return self._launcher
+
 
 class GPU:
     """cupy on a CUDA device; the steps run as the kernels of ``kernels/*.cu`` (tmesim.kernels).
@@ -51,6 +89,7 @@ class GPU:
             raise UserError(f"--backend gpu: device {device} does not exist ({n} device(s))")
         self.xp = cupy
         self.device_id = device
+        self._launcher = None
 
     def _dev(self):
         return self.xp.cuda.Device(self.device_id)
@@ -75,9 +114,42 @@ class GPU:
         return name.decode() if isinstance(name, bytes) else str(name)
 
     def launcher(self):
-        """The kernel launcher of this device (tmesim.kernels.CupyLauncher)."""
-        from .kernels import CupyLauncher
-        return CupyLauncher(self.device_id)
+        """The kernel launcher of this device (tmesim.kernels.CupyLauncher, one per backend)."""
+        if self._launcher is None:
+            from .kernels import CupyLauncher
+            self._launcher = CupyLauncher(self.device_id)
+        return self._launcher
+
+    def free_memory(self) -> int:
+        """Bytes free on this device now (cudaMemGetInfo), plus what cupy's memory pool holds
+        but no array uses (the pool hands that out before asking the driver)."""
+        with self._dev():
+            free, _total = self.xp.cuda.runtime.memGetInfo()
+            pool = self.xp.get_default_memory_pool()
+            return int(free) + int(pool.free_bytes())
+
+
+def as_host(a):
+    """A numpy array of ``a`` (numpy passes through; a cupy array is copied from its device).
+
+    For code that holds a (small) array but not its backend, e.g. a biopsy's region."""
+    if isinstance(a, np.ndarray) or np.isscalar(a):
+        return np.asarray(a)
+    get = getattr(a, "get", None)          # cupy.ndarray.get() -> numpy, without importing cupy
+    return np.asarray(get() if callable(get) else a)
+
+
+def array_module(a):
+    """The array module of ``a``: numpy for numpy arrays, cupy for cupy arrays (imported only
+    then), else what the type names through the array-API ``__array_namespace__`` (numpy for
+    anything else)."""
+    if type(a) is np.ndarray or isinstance(a, np.generic):
+        return np
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    ns = getattr(a, "__array_namespace__", None)
+    return ns() if callable(ns) else np
 
 
 def gpu_available() -> bool:
@@ -89,34 +161,47 @@ def gpu_available() -> bool:
         return False
 
 
-#: Steps of the model that have no CUDA kernel yet. While this is not empty, ``auto`` keeps to the
-#: CPU and ``gpu`` is refused (a run must never mix backends silently). The field primitives, the
-#: RNG and the tumor rules without the persister biology have kernels (tmesim.kernels).
-GPU_MISSING_STEPS = (
-    "tumor persister biology (transitions, drug kill, memory)",
-    "field solver driver (the CG/LOD step assembled from the field kernels)",
-    "stroma (CAF/TAM motion, recruitment)",
-    "therapy (plasma levels, vessel supply)",
-    "observables",
-)
+#: Steps of the model without a CUDA kernel (none: tmesim.kernels.KernelTumorRules with the
+#: persister biology, tmesim.kernel_stroma, tmesim.kernel_fields; Model picks them by backend,
+#: tmesim.simulation.step_classes; therapy's PK runs on the host on a few scalars and the
+#: observables reduce on the device). While not empty, ``gpu`` is refused, naming them.
+GPU_MISSING_STEPS: tuple[str, ...] = ()
+
+#: Whether the kernels have run on a GPU and passed the GPU cases of tests/test_gpu_parity.py and
+#: tests/test_device_model.py there. Whole runs through the kernels match numpy bit for bit on the
+#: portable C++ build (tests/test_device_model.py), but no GPU was available to run them on a
+#: device yet: until then ``auto`` keeps to the CPU (a user's default run must not be the first
+#: GPU run), and ``gpu`` runs with a warning saying so. Set it once the GPU tests pass on one.
+GPU_VERIFIED = False
 
 
 def get_backend(name: str = "auto", device: int = 0):
-    """``"cpu"``, ``"gpu"`` or ``"auto"``.
+    """``"cpu"``, ``"gpu"``, ``"auto"`` or ``"portable"``.
 
-    ``auto`` takes the GPU when cupy sees one and every step of the model has its kernel
-    (:data:`GPU_MISSING_STEPS` is empty), else the CPU; ``gpu`` is refused with a message naming
-    the missing steps until then.
+    ``auto`` takes the GPU when cupy sees one, every step of the model has its kernel
+    (:data:`GPU_MISSING_STEPS` is empty) and the kernels have been verified on a GPU
+    (:data:`GPU_VERIFIED`), else the CPU; ``gpu`` is refused without cupy or a device, or while a
+    step has no kernel, and warns while the kernels are unverified. ``portable`` (a developer's
+    backend: the kernels' C++ build on numpy arrays) is never chosen by ``auto``; a missing kernel
+    class is reported when the model is built (tmesim.simulation.step_classes).
     """
     if name == "cpu":
         return CPU()
+    if name == "portable":
+        return Portable()
     if name == "auto":
-        return GPU(device) if not GPU_MISSING_STEPS and gpu_available() else CPU()
+        ready = not GPU_MISSING_STEPS and GPU_VERIFIED
+        return GPU(device) if ready and gpu_available() else CPU()
     if name == "gpu":
         if GPU_MISSING_STEPS:
-            why = "a GPU is present" if gpu_available() else "no usable CUDA GPU here either"
             raise UserError("--backend gpu: not every step has its CUDA kernel yet (missing: "
-                            + "; ".join(GPU_MISSING_STEPS) + f"); {why}. Use --backend cpu "
-                            "or auto")
-        return GPU(device)
-    raise UserError(f"--backend {name!r}: expected auto, cpu or gpu")
+                            + "; ".join(GPU_MISSING_STEPS) + "). Use --backend cpu or auto")
+        gpu = GPU(device)
+        if not GPU_VERIFIED:
+            import warnings
+            warnings.warn("the GPU kernels match numpy on the CPU build but have not yet been "
+                          "verified on a GPU: run `python3 -m pytest tests/test_gpu_parity.py "
+                          "tests/test_device_model.py` on this machine first", stacklevel=2)
+        return gpu
+    raise UserError(f"--backend {name!r}: expected auto, cpu or gpu (or portable, the kernels' "
+                    "C++ build on the CPU, for developers)")

@@ -12,12 +12,22 @@ A comparison file (TOML):
     [arms.adaptive]
     set = ["drugs.erlotinib.controller.kind=adaptive"]
 
+    pairs = [["adaptive", "continuous"]]   # optional: [arm, reference arm] pairs to test
+
 Time to progression is the first time after ``reference_day`` at which the burden exceeds
 ``progression_fraction`` x the burden at ``reference_day``; a replicate that never progresses is
 censored at the end of the run (reported as ">T" and counted). The table gives, per arm, the
 mean and standard deviation over replicates of: time to progression, cumulative dose of each
 drug, and persister and resistant counts at the chosen times. The figure overlays the burden
 curves (mean and each replicate) and shades each arm's dosing.
+
+Replicate k of every arm uses the same seed, so arms start from the same initial lattice and
+share their random numbers wherever their histories agree (common random numbers). Each pair
+[arm, reference] (default: every arm against the first) is therefore compared replicate by
+replicate: the gain in time to progression, its mean and sd over replicates, a 95 % confidence
+interval (Student t on the paired differences) and the two-sided p-value of the Wilcoxon
+signed-rank test (exact for small samples; scipy.stats.wilcoxon). A censored time enters as
+the end of the run, so a gain involving censored replicates is a bound, marked as such.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ class Comparison:
     reference_day: float = 0.0
     progression_fraction: float = 1.2
     times_days: list[float] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
 
 
 def load_comparison(path) -> Comparison:
@@ -53,7 +64,7 @@ def load_comparison(path) -> Comparison:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError("(file)", str(path), f"valid TOML ({exc})") from None
     known = {"scenario", "arms", "replicates", "reference_day", "progression_fraction",
-             "times_days"}
+             "times_days", "pairs"}
     for k in data:
         if k not in known:
             raise ScenarioError(k, data[k], "no such key; keys are: " + ", ".join(sorted(known)))
@@ -84,6 +95,17 @@ def load_comparison(path) -> Comparison:
         if not isinstance(t, list) or not all(isinstance(x, (int, float)) and x >= 0 for x in t):
             raise ScenarioError("times_days", t, "a list of days >= 0")
         c.times_days = [float(x) for x in t]
+    if "pairs" in data:
+        pr = data["pairs"]
+        if not isinstance(pr, list) or not all(
+                isinstance(x, list) and len(x) == 2 and all(a in c.arms for a in x) and
+                x[0] != x[1] for x in pr):
+            raise ScenarioError("pairs", pr, "a list of [arm, reference arm] pairs of two "
+                                "different arms among: " + ", ".join(c.arms))
+        c.pairs = [(str(a), str(b)) for a, b in pr]
+    else:
+        names = list(c.arms)
+        c.pairs = [(a, names[0]) for a in names[1:]]
     # every arm must make a valid scenario: check them all before running anything
     for name, sets in c.arms.items():
         try:
@@ -124,7 +146,59 @@ def run_comparison(c: Comparison, jobs: int = 1, echo=print):
     for (arm, _, _), s in zip(tasks, series):
         results.setdefault(arm, []).append(s)
     echo(table(c, results))
+    if c.pairs and c.replicates > 1:
+        echo("")
+        echo(paired_table(c, results))
     return results
+
+
+def paired_gains(c: Comparison, results: dict, arm: str, ref: str):
+    """Per replicate: time to progression of ``arm`` minus that of ``ref`` (days), and whether
+    either was censored."""
+    def ttp(s):
+        return time_to_progression(s["day"], s["burden"], c.reference_day,
+                                   c.progression_fraction)
+    gains, censored = [], []
+    for a, b in zip(results[arm], results[ref]):
+        (ta, pa), (tb, pb) = ttp(a), ttp(b)
+        gains.append(ta - tb)
+        censored.append(not (pa and pb))
+    return np.array(gains), np.array(censored)
+
+
+def paired_stats(gains: np.ndarray) -> dict:
+    """Mean, sd, 95 % t interval and Wilcoxon signed-rank p-value of paired differences."""
+    from scipy import stats
+    n = gains.size
+    mean = float(gains.mean())
+    sd = float(gains.std(ddof=1)) if n > 1 else float("nan")
+    half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+    if n > 1 and np.any(gains != 0):
+        p = float(stats.wilcoxon(gains, alternative="two-sided").pvalue)
+    else:
+        p = 1.0
+    return dict(n=n, mean=mean, sd=sd, lo=mean - half, hi=mean + half, p=p)
+
+
+def paired_table(c: Comparison, results: dict) -> str:
+    """One line per [arm, reference] pair: the paired gain in time to progression."""
+    head = ["arm vs reference", "gain in TTP (d), paired", "95 % CI", "Wilcoxon p",
+            "replicates with gain > 0"]
+    rows = []
+    for arm, ref in c.pairs:
+        g, cens = paired_gains(c, results, arm, ref)
+        st = paired_stats(g)
+        bound = " (censored: bound)" if cens.any() else ""
+        rows.append([f"{arm} vs {ref}", f"{st['mean']:+.3g} ± {st['sd']:.2g}{bound}",
+                     f"[{st['lo']:+.3g}, {st['hi']:+.3g}]", f"{st['p']:.3g}",
+                     f"{int((g > 0).sum())}/{g.size}"])
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    lines = ["paired by seed (replicate k of every arm has the same seed): mean ± sd of the "
+             "per-replicate difference",
+             "  ".join(h.ljust(w) for h, w in zip(head, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
 
 
 def _ms(values) -> str:

@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from . import codes, rng
+from .backend import as_host
 from .errors import UserError
 
 BIOPSY = 30      # random stream of biopsy sampling
@@ -164,19 +165,27 @@ class Controllers:
         centre = c.biopsy_center_um or tuple(n * g.dx_um / 2 for n in g.shape)
         if len(centre) != g.ndim:
             raise ControllerError(f"biopsy_center_um {list(centre)}: needs {g.ndim} entries")
-        inside = np.ones(g.shape, dtype=bool)
-        for a, (x, c0) in enumerate(zip(coords, centre)):
-            shape = [1] * g.ndim
-            shape[a] = g.shape[a]
-            inside &= (np.abs(x - c0) <= c.biopsy_size_um / 2).reshape(shape)
-        cells = np.flatnonzero(inside.ravel() & (state.kind == codes.TUMOR))
-        if cells.size == 0:
+        # the box is a range of indices per axis: only that block of the lattice is copied to
+        # the host (the state may live on a GPU)
+        box = []
+        for x, c0 in zip(coords, centre):
+            idx = np.flatnonzero(np.abs(x - c0) <= c.biopsy_size_um / 2)
+            if idx.size == 0:
+                return float("nan"), 0
+            box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+        box = tuple(box)
+        kind = as_host(state.kind.reshape(g.shape)[box])
+        local = np.nonzero(kind == codes.TUMOR)          # C order within the box ...
+        if local[0].size == 0:
             return float("nan"), 0
+        cells = np.ravel_multi_index(tuple(i + s.start for i, s in zip(local, box)), g.shape)
+        # ... which is ascending site order, as np.flatnonzero over the whole lattice
         k = min(int(c.biopsy_cells), cells.size)
         # sampling without replacement: the k cells with the smallest random keys
         keys = rng.raw_at(self.sc.run.seed, step, BIOPSY, cells)
-        pick = cells[np.argsort(keys, kind="stable")[:k]]
-        frac = float(np.mean(state.tumor_state[pick] == codes.PERSISTER))
+        order = np.argsort(keys, kind="stable")[:k]
+        states = as_host(state.tumor_state.reshape(g.shape)[box])[local]
+        frac = float(np.mean(states[order] == codes.PERSISTER))
         return frac, k
 
     def _user(self, i, name, row, t):

@@ -529,7 +529,7 @@ def lod_sweep(x, axis: int, f: int, inv, kinv, cp, kg_lo: float, kg_hi: float, k
 # ---------------------------------------------------------------------------------------- tumor
 #: events in the low 4 bits of the tumor kernels' action byte (kernels/tumor.cu TM_ACT_*)
 ACTIONS = {"none": 0, "clear": 1, "necrosis": 2, "claim": 3, "blocked": 4, "born": 5,
-           "killed_S": 6, "killed_P": 7}
+           "killed_S": 6, "killed_P": 7, "killed_R": 8}
 #: phenotype transitions in bits 4-5 of the action byte (TM_TRANSITION_*, shifted by
 #: TRANSITION_SHIFT)
 TRANSITIONS = {"none": 0, "to_P": 1, "to_S": 2, "to_R": 3}
@@ -574,6 +574,7 @@ def tumor_param_values(params, dt_min: float, ref: TumorRules) -> dict[str, floa
         "HYPOXIA_SPAN_MMHG": p.hypoxic_threshold_mmHg - p.necrosis_threshold_mmHg,
         "HYPOXIA_STEP": float(p.hypoxic_threshold_mmHg <= p.necrosis_threshold_mmHg),
         "PERSISTER_TOLERANCE": p.persister_tolerance,
+        "DEATH_PER_H": p.death_per_h,
         "DRUGS_ON": float(ref.effects is not None),
         "ENTRY_BASAL_ON": float(bool(tr.pre_existing)),
         "ENTRY_BASAL_PER_H": tr.entry_basal_per_h,
@@ -751,7 +752,8 @@ class KernelTumorRules:
                           necroses=int(ev[ACTIONS["necrosis"]]),
                           cleared=int(ev[ACTIONS["clear"]]), blocked=int(ev[ACTIONS["blocked"]]),
                           lost_conflicts=int(ev[ACTIONS["claim"]] - ev[ACTIONS["born"]]),
-                          killed=killed_S + killed_P, killed_S=killed_S, killed_P=killed_P,
+                          killed=killed_S + killed_P + int(ev[ACTIONS["killed_R"]]),
+                          killed_S=killed_S, killed_P=killed_P,
                           entered_P=int(tr[TRANSITIONS["to_P"]]),
                           exited_P=int(tr[TRANSITIONS["to_S"]]),
                           became_R=int(tr[TRANSITIONS["to_R"]]))

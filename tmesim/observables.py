@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import codes
+from .backend import array_module, as_host
 from .io import schema
 
 
@@ -20,27 +21,68 @@ def columns(sc) -> dict:
     return cols
 
 
-def near_caf(kind: np.ndarray, shape, dx_um: float, distance_um: float = schema.NEAR_CAF_UM):
-    """(n_sites,) bool: voxels within ``distance_um`` (Euclidean, centre to centre) of a CAF."""
+def _edt(xp):
+    """The exact Euclidean distance transform for arrays of module ``xp``: scipy's on the host,
+    cupyx's (the same exact distances, float64) on a GPU."""
+    if not getattr(xp, "__name__", "").startswith("cupy"):
+        return ndimage.distance_transform_edt
+    from cupyx.scipy import ndimage as cundimage
+    return cundimage.distance_transform_edt
+
+
+def near_caf(kind, shape, dx_um: float, distance_um: float = schema.NEAR_CAF_UM):
+    """(n_sites,) bool: voxels within ``distance_um`` (Euclidean, centre to centre) of a CAF.
+
+    ``kind`` numpy or cupy; the result lives where ``kind`` does."""
+    xp = array_module(kind)
     caf = (kind == codes.CAF).reshape(shape)
     if not caf.any():
-        return np.zeros(kind.shape, dtype=bool)
-    d = ndimage.distance_transform_edt(~caf) * dx_um
+        return xp.zeros(kind.shape, dtype=bool)
+    d = _edt(xp)(~caf)
+    d *= dx_um          # in place: the same products, one float64 grid fewer (tmesim.memory)
     return (d <= distance_um).ravel()
 
 
 def observe(state, sc, counts=None, sweeps: int = 0, doses=None, stroma=None) -> dict:
-    """One row of observables for ``state`` (host numpy arrays).
+    """One row of observables for ``state`` (per-site arrays numpy or cupy).
 
     hypoxic_fraction is the fraction of tumor cells below the hypoxic threshold; mean_<field> is
     the domain mean and mean_<field>_tumor the mean over tumor cells (NaN without tumor cells);
     *_near_caf_fraction count cells within schema.NEAR_CAF_UM of a CAF (0 without CAFs).
+
+    Every reduction runs where the arrays live; the small results (counts and float64 sums)
+    travel to the host in one transfer (a second one, of two counts, when CAFs and tumor cells
+    are both present). A mean is its float64 sum divided by its count on the host: numpy's
+    ``mean(dtype=float64)`` is exactly that division, so the row is the same number for number
+    as computing the means with numpy.
     """
-    kinds = np.bincount(state.kind, minlength=len(codes.KIND_NAMES))
+    xp = array_module(state.kind)
+    nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
+    names = sc.field_names
     tumor = state.kind == codes.TUMOR
-    states = np.bincount(state.tumor_state[tumor], minlength=len(codes.TUMOR_STATE_NAMES))
+    pers = tumor & (state.tumor_state == codes.PERSISTER)
+    o2 = names.index("oxygen") if "oxygen" in names else None
+    def one(a):   # a device (or numpy) scalar as a float64 vector of one
+        return xp.asarray(a, dtype=xp.float64).reshape(1)
+
+    # every value exact in float64: counts (< 2**53) and float64 sums
+    hyp = state.fields[o2][tumor] < sc.tumor.hypoxic_threshold_mmHg if o2 is not None else None
+    parts = [xp.bincount(state.kind, minlength=nk)[:nk].astype(xp.float64),
+             xp.bincount(state.tumor_state[tumor], minlength=ns)[:ns].astype(xp.float64),
+             one(state.memory[tumor].sum(dtype=xp.float64)),
+             one(state.time_in_P_min[pers].sum(dtype=xp.float64)),
+             one(xp.count_nonzero(hyp) if hyp is not None else 0)]
+    for i in range(len(names)):
+        f = state.fields[i]
+        parts.append(one(f.sum(dtype=xp.float64)))
+        parts.append(one(f[tumor].sum(dtype=xp.float64)))
+    v = as_host(xp.concatenate(parts))
+    kinds, states = v[:nk].astype(np.int64), v[nk:nk + ns].astype(np.int64)
+    mem_sum, tip_sum, n_hypoxic = v[nk + ns:nk + ns + 3]
+    field_sums = v[nk + ns + 3:]
     n_S, n_P, n_R = (int(states[c]) for c in (codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT))
     burden = n_S + n_P + n_R
+    n_tumor = int(kinds[codes.TUMOR])     # what a mean over kind == TUMOR divides by
     row = {
         "time_min": float(state.time_min),
         "n_S": n_S, "n_P": n_P, "n_R": n_R,
@@ -58,29 +100,23 @@ def observe(state, sc, counts=None, sweeps: int = 0, doses=None, stroma=None) ->
         row[key] = getattr(counts, key) if counts else 0
     row["tam_recruited"] = stroma.tam_recruited if stroma else 0
     row["tam_died"] = stroma.tam_died if stroma else 0
-    row["mean_memory"] = float(state.memory[tumor].mean(dtype=np.float64)) if burden else 0.0
-    pers = tumor & (state.tumor_state == codes.PERSISTER)
-    row["mean_time_in_P_h"] = float(state.time_in_P_min[pers].mean(dtype=np.float64) / 60) \
-        if n_P else 0.0
+    row["mean_memory"] = float(mem_sum / n_tumor) if burden else 0.0
+    row["mean_time_in_P_h"] = float(tip_sum / n_P / 60) if n_P else 0.0
     if kinds[codes.CAF] and burden:
         near = near_caf(state.kind, sc.grid.shape, sc.grid.dx_um)
-        row["tumor_near_caf_fraction"] = float(np.count_nonzero(near & tumor) / burden)
-        row["persisters_near_caf_fraction"] = float(np.count_nonzero(near & pers) / n_P) \
-            if n_P else 0.0
+        n_near = as_host(xp.stack([xp.count_nonzero(near & tumor),
+                                   xp.count_nonzero(near & pers)]))
+        row["tumor_near_caf_fraction"] = float(int(n_near[0]) / burden)
+        row["persisters_near_caf_fraction"] = float(int(n_near[1]) / n_P) if n_P else 0.0
     else:
         row["tumor_near_caf_fraction"] = row["persisters_near_caf_fraction"] = 0.0
     for i, name in enumerate(sc.drug_names):
         row[f"plasma_{name}"] = float(state.plasma[i])
         row[f"dose_{name}"] = float(doses[i]) if doses is not None and len(doses) > i else 0.0
         row[f"cumulative_dose_{name}"] = float(state.dose_total[i])
-    names = sc.field_names
-    if "oxygen" in names and burden:
-        o2 = state.fields[names.index("oxygen")][tumor]
-        row["hypoxic_fraction"] = float(np.mean(o2 < sc.tumor.hypoxic_threshold_mmHg))
-    else:
-        row["hypoxic_fraction"] = 0.0
+    row["hypoxic_fraction"] = float(n_hypoxic / n_tumor) if o2 is not None and burden else 0.0
+    n_sites = state.kind.shape[0]
     for i, name in enumerate(names):
-        f = state.fields[i]
-        row[f"mean_{name}"] = float(f.mean(dtype=np.float64))
-        row[f"mean_{name}_tumor"] = float(f[tumor].mean(dtype=np.float64)) if burden else np.nan
+        row[f"mean_{name}"] = float(field_sums[2 * i] / n_sites)
+        row[f"mean_{name}_tumor"] = float(field_sums[2 * i + 1] / n_tumor) if burden else np.nan
     return row

@@ -86,6 +86,9 @@ def tumor_sentences(sc) -> list[str]:
     out = [f"Persisters divide at {_g(100 * t.persister_cycle_factor)} % of the sensitive rate; "
            f"resistant cells at {_g(100 * (1 - t.resistance_cost))} % (fitness cost "
            f"{_g(100 * t.resistance_cost)} %) and resist the drugs that kill sensitive cells."]
+    if t.death_per_h > 0:
+        out.append(f"Every tumor cell dies at {_g(t.death_per_h)} /h of basal turnover (mean life "
+                   f"{_g(1 / t.death_per_h / 24)} d); its voxel empties for a neighbour to fill.")
     entry = []
     if tr.pre_existing:
         entry.append(f"{_g(tr.entry_basal_per_h)} /h without drug (pre-existing origin), x (1 + "

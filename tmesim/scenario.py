@@ -255,6 +255,9 @@ class TumorConfig:
                                    "[MODEL.md]", lo=0, hi=1)
     persister_tolerance: float = param(0.01, "", "persisters die at this fraction of the kill "
                                        "rate of sensitive cells [MODEL.md]", lo=0, hi=1)
+    death_per_h: float = param(0.0, "1/h", "basal turnover (apoptosis) of every tumor cell, S, "
+                               "P and R alike, on top of any drug kill; the voxel empties and a "
+                               "neighbour may refill it (0: no turnover)", lo=0)
     transitions: TransitionConfig = field(default_factory=TransitionConfig)
     signalling: SignallingConfig = field(default_factory=SignallingConfig)
 

@@ -12,9 +12,11 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 
-from . import __version__, observables
+from . import __version__, memory, observables
 from .backend import CPU, get_backend
 from .callbacks import Progress, StopAtBurden, StopOnExtinction
 from .errors import RunFileError
@@ -25,11 +27,52 @@ from .io import schema
 from .io.hdf5 import RunWriter, attr_str, last_row, open_h5
 from .scenario import Scenario, load_scenario, loads_scenario
 from .schedules import TimeInterval
-from .steps.fields import FieldSolver
 from .controllers import Controllers
-from .steps.stroma import StromaRules
+from .errors import UserError
 from .steps.therapy import Therapy
-from .steps.tumor import TumorRules
+
+
+class StepClasses(NamedTuple):
+    """The classes of the three stepping families of one backend, and the launcher they take
+    (None: the numpy reference classes, which take none)."""
+    fields: type
+    tumor: type
+    stroma: type
+    launcher: object = None
+
+
+#: where each kernel class lives (module, class), for step_classes and its messages
+KERNEL_CLASSES = {"fields": ("tmesim.kernel_fields", "KernelFieldSolver"),
+                  "tumor": ("tmesim.kernels", "KernelTumorRules"),
+                  "stroma": ("tmesim.kernel_stroma", "KernelStromaRules")}
+
+
+def step_classes(backend) -> StepClasses:
+    """The step classes for ``backend``: numpy's for the CPU (``backend.launcher()`` is None),
+    the kernel twins with the backend's launcher for the GPU and Portable backends.
+
+    The kernel classes are imported here, lazily, so the CPU path never imports them.
+
+    Raises:
+        UserError: a kernel class is not available, naming it.
+    """
+    launcher = backend.launcher()
+    if launcher is None:
+        from .steps.fields import FieldSolver
+        from .steps.stroma import StromaRules
+        from .steps.tumor import TumorRules
+        return StepClasses(FieldSolver, TumorRules, StromaRules)
+    import importlib
+    found, missing = {}, []
+    for part, (mod, cls) in KERNEL_CLASSES.items():
+        try:
+            found[part] = getattr(importlib.import_module(mod), cls)
+        except (ImportError, AttributeError) as e:
+            missing.append(f"{mod}.{cls} ({e})")
+    if missing:
+        raise UserError(f"backend {backend.name}: the kernel classes are not all available: "
+                        + "; ".join(missing))
+    return StepClasses(found["fields"], found["tumor"], found["stroma"], launcher)
 
 
 class Model:
@@ -38,25 +81,46 @@ class Model:
     One step: therapy (plasma levels over the step, drug supply) -> fields (over dt with the
     current cells) -> tumor rules -> stromal rules. Observables are taken by the loop.
 
+    Where things live: the state's per-site arrays on the backend's device (built on the host by
+    tmesim.initial, moved once); plasma and dose_total on the host (therapy's PK and the
+    controllers run there, on a few scalars per drug). The steps are the numpy classes on the
+    CPU and their kernel twins on the GPU and Portable backends (:func:`step_classes`); within a
+    step nothing is copied to the host but small results (counts, a biopsy's region).
+
     Args:
         sc: a validated scenario.
-        backend: where the arrays live (only the CPU in this version).
+        backend: a backend object (default CPU()).
+        controllers: {drug name: function}, see tmesim.controllers.
+
+    Raises:
+        UserError: on a GPU, when the run's estimated memory (tmesim.memory) exceeds the
+            device's free memory; or when a kernel class is missing.
     """
 
     def __init__(self, sc: Scenario, backend=None, controllers=None):
         self.sc = sc
         self.backend = backend or CPU()
+        memory.check_fits(sc, self.backend)       # before anything is allocated on the device
+        self.classes = cls = step_classes(self.backend)
+        L = {} if cls.launcher is None else {"launcher": cls.launcher}
         self.grid = Grid(sc.grid.shape, sc.grid.dx_um, sc.grid.neighbourhood)
-        self.state = initial_state(sc, self.grid)
-        self.field_solver = FieldSolver(sc, self.grid)
+        self.state = initial_state(sc, self.grid).to_backend(self.backend.to_device)
+        self.field_solver = cls.fields(sc, self.grid, **L)
         self.controllers = Controllers(sc, self.grid, controllers)
         self.therapy = Therapy(sc, self.field_solver, self.controllers)
         self.last_row = None
         if sc.drugs:
             # the supply of the first step is the plasma at time 0 (the initial fields hold it)
             self.field_solver.set_supply(self.therapy.supply(self.state))
-        self.tumor_rules = TumorRules(sc.tumor, self.grid, sc.run.seed, sc.run.dt_min, sc.drugs)
-        self.stroma_rules = StromaRules(sc.caf, sc.tam, self.grid, sc.run.seed, sc.run.dt_min)
+        self.tumor_rules = cls.tumor(sc.tumor, self.grid, sc.run.seed, sc.run.dt_min, sc.drugs,
+                                     **L)
+        if L:
+            # the stroma step runs after the tumor step has read its counts back: it can reuse
+            # the tumor rules' claim and action arrays (9 bytes per voxel less on the device)
+            L = dict(L, claims=getattr(self.tumor_rules, "_claims", None),
+                     action=getattr(self.tumor_rules, "action", None))
+        self.stroma_rules = cls.stroma(sc.caf, sc.tam, self.grid, sc.run.seed, sc.run.dt_min,
+                                       **L)
         names = sc.field_names
         self.oxygen = names.index("oxygen")
         self.index = {n: (names.index(n) if n in names else None)
@@ -120,7 +184,7 @@ class Simulation:
 
     Args:
         scenario: a :class:`Scenario` or the path of a scenario file.
-        backend: "auto", "cpu" or "gpu" (or a backend object).
+        backend: "auto", "cpu" or "gpu" (or "portable", or a backend object).
 
     Attributes:
         status: how the last :meth:`run` ended: "finished", "stopped" (a stop condition),
@@ -263,7 +327,9 @@ class Simulation:
             if src.shape != a.shape or src.dtype != a.dtype:
                 raise RunFileError(f"{path}: checkpoint array {name} is {src.dtype}{src.shape}, "
                                    f"expected {a.dtype}{a.shape}")
-            a[...] = self.backend.to_device(src)      # in place: steps may hold references
+            # in place (steps may hold references); host arrays (plasma and dose_total always,
+            # everything on the CPU) take the host copy as it is
+            a[...] = src if isinstance(a, np.ndarray) else self.backend.to_device(src)
         self.state.step = ck.step
         self.state.time_min = ck.time_min
         self.model.load_extra_state(ck.extra)
@@ -275,6 +341,11 @@ class Simulation:
                                       self.model.extra_state())
         self.checkpoints_written += 1
         return slot
+
+    def _snapshot(self, w: RunWriter) -> None:
+        """Write a snapshot: the per-site arrays are copied to the host here (and only for
+        snapshots and checkpoints); on the CPU they are passed as they are."""
+        w.snapshot(self.state.to_backend(self.backend.to_host))
 
     def _on_signal(self, signum, frame) -> None:
         # only a flag: the loop checkpoints at the end of the step, when the state is whole
@@ -318,7 +389,7 @@ class Simulation:
                 w.event(self.state.time_min, "start", {"steps": sc.n_steps, "seed": sc.run.seed})
                 w.row(self.last_row)
                 snap(self)
-                w.snapshot(self.state)
+                self._snapshot(w)
             else:
                 # both schedules continue as if they had run all along: after any step each one
                 # waits for the first multiple of its interval beyond time + its tolerance
@@ -337,7 +408,7 @@ class Simulation:
                 self.last_row = self.model.observe()
                 w.row(self.last_row)
                 if snap(self):
-                    w.snapshot(self.state)
+                    self._snapshot(w)
                 bar(self)
                 for cb in callbacks:
                     if cb.schedule(self):
@@ -360,7 +431,7 @@ class Simulation:
             if status != "interrupted":
                 last = w.f["snapshots/step"]
                 if last.shape[0] == 0 or last[-1] != self.state.step:
-                    w.snapshot(self.state)
+                    self._snapshot(w)
         except KeyboardInterrupt:
             status = "interrupted"
             w.event(self.state.time_min, "interrupted", {"reason": "KeyboardInterrupt"})

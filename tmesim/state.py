@@ -4,6 +4,11 @@ Every per-voxel quantity is one flat array of length ``n_sites`` (C order over t
 CUDA kernel sees the same layout with one thread per site. Bytes per voxel: 10 + 4 x n_fields
 (kind and tumor state as uint8; memory and time in P as float32; each field float32).
 
+Where the arrays live: the per-site arrays (kind, tumor_state, memory, time_in_P_min, fields) are
+on the backend's device (numpy on the CPU, cupy on a GPU, see :meth:`State.to_backend`); plasma and
+dose_total, a few scalars per drug that therapy and the controllers update on the host, are always
+numpy.
+
 Everything that determines the rest of a run is in here (the random numbers are a pure function
 of seed, step, site and stream): a checkpoint is this object, and a run resumed from it continues
 exactly. :meth:`State.arrays` lists the arrays by name, so writers and checkpoints need not be
@@ -68,15 +73,35 @@ class State:
                    plasma=np.zeros(n_drugs, dtype=np.float64),
                    dose_total=np.zeros(n_drugs, dtype=np.float64))
 
+    #: the per-site arrays, which live on the backend's device (the rest stays on the host)
+    SITE_ARRAYS = ("kind", "tumor_state", "fields", "memory", "time_in_P_min")
+
     @staticmethod
     def bytes_per_voxel(n_fields: int) -> int:
+        """Bytes of the per-site arrays per voxel: uint8 kind and tumor_state, float32 memory and
+        time_in_P_min, one float32 per field."""
         return 10 + 4 * n_fields
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Every array of the state by attribute name (site arrays, fields, plasma)."""
+        """Every array of the state by attribute name (site arrays, fields, plasma), numpy or
+        cupy as they are."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if isinstance(getattr(self, f.name), np.ndarray)}
+                if _is_array(getattr(self, f.name))}
+
+    def to_backend(self, convert) -> "State":
+        """This state with its per-site arrays passed through ``convert`` (a backend's
+        ``to_device`` or ``to_host``); plasma, dose_total and the scalars are shared as they are.
+        """
+        return dataclasses.replace(self, **{k: convert(getattr(self, k))
+                                            for k in self.SITE_ARRAYS})
 
     def copy(self) -> "State":
+        """A deep copy (each array copied where it lives)."""
         return State(**{k: v.copy() for k, v in self.arrays().items()},
                      step=self.step, time_min=self.time_min)
+
+
+def _is_array(v) -> bool:
+    # numpy or cupy (checked by duck type: this module never imports cupy)
+    return isinstance(v, np.ndarray) or (hasattr(v, "__cuda_array_interface__")
+                                         and hasattr(v, "dtype"))

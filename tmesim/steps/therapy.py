@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import array_module
 from ..drugs import Pharmacokinetics
 
 
@@ -27,6 +28,9 @@ class Therapy:
         self.pk = Pharmacokinetics(sc.drugs, sc.run.dt_min, sc.run.duration_days * 1440.0)
         names = sc.field_names
         self.field_index = np.array([names.index(d.name) for d in sc.drugs], dtype=np.intp)
+        # drug fields in consecutive rows (as scenarios list them): tissue_levels is a view
+        self.consecutive = bool(self.field_index.size) and bool(
+            (np.diff(self.field_index) == 1).all())
         self.unbound = np.array([d.unbound_fraction for d in sc.drugs])
         self.uniform = np.array([d.transport == "uniform" for d in sc.drugs], dtype=bool)
         self.solver = field_solver
@@ -63,12 +67,17 @@ class Therapy:
         return out
 
     def after_fields(self, state) -> None:
-        """Well-mixed drugs: the tissue level is the free plasma level everywhere."""
+        """Well-mixed drugs: the tissue level is the free plasma level everywhere (a scalar
+        written into the field where it lives, host or device)."""
         if self.uniform.any():
             free = self.free_levels(state.plasma)
             for i in np.flatnonzero(self.uniform):
                 state.fields[self.field_index[i]] = np.float32(free[i])
 
     def tissue_levels(self, state) -> np.ndarray:
-        """(n_drugs, n_sites) view-free copy of the drug fields (uM)."""
-        return state.fields[self.field_index]
+        """(n_drugs, n_sites) drug fields (uM), on the fields' device, for reading: a view of the
+        consecutive drug rows (no copy of a grid per drug each step), else a copy (the index is
+        moved to the device: cupy takes no numpy index arrays implicitly)."""
+        if self.consecutive:
+            return state.fields[self.field_index[0]:self.field_index[-1] + 1]
+        return state.fields[array_module(state.fields).asarray(self.field_index)]

@@ -28,9 +28,11 @@ Persister biology (the rates are written out in tmesim.scenario.TransitionConfig
 SignallingConfig). One step, for every tumor cell, from the state at the start of the step and
 this step's fields:
 1. necrosis (stream NECROSIS); a cell that does not become necrotic may be killed by drugs
-   (stream KILL): sensitive cells at kill_S (1 - protection), persisters at
-   kill_S persister_tolerance + kill_P, resistant cells not at all; killed cells leave an empty
-   voxel (apoptotic cells are cleared within the step).
+   or die of basal turnover (one loss event, stream KILL): sensitive cells at
+   kill_S (1 - protection) + death, persisters at kill_S persister_tolerance + kill_P + death,
+   resistant cells at death; killed cells leave an empty voxel (apoptotic cells are cleared
+   within the step), which a neighbour may fill from the next step on. The counts killed,
+   killed_S and killed_P include turnover deaths.
 2. survivors change phenotype (stream TRANSITION): S -> P; P -> S or P -> R, competing (one draw
    decides whether either happens, with 1 - exp(-(k_exit + k_res) dt), and which, in proportion to
    the rates).
@@ -195,6 +197,9 @@ class TumorRules:
             kill = np.where(S, eff["kill_S"] * (1.0 - self.protection(a_met, a_igf)),
                             np.where(P, eff["kill_S"] * p.persister_tolerance + eff["kill_P"],
                                      0.0))
+        if p.death_per_h > 0:
+            # basal turnover competes with the drug kill as one loss event (stream KILL)
+            kill = kill + p.death_per_h
         m = memory.astype(np.float64)
         entry = np.zeros(n)
         if tr.pre_existing:

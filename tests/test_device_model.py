@@ -1,0 +1,645 @@
+"""Whole runs through the kernels: the Model on the Portable backend (the CUDA kernels' C++ build
+on numpy arrays, tmesim.backend.Portable) against the numpy reference (CPU), step by step, and
+the memory estimate (tmesim.memory) against the arrays a model really holds.
+
+The scenarios switch on everything a step does: drugs (one-compartment PK, vessel supply, kill and
+induced entry), pre-existing persisters and resistant cells, phenotype transitions, CAFs and TAMs
+(motion, recruitment at vessels), the signalling fields (HGF, IGF-1, recruitment signal), both
+field-solver methods, in 2D and 3D. Expected: identical state arrays after every step and
+identical time-series rows (the kernels are bit-for-bit twins of the numpy steps; the observables
+reduce the same arrays in the same way).
+
+The kernel classes are written by other hands; a case that needs one that is not there (or that
+does not take the persister biology yet) is skipped, naming it. The GPU variants skip without a
+GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import math
+import sys
+import types
+
+import h5py
+import numpy as np
+import pytest
+
+import tmesim
+from tmesim import kernels, memory
+from tmesim.backend import CPU, GPU, Portable, gpu_available
+from tmesim.errors import UserError
+from tmesim.simulation import KERNEL_CLASSES, Model, Simulation, step_classes
+
+SCENARIO = """
+[run]
+name = "device_model"
+seed = 20101
+duration_days = 1
+dt_min = 6
+snapshot_every_hours = 0.5
+checkpoint_every_hours = 0.4
+
+[grid]
+shape = [24, 24]
+dx_um = 20
+
+[init.tumor]
+shape = "disk"
+radius_um = 150
+persister_fraction = 0.1
+resistant_fraction = 0.05
+
+[init.vessels]
+placement = "random"
+density = 0.03
+outside_tumor = false
+
+[init.caf]
+placement = "shell"
+shell_width_um = 100
+density = 0.3
+
+[init.tam]
+placement = "random"
+density = 0.03
+
+[tam]
+recruitment_per_h = 0.05
+motility_per_h = 2.0
+
+[caf]
+motility_per_h = 1.0
+
+[tumor]
+doubling_time_h = 6
+
+[tumor.transitions]
+entry_basal_per_h = 0.01
+entry_induced_per_h = 0.2
+exit_per_h = 0.05
+resistance_per_h = 0.01
+
+[drugs.erlotinib]
+preset = "egfr_tki"
+half_life_h = 36
+unbound_fraction = 0.5
+transport = "vessels"
+schedule = { kind = "continuous", dose_uM = 1.8, start_day = 0.04, interval_h = 2 }
+"""
+
+CASES = {
+    "2d-adi": ["grid.shape=[24,24]", "solver.method=adi"],
+    "2d-biopsy": ["grid.shape=[24,24]", "solver.method=lod",
+                  'drugs.erlotinib.controller={ kind = "biomarker", dose_uM = 1.8, '
+                  'on_fraction = 0.05, biopsy_size_um = 240, biopsy_cells = 30, '
+                  'decide_every_h = 0.3 }'],
+    "3d-lod": ["grid.shape=[12,12,12]", "init.tumor.shape=sphere", "init.tumor.radius_um=100",
+               "solver.method=lod"],
+    "3d-adi": ["grid.shape=[12,12,12]", "init.tumor.shape=sphere", "init.tumor.radius_um=100",
+               "solver.method=adi"],
+}
+STEPS = 16
+
+pytestmark = pytest.mark.skipif(kernels.find_cxx() is None, reason="no C++ compiler")
+
+
+def scenario(case, *extra):
+    return tmesim.loads_scenario(SCENARIO, overrides=CASES[case] + list(extra))
+
+
+def missing_kernel_classes() -> list[str]:
+    """The kernel classes a whole run needs that are not there (or lack the persister biology)."""
+    import importlib
+    out = []
+    for mod, cls in KERNEL_CLASSES.values():
+        try:
+            c = getattr(importlib.import_module(mod), cls)
+        except (ImportError, AttributeError):
+            out.append(f"{mod}.{cls}")
+            continue
+        if cls == "KernelTumorRules":
+            init = inspect.signature(c.__init__).parameters
+            apply = inspect.signature(c.apply).parameters
+            if "drugs" not in init or "memory" not in apply:
+                out.append(f"{mod}.{cls} with drugs and the persister arguments of "
+                           "TumorRules.apply")
+    return out
+
+
+def need_kernel_classes():
+    missing = missing_kernel_classes()
+    if missing:
+        pytest.skip("kernel classes not there yet: " + "; ".join(missing))
+
+
+@pytest.fixture(scope="module")
+def portable():
+    p = Portable()
+    p.launcher().set_order(0)
+    yield p
+    p.launcher().set_order(0)
+
+
+def assert_rows_equal(a: dict, b: dict, where="", rtol=0.0):
+    """Equal rows (NaN equals NaN). ``rtol`` > 0 lets float columns differ by that much (a GPU's
+    reductions sum in another order than numpy's); integers must always be equal."""
+    assert a.keys() == b.keys(), where
+    for k in a:
+        x, y = a[k], b[k]
+        same = x == y or (isinstance(x, float) and isinstance(y, float)
+                          and (math.isnan(x) and math.isnan(y)
+                               or abs(x - y) <= rtol * max(abs(x), abs(y))))
+        assert same, f"{where}: column {k}: {x!r} != {y!r}"
+
+
+def assert_states_equal(ref, got, backend, where=""):
+    ra, ga = ref.arrays(), got.arrays()
+    assert ra.keys() == ga.keys()
+    for name in ra:
+        np.testing.assert_array_equal(backend.to_host(ga[name]), ra[name],
+                                      err_msg=f"{where}: {name}")
+    assert (ref.step, ref.time_min) == (got.step, got.time_min)
+
+
+def run_pair(sc, backend, steps=STEPS, rtol=0.0):
+    """Step a CPU model and a ``backend`` model side by side, comparing after every step (the
+    rows' float columns within ``rtol``). Returns the totals of the event columns (to show the
+    run exercised the rules)."""
+    ref, got = Model(sc, CPU()), Model(sc, backend)
+    assert_states_equal(ref.state, got.state, backend, "initial state")
+    assert_rows_equal(ref.observe(), got.observe(), "initial row", rtol)
+    totals = {}
+    for s in range(steps):
+        ref.step()
+        got.step()
+        assert_states_equal(ref.state, got.state, backend, f"step {s}")
+        r = ref.observe()
+        assert_rows_equal(r, got.observe(), f"step {s}", rtol)
+        for k in ("divisions", "killed", "entered_P", "became_R", "tam_recruited"):
+            totals[k] = totals.get(k, 0) + r[k]
+        totals["caf_moves"] = totals.get("caf_moves", 0) + ref.last_stroma.caf_moves
+    return totals
+
+
+# ------------------------------------------------------------------------------- selection
+def test_cpu_path_never_imports_the_kernel_classes():
+    """The numpy classes on the CPU, without importing tmesim.kernels or the kernel twins."""
+    import subprocess
+    code = ("import sys, tmesim\n"
+            "from tmesim.simulation import Model\n"
+            f"sc = tmesim.loads_scenario({SCENARIO!r}, overrides=['grid.shape=[16,16]'])\n"
+            "m = Model(sc); m.step(); m.observe()\n"
+            "bad = [k for k in ('tmesim.kernels', 'tmesim.kernel_fields', 'tmesim.kernel_stroma')"
+            " if k in sys.modules]\n"
+            "assert not bad, bad\n"
+            "print(type(m.field_solver).__module__, type(m.tumor_rules).__module__)\n")
+    import os
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["tmesim.steps.fields", "tmesim.steps.tumor"]
+
+
+def test_backends_and_their_launchers():
+    from tmesim.backend import get_backend
+    assert CPU().launcher() is None and CPU().free_memory() is None
+    p = get_backend("portable")
+    assert isinstance(p, Portable) and p.name == "portable" and p.free_memory() is None
+    L = p.launcher()
+    assert isinstance(L, kernels.PortableLauncher) and p.launcher() is L
+    assert "portable" in p.device
+    a = np.arange(5)
+    assert p.to_host(p.to_device(a)) is a          # numpy arrays: nothing copied
+    cls = step_classes(CPU())
+    assert cls.launcher is None and cls.fields.__name__ == "FieldSolver"
+
+
+def test_portable_names_a_missing_kernel_class(monkeypatch):
+    monkeypatch.setitem(KERNEL_CLASSES, "stroma", ("tmesim.no_such_module", "KernelStromaRules"))
+    with pytest.raises(UserError, match="tmesim.no_such_module.KernelStromaRules"):
+        step_classes(Portable())
+
+
+def test_observe_is_numpy_number_for_number():
+    """observe() reduces sums and counts and divides on the host; every column is what the
+    plain numpy means give, to the last bit (random lattice with every kind and state)."""
+    from tmesim import codes, observables
+    sc = scenario("2d-adi")
+    m = Model(sc, CPU())
+    st = m.state
+    g = np.random.default_rng(3)
+    st.kind[:] = g.integers(0, len(codes.KIND_NAMES), st.kind.size)
+    tumor = st.kind == codes.TUMOR
+    st.tumor_state[:] = np.where(tumor, g.integers(1, 4, st.kind.size), 0)
+    st.memory[:] = g.random(st.kind.size, dtype=np.float32)
+    st.time_in_P_min[:] = g.uniform(0, 500, st.kind.size).astype(np.float32)
+    st.fields[:] = g.uniform(0, 40, st.fields.shape).astype(np.float32)
+    row = observables.observe(st, sc)
+    pers = tumor & (st.tumor_state == codes.PERSISTER)
+    assert row["mean_memory"] == float(st.memory[tumor].mean(dtype=np.float64))
+    assert row["mean_time_in_P_h"] == float(st.time_in_P_min[pers].mean(dtype=np.float64) / 60)
+    o2 = st.fields[sc.field_names.index("oxygen")][tumor]
+    assert row["hypoxic_fraction"] == float(np.mean(o2 < sc.tumor.hypoxic_threshold_mmHg))
+    for i, name in enumerate(sc.field_names):
+        assert row[f"mean_{name}"] == float(st.fields[i].mean(dtype=np.float64))
+        assert row[f"mean_{name}_tumor"] == float(st.fields[i][tumor].mean(dtype=np.float64))
+    near = observables.near_caf(st.kind, sc.grid.shape, sc.grid.dx_um)
+    assert row["tumor_near_caf_fraction"] == np.count_nonzero(near & tumor) / row["burden"]
+    assert row["n_P"] == np.count_nonzero(pers) and row["burden"] == np.count_nonzero(tumor)
+
+
+def test_tissue_levels_is_a_view_of_consecutive_drug_fields():
+    """The rules read the drug fields in place (no copy of a grid per drug and step)."""
+    m = Model(scenario("2d-adi"), CPU())
+    st, th = m.state, m.therapy
+    levels = th.tissue_levels(st)
+    assert th.consecutive and np.shares_memory(levels, st.fields)
+    np.testing.assert_array_equal(levels, st.fields[th.field_index])
+    th.consecutive = False                  # the general path: a copy of the same values
+    copy = th.tissue_levels(st)
+    assert not np.shares_memory(copy, st.fields)
+    np.testing.assert_array_equal(copy, levels)
+
+
+# ------------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("case", list(CASES))
+def test_portable_run_is_the_cpu_run(case, portable):
+    need_kernel_classes()
+    totals = run_pair(scenario(case), portable)
+    # the comparison means something only if the rules acted
+    assert totals["killed"] > 0 and totals["entered_P"] > 0 and totals["caf_moves"] > 0, totals
+
+
+def test_portable_run_in_scrambled_thread_order(portable):
+    """Every launch visits its work items in a fixed pseudo-random order: the same run."""
+    need_kernel_classes()
+    portable.launcher().set_order(2)
+    try:
+        run_pair(scenario("2d-adi"), portable, steps=6)
+    finally:
+        portable.launcher().set_order(0)
+
+
+def test_portable_simulation_writes_the_cpu_file(tmp_path, portable):
+    """Simulation.run through the kernels (snapshots and checkpoints copy to the host): the same
+    run file as the CPU's, dataset for dataset, but for the backend and device attributes."""
+    need_kernel_classes()
+    from .test_run import h5_contents
+    sc = scenario("2d-adi", "run.duration_days=0.05")       # 12 steps, 2 checkpoints
+    files = {}
+    for name, b in (("cpu", CPU()), ("portable", portable)):
+        sim = Simulation(sc, backend=b)
+        files[name] = h5_contents(sim.run(tmp_path / f"{name}.h5"))
+        assert sim.checkpoints_written >= 1
+    a, b = files["cpu"], files["portable"]
+    assert a.pop("@backend") == "cpu" and b.pop("@backend") == "portable"
+    a.pop("@device"), b.pop("@device")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+
+
+def test_portable_resume_restores_device_and_host_arrays(tmp_path, portable):
+    """A checkpoint written by a Portable run resumes (site arrays back in place, plasma and
+    dose_total host arrays) to the CPU's uninterrupted result."""
+    need_kernel_classes()
+    sc = scenario("2d-adi", "run.duration_days=0.05")
+    ref = Simulation(sc, backend="cpu")
+    ref.run(tmp_path / "ref.h5")
+    sim = Simulation(sc, backend=portable)
+    sim.wall_deadline = 0.0          # already past: checkpoint and stop after the first step
+    sim.run(tmp_path / "p.h5")
+    assert sim.status == "interrupted" and sim.state.step == 1
+    back = Simulation.resume(tmp_path / "p.h5", backend=portable)
+    assert back.status == "finished" and back.resumed_from == 1
+    assert_states_equal(ref.state, back.state, portable, "resumed")
+
+
+class DeviceArray(np.ndarray):
+    """A numpy array that plays a device array: like cupy, it refuses to meet a host (plain
+    numpy) array in a ufunc or array function, what it computes stays a DeviceArray, and its
+    array module (tmesim.backend.array_module) makes DeviceArrays."""
+
+    def __array_namespace__(self, api_version=None):
+        return DEVICE_XP
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kw):
+        _refuse_host(ufunc.__name__, inputs + tuple(kw.get("out", ())))
+        raw = [np.asarray(a) if isinstance(a, DeviceArray) else a for a in inputs]
+        if "out" in kw:
+            kw["out"] = tuple(np.asarray(a) for a in kw["out"])
+        out = getattr(ufunc, method)(*raw, **kw)
+        return _wrap(out)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        flat = list(args) + list(kwargs.values())
+        for a in list(flat):
+            if isinstance(a, (list, tuple)):
+                flat.extend(a)
+        _refuse_host(func.__name__, flat)
+        unwrap = lambda a: (np.asarray(a) if isinstance(a, DeviceArray) else      # noqa: E731
+                            [unwrap(x) for x in a] if isinstance(a, list) else
+                            tuple(unwrap(x) for x in a) if isinstance(a, tuple) else a)
+        return _wrap(func(*unwrap(list(args)), **{k: unwrap(v) for k, v in kwargs.items()}))
+
+
+def _refuse_host(name, values):
+    if any(isinstance(v, DeviceArray) for v in values):
+        host = [v for v in values if type(v) is np.ndarray and v.ndim > 0]
+        if host:
+            raise TypeError(f"{name}: a host numpy array {host[0].dtype}{host[0].shape} meets "
+                            "a device array (cupy refuses this)")
+
+
+def _wrap(out):
+    if isinstance(out, tuple):
+        return tuple(_wrap(o) for o in out)
+    return out.view(DeviceArray) if type(out) is np.ndarray else out
+
+
+class _DeviceXP(types.ModuleType):
+    """numpy whose array-making functions return DeviceArrays (the kernels' scratch lives on
+    the 'device' too)."""
+
+    def __getattr__(self, name):
+        v = getattr(np, name)
+        if callable(v) and not isinstance(v, type) and name not in ("dtype",):
+            return lambda *a, **k: _wrap(v(*a, **k))
+        return v
+
+
+DEVICE_XP = _DeviceXP("device_xp")
+
+
+class DeviceLauncher(kernels.PortableLauncher):
+    xp = DEVICE_XP
+
+
+def _device_edt(image):
+    """scipy's transform on the emulated device (cupyx's plays this part on a GPU)."""
+    from scipy import ndimage
+    return _wrap(ndimage.distance_transform_edt(np.asarray(image)))
+
+
+class EmulatedDevice(Portable):
+    """The Portable backend with DeviceArrays for device memory: a step that mixes host arrays
+    into device computations (which cupy refuses) fails here, without a GPU."""
+    name = "emulated-device"
+
+    def launcher(self):
+        if self._launcher is None:
+            self._launcher = DeviceLauncher()
+        return self._launcher
+
+    def to_device(self, a):
+        return np.array(a).view(DeviceArray)
+
+    def to_host(self, a):
+        return np.array(a)
+
+
+def test_emulated_device_refuses_host_arrays():
+    d = EmulatedDevice().to_device(np.arange(4))
+    assert type(d + 1) is DeviceArray and type(np.flatnonzero(d)) is DeviceArray
+    with pytest.raises(TypeError, match="host numpy array"):
+        d & np.ones(4, dtype=int)
+    with pytest.raises(TypeError, match="host numpy array"):
+        np.flatnonzero(np.ones(4, bool) & d)
+
+
+@pytest.mark.parametrize("case", ["2d-adi", "3d-lod", "2d-biopsy"])
+def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
+    """A whole model on the emulated device: every step, row, snapshot and checkpoint path runs
+    without a host array meeting a device one, the state stays on the device (plasma and
+    dose_total on the host), and the run is still the CPU's."""
+    need_kernel_classes()
+    from tmesim import observables
+    real = observables._edt
+    monkeypatch.setattr(observables, "_edt",
+                        lambda xp: _device_edt if xp is DEVICE_XP else real(xp))
+    # the CG's reductions choose numpy's or cupy's code by `xp is numpy`: numpy's here
+    from tmesim.kernel_fields import KernelFieldSolver
+    from tmesim.steps import fields as F_
+    monkeypatch.setattr(KernelFieldSolver, "_dots", lambda self, x, y: _wrap(
+        F_._dots(np.asarray(x), np.asarray(y))))
+    monkeypatch.setattr(KernelFieldSolver, "_absmax", lambda self, x: _wrap(
+        F_._absmax(np.asarray(x))))
+    b = EmulatedDevice()
+    sc = scenario(case)
+    m = Model(sc, b)
+    for name in ("kind", "tumor_state", "memory", "time_in_P_min", "fields"):
+        assert type(getattr(m.state, name)) is DeviceArray, name
+    assert type(m.state.plasma) is np.ndarray and type(m.state.dose_total) is np.ndarray
+    run_pair(sc, b, steps=8)
+    # the run loop: snapshots and checkpoints copy to the host, a resume copies back
+    short = scenario(case, "run.duration_days=0.02")
+    sim = Simulation(short, backend=b)
+    sim.wall_deadline = 0.0
+    sim.run(tmp_path / "e.h5")
+    assert sim.status == "interrupted"
+    back = Simulation(short, backend=b)
+    back.run(tmp_path / "e.h5", resume=True)
+    assert back.status == "finished" and type(back.state.kind) is DeviceArray
+    if case == "2d-biopsy":        # the biopsies did happen (the region copied to the host)
+        ref = Simulation(short, backend="cpu")
+        ref.run(tmp_path / "c.h5")
+        with h5py.File(tmp_path / "c.h5", "r") as f:
+            kinds = [k.decode() if isinstance(k, bytes) else k for k in f["events/kind"][:]]
+        assert "biopsy" in kinds, kinds
+
+
+# ------------------------------------------------------------------------------- memory
+def held_arrays(root, n_sites: int) -> dict[int, np.ndarray]:
+    """Every numpy array of at least ``n_sites`` elements reachable from ``root`` through
+    attributes, dicts, lists and tuples, de-duplicated by the memory that owns it (a view counts
+    as its base). Attributes named ``ref`` are not followed: they are the numpy reference objects
+    the kernel classes build to borrow their coefficient tables, host-side on a GPU run."""
+    found, seen = {}, set()
+    stack = [root]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, (type, types.ModuleType, types.FunctionType, str,
+                                          bytes, int, float)):
+            continue
+        seen.add(id(o))
+        if isinstance(o, np.ndarray):
+            base = o
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            if base.size >= n_sites:
+                found[id(base)] = base
+            continue
+        if isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set)):
+            stack.extend(o)
+        elif hasattr(o, "__dict__"):
+            stack.extend(v for k, v in vars(o).items() if k != "ref")
+    return found
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_memory_estimate_covers_what_the_model_holds(case, portable):
+    """After a few steps on the Portable backend (numpy arrays, so every array the model keeps
+    can be found), the arrays the model holds fit the estimate's persistent part (state + field
+    solver + rules), and the estimate is not more than 1.5 times what is held."""
+    need_kernel_classes()
+    sc = scenario(case)
+    m = Model(sc, portable)
+    for _ in range(3):
+        m.step()
+        m.observe()
+    gc.collect()
+    n = m.grid.n_sites
+    held = sum(a.nbytes for a in held_arrays(m, n).values())
+    est = memory.bytes_needed(sc, "portable")
+    assert est["fields_source"] == "as counted by tmesim.kernel_fields"
+    assert held <= est["persistent"] <= 1.5 * held, (held, est)
+    assert est["total"] == est["persistent"] + est["observables"]
+
+
+@pytest.mark.parametrize("case", ["2d-adi", "3d-lod", "3d-adi"])
+def test_cpu_memory_estimate_covers_the_numpy_model(case):
+    """The CPU's figure (numpy's solver work arrays estimated per method) also covers what the
+    numpy model holds after a few steps, within 1.5 times."""
+    sc = scenario(case)
+    m = Model(sc, CPU())
+    for _ in range(3):
+        m.step()
+        m.observe()
+    held = sum(a.nbytes for a in held_arrays(m, m.grid.n_sites).values())
+    est = memory.bytes_needed(sc, "cpu")
+    assert held <= est["persistent"] <= 1.5 * held, (held, est)
+
+
+def test_memory_estimate_parts_by_hand():
+    """The parts of a 2D ADI scenario counted by hand: state 10 + 4F, kernel rules 13 B/voxel."""
+    sc = scenario("2d-adi")
+    n, F = 24 * 24, 5
+    est = memory.bytes_needed(sc, "gpu")
+    assert est["state"] == n * (10 + 4 * F)
+    assert est["rules"] == n * 13
+    assert memory.bytes_needed(sc, "cpu")["rules"] == n * 16
+    # the observables' temporaries: masks and a masked copy, and with CAFs the distance transform
+    no_caf = scenario("2d-adi", "init.caf.placement=none")
+    assert memory.bytes_needed(no_caf, "gpu")["observables"] == n * 6
+    assert est["observables"] > n * 6
+
+
+def lod_1024(*extra):
+    return scenario("3d-lod", "grid.shape=[1024,1024,1024]", "grid.dx_um=10", *extra)
+
+
+@pytest.mark.parametrize("cafs", [False, True])
+def test_1024_cubed_five_field_lod_fits_80_gb(cafs):
+    """A 1024^3 grid with five fields (oxygen, HGF, IGF-1, signal, a drug), LOD: state 30 +
+    LOD work 8 + rules 13 B per voxel, plus the observables' peak: 6 B without CAFs (about 61e9
+    bytes in all), 20 B with them (the near-CAF distance transform; about 76e9)."""
+    extra = () if cafs else ("init.caf.placement=none",)
+    sc = lod_1024(*extra)
+    assert len(sc.fields) == 5
+    est = memory.bytes_needed(sc, "gpu")
+    n = 1024 ** 3
+    assert est["persistent"] == n * (30 + 8 + 13) + (est["fields"] - 8 * n)
+    assert est["fields"] - 8 * n < 1e6                  # small tables only
+    assert est["observables"] == n * (20 if cafs else 6)
+    assert est["total"] <= 80e9, memory.describe(est)
+
+
+class FakeGPU(CPU):
+    """A backend that says it is a GPU with ``free`` bytes free (no device is touched)."""
+    name = "gpu"
+
+    def __init__(self, free):
+        self.free = free
+
+    @property
+    def device(self):
+        return f"a made-up GPU with {self.free / 1e9:g} GB free"
+
+    def free_memory(self):
+        return self.free
+
+    def launcher(self):
+        raise AssertionError("the memory check must come before the kernels are set up")
+
+
+def test_oversized_run_is_refused_up_front():
+    """Model refuses a run that does not fit before allocating anything, naming the parts, the
+    free memory and what to change."""
+    sc = lod_1024()
+    with pytest.raises(memory.OutOfDeviceMemory) as e:
+        Model(sc, FakeGPU(40 * 10 ** 9))
+    msg = str(e.value)
+    for word in ("state", "field solver", "rules", "observables", "37.25 GiB is free",
+                 "a smaller grid", "71.00 GiB on the GPU"):
+        assert word in msg, msg
+    assert "lod" not in msg.split("Use")[1]        # already LOD: not suggested
+    with pytest.raises(memory.OutOfDeviceMemory, match='solver.method = "lod"'):
+        Model(lod_1024("solver.method=adi"), FakeGPU(80 * 10 ** 9))
+    # it fits: the check passes and returns the estimate
+    assert memory.check_fits(sc, FakeGPU(80 * 10 ** 9))["total"] <= 80e9
+
+
+# ------------------------------------------------------------------------------- GPU
+gpu = pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")
+
+
+@gpu
+@pytest.mark.parametrize("case", ["2d-adi", "3d-lod"])
+def test_gpu_model_is_device_resident_and_matches(case):
+    """On a GPU: the site arrays are cupy arrays, plasma stays numpy; LOD runs are bit for bit
+    the CPU's; ADI runs agree in every integer array over a few steps (the CG's dot products are
+    cupy reductions, summed in another order than numpy's)."""
+    need_kernel_classes()
+    import cupy
+    b = GPU(0)
+    sc = scenario(case)
+    m = Model(sc, b)
+    assert isinstance(m.state.kind, cupy.ndarray) and isinstance(m.state.fields, cupy.ndarray)
+    assert isinstance(m.state.plasma, np.ndarray)
+    if case.endswith("lod"):
+        run_pair(sc, b, rtol=1e-12)       # the state bit for bit; the rows' sums summed by cupy
+        return
+    ref = Model(sc, CPU())
+    for s in range(4):
+        ref.step()
+        m.step()
+        for name in ("kind", "tumor_state"):
+            np.testing.assert_array_equal(b.to_host(getattr(m.state, name)),
+                                          getattr(ref.state, name), err_msg=f"{s} {name}")
+        np.testing.assert_allclose(b.to_host(m.state.fields), ref.state.fields, rtol=1e-4,
+                                   atol=1e-5)
+        assert_rows_equal(ref.observe(), m.observe(), f"step {s}", rtol=1e-4)
+
+
+@gpu
+def test_gpu_runs_are_deterministic():
+    need_kernel_classes()
+    b = GPU(0)
+    sc = scenario("3d-adi")
+    runs = []
+    for _ in range(2):
+        m = Model(sc, b)
+        rows = []
+        for _ in range(6):
+            m.step()
+            rows.append(m.observe())
+        runs.append((m.state.to_backend(b.to_host), rows))
+    assert_states_equal(runs[0][0], runs[1][0], CPU(), "two GPU runs")
+    for r0, r1 in zip(runs[0][1], runs[1][1]):
+        assert_rows_equal(r0, r1)
+
+
+@gpu
+def test_gpu_memory_check_reads_the_device():
+    b = GPU(0)
+    free = b.free_memory()
+    assert free > 0
+    assert memory.check_fits(scenario("2d-adi"), b)["total"] < free

@@ -1,0 +1,174 @@
+"""How much memory a run needs, by part, and the check that refuses a GPU run that will not fit.
+
+:func:`bytes_needed` adds up, for a scenario and a backend, the arrays the model keeps for the
+whole run and the largest temporaries it makes within a step:
+
+- ``state``: the per-site arrays, ``n_sites * State.bytes_per_voxel(F)`` (10 + 4 F bytes);
+- ``fields``: the field solver's work arrays, from the solver's own account
+  (``tmesim.kernel_fields.field_workspace_bytes(sc)``) for the kernel backends when that module
+  is there, else the estimate of :func:`field_workspace_estimate` (documented per method);
+- ``rules``: the rules' scratch per site (:data:`KERNEL_RULE_BYTES_PER_SITE`: the tumor kernels'
+  claims, action and target arrays, kernels/tumor.cu, which the stroma kernels share); on the
+  CPU, numpy's claim arrays;
+- ``observables``: the peak of the temporaries of one row (tmesim.observables): masks and a
+  masked copy, or the distance transform's arrays when the scenario places CAFs (the largest
+  temporaries of a step);
+- ``total``: the sum. ``persistent`` (state + fields + rules) is what the model holds between
+  steps; the observables' temporaries come and go within a step.
+
+Small arrays (per-field parameters, line coefficients, drug vectors) are left out: they are
+O(F * edge length), not O(sites).
+"""
+
+from __future__ import annotations
+
+from .errors import UserError
+from .state import State
+
+#: per-site bytes of the kernel rules' scratch: tumor (kernels/tumor.cu) claims uint64 (8),
+#: action uint8 (1), target uint32 (4); the stroma kernels (tmesim.kernel_stroma) need claims
+#: and action only, and tmesim.simulation.Model hands them the tumor rules' (0 of their own)
+KERNEL_RULE_BYTES_PER_SITE = {"tumor": 8 + 1 + 4, "stroma": 0}
+#: per-site bytes of numpy's rules' scratch: TumorRules' claims uint64 (StromaRules has its own)
+CPU_RULE_BYTES_PER_SITE = {"tumor": 8, "stroma": 8}
+
+
+class OutOfDeviceMemory(UserError):
+    """The run's memory estimate exceeds what the device has free."""
+
+
+def n_sites(sc) -> int:
+    n = 1
+    for s in sc.grid.shape:
+        n *= int(s)
+    return n
+
+
+def field_workspace_estimate(sc, backend_name: str) -> int:
+    """Bytes of the field solver's work arrays when the solver cannot say itself.
+
+    Per voxel and field, float32 = 4 bytes:
+    - kernel solvers (gpu, portable), used only if tmesim.kernel_fields is missing (it counts
+      its own arrays exactly): "lod" a float64 work array of one field (8 bytes per voxel);
+      "adi" U, S, diag, b, r, z, p, q (8 words per field) and per axis the preconditioner's
+      factors inv and cp (2 ndim): (8 + 2 ndim) words per field;
+    - numpy (cpu): "lod": U, S and five float64 work arrays (c, t, a, b, swapped) = 12 words;
+      "adi": U, S, diag, b, r, z, p, q, lap, tmp (10), a flux array per axis (ndim), the
+      factors (2 ndim), a swapped-layout buffer (1): 11 + 3 ndim words.
+    Plus the rates' index array (intp, 8 bytes per voxel) on the CPU.
+    """
+    n, F, nd = n_sites(sc), len(sc.fields), sc.ndim
+    if F == 0:
+        return 0
+    method = sc.solver.method
+    if backend_name == "cpu":
+        words = 12 if method == "lod" else 11 + 3 * nd
+        return n * (4 * F * words + 8)
+    if method == "lod":
+        return n * 8
+    return n * 4 * F * (8 + 2 * nd)
+
+
+def _field_workspace(sc, backend_name: str) -> tuple[int, str]:
+    if backend_name != "cpu":
+        try:
+            from .kernel_fields import field_workspace_bytes
+        except ImportError:
+            pass
+        else:
+            return int(field_workspace_bytes(sc)), "as counted by tmesim.kernel_fields"
+    return field_workspace_estimate(sc, backend_name), "estimated by tmesim.memory"
+
+
+def _places_cafs(sc) -> bool:
+    # CAFs are placed at the start and never recruited: without them near_caf never runs
+    return sc.init.caf.placement != "none" and (sc.init.caf.density > 0
+                                                or sc.init.caf.placement == "mask")
+
+
+def observables_bytes(sc, backend_name: str) -> int:
+    """Peak bytes of the temporaries of one observables row (tmesim.observables.observe): the
+    largest temporaries of a step (the rules' are a 1-byte mask per voxel; therapy's copy of the
+    drug fields, 4 B per drug and voxel, exists only when they are not consecutive rows, and is
+    then counted if larger).
+
+    The tumor and persister masks (bool, 2 B per voxel) live through the row; beside them, one
+    at a time, a masked copy (at most every voxel, float32: 4 B) or, with CAFs, near_caf's
+    distance transform: the CAF mask and its negation (2 B), float64 distances (8 B, scaled in
+    place), and the transform's own work arrays: on a GPU (cupyx, parallel banding) two encoded
+    images of the grid padded to at most a cube of its longest side, int32 per voxel up to 1024
+    per axis (int64 beyond) in 3D, a pair of int32 per voxel in 2D; on the CPU (scipy) the
+    feature transform (ndim int32 per voxel) and ndim float64 while it makes the distances.
+    """
+    n, nd = n_sites(sc), sc.ndim
+    masks, masked_copy = 2 * n, 4 * n
+    if not _places_cafs(sc):
+        return max(masks + masked_copy, _drug_copy_bytes(sc))
+    edt = n * (2 + 8)
+    if backend_name == "gpu":
+        if nd == 3:
+            side = max(sc.grid.shape)
+            edt += 2 * (4 if side <= 1024 else 8) * side ** 3
+        else:
+            edt += 2 * 8 * n
+    else:
+        edt += n * nd * (4 + 8)
+    return max(masks + max(masked_copy, edt), _drug_copy_bytes(sc))
+
+
+def _drug_copy_bytes(sc) -> int:
+    # Therapy.tissue_levels copies the drug fields (float32) only when they are not consecutive
+    names = sc.field_names
+    idx = [names.index(d.name) for d in sc.drugs]
+    consecutive = all(b == a + 1 for a, b in zip(idx, idx[1:]))
+    return 0 if consecutive else 4 * len(idx) * n_sites(sc)
+
+
+def bytes_needed(sc, backend_name: str = "gpu") -> dict:
+    """Estimated bytes of a run of ``sc`` on ``backend_name`` ("cpu", "gpu" or "portable"), by
+    part (see the module docstring): {"state", "fields", "rules", "observables", "persistent",
+    "total": int, "fields_source": str (where the field figure comes from)}."""
+    n, F = n_sites(sc), len(sc.fields)
+    state = n * State.bytes_per_voxel(F)
+    fields, source = _field_workspace(sc, backend_name)
+    per = CPU_RULE_BYTES_PER_SITE if backend_name == "cpu" else KERNEL_RULE_BYTES_PER_SITE
+    rules = n * (per["tumor"] + per["stroma"])     # the rules allocate when they are built
+    obs = observables_bytes(sc, backend_name)
+    persistent = state + fields + rules
+    return {"state": state, "fields": fields, "rules": rules, "observables": obs,
+            "persistent": persistent, "total": persistent + obs, "fields_source": source}
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
+
+
+def describe(est: dict) -> str:
+    """One line per part of an estimate, for messages and ``tmesim validate``."""
+    return (f"state {_gib(est['state'])}, field solver {_gib(est['fields'])} "
+            f"({est['fields_source']}), rules {_gib(est['rules'])}, observables "
+            f"{_gib(est['observables'])}; total {_gib(est['total'])}")
+
+
+def check_fits(sc, backend) -> dict | None:
+    """Refuse a run whose estimate exceeds the device's free memory, before allocating.
+
+    ``backend.free_memory()`` None (CPU, Portable: host memory) skips the check. Returns the
+    estimate when checked.
+
+    Raises:
+        OutOfDeviceMemory: naming the estimate by part, the free memory and what to change.
+    """
+    free_fn = getattr(backend, "free_memory", None)
+    free = free_fn() if free_fn is not None else None
+    if free is None:
+        return None
+    est = bytes_needed(sc, backend.name)
+    if est["total"] > free:
+        hint = ('solver.method = "lod" (fewer work arrays than "adi"), or ' if
+                sc.solver.method != "lod" else "")
+        raise OutOfDeviceMemory(
+            f"the run needs about {_gib(est['total'])} on the GPU but {_gib(free)} is free "
+            f"({backend.device}): {describe(est)}. Use {hint}a smaller grid "
+            f"(grid.shape {list(sc.grid.shape)}), or fewer fields (it has {len(sc.fields)}).")
+    return est
