@@ -30,6 +30,13 @@
 #define TM_STREAM_PRIORITY 12
 #define TM_STREAM_NECROSIS 13
 #define TM_STREAM_CLEARANCE 14
+#define TM_STREAM_TRANSITION 15        /* S->P, P->S, P->R */
+#define TM_STREAM_KILL 16              /* drug kill and basal turnover */
+#define TM_STREAM_MOVE 17              /* a stromal cell attempts a move */
+#define TM_STREAM_MOVE_DIRECTION 18    /* which neighbour (and the claim priority) */
+#define TM_STREAM_RECRUIT 19           /* TAM recruitment at vessels */
+#define TM_STREAM_STROMA_DEATH 20      /* TAM turnover */
+#define TM_STREAM_CHEMOTAXIS 21        /* a TAM's step follows the signal or is random */
 
 /* Philox4x64-10 on counter c (in place) under key (k0, k1): rng.philox4x64_reference. */
 TM_HD void tm_philox4x64_10(u64 c[4], u64 k0, u64 k1) {

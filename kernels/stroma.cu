@@ -33,14 +33,6 @@
 #include "decisions.cuh"
 #include "lattice.cuh"
 
-/* Streams of tmesim/rng.py used here (they belong in rng.cuh; an identical redefinition there is
- * harmless, a different value a compile error). */
-#define TM_STREAM_MOVE 17
-#define TM_STREAM_MOVE_DIRECTION 18
-#define TM_STREAM_RECRUIT 19
-#define TM_STREAM_STROMA_DEATH 20
-#define TM_STREAM_CHEMOTAXIS 21
-
 #define TM_SA_NONE 0
 #define TM_SA_DIED 1             /* TAM turned over: its voxel becomes empty */
 #define TM_SA_ARRIVED_CAF 2      /* empty voxel received a moving CAF (set by tm_stroma_apply) */

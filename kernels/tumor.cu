@@ -62,14 +62,6 @@
 #define TM_PERSISTER 2
 #define TM_RESISTANT 3
 
-/* Streams of the persister biology: tmesim/rng.py (TRANSITION, KILL; never renumbered). */
-#ifndef TM_STREAM_TRANSITION
-#define TM_STREAM_TRANSITION 15
-#endif
-#ifndef TM_STREAM_KILL
-#define TM_STREAM_KILL 16
-#endif
-
 /* `fields` bits: which optional signalling fields the launch passes. */
 #define TM_HAS_HGF 1
 #define TM_HAS_IGF1 2

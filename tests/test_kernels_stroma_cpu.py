@@ -208,12 +208,19 @@ def test_active_matches_numpy(launcher):
 
 
 def test_streams_match_tmesim_rng():
-    """The stream numbers written into stroma.cu are tmesim.rng's."""
-    text = (kernels.find_kernel_dir() / "stroma.cu").read_text()
+    """rng.cuh holds the stream numbers of every per-site decision the kernels take, each equal
+    to tmesim.rng's; no other kernel file defines a stream."""
+    d = kernels.find_kernel_dir()
+    text = (d / "rng.cuh").read_text()
     found = {m.group(1): int(m.group(2))
              for m in re.finditer(r"^#define TM_STREAM_(\w+)\s+(\d+)", text, re.M)}
-    assert found == {k: getattr(rng, k) for k in
-                     ("MOVE", "MOVE_DIRECTION", "RECRUIT", "STROMA_DEATH", "CHEMOTAXIS")}
+    names = ("DIVIDE", "DIRECTION", "PRIORITY", "NECROSIS", "CLEARANCE", "TRANSITION", "KILL",
+             "MOVE", "MOVE_DIRECTION", "RECRUIT", "STROMA_DEATH", "CHEMOTAXIS")
+    assert set(names) <= set(found)
+    assert all(found[k] == getattr(rng, k) for k in found)
+    for f in d.iterdir():
+        if f.name != "rng.cuh" and f.suffix in (".cu", ".cuh"):
+            assert "#define TM_STREAM_" not in f.read_text(), f.name
 
 
 def test_assembled_source_has_the_stroma_kernels(tmp_path):
