@@ -19,6 +19,8 @@ from tmesim.grid import Grid
 from tmesim.steps import fields as F_
 from tmesim.steps.tumor import TumorRules
 
+from .conftest import MirrorLauncher
+
 # the CPU parity tests, collected again here: they take the `launcher` fixture of this module
 from .test_kernels_cpu import (  # noqa: F401 - collected again with this module's launcher
     CONFIGS, random_ghosts, random_lattice, test_laplacian_and_operator_bit_exact,
@@ -29,28 +31,6 @@ from .test_kernels_cpu import (  # noqa: F401 - collected again with this module
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")]
-
-
-class MirrorLauncher:
-    """Runs each launch on the GPU with numpy arguments: copies arrays to the device, launches,
-    copies every array back (outputs and in-place updates; inputs come back unchanged)."""
-    xp = np
-
-    def __init__(self):
-        import cupy
-        self.cupy = cupy
-        self.gpu = kernels.CupyLauncher()
-
-    def set_order(self, mode):
-        """Thread order is the hardware's on a GPU: nothing to set."""
-
-    def __call__(self, name, n_work, *args):
-        cp = self.cupy
-        dev = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
-        self.gpu(name, n_work, *dev)
-        for a, d in zip(args, dev):
-            if isinstance(a, np.ndarray):
-                a[...] = cp.asnumpy(d)
 
 
 @pytest.fixture(scope="module")

@@ -31,14 +31,6 @@ from tmesim.steps.fields import FieldSolver
 pytestmark = pytest.mark.skipif(kernels.find_cxx() is None, reason="no C++ compiler")
 
 
-@pytest.fixture(scope="module")
-def launcher():
-    portable = kernels.PortableLauncher(kernels.build_portable())
-    portable.set_order(0)
-    yield portable
-    portable.set_order(0)
-
-
 # ------------------------------------------------------------------------------------- scenarios
 def scenario_text(shape, method, *, dt_field=0.0, o2_faces='"all"', drug_faces='"x-", "y+"',
                   tolerance=1e-3, max_iterations=200):

@@ -41,16 +41,6 @@ from tmesim.steps.tumor import TumorRules
 pytestmark = pytest.mark.skipif(kernels.find_cxx() is None, reason="no C++ compiler")
 
 
-@pytest.fixture(scope="module")
-def launcher():
-    """The kernels compiled as C++ (cached by content hash under the temp folder).
-    tests/test_gpu_parity.py overrides this fixture with the GPU and reruns these tests."""
-    portable = kernels.PortableLauncher(kernels.build_portable())
-    portable.set_order(0)
-    yield portable
-    portable.set_order(0)
-
-
 # ------------------------------------------------------------------------------------------ rng
 SEEDS = [0, 1, 11, 20101, 2 ** 32 + 5, 2 ** 63 + 12345, 2 ** 64 - 1]
 

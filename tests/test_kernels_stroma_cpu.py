@@ -30,15 +30,6 @@ pytestmark = pytest.mark.skipif(kernels.find_cxx() is None, reason="no C++ compi
 COUNTS = ("caf_moves", "tam_moves", "tam_recruited", "tam_died", "lost_conflicts")
 
 
-@pytest.fixture(scope="module")
-def launcher():
-    """The kernels compiled as C++ (cached by content hash under the temp folder)."""
-    portable = kernels.PortableLauncher(kernels.build_portable())
-    portable.set_order(0)
-    yield portable
-    portable.set_order(0)
-
-
 # ------------------------------------------------------------------------------------- inputs
 #: (caf, tam) keyword arguments; rates high enough that every branch fires in a few steps
 CONFIGS = {

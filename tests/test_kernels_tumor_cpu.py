@@ -30,31 +30,12 @@ from tmesim.scenario import (DrugConfig, EffectConfig, SignallingConfig, Transit
                              TumorConfig)
 from tmesim.steps.tumor import RuleCounts, TumorRules
 
+from .conftest import MirrorLauncher, portable_launcher
+
 pytestmark = pytest.mark.skipif(kernels.find_cxx() is None and not gpu_available(),
                                 reason="no C++ compiler and no GPU")
 
 DT_MIN = 6.0
-
-
-class MirrorLauncher:
-    """Each launch on the GPU with numpy arguments: arrays go to the device and come back, so the
-    CPU tests' bodies and exact expectations apply unchanged."""
-    xp = np
-
-    def __init__(self):
-        import cupy
-        self.cupy = cupy
-        self.gpu = kernels.CupyLauncher()
-
-    def set_order(self, mode):
-        """Thread order is the hardware's on a GPU: nothing to set."""
-
-    def __call__(self, name, n_work, *args):
-        dev = [self.cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
-        self.gpu(name, n_work, *dev)
-        for a, d in zip(args, dev):
-            if isinstance(a, np.ndarray):
-                a[...] = self.cupy.asnumpy(d)
 
 
 @pytest.fixture(scope="module", params=[
@@ -66,8 +47,7 @@ def launcher(request):
     if request.param == "gpu":
         yield MirrorLauncher()
         return
-    portable = kernels.PortableLauncher(kernels.build_portable())
-    portable.set_order(0)
+    portable = portable_launcher()
     yield portable
     portable.set_order(0)
 
