@@ -295,6 +295,11 @@ class Simulation:
                 raise RunFileError(f"{path}: was written by another scenario than the one given; "
                                    f"resume it with `tmesim resume {path}`, which uses its own")
             status = attr_str(f, "status").strip()
+        except OSError as e:
+            raise RunFileError(f"{path}: its root attributes cannot be read ({e}): the writer was "
+                               "probably killed while rewriting its status; the time series and "
+                               "snapshots up to the last checkpoint are still readable with h5py"
+                               ) from None
         finally:
             f.close()
         if status not in self.RESUMABLE:

@@ -51,6 +51,8 @@ N_SLOTS = 2
 COUNTS = ("step", "n_snapshots", "n_rows", "n_events", "extra_nbytes", "generation")
 
 _STR = h5py.string_dtype("utf-8")
+#: room for the JSON index of the extra (controller) state in a checkpoint slot
+EXTRA_INDEX_BYTES = 8192
 
 
 @dataclass
@@ -90,7 +92,10 @@ def create_slots(f: h5py.File, arrays: dict, scenario_base_dir: str = ".") -> No
         s.create_dataset("time_min", data=np.float64(0.0))
         s.create_dataset("counts", data=np.zeros(len(COUNTS), dtype=np.int64))
         s.create_dataset("extra", (0,), maxshape=(None,), dtype=np.uint8, chunks=(4096,))
-        s.create_dataset("extra_index", data=np.array(["[]"], dtype=object), dtype=_STR)
+        # fixed length: rewritten in place at every checkpoint without touching HDF5's global
+        # heap, which also holds the root attributes' strings (a variable-length rewrite torn by
+        # a SIGKILL left them unreadable)
+        s.create_dataset("extra_index", data=np.array([b"[]"], dtype=f"S{EXTRA_INDEX_BYTES}"))
 
 
 # ------------------------------------------------------------------------------ writing
@@ -171,7 +176,11 @@ def write(f: h5py.File, arrays: dict, time_min: float, counts: dict, extra: dict
         s["extra"].resize((buf.size,))
     if buf.size:
         s["extra"][: buf.size] = buf
-    s["extra_index"][0] = index
+    raw = index.encode()
+    if len(raw) > EXTRA_INDEX_BYTES:
+        raise RunFileError(f"checkpoint: the index of the extra state takes {len(raw)} bytes, "
+                           f"more than the {EXTRA_INDEX_BYTES} its slot holds (too many arrays)")
+    s["extra_index"][0] = raw
     s["time_min"][()] = float(time_min)
     s["counts"][:] = np.array([counts["step"], counts["n_snapshots"], counts["n_rows"],
                                counts["n_events"], buf.size, generation], dtype=np.int64)
