@@ -295,7 +295,8 @@ class KernelFieldSolver:
         tol = self.sc.solver.tolerance
         # numpy evaluates tol * r0 with the Python float as a float32 (NEP 50): the same here,
         # spelled with the array first so that a cupy array's operator handles it
-        thresh = xp.maximum(r0 * f32(tol), bmax * f32(min(tol, 1e-6)))
+        thresh = xp.maximum(xp.maximum(r0 * f32(tol), bmax * f32(min(tol, 1e-6))),
+                            F_.RESIDUAL_ZERO)
         beta = None
         it = 0
         rmax = r0

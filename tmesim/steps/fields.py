@@ -361,6 +361,11 @@ def _pool(n: int) -> ThreadPoolExecutor:
         return _POOLS[n]
 
 
+#: residual (field units) below which a CG solve counts as converged whatever its start: far
+#: below any physical concentration, above where float32 residuals of near-empty fields stall
+RESIDUAL_ZERO = np.float32(1e-30)
+
+
 class FieldSolverError(UserError):
     """The field solve produced non-finite values."""
 
@@ -768,8 +773,9 @@ class FieldSolver:
             rmax = np.concatenate(self._map(lambda f0, f1: update(f0, f1, alpha), groups))
             # converged when the residual has fallen by the tolerance from its value at the start
             # of the step (so small steps are resolved as well as large ones), or to near float32
-            # rounding of the right-hand side
-            if np.all(rmax <= np.maximum(tol * r0, floor)):
+            # rounding of the right-hand side; a residual under RESIDUAL_ZERO field units is
+            # zero (a field that is all but absent stalls there in float32 arithmetic)
+            if np.all(rmax <= np.maximum(np.maximum(tol * r0, floor), RESIDUAL_ZERO)):
                 break
             rz_new = np.concatenate(self._map(precondition, groups))
             beta = np.where(rz > 0, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
