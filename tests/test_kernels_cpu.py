@@ -24,6 +24,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import fnmatch
+import re
 import shutil
 import subprocess
 import types
@@ -363,7 +364,8 @@ def test_tumor_kernels_take_every_rule(launcher):
 
 # ------------------------------------------------------------------------------------------ sources
 def test_assembled_source_compiles_with_nvcc(tmp_path):
-    """What get_module hands to NVRTC (preamble + inlined includes) is valid CUDA."""
+    """What get_module hands to NVRTC (preamble + inlined includes) is valid CUDA and exports
+    every kernel the sources declare (TM_KERNEL), in every file of KERNEL_SOURCES."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc not found")
@@ -374,9 +376,13 @@ def test_assembled_source_compiles_with_nvcc(tmp_path):
                        text=True)
     assert r.returncode == 0, r.stderr
     ptx = (tmp_path / "all.ptx").read_text()
-    for name in ("tm_rng_raw_at", "tm_laplacian", "tm_thomas_solve_diag", "tm_tumor_decide",
-                 "tm_tumor_apply", "tm_tumor_finish"):
-        assert f".entry {name}(" in ptx
+    d = kernels.find_kernel_dir()
+    declared = [m.group(1) for f in kernels.KERNEL_SOURCES
+                for m in re.finditer(r"TM_KERNEL\s+void\s+(\w+)\s*\(", (d / f).read_text())]
+    assert {"tm_rng_raw_at", "tm_laplacian", "tm_tumor_decide", "tm_stroma_decide",
+            "tm_lod_sweep"} <= set(declared)
+    for name in declared:
+        assert f".entry {name}(" in ptx, name
 
 
 def test_missing_sources_name_every_place_searched(monkeypatch, tmp_path):
