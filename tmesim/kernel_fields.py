@@ -31,7 +31,6 @@ the cell state are not included.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
@@ -319,10 +318,7 @@ class KernelFieldSolver:
         else:
             if not self._warned:
                 self._warned = True
-                warnings.warn(f"field solve stopped at solver.max_iterations = {it} with residual "
-                              f"{float(rmax.max()):.3g} (start {float(r0.max()):.3g}); raise "
-                              "solver.max_iterations or solver.tolerance", RuntimeWarning,
-                              stacklevel=3)
+                F_.warn_max_iterations(it, float(rmax.max()), float(r0.max()))
         return it
 
     # ----------------------------------------------------------------------------- lod

@@ -366,6 +366,14 @@ def _pool(n: int) -> ThreadPoolExecutor:
 RESIDUAL_ZERO = np.float32(1e-30)
 
 
+def warn_max_iterations(it: int, rmax: float, r0: float) -> None:
+    """The once-per-solver warning of a CG solve that reached solver.max_iterations (shown at
+    the caller of the solver's step)."""
+    warnings.warn(f"field solve stopped at solver.max_iterations = {it} with residual "
+                  f"{rmax:.3g} (start {r0:.3g}); raise solver.max_iterations or "
+                  "solver.tolerance", RuntimeWarning, stacklevel=4)
+
+
 class FieldSolverError(UserError):
     """The field solve produced non-finite values."""
 
@@ -783,10 +791,7 @@ class FieldSolver:
         else:
             if not self._warned:
                 self._warned = True
-                warnings.warn(f"field solve stopped at solver.max_iterations = {it} with residual "
-                              f"{rmax.max():.3g} (start {r0.max():.3g}); raise "
-                              "solver.max_iterations or solver.tolerance", RuntimeWarning,
-                              stacklevel=3)
+                warn_max_iterations(it, float(rmax.max()), float(r0.max()))
         return it
 
     # ----------------------------------------------------------------------------- lod
