@@ -22,7 +22,7 @@ import pytest
 import tmesim
 from tmesim.cli import main
 from tmesim.errors import RunFileError
-from tmesim.io import checkpoint
+from tmesim.io import checkpoint, schema
 from tmesim.schedules import IterationInterval
 
 # 32 x 32 voxels, 480 steps: about 2 s; a checkpoint every 20 steps, a snapshot every 30
@@ -322,7 +322,7 @@ def test_resume_refusals_and_nothing_to_do(tiny, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "error:" in err and f"format {ver}" in err
     with h5py.File(out, "r+") as f:
-        f.attrs["format_version"] = "1.0"
+        f.attrs["format_version"] = schema.FORMAT_VERSION
     assert main(["resume", str(out), "-q"]) == 0
     assert_same_run(ref, out)
     # a finished run: nothing to do, the file untouched

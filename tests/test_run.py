@@ -1,5 +1,6 @@
 """Whole runs: the HDF5 file and its schema, determinism, a killed run, the reader, CLI, report."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -11,6 +12,9 @@ import pytest
 
 import tmesim
 from tmesim import codes
+from tmesim.io import schema
+from tmesim.io.hdf5 import RunWriter
+from tmesim.io.reader import open_run
 from tmesim.cli import main
 from tmesim.errors import RunFileError
 
@@ -44,7 +48,7 @@ def test_run_file_schema(tmp_path):
     sc, sim, path = run_small(tmp_path)
     with h5py.File(path, "r") as f:
         a = f.attrs
-        assert a["format"] == "tmesim" and a["format_version"] == "1.0"
+        assert a["format"] == "tmesim" and a["format_version"] == schema.FORMAT_VERSION
         assert a["seed"] == 11 and a["dx_um"] == 20.0 and a["dt_min"] == 6.0
         assert list(a["axes"]) == ["y", "x"] and list(a["grid_shape"]) == [48, 48]
         assert a["status"].strip() == "finished"
@@ -70,6 +74,10 @@ def test_run_file_schema(tmp_path):
                                    rtol=1e-6)
         kinds = [k.decode() for k in f["events/kind"][:]]
         assert kinds[0] == "start"
+        # fixed-length, not variable-length strings: no event write touches the global heap
+        lengths = {"kind": schema.EVENT_KIND_BYTES, "detail": schema.EVENT_DETAIL_BYTES}
+        for name, n in lengths.items():
+            assert h5py.check_string_dtype(f["events"][name].dtype).length == n
     assert (tmp_path / "a.xdmf").is_file()
     xml = (tmp_path / "a.xdmf").read_text()
     assert xml.count("<Grid Name=\"t") == 5 and "a.h5:/snapshots/fields/oxygen" in xml
@@ -226,3 +234,41 @@ def test_quickstart_runs_as_readme_says(tmp_path):
     with tmesim.open_run(tmp_path / "q.h5") as ds:
         assert ds["burden"].values[-1] > ds["burden"].values[0]     # it grows
         assert ds["hypoxic_fraction"].values[-1] > 0.2               # and turns hypoxic
+
+
+def test_event_details_round_trip_and_an_oversized_one_is_kept_truncated(tmp_path):
+    """Events are fixed-length; a detail too long for its slot is kept as valid JSON, marked."""
+    sc, _, path = run_small(tmp_path)
+    big = {"note": "é" * 3 * schema.EVENT_DETAIL_BYTES, "x": 1}
+    small = {"drug": "erlotinib", "dose_uM": 2.0, "why": "burden ≥ baseline"}
+    with h5py.File(path, "r+", libver="latest") as f:
+        n = f["events/kind"].shape[0]
+        w = RunWriter.__new__(RunWriter)
+        w.f = f
+        RunWriter.event(w, 5.0, "note", small)
+        RunWriter.event(w, 6.0, "note", big)
+        with pytest.raises(ValueError, match="longer than"):
+            RunWriter.event(w, 7.0, "k" * (schema.EVENT_KIND_BYTES + 1), {})
+    ev = open_run(path).attrs["events"]
+    assert len(ev) == n + 2
+    assert ev[n] == (5.0, "note", small)
+    t, kind, d = ev[n + 1]
+    assert (t, kind, d["truncated"]) == (6.0, "note", True)
+    assert len(d["text"]) > 100 and json.dumps(big, sort_keys=True).startswith(d["text"])
+    assert 0 < len(json.dumps(d).encode()) <= schema.EVENT_DETAIL_BYTES
+
+
+def test_a_format_1_0_file_with_variable_length_events_still_reads(tmp_path):
+    """Files written before events became fixed-length (format 1.0) read the same."""
+    _, _, path = run_small(tmp_path)
+    before = open_run(path).attrs["events"]
+    with h5py.File(path, "r+") as f:
+        ev = f["events"]
+        kinds = [k.decode() for k in ev["kind"][:]]
+        details = [d.decode() for d in ev["detail"][:]]
+        for name, vals in (("kind", kinds), ("detail", details)):
+            del ev[name]
+            ev.create_dataset(name, data=vals, maxshape=(None,), chunks=(64,),
+                              dtype=h5py.string_dtype("utf-8"))
+        f.attrs["format_version"] = "1.0"
+    assert open_run(path).attrs["events"] == before

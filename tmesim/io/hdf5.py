@@ -27,7 +27,6 @@ from ..errors import RunFileError
 from . import checkpoint, schema
 from .xdmf import write_xdmf
 
-_STR = h5py.string_dtype("utf-8")
 
 
 def _snapshot_chunks(shape) -> tuple[int, ...]:
@@ -101,8 +100,10 @@ class RunWriter:
             d.attrs["units"] = units
         ev = f.create_group(schema.EVENTS)
         ev.create_dataset("time_min", (0,), maxshape=(None,), dtype="f8", chunks=(64,))
-        ev.create_dataset("kind", (0,), maxshape=(None,), dtype=_STR, chunks=(64,))
-        ev.create_dataset("detail", (0,), maxshape=(None,), dtype=_STR, chunks=(64,))
+        ev.create_dataset("kind", (0,), maxshape=(None,), dtype=f"S{schema.EVENT_KIND_BYTES}",
+                          chunks=(64,))
+        ev.create_dataset("detail", (0,), maxshape=(None,), dtype=f"S{schema.EVENT_DETAIL_BYTES}",
+                          chunks=(64,), compression="gzip", compression_opts=1)
         if checkpoint_arrays is not None:
             checkpoint.create_slots(f, checkpoint_arrays, getattr(scenario, "base_dir", "."))
         f.swmr_mode = True
@@ -241,11 +242,28 @@ class RunWriter:
         self.f.flush()
 
     def event(self, time_min: float, kind: str, detail: dict | None = None) -> None:
-        """Record an event (treatment decision, stop, checkpoint, ...); detail is stored as JSON."""
+        """Record an event (treatment decision, stop, checkpoint, ...); detail is stored as JSON.
+
+        A detail longer than ``schema.EVENT_DETAIL_BYTES`` in UTF-8 is kept as
+        ``{"truncated": true, "text": <its JSON cut to fit>}`` rather than failing the run.
+        """
+        kind_b = kind.encode("ascii")
+        if len(kind_b) > schema.EVENT_KIND_BYTES:
+            raise ValueError(f"event kind {kind!r} is longer than {schema.EVENT_KIND_BYTES} bytes")
+        text = json.dumps(detail or {}, sort_keys=True)
+        detail_b = text.encode("utf-8")
+        if len(detail_b) > schema.EVENT_DETAIL_BYTES:
+            room = schema.EVENT_DETAIL_BYTES - 64
+            while True:   # cut on whole characters, then re-escape, until the JSON fits
+                cut = json.dumps({"truncated": True, "text": text[:room]}, sort_keys=True)
+                detail_b = cut.encode("utf-8")
+                if len(detail_b) <= schema.EVENT_DETAIL_BYTES:
+                    break
+                room -= max(1, len(detail_b) - schema.EVENT_DETAIL_BYTES)
         ev = self.f[schema.EVENTS]
         self._append(ev["time_min"], [time_min])
-        self._append(ev["kind"], [kind])
-        self._append(ev["detail"], [json.dumps(detail or {}, sort_keys=True)])
+        self._append(ev["kind"], np.array([kind_b], dtype=f"S{schema.EVENT_KIND_BYTES}"))
+        self._append(ev["detail"], np.array([detail_b], dtype=f"S{schema.EVENT_DETAIL_BYTES}"))
         self.f.flush()
 
     def close(self, status: str = "finished") -> None:

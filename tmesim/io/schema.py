@@ -12,7 +12,10 @@ One run, one HDF5 file (DESIGN.md). Axis order is (z, y, x); a 2D run has (y, x)
     /snapshots/memory       (T, [Z,] Y, X) float32, epigenetic memory of tumor cells in [0, 1]
     /snapshots/fields/NAME  (T, [Z,] Y, X) float32, attrs["units"]
     /timeseries/COLUMN      (N,) float64, one row per agent step, attrs["units"]
-    /events/time_min, /events/kind, /events/detail   (E,) float64, str, str (detail is JSON)
+    /events/time_min        (E,) float64, minutes
+    /events/kind            (E,) fixed-length bytes (EVENT_KIND_BYTES), ASCII
+    /events/detail          (E,) fixed-length bytes (EVENT_DETAIL_BYTES), UTF-8 JSON, NUL-padded
+                            (format 1.0 wrote both as variable-length strings; readers take both)
     /checkpoint             two slots, each every State array plus step, time, row counts and
                             Model.extra_state(); attrs valid_slot says which slot is committed
                             (tmesim.io.checkpoint)
@@ -23,13 +26,17 @@ any moment leaves a file that opens, holding everything flushed before the kill.
 """
 
 FORMAT = "tmesim"
-FORMAT_VERSION = "1.0"          # major.minor: readers refuse a newer major version
+FORMAT_VERSION = "1.1"          # major.minor: readers refuse a newer major version
 MAJOR = 1
 
 SNAPSHOTS = "snapshots"
 FIELDS = "snapshots/fields"
 TIMESERIES = "timeseries"
 EVENTS = "events"
+# Events are fixed-length byte strings: a variable-length string lives in HDF5's global heap, which
+# also holds the root attributes' strings, and an append torn by SIGKILL could corrupt them.
+EVENT_KIND_BYTES = 32
+EVENT_DETAIL_BYTES = 2048
 
 # Time-series columns every run has, with units; then mean_<field> and mean_<field>_tumor per field.
 BASE_COLUMNS = {
