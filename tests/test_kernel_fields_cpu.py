@@ -377,3 +377,25 @@ def test_gpu_runs_are_bitwise_reproducible(method):
         out.append((cupy.asnumpy(f), sweeps))
     np.testing.assert_array_equal(out[0][0], out[1][0])
     assert out[0][1] == out[1][1]
+
+
+def test_a_field_decayed_into_denormals_converges_at_once(launcher):
+    """A secreted signal whose sources are gone decays into float32's denormal range (a TAM
+    recruitment signal in the therapy library reached +-1e-42). Its residual cannot fall by the
+    relative tolerance there; both solvers must count it as converged (RESIDUAL_ZERO) instead
+    of running to max_iterations every step. Regression: CG stalled at 200 iterations, 1e-31."""
+    sc, ref, ks = solvers(launcher, (24, 24), "adi", tolerance=1e-3, max_iterations=50)
+    g = np.random.default_rng(8)
+    kind, state = random_cells(g, 576)
+    kind[(kind == codes.CAF) | (kind == codes.TAM)] = codes.EMPTY     # no hgf secretion left
+    want = initial_fields(g, 576)
+    want[2] = g.choice(np.array([-4e-45, 0.0, 1e-44, 3e-43, 2e-42], np.float32), 576)
+    got = want.copy()
+    for solver, f in ((ref, want), (ks, got)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            for _ in range(3):
+                solver.step(f, kind, state)
+                assert solver.last_sweeps < 50
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(want[2]).max() < 1e-40
