@@ -197,8 +197,9 @@ def measure_parts(backend, shape, radius_vox, repeats: int, warm: int, log) -> l
         sc = bench_scenario(shape, radius_vox, f"solver.method={method}")
         m = Model(sc, backend)
         counter = CountingLauncher(m.classes.launcher)
-        # every step class holds its launcher as .L: route them through the counter
-        for obj in (m.field_solver, m.tumor_rules, m.stroma_rules):
+        # every step class holds its launcher as .L: route them through the counter (the field
+        # solver behind the wrapper that skips well-mixed drug fields)
+        for obj in (m.field_solver.inner, m.tumor_rules, m.stroma_rules):
             obj.L = counter
         log(f"  {grid_name} {method}: {warm} warm-up steps")
         for _ in range(warm):

@@ -832,3 +832,69 @@ def test_lod_substep_matches_reference_scheme():
     assert fs.n_sub == 12
     assert np.abs(f - ref.astype(np.float32)).max() <= 1e-5 * np.abs(ref).max()
     assert np.all(f[:, pinned] == fs.vessel_value)
+
+
+# ------------------------------------------------------------------ well-mixed drugs are not solved
+MIXED_DRUGS = """
+[run]
+dt_min = 6.0
+duration_days = 0.25
+[grid]
+shape = [30, 34]
+dx_um = 20.0
+[init.tumor]
+shape = "disk"
+radius_um = 200
+[init.vessels]
+placement = "random"
+density = 0.02
+[drugs.erl]
+preset = "egfr_tki"
+transport = "{t0}"
+schedule = {{ kind = "continuous", dose_uM = 2.0 }}
+[drugs.kdm5i]
+preset = "kdm5_inhibitor"
+transport = "{t1}"
+schedule = {{ kind = "continuous", dose_uM = 10.0 }}
+[drugs.gpx4i]
+preset = "gpx4_inhibitor"
+transport = "{t2}"
+schedule = {{ kind = "continuous", dose_uM = 0.5, start_day = 0.1 }}
+"""
+
+
+@pytest.mark.parametrize("transports", [("uniform", "uniform", "uniform"),   # a consecutive tail
+                                        ("bath", "uniform", "vessels"),      # rows apart
+                                        ("uniform", "bath", "uniform")])
+def test_well_mixed_drug_fields_are_set_not_solved(transports):
+    """A well-mixed drug's field is its free plasma level everywhere, every step; the other
+    fields evolve exactly as a solver of them alone evolves them (its iterations included)."""
+    from tmesim.simulation import Model
+    from tmesim.steps.fields import TransportedFields, transported_scenario
+    sc = tmesim.loads_scenario(MIXED_DRUGS.format(t0=transports[0], t1=transports[1],
+                                                  t2=transports[2]))
+    model = Model(sc)
+    solver = model.field_solver
+    assert isinstance(solver, TransportedFields)
+    sub = transported_scenario(sc)
+    uniform = [i for i, f in enumerate(sc.fields)
+               if f.role == "drug" and sc.drug(f.name).transport == "uniform"]
+    kept = [i for i in range(len(sc.fields)) if i not in uniform]
+    assert sub.field_names == tuple(sc.fields[i].name for i in kept)
+    alone = FieldSolver(sub, model.grid)
+    mine = model.state.fields[kept].copy()
+    for _ in range(sc.n_steps):
+        kind, tumor_state = model.state.kind.copy(), model.state.tumor_state.copy()
+        model.step()
+        st = model.state
+        # the supply of the step just taken (the plasma has not moved since)
+        alone.set_supply(model.therapy.supply(st)[kept])
+        alone.step(mine, kind, tumor_state)
+        np.testing.assert_array_equal(st.fields[kept], mine)
+        assert model.field_solver.last_sweeps == alone.last_sweeps
+        for i in uniform:
+            d = sc.drug(sc.fields[i].name)
+            free = d.unbound_fraction * st.plasma[sc.drug_names.index(d.name)]
+            assert (st.fields[i] == np.float32(free)).all()
+    # the drug doses were given (gpx4i from day 0.1 on)
+    assert (st.plasma > 0).all()

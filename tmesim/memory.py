@@ -70,6 +70,8 @@ def field_workspace_estimate(sc, backend_name: str) -> int:
 
 
 def _field_workspace(sc, backend_name: str) -> tuple[int, str]:
+    from .steps.fields import transported_scenario
+    sc = transported_scenario(sc)      # well-mixed drug fields are not solved
     if backend_name != "cpu":
         try:
             from .kernel_fields import field_workspace_bytes

@@ -29,6 +29,7 @@ from .scenario import Scenario, load_scenario, loads_scenario
 from .schedules import TimeInterval
 from .controllers import Controllers
 from .errors import UserError
+from .steps.fields import TransportedFields
 from .steps.therapy import Therapy
 
 
@@ -105,7 +106,7 @@ class Model:
         L = {} if cls.launcher is None else {"launcher": cls.launcher}
         self.grid = Grid(sc.grid.shape, sc.grid.dx_um, sc.grid.neighbourhood)
         self.state = initial_state(sc, self.grid).to_backend(self.backend.to_device)
-        self.field_solver = cls.fields(sc, self.grid, **L)
+        self.field_solver = TransportedFields(cls.fields, sc, self.grid, **L)
         self.controllers = Controllers(sc, self.grid, controllers)
         self.therapy = Therapy(sc, self.field_solver, self.controllers)
         self.last_row = None

@@ -877,3 +877,67 @@ class FieldSolver:
                 np.copyto(cg if s == n_sub - 1 else wg, tg.swapaxes(-1, -2))
 
         self._map(run, self._groups(min_sites=_THREAD_MIN_SITES))
+
+
+# ------------------------------------------------------------------------ well-mixed drug fields
+def transported(sc: Scenario) -> tuple[int, ...]:
+    """Rows of the fields that are solved: all but the fields of well-mixed drugs
+    (``transport = "uniform"``), whose level Therapy sets everywhere after each step."""
+    uniform = {d.name for d in sc.drugs if d.transport == "uniform"}
+    return tuple(i for i, f in enumerate(sc.fields) if f.name not in uniform)
+
+
+def transported_scenario(sc: Scenario) -> Scenario:
+    """``sc`` with only the fields that are solved (what a solver of them allocates for)."""
+    import dataclasses
+    keep = transported(sc)
+    if len(keep) == len(sc.fields):
+        return sc
+    return dataclasses.replace(sc, fields=tuple(sc.fields[i] for i in keep))
+
+
+class TransportedFields:
+    """A field solver (numpy or kernel class) over the transported fields only.
+
+    A well-mixed drug's field is one number everywhere, overwritten after every step: solving it
+    cost as much as any diffusing field (the therapy library's tumor has four, half its solve
+    time). Same interface as the solver: ``step(fields, kind, tumor_state)`` on all F rows (the
+    well-mixed rows are left as they are), ``set_supply`` with F values, ``last_sweeps``.
+    """
+
+    def __init__(self, solver_cls, sc: Scenario, grid: Grid, **kw):
+        keep = transported(sc)
+        self.sc = sc
+        self.F = len(sc.fields)
+        self.rows = np.array(keep, dtype=np.intp)
+        self.every = len(keep) == self.F
+        # consecutive rows are a view of the state's fields: the solver works in place
+        self.span = (slice(keep[0], keep[-1] + 1)
+                     if keep and keep[-1] - keep[0] + 1 == len(keep) else None)
+        self.inner = solver_cls(transported_scenario(sc), grid, **kw)
+        self._rows_dev = {}
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["inner"], name)
+
+    def set_supply(self, values) -> None:
+        self.inner.set_supply(np.asarray(values, dtype=np.float64)[self.rows])
+
+    def step(self, fields, kind, tumor_state=None):
+        if self.every:
+            return self.inner.step(fields, kind, tumor_state)
+        if self.rows.size == 0:
+            self.inner.last_sweeps = 0
+            return fields
+        if self.span is not None:
+            self.inner.step(fields[self.span], kind, tumor_state)
+            return fields
+        xp = type(fields).__module__.split(".")[0]
+        rows = self.rows
+        if xp == "cupy":      # cupy takes no numpy index arrays implicitly
+            import cupy
+            rows = self._rows_dev.setdefault("cupy", cupy.asarray(self.rows))
+        sub = fields[rows]
+        self.inner.step(sub, kind, tumor_state)
+        fields[rows] = sub
+        return fields
