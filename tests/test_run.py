@@ -245,10 +245,10 @@ def test_event_details_round_trip_and_an_oversized_one_is_kept_truncated(tmp_pat
         n = f["events/kind"].shape[0]
         w = RunWriter.__new__(RunWriter)
         w.f = f
-        RunWriter.event(w, 5.0, "note", small)
-        RunWriter.event(w, 6.0, "note", big)
+        w.event(5.0, "note", small)
+        w.event(6.0, "note", big)
         with pytest.raises(ValueError, match="longer than"):
-            RunWriter.event(w, 7.0, "k" * (schema.EVENT_KIND_BYTES + 1), {})
+            w.event(7.0, "k" * (schema.EVENT_KIND_BYTES + 1), {})
     ev = open_run(path).attrs["events"]
     assert len(ev) == n + 2
     assert ev[n] == (5.0, "note", small)

@@ -77,6 +77,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import codes
+from ..backend import array_module
 from ..errors import UserError
 from ..grid import Grid
 from ..scenario import Scenario, face_conditions
@@ -910,12 +911,12 @@ class TransportedFields:
         self.sc = sc
         self.F = len(sc.fields)
         self.rows = np.array(keep, dtype=np.intp)
-        self.every = len(keep) == self.F
-        # consecutive rows are a view of the state's fields: the solver works in place
-        self.span = (slice(keep[0], keep[-1] + 1)
-                     if keep and keep[-1] - keep[0] + 1 == len(keep) else None)
+        # consecutive rows (all of them, or none) are a view of the state's fields: the solver
+        # works in place; scattered rows are gathered and written back
+        first = keep[0] if keep else 0
+        consecutive = keep == tuple(range(first, first + len(keep)))
+        self.span = slice(first, first + len(keep)) if consecutive else None
         self.inner = solver_cls(transported_scenario(sc), grid, **kw)
-        self._rows_dev = {}
 
     def __getattr__(self, name):
         return getattr(self.__dict__["inner"], name)
@@ -924,19 +925,10 @@ class TransportedFields:
         self.inner.set_supply(np.asarray(values, dtype=np.float64)[self.rows])
 
     def step(self, fields, kind, tumor_state=None):
-        if self.every:
-            return self.inner.step(fields, kind, tumor_state)
-        if self.rows.size == 0:
-            self.inner.last_sweeps = 0
-            return fields
         if self.span is not None:
             self.inner.step(fields[self.span], kind, tumor_state)
             return fields
-        xp = type(fields).__module__.split(".")[0]
-        rows = self.rows
-        if xp == "cupy":      # cupy takes no numpy index arrays implicitly
-            import cupy
-            rows = self._rows_dev.setdefault("cupy", cupy.asarray(self.rows))
+        rows = array_module(fields).asarray(self.rows)   # cupy takes no numpy index arrays
         sub = fields[rows]
         self.inner.step(sub, kind, tumor_state)
         fields[rows] = sub
