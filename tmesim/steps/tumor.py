@@ -147,8 +147,17 @@ class TumorRules:
                                       1.0 - params.resistance_cost])
         self.effects = Effects(drugs) if drugs else None
         self.n_drugs = len(drugs)
-        self._claims = np.zeros(grid.n_sites, dtype=np.uint64)
+        self._claim_scratch = None
         self.last_division = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+
+    @property
+    def _claims(self) -> np.ndarray:
+        """(n_sites,) uint64 claim scratch, all 0 between steps. Made on first use: the kernel
+        rules build a TumorRules for its parameters only, and 8 bytes per voxel on the host
+        would be 8.6 GB at 1024^3."""
+        if self._claim_scratch is None:
+            self._claim_scratch = np.zeros(self.grid.n_sites, dtype=np.uint64)
+        return self._claim_scratch
 
     # ------------------------------------------------------------------ per-cell quantities
     def hypoxia_level(self, o2: np.ndarray) -> np.ndarray:
