@@ -108,8 +108,13 @@ def test_paired_gains_and_their_statistics_on_known_curves():
     assert st["p"] == pytest.approx(0.0625)
     half = stats.t.ppf(0.975, 4) * g.std(ddof=1) / np.sqrt(5)
     assert st["lo"] == pytest.approx(g.mean() - half) and st["hi"] == pytest.approx(g.mean() + half)
+    # relative to B's time to progression, ln(1.2) / 0.2 days rounded up to the sampling
+    t_b = np.ceil(np.log(1.2) / 0.2 / 0.05) * 0.05
+    rel = compare.relative_gains(c, res, "A", "B")
+    np.testing.assert_allclose(rel, 100 * delays / t_b, atol=100 * 0.051 / t_b)
     text = compare.paired_table(c, res)
     assert "A vs B" in text and "5/5" in text and "0.0625" in text
+    assert f"{rel.mean():+.3g} %" in text
     # no difference at all: p = 1, no replicate gains
     st0 = compare.paired_stats(np.zeros(4))
     assert st0["p"] == 1.0 and st0["mean"] == 0.0

@@ -26,7 +26,10 @@ share their random numbers wherever their histories agree (common random numbers
 [arm, reference] (default: every arm against the first) is therefore compared replicate by
 replicate: the gain in time to progression, its mean and sd over replicates, a 95 % confidence
 interval (Student t on the paired differences) and the two-sided p-value of the Wilcoxon
-signed-rank test (exact for small samples; scipy.stats.wilcoxon). A censored time enters as
+signed-rank test (exact for small samples; scipy.stats.wilcoxon), and the gain as a
+percentage of the reference's time to progression (mean and t interval of the per-replicate
+ratios: a fitness cost that slows regrowth lengthens every time, so a comparison across
+regimes should look at this as well as at days). A censored time enters as
 the end of the run, so a gain involving censored replicates is a bound, marked as such.
 """
 
@@ -152,18 +155,35 @@ def run_comparison(c: Comparison, jobs: int = 1, echo=print):
     return results
 
 
-def paired_gains(c: Comparison, results: dict, arm: str, ref: str):
-    """Per replicate: time to progression of ``arm`` minus that of ``ref`` (days), and whether
-    either was censored."""
+def paired_ttps(c: Comparison, results: dict, arm: str, ref: str):
+    """Per replicate: time to progression of ``arm`` and of ``ref`` (days), and whether either
+    was censored."""
     def ttp(s):
         return time_to_progression(s["day"], s["burden"], c.reference_day,
                                    c.progression_fraction)
-    gains, censored = [], []
+    ta, tb, censored = [], [], []
     for a, b in zip(results[arm], results[ref]):
-        (ta, pa), (tb, pb) = ttp(a), ttp(b)
-        gains.append(ta - tb)
+        (da, pa), (db, pb) = ttp(a), ttp(b)
+        ta.append(da)
+        tb.append(db)
         censored.append(not (pa and pb))
-    return np.array(gains), np.array(censored)
+    return np.array(ta), np.array(tb), np.array(censored)
+
+
+def paired_gains(c: Comparison, results: dict, arm: str, ref: str):
+    """Per replicate: time to progression of ``arm`` minus that of ``ref`` (days), and whether
+    either was censored."""
+    ta, tb, censored = paired_ttps(c, results, arm, ref)
+    return ta - tb, censored
+
+
+def relative_gains(c: Comparison, results: dict, arm: str, ref: str) -> np.ndarray:
+    """Per replicate: the gain in time to progression as a percentage of ``ref``'s (a schedule
+    that delays progression by a fixed share of the time it takes shows the same percentage
+    whatever sets the pace of regrowth, e.g. a fitness cost)."""
+    ta, tb, _ = paired_ttps(c, results, arm, ref)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 100.0 * (ta - tb) / tb
 
 
 def paired_stats(gains: np.ndarray) -> dict:
@@ -183,15 +203,21 @@ def paired_stats(gains: np.ndarray) -> dict:
 def paired_table(c: Comparison, results: dict) -> str:
     """One line per [arm, reference] pair: the paired gain in time to progression."""
     head = ["arm vs reference", "gain in TTP (d), paired", "95 % CI", "Wilcoxon p",
-            "replicates with gain > 0"]
+            "replicates with gain > 0", "gain, % of reference TTP (95 % CI)"]
     rows = []
     for arm, ref in c.pairs:
         g, cens = paired_gains(c, results, arm, ref)
         st = paired_stats(g)
+        rel = relative_gains(c, results, arm, ref)
+        if np.all(np.isfinite(rel)):
+            sr = paired_stats(rel)
+            rel_text = f"{sr['mean']:+.3g} % [{sr['lo']:+.3g}, {sr['hi']:+.3g}]"
+        else:
+            rel_text = "n/a (reference progressed at once)"
         bound = " (censored: bound)" if cens.any() else ""
         rows.append([f"{arm} vs {ref}", f"{st['mean']:+.3g} ± {st['sd']:.2g}{bound}",
                      f"[{st['lo']:+.3g}, {st['hi']:+.3g}]", f"{st['p']:.3g}",
-                     f"{int((g > 0).sum())}/{g.size}"])
+                     f"{int((g > 0).sum())}/{g.size}", rel_text])
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     lines = ["paired by seed (replicate k of every arm has the same seed): mean ± sd of the "
              "per-replicate difference",
