@@ -49,7 +49,7 @@ class StromaRules:
         self.grid = grid
         self.seed = seed
         self.dt = dt_min
-        self._claims = None           # (n_sites,) uint64 claim scratch, made on first move
+        self._claims = np.zeros(grid.n_sites, dtype=np.uint64)
 
     def active(self, kind: np.ndarray) -> bool:
         """Whether the step can change anything (stromal cells present or TAMs recruited)."""
@@ -109,8 +109,6 @@ class StromaRules:
                 s = np.where(empty[follow], signal[nbr[follow]], -np.inf)
                 best = s == s.max(axis=1, keepdims=True)
                 targets[follow] = choose_target(words[follow], best, nbr[follow])
-            if self._claims is None:
-                self._claims = np.zeros(self.grid.n_sites, dtype=np.uint64)
             won = resolve_claims(self._claims, sources, targets, words)
             out.lost_conflicts = int((~won).sum())
             won_src, won_tgt = sources[won], targets[won]
