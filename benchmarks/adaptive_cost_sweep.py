@@ -29,7 +29,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 ROOT = Path(__file__).resolve().parent.parent
 DISH = ROOT / "scenarios" / "therapy" / "nsclc_tki_dish.toml"
@@ -83,13 +82,8 @@ def tasks(regimes: dict, reps: int):
                     yield (name, cost, arm, k), ov, start
 
 
-def interval(x: np.ndarray) -> tuple[float, float, float]:
-    m = float(x.mean())
-    h = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
-    return m, m - h, m + h
-
-
 def table(results: dict, regimes, reps: int) -> str:
+    from tmesim.compare import paired_stats      # the mean and 95 % t interval of tmesim compare
     head = ["regime", "cost", "burden at start", "continuous TTP (d)", "adaptive TTP (d)",
             "paired gain (d), 95 % CI", "gain, % of continuous TTP (95 % CI)", "gained",
             "censored"]
@@ -101,13 +95,13 @@ def table(results: dict, regimes, reps: int) -> str:
             ct = np.array([x["ttp"] for x in r["continuous"]])
             at = np.array([x["ttp"] for x in r["adaptive"]])
             g, rel = at - ct, 100 * (at - ct) / ct
-            m, lo, hi = interval(g)
-            rm, rlo, rhi = interval(rel)
+            st, sr = paired_stats(g), paired_stats(rel)
             cens = sum(x["censored"] for a in r.values() for x in a)
             rows.append([name, f"{cost:g}", f"{np.mean([x['ref'] for x in r['continuous']]):.0f}",
                          f"{ct.mean():.1f} ± {ct.std(ddof=1):.1f}",
                          f"{at.mean():.1f} ± {at.std(ddof=1):.1f}",
-                         f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]", f"{rm:+.1f} [{rlo:+.1f}, {rhi:+.1f}]",
+                         f"{st['mean']:+.2f} [{st['lo']:+.2f}, {st['hi']:+.2f}]",
+                         f"{sr['mean']:+.1f} [{sr['lo']:+.1f}, {sr['hi']:+.1f}]",
                          f"{int((g > 0).sum())}/{g.size}", str(cens)])
     w = [max(len(x[i]) for x in rows + [head]) for i in range(len(head))]
     out = ["  ".join(h.ljust(n) for h, n in zip(head, w)), "  ".join("-" * n for n in w)]

@@ -182,8 +182,12 @@ def relative_gains(c: Comparison, results: dict, arm: str, ref: str) -> np.ndarr
     that delays progression by a fixed share of the time it takes shows the same percentage
     whatever sets the pace of regrowth, e.g. a fitness cost)."""
     ta, tb, _ = paired_ttps(c, results, arm, ref)
+    return _percent_of(ta - tb, tb)
+
+
+def _percent_of(gains: np.ndarray, reference: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        return 100.0 * (ta - tb) / tb
+        return 100.0 * gains / reference
 
 
 def paired_stats(gains: np.ndarray) -> dict:
@@ -206,9 +210,10 @@ def paired_table(c: Comparison, results: dict) -> str:
             "replicates with gain > 0", "gain, % of reference TTP (95 % CI)"]
     rows = []
     for arm, ref in c.pairs:
-        g, cens = paired_gains(c, results, arm, ref)
+        ta, tb, cens = paired_ttps(c, results, arm, ref)
+        g = ta - tb
         st = paired_stats(g)
-        rel = relative_gains(c, results, arm, ref)
+        rel = _percent_of(g, tb)
         if np.all(np.isfinite(rel)):
             sr = paired_stats(rel)
             rel_text = f"{sr['mean']:+.3g} % [{sr['lo']:+.3g}, {sr['hi']:+.3g}]"
