@@ -101,14 +101,24 @@ def test_misspelt_parameter_refuses_the_whole_sweep(tmp_path, capsys):
     assert "no run has a valid scenario" in capsys.readouterr().err
 
 
-def _worker_running(client, keys):
-    """{worker address: key} of runs being processed now."""
-    out = {}
-    for addr, ks in client.processing().items():
-        for k in ks:
-            if k in keys:
-                out[addr] = k
-    return out
+def _open_run(pid: int, runs: Path):
+    """The run file (runs/rNNNN.h5) that process ``pid`` holds open, or None."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = Path(os.readlink(fd))
+        except OSError:
+            continue
+        if target.parent == runs and target.suffix == ".h5":
+            return target
+    return None
+
+
+def _signal_all(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def test_local_cluster_sweep_survives_killed_worker_records_failure_and_reruns_nothing(
@@ -133,23 +143,32 @@ def test_local_cluster_sweep_survives_killed_worker_records_failure_and_reruns_n
             res=sw.run_sweep(spec, client=client, progress=False, log=lambda m: None)))
         t.start()
         killed = None
+        runs = (spec.out_dir / "runs").resolve()
         deadline = time.monotonic() + 120
+        # Each look freezes both workers (SIGSTOP) before reading their files and thaws them
+        # after, so a run advances only between looks: however fast the machine, or however slow
+        # this thread under load, every run is seen many times between its first checkpoint and
+        # its end.
         while killed is None and time.monotonic() < deadline and t.is_alive():
-            time.sleep(0.05)
-            keys = {f"tmesim-t-{r.id}-0" for r in spec.runs()}
-            for addr, key in _worker_running(client, keys).items():
-                rid = key.split("-")[2]
-                h5 = spec.out_dir / "runs" / f"{rid}.h5"
-                try:
-                    with h5py.File(h5, "r", swmr=True) as f:
-                        step = int(f["checkpoint/valid_slot"][()])
-                        n = f["timeseries/time_min"].shape[0]
-                except (OSError, KeyError):
-                    continue
-                if step >= 0 and n < 600:          # a checkpoint, and far from the end
-                    os.kill(pids[addr], signal.SIGKILL)
-                    killed = rid
-                    break
+            time.sleep(0.02)
+            _signal_all(pids.values(), signal.SIGSTOP)
+            try:
+                for pid in pids.values():
+                    h5 = _open_run(pid, runs)
+                    if h5 is None:
+                        continue
+                    try:
+                        with h5py.File(h5, "r", swmr=True) as f:
+                            step = int(f["checkpoint/valid_slot"][()])
+                            n = f["timeseries/time_min"].shape[0]
+                    except (OSError, KeyError, ValueError):   # caught mid-write: look again
+                        continue
+                    if step >= 0 and n < 600:          # a checkpoint, and far from the end
+                        os.kill(pid, signal.SIGKILL)
+                        killed = h5.stem
+                        break
+            finally:
+                _signal_all(pids.values(), signal.SIGCONT)
         t.join(300)
         assert not t.is_alive()
     finally:
