@@ -150,3 +150,102 @@ def test_therapy_library_comparisons_are_valid_and_every_arm_runs(path):
         given[arm] = tuple(round(float(s[k][-1]), 6) for k in sorted(s)
                            if k.startswith("cumulative_dose_"))
     assert len(set(given.values())) >= 2 or "adaptive" in path.stem or "vs" in path.stem
+
+
+def test_runs_stop_after_their_progression_with_the_same_time_to_progression(tmp_path):
+    """stop_days_after_progression = 0.3: each untreated run ends 0.3 d (to the 6-min step)
+    after it progressed, and is the first part of the same run made to the end (same seed), so
+    its time to progression is unchanged; the treated runs never progress and run to the end;
+    counts asked for after a run ended are shown as ended."""
+    (tmp_path / "s.toml").write_text(SCEN)
+    f = tmp_path / "c.toml"
+    f.write_text(CMP)
+    full = compare.run_comparison(compare.load_comparison(f), echo=lambda s: None)
+    f.write_text("stop_days_after_progression = 0.3\n" + CMP)
+    c = compare.load_comparison(f)
+    assert c.stop_days_after_progression == 0.3
+    printed = []
+    cut = compare.run_comparison(c, echo=printed.append)
+    for a, b in zip(full["untreated"], cut["untreated"]):
+        ttp, progressed = compare.time_to_progression(a["day"], a["burden"], 0.5, 1.2)
+        assert progressed
+        assert compare.time_to_progression(b["day"], b["burden"], 0.5, 1.2) == (ttp, True)
+        assert b["day"][-1] == pytest.approx(0.5 + ttp + 0.3, abs=0.1 / 24 + 1e-9)
+        assert b["day"][-1] < a["day"][-1]
+        np.testing.assert_array_equal(b["burden"], a["burden"][:b["burden"].size])
+    for a, b in zip(full["treated"], cut["treated"]):
+        np.testing.assert_array_equal(a["burden"], b["burden"])
+    untreated = next(line for line in printed[0].splitlines() if line.startswith("untreated"))
+    assert "ended (2/2)" in untreated            # counts at day 2, after both runs ended
+    assert "ends 0.3 d after it progressed" in printed[0]
+    fig = compare.figure(c, cut, tmp_path / "cut.png")
+    assert fig.stat().st_size
+
+
+def test_verdicts_against_one_sided_t_tests():
+    """The verdict against a margin m is the outcome of one-sided one-sample t tests (scipy):
+    longer when the gain exceeds +m at 2.5 %, shorter when it is below -m at 2.5 %, equivalent
+    when both tests of TOST (gain > -m, gain < +m) reject at 5 %, else inconclusive."""
+    from scipy import stats
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal(8)
+    z = (z - z.mean()) / z.std(ddof=1)
+    # mean 0.5, se 0.24: the 90 % interval (half-width 1.895 se) lies inside ±1, the 95 % one
+    # (2.365 se) does not; and the mirror image
+    cases = [0.5 + 0.24 * np.sqrt(8) * z, -0.5 + 0.24 * np.sqrt(8) * z]
+    cases += [center + spread * rng.standard_normal(8)
+              for center in (-3.0, -1.2, -0.5, 0.0, 0.3, 0.9, 1.5, 4.0)
+              for spread in (0.1, 0.5, 2.0)]
+    seen = set()
+    for g in cases:
+        v = compare.verdict(compare.paired_stats(g), 1.0)
+        if stats.ttest_1samp(g, 1.0, alternative="greater").pvalue < 0.025:
+            want = "longer by more than 1 d"
+        elif stats.ttest_1samp(g, -1.0, alternative="less").pvalue < 0.025:
+            want = "shorter by more than 1 d"
+        elif max(stats.ttest_1samp(g, -1.0, alternative="greater").pvalue,
+                 stats.ttest_1samp(g, 1.0, alternative="less").pvalue) < 0.05:
+            want = "equivalent within ±1 d"
+        else:
+            want = "inconclusive"
+        assert v == want, g
+        seen.add(want)
+    assert len(seen) == 4            # every verdict was reached
+
+
+def test_contrast_of_two_paired_gains_on_known_curves():
+    """Arm A leads B by d_k days and arm C leads D by e_k days in replicate k: the contrast
+    [[A, B], [C, D]] is d_k - e_k per replicate (to the 0.05-day sampling), with its t interval
+    and Wilcoxon p-value; a bad contrast is named."""
+    day = np.arange(0, 30.001, 0.05)
+    d = np.array([2.0, 2.5, 3.0, 2.2, 2.8])
+    e = np.array([0.3, 0.2, 0.4, 0.3, 0.25])
+
+    def grow(delay):
+        return {"day": day, "burden": np.where(day < delay, 100.0,
+                                               100 * np.exp(0.2 * (day - delay)))}
+    res = {"B": [grow(0.0) for _ in d], "A": [grow(x) for x in d],
+           "D": [grow(0.0) for _ in e], "C": [grow(x) for x in e]}
+    c = compare.Comparison(scenario=None, arms={k: [] for k in res}, replicates=5,
+                           contrasts=[(("A", "B"), ("C", "D"))])
+    text = compare.contrast_table(c, res)
+    g1, _ = compare.paired_gains(c, res, "A", "B")
+    g2, _ = compare.paired_gains(c, res, "C", "D")
+    np.testing.assert_allclose(g1 - g2, d - e, atol=0.051)
+    st = compare.paired_stats(g1 - g2)
+    assert "(A - B) - (C - D)" in text and f"{st['mean']:+.3g}" in text and "5/5" in text
+    assert f"{st['p']:.3g}" in text
+
+
+@pytest.mark.parametrize("line,match", [
+    ("margin_days = 0\n", "margin_days"),
+    ("stop_days_after_progression = -1\n", "stop_days_after_progression"),
+    ('contrasts = [[["treated", "untreated"], ["treated", "nobody"]]]\n', "contrasts.*nobody"),
+    ('contrasts = [["treated", "untreated"]]\n', "contrasts"),
+])
+def test_bad_margin_stop_and_contrasts_are_named(tmp_path, line, match):
+    (tmp_path / "s.toml").write_text(SCEN)
+    f = tmp_path / "c.toml"
+    f.write_text(line + CMP)
+    with pytest.raises(ScenarioError, match=match):
+        compare.load_comparison(f)

@@ -13,6 +13,9 @@ A comparison file (TOML):
     set = ["drugs.erlotinib.controller.kind=adaptive"]
 
     pairs = [["adaptive", "continuous"]]   # optional: [arm, reference arm] pairs to test
+    margin_days = 1                      # optional: what counts as a real gain (verdicts)
+    contrasts = [[["adaptive", "continuous"], ["adaptive_no_cost", "continuous_no_cost"]]]
+    stop_days_after_progression = 3      # optional: end each run this long after it progressed
 
 Time to progression is the first time after ``reference_day`` at which the burden exceeds
 ``progression_fraction`` x the burden at ``reference_day``; a replicate that never progresses is
@@ -31,6 +34,20 @@ percentage of the reference's time to progression (mean and t interval of the pe
 ratios: a fitness cost that slows regrowth lengthens every time, so a comparison across
 regimes should look at this as well as at days). A censored time enters as
 the end of the run, so a gain involving censored replicates is a bound, marked as such.
+
+With ``margin_days`` m, each pair gets a verdict, the usual reading of a trial with a margin
+of clinical relevance: "longer by more than m" when the 95 % interval lies above +m,
+"shorter by more than m" when it lies below -m, "equivalent within ±m" when the 90 % interval
+lies inside (-m, +m) (two one-sided t tests at 5 %, TOST), and "inconclusive" otherwise.
+A contrast [[a, b], [c, d]] asks whether two paired gains differ, replicate by replicate: the
+gain of a over b minus the gain of c over d (same seed k in all four arms), with its t interval
+and Wilcoxon p-value; e.g. whether a fitness cost of resistance changes what adaptive therapy
+gains over continuous dosing (MODEL.md section 7, item 6).
+
+``stop_days_after_progression`` ends each run that long after its own progression (the same
+rule as above), which saves most of the time of arms that progress early; counts at
+``times_days`` after a run ended are then shown as "ended" and the figure's mean curve covers
+the replicates still running.
 """
 
 from __future__ import annotations
@@ -55,6 +72,9 @@ class Comparison:
     progression_fraction: float = 1.2
     times_days: list[float] = field(default_factory=list)
     pairs: list[tuple[str, str]] = field(default_factory=list)
+    margin_days: float | None = None
+    contrasts: list[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=list)
+    stop_days_after_progression: float | None = None
 
 
 def load_comparison(path) -> Comparison:
@@ -67,7 +87,7 @@ def load_comparison(path) -> Comparison:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError("(file)", str(path), f"valid TOML ({exc})") from None
     known = {"scenario", "arms", "replicates", "reference_day", "progression_fraction",
-             "times_days", "pairs"}
+             "times_days", "pairs", "margin_days", "contrasts", "stop_days_after_progression"}
     for k in data:
         if k not in known:
             raise ScenarioError(k, data[k], "no such key; keys are: " + ", ".join(sorted(known)))
@@ -109,6 +129,25 @@ def load_comparison(path) -> Comparison:
     else:
         names = list(c.arms)
         c.pairs = [(a, names[0]) for a in names[1:]]
+    for key in ("margin_days", "stop_days_after_progression"):
+        if key in data:
+            v = data[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or \
+                    (key == "margin_days" and v <= 0):
+                raise ScenarioError(key, v, "a number of days > 0" if key == "margin_days"
+                                    else "a number of days >= 0")
+            setattr(c, key, float(v))
+    if "contrasts" in data:
+        ct = data["contrasts"]
+
+        def is_pair(x):
+            return isinstance(x, list) and len(x) == 2 and all(a in c.arms for a in x) and \
+                x[0] != x[1]
+        if not isinstance(ct, list) or not all(
+                isinstance(x, list) and len(x) == 2 and all(is_pair(q) for q in x) for x in ct):
+            raise ScenarioError("contrasts", ct, "a list of [[arm, reference], [arm, reference]] "
+                                "(two pairs of different arms) among: " + ", ".join(c.arms))
+        c.contrasts = [((str(a), str(b)), (str(d), str(e))) for (a, b), (d, e) in ct]
     # every arm must make a valid scenario: check them all before running anything
     for name, sets in c.arms.items():
         try:
@@ -118,10 +157,40 @@ def load_comparison(path) -> Comparison:
     return c
 
 
+class ProgressionStop:
+    """A ``stop`` for :func:`tmesim.validation.run_arm`: True once the run is ``after_days``
+    past its progression, by the rule of :func:`time_to_progression` applied to the rows so
+    far (the reference is the row nearest ``reference_day``, so it is known once a row lies at
+    or past that day). Keeps its place between calls, so a run costs one comparison a step."""
+
+    def __init__(self, reference_day: float, fraction: float, after_days: float):
+        self.reference_day, self.fraction, self.after = reference_day, fraction, after_days
+        self.ref = None            # reference burden, once known
+        self.next = 0              # first row not yet checked for progression
+        self.progressed = None     # day of progression, once found
+
+    def __call__(self, rows) -> bool:
+        day = rows[-1]["time_min"] / 1440.0
+        if self.ref is None:
+            if day < self.reference_day:
+                return False
+            i0 = len(rows) - 1
+            if i0 and abs(rows[i0 - 1]["time_min"] / 1440.0 - self.reference_day) <= \
+                    abs(day - self.reference_day):
+                i0 -= 1                  # np.argmin keeps the first of equal distances
+            self.ref, self.next = float(rows[i0]["burden"]), i0
+        while self.progressed is None and self.next < len(rows):
+            r = rows[self.next]
+            if r["burden"] > self.fraction * self.ref:
+                self.progressed = r["time_min"] / 1440.0
+            self.next += 1
+        return self.progressed is not None and day >= self.progressed + self.after - 1e-9
+
+
 def _run(args) -> dict:
     from .validation import run_arm
-    path, overrides = args
-    return run_arm(path, overrides)
+    path, overrides, stop = args
+    return run_arm(path, overrides, None if stop is None else ProgressionStop(*stop))
 
 
 def time_to_progression(day: np.ndarray, burden: np.ndarray, ref_day: float,
@@ -138,7 +207,9 @@ def time_to_progression(day: np.ndarray, burden: np.ndarray, ref_day: float,
 def run_comparison(c: Comparison, jobs: int = 1, echo=print):
     """Run every arm x replicate; print the table; return {arm: [series per replicate]}."""
     base_seed = load_scenario(c.scenario).run.seed
-    tasks = [(arm, k, (str(c.scenario), sets + [f"run.seed={base_seed + k}"]))
+    stop = None if c.stop_days_after_progression is None else \
+        (c.reference_day, c.progression_fraction, c.stop_days_after_progression)
+    tasks = [(arm, k, (str(c.scenario), sets + [f"run.seed={base_seed + k}"], stop))
              for arm, sets in c.arms.items() for k in range(c.replicates)]
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -152,6 +223,9 @@ def run_comparison(c: Comparison, jobs: int = 1, echo=print):
     if c.pairs and c.replicates > 1:
         echo("")
         echo(paired_table(c, results))
+    if c.contrasts and c.replicates > 1:
+        echo("")
+        echo(contrast_table(c, results))
     return results
 
 
@@ -191,23 +265,43 @@ def _percent_of(gains: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def paired_stats(gains: np.ndarray) -> dict:
-    """Mean, sd, 95 % t interval and Wilcoxon signed-rank p-value of paired differences."""
+    """Mean, sd, 95 % and 90 % t intervals and Wilcoxon signed-rank p-value of paired
+    differences (lo, hi: the 95 % interval; lo90, hi90: the 90 % one)."""
     from scipy import stats
     n = gains.size
     mean = float(gains.mean())
     sd = float(gains.std(ddof=1)) if n > 1 else float("nan")
-    half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+    se = sd / np.sqrt(n) if n > 1 else float("nan")
+    half = float(stats.t.ppf(0.975, n - 1) * se) if n > 1 else float("nan")
+    half90 = float(stats.t.ppf(0.95, n - 1) * se) if n > 1 else float("nan")
     if n > 1 and np.any(gains != 0):
         p = float(stats.wilcoxon(gains, alternative="two-sided").pvalue)
     else:
         p = 1.0
-    return dict(n=n, mean=mean, sd=sd, lo=mean - half, hi=mean + half, p=p)
+    return dict(n=n, mean=mean, sd=sd, lo=mean - half, hi=mean + half, lo90=mean - half90,
+                hi90=mean + half90, p=p)
+
+
+def verdict(st: dict, margin: float) -> str:
+    """What paired statistics (:func:`paired_stats`) say against a margin of relevance
+    ``margin`` (days): a gain beyond it (95 % interval outside ±margin), equivalence within it
+    (90 % interval inside, i.e. both one-sided t tests reject a difference of ±margin at 5 %),
+    or inconclusive."""
+    if st["lo"] > margin:
+        return f"longer by more than {margin:g} d"
+    if st["hi"] < -margin:
+        return f"shorter by more than {margin:g} d"
+    if -margin < st["lo90"] and st["hi90"] < margin:
+        return f"equivalent within ±{margin:g} d"
+    return "inconclusive"
 
 
 def paired_table(c: Comparison, results: dict) -> str:
     """One line per [arm, reference] pair: the paired gain in time to progression."""
     head = ["arm vs reference", "gain in TTP (d), paired", "95 % CI", "Wilcoxon p",
             "replicates with gain > 0", "gain, % of reference TTP (95 % CI)"]
+    if c.margin_days is not None:
+        head.append(f"verdict (margin {c.margin_days:g} d)")
     rows = []
     for arm, ref in c.pairs:
         ta, tb, cens = paired_ttps(c, results, arm, ref)
@@ -223,9 +317,35 @@ def paired_table(c: Comparison, results: dict) -> str:
         rows.append([f"{arm} vs {ref}", f"{st['mean']:+.3g} ± {st['sd']:.2g}{bound}",
                      f"[{st['lo']:+.3g}, {st['hi']:+.3g}]", f"{st['p']:.3g}",
                      f"{int((g > 0).sum())}/{g.size}", rel_text])
+        if c.margin_days is not None:
+            rows[-1].append(verdict(st, c.margin_days) + (" (bound)" if cens.any() else ""))
+    return _layout("paired by seed (replicate k of every arm has the same seed): mean ± sd of "
+                   "the per-replicate difference", head, rows)
+
+
+def contrast_table(c: Comparison, results: dict) -> str:
+    """One line per contrast [[a, b], [d, e]]: the per-replicate difference between the gain
+    of a over b and the gain of d over e (days), e.g. what a fitness cost changes in the gain
+    of adaptive over continuous dosing."""
+    head = ["contrast", "difference of gains (d)", "95 % CI", "Wilcoxon p",
+            "replicates with difference > 0"]
+    rows = []
+    for (a, b), (d, e) in c.contrasts:
+        g1, cens1 = paired_gains(c, results, a, b)
+        g2, cens2 = paired_gains(c, results, d, e)
+        diff = g1 - g2
+        st = paired_stats(diff)
+        bound = " (censored: bound)" if (cens1 | cens2).any() else ""
+        rows.append([f"({a} - {b}) - ({d} - {e})", f"{st['mean']:+.3g} ± {st['sd']:.2g}{bound}",
+                     f"[{st['lo']:+.3g}, {st['hi']:+.3g}]", f"{st['p']:.3g}",
+                     f"{int((diff > 0).sum())}/{diff.size}"])
+    return _layout("contrasts: difference between two paired gains, replicate by replicate "
+                   "(seed k in all four arms)", head, rows)
+
+
+def _layout(title: str, head: list, rows: list) -> str:
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    lines = ["paired by seed (replicate k of every arm has the same seed): mean ± sd of the "
-             "per-replicate difference",
+    lines = [title,
              "  ".join(h.ljust(w) for h, w in zip(head, widths)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in rows]
@@ -256,18 +376,21 @@ def table(c: Comparison, results: dict) -> str:
         for d in drugs:
             row.append(_ms([s[f"cumulative_dose_{d}"][-1] for s in reps]))
         for t in c.times_days:
+            # a run stopped after its progression has no count at later times
+            ended = sum(1 for s in reps if t > s["day"][-1] + 1e-9)
+            if ended:
+                row += [f"ended ({ended}/{len(reps)})"] * 2
+                continue
             idx = [int(np.argmin(np.abs(s["day"] - t))) for s in reps]
             row.append(_ms([s["n_P"][i] for s, i in zip(reps, idx)]))
             row.append(_ms([s["n_R"][i] for s, i in zip(reps, idx)]))
         rows.append(row)
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    lines = [f"{len(results)} arms x {c.replicates} replicates of {c.scenario.name}; progression: "
+    title = (f"{len(results)} arms x {c.replicates} replicates of {c.scenario.name}; progression: "
              f"burden > {c.progression_fraction:g} x its value at day {c.reference_day:g}; "
-             "mean ± sd over replicates",
-             "  ".join(h.ljust(w) for h, w in zip(head, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
+             "mean ± sd over replicates")
+    if c.stop_days_after_progression is not None:
+        title += f"; each run ends {c.stop_days_after_progression:g} d after it progressed"
+    return _layout(title, head, rows)
 
 
 def figure(c: Comparison, results: dict, out: Path) -> Path:
@@ -280,14 +403,19 @@ def figure(c: Comparison, results: dict, out: Path) -> Path:
     ax0 = axes[0]
     for k, (arm, reps) in enumerate(results.items()):
         col = f"C{k}"
-        length = min(len(s["day"]) for s in reps)
-        day = reps[0]["day"][:length]
-        mean = np.mean([s["burden"][:length] for s in reps], axis=0)
+        # runs may end at different times (stopped after progression): the mean is over the
+        # replicates still running
+        longest = max(reps, key=lambda s: len(s["day"]))
+        day = longest["day"]
+        padded = np.full((len(reps), len(day)), np.nan)
+        for j, s in enumerate(reps):
+            padded[j, :len(s["burden"])] = s["burden"]
+        mean = np.nanmean(padded, axis=0)
         for s in reps:
             ax0.plot(s["day"], s["burden"], color=col, alpha=0.25, lw=0.7)
         ax0.plot(day, mean, color=col, lw=2, label=arm)
         ax = axes[k + 1]
-        s = reps[0]
+        s = longest
         plasma = [key for key in s if key.startswith("plasma_")]
         for j, key in enumerate(plasma):
             on = s[key] > 0

@@ -202,8 +202,11 @@ EXPERIMENTS = [
 ]
 
 
-def run_arm(path: str, overrides: list[str]) -> dict:
-    """Run a scenario in memory and return its time series {column: array, "day": array}."""
+def run_arm(path: str, overrides: list[str], stop=None) -> dict:
+    """Run a scenario in memory and return its time series {column: array, "day": array}.
+
+    ``stop``: None (run to the end), or a callable of the rows so far ({column: value} each)
+    that returns True to end the run after the latest row."""
     from .simulation import Model
     sc = load_scenario(path, overrides=overrides)
     model = Model(sc)
@@ -211,6 +214,8 @@ def run_arm(path: str, overrides: list[str]) -> dict:
     for _ in range(sc.n_steps):
         model.step()
         rows.append(model.observe())
+        if stop is not None and stop(rows):
+            break
     out = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     out["day"] = out["time_min"] / 1440.0
     return out
