@@ -249,3 +249,22 @@ def test_bad_margin_stop_and_contrasts_are_named(tmp_path, line, match):
     f.write_text(line + CMP)
     with pytest.raises(ScenarioError, match=match):
         compare.load_comparison(f)
+
+
+def test_dose_is_counted_up_to_progression_on_known_curves():
+    """A drug given at 2 uM h per day from day 0; arm A progresses 1 + ln(1.2)/0.2 days after
+    the reference day 0 (burden flat for a day, then e^(0.2 (t - 1))), arm B never does (flat):
+    the table's dose column is 2 x A's progression day (to the 0.05-day sampling) for A and the
+    dose at the end of the runs (2 x 30 uM h) for B, whatever came after A's progression."""
+    day = np.arange(0, 30.001, 0.05)
+    dose = 2.0 * day
+    t_a = 1.0 + np.ceil(np.log(1.2) / 0.2 / 0.05) * 0.05
+    res = {"A": [{"day": day, "burden": np.where(day < 1, 100.0, 100 * np.exp(0.2 * (day - 1))),
+                  "cumulative_dose_x": dose, "n_P": 0 * day, "n_R": 0 * day}] * 2,
+           "B": [{"day": day, "burden": 100.0 + 0 * day, "cumulative_dose_x": dose,
+                  "n_P": 0 * day, "n_R": 0 * day}] * 2}
+    c = compare.Comparison(scenario=compare.Path("s.toml"), arms={"A": [], "B": []},
+                           replicates=2, reference_day=0.0, progression_fraction=1.2)
+    rows = {line.split()[0]: line for line in compare.table(c, res).splitlines()[3:]}
+    assert "dose x to progression" in compare.table(c, res)
+    assert f"{2 * t_a:.3g} ± 0" in rows["A"] and "60 ± 0" in rows["B"]

@@ -21,7 +21,8 @@ Time to progression is the first time after ``reference_day`` at which the burde
 ``progression_fraction`` x the burden at ``reference_day``; a replicate that never progresses is
 censored at the end of the run (reported as ">T" and counted). The table gives, per arm, the
 mean and standard deviation over replicates of: time to progression, cumulative dose of each
-drug, and persister and resistant counts at the chosen times. The figure overlays the burden
+drug up to progression (to the end of a censored run), and persister and resistant counts at
+the chosen times. The figure overlays the burden
 curves (mean and each replicate) and shades each arm's dosing.
 
 Replicate k of every arm uses the same seed, so arms start from the same initial lattice and
@@ -193,15 +194,23 @@ def _run(args) -> dict:
     return run_arm(path, overrides, None if stop is None else ProgressionStop(*stop))
 
 
+def progression_index(day: np.ndarray, burden: np.ndarray, ref_day: float,
+                      fraction: float) -> tuple[int, int, bool]:
+    """(row of the reference, row of progression or the last row, progressed?): progression is
+    the first row from the reference on whose burden exceeds ``fraction`` x the burden of the
+    row nearest ``ref_day``."""
+    i0 = int(np.argmin(np.abs(day - ref_day)))
+    above = np.flatnonzero(burden[i0:] > fraction * burden[i0])
+    if above.size:
+        return i0, i0 + int(above[0]), True
+    return i0, len(day) - 1, False
+
+
 def time_to_progression(day: np.ndarray, burden: np.ndarray, ref_day: float,
                         fraction: float) -> tuple[float, bool]:
     """(days from ref_day to progression, progressed?); censored at the last day if never."""
-    i0 = int(np.argmin(np.abs(day - ref_day)))
-    ref = burden[i0]
-    above = np.flatnonzero(burden[i0:] > fraction * ref)
-    if above.size:
-        return float(day[i0 + above[0]] - day[i0]), True
-    return float(day[-1] - day[i0]), False
+    i0, i, progressed = progression_index(day, burden, ref_day, fraction)
+    return float(day[i] - day[i0]), progressed
 
 
 def run_comparison(c: Comparison, jobs: int = 1, echo=print):
@@ -362,7 +371,7 @@ def _ms(values) -> str:
 def table(c: Comparison, results: dict) -> str:
     drugs = sorted({k[len("cumulative_dose_"):] for s in next(iter(results.values()))
                     for k in s if k.startswith("cumulative_dose_")})
-    head = ["arm", "time to progression (d)"] + [f"cum. dose {d}" for d in drugs]
+    head = ["arm", "time to progression (d)"] + [f"dose {d} to progression" for d in drugs]
     for t in c.times_days:
         head += [f"P at {t:g} d", f"R at {t:g} d"]
     rows = []
@@ -373,8 +382,12 @@ def table(c: Comparison, results: dict) -> str:
         censored = sum(1 for _, p in ttp if not p)
         cell = _ms(days) + (f" ({censored} not progressed: >{min(days):.3g})" if censored else "")
         row = [arm, cell]
+        # cumulative dose up to progression (to the end where censored): what each schedule
+        # spent while it held the tumor, whatever the runs did after
+        at = [progression_index(s["day"], s["burden"], c.reference_day,
+                                c.progression_fraction)[1] for s in reps]
         for d in drugs:
-            row.append(_ms([s[f"cumulative_dose_{d}"][-1] for s in reps]))
+            row.append(_ms([s[f"cumulative_dose_{d}"][i] for s, i in zip(reps, at)]))
         for t in c.times_days:
             # a run stopped after its progression has no count at later times
             ended = sum(1 for s in reps if t > s["day"][-1] + 1e-9)
