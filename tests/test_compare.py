@@ -184,8 +184,10 @@ def test_runs_stop_after_their_progression_with_the_same_time_to_progression(tmp
 
 def test_verdicts_against_one_sided_t_tests():
     """The verdict against a margin m is the outcome of one-sided one-sample t tests (scipy):
-    longer when the gain exceeds +m at 2.5 %, shorter when it is below -m at 2.5 %, equivalent
-    when both tests of TOST (gain > -m, gain < +m) reject at 5 %, else inconclusive."""
+    beyond +m (or -m) at 2.5 %; else, when both tests of TOST (gain > -m, gain < +m) reject at
+    5 %, equivalent, or longer (shorter) by less than m when the gain is also above (below) 0
+    at 2.5 %; else longer (shorter) with more than m not shown when only that test rejects;
+    else inconclusive."""
     from scipy import stats
     rng = np.random.default_rng(1)
     z = rng.standard_normal(8)
@@ -196,21 +198,30 @@ def test_verdicts_against_one_sided_t_tests():
     cases += [center + spread * rng.standard_normal(8)
               for center in (-3.0, -1.2, -0.5, 0.0, 0.3, 0.9, 1.5, 4.0)
               for spread in (0.1, 0.5, 2.0)]
+    cases += [-g for g in cases]              # every verdict has its mirror image
+
+    def p(g, mu, side):
+        return stats.ttest_1samp(g, mu, alternative=side).pvalue
     seen = set()
     for g in cases:
         v = compare.verdict(compare.paired_stats(g), 1.0)
-        if stats.ttest_1samp(g, 1.0, alternative="greater").pvalue < 0.025:
+        above0, below0 = p(g, 0.0, "greater") < 0.025, p(g, 0.0, "less") < 0.025
+        if p(g, 1.0, "greater") < 0.025:
             want = "longer by more than 1 d"
-        elif stats.ttest_1samp(g, -1.0, alternative="less").pvalue < 0.025:
+        elif p(g, -1.0, "less") < 0.025:
             want = "shorter by more than 1 d"
-        elif max(stats.ttest_1samp(g, -1.0, alternative="greater").pvalue,
-                 stats.ttest_1samp(g, 1.0, alternative="less").pvalue) < 0.05:
-            want = "equivalent within ±1 d"
+        elif max(p(g, -1.0, "greater"), p(g, 1.0, "less")) < 0.05:
+            want = ("longer by less than 1 d" if above0 else
+                    "shorter by less than 1 d" if below0 else "equivalent within ±1 d")
+        elif above0:
+            want = "longer, by more than 1 d not shown"
+        elif below0:
+            want = "shorter, by more than 1 d not shown"
         else:
             want = "inconclusive"
         assert v == want, g
         seen.add(want)
-    assert len(seen) == 4            # every verdict was reached
+    assert len(seen) == 8, seen            # every one of the 8 verdicts was reached
 
 
 def test_contrast_of_two_paired_gains_on_known_curves():

@@ -48,7 +48,8 @@ def test_adaptive_therapy_needs_a_cost_of_resistance_far_from_capacity():
     no_cost = compare.paired_stats(g0)
     assert not censored.any(), report
     assert with_cost["lo"] > 0, report
-    assert compare.verdict(no_cost, 1.0) == "equivalent within ±1 d", report
+    assert compare.verdict(no_cost, 1.0) in ("equivalent within ±1 d",
+                                             "longer by less than 1 d"), report
     contrast = compare.paired_stats(
         compare.paired_gains(c, res, "adaptive", "continuous")[0] - g0)
     assert contrast["lo"] > 0, report

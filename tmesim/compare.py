@@ -37,9 +37,10 @@ regimes should look at this as well as at days). A censored time enters as
 the end of the run, so a gain involving censored replicates is a bound, marked as such.
 
 With ``margin_days`` m, each pair gets a verdict, the usual reading of a trial with a margin
-of clinical relevance: "longer by more than m" when the 95 % interval lies above +m,
-"shorter by more than m" when it lies below -m, "equivalent within ±m" when the 90 % interval
-lies inside (-m, +m) (two one-sided t tests at 5 %, TOST), and "inconclusive" otherwise.
+of clinical relevance (see :func:`verdict`): longer or shorter by more than m (the 95 %
+interval beyond ±m), by less than m (the 95 % interval on one side of 0 and the 90 % interval
+inside ±m: two one-sided t tests at 5 %, TOST), equivalent within ±m (the 90 % interval inside
+±m, the 95 % one across 0), longer or shorter with more than m not shown, or inconclusive.
 A contrast [[a, b], [c, d]] asks whether two paired gains differ, replicate by replicate: the
 gain of a over b minus the gain of c over d (same seed k in all four arms), with its t interval
 and Wilcoxon p-value; e.g. whether a fitness cost of resistance changes what adaptive therapy
@@ -293,15 +294,33 @@ def paired_stats(gains: np.ndarray) -> dict:
 
 def verdict(st: dict, margin: float) -> str:
     """What paired statistics (:func:`paired_stats`) say against a margin of relevance
-    ``margin`` (days): a gain beyond it (95 % interval outside ±margin), equivalence within it
-    (90 % interval inside, i.e. both one-sided t tests reject a difference of ±margin at 5 %),
-    or inconclusive."""
-    if st["lo"] > margin:
+    ``margin`` (days), as a trial with a margin is read:
+
+    - "longer by more than m d" / "shorter by more than m d": the 95 % interval lies beyond
+      +m / -m;
+    - "longer by less than m d" / "shorter by less than m d": the 95 % interval lies above /
+      below 0 and the 90 % interval inside ±m (both one-sided t tests of TOST reject a
+      difference of ±m at 5 %): a real difference, smaller than the margin;
+    - "equivalent within ±m d": the 90 % interval inside ±m, the 95 % one across 0;
+    - "longer, by more than m d not shown" / "shorter, ...": the 95 % interval above / below
+      0, reaching across +m / -m;
+    - "inconclusive": none of these.
+    """
+    lo, hi = st["lo"], st["hi"]
+    if lo > margin:
         return f"longer by more than {margin:g} d"
-    if st["hi"] < -margin:
+    if hi < -margin:
         return f"shorter by more than {margin:g} d"
     if -margin < st["lo90"] and st["hi90"] < margin:
+        if lo > 0:
+            return f"longer by less than {margin:g} d"
+        if hi < 0:
+            return f"shorter by less than {margin:g} d"
         return f"equivalent within ±{margin:g} d"
+    if lo > 0:
+        return f"longer, by more than {margin:g} d not shown"
+    if hi < 0:
+        return f"shorter, by more than {margin:g} d not shown"
     return "inconclusive"
 
 
