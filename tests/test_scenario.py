@@ -133,6 +133,17 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in p.stderr
 
 
+def test_output_cut_short_by_its_reader_is_no_traceback(tmp_path):
+    """`tmesim validate x.toml | head -1`: the reader closes the pipe after one line; tmesim
+    stops without a traceback (the shell's pipeline is not an error of the scenario)."""
+    f = tmp_path / "good.toml"
+    f.write_text(GOOD)
+    p = subprocess.run(f"{sys.executable} -m tmesim validate {f} | head -c 1",
+                       shell=True, capture_output=True, text=True)
+    assert p.stdout == "S"
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
 def test_defaults_and_overrides():
     sc = tmesim.loads_scenario(GOOD, overrides=["grid.dx_um=10", "run.seed=5",
                                                 "fields.oxygen.decay_per_min=0.2"])

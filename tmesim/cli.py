@@ -224,6 +224,11 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"tmesim {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`tmesim validate x.toml | head`): not an error of ours; point
+        # stdout at /dev/null so that the interpreter's final flush does not fail as well
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
