@@ -8,7 +8,7 @@ tmesim/validation.py). The full-size runs are `tmesim validate-model`.
 
 import pytest
 
-from tmesim import validation
+from tmesim import compare, validation
 
 
 @pytest.mark.slow
@@ -25,6 +25,17 @@ def test_unknown_experiment_is_a_clear_error():
         validation.run(["nope"])
 
 
+def run_library_comparison(name: str, replicates: int):
+    """Run the first ``replicates`` of scenarios/therapy/NAME on 2 processes: (comparison,
+    results, printed tables)."""
+    c = compare.load_comparison(compare.Path(__file__).resolve().parent.parent / "scenarios" /
+                                "therapy" / name)
+    c.replicates = replicates
+    lines = []
+    res = compare.run_comparison(c, jobs=2, echo=lines.append)
+    return c, res, "\n".join(lines)
+
+
 @pytest.mark.slow
 def test_adaptive_gain_in_days_with_and_without_a_cost_far_from_capacity():
     """MODEL.md section 7 item 6 in days, as Strobl et al. 2021 (Cancer Res 81:1135) state it
@@ -36,25 +47,16 @@ def test_adaptive_gain_in_days_with_and_without_a_cost_far_from_capacity():
     above 0). Not asserted, because tmesim does not show it: a larger gain *in proportion* to
     the time to progression with the cost (README, "Therapy controllers"). About 4 minutes on 2
     cores."""
-    from tmesim import compare
-    path = compare.Path(__file__).resolve().parent.parent / "scenarios" / "therapy" / \
-        "adaptive_vs_continuous.toml"
-    c = compare.load_comparison(path)
+    c, res, report = run_library_comparison("adaptive_vs_continuous.toml", replicates=10)
     assert c.margin_days == 1.0 and c.stop_days_after_progression is not None
-    c.replicates = 10
-    lines = []
-    res = compare.run_comparison(c, jobs=2, echo=lines.append)
-    report = "\n".join(lines)
-    with_cost = compare.paired_stats(compare.paired_gains(c, res, "adaptive", "continuous")[0])
+    g1, _ = compare.paired_gains(c, res, "adaptive", "continuous")
     g0, censored = compare.paired_gains(c, res, "adaptive_no_cost", "continuous_no_cost")
-    no_cost = compare.paired_stats(g0)
+    with_cost, no_cost = compare.paired_stats(g1), compare.paired_stats(g0)
     assert not censored.any(), report
     assert with_cost["lo"] > 0, report
     assert compare.verdict(no_cost, 1.0) in ("equivalent within ±1 d",
                                              "longer by less than 1 d"), report
-    contrast = compare.paired_stats(
-        compare.paired_gains(c, res, "adaptive", "continuous")[0] - g0)
-    assert contrast["lo"] > 0, report
+    assert compare.paired_stats(g1 - g0)["lo"] > 0, report         # the contrast
 
 
 @pytest.mark.slow
@@ -65,14 +67,7 @@ def test_near_capacity_adaptive_therapy_gains_without_a_cost():
     therapy delays progression by more than a day (95 % interval of the paired gain above +1 d)
     and by more than a tenth of continuous dosing's time to progression, as it does with the
     cost. About 4 minutes on 2 cores."""
-    from tmesim import compare
-    path = compare.Path(__file__).resolve().parent.parent / "scenarios" / "therapy" / \
-        "adaptive_cost_tumor.toml"
-    c = compare.load_comparison(path)
-    c.replicates = 4
-    lines = []
-    res = compare.run_comparison(c, jobs=2, echo=lines.append)
-    report = "\n".join(lines)
+    c, res, report = run_library_comparison("adaptive_cost_tumor.toml", replicates=4)
     for arm, ref in (("adaptive_no_cost", "continuous_no_cost"), ("adaptive", "continuous")):
         g, censored = compare.paired_gains(c, res, arm, ref)
         assert not censored.any(), report

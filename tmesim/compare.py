@@ -341,10 +341,7 @@ def paired_table(c: Comparison, results: dict) -> str:
             rel_text = f"{sr['mean']:+.3g} % [{sr['lo']:+.3g}, {sr['hi']:+.3g}]"
         else:
             rel_text = "n/a (reference progressed at once)"
-        bound = " (censored: bound)" if cens.any() else ""
-        rows.append([f"{arm} vs {ref}", f"{st['mean']:+.3g} ± {st['sd']:.2g}{bound}",
-                     f"[{st['lo']:+.3g}, {st['hi']:+.3g}]", f"{st['p']:.3g}",
-                     f"{int((g > 0).sum())}/{g.size}", rel_text])
+        rows.append([f"{arm} vs {ref}"] + _stat_cells(g, st, cens.any()) + [rel_text])
         if c.margin_days is not None:
             rows[-1].append(verdict(st, c.margin_days) + (" (bound)" if cens.any() else ""))
     return _layout("paired by seed (replicate k of every arm has the same seed): mean ± sd of "
@@ -362,13 +359,18 @@ def contrast_table(c: Comparison, results: dict) -> str:
         g1, cens1 = paired_gains(c, results, a, b)
         g2, cens2 = paired_gains(c, results, d, e)
         diff = g1 - g2
-        st = paired_stats(diff)
-        bound = " (censored: bound)" if (cens1 | cens2).any() else ""
-        rows.append([f"({a} - {b}) - ({d} - {e})", f"{st['mean']:+.3g} ± {st['sd']:.2g}{bound}",
-                     f"[{st['lo']:+.3g}, {st['hi']:+.3g}]", f"{st['p']:.3g}",
-                     f"{int((diff > 0).sum())}/{diff.size}"])
+        rows.append([f"({a} - {b}) - ({d} - {e})"] +
+                    _stat_cells(diff, paired_stats(diff), (cens1 | cens2).any()))
     return _layout("contrasts: difference between two paired gains, replicate by replicate "
                    "(seed k in all four arms)", head, rows)
+
+
+def _stat_cells(g: np.ndarray, st: dict, censored: bool) -> list[str]:
+    """Table cells of paired differences ``g`` with their statistics: mean ± sd (marked as a
+    bound when a censored time entered), 95 % interval, Wilcoxon p, how many are above 0."""
+    bound = " (censored: bound)" if censored else ""
+    return [f"{st['mean']:+.3g} ± {st['sd']:.2g}{bound}", f"[{st['lo']:+.3g}, {st['hi']:+.3g}]",
+            f"{st['p']:.3g}", f"{int((g > 0).sum())}/{g.size}"]
 
 
 def _layout(title: str, head: list, rows: list) -> str:
