@@ -397,16 +397,15 @@ def table(c: Comparison, results: dict) -> str:
         head += [f"P at {t:g} d", f"R at {t:g} d"]
     rows = []
     for arm, reps in results.items():
-        ttp = [time_to_progression(s["day"], s["burden"], c.reference_day,
+        found = [progression_index(s["day"], s["burden"], c.reference_day,
                                    c.progression_fraction) for s in reps]
-        days = [t for t, _ in ttp]
-        censored = sum(1 for _, p in ttp if not p)
+        days = [float(s["day"][i] - s["day"][i0]) for s, (i0, i, _) in zip(reps, found)]
+        censored = sum(1 for _, _, p in found if not p)
         cell = _ms(days) + (f" ({censored} not progressed: >{min(days):.3g})" if censored else "")
         row = [arm, cell]
         # cumulative dose up to progression (to the end where censored): what each schedule
         # spent while it held the tumor, whatever the runs did after
-        at = [progression_index(s["day"], s["burden"], c.reference_day,
-                                c.progression_fraction)[1] for s in reps]
+        at = [i for _, i, _ in found]
         for d in drugs:
             row.append(_ms([s[f"cumulative_dose_{d}"][i] for s, i in zip(reps, at)]))
         for t in c.times_days:
