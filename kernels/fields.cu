@@ -16,12 +16,18 @@
  */
 #include "common.cuh"
 
+/* Number of lines along kernel axis `axis` in F fields: the work items of a line solve. */
+TM_HD long long tm_n_lines(int F, int nz, int ny, int nx, int axis) {
+    const int m_axis = axis == 0 ? nz : axis == 1 ? ny : nx;
+    return (long long)F * ((long long)nz * ny * nx / m_axis);
+}
+
 /* Position of work item l among the lines along kernel axis `axis`:
  * field f, first site `base` (flat index into the (F, n_sites) array), element stride, length m.
  * Lines of one field are numbered so that neighbouring work items are neighbouring x positions
  * for the y and z axes (coalesced on the GPU); along x each line is contiguous instead. */
 TM_HD void tm_line(long long l, int nz, int ny, int nx, int axis, long long* base,
-                   long long* stride, int* m) {
+                   long long* stride, int* m, int* field) {
     const long long n_sites = (long long)nz * ny * nx;
     const int mm = axis == 0 ? nz : axis == 1 ? ny : nx;
     const long long per_field = n_sites / mm;
@@ -42,6 +48,7 @@ TM_HD void tm_line(long long l, int nz, int ny, int nx, int axis, long long* bas
     *base = f * n_sites + b;
     *stride = s;
     *m = mm;
+    *field = (int)f;
 }
 
 /* D lap(c) at site s of field f (before the D/h^2 factor): the sum over axes of the difference
@@ -232,13 +239,10 @@ TM_KERNEL void tm_thomas_solve(int F, int nz, int ny, int nx, int axis,
                                const double* __restrict__ inv,
                                const double* __restrict__ kinv,
                                const double* __restrict__ cp) {
-    const int m_axis = axis == 0 ? nz : axis == 1 ? ny : nx;
-    const long long n_lines = (long long)F * ((long long)nz * ny * nx / m_axis);
-    TM_FOR_EACH(l, n_lines) {
+    TM_FOR_EACH(l, tm_n_lines(F, nz, ny, nx, axis)) {
         long long base, stride;
-        int m;
-        tm_line(l, nz, ny, nx, axis, &base, &stride, &m);
-        const int f = (int)(l / (n_lines / F));
+        int m, f;
+        tm_line(l, nz, ny, nx, axis, &base, &stride, &m, &f);
         float prev = (float)__dmul_rn((double)x[base], inv[f]);
         x[base] = prev;
         for (int i = 1; i < m; ++i) {
@@ -272,13 +276,10 @@ TM_KERNEL void tm_thomas_solve_diag(int F, int nz, int ny, int nx, int axis,
                                     float* __restrict__ cp,
                                     const float* __restrict__ k,
                                     const float* __restrict__ base_diag) {
-    const int m_axis = axis == 0 ? nz : axis == 1 ? ny : nx;
-    const long long n_lines = (long long)F * ((long long)nz * ny * nx / m_axis);
-    TM_FOR_EACH(l, n_lines) {
+    TM_FOR_EACH(l, tm_n_lines(F, nz, ny, nx, axis)) {
         long long base, stride;
-        int m;
-        tm_line(l, nz, ny, nx, axis, &base, &stride, &m);
-        const int f = (int)(l / (n_lines / F));
+        int m, f;
+        tm_line(l, nz, ny, nx, axis, &base, &stride, &m, &f);
         const float kk = k[f];
         float xprev = 0.0f, cprev = 0.0f;
         for (int i = 0; i < m; ++i) {
@@ -316,13 +317,10 @@ TM_KERNEL void tm_thomas_factor_diag(int F, int nz, int ny, int nx, int axis,
                                      const float* __restrict__ base_diag,
                                      float* __restrict__ inv,
                                      float* __restrict__ cp) {
-    const int m_axis = axis == 0 ? nz : axis == 1 ? ny : nx;
-    const long long n_lines = (long long)F * ((long long)nz * ny * nx / m_axis);
-    TM_FOR_EACH(l, n_lines) {
+    TM_FOR_EACH(l, tm_n_lines(F, nz, ny, nx, axis)) {
         long long base, stride;
-        int m;
-        tm_line(l, nz, ny, nx, axis, &base, &stride, &m);
-        const int f = (int)(l / (n_lines / F));
+        int m, f;
+        tm_line(l, nz, ny, nx, axis, &base, &stride, &m, &f);
         const float kk = k[f];
         float cprev = 0.0f;
         for (int i = 0; i < m; ++i) {
@@ -347,13 +345,10 @@ TM_KERNEL void tm_thomas_solve_factored(int F, int nz, int ny, int nx, int axis,
                                         const float* __restrict__ k,
                                         const float* __restrict__ inv,
                                         const float* __restrict__ cp) {
-    const int m_axis = axis == 0 ? nz : axis == 1 ? ny : nx;
-    const long long n_lines = (long long)F * ((long long)nz * ny * nx / m_axis);
-    TM_FOR_EACH(l, n_lines) {
+    TM_FOR_EACH(l, tm_n_lines(F, nz, ny, nx, axis)) {
         long long base, stride;
-        int m;
-        tm_line(l, nz, ny, nx, axis, &base, &stride, &m);
-        const int f = (int)(l / (n_lines / F));
+        int m, f;
+        tm_line(l, nz, ny, nx, axis, &base, &stride, &m, &f);
         const float kk = k[f];
         float xprev = __fmul_rn(x[base], inv[base]);
         x[base] = xprev;
@@ -437,15 +432,13 @@ TM_KERNEL void tm_lod_sweep(int nz, int ny, int nx, int axis, int F, int f,
                             const float* __restrict__ U_table,
                             const float* __restrict__ S_table,
                             double decay, double dt) {
-    const int m_axis = axis == 0 ? nz : axis == 1 ? ny : nx;
-    const long long n_lines = (long long)nz * ny * nx / m_axis;
     const bool add_lo = !tm_isnan64(kg_lo), add_hi = !tm_isnan64(kg_hi);
     const float* Uf = U_table + (long long)f * n_codes;
     const float* Sf = S_table + (long long)f * n_codes;
-    TM_FOR_EACH(l, n_lines) {
+    TM_FOR_EACH(l, tm_n_lines(1, nz, ny, nx, axis)) {
         long long base, stride;
-        int m;
-        tm_line(l, nz, ny, nx, axis, &base, &stride, &m);   /* one field: l < n_lines, f = 0 */
+        int m, f0;              /* one field's lines: f0 = 0, base within field f's slice */
+        tm_line(l, nz, ny, nx, axis, &base, &stride, &m, &f0);
         /* forward: numpy adds k g to the edge rows first, then x_0 *= inv_0,
          * x_i = x_i inv_i + x_{i-1} kinv_i */
         double prev = x[base];
