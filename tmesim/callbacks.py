@@ -52,6 +52,20 @@ class StopAtBurden:
             sim.stop(f"burden reached {self.max_burden}")
 
 
+class StopOnRows:
+    """Stop when ``condition(rows)`` returns True: ``rows`` are the time-series rows an
+    :class:`tmesim.writers.InMemoryWriter` holds so far ({column: value} each, the latest
+    last), so the run ends after the row that made it True."""
+    schedule = IterationInterval(1)
+
+    def __init__(self, condition, writer, reason: str = "stop condition met"):
+        self.condition, self.writer, self.reason = condition, writer, reason
+
+    def __call__(self, sim) -> None:
+        if self.condition(self.writer.rows):
+            sim.stop(self.reason)
+
+
 class StopAfterWallTime:
     """Stop after ``seconds`` of wall-clock time (e.g. before a cluster job's limit)."""
     schedule = IterationInterval(1)

@@ -55,7 +55,6 @@ the replicates still running.
 from __future__ import annotations
 
 import tomllib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,7 +159,7 @@ def load_comparison(path) -> Comparison:
 
 
 class ProgressionStop:
-    """A ``stop`` for :func:`tmesim.validation.run_arm`: True once the run is ``after_days``
+    """A ``stop`` for :func:`tmesim.simulation.run_scenario` in memory: True once the run is ``after_days``
     past its progression, by the rule of :func:`time_to_progression` applied to the rows so
     far (the reference is the row nearest ``reference_day``, so it is known once a row lies at
     or past that day). Keeps its place between calls, so a run costs one comparison a step."""
@@ -189,12 +188,6 @@ class ProgressionStop:
         return self.progressed is not None and day >= self.progressed + self.after - 1e-9
 
 
-def _run(args) -> dict:
-    from .validation import run_arm
-    path, overrides, stop = args
-    return run_arm(path, overrides, None if stop is None else ProgressionStop(*stop))
-
-
 def progression_index(day: np.ndarray, burden: np.ndarray, ref_day: float,
                       fraction: float) -> tuple[int, int, bool]:
     """(row of the reference, row of progression or the last row, progressed?): progression is
@@ -217,15 +210,14 @@ def time_to_progression(day: np.ndarray, burden: np.ndarray, ref_day: float,
 def run_comparison(c: Comparison, jobs: int = 1, echo=print):
     """Run every arm x replicate; print the table; return {arm: [series per replicate]}."""
     base_seed = load_scenario(c.scenario).run.seed
-    stop = None if c.stop_days_after_progression is None else \
-        (c.reference_day, c.progression_fraction, c.stop_days_after_progression)
-    tasks = [(arm, k, (str(c.scenario), sets + [f"run.seed={base_seed + k}"], stop))
+    from .simulation import run_series
+
+    def stop():           # one per run: a ProgressionStop keeps its place in the rows
+        return None if c.stop_days_after_progression is None else ProgressionStop(
+            c.reference_day, c.progression_fraction, c.stop_days_after_progression)
+    tasks = [(arm, k, (str(c.scenario), sets + [f"run.seed={base_seed + k}"], stop()))
              for arm, sets in c.arms.items() for k in range(c.replicates)]
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            series = list(pool.map(_run, [t[2] for t in tasks]))
-    else:
-        series = [_run(t[2]) for t in tasks]
+    series = run_series([t[2] for t in tasks], jobs)
     results: dict[str, list] = {}
     for (arm, _, _), s in zip(tasks, series):
         results.setdefault(arm, []).append(s)

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from . import __version__, memory, observables
 from .backend import CPU, get_backend
-from .callbacks import Progress, StopAtBurden, StopOnExtinction
+from .callbacks import Progress, StopAtBurden, StopOnExtinction, StopOnRows
 from .errors import RunFileError
 from .grid import Grid
 from .initial import initial_state
@@ -26,11 +27,11 @@ from .io import checkpoint as ckpt
 from .io import schema
 from .io.hdf5 import RunWriter, attr_str, last_row, open_h5
 from .scenario import Scenario, load_scenario, loads_scenario
-from .schedules import TimeInterval
 from .controllers import Controllers
 from .errors import UserError
 from .steps.fields import TransportedFields
 from .steps.therapy import Therapy
+from .writers import Checkpointer, InMemoryWriter, run_file_writers, write_checkpoint
 
 
 class StepClasses(NamedTuple):
@@ -171,7 +172,14 @@ class Model:
 
 
 class Simulation:
-    """Runs a scenario to its end (or a stop condition) and writes the run file.
+    """Runs a scenario to its end (or a stop condition), firing its output writers and callbacks.
+
+    After each agent step the loop records the row of observables, fires the output writers
+    whose schedules say so (:attr:`output_writers`, tmesim.writers: by default the run file's
+    time series, snapshots and checkpoints, as the scenario's ``[run]`` asks), then the
+    callbacks (:attr:`callbacks`: the progress bar, the scenario's stop conditions, the user's).
+    A simulation whose writers are all in memory (:class:`tmesim.writers.InMemoryWriter`) writes
+    no file.
 
     Checkpoints: the state is written into the run file (tmesim.io.checkpoint) every
     ``run.checkpoint_every_hours`` of simulated time, before a wall-time stop
@@ -188,6 +196,10 @@ class Simulation:
         backend: "auto", "cpu" or "gpu" (or "portable", or a backend object).
 
     Attributes:
+        output_writers: {name: writer} (tmesim.writers), fired in this order after each step.
+        callbacks: [callback] (tmesim.callbacks), called after the writers in this order when
+            their schedules fire; it starts with the scenario's stop conditions
+            (``[run.stop]``: extinction, maximum burden).
         status: how the last :meth:`run` ended: "finished", "stopped" (a stop condition),
             "interrupted" (signal, wall time or Ctrl-C: resume it) or "failed"; None before.
         wall_deadline: optional absolute wall-clock time (``time.time()`` seconds) at which to
@@ -208,7 +220,8 @@ class Simulation:
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.model = Model(scenario, self.backend, controllers)
         self.dt_min = scenario.run.dt_min
-        self.callbacks: list = []
+        self.output_writers: dict = run_file_writers(scenario)
+        self.callbacks: list = self._default_callbacks()
         self.stop_reason: str | None = None
         self.interrupt_reason: str | None = None
         self.status: str | None = None
@@ -242,7 +255,7 @@ class Simulation:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, path=None, progress: bool = False, resume: bool = False) -> Path:
+    def run(self, path=None, progress: bool = False, resume: bool = False) -> Path | None:
         """Run to the end and write ``path`` (default: ``<run.name>.h5`` in the working folder).
 
         With ``resume=True`` and an existing ``path`` written for this same scenario, continue
@@ -250,8 +263,18 @@ class Simulation:
         "stopped" is left as it is. Returns the path of the run file; :attr:`status` says how it
         ended. A KeyboardInterrupt closes the file cleanly (status "interrupted") and is
         re-raised; the run can be resumed from its last scheduled checkpoint.
+
+        When no output writer needs a run file (only :class:`tmesim.writers.InMemoryWriter`),
+        nothing is written and None is returned; ``path`` and ``resume`` must then be left out.
         """
         sc = self.sc
+        if not any(x.needs_file for x in self.output_writers.values()):
+            if path is not None or resume:
+                raise ValueError("Simulation.run: no output writer writes a run file; give no "
+                                 f"path (got {path!r}) and no resume (got {resume!r})")
+            self.writer = None
+            self._loop(progress, fresh=True)
+            return None
         path = Path(path) if path else Path(f"{sc.run.name}.h5")
         fresh = True
         if resume and path.exists():
@@ -265,7 +288,7 @@ class Simulation:
             w = RunWriter(path, sc, self.model.grid, cols, backend=self.backend.name,
                           device=self.backend.device, checkpoint_arrays=arrays)
         self.writer = w
-        self._loop(w, progress, fresh)
+        self._loop(progress, fresh)
         return path
 
     @classmethod
@@ -342,16 +365,12 @@ class Simulation:
 
     def checkpoint(self) -> int:
         """Write a checkpoint of the current state into the open run file; returns the slot."""
-        arrays = {k: self.backend.to_host(v) for k, v in self.state.arrays().items()}
-        slot = self.writer.checkpoint(arrays, self.state.step, self.state.time_min,
-                                      self.model.extra_state())
-        self.checkpoints_written += 1
-        return slot
+        return write_checkpoint(self)
 
-    def _snapshot(self, w: RunWriter) -> None:
-        """Write a snapshot: the per-site arrays are copied to the host here (and only for
-        snapshots and checkpoints); on the CPU they are passed as they are."""
-        w.snapshot(self.state.to_backend(self.backend.to_host))
+    def _event(self, time_min: float, kind: str, detail: dict) -> None:
+        """Record an event in the run file (a run without one keeps none)."""
+        if self.writer is not None:
+            self.writer.event(time_min, kind, detail)
 
     def _on_signal(self, signum, frame) -> None:
         # only a flag: the loop checkpoints at the end of the step, when the state is whole
@@ -376,71 +395,64 @@ class Simulation:
             return "wall-clock deadline reached"
         return None
 
-    def _loop(self, w: RunWriter, progress: bool, fresh: bool) -> None:
+    def _loop(self, progress: bool, fresh: bool) -> None:
         sc = self.sc
-        dt = self.dt_min
-        snap = TimeInterval(sc.run.snapshot_every_hours * 60.0)
-        every = sc.run.checkpoint_every_hours * 60.0
-        ck_due = TimeInterval(every, first=False) if every > 0 else None
-        callbacks = self._default_callbacks() + list(self.callbacks)
+        writers = list(self.output_writers.values())
+        each_step = [x for x in writers if not x.after_callbacks]
+        going_on = [x for x in writers if x.after_callbacks]
+        # an interrupt ends a run to be resumed: only a run that checkpoints can be
+        interruptible = any(isinstance(x, Checkpointer) for x in writers)
         bar = Progress(sc.n_steps, disable=not progress)
+        callbacks = [bar] + list(self.callbacks)
         t0 = time.monotonic()
         hours = sc.run.stop.wall_time_hours
         wall_end = t0 + hours * 3600.0 if hours > 0 else float("inf")
         status = "finished"
         self.stop_reason = self.interrupt_reason = self._signal = None
-        handlers = self._install_signal_handlers()
+        handlers = self._install_signal_handlers() if interruptible else {}
         try:
             if fresh:
-                w.event(self.state.time_min, "start", {"steps": sc.n_steps, "seed": sc.run.seed})
-                w.row(self.last_row)
-                snap(self)
-                self._snapshot(w)
-            else:
-                # both schedules continue as if they had run all along: after any step each one
-                # waits for the first multiple of its interval beyond time + its tolerance
-                t = self.state.time_min + 1e-6 * dt
-                snap.reset(t)
-                if ck_due is not None:
-                    ck_due.reset(t)
+                self._event(self.state.time_min, "start",
+                            {"steps": sc.n_steps, "seed": sc.run.seed})
+            for x in writers:
+                x.start(self, fresh)
             if self.resumed_from is not None:
-                w.event(self.state.time_min, "resume",
-                        {"from_step": self.resumed_from, "backend": self.backend.name,
-                         "tmesim_version": __version__})
+                self._event(self.state.time_min, "resume",
+                            {"from_step": self.resumed_from, "backend": self.backend.name,
+                             "tmesim_version": __version__})
             while self.state.step < sc.n_steps and self.stop_reason is None:
                 self.model.step()
                 for t_ev, kind_ev, detail in self.model.controllers.pop_events():
-                    w.event(t_ev, kind_ev, detail)
+                    self._event(t_ev, kind_ev, detail)
                 self.last_row = self.model.observe()
-                w.row(self.last_row)
-                if snap(self):
-                    self._snapshot(w)
-                bar(self)
+                for x in each_step:
+                    if x.schedule is not None and x.schedule(self):
+                        x.write(self)
                 for cb in callbacks:
                     if cb.schedule(self):
                         cb(self)
                 if self.stop_reason is not None or self.state.step >= sc.n_steps:
                     break         # the run ends here: a checkpoint would never be used
-                self.interrupt_reason = self._interrupt_due(wall_end)
-                if self.interrupt_reason is not None:
-                    break
-                if ck_due is not None and ck_due(self):
-                    self.checkpoint()
+                if interruptible:
+                    self.interrupt_reason = self._interrupt_due(wall_end)
+                    if self.interrupt_reason is not None:
+                        break
+                for x in going_on:
+                    if x.schedule is not None and x.schedule(self):
+                        x.write(self)
             if self.stop_reason is not None:
                 status = "stopped"
-                w.event(self.state.time_min, "stop", {"reason": self.stop_reason})
+                self._event(self.state.time_min, "stop", {"reason": self.stop_reason})
             elif self.interrupt_reason is not None:
                 status = "interrupted"
-                self.checkpoint()
-                w.event(self.state.time_min, "interrupted",
-                        {"reason": self.interrupt_reason, "checkpoint_step": self.state.step})
-            if status != "interrupted":
-                last = w.f["snapshots/step"]
-                if last.shape[0] == 0 or last[-1] != self.state.step:
-                    self._snapshot(w)
+            for x in writers:
+                x.finish(self, status)      # an interrupted run's checkpoint, a last snapshot
+            if status == "interrupted":
+                self._event(self.state.time_min, "interrupted",
+                            {"reason": self.interrupt_reason, "checkpoint_step": self.state.step})
         except KeyboardInterrupt:
             status = "interrupted"
-            w.event(self.state.time_min, "interrupted", {"reason": "KeyboardInterrupt"})
+            self._event(self.state.time_min, "interrupted", {"reason": "KeyboardInterrupt"})
             raise
         except BaseException:
             status = "failed"
@@ -451,7 +463,8 @@ class Simulation:
             self.wall_seconds = time.monotonic() - t0
             self.status = status
             bar.close()
-            w.close(status)
+            if self.writer is not None:
+                self.writer.close(status)
 
 
 def stored_scenario(path) -> Scenario:
@@ -467,3 +480,83 @@ def stored_scenario(path) -> Scenario:
     finally:
         f.close()
     return loads_scenario(text, base_dir=base)
+
+
+# ------------------------------------------------------------------ one scenario, many runs
+
+@dataclass
+class ScenarioRun:
+    """What :func:`run_scenario` returns: the simulation as it ended (its ``status``,
+    ``stop_reason``, ``resumed_from``, ``state``), its run file (None for an in-memory run) and
+    its time series (None for a run written to a file)."""
+    simulation: Simulation
+    path: Path | None
+    series: dict | None
+
+    @property
+    def status(self) -> str | None:
+        return self.simulation.status
+
+
+def run_scenario(scenario, overrides=None, *, out=None, stop=None, backend="cpu",
+                 resume: bool = False, wall_deadline: float | None = None,
+                 progress: bool = False) -> ScenarioRun:
+    """Run one scenario, into a run file or in memory: how validation, compare and sweep run.
+
+    With ``out``, the run writes that file with the scenario's writers and stop conditions, as
+    ``tmesim run`` does. Without, it runs in memory (a :class:`tmesim.writers.InMemoryWriter`,
+    no file) with the caller's stop condition only: the scenario's ``[run.stop]`` (extinction,
+    maximum burden, wall time) is not applied, and the run takes all ``n_steps`` steps unless
+    ``stop`` ends it.
+
+    Args:
+        scenario: a :class:`Scenario`, or the path of a scenario file.
+        overrides: for a path: ``["key.path=value", ...]`` or ``{"key.path": value}``.
+        out: the run file to write; None: in memory.
+        stop: in memory: None, or a callable of the rows so far ({column: value} each, the first
+            that of the initial state) returning True to end the run after the latest row.
+        backend: "cpu" (default), "auto", "gpu", "portable" or a backend object.
+        resume: with ``out``: continue it from its checkpoint when it has one
+            (:meth:`Simulation.run`).
+        wall_deadline: with ``out``: :attr:`Simulation.wall_deadline`.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        a :class:`ScenarioRun`; ``series`` is {column: array, "day": array} in memory.
+    """
+    if isinstance(scenario, Scenario):
+        if overrides:
+            raise ValueError("run_scenario: overrides apply to a scenario file, not to a "
+                             f"Scenario (got {overrides!r})")
+    else:
+        scenario = load_scenario(scenario, overrides=overrides)
+    sim = Simulation(scenario, backend=backend)
+    if out is None:
+        if resume or wall_deadline is not None:
+            raise ValueError("run_scenario: resume and wall_deadline need a run file (out)")
+        mem = InMemoryWriter()
+        sim.output_writers = {"in_memory": mem}
+        sim.callbacks = [] if stop is None else [StopOnRows(stop, mem, "stop(rows) was true")]
+        sim.run(progress=progress)
+        return ScenarioRun(sim, None, mem.series())
+    if stop is not None:
+        raise ValueError("run_scenario: stop(rows) is for in-memory runs (out=None)")
+    sim.wall_deadline = wall_deadline
+    return ScenarioRun(sim, sim.run(out, progress=progress, resume=resume), None)
+
+
+def _series(path, overrides, stop) -> dict:
+    return run_scenario(path, overrides, stop=stop).series
+
+
+def run_series(tasks, jobs: int = 1) -> list[dict]:
+    """The time series of in-memory runs (:func:`run_scenario` without ``out``), one per task
+    (scenario path, overrides, stop), in task order: in this process, or in ``jobs`` worker
+    processes (the tasks are pickled: stop must be a module-level callable or an object of a
+    module-level class)."""
+    tasks = list(tasks)
+    if jobs > 1 and tasks:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            return list(pool.map(_series, *zip(*tasks)))
+    return [_series(*t) for t in tasks]

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
-from .scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios" / "validation"
 
@@ -203,22 +200,14 @@ EXPERIMENTS = [
 
 
 def run_arm(path: str, overrides: list[str], stop=None) -> dict:
-    """Run a scenario in memory and return its time series {column: array, "day": array}.
+    """Run a scenario in memory on the CPU and return its time series {column: array, "day":
+    array} (tmesim.simulation.run_scenario without a run file: the scenario's [run.stop] is not
+    applied).
 
     ``stop``: None (run to the end), or a callable of the rows so far ({column: value} each)
     that returns True to end the run after the latest row."""
-    from .simulation import Model
-    sc = load_scenario(path, overrides=overrides)
-    model = Model(sc)
-    rows = [model.observe()]
-    for _ in range(sc.n_steps):
-        model.step()
-        rows.append(model.observe())
-        if stop is not None and stop(rows):
-            break
-    out = {k: np.array([r[k] for r in rows]) for k in rows[0]}
-    out["day"] = out["time_min"] / 1440.0
-    return out
+    from .simulation import run_scenario
+    return run_scenario(path, overrides, stop=stop).series
 
 
 def run(names=None, quick: bool = False, jobs: int = 1, echo=print) -> bool:
@@ -232,11 +221,8 @@ def run(names=None, quick: bool = False, jobs: int = 1, echo=print) -> bool:
     tasks = [(e.name, a.label, str(SCENARIOS / a.file), a.overrides + (e.quick if quick else []))
              for e in chosen for a in e.arms]
     t0 = time.monotonic()
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            series = list(pool.map(run_arm, [t[2] for t in tasks], [t[3] for t in tasks]))
-    else:
-        series = [run_arm(t[2], t[3]) for t in tasks]
+    from .simulation import run_series
+    series = run_series([(t[2], t[3], None) for t in tasks], jobs)
     results: dict[str, dict] = {}
     for (name, label, _, _), s in zip(tasks, series):
         results.setdefault(name, {})[label] = s
