@@ -100,6 +100,53 @@ def cmd_validate_model(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_sweep(args) -> int:
+    import json
+
+    from . import sweep as sw
+    spec = sw.load_sweep(args.sweep, args.out_dir)
+    for opt in ("queue", "account", "memory", "walltime", "jobs"):
+        v = getattr(args, opt)
+        if v is not None:
+            setattr(spec.slurm, opt, v)
+    if args.walltime is not None:
+        try:
+            spec.slurm.walltime_s
+        except ValueError:
+            raise UserError(f"--walltime {args.walltime!r}: expected [D-]HH:MM:SS") from None
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers}: expected an integer >= 1")
+    if args.collect:
+        print(f"wrote {sw.write_summary(spec)}")
+        return 0
+    if args.slurm_array is not None:
+        out = Path(args.slurm_array) if args.slurm_array else spec.out_dir / "slurm_array.sh"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        (spec.out_dir / "slurm_logs").mkdir(parents=True, exist_ok=True)
+        out.write_text(sw.slurm_array_script(spec))
+        out.chmod(0o755)
+        print(f"wrote {out} ({len(spec.runs())} array tasks); submit it with: sbatch {out}")
+        return 0
+    if args.task is not None:
+        rec = sw.run_task(spec, args.task)
+        st = rec.get("status")
+        print(f"run {rec['run']}: {st}" + (f": {rec['error']}" if rec.get("error") else ""))
+        return 0 if st in sw.DONE else sw.EXIT_INTERRUPTED if st == "interrupted" else 1
+    if args.dry_run:
+        p = sw.plan(spec, args.retry_failed, record=False)
+        for r in p.runs:
+            state = ("done" if r in p.done else "failed" if r in p.failed
+                     else "invalid" if any(r is x for x, _ in p.invalid) else "to do")
+            print(f"{r.id}  {state:7s}  {json.dumps(r.params)}")
+        print(f"{len(p.runs)} runs: {len(p.todo)} to do, {len(p.done)} done, "
+              f"{len(p.failed) + len(p.invalid)} failed")
+        return 0
+    res = sw.run_sweep(spec, cluster=args.cluster, workers=args.workers,
+                       retry_failed=args.retry_failed, progress=not args.quiet)
+    print(f"{res.done} done, {res.failed} failed of {res.total} runs; summary: {res.summary}")
+    return 0 if res.failed == 0 else 1
+
+
 def cmd_report(args) -> int:
     from .report import make_report
     times = [float(t) for t in args.times_h.split(",")] if args.times_h else None
@@ -164,8 +211,31 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     rs.set_defaults(func=cmd_resume)
 
-    from .sweep import add_parser as _add_sweep_parser
-    _add_sweep_parser(sub)
+    s = sub.add_parser(
+        "sweep", help="run a parameter sweep on Dask (local or Slurm)",
+        description="Run every combination of a sweep file's parameters and seeds, each into "
+        "its own run file, and write a summary table. Finished runs are skipped and interrupted "
+        "ones resumed, so running the command again continues the sweep.")
+    s.add_argument("sweep", help="sweep TOML file")
+    s.add_argument("--cluster", default="local", choices=("local", "slurm"),
+                   help="where runs go: local worker processes (default) or Slurm jobs through "
+                   "dask-jobqueue")
+    s.add_argument("--workers", type=int, help="local worker processes (default: one per GPU, "
+                   "else one per CPU core)")
+    s.add_argument("--out-dir", help="override [sweep] out_dir")
+    s.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    s.add_argument("--dry-run", action="store_true", help="list the runs and what is left to do")
+    s.add_argument("--slurm-array", nargs="?", const="", metavar="SCRIPT",
+                   help="write a Slurm job-array script (default: OUT_DIR/slurm_array.sh) "
+                   "instead of running")
+    s.add_argument("--task", type=int, metavar="I", help="run only run I here (what an array "
+                   "task does); exit 3 when interrupted with a checkpoint")
+    s.add_argument("--collect", action="store_true", help="only (re)write the summary table")
+    for opt in ("queue", "account", "memory", "walltime"):
+        s.add_argument(f"--{opt}", help=f"override [slurm] {opt}")
+    s.add_argument("--jobs", type=int, help="override [slurm] jobs")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_sweep)
 
     v = sub.add_parser("validate", help="check a scenario and print its summary",
                        description="Check a scenario, print what it will simulate and the "
