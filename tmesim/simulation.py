@@ -32,6 +32,7 @@ from .errors import UserError
 from .steps.fields import TransportedFields
 from .steps.therapy import Therapy
 from .writers import Checkpointer, InMemoryWriter, run_file_writers, write_checkpoint
+from .writers import Checkpointer, InMemoryWriter, run_file_writers, write_checkpoint
 
 
 class StepClasses(NamedTuple):
@@ -312,9 +313,9 @@ class Simulation:
     def _reopen(self, path: Path) -> RunWriter | None:
         """Check ``path`` can be resumed by this simulation and open it, cut back to its
         checkpoint, with the state restored. None when the run has already ended."""
-        f = open_h5(path, swmr=True)
+        f = open_run_file(path)
         try:
-            ckpt.check_version(f, str(path))
+            check_format(f, str(path), resume=True)
             if attr_str(f, "scenario") != self.sc.text:
                 raise RunFileError(f"{path}: was written by another scenario than the one given; "
                                    f"resume it with `tmesim resume {path}`, which uses its own")
@@ -328,7 +329,7 @@ class Simulation:
             f.close()
         if status not in self.RESUMABLE:
             self.status = status
-            with open_h5(path, swmr=True) as g:
+            with open_run_file(path) as g:
                 self.last_row = last_row(g, list(g[schema.TIMESERIES]))
                 # where it ended, for messages (the state's arrays stay the initial ones)
                 self.state.step = g[schema.TIMESERIES]["time_min"].shape[0] - 1
@@ -470,9 +471,9 @@ class Simulation:
 def stored_scenario(path) -> Scenario:
     """The scenario a run file was written for (its stored TOML text; relative mask paths are
     resolved from the folder of the scenario file it was first loaded from)."""
-    f = open_h5(path, swmr=True)
+    f = open_run_file(path)
     try:
-        ckpt.check_version(f, str(path))
+        check_format(f, str(path), resume=True)
         text = attr_str(f, "scenario")
         base = "."
         if ckpt.GROUP in f:
@@ -545,18 +546,21 @@ def run_scenario(scenario, overrides=None, *, out=None, stop=None, backend="cpu"
     return ScenarioRun(sim, sim.run(out, progress=progress, resume=resume), None)
 
 
-def _series(path, overrides, stop) -> dict:
-    return run_scenario(path, overrides, stop=stop).series
+def run_in_memory(path, overrides=None, stop=None) -> dict:
+    """The time series {column: array, "day": array} of a scenario file run in memory on the
+    CPU (:func:`run_scenario` without ``out``: only ``stop`` ends it early)."""
+    series = run_scenario(path, overrides, stop=stop).series
+    assert series is not None         # an in-memory run always has its series
+    return series
 
 
 def run_series(tasks, jobs: int = 1) -> list[dict]:
-    """The time series of in-memory runs (:func:`run_scenario` without ``out``), one per task
-    (scenario path, overrides, stop), in task order: in this process, or in ``jobs`` worker
-    processes (the tasks are pickled: stop must be a module-level callable or an object of a
-    module-level class)."""
+    """:func:`run_in_memory` of each task (scenario path, overrides, stop), in task order: in
+    this process, or in ``jobs`` worker processes (the tasks are pickled: stop must be a
+    module-level callable or an object of a module-level class)."""
     tasks = list(tasks)
     if jobs > 1 and tasks:
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            return list(pool.map(_series, *zip(*tasks)))
-    return [_series(*t) for t in tasks]
+            return list(pool.map(run_in_memory, *zip(*tasks)))
+    return [run_in_memory(*t) for t in tasks]

@@ -206,8 +206,8 @@ def run_arm(path: str, overrides: list[str], stop=None) -> dict:
 
     ``stop``: None (run to the end), or a callable of the rows so far ({column: value} each)
     that returns True to end the run after the latest row."""
-    from .simulation import run_scenario
-    return run_scenario(path, overrides, stop=stop).series
+    from .simulation import run_in_memory
+    return run_in_memory(path, overrides, stop)
 
 
 def run(names=None, quick: bool = False, jobs: int = 1, echo=print) -> bool:
