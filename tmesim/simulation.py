@@ -32,7 +32,6 @@ from .errors import UserError
 from .steps.fields import TransportedFields
 from .steps.therapy import Therapy
 from .writers import Checkpointer, InMemoryWriter, run_file_writers, write_checkpoint
-from .writers import Checkpointer, InMemoryWriter, run_file_writers, write_checkpoint
 
 
 class StepClasses(NamedTuple):
@@ -313,9 +312,9 @@ class Simulation:
     def _reopen(self, path: Path) -> RunWriter | None:
         """Check ``path`` can be resumed by this simulation and open it, cut back to its
         checkpoint, with the state restored. None when the run has already ended."""
-        f = open_run_file(path)
+        f = open_h5(path, swmr=True)
         try:
-            check_format(f, str(path), resume=True)
+            ckpt.check_version(f, str(path))
             if attr_str(f, "scenario") != self.sc.text:
                 raise RunFileError(f"{path}: was written by another scenario than the one given; "
                                    f"resume it with `tmesim resume {path}`, which uses its own")
@@ -329,7 +328,7 @@ class Simulation:
             f.close()
         if status not in self.RESUMABLE:
             self.status = status
-            with open_run_file(path) as g:
+            with open_h5(path, swmr=True) as g:
                 self.last_row = last_row(g, list(g[schema.TIMESERIES]))
                 # where it ended, for messages (the state's arrays stay the initial ones)
                 self.state.step = g[schema.TIMESERIES]["time_min"].shape[0] - 1
@@ -471,9 +470,9 @@ class Simulation:
 def stored_scenario(path) -> Scenario:
     """The scenario a run file was written for (its stored TOML text; relative mask paths are
     resolved from the folder of the scenario file it was first loaded from)."""
-    f = open_run_file(path)
+    f = open_h5(path, swmr=True)
     try:
-        check_format(f, str(path), resume=True)
+        ckpt.check_version(f, str(path))
         text = attr_str(f, "scenario")
         base = "."
         if ckpt.GROUP in f:
