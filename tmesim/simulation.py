@@ -25,7 +25,8 @@ from .grid import Grid
 from .initial import initial_state
 from .io import checkpoint as ckpt
 from .io import schema
-from .io.hdf5 import RunWriter, attr_str, last_row, open_h5
+from .io.hdf5 import RunWriter, last_row
+from .io.runfile import attr_str, check_format, open_run_file
 from .scenario import Scenario, load_scenario, loads_scenario
 from .controllers import Controllers
 from .errors import UserError

@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from ..errors import RunFileError
-from . import schema
+from .runfile import HDF5_SIGNATURE, check_format, short_error, to_str
 
 GROUP = "checkpoint"
 LAYOUT_VERSION = 1
@@ -214,24 +214,10 @@ def read(f: h5py.File) -> Checkpoint | None:
     s = g[f"slot{valid}"]
     c = dict(zip(COUNTS, (int(x) for x in s["counts"][:])))
     arrays = {name: ds[()] for name, ds in s["state"].items()}
-    extra = unpack_extra(s["extra"][: c["extra_nbytes"]], _as_str(s["extra_index"][0]))
+    extra = unpack_extra(s["extra"][: c["extra_nbytes"]], to_str(s["extra_index"][0]))
     return Checkpoint(slot=valid, step=c["step"], time_min=float(s["time_min"][()]),
                       n_snapshots=c["n_snapshots"], n_rows=c["n_rows"], n_events=c["n_events"],
                       generation=c["generation"], arrays=arrays, extra=extra)
-
-
-def _as_str(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def check_version(f: h5py.File, where: str) -> None:
-    """Refuse to resume a file of another format major version (older or newer)."""
-    ver = _as_str(f.attrs.get("format_version", "0.0"))
-    major, _ = schema.parse_version(ver)
-    if major != schema.MAJOR:
-        raise RunFileError(f"{where}: its checkpoint was written by tmesim file format {ver}; this "
-                           f"tmesim resumes format {schema.MAJOR}.x only -- resume it with the "
-                           f"tmesim version that wrote it ({_as_str(f.attrs.get('tmesim_version', '?'))})")
 
 
 # ------------------------------------------------------------------------------ reopening
@@ -274,9 +260,6 @@ def lookup3(data: bytes, initval: int = 0) -> int:
     return c
 
 
-_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
 def repair_after_kill(path) -> bool:
     """What ``h5clear -s --increment`` does, for a run file whose writer was killed.
 
@@ -289,7 +272,7 @@ def repair_after_kill(path) -> bool:
     Returns True when something was changed."""
     with open(path, "r+b") as fh:
         head = fh.read(64)
-        if head[:8] != _SIGNATURE or len(head) < 12 or head[8] < 2:
+        if head[:8] != HDF5_SIGNATURE or len(head) < 12 or head[8] < 2:
             return False       # not a v2/v3 superblock at offset 0: no flags to clear
         so = head[9]           # size of offsets (8)
         end = 12 + 4 * so      # signature..root object header address
@@ -350,7 +333,8 @@ def open_for_append(path) -> tuple[h5py.File, WriterLock]:
     """Open an existing run file for writing after its writer ended (cleanly or killed).
 
     Takes the exclusive writer lock, repairs what a kill leaves in the superblock, opens the file
-    (HDF5's own locking off: our lock stands for it) and starts SWMR mode at once, so that a kill
+    (HDF5's own locking off: our lock stands for it), checks its format can be resumed
+    (:func:`tmesim.io.runfile.check_format`) and starts SWMR mode at once, so that a kill
     while the file is being cut back still leaves a file that opens. The caller must switch the
     lock to shared (``lock.shared()``) and release it when done."""
     p = Path(path)
@@ -363,9 +347,16 @@ def open_for_append(path) -> tuple[h5py.File, WriterLock]:
         try:
             f = h5py.File(p, "r+", libver="latest", locking=False)
         except OSError as exc:
-            raise RunFileError(f"{path}: cannot be reopened to resume ({exc}); it was probably "
-                               "killed while being created -- run the scenario again") from None
-        f.swmr_mode = True
+            raise RunFileError(f"{path}: cannot be reopened to resume ({short_error(exc)}); it "
+                               "was probably killed while being created -- run the scenario "
+                               "again") from None
+        try:
+            # before SWMR mode starts: that rewrites the superblock of whatever file this is
+            check_format(f, str(path), resume=True)
+            f.swmr_mode = True
+        except BaseException:
+            f.close()
+            raise
     except BaseException:
         lock.release()
         raise

@@ -1,4 +1,4 @@
-"""Writing run files (schema in tmesim.io.schema) and checking them on the way in.
+"""Writing run files (schema in tmesim.io.schema; opened for reading by tmesim.io.runfile).
 
 The writer creates every dataset up front, then switches the file to SWMR mode: from then on each
 write is followed by a flush, so a reader can follow the run live, and a process killed with
@@ -292,46 +292,3 @@ def last_row(f: h5py.File, columns) -> dict:
         v = float(ds[ds.shape[0] - 1]) if ds.shape[0] else float("nan")
         out[col] = int(v) if v.is_integer() else v
     return out
-
-
-def open_h5(path, swmr: bool = True) -> h5py.File:
-    """Open a run file for reading, refusing files that are not tmesim runs or are too new."""
-    p = Path(path)
-    if not p.is_file():
-        raise RunFileError(f"{path}: no such file")
-    # a plain open first: on a file cut short it fails at once ("truncated file"), where a SWMR
-    # open can sit in HDF5's metadata retry loop; a file still being written (or whose writer
-    # was killed) refuses it as "open for write", and is then read in SWMR mode
-    try:
-        f = h5py.File(p, "r")
-    except OSError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if not swmr or "truncated" in str(exc):
-            raise RunFileError(f"{path}: not a readable HDF5 file ({first})") from None
-        try:
-            f = h5py.File(p, "r", swmr=True)
-        except OSError as exc2:
-            raise RunFileError(f"{path}: not a readable HDF5 file "
-                               f"({str(exc2).splitlines()[0] if str(exc2) else exc2!r})") from None
-    check_format(f, str(path))
-    return f
-
-
-def check_format(f: h5py.File, where: str) -> None:
-    fmt = f.attrs.get("format")
-    if isinstance(fmt, bytes):
-        fmt = fmt.decode()
-    if fmt != schema.FORMAT:
-        f.close()
-        raise RunFileError(f"{where}: not a tmesim run file (format attribute {fmt!r})")
-    major, _ = schema.parse_version(f.attrs.get("format_version", "0.0"))
-    if major > schema.MAJOR:
-        ver = f.attrs.get("format_version")
-        f.close()
-        raise RunFileError(f"{where}: written by a newer tmesim (file format {ver}); this tmesim "
-                           f"reads format {schema.MAJOR}.x -- upgrade tmesim to open it")
-
-
-def attr_str(f, key, default="") -> str:
-    v = f.attrs.get(key, default)
-    return v.decode() if isinstance(v, bytes) else str(v)

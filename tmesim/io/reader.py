@@ -12,7 +12,6 @@ Dimensions: ``time`` (snapshots, coordinate in hours), ``z``/``y``/``x`` (voxel 
 
 from __future__ import annotations
 
-import json
 import threading
 
 import numpy as np
@@ -21,7 +20,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from . import schema
-from .hdf5 import attr_str, open_h5
+from .runfile import attr_str, code_names, event_rows, open_run_file
 
 
 class _H5Array(BackendArray):
@@ -45,7 +44,7 @@ class _H5Array(BackendArray):
 
 def open_run(path) -> xr.Dataset:
     """Open a run file as a lazily loaded xarray Dataset (see the module docstring)."""
-    f = open_h5(path, swmr=True)
+    f = open_run_file(path)
     lock = threading.Lock()
     shape = tuple(int(s) for s in f.attrs["grid_shape"])
     dims = ("z", "y", "x")[3 - len(shape):]
@@ -62,7 +61,7 @@ def open_run(path) -> xr.Dataset:
     data_vars = {}
     for name in ("kind", "tumor_state"):
         ds = snaps[name]
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in ds.attrs["names"]]
+        names = code_names(ds, f"{name}_names") or []
         data_vars[name] = xr.Variable(("time",) + dims, lazy(ds, T),
                                       {"names": names, "flag_values": list(range(len(names)))})
     if "memory" in snaps:
@@ -78,11 +77,7 @@ def open_run(path) -> xr.Dataset:
         for col, ds in ts.items():
             data_vars[col] = xr.Variable(("step",), np.asarray(ds[:N]),
                                          {"units": attr_str(ds, "units")})
-    ev = f[schema.EVENTS]
-    E = min(ev[k].shape[0] for k in ev)
-    events = [(float(t), k.decode() if isinstance(k, bytes) else k,
-               json.loads(d.decode() if isinstance(d, bytes) else d))
-              for t, k, d in zip(ev["time_min"][:E], ev["kind"][:E], ev["detail"][:E])]
+    events = event_rows(f)
     attrs = {k: attr_str(f, k) for k in ("format", "format_version", "tmesim_version", "backend",
                                           "device", "created", "scenario", "name")}
     attrs.update(seed=int(f.attrs["seed"]), dx_um=dx, dt_min=float(f.attrs["dt_min"]),
