@@ -281,15 +281,15 @@ def pcg_sweep_bytes(ndim: int, F: int, sweeps: float, pinned_frac: float) -> flo
     shared by ``sweeps`` iterations as measured in (a)."""
     it = (8 + 12              # direction: p *= beta; p += z
           + pcg_apply_bytes(ndim)
-          + 8                  # _dots(p, q)
+          + 8                  # dots(p, q)
           + 8 + 12 + 8 + 12    # update: tmp = p a; c += tmp; tmp = q a; r -= tmp
-          + 8                  # _absmax(r): max and min
+          + 8                  # absmax(r): max and min
           + pcg_precondition_bytes(ndim)
-          + 8                  # _dots(r, z)
+          + 8                  # dots(r, z)
           + 2 * 64 * pinned_frac * 2)   # pinned resets (q, z): one cache line per voxel
     setup = (8 + 12            # b = c * inv_dt; b += S
              + pcg_apply_bytes(ndim) + 12 + pcg_precondition_bytes(ndim) + 8   # r, z, p = z
-             + 8 + 8 + 8       # _dots(r, z), _absmax(r), _absmax(b)
+             + 8 + 8 + 8       # dots(r, z), absmax(r), absmax(b)
              + 8 + ndim * factor_bytes())   # _adi_prepare: diag, ndim distinct factors
     return it + (setup + step_setup_bytes(F)) / sweeps
 
@@ -303,7 +303,7 @@ def adi_minimal_bytes(ndim: int) -> float:
 
 
 def lod_sweep_bytes() -> float:
-    """_lod_sweep (thomas_solve's sweep in float64), per element: forward
+    """lod_line_solve (thomas_solve's sweep in float64), per element: forward
     np.multiply(x[i-1], kinv, out=tmp) r8 w8, x[i] *= inv r8 w8, x[i] += tmp r16 w8 (56); back
     np.multiply(x[i+1], cp, out=tmp) r8 w8, x[i] -= tmp r16 w8 (40)."""
     return 96.0

@@ -43,9 +43,9 @@ class MirrorLauncher:
 
     def __init__(self):
         import cupy
-        from tmesim import kernels
+        from tmesim.launch import CupyLauncher
         self.cupy = cupy
-        self.gpu = kernels.CupyLauncher()
+        self.gpu = CupyLauncher(0)
 
     def set_order(self, mode):
         """Thread order is the hardware's on a GPU: nothing to set."""
@@ -60,10 +60,10 @@ class MirrorLauncher:
 
 
 def portable_launcher():
-    """The kernels compiled as C++ (cached by content hash under the temp folder), in forward
-    work order."""
-    from tmesim import kernels
-    portable = kernels.PortableLauncher(kernels.build_portable())
+    """The kernels compiled as C++ (cached by content hash in the per-user build folder), in
+    forward work order."""
+    from tmesim.launch import PortableLauncher, build_portable
+    portable = PortableLauncher(build_portable())
     portable.set_order(0)
     return portable
 

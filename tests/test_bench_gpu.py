@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tmesim import kernels
+from tmesim import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_gpu.py"
 
-pytestmark = pytest.mark.skipif(kernels.find_cxx() is None, reason="no C++ compiler")
+pytestmark = pytest.mark.skipif(launch.find_cxx() is None, reason="no C++ compiler")
 
 
 def _bench():
@@ -25,13 +25,6 @@ def _bench():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def _need_whole_model():
-    from .test_device_model import missing_kernel_classes
-    missing = missing_kernel_classes()
-    if missing:
-        pytest.skip("kernel classes not there yet: " + "; ".join(missing))
 
 
 def _tumor_rules_bytes_by_hand(n: int, n_drugs: int, small: int) -> int:
@@ -52,7 +45,6 @@ def _tumor_rules_bytes_by_hand(n: int, n_drugs: int, small: int) -> int:
 
 
 def test_tumor_rules_bytes_equal_the_hand_count():
-    _need_whole_model()
     bench = _bench()
     from tmesim.backend import Portable
     from tmesim.simulation import Model
@@ -90,7 +82,6 @@ def test_launch_bytes_roles():
 def test_script_runs_on_the_portable_kernels(tmp_path):
     """The whole script, --backend portable --sizes tiny: a table with the documented columns,
     one row per part and grid, and the whole-run table; --out holds the same text."""
-    _need_whole_model()
     out = tmp_path / "bench.md"
     r = subprocess.run([sys.executable, str(SCRIPT), "--backend", "portable", "--sizes", "tiny",
                         "--repeats", "2", "--warm", "1", "--out", str(out)],

@@ -9,15 +9,12 @@ field-solver methods, in 2D and 3D. Expected: identical state arrays after every
 identical time-series rows (the kernels are bit-for-bit twins of the numpy steps; the observables
 reduce the same arrays in the same way).
 
-The kernel classes are written by other hands; a case that needs one that is not there (or that
-does not take the persister biology yet) is skipped, naming it. The GPU variants skip without a
-GPU.
+The GPU variants skip without a GPU.
 """
 
 from __future__ import annotations
 
 import gc
-import inspect
 import math
 import sys
 import types
@@ -27,10 +24,9 @@ import numpy as np
 import pytest
 
 import tmesim
-from tmesim import kernels, memory
+from tmesim import launch, memory
 from tmesim.backend import CPU, GPU, Portable, gpu_available
-from tmesim.errors import UserError
-from tmesim.simulation import KERNEL_CLASSES, Model, Simulation, step_classes
+from tmesim.simulation import Model, Simulation, step_classes
 
 SCENARIO = """
 [run]
@@ -102,36 +98,11 @@ CASES = {
 }
 STEPS = 16
 
-pytestmark = pytest.mark.skipif(kernels.find_cxx() is None, reason="no C++ compiler")
+pytestmark = pytest.mark.skipif(launch.find_cxx() is None, reason="no C++ compiler")
 
 
 def scenario(case, *extra):
     return tmesim.loads_scenario(SCENARIO, overrides=CASES[case] + list(extra))
-
-
-def missing_kernel_classes() -> list[str]:
-    """The kernel classes a whole run needs that are not there (or lack the persister biology)."""
-    import importlib
-    out = []
-    for mod, cls in KERNEL_CLASSES.values():
-        try:
-            c = getattr(importlib.import_module(mod), cls)
-        except (ImportError, AttributeError):
-            out.append(f"{mod}.{cls}")
-            continue
-        if cls == "KernelTumorRules":
-            init = inspect.signature(c.__init__).parameters
-            apply = inspect.signature(c.apply).parameters
-            if "drugs" not in init or "memory" not in apply:
-                out.append(f"{mod}.{cls} with drugs and the persister arguments of "
-                           "TumorRules.apply")
-    return out
-
-
-def need_kernel_classes():
-    missing = missing_kernel_classes()
-    if missing:
-        pytest.skip("kernel classes not there yet: " + "; ".join(missing))
 
 
 @pytest.fixture(scope="module")
@@ -185,14 +156,13 @@ def run_pair(sc, backend, steps=STEPS, rtol=0.0):
 
 # ------------------------------------------------------------------------------- selection
 def test_cpu_path_never_imports_the_kernel_classes():
-    """The numpy classes on the CPU, without importing tmesim.kernels or the kernel twins."""
+    """The numpy classes on the CPU, without importing the launch layer or the kernel twins."""
     import subprocess
     code = ("import sys, tmesim\n"
             "from tmesim.simulation import Model\n"
             f"sc = tmesim.loads_scenario({SCENARIO!r}, overrides=['grid.shape=[16,16]'])\n"
             "m = Model(sc); m.step(); m.observe()\n"
-            "bad = [k for k in ('tmesim.kernels', 'tmesim.kernel_fields', 'tmesim.kernel_stroma')"
-            " if k in sys.modules]\n"
+            "bad = [k for k in sys.modules if k == 'tmesim.launch' or k.endswith('_kernel')]\n"
             "assert not bad, bad\n"
             "print(type(m.field_solver.inner).__module__, type(m.tumor_rules).__module__)\n")
     import os
@@ -212,7 +182,7 @@ def test_backends_and_their_launchers():
     p = get_backend("portable")
     assert isinstance(p, Portable) and p.name == "portable" and p.free_memory() is None
     L = p.launcher()
-    assert isinstance(L, kernels.PortableLauncher) and p.launcher() is L
+    assert isinstance(L, launch.PortableLauncher) and p.launcher() is L
     assert "portable" in p.device
     a = np.arange(5)
     assert p.to_host(p.to_device(a)) is a          # numpy arrays: nothing copied
@@ -220,10 +190,15 @@ def test_backends_and_their_launchers():
     assert cls.launcher is None and cls.fields.__name__ == "FieldSolver"
 
 
-def test_portable_names_a_missing_kernel_class(monkeypatch):
-    monkeypatch.setitem(KERNEL_CLASSES, "stroma", ("tmesim.no_such_module", "KernelStromaRules"))
-    with pytest.raises(UserError, match="tmesim.no_such_module.KernelStromaRules"):
-        step_classes(Portable())
+def test_kernel_backends_take_the_kernel_twins():
+    """A backend with a launcher gets the tmesim.steps.<family>_kernel classes, with that
+    launcher."""
+    p = Portable()
+    cls = step_classes(p)
+    assert cls.launcher is p.launcher()
+    assert [c.__module__ for c in cls[:3]] == ["tmesim.steps.fields_kernel",
+                                               "tmesim.steps.tumor_kernel",
+                                               "tmesim.steps.stroma_kernel"]
 
 
 def test_observe_is_numpy_number_for_number():
@@ -270,7 +245,6 @@ def test_tissue_levels_is_a_view_of_consecutive_drug_fields():
 # ------------------------------------------------------------------------------- parity
 @pytest.mark.parametrize("case", list(CASES))
 def test_portable_run_is_the_cpu_run(case, portable):
-    need_kernel_classes()
     totals = run_pair(scenario(case), portable)
     # the comparison means something only if the rules acted
     assert totals["killed"] > 0 and totals["entered_P"] > 0 and totals["caf_moves"] > 0, totals
@@ -278,7 +252,6 @@ def test_portable_run_is_the_cpu_run(case, portable):
 
 def test_portable_run_in_scrambled_thread_order(portable):
     """Every launch visits its work items in a fixed pseudo-random order: the same run."""
-    need_kernel_classes()
     portable.launcher().set_order(2)
     try:
         run_pair(scenario("2d-adi"), portable, steps=6)
@@ -289,7 +262,6 @@ def test_portable_run_in_scrambled_thread_order(portable):
 def test_portable_simulation_writes_the_cpu_file(tmp_path, portable):
     """Simulation.run through the kernels (snapshots and checkpoints copy to the host): the same
     run file as the CPU's, dataset for dataset, but for the backend and device attributes."""
-    need_kernel_classes()
     from .test_run import h5_contents
     sc = scenario("2d-adi", "run.duration_days=0.05")       # 12 steps, 2 checkpoints
     files = {}
@@ -308,7 +280,6 @@ def test_portable_simulation_writes_the_cpu_file(tmp_path, portable):
 def test_portable_resume_restores_device_and_host_arrays(tmp_path, portable):
     """A checkpoint written by a Portable run resumes (site arrays back in place, plasma and
     dose_total host arrays) to the CPU's uninterrupted result."""
-    need_kernel_classes()
     sc = scenario("2d-adi", "run.duration_days=0.05")
     ref = Simulation(sc, backend="cpu")
     ref.run(tmp_path / "ref.h5")
@@ -377,7 +348,7 @@ class _DeviceXP(types.ModuleType):
 DEVICE_XP = _DeviceXP("device_xp")
 
 
-class DeviceLauncher(kernels.PortableLauncher):
+class DeviceLauncher(launch.PortableLauncher):
     xp = DEVICE_XP
 
 
@@ -418,18 +389,17 @@ def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
     """A whole model on the emulated device: every step, row, snapshot and checkpoint path runs
     without a host array meeting a device one, the state stays on the device (plasma and
     dose_total on the host), and the run is still the CPU's."""
-    need_kernel_classes()
     from tmesim import observables
     real = observables._edt
     monkeypatch.setattr(observables, "_edt",
                         lambda xp: _device_edt if xp is DEVICE_XP else real(xp))
     # the CG's reductions choose numpy's or cupy's code by `xp is numpy`: numpy's here
-    from tmesim.kernel_fields import KernelFieldSolver
+    from tmesim.steps.fields_kernel import KernelFieldSolver
     from tmesim.steps import fields as F_
     monkeypatch.setattr(KernelFieldSolver, "_dots", lambda self, x, y: _wrap(
-        F_._dots(np.asarray(x), np.asarray(y))))
+        F_.dots(np.asarray(x), np.asarray(y))))
     monkeypatch.setattr(KernelFieldSolver, "_absmax", lambda self, x: _wrap(
-        F_._absmax(np.asarray(x))))
+        F_.absmax(np.asarray(x))))
     b = EmulatedDevice()
     sc = scenario(case)
     m = Model(sc, b)
@@ -489,7 +459,6 @@ def test_memory_estimate_covers_what_the_model_holds(case, portable):
     """After a few steps on the Portable backend (numpy arrays, so every array the model keeps
     can be found), the arrays the model holds fit the estimate's persistent part (state + field
     solver + rules), and the estimate is not more than 1.5 times what is held."""
-    need_kernel_classes()
     sc = scenario(case)
     m = Model(sc, portable)
     for _ in range(3):
@@ -499,7 +468,7 @@ def test_memory_estimate_covers_what_the_model_holds(case, portable):
     n = m.grid.n_sites
     held = sum(a.nbytes for a in held_arrays(m, n).values())
     est = memory.bytes_needed(sc, "portable")
-    assert est["fields_source"] == "as counted by tmesim.kernel_fields"
+    assert est["fields_source"] == "as counted by tmesim.steps.fields_kernel"
     assert held <= est["persistent"] <= 1.5 * held, (held, est)
     assert est["total"] == est["persistent"] + est["observables"]
 
@@ -597,7 +566,6 @@ def test_gpu_model_is_device_resident_and_matches(case):
     """On a GPU: the site arrays are cupy arrays, plasma stays numpy; LOD runs are bit for bit
     the CPU's; ADI runs agree in every integer array over a few steps (the CG's dot products are
     cupy reductions, summed in another order than numpy's)."""
-    need_kernel_classes()
     import cupy
     b = GPU(0)
     sc = scenario(case)
@@ -621,7 +589,6 @@ def test_gpu_model_is_device_resident_and_matches(case):
 
 @gpu
 def test_gpu_runs_are_deterministic():
-    need_kernel_classes()
     b = GPU(0)
     sc = scenario("3d-adi")
     runs = []

@@ -13,11 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tmesim import codes, kernels
+from tmesim import codes, launch
 from tmesim.backend import gpu_available
 from tmesim.grid import Grid
 from tmesim.steps import fields as F_
+from tmesim.steps import fields_kernel as FK
 from tmesim.steps.tumor import TumorRules
+from tmesim.steps.tumor_kernel import KernelTumorRules
 
 from .conftest import MirrorLauncher
 
@@ -40,11 +42,11 @@ def launcher():
 
 @pytest.fixture(scope="module")
 def gpu():
-    return kernels.CupyLauncher()
+    return launch.CupyLauncher(0)
 
 
 def test_module_is_built_once_per_device(gpu):
-    assert kernels.get_module(gpu.device_id) is kernels.get_module(gpu.device_id)
+    assert launch.get_module(gpu.device_id) is launch.get_module(gpu.device_id)
 
 
 def test_laplacian_on_device_arrays(gpu):
@@ -55,8 +57,8 @@ def test_laplacian_on_device_arrays(gpu):
     Dh2 = g.uniform(1, 300, F).astype(np.float32).reshape((F, 1, 1, 1))
     ghosts = random_ghosts(g, F, 3)
     want = F_.laplacian(c, Dh2, ghosts, np.empty_like(c))
-    got = kernels.laplacian(cupy.asarray(c), cupy.asarray(Dh2), ghosts,
-                            cupy.empty(c.shape, cupy.float32), launcher=gpu)
+    got = FK.laplacian(cupy.asarray(c), cupy.asarray(Dh2), ghosts,
+                       cupy.empty(c.shape, cupy.float32), launcher=gpu)
     np.testing.assert_array_equal(cupy.asnumpy(got), want)
 
 
@@ -74,7 +76,7 @@ def test_tumor_rules_on_device_and_deterministic(gpu, shape, neighbourhood):
     k_ref, s_ref = kind.copy(), state.copy()
     runs = []
     for _ in range(2):
-        ker = kernels.KernelTumorRules(cfg, grid, 3, 6.0, launcher=gpu)
+        ker = KernelTumorRules(cfg, grid, 3, 6.0, launcher=gpu)
         k_d, s_d, o_d = cupy.asarray(kind), cupy.asarray(state), cupy.asarray(o2)
         for step in range(8):
             ker.apply(k_d, s_d, o_d, step)

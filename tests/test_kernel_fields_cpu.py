@@ -1,8 +1,8 @@
-"""KernelFieldSolver (tmesim.kernel_fields): the field solver driven on the kernels, against the
+"""KernelFieldSolver (tmesim.steps.fields_kernel): the field solver driven on the kernels, against the
 numpy FieldSolver (tmesim.steps.fields), the independent reference.
 
 On the CPU the kernels run as their C++ build (PortableLauncher) and the CG reductions are numpy's
-own (_dots, _absmax), so every operation is the numpy solver's operation, correctly rounded in
+own (dots, absmax), so every operation is the numpy solver's operation, correctly rounded in
 IEEE 754 on both sides: fields and iteration counts must be identical bit for bit, for both
 methods, over several agent steps with cells changing between steps, field steps per agent step
 (n_sub > 1), drug-like fields whose supply (vessel and bath values) changes every step, and
@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 
 import tmesim
-from tmesim import codes, kernels
+from tmesim import codes, launch
 from tmesim.backend import gpu_available
 from tmesim.grid import Grid
-from tmesim.kernel_fields import (FieldSolverError, KernelFieldSolver, field_workspace_bytes,
-                                  lod_sweep_numpy)
 from tmesim.steps import fields as F_
+from tmesim.steps import fields_kernel as FK
 from tmesim.steps.fields import FieldSolver
+from tmesim.steps.fields_kernel import FieldSolverError, KernelFieldSolver, field_workspace_bytes
 
-pytestmark = pytest.mark.skipif(kernels.find_cxx() is None, reason="no C++ compiler")
+pytestmark = pytest.mark.skipif(launch.find_cxx() is None, reason="no C++ compiler")
 
 
 # ------------------------------------------------------------------------------------- scenarios
@@ -289,8 +289,8 @@ def test_lod_sweep_kernel_bit_exact(launcher, shape):
                 x.reshape(-1)[:3] = -0.0                 # a -0.0 meets an added 0.0
                 args = (axis, f, inv, kinv, cp, kg[0], kg[1], kind, float(g.uniform(0, 40)),
                         react, state, U_t, S_t, float(g.uniform(0, 0.2)), 0.37)
-                want = lod_sweep_numpy(x.copy(), *args)
-                got = kernels.lod_sweep(x.copy(), *args, launcher=launcher)
+                want = F_.lod_sweep(x.copy(), *args)
+                got = FK.lod_sweep(x.copy(), *args, launcher=launcher)
                 assert np.array_equal(np.signbit(got), np.signbit(want))
                 np.testing.assert_array_equal(got, want)
 
@@ -302,7 +302,7 @@ def test_cg_rhs_kernel_bit_exact(launcher):
     inv_dt = np.float32(1.0 / 0.37)
     want = np.multiply(c, inv_dt)
     want += S
-    np.testing.assert_array_equal(kernels.cg_rhs(c, S, inv_dt, np.empty_like(c),
+    np.testing.assert_array_equal(FK.cg_rhs(c, S, inv_dt, np.empty_like(c),
                                                  launcher=launcher), want)
 
 
@@ -324,7 +324,7 @@ def test_gpu_matches_numpy(shape, method, dt_field, o2_faces, drug_faces):
     bounded by the remaining error, about tol times the field's change (tol = 1e-3 here): allowed
     2 tol of the field's scale."""
     import cupy
-    gpu = kernels.CupyLauncher()
+    gpu = launch.CupyLauncher(0)
     sc = tmesim.loads_scenario(scenario_text(shape, method, dt_field=dt_field,
                                              o2_faces=o2_faces, drug_faces=drug_faces))
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
@@ -360,7 +360,7 @@ def test_gpu_matches_numpy(shape, method, dt_field, o2_faces, drug_faces):
 @pytest.mark.parametrize("method", ["adi", "lod"])
 def test_gpu_runs_are_bitwise_reproducible(method):
     import cupy
-    gpu = kernels.CupyLauncher()
+    gpu = launch.CupyLauncher(0)
     sc = tmesim.loads_scenario(scenario_text((20, 18, 16), method, dt_field=2.0))
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     out = []

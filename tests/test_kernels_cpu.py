@@ -1,8 +1,8 @@
 """The CUDA kernels' logic, checked on the CPU against numpy (no GPU needed).
 
 The same kernels/*.cu sources are compiled as plain C++ behind kernels/portable.h (g++, with
--ffp-contract=off) and called through ctypes by the very launch functions of tmesim.kernels that
-drive the GPU (PortableLauncher instead of CupyLauncher). Expectations:
+-ffp-contract=off) and called through ctypes by the very drivers (tmesim.rng_kernel,
+tmesim.steps.<family>_kernel) that drive the GPU (PortableLauncher instead of CupyLauncher). Expectations:
 
 - the random numbers are bit-identical to tmesim.rng (words and uniforms);
 - the field primitives are bit-identical to the numpy code they mirror. That is stronger than
@@ -24,8 +24,10 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import fnmatch
+import os
 import re
 import shutil
+import stat
 import subprocess
 import types
 from pathlib import Path
@@ -33,13 +35,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tmesim import codes, kernels, rng
+from tmesim import codes, launch, rng, rng_kernel
 from tmesim.grid import Grid
 from tmesim.scenario import TumorConfig
 from tmesim.steps import fields as F_
+from tmesim.steps import fields_kernel as FK
 from tmesim.steps.tumor import TumorRules
+from tmesim.steps.tumor_kernel import KernelTumorRules
 
-pytestmark = pytest.mark.skipif(kernels.find_cxx() is None, reason="no C++ compiler")
+pytestmark = pytest.mark.skipif(launch.find_cxx() is None, reason="no C++ compiler")
 
 
 # ------------------------------------------------------------------------------------------ rng
@@ -55,9 +59,9 @@ def test_rng_words_and_uniforms_bit_exact(launcher, seed):
         start = int(g.integers(0, 2 ** 44))
         sites = start + g.permutation(257)[:200]      # clustered, shuffled, any alignment
         want = rng.raw_at(seed, step, stream, sites)
-        got = kernels.raw_at(seed, step, stream, sites, launcher=launcher)
+        got = rng_kernel.raw_at(seed, step, stream, sites, launcher=launcher)
         np.testing.assert_array_equal(got, want)
-        u = kernels.uniform_at(seed, step, stream, sites, launcher=launcher)
+        u = rng_kernel.uniform_at(seed, step, stream, sites, launcher=launcher)
         np.testing.assert_array_equal(u, rng.to_uniform(want))
         assert u.dtype == np.float64 and (u >= 0).all() and (u < 1).all()
 
@@ -67,16 +71,16 @@ def test_rng_matches_the_reference_rounds(launcher):
     for seed, step, stream, block in [(5, 0, 10, 0), (2 ** 64 - 1, 2 ** 64 - 1, 21, 12345),
                                       (42, 7, 11, 2 ** 50)]:
         sites = np.arange(4 * block, 4 * block + 4)
-        got = kernels.raw_at(seed, step, stream, sites, launcher=launcher)
+        got = rng_kernel.raw_at(seed, step, stream, sites, launcher=launcher)
         ref = rng.philox4x64_reference((block + 1, step, stream, 0), (seed, 0))
         assert [int(w) for w in got] == list(ref)
 
 
 def test_rng_repeats_and_empty(launcher):
     sites = np.array([9, 3, 9, 0, 3])
-    np.testing.assert_array_equal(kernels.raw_at(1, 2, 3, sites, launcher=launcher),
+    np.testing.assert_array_equal(rng_kernel.raw_at(1, 2, 3, sites, launcher=launcher),
                                   rng.raw_at(1, 2, 3, sites))
-    assert kernels.raw_at(1, 2, 3, [], launcher=launcher).size == 0
+    assert rng_kernel.raw_at(1, 2, 3, [], launcher=launcher).size == 0
 
 
 # ------------------------------------------------------------------------------------------ fields
@@ -107,13 +111,13 @@ def test_laplacian_and_operator_bit_exact(launcher, shape):
     Dh2 = g.uniform(1, 300, F).astype(np.float32).reshape((F,) + (1,) * ndim)
     ghosts = random_ghosts(g, F, ndim)
     want = F_.laplacian(c, Dh2, ghosts, np.empty_like(c))
-    got = kernels.laplacian(c, Dh2, ghosts, np.empty_like(c), launcher=launcher)
+    got = FK.laplacian(c, Dh2, ghosts, np.empty_like(c), launcher=launcher)
     np.testing.assert_array_equal(got, want)
     # the CG operator, as FieldSolver._apply computes it: lap, then diag * p - lap
     diag = g.uniform(0.1, 20, c.shape).astype(np.float32)
     want = np.multiply(diag, c)
     want -= F_.laplacian(c, Dh2, ghosts, np.empty_like(c))
-    got = kernels.apply_operator(c, diag, Dh2, ghosts, np.empty_like(c), launcher=launcher)
+    got = FK.apply_operator(c, diag, Dh2, ghosts, np.empty_like(c), launcher=launcher)
     np.testing.assert_array_equal(got, want)
 
 
@@ -129,7 +133,7 @@ def test_thomas_solve_bit_exact(launcher, shape, coef_dtype):
                                     coef_dtype)
         x = g.uniform(-5, 50, (F,) + shape).astype(np.float32)
         want = F_.thomas_solve(x.copy(), axis, co)
-        got = kernels.thomas_solve(x.copy(), axis, co, launcher=launcher)
+        got = FK.thomas_solve(x.copy(), axis, co, launcher=launcher)
         np.testing.assert_array_equal(got, want)
 
 
@@ -149,7 +153,7 @@ def test_thomas_solve_diag_bit_exact(launcher, shape):
         slice_shape = np.moveaxis(x, axis + 1, 0).shape[1:]
         want = F_.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
                                     np.empty(slice_shape, np.float32))
-        got = kernels.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
+        got = FK.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
                                         launcher=launcher)
         np.testing.assert_array_equal(got, want)
 
@@ -174,16 +178,16 @@ def test_thomas_factored_bit_exact(launcher, shape):
         F_.thomas_factor_diag(axis, k, base, extra, inv_w, cp_w,
                               np.empty(slice_shape, np.float32))
         inv, cp = np.empty_like(extra), np.empty_like(extra)
-        kernels.thomas_factor_diag(axis, k, base, extra, inv, cp, launcher=launcher)
+        FK.thomas_factor_diag(axis, k, base, extra, inv, cp, launcher=launcher)
         np.testing.assert_array_equal(inv, inv_w)
         np.testing.assert_array_equal(cp, cp_w)
         x = g.uniform(-5, 50, (F,) + shape).astype(np.float32)
         want = F_.thomas_solve_factored(x.copy(), axis, k, inv_w, cp_w,
                                         np.empty(slice_shape, np.float32))
-        got = kernels.thomas_solve_factored(x.copy(), axis, k, inv, cp, launcher=launcher)
+        got = FK.thomas_solve_factored(x.copy(), axis, k, inv, cp, launcher=launcher)
         np.testing.assert_array_equal(got, want)
         # and the same as the one-pass solve
-        once = kernels.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
+        once = FK.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
                                          launcher=launcher)
         np.testing.assert_array_equal(got, once)
 
@@ -198,13 +202,13 @@ def test_pointwise_pieces_bit_exact(launcher):
     # FieldSolver.rates reads its tables from self
     solver = types.SimpleNamespace(U_table=U_t, S_table=S_t, F=F, dtype=np.float32)
     U_w, S_w = F_.FieldSolver.rates(solver, kind, state)
-    U, S = kernels.rates(kind, state, U_t, S_t, launcher=launcher)
+    U, S = FK.rates(kind, state, U_t, S_t, launcher=launcher)
     np.testing.assert_array_equal(U, U_w)
     np.testing.assert_array_equal(S, S_w)
 
     c = g.uniform(0, 40, (F, n)).astype(np.float32)
     inv_dt = np.float32(1.0 / 0.37)
-    diag, b = kernels.cg_setup(c, U, S, inv_dt, launcher=launcher)
+    diag, b = FK.cg_setup(c, U, S, inv_dt, launcher=launcher)
     np.testing.assert_array_equal(diag, U + inv_dt)
     np.testing.assert_array_equal(b, c * inv_dt + S)
 
@@ -212,32 +216,32 @@ def test_pointwise_pieces_bit_exact(launcher):
     r = g.normal(size=(F, n)).astype(np.float32)
     want = np.subtract(b, r)
     want[:, pinned] = 0
-    np.testing.assert_array_equal(kernels.residual(b, r.copy(), kind, launcher=launcher), want)
+    np.testing.assert_array_equal(FK.residual(b, r.copy(), kind, launcher=launcher), want)
 
     vv = g.uniform(0, 40, F).astype(np.float32)
     want = c.copy()
     want[:, pinned] = vv[:, None]
-    np.testing.assert_array_equal(kernels.set_pinned(c.copy(), kind, vv, launcher=launcher), want)
+    np.testing.assert_array_equal(FK.set_pinned(c.copy(), kind, vv, launcher=launcher), want)
 
     tau = g.uniform(1e-4, 1e-2, F).astype(np.float32).reshape(F, 1)
     scale = tau * np.float32(0.5)
     want = np.multiply(diag, scale)
     want[:, pinned] = np.float32(1e20)
-    got = kernels.factor_diag(diag, scale, kind, 1e20, np.empty_like(diag), launcher=launcher)
+    got = FK.factor_diag(diag, scale, kind, 1e20, np.empty_like(diag), launcher=launcher)
     np.testing.assert_array_equal(got, want)
 
     a = g.normal(size=(F, 1)).astype(np.float32)
     p, q = g.normal(size=(2, F, n)).astype(np.float32)
     y = c.copy()
     y += a * p
-    np.testing.assert_array_equal(kernels.axpy(c.copy(), a, p, launcher=launcher), y)
+    np.testing.assert_array_equal(FK.axpy(c.copy(), a, p, launcher=launcher), y)
     y = r.copy()
     y -= a * q
-    np.testing.assert_array_equal(kernels.axpy(r.copy(), -a, q, launcher=launcher), y)
+    np.testing.assert_array_equal(FK.axpy(r.copy(), -a, q, launcher=launcher), y)
     y = p.copy()
     y *= a
     y += q
-    np.testing.assert_array_equal(kernels.scale_add(p.copy(), a, q, launcher=launcher), y)
+    np.testing.assert_array_equal(FK.scale_add(p.copy(), a, q, launcher=launcher), y)
 
 
 # ------------------------------------------------------------------------------------------ tumor
@@ -291,7 +295,7 @@ def run_both(launcher, cfg, shape, neighbourhood, seed, steps, order=0):
     grid = Grid(shape, 20.0, neighbourhood)
     kind, state, o2 = random_lattice(g, shape)
     ref = TumorRules(cfg, grid, seed, 6.0)
-    ker = kernels.KernelTumorRules(cfg, grid, seed, 6.0, launcher=launcher)
+    ker = KernelTumorRules(cfg, grid, seed, 6.0, launcher=launcher)
     k1, s1, k2, s2 = kind.copy(), state.copy(), kind.copy(), state.copy()
     launcher.set_order(order)
     history = []
@@ -305,7 +309,7 @@ def run_both(launcher, cfg, shape, neighbourhood, seed, steps, order=0):
                 assert getattr(c2, f) == getattr(c1, f), (f, step)
             for a, b in zip(ker.last_division, ref.last_division):
                 np.testing.assert_array_equal(a, b)
-            assert not ker._claims.any()                 # claims reset for the next step
+            assert not ker.claims.any()                 # claims reset for the next step
             history.append((c1.divisions, c1.necroses, c1.cleared, c1.lost_conflicts))
     finally:
         launcher.set_order(0)
@@ -340,17 +344,15 @@ def test_tumor_rules_do_not_depend_on_thread_order(launcher, order):
 
 
 def test_tumor_kernels_take_every_rule(launcher):
-    """Nothing of the numpy rules is refused any more, and the default persister biology runs
-    on the kernels with the numpy step's result (tests/test_kernels_tumor_cpu.py has the full
-    parity tests: drugs, signalling, memory, every branch)."""
+    """The default persister biology runs on the kernels with the numpy step's result
+    (tests/test_kernels_tumor_cpu.py has the full parity tests: drugs, signalling, memory, every
+    branch)."""
     cfg = TumorConfig()
-    assert kernels.unsupported_tumor_rules(cfg) == []
-    assert kernels.unsupported_tumor_rules(tumor_config()) == []
     g = np.random.default_rng(4)
     grid = Grid((20, 20), 20.0)
     kind, state, o2 = random_lattice(g, grid.shape)
     ref = TumorRules(cfg, grid, 4, 6.0)
-    ker = kernels.KernelTumorRules(cfg, grid, 4, 6.0, launcher=launcher)
+    ker = KernelTumorRules(cfg, grid, 4, 6.0, launcher=launcher)
     mem = g.random(grid.n_sites).astype(np.float32)
     t_p = g.uniform(0, 5000, grid.n_sites).astype(np.float32)
     a = [kind.copy(), state.copy(), mem.copy(), t_p.copy()]
@@ -370,14 +372,14 @@ def test_assembled_source_compiles_with_nvcc(tmp_path):
     if nvcc is None:
         pytest.skip("nvcc not found")
     src = tmp_path / "all.cu"
-    src.write_text(kernels.kernel_source())
+    src.write_text(launch.kernel_source())
     r = subprocess.run([nvcc, "--ptx", "-arch=sm_80", "-std=c++17", "-Werror", "all-warnings",
                         str(src), "-o", str(tmp_path / "all.ptx")], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
     ptx = (tmp_path / "all.ptx").read_text()
-    d = kernels.find_kernel_dir()
-    declared = [m.group(1) for f in kernels.KERNEL_SOURCES
+    d = launch.find_kernel_dir()
+    declared = [m.group(1) for f in launch.KERNEL_SOURCES
                 for m in re.finditer(r"TM_KERNEL\s+void\s+(\w+)\s*\(", (d / f).read_text())]
     assert {"tm_rng_raw_at", "tm_laplacian", "tm_tumor_decide", "tm_stroma_decide",
             "tm_lod_sweep"} <= set(declared)
@@ -386,21 +388,37 @@ def test_assembled_source_compiles_with_nvcc(tmp_path):
 
 
 def test_missing_sources_name_every_place_searched(monkeypatch, tmp_path):
-    monkeypatch.setattr(kernels, "kernel_dir_candidates",
+    monkeypatch.setattr(launch, "kernel_dir_candidates",
                         lambda: [("somewhere", tmp_path / "nope"), ("zip", None)])
-    with pytest.raises(kernels.KernelSourceError) as e:
-        kernels.find_kernel_dir()
+    with pytest.raises(launch.KernelSourceError) as e:
+        launch.find_kernel_dir()
     assert str(tmp_path / "nope") in str(e.value) and "zip: not on a file system" in str(e.value)
+
+
+def test_portable_builds_are_cached_in_a_private_folder(monkeypatch, tmp_path):
+    """The portable library is loaded from a folder only this user can write to (mode 0700,
+    owned by this user); a folder open to others, or not this user's, is passed over."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(launch.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    d = launch.portable_cache_dir()
+    assert d == tmp_path / "cache" / "tmesim" / "portable"
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700 and d.stat().st_uid == os.getuid()
+    d.chmod(0o777)
+    fallback = launch.portable_cache_dir()
+    assert fallback == tmp_path / "tmp" / f"tmesim-portable-{os.getuid()}"
+    assert stat.S_IMODE(fallback.stat().st_mode) == 0o700
+    fallback.chmod(0o755)
+    with pytest.raises(launch.KernelSourceError, match="mode 0755, expected 0700"):
+        launch.portable_cache_dir()
 
 
 # ------------------------------------------------------------------------------------------ backend
 def test_backend_selection():
-    """Every step has its kernel; auto keeps to the CPU until the kernels are verified on a GPU
+    """auto keeps to the CPU until the kernels are verified on a GPU
     (tmesim.backend.GPU_VERIFIED) or when there is none; gpu without a device is a clear error;
     an unknown backend is named."""
     from tmesim import backend
     from tmesim.errors import UserError
-    assert backend.GPU_MISSING_STEPS == ()
     if not (backend.GPU_VERIFIED and backend.gpu_available()):
         assert backend.get_backend("auto").name == "cpu"
     if not backend.gpu_available():
@@ -413,7 +431,7 @@ def test_backend_selection():
 def test_kernels_ship_with_the_package():
     """setup.cfg maps kernels/ to tmesim/kernels/ and takes every source file as package data."""
     cfg = configparser.ConfigParser()
-    root = Path(kernels.__file__).resolve().parent.parent
+    root = Path(launch.__file__).resolve().parent.parent
     if not (root / "setup.cfg").is_file():
         pytest.skip("not a source checkout")
     cfg.read(root / "setup.cfg")
@@ -425,4 +443,3 @@ def test_kernels_ship_with_the_package():
     for f in (root / "kernels").iterdir():
         if f.suffix in (".cu", ".cuh", ".h"):
             assert any(fnmatch.fnmatch(f.name, p) for p in patterns), f.name
-    assert not (root / "kernels" / "__init__.py").exists()

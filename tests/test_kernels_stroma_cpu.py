@@ -1,7 +1,7 @@
 """The stromal-rule kernels (kernels/stroma.cu) against numpy's StromaRules, on the CPU.
 
 The kernels are compiled as plain C++ (kernels/portable.h, g++ -ffp-contract=off) and driven by
-tmesim.kernel_stroma.KernelStromaRules through PortableLauncher, on random 2D/3D lattices holding
+tmesim.steps.stroma_kernel.KernelStromaRules through PortableLauncher, on random 2D/3D lattices holding
 every kind of occupant, with a quantized recruitment signal (many exact ties), a continuous one,
 and none. Expectation: the same kind array and the same counts as StromaRules after every step,
 whatever the order in which the work items of each launch run. The GPU tests at the end rerun the
@@ -15,15 +15,16 @@ import re
 import numpy as np
 import pytest
 
-from tmesim import codes, kernels, rng
+from tmesim import codes, launch, rng
 from tmesim.backend import gpu_available
 from tmesim.grid import Grid
-from tmesim.kernel_stroma import KernelStromaRules
 from tmesim.scenario import CafConfig, TamConfig
 from tmesim.steps.stroma import StromaCounts, StromaRules
+from tmesim.steps.stroma_kernel import KernelStromaRules
 from tmesim.steps.tumor import TumorRules
+from tmesim.steps.tumor_kernel import KernelTumorRules
 
-pytestmark = pytest.mark.skipif(kernels.find_cxx() is None, reason="no C++ compiler")
+pytestmark = pytest.mark.skipif(launch.find_cxx() is None, reason="no C++ compiler")
 
 COUNTS = ("caf_moves", "tam_moves", "tam_recruited", "tam_died", "lost_conflicts")
 
@@ -165,10 +166,10 @@ def test_shared_scratch_with_the_tumor_rules(launcher):
     cfg = tumor_config(doubling_time_h=0.5, necrosis_max_rate_per_h=3.0,
                        necrotic_clearance_per_h=3.0)
     t_ref = TumorRules(cfg, grid, 9, 6.0)
-    t_ker = kernels.KernelTumorRules(cfg, grid, 9, 6.0, launcher=launcher)
-    s_ref, s_ker = make_rules("busy", grid, 9, launcher, claims=t_ker._claims,
+    t_ker = KernelTumorRules(cfg, grid, 9, 6.0, launcher=launcher)
+    s_ref, s_ker = make_rules("busy", grid, 9, launcher, claims=t_ker.claims,
                               action=t_ker.action)
-    assert s_ker.claims is t_ker._claims and s_ker.action is t_ker.action
+    assert s_ker.claims is t_ker.claims and s_ker.action is t_ker.action
     k1, st1, k2, st2 = kind.copy(), state.copy(), kind.copy(), state.copy()
     for step in range(5):
         t_ref.apply(k1, st1, o2, step)
@@ -178,7 +179,7 @@ def test_shared_scratch_with_the_tumor_rules(launcher):
         np.testing.assert_array_equal(k2, k1)
         np.testing.assert_array_equal(st2, st1)
         assert c_ker == c_ref
-        assert not t_ker._claims.any()
+        assert not t_ker.claims.any()
 
 
 def test_active_matches_numpy(launcher):
@@ -199,7 +200,7 @@ def test_active_matches_numpy(launcher):
 def test_streams_match_tmesim_rng():
     """rng.cuh holds the stream numbers of every per-site decision the kernels take, each equal
     to tmesim.rng's; no other kernel file defines a stream."""
-    d = kernels.find_kernel_dir()
+    d = launch.find_kernel_dir()
     text = (d / "rng.cuh").read_text()
     found = {m.group(1): int(m.group(2))
              for m in re.finditer(r"^#define TM_STREAM_(\w+)\s+(\d+)", text, re.M)}
@@ -236,7 +237,7 @@ gpu = pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU"
 @pytest.mark.parametrize("signal_mode", ["quantized", "none"])
 def test_stroma_rules_identical_on_gpu(name, shape, neighbourhood, signal_mode):
     """The same parity on a CUDA device, the lattice kept in device memory between steps."""
-    history, _ = run_both(kernels.CupyLauncher(), name, shape, neighbourhood, signal_mode,
+    history, _ = run_both(launch.CupyLauncher(0), name, shape, neighbourhood, signal_mode,
                           seed=5 + CASES.index((shape, neighbourhood)))
     assert sum(totals(history).values()) > 0
 
@@ -252,12 +253,12 @@ def test_stroma_rules_deterministic_on_gpu(shape, neighbourhood):
     grid = Grid(shape, 20.0, neighbourhood)
     kind = random_lattice(g, grid.n_sites)
     signal = random_signal(g, grid.n_sites, "quantized")
-    ref, _ = make_rules("busy", grid, 3, kernels.CupyLauncher())
+    ref, _ = make_rules("busy", grid, 3, launch.CupyLauncher(0))
     k_ref = kind.copy()
     for step in range(8):
         ref.apply(k_ref, signal, step)
     for _ in range(2):
-        _, ker = make_rules("busy", grid, 3, kernels.CupyLauncher())
+        _, ker = make_rules("busy", grid, 3, launch.CupyLauncher(0))
         k_d, s_d = cupy.asarray(kind), cupy.asarray(signal)
         for step in range(8):
             ker.apply(k_d, s_d, step)

@@ -22,24 +22,26 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tmesim import codes, kernels
+from tmesim import codes, launch
 from tmesim.backend import gpu_available
 from tmesim.drugs import DRUG_PRESETS
 from tmesim.grid import Grid
 from tmesim.scenario import (DrugConfig, EffectConfig, SignallingConfig, TransitionConfig,
                              TumorConfig)
+from tmesim.steps import tumor_kernel
 from tmesim.steps.tumor import RuleCounts, TumorRules
+from tmesim.steps.tumor_kernel import KernelTumorRules
 
 from .conftest import MirrorLauncher, portable_launcher
 
-pytestmark = pytest.mark.skipif(kernels.find_cxx() is None and not gpu_available(),
+pytestmark = pytest.mark.skipif(launch.find_cxx() is None and not gpu_available(),
                                 reason="no C++ compiler and no GPU")
 
 DT_MIN = 6.0
 
 
 @pytest.fixture(scope="module", params=[
-    pytest.param("cpu", marks=pytest.mark.skipif(kernels.find_cxx() is None,
+    pytest.param("cpu", marks=pytest.mark.skipif(launch.find_cxx() is None,
                                                  reason="no C++ compiler")),
     pytest.param("gpu", marks=[pytest.mark.gpu,
                                pytest.mark.skipif(not gpu_available(), reason="needs a GPU")])])
@@ -157,7 +159,7 @@ def run_both(launcher, cfg, drugs, shape, neighbourhood, seed, steps, order=0, f
     hgf = hgf if fields in ("both", "hgf") else None
     igf1 = igf1 if fields in ("both", "igf1") else None
     ref = TumorRules(cfg, grid, seed, DT_MIN, drugs)
-    ker = kernels.KernelTumorRules(cfg, grid, seed, DT_MIN, drugs, launcher=launcher)
+    ker = KernelTumorRules(cfg, grid, seed, DT_MIN, drugs, launcher=launcher)
     a = [x.copy() for x in (kind, state, memory, time_in_P)]
     b = [x.copy() for x in (kind, state, memory, time_in_P)]
     total = RuleCounts()
@@ -171,7 +173,7 @@ def run_both(launcher, cfg, drugs, shape, neighbourhood, seed, steps, order=0, f
             assert c2 == c1, (step, c1, c2)
             for x, y in zip(ker.last_division, ref.last_division):
                 np.testing.assert_array_equal(x, y)
-            assert not ker._claims.any()
+            assert not ker.claims.any()
             for f in dataclasses.fields(RuleCounts):
                 setattr(total, f.name, getattr(total, f.name) + getattr(c1, f.name))
     finally:
@@ -240,7 +242,7 @@ def test_memory_and_time_default_to_zeros_not_kept(launcher):
     grid = Grid((16, 16), 20.0, "moore")
     kind, state, _, _, o2, hgf, igf1, conc = random_inputs(g, grid.shape, drugs, cfg)
     ref = TumorRules(cfg, grid, 3, DT_MIN, drugs)
-    ker = kernels.KernelTumorRules(cfg, grid, 3, DT_MIN, drugs, launcher=launcher)
+    ker = KernelTumorRules(cfg, grid, 3, DT_MIN, drugs, launcher=launcher)
     k1, s1, k2, s2 = kind.copy(), state.copy(), kind.copy(), state.copy()
     for step in range(3):
         c1 = ref.apply(k1, s1, o2, step, hgf=hgf, igf1=igf1, drug_conc=conc)
@@ -253,7 +255,7 @@ def test_memory_and_time_default_to_zeros_not_kept(launcher):
 def test_inputs_numpy_would_read_differently_are_refused(launcher):
     cfg, drugs = CONFIGS["high"], DRUGS["egfr"]
     grid = Grid((6, 6), 20.0)
-    ker = kernels.KernelTumorRules(cfg, grid, 1, DT_MIN, drugs, launcher=launcher)
+    ker = KernelTumorRules(cfg, grid, 1, DT_MIN, drugs, launcher=launcher)
     kind = np.zeros(36, np.uint8)
     state = np.zeros(36, np.uint8)
     o2 = np.zeros(36, np.float32)
@@ -280,13 +282,12 @@ def _perturbed(value):
 @pytest.mark.parametrize("section", ["tumor", "transitions", "signalling"])
 def test_every_config_field_reaches_the_kernels(section):
     """Changing any one field of TumorConfig, TransitionConfig or SignallingConfig changes the
-    kernels' parameter vector or state table: no setting of the numpy rules is ignored. And the
-    refusal list of the pre-persister kernels is empty."""
+    kernels' parameter vector or state table: no setting of the numpy rules is ignored."""
     base = TumorConfig()
     grid = Grid((4, 4), 20.0)
     drugs = DRUGS["egfr"]
     def tables(cfg):
-        k = kernels.KernelTumorRules(cfg, grid, 1, DT_MIN, drugs, launcher=HostTables())
+        k = KernelTumorRules(cfg, grid, 1, DT_MIN, drugs, launcher=HostTables())
         return np.concatenate([k.params_host, k.state_table_host.reshape(-1)])
 
     ref = tables(base)
@@ -298,15 +299,13 @@ def test_every_config_field_reaches_the_kernels(section):
         changed = dataclasses.replace(sub, **{f.name: _perturbed(v)})
         cfg = changed if section == "tumor" else dataclasses.replace(base, **{section: changed})
         assert not np.array_equal(tables(cfg), ref), f"{section}.{f.name} is not passed on"
-        assert kernels.unsupported_tumor_rules(cfg) == []
-    assert kernels.unsupported_tumor_rules(base) == []
 
 
 def test_effect_table_follows_effects_order():
     drugs = DRUGS["four"]
-    cols = kernels.kernel_defines("tumor.cu", "TM_EF_")
-    code = kernels.kernel_defines("tumor.cu", "TM_EFFECT_")
-    t = kernels.tumor_effect_table(drugs)
+    cols = launch.kernel_defines("tumor.cu", "TM_EF_")
+    code = launch.kernel_defines("tumor.cu", "TM_EFFECT_")
+    t = tumor_kernel.tumor_effect_table(drugs)
     want = [(i, tgt, e) for i, d in enumerate(drugs) for tgt, e in d.effects.items()]
     assert t.shape[0] == len(want)
     for row, (i, tgt, e) in zip(t, want):
@@ -315,18 +314,18 @@ def test_effect_table_follows_effects_order():
             (e.emax, e.ec50_uM, e.hill)
         coef = e.rate_per_h if tgt.startswith("kill") else e.fold if tgt == "exit_speedup" else 0
         assert row[cols["COEF"]] == coef
-    assert kernels.tumor_effect_table(()).shape == (0, kernels.kernel_defines(
+    assert tumor_kernel.tumor_effect_table(()).shape == (0, launch.kernel_defines(
         "tumor.cu", "TM_N_")["EFFECT_COLUMNS"])
 
 
 def test_action_codes_match_the_kernel():
-    acts = {k.lower(): v for k, v in kernels.kernel_defines("tumor.cu", "TM_ACT_").items()
+    acts = {k.lower(): v for k, v in launch.kernel_defines("tumor.cu", "TM_ACT_").items()
             if k != "EVENT_MASK"}
-    assert acts == {k.lower(): v for k, v in kernels.ACTIONS.items()}
-    trans = kernels.kernel_defines("tumor.cu", "TM_TRANSITION_")
-    assert trans.pop("SHIFT") == kernels.TRANSITION_SHIFT
+    assert acts == {k.lower(): v for k, v in tumor_kernel.ACTIONS.items()}
+    trans = launch.kernel_defines("tumor.cu", "TM_TRANSITION_")
+    assert trans.pop("SHIFT") == tumor_kernel.TRANSITION_SHIFT
     assert {k.lower(): v for k, v in trans.items()} == \
-        {k.lower(): v for k, v in kernels.TRANSITIONS.items() if k != "none"}
+        {k.lower(): v for k, v in tumor_kernel.TRANSITIONS.items() if k != "none"}
 
 
 # ------------------------------------------------------------------------------------- GPU
@@ -336,7 +335,7 @@ def test_action_codes_match_the_kernel():
 def test_persister_rules_on_device_and_deterministic(shape, neighbourhood):
     """State kept on the GPU for several steps: identical to numpy, and two GPU runs identical."""
     import cupy
-    gpu = kernels.CupyLauncher()
+    gpu = launch.CupyLauncher(0)
     cfg, drugs = CONFIGS["high"], DRUGS["four"]
     g = np.random.default_rng(17)
     grid = Grid(shape, 20.0, neighbourhood)
@@ -346,7 +345,7 @@ def test_persister_rules_on_device_and_deterministic(shape, neighbourhood):
     want = [ref.apply(*host[:2], o2, s, *host[2:], hgf, igf1, conc) for s in range(6)]
     dev_in = [cupy.asarray(x) for x in (o2, hgf, igf1, conc)]
     for _ in range(2):
-        ker = kernels.KernelTumorRules(cfg, grid, 3, DT_MIN, drugs, launcher=gpu)
+        ker = KernelTumorRules(cfg, grid, 3, DT_MIN, drugs, launcher=gpu)
         dev = [cupy.asarray(x) for x in (kind, state, memory, time_in_P)]
         got = [ker.apply(*dev[:2], dev_in[0], s, *dev[2:], *dev_in[1:]) for s in range(6)]
         assert got == want

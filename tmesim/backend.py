@@ -1,5 +1,5 @@
 """Where the arrays live and which code steps them: CPU (numpy), GPU (cupy + the CUDA kernels),
-or Portable (numpy arrays stepped by the kernels' C++ build). Besides tmesim.kernels, the only
+or Portable (numpy arrays stepped by the kernels' C++ build). Besides tmesim.launch, the only
 module that imports cupy.
 
 A backend is a value passed in (``CPU()``, ``GPU(0)``, ``Portable()``), not a global switch. Data
@@ -45,7 +45,7 @@ class CPU:
 
 class Portable(CPU):
     """numpy arrays on the host, stepped by the CUDA kernels compiled as plain C++
-    (tmesim.kernels.PortableLauncher): the GPU's code path, run on a CPU. For tests and for
+    (tmesim.launch.PortableLauncher): the GPU's code path, run on a CPU. For tests and for
     reproducing a kernel problem without a GPU; slow (sequential C++, one work item at a time).
 
     Args:
@@ -64,13 +64,13 @@ class Portable(CPU):
     def launcher(self):
         """The portable launcher (built on first use, then the same one)."""
         if self._launcher is None:
-            from .kernels import PortableLauncher
+            from .launch import PortableLauncher
             self._launcher = PortableLauncher(self._lib)
         return self._launcher
 
 
 class GPU:
-    """cupy on a CUDA device; the steps run as the kernels of ``kernels/*.cu`` (tmesim.kernels).
+    """cupy on a CUDA device; the steps run as the kernels of ``kernels/*.cu`` (tmesim.launch).
 
     Args:
         device: CUDA device number.
@@ -114,9 +114,9 @@ class GPU:
         return name.decode() if isinstance(name, bytes) else str(name)
 
     def launcher(self):
-        """The kernel launcher of this device (tmesim.kernels.CupyLauncher, one per backend)."""
+        """The kernel launcher of this device (tmesim.launch.CupyLauncher, one per backend)."""
         if self._launcher is None:
-            from .kernels import CupyLauncher
+            from .launch import CupyLauncher
             self._launcher = CupyLauncher(self.device_id)
         return self._launcher
 
@@ -161,12 +161,6 @@ def gpu_available() -> bool:
         return False
 
 
-#: Steps of the model without a CUDA kernel (none: tmesim.kernels.KernelTumorRules with the
-#: persister biology, tmesim.kernel_stroma, tmesim.kernel_fields; Model picks them by backend,
-#: tmesim.simulation.step_classes; therapy's PK runs on the host on a few scalars and the
-#: observables reduce on the device). While not empty, ``gpu`` is refused, naming them.
-GPU_MISSING_STEPS: tuple[str, ...] = ()
-
 #: Whether the kernels have run on a GPU and passed the GPU cases of tests/test_gpu_parity.py and
 #: tests/test_device_model.py there. Whole runs through the kernels match numpy bit for bit on the
 #: portable C++ build (tests/test_device_model.py), but no GPU was available to run them on a
@@ -178,24 +172,20 @@ GPU_VERIFIED = False
 def get_backend(name: str = "auto", device: int = 0):
     """``"cpu"``, ``"gpu"``, ``"auto"`` or ``"portable"``.
 
-    ``auto`` takes the GPU when cupy sees one, every step of the model has its kernel
-    (:data:`GPU_MISSING_STEPS` is empty) and the kernels have been verified on a GPU
-    (:data:`GPU_VERIFIED`), else the CPU; ``gpu`` is refused without cupy or a device, or while a
-    step has no kernel, and warns while the kernels are unverified. ``portable`` (a developer's
-    backend: the kernels' C++ build on numpy arrays) is never chosen by ``auto``; a missing kernel
-    class is reported when the model is built (tmesim.simulation.step_classes).
+    ``auto`` takes the GPU when cupy sees one and the kernels have been verified on a GPU
+    (:data:`GPU_VERIFIED`), else the CPU; ``gpu`` is refused without cupy or a device, and warns
+    while the kernels are unverified. ``portable`` (a developer's backend: the kernels' C++ build
+    on numpy arrays) is never chosen by ``auto``. Every step of the model has its kernel twin
+    (tmesim.steps.<family>_kernel; tmesim.simulation.step_classes picks them by the backend's
+    launcher).
     """
     if name == "cpu":
         return CPU()
     if name == "portable":
         return Portable()
     if name == "auto":
-        ready = not GPU_MISSING_STEPS and GPU_VERIFIED
-        return GPU(device) if ready and gpu_available() else CPU()
+        return GPU(device) if GPU_VERIFIED and gpu_available() else CPU()
     if name == "gpu":
-        if GPU_MISSING_STEPS:
-            raise UserError("--backend gpu: not every step has its CUDA kernel yet (missing: "
-                            + "; ".join(GPU_MISSING_STEPS) + "). Use --backend cpu or auto")
         gpu = GPU(device)
         if not GPU_VERIFIED:
             import warnings

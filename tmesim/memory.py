@@ -5,8 +5,8 @@ whole run and the largest temporaries it makes within a step:
 
 - ``state``: the per-site arrays, ``n_sites * State.bytes_per_voxel(F)`` (10 + 4 F bytes);
 - ``fields``: the field solver's work arrays, from the solver's own account
-  (``tmesim.kernel_fields.field_workspace_bytes(sc)``) for the kernel backends when that module
-  is there, else the estimate of :func:`field_workspace_estimate` (documented per method);
+  (``tmesim.steps.fields_kernel.field_workspace_bytes(sc)``) for the kernel backends, else the
+  estimate of :func:`field_workspace_estimate` (documented per method);
 - ``rules``: the rules' scratch per site (:data:`KERNEL_RULE_BYTES_PER_SITE`: the tumor kernels'
   claims, action and target arrays, kernels/tumor.cu, which the stroma kernels share); on the
   CPU, numpy's claim arrays;
@@ -26,8 +26,9 @@ from .errors import UserError
 from .state import State
 
 #: per-site bytes of the kernel rules' scratch: tumor (kernels/tumor.cu) claims uint64 (8),
-#: action uint8 (1), target uint32 (4); the stroma kernels (tmesim.kernel_stroma) need claims
-#: and action only, and tmesim.simulation.Model hands them the tumor rules' (0 of their own)
+#: action uint8 (1), target uint32 (4); the stroma kernels (tmesim.steps.stroma_kernel) need
+#: claims and action only, and tmesim.simulation.Model hands them the tumor rules' (0 of their
+#: own)
 KERNEL_RULE_BYTES_PER_SITE = {"tumor": 8 + 1 + 4, "stroma": 0}
 #: per-site bytes of numpy's rules' scratch: TumorRules' claims uint64 (StromaRules has its own)
 CPU_RULE_BYTES_PER_SITE = {"tumor": 8, "stroma": 8}
@@ -48,8 +49,9 @@ def field_workspace_estimate(sc, backend_name: str) -> int:
     """Bytes of the field solver's work arrays when the solver cannot say itself.
 
     Per voxel and field, float32 = 4 bytes:
-    - kernel solvers (gpu, portable), used only if tmesim.kernel_fields is missing (it counts
-      its own arrays exactly): "lod" a float64 work array of one field (8 bytes per voxel);
+    - kernel solvers (gpu, portable; :func:`bytes_needed` takes their exact count instead,
+      tmesim.steps.fields_kernel.field_workspace_bytes): "lod" a float64 work array of one
+      field (8 bytes per voxel);
       "adi" U, S, diag, b, r, z, p, q (8 words per field) and per axis the preconditioner's
       factors inv and cp (2 ndim): (8 + 2 ndim) words per field;
     - numpy (cpu): "lod": U, S and five float64 work arrays (c, t, a, b, swapped) = 12 words;
@@ -73,12 +75,8 @@ def _field_workspace(sc, backend_name: str) -> tuple[int, str]:
     from .steps.fields import transported_scenario
     sc = transported_scenario(sc)      # well-mixed drug fields are not solved
     if backend_name != "cpu":
-        try:
-            from .kernel_fields import field_workspace_bytes
-        except ImportError:
-            pass
-        else:
-            return int(field_workspace_bytes(sc)), "as counted by tmesim.kernel_fields"
+        from .steps.fields_kernel import field_workspace_bytes
+        return int(field_workspace_bytes(sc)), "as counted by tmesim.steps.fields_kernel"
     return field_workspace_estimate(sc, backend_name), "estimated by tmesim.memory"
 
 

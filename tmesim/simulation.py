@@ -29,7 +29,6 @@ from .io.hdf5 import RunWriter, last_row
 from .io.runfile import attr_str, check_format, open_run_file
 from .scenario import Scenario, load_scenario, loads_scenario
 from .controllers import Controllers
-from .errors import UserError
 from .steps.fields import TransportedFields
 from .steps.therapy import Therapy
 from .writers import Checkpointer, InMemoryWriter, run_file_writers, write_checkpoint
@@ -44,38 +43,21 @@ class StepClasses(NamedTuple):
     launcher: object = None
 
 
-#: where each kernel class lives (module, class), for step_classes and its messages
-KERNEL_CLASSES = {"fields": ("tmesim.kernel_fields", "KernelFieldSolver"),
-                  "tumor": ("tmesim.kernels", "KernelTumorRules"),
-                  "stroma": ("tmesim.kernel_stroma", "KernelStromaRules")}
-
-
 def step_classes(backend) -> StepClasses:
-    """The step classes for ``backend``: numpy's for the CPU (``backend.launcher()`` is None),
-    the kernel twins with the backend's launcher for the GPU and Portable backends.
-
-    The kernel classes are imported here, lazily, so the CPU path never imports them.
-
-    Raises:
-        UserError: a kernel class is not available, naming it.
-    """
+    """The step classes for ``backend``, chosen by the launcher it gives: None (the CPU) gives
+    the numpy reference classes of tmesim.steps.<family>, a launcher (GPU, Portable) their kernel
+    twins of tmesim.steps.<family>_kernel, which take it. The kernel modules are imported only
+    then, so the CPU path never imports them."""
     launcher = backend.launcher()
     if launcher is None:
         from .steps.fields import FieldSolver
         from .steps.stroma import StromaRules
         from .steps.tumor import TumorRules
         return StepClasses(FieldSolver, TumorRules, StromaRules)
-    import importlib
-    found, missing = {}, []
-    for part, (mod, cls) in KERNEL_CLASSES.items():
-        try:
-            found[part] = getattr(importlib.import_module(mod), cls)
-        except (ImportError, AttributeError) as e:
-            missing.append(f"{mod}.{cls} ({e})")
-    if missing:
-        raise UserError(f"backend {backend.name}: the kernel classes are not all available: "
-                        + "; ".join(missing))
-    return StepClasses(found["fields"], found["tumor"], found["stroma"], launcher)
+    from .steps.fields_kernel import KernelFieldSolver
+    from .steps.stroma_kernel import KernelStromaRules
+    from .steps.tumor_kernel import KernelTumorRules
+    return StepClasses(KernelFieldSolver, KernelTumorRules, KernelStromaRules, launcher)
 
 
 class Model:
@@ -97,7 +79,7 @@ class Model:
 
     Raises:
         UserError: on a GPU, when the run's estimated memory (tmesim.memory) exceeds the
-            device's free memory; or when a kernel class is missing.
+            device's free memory.
     """
 
     def __init__(self, sc: Scenario, backend=None, controllers=None):
@@ -120,8 +102,7 @@ class Model:
         if L:
             # the stroma step runs after the tumor step has read its counts back: it can reuse
             # the tumor rules' claim and action arrays (9 bytes per voxel less on the device)
-            L = dict(L, claims=getattr(self.tumor_rules, "_claims", None),
-                     action=getattr(self.tumor_rules, "action", None))
+            L = dict(L, claims=self.tumor_rules.claims, action=self.tumor_rules.action)
         self.stroma_rules = cls.stroma(sc.caf, sc.tam, self.grid, sc.run.seed, sc.run.dt_min,
                                        **L)
         names = sc.field_names

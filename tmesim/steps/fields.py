@@ -82,7 +82,8 @@ from ..errors import UserError
 from ..grid import Grid
 from ..scenario import Scenario, face_conditions
 
-_PIN = np.float32(1e20)   # diagonal of a pinned (vessel) voxel in the line solves: fixes it to 0
+#: diagonal of a pinned (vessel) voxel in the line solves: fixes it to 0
+PIN = np.float32(1e20)
 # below this many sites a solver stays on one thread: its rows are so short that the numpy calls
 # hold the GIL most of the time, and threads would only take turns
 _THREAD_MIN_SITES = 1 << 15
@@ -250,7 +251,7 @@ def thomas_solve_factored(x: np.ndarray, axis: int, k: np.ndarray, inv: np.ndarr
     return x
 
 
-def _dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-field inner products of two (F, ...) arrays, accumulated in float64.
 
     One field at a time, so that a field's value does not depend on which other fields share the
@@ -260,7 +261,7 @@ def _dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.array([np.einsum("i,i->", a2[f], b2[f], dtype=np.float64) for f in range(n)])
 
 
-def _absmax(x: np.ndarray) -> np.ndarray:
+def absmax(x: np.ndarray) -> np.ndarray:
     """Per-field largest |x| of an (F, ...) array, without an |x| temporary."""
     x2 = x.reshape(x.shape[0], -1)
     return np.maximum(x2.max(axis=1), -x2.min(axis=1))
@@ -301,8 +302,8 @@ def laplacian(c: np.ndarray, D_over_h2: np.ndarray, ghosts, out: np.ndarray) -> 
     return out
 
 
-def _lod_sweep(xa: np.ndarray, co: ThomasCoefficients, g: slice, kg, tmp: np.ndarray,
-               ra: np.ndarray | None = None, rb: np.ndarray | None = None) -> None:
+def lod_line_solve(xa: np.ndarray, co: ThomasCoefficients, g: slice, kg, tmp: np.ndarray,
+                   ra: np.ndarray | None = None, rb: np.ndarray | None = None) -> None:
     """One LOD line solve of the rows xa (m, Fc, ...) in place (float64), for the fields g.
 
     thomas_solve's sweep, plus: kg = (lo, hi) Dirichlet terms k g ((F, 1, ...) or None) added to
@@ -332,6 +333,53 @@ def _lod_sweep(xa: np.ndarray, co: ThomasCoefficients, g: slice, kg, tmp: np.nda
     if react:
         xa[0] *= ra[0]
         xa[0] += rb[0]
+
+
+def lod_sweep(x: np.ndarray, axis: int, f: int, inv, kinv, cp, kg_lo: float, kg_hi: float,
+              kind: np.ndarray, vessel: float, react: bool, tumor_state: np.ndarray, U_table,
+              S_table, decay: float, dt: float) -> np.ndarray:
+    """One LOD line solve of field ``f`` along grid ``axis``, with the vessel reset and (``react``)
+    the reaction update: the operations of FieldSolver._lod_run for one field and one axis, in
+    place on x (*grid) float64. Twin of :func:`tmesim.steps.fields_kernel.lod_sweep` (same
+    arguments): lod_line_solve, then ``x[pinned] = vessel``, and with ``react`` the reaction
+    ``x = x ra + rb`` with ra, rb built as _lod_run builds them, then ``x[pinned] = vessel`` again.
+
+    Args:
+        x: (*grid) float64 work array of one field.
+        inv, kinv, cp: (m, F) float64 ThomasCoefficients of that axis.
+        kg_lo, kg_hi: Dirichlet terms k g of this field (0.0 without a bath on the face; NaN when
+            the face is no-flux for every field, i.e. the solver's ghost is None).
+        kind, tumor_state: (n_sites,) uint8.
+        vessel: the field's vessel value; U_table, S_table: (F, n_codes) float32 rate tables
+            indexed by kind * n_states + tumor_state; decay: 1/min; dt: the field step, min.
+    """
+    nd = x.ndim
+    m = x.shape[axis]
+    bshape = (m, 1) + (1,) * (nd - 1)
+    co = ThomasCoefficients(inv=inv[:, f].reshape(bshape), kinv=kinv[:, f].reshape(bshape),
+                            cp=cp[:, f].reshape(bshape))
+    one = (1,) + (1,) * (nd - 1)
+    kg = tuple(None if np.isnan(v) else np.full(one, v, dtype=np.float64)
+               for v in (kg_lo, kg_hi))
+    xa = np.moveaxis(x[None], axis + 1, 0)
+    lod_line_solve(xa, co, slice(None), kg, np.empty(xa.shape[1:], np.float64))
+    flat = x.reshape(-1)
+    pinned = np.flatnonzero(kind == codes.VESSEL)
+    flat[pinned] = vessel
+    if react:
+        idx = kind.astype(np.intp) * len(codes.TUMOR_STATE_NAMES) + tumor_state
+        ra = U_table[f][idx].astype(np.float64)
+        ra -= decay
+        ra *= dt
+        ra += 1.0
+        np.reciprocal(ra, out=ra)
+        rb = S_table[f][idx].astype(np.float64)
+        rb *= dt
+        rb *= ra
+        flat *= ra
+        flat += rb
+        flat[pinned] = vessel
+    return x
 
 
 def default_threads() -> int:
@@ -626,7 +674,7 @@ class FieldSolver:
             extra = self._buf(f"extra{shp}", shp)
             src = diag if sw is None else diag.swapaxes(sw[0] + 1, sw[1] + 1)
             np.multiply(src, tau * np.float32(share), out=extra)
-            extra.reshape(F, -1)[:, self._pinned_in(pinned, sw)] = _PIN
+            extra.reshape(F, -1)[:, self._pinned_in(pinned, sw)] = PIN
             inv = self._buf(f"inv{len(factors)}", shp)
             cp = self._buf(f"cp{len(factors)}", shp)
             tmp = self._buf(f"row{ax}{shp}", np.moveaxis(extra, ax + 1, 0).shape[1:])
@@ -743,7 +791,7 @@ class FieldSolver:
             r[g].reshape(f1 - f0, -1)[:, pinned] = 0
             self._precondition(r[g], z[g], prep, work_for(g), pinned, g)
             np.copyto(p[g], z[g])
-            return _dots(r[g], z[g]), _absmax(r[g]), _absmax(b[g])
+            return dots(r[g], z[g]), absmax(r[g]), absmax(b[g])
 
         def direction(f0, f1, beta):
             g = slice(f0, f1)
@@ -752,7 +800,7 @@ class FieldSolver:
                 p[g] += z[g]
             self._apply(p[g], diag[g], q[g], lap[g], self.ghosts0, fluxes, ltmp[g], g)
             q[g].reshape(f1 - f0, -1)[:, pinned] = 0
-            return _dots(p[g], q[g])
+            return dots(p[g], q[g])
 
         def update(f0, f1, alpha):
             g = slice(f0, f1)
@@ -761,12 +809,12 @@ class FieldSolver:
             c[g] += tmp[g]
             np.multiply(q[g], a_b, out=tmp[g])
             r[g] -= tmp[g]
-            return _absmax(r[g])
+            return absmax(r[g])
 
         def precondition(f0, f1):
             g = slice(f0, f1)
             self._precondition(r[g], z[g], prep, work_for(g), pinned, g)
-            return _dots(r[g], z[g])
+            return dots(r[g], z[g])
 
         res = self._map(start, groups)
         rz = np.concatenate([x[0] for x in res])
@@ -858,7 +906,7 @@ class FieldSolver:
                 xa = np.moveaxis(arr, ax, 0)
                 if (a, xa.shape) not in rows:
                     rows[a, xa.shape] = np.empty(xa.shape[1:], f64)
-                _lod_sweep(xa, co[a], g, kg[a], rows[a, xa.shape])
+                lod_line_solve(xa, co[a], g, kg[a], rows[a, xa.shape])
 
             for s in range(n_sub):
                 sweep(wg, 1, 0)

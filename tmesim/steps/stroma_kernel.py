@@ -3,10 +3,10 @@
 (tests/test_kernels_stroma_cpu.py).
 
 Three launches per step (decide, apply, finish; see the file comment of ``stroma.cu``) on the
-launcher's arrays (numpy with :class:`tmesim.kernels.PortableLauncher`, cupy with
-:class:`tmesim.kernels.CupyLauncher`). Scratch: a uint64 ``claims`` array (all 0 between steps) and
+launcher's arrays (numpy with :class:`tmesim.launch.PortableLauncher`, cupy with
+:class:`tmesim.launch.CupyLauncher`). Scratch: a uint64 ``claims`` array (all 0 between steps) and
 a uint8 ``action`` array, 9 bytes per site in all, and none of its own when the caller passes the
-tumor rules' arrays (``KernelTumorRules._claims`` and ``.action`` have the same types and the same
+tumor rules' arrays (``KernelTumorRules.claims`` and ``.action`` have the same types and the same
 all-zero claims invariant). A claim's target is encoded in ``action`` (neighbour index), so no
 per-site target array is needed. Counts come from one bincount of ``action``: no floating-point
 atomics.
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import codes
-from .grid import Grid
-from .kernels import KernelSourceError, _check, _grid3, default_launcher, kernel_defines
-from .steps.stroma import StromaCounts
-from .steps.tumor import probability
+from .. import codes
+from ..grid import Grid
+from ..launch import check_arrays, grid3, kernel_defines, offsets3, param_vector
+from .stroma import StromaCounts
+from .tumor import probability
 
 #: most neighbours an action byte can name (6 bits of neighbour index)
 _MAX_OFFSETS = 64
@@ -46,16 +46,17 @@ class KernelStromaRules:
         grid: the lattice (at most 2**32 - 2 sites: claim keys hold a site in 32 bits).
         seed: the run's seed.
         dt_min: agent step in minutes.
-        launcher: where to run (default: the current CUDA device).
+        launcher: where to run (``backend.launcher()``); the arrays given to ``apply`` are
+            ``launcher.xp`` arrays.
         claims: optional (n_sites,) uint64 scratch on the launcher's array module, all 0 (e.g. the
-            tumor rules' ``_claims``); left all 0 after every :meth:`apply`.
+            tumor rules' ``claims``); left all 0 after every :meth:`apply`.
         action: optional (n_sites,) uint8 scratch (e.g. the tumor rules' ``action``); holds this
             step's TM_SA_* codes after :meth:`apply`.
     """
 
-    def __init__(self, caf, tam, grid: Grid, seed: int, dt_min: float, *, launcher=None,
+    def __init__(self, caf, tam, grid: Grid, seed: int, dt_min: float, *, launcher,
                  claims=None, action=None):
-        self.L = L = launcher or default_launcher()
+        self.L = L = launcher
         xp = L.xp
         self.caf, self.tam, self.grid, self.seed, self.dt = caf, tam, grid, seed, dt_min
         n = grid.n_sites
@@ -73,17 +74,9 @@ class KernelStromaRules:
             "RECRUIT_PROBABILITY": _host_probability(tam.recruitment_per_h, dt_min,
                                                      as_array=True),
         }
-        layout = kernel_defines("stroma.cu", "TM_SP_")
-        n_params = kernel_defines("stroma.cu", "TM_N_")["STROMA_PARAMS"]
-        if set(layout) != set(values) or sorted(layout.values()) != list(range(n_params)):
-            raise KernelSourceError(f"kernels/stroma.cu parameters {sorted(layout)} and "
-                                    f"tmesim.kernel_stroma {sorted(values)} are out of sync")
-        vec = np.zeros(n_params)
-        for name, i in layout.items():
-            vec[i] = values[name]
+        vec = param_vector(values, "stroma.cu", "TM_SP_", "STROMA_PARAMS", driver=__name__)
         self.codes = kernel_defines("stroma.cu", "TM_SA_")
-        offs = np.zeros((len(grid.offsets), 3), dtype=np.int32)
-        offs[:, 3 - grid.ndim:] = grid.offsets
+        offs = offsets3(grid.offsets)
         if len(offs) > _MAX_OFFSETS:
             raise ValueError(f"at most {_MAX_OFFSETS} neighbours fit an action code")
         self.params = xp.asarray(vec)
@@ -97,8 +90,8 @@ class KernelStromaRules:
             action = xp.zeros(n, dtype=xp.uint8)
         elif action.shape != (n,):
             raise ValueError(f"action must be ({n},) uint8")
-        _check(claims, dtype=np.uint64)
-        _check(action, dtype=np.uint8)
+        check_arrays(claims, dtype=np.uint64)
+        check_arrays(action, dtype=np.uint8)
         self.claims, self.action = claims, action
         self._no_signal = xp.zeros(1, dtype=xp.float32)
 
@@ -120,17 +113,17 @@ class KernelStromaRules:
         """
         L, xp = self.L, self.L.xp
         n = self.grid.n_sites
-        _check(kind, dtype=np.uint8)
+        check_arrays(kind, dtype=np.uint8)
         if kind.size != n:
             raise ValueError(f"kind must have {n} sites, got {kind.size}")
         if signal is None:
             sig, has = self._no_signal, 0
         else:
             sig, has = xp.ascontiguousarray(signal).reshape(-1), 1
-            _check(sig, dtype=np.float32)
+            check_arrays(sig, dtype=np.float32)
             if sig.size != n:
                 raise ValueError(f"signal must have {n} sites, got {sig.size}")
-        nz, ny, nx, _ = _grid3(self.grid.shape)
+        nz, ny, nx, _ = grid3(self.grid.shape)
         L("tm_stroma_decide", n, np.int64(n), nz, ny, nx, kind, sig, np.int32(has),
           self.offsets, self.n_offsets, self.params, np.uint64(self.seed), np.uint64(step),
           self.action, self.claims)

@@ -1,15 +1,17 @@
-"""The field solver on the kernels: :class:`KernelFieldSolver`, the twin of
-:class:`tmesim.steps.fields.FieldSolver` assembled from the kernels of ``kernels/fields.cu``.
+"""The field solver on the kernels (``kernels/fields.cu``): :class:`KernelFieldSolver`, the twin
+of :class:`tmesim.steps.fields.FieldSolver`, and the launch function of every field kernel, each
+with the arguments of the numpy function it mirrors (in :mod:`tmesim.steps.fields`) plus the
+launcher to run on.
 
 The numpy solver is built inside from the same scenario and supplies every coefficient table
 (rates, ghosts, line factors' k and base, pseudo-step tau, LOD's Thomas coefficients), so the two
 cannot drift apart; the driver runs the same operations in the same order on ``L.xp`` arrays
-(numpy with :class:`tmesim.kernels.PortableLauncher`, cupy with
-:class:`tmesim.kernels.CupyLauncher`).
+(numpy with :class:`tmesim.launch.PortableLauncher`, cupy with
+:class:`tmesim.launch.CupyLauncher`).
 
 ``adi``: FieldSolver._adi_step's preconditioned conjugate gradients, every vector operation a
 kernel. The per-field inner products and largest |r| are xp reductions: on the CPU the numpy
-solver's own ``_dots`` and ``_absmax`` (results bit for bit numpy's), on the GPU cupy reductions
+solver's own ``dots`` and ``absmax`` (results bit for bit numpy's), on the GPU cupy reductions
 (float64 sums of exact float32 products; deterministic for a given shape but summed in another
 order than numpy's, so the GPU iterates agree with numpy's to the rounding of the dots). alpha,
 beta and the stopping threshold stay on the device: **one device-to-host copy per CG iteration**
@@ -34,16 +36,221 @@ import math
 
 import numpy as np
 
-from . import codes
-from . import kernels as K
-from .grid import Grid
-from .scenario import Scenario
-from .steps import fields as F_
-from .steps.fields import FieldSolver, FieldSolverError
+from .. import codes
+from ..grid import Grid
+from ..launch import check_arrays, flat_f32, grid3
+from ..scenario import Scenario
+from . import fields as F_
+from .fields import FieldSolver, FieldSolverError
 
 __all__ = ["KernelFieldSolver", "field_workspace_bytes", "FieldSolverError"]
 
 
+# ---------------------------------------------------------------------------------------- kernels
+def pack_ghosts(xp, ghosts, F: int, ndim: int):
+    """(F, 3, 2) float32 ghost values per kernel axis (z, y, x) and face (lo, hi) from the numpy
+    solver's per-axis pairs (None or (F, 1, ..., 1) arrays); NaN marks a no-flux face."""
+    g = xp.full((F, 3, 2), np.nan, dtype=xp.float32)
+    for a, pair in enumerate(ghosts):
+        for side, v in enumerate(pair):
+            if v is not None:
+                g[:, a + 3 - ndim, side] = xp.asarray(v, dtype=xp.float32).reshape(F)
+    return g
+
+
+def laplacian(c, D_over_h2, ghosts, out, *, launcher):
+    """out = D lap(c) with ghost values per face: twin of :func:`tmesim.steps.fields.laplacian`.
+
+    Args: as the numpy function; c and out (F, *grid) float32, C-contiguous.
+    """
+    L = launcher
+    check_arrays(c, out, dtype=np.float32)
+    F = c.shape[0]
+    nz, ny, nx, ndim = grid3(c.shape[1:])
+    L("tm_laplacian", c.size, np.int32(F), nz, ny, nx, ndim, c, flat_f32(L.xp, D_over_h2, F),
+      pack_ghosts(L.xp, ghosts, F, int(ndim)), out)
+    return out
+
+
+def apply_operator(p, diag, D_over_h2, ghosts, out, *, launcher):
+    """out = diag * p - D lap(p): twin of ``FieldSolver._apply(p, diag, out, lap, ghosts)``
+    (the fused kernel needs no ``lap`` scratch)."""
+    L = launcher
+    check_arrays(p, diag, out, dtype=np.float32)
+    F = p.shape[0]
+    nz, ny, nx, ndim = grid3(p.shape[1:])
+    L("tm_apply_operator", p.size, np.int32(F), nz, ny, nx, ndim, p, diag,
+      flat_f32(L.xp, D_over_h2, F), pack_ghosts(L.xp, ghosts, F, int(ndim)), out)
+    return out
+
+
+def _lines(x, axis: int):
+    """The work count and leading arguments (F, nz, ny, nx, kernel axis) of a line-solve kernel
+    along grid ``axis`` of x (F, *grid): one work item per line."""
+    F = x.shape[0]
+    nz, ny, nx, ndim = grid3(x.shape[1:])
+    m = x.shape[axis + 1]
+    return (F * x[0].size // m, np.int32(F), nz, ny, nx, np.int32(axis + 3 - int(ndim)))
+
+
+def thomas_solve(x, axis: int, co, tmp=None, *, launcher):
+    """Precomputed tridiagonal solves along grid ``axis`` of x (F, *grid), in place: twin of
+    :func:`tmesim.steps.fields.thomas_solve` (``tmp`` is accepted and unused)."""
+    L = launcher
+    check_arrays(x, dtype=np.float32)
+    F, m = x.shape[0], x.shape[axis + 1]
+    coef = [L.xp.ascontiguousarray(L.xp.asarray(a, dtype=L.xp.float64).reshape(m, F))
+            for a in (co.inv, co.kinv, co.cp)]
+    L("tm_thomas_solve", *_lines(x, axis), x, *coef)
+    return x
+
+
+def thomas_solve_diag(x, axis: int, k, base, extra, cp, tmp=None, *, launcher):
+    """Tridiagonal solves with a per-voxel diagonal along grid ``axis``, in place: twin of
+    :func:`tmesim.steps.fields.thomas_solve_diag` (``cp`` is scratch of x's shape; ``tmp`` is
+    accepted and unused)."""
+    L = launcher
+    check_arrays(x, extra, cp, dtype=np.float32)
+    F, m = x.shape[0], x.shape[axis + 1]
+    L("tm_thomas_solve_diag", *_lines(x, axis), x, extra, cp, flat_f32(L.xp, k, F),
+      flat_f32(L.xp, base, m * F))
+    return x
+
+
+def thomas_factor_diag(axis: int, k, base, extra, inv, cp, tmp=None, *, launcher):
+    """Per-voxel elimination factors for :func:`thomas_solve_factored`: twin of
+    ``tmesim.steps.fields.thomas_factor_diag`` (``tmp`` is accepted and unused)."""
+    L = launcher
+    check_arrays(extra, inv, cp, dtype=np.float32)
+    F, m = extra.shape[0], extra.shape[axis + 1]
+    L("tm_thomas_factor_diag", *_lines(extra, axis), extra, flat_f32(L.xp, k, F),
+      flat_f32(L.xp, base, m * F), inv, cp)
+
+
+def thomas_solve_factored(x, axis: int, k, inv, cp, tmp=None, *, launcher):
+    """Line solves with factors from :func:`thomas_factor_diag`, in place: twin of
+    ``tmesim.steps.fields.thomas_solve_factored`` (``tmp`` is accepted and unused)."""
+    L = launcher
+    check_arrays(x, inv, cp, dtype=np.float32)
+    L("tm_thomas_solve_factored", *_lines(x, axis), x, flat_f32(L.xp, k, x.shape[0]), inv, cp)
+    return x
+
+
+def rates(kind, tumor_state, U_table, S_table, *, launcher):
+    """Per-voxel U (1/min) and S (units/min), (F, n) float32, from (F, n_kinds, n_states) tables:
+    twin of :meth:`tmesim.steps.fields.FieldSolver.rates` (which takes its tables from self)."""
+    L = launcher
+    xp = L.xp
+    F, nk, ns = U_table.shape
+    n = kind.size
+    U = xp.empty((F, n), dtype=xp.float32)
+    S = xp.empty((F, n), dtype=xp.float32)
+    L("tm_rates", F * n, np.int32(F), np.int64(n), np.int32(nk * ns), np.int32(ns),
+      xp.ascontiguousarray(kind), xp.ascontiguousarray(tumor_state),
+      flat_f32(xp, U_table), flat_f32(xp, S_table), U, S)
+    return U, S
+
+
+def cg_setup(c, U, S, inv_dt, *, launcher):
+    """diag = U + inv_dt and b = c * inv_dt + S (float32): as FieldSolver._adi_step begins."""
+    L = launcher
+    check_arrays(c, U, S, dtype=np.float32)
+    diag = L.xp.empty_like(c)
+    b = L.xp.empty_like(c)
+    L("tm_cg_setup", c.size, np.int64(c.size), np.float32(inv_dt), c, U, S, diag, b)
+    return diag, b
+
+
+def residual(b, r, kind, *, launcher):
+    """r = b - r, 0 at vessel voxels (in place): ``np.subtract(b, r, out=r); r[:, pinned] = 0``."""
+    L = launcher
+    check_arrays(b, r, dtype=np.float32)
+    L("tm_residual", r.size, np.int32(r.shape[0]), np.int64(kind.size), b, r, kind)
+    return r
+
+
+def set_pinned(x, kind, value, *, launcher):
+    """x[:, vessel voxels] = value (F,) in place: ``x[:, pinned] = value``."""
+    L = launcher
+    check_arrays(x, dtype=np.float32)
+    F = x.shape[0]
+    L("tm_set_pinned", x.size, np.int32(F), np.int64(kind.size), x, kind,
+      flat_f32(L.xp, value, F))
+    return x
+
+
+def factor_diag(diag, scale, kind, pin, out, *, launcher):
+    """out = diag * scale[f], ``pin`` at vessel voxels: ``np.multiply(diag, tau * share,
+    out=extra); extra[:, pinned] = PIN`` (pass scale = the float32 ``tau * np.float32(share)``)."""
+    L = launcher
+    check_arrays(diag, out, dtype=np.float32)
+    F = diag.shape[0]
+    L("tm_factor_diag", diag.size, np.int32(F), np.int64(kind.size), diag,
+      flat_f32(L.xp, scale, F), kind, np.float32(pin), out)
+    return out
+
+
+def axpy(y, alpha, x, *, launcher):
+    """y += alpha[f] * x in place (alpha (F,) float32): ``y += a_b * x``; pass -alpha for
+    ``y -= a_b * x`` (identical in IEEE arithmetic)."""
+    L = launcher
+    check_arrays(y, x, dtype=np.float32)
+    F = y.shape[0]
+    L("tm_axpy", y.size, np.int32(F), np.int64(y.size // F), y, flat_f32(L.xp, alpha, F), x)
+    return y
+
+
+def scale_add(p, beta, z, *, launcher):
+    """p = p * beta[f] + z in place: ``p *= beta; p += z``."""
+    L = launcher
+    check_arrays(p, z, dtype=np.float32)
+    F = p.shape[0]
+    L("tm_scale_add", p.size, np.int32(F), np.int64(p.size // F), p, flat_f32(L.xp, beta, F), z)
+    return p
+
+
+def cg_rhs(c, S, inv_dt, b, *, launcher):
+    """b = c * inv_dt + S (float32) in place: ``np.multiply(c, inv_dt, out=b); b += S`` at the
+    start of each field step of ``FieldSolver._adi_step``."""
+    L = launcher
+    check_arrays(c, S, b, dtype=np.float32)
+    L("tm_cg_rhs", c.size, np.int64(c.size), np.float32(inv_dt), c, S, b)
+    return b
+
+
+def lod_sweep(x, axis: int, f: int, inv, kinv, cp, kg_lo: float, kg_hi: float, kind,
+              vessel: float, react: bool, tumor_state, U_table, S_table, decay: float,
+              dt: float, *, launcher):
+    """One LOD line solve of field ``f`` along grid ``axis`` of x (*grid) float64, in place, with
+    the vessel reset and (``react``) the reaction update fused in: twin of
+    :func:`tmesim.steps.fields.lod_sweep` (one ``lod_line_solve`` of ``FieldSolver._lod_run`` and
+    the per-voxel lines after it; see ``tm_lod_sweep``).
+
+    Args:
+        x: (*grid) float64 work array of one field.
+        inv, kinv, cp: (m, F) float64 ThomasCoefficients of that axis (device arrays).
+        kg_lo, kg_hi: Dirichlet terms k g of this field (0.0 without a bath on the face; NaN when
+            the face is no-flux for every field, i.e. numpy's ghost is None).
+        kind, tumor_state: (n_sites,) uint8.
+        vessel: the field's vessel value; U_table, S_table: (F, n_codes) float32 rate tables;
+        decay: 1/min; dt: the field step, min.
+    """
+    L = launcher
+    check_arrays(x, inv, kinv, cp, dtype=np.float64)
+    check_arrays(kind, tumor_state, dtype=np.uint8)
+    check_arrays(U_table, S_table, dtype=np.float32)
+    nz, ny, nx, ndim = grid3(x.shape)
+    m = x.shape[axis]
+    F = inv.shape[-1]
+    L("tm_lod_sweep", x.size // m, nz, ny, nx, np.int32(axis + 3 - int(ndim)), np.int32(F),
+      np.int32(f), x, inv, kinv, cp, np.float64(kg_lo), np.float64(kg_hi), kind,
+      np.float64(vessel), np.int32(bool(react)), tumor_state, np.int32(U_table.shape[-1]),
+      np.int32(len(codes.TUMOR_STATE_NAMES)), U_table, S_table, np.float64(decay),
+      np.float64(dt))
+    return x
+
+
+# ---------------------------------------------------------------------------------------- solver
 def _factor_keys(ndim: int) -> list[tuple[int, float]]:
     """The distinct (axis, share) line factors of the ADI preconditioner, in first-use order
     (FieldSolver._setup_adi's order x/2 ... z ... x/2 repeats all but the middle one)."""
@@ -112,12 +319,12 @@ class KernelFieldSolver:
     Args:
         sc: the scenario (fields, solver settings).
         grid: the lattice.
-        launcher: where to run (default: the current CUDA device); arrays given to ``step`` and
+        launcher: where to run (``backend.launcher()``); arrays given to ``step`` and
             returned by ``rates`` are ``launcher.xp`` arrays.
     """
 
-    def __init__(self, sc: Scenario, grid: Grid, *, launcher=None):
-        self.L = L = launcher or K.default_launcher()
+    def __init__(self, sc: Scenario, grid: Grid, *, launcher):
+        self.L = L = launcher
         self.xp = xp = L.xp
         self.ref = ref = FieldSolver(sc, grid, threads=1)
         self.sc, self.grid, self.ndim = sc, grid, grid.ndim
@@ -137,7 +344,7 @@ class KernelFieldSolver:
         a["S_table"][...] = xp.asarray(ref.S_table.reshape(F, -1).astype(np.float32))
         if self.method == "adi":
             a["D_over_h2"][...] = xp.asarray(ref.D_over_h2.reshape(F))
-            a["ghosts0"][...] = xp.asarray(K.pack_ghosts(np, ref.ghosts0, F, nd))
+            a["ghosts0"][...] = xp.asarray(pack_ghosts(np, ref.ghosts0, F, nd))
             tau = ref.tau.astype(np.float32)
             self._plan = []                 # per factor of the product: index of its key
             keys = _factor_keys(nd)
@@ -166,7 +373,7 @@ class KernelFieldSolver:
         xp, a = self.xp, self._arrays
         a["vessel"][...] = xp.asarray(self.ref.vessel_value.reshape(self.F))
         if self.method == "adi":
-            a["ghosts"][...] = xp.asarray(K.pack_ghosts(np, self.ref.ghosts, self.F, self.ndim))
+            a["ghosts"][...] = xp.asarray(pack_ghosts(np, self.ref.ghosts, self.F, self.ndim))
 
     def set_supply(self, values) -> None:
         """Set the value that vessels and Dirichlet faces hold each field at, (F,) in field units
@@ -183,8 +390,8 @@ class KernelFieldSolver:
             tumor_state = self.xp.zeros_like(kind)
         a = self._arrays
         nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
-        return K.rates(kind, tumor_state, a["U_table"].reshape(self.F, nk, ns),
-                       a["S_table"].reshape(self.F, nk, ns), launcher=self.L)
+        return rates(kind, tumor_state, a["U_table"].reshape(self.F, nk, ns),
+                     a["S_table"].reshape(self.F, nk, ns), launcher=self.L)
 
     def workspace_bytes(self) -> int:
         """Bytes of the device arrays this solver holds now (field_workspace_bytes(sc) plus the
@@ -199,14 +406,14 @@ class KernelFieldSolver:
         if self.F == 0:
             return fields
         xp = self.xp
-        K._check(fields, dtype=np.float32)
+        check_arrays(fields, dtype=np.float32)
         if tumor_state is None:
             if self._zero_state is None or self._zero_state.shape != kind.shape:
                 self._zero_state = xp.zeros_like(kind)
             tumor_state = self._zero_state
-        K._check(kind, tumor_state, dtype=np.uint8)
+        check_arrays(kind, tumor_state, dtype=np.uint8)
         c = fields.reshape((self.F,) + self.grid.shape)
-        K.set_pinned(c, kind, self._arrays["vessel"], launcher=self.L)
+        set_pinned(c, kind, self._arrays["vessel"], launcher=self.L)
         if self.method == "adi":
             self._adi_prepare(c, kind, tumor_state)
             sweeps = 0
@@ -230,7 +437,7 @@ class KernelFieldSolver:
     def _apply(self, p, ghosts, out):
         """out = (1/dt + U) p - D lap(p) with packed ghosts: FieldSolver._apply."""
         F = self.F
-        nz, ny, nx, ndim = K._grid3(self.grid.shape)
+        nz, ny, nx, ndim = grid3(self.grid.shape)
         a = self._arrays
         self.L("tm_apply_operator", p.size, np.int32(F), nz, ny, nx, ndim, p, a["diag"],
                a["D_over_h2"], ghosts, out)
@@ -250,9 +457,9 @@ class KernelFieldSolver:
         L("tm_cg_setup", c.size, np.int64(c.size), inv_dt, c, U, S, a["diag"], a["b"])
         extra = U                   # U is not needed again this agent step
         for j, (axis, _) in enumerate(_factor_keys(self.ndim)):
-            K.factor_diag(a["diag"], a[f"scale{j}"], kind, F_._PIN, extra, launcher=L)
-            K.thomas_factor_diag(axis, a[f"k{j}"], a[f"base{j}"], extra, a[f"inv{j}"],
-                                 a[f"cp{j}"], launcher=L)
+            factor_diag(a["diag"], a[f"scale{j}"], kind, F_.PIN, extra, launcher=L)
+            thomas_factor_diag(axis, a[f"k{j}"], a[f"base{j}"], extra, a[f"inv{j}"],
+                               a[f"cp{j}"], launcher=L)
 
     def _precondition(self, r, out, kind):
         """out = M^-1 r, the symmetric product of line factors: FieldSolver._precondition."""
@@ -260,22 +467,22 @@ class KernelFieldSolver:
         xp.copyto(out, r)
         keys = _factor_keys(self.ndim)
         for j in self._plan:
-            K.thomas_solve_factored(out, keys[j][0], a[f"k{j}"], a[f"inv{j}"], a[f"cp{j}"],
-                                    launcher=L)
-        K.set_pinned(out, kind, a["zeros"], launcher=L)
+            thomas_solve_factored(out, keys[j][0], a[f"k{j}"], a[f"inv{j}"], a[f"cp{j}"],
+                                  launcher=L)
+        set_pinned(out, kind, a["zeros"], launcher=L)
         return out
 
     def _dots(self, x, y):
-        """Per-field inner products in float64: numpy's own _dots on the CPU (bit for bit), a
+        """Per-field inner products in float64: numpy's own dots on the CPU (bit for bit), a
         cupy reduction of the exact float64 products on the GPU."""
         if self.xp is np:
-            return F_._dots(x, y)
+            return F_.dots(x, y)
         return _cupy_dot()(x.reshape(self.F, -1), y.reshape(self.F, -1), axis=1)
 
     def _absmax(self, x):
         """Per-field largest |x| (exact on either side: max and min do not round)."""
         if self.xp is np:
-            return F_._absmax(x)
+            return F_.absmax(x)
         x2 = x.reshape(self.F, -1)
         return self.xp.maximum(x2.max(axis=1), -x2.min(axis=1))
 
@@ -284,10 +491,10 @@ class KernelFieldSolver:
         a, L, xp = self._arrays, self.L, self.xp
         S, b, r, z, p, q = (a[n] for n in ("S", "b", "r", "z", "p", "q"))
         f32 = np.float32
-        K.cg_rhs(c, S, f32(1.0 / self.dt), b, launcher=L)
+        cg_rhs(c, S, f32(1.0 / self.dt), b, launcher=L)
         # r = b - A c with the true boundary values; 0 at pinned voxels
         self._apply(c, a["ghosts"], r)
-        K.residual(b, r, kind, launcher=L)
+        residual(b, r, kind, launcher=L)
         self._precondition(r, z, kind)
         xp.copyto(p, z)
         rz, r0, bmax = self._dots(r, z), self._absmax(r), self._absmax(b)
@@ -301,13 +508,13 @@ class KernelFieldSolver:
         rmax = r0
         for it in range(1, self.sc.solver.max_iterations + 1):
             if beta is not None:
-                K.scale_add(p, beta, z, launcher=L)
+                scale_add(p, beta, z, launcher=L)
             self._apply(p, a["ghosts0"], q)
-            K.set_pinned(q, kind, a["zeros"], launcher=L)
+            set_pinned(q, kind, a["zeros"], launcher=L)
             pq = self._dots(p, q)
             alpha = xp.where(pq > 0, rz / xp.where(pq > 0, pq, 1.0), 0.0).astype(f32)
-            K.axpy(c, alpha, p, launcher=L)
-            K.axpy(r, -alpha, q, launcher=L)
+            axpy(c, alpha, p, launcher=L)
+            axpy(r, -alpha, q, launcher=L)
             rmax = self._absmax(r)
             if bool((rmax <= thresh).all()):        # the one host sync of an iteration
                 break
@@ -335,10 +542,10 @@ class KernelFieldSolver:
             xp.copyto(w, c[f])
             for _ in range(self.n_sub):
                 for ax in range(nd):
-                    K.lod_sweep(w, ax, f, a[f"lod_inv{ax}"], a[f"lod_kinv{ax}"], a[f"lod_cp{ax}"],
-                                kg[ax][0][f], kg[ax][1][f], kind, vessel[f], ax == nd - 1,
-                                tumor_state, a["U_table"], a["S_table"], ref.decay[f], ref.dt,
-                                launcher=L)
+                    lod_sweep(w, ax, f, a[f"lod_inv{ax}"], a[f"lod_kinv{ax}"], a[f"lod_cp{ax}"],
+                              kg[ax][0][f], kg[ax][1][f], kind, vessel[f], ax == nd - 1,
+                              tumor_state, a["U_table"], a["S_table"], ref.decay[f], ref.dt,
+                              launcher=L)
             xp.copyto(c[f], w, casting="same_kind")
 
     def _lod_ghost_terms(self):
@@ -377,39 +584,3 @@ def _cupy_dot():
                                          "(double)x * (double)y", "a + b", "out = a", "0",
                                          "tm_field_dot")
     return _CUPY_DOT
-
-
-def lod_sweep_numpy(x, axis: int, f: int, inv, kinv, cp, kg_lo: float, kg_hi: float, kind,
-                    vessel: float, react: bool, tumor_state, U_table, S_table, decay: float,
-                    dt: float):
-    """numpy twin of :func:`tmesim.kernels.lod_sweep` (same arguments, numpy arrays): the
-    operations of FieldSolver._lod_run for one field and one axis -- fields._lod_sweep, then
-    ``x[pinned] = v``, and with ``react`` the reaction ``x = x ra + rb`` with ra, rb built as
-    _lod_run builds them, then ``x[pinned] = v`` again. In place on x (*grid) float64."""
-    nd = x.ndim
-    m = x.shape[axis]
-    bshape = (m, 1) + (1,) * (nd - 1)
-    co = F_.ThomasCoefficients(inv=inv[:, f].reshape(bshape), kinv=kinv[:, f].reshape(bshape),
-                               cp=cp[:, f].reshape(bshape))
-    one = (1,) + (1,) * (nd - 1)
-    kg = tuple(None if np.isnan(v) else np.full(one, v, dtype=np.float64)
-               for v in (kg_lo, kg_hi))
-    xa = np.moveaxis(x[None], axis + 1, 0)
-    F_._lod_sweep(xa, co, slice(None), kg, np.empty(xa.shape[1:], np.float64))
-    flat = x.reshape(-1)
-    pinned = np.flatnonzero(kind == codes.VESSEL)
-    flat[pinned] = vessel
-    if react:
-        idx = kind.astype(np.intp) * len(codes.TUMOR_STATE_NAMES) + tumor_state
-        ra = U_table[f][idx].astype(np.float64)
-        ra -= decay
-        ra *= dt
-        ra += 1.0
-        np.reciprocal(ra, out=ra)
-        rb = S_table[f][idx].astype(np.float64)
-        rb *= dt
-        rb *= ra
-        flat *= ra
-        flat += rb
-        flat[pinned] = vessel
-    return x
