@@ -294,9 +294,9 @@ class Simulation:
     def _reopen(self, path: Path) -> RunWriter | None:
         """Check ``path`` can be resumed by this simulation and open it, cut back to its
         checkpoint, with the state restored. None when the run has already ended."""
-        f = open_h5(path, swmr=True)
+        f = open_run_file(path)
         try:
-            ckpt.check_version(f, str(path))
+            check_format(f, str(path), resume=True)
             if attr_str(f, "scenario") != self.sc.text:
                 raise RunFileError(f"{path}: was written by another scenario than the one given; "
                                    f"resume it with `tmesim resume {path}`, which uses its own")
@@ -310,7 +310,7 @@ class Simulation:
             f.close()
         if status not in self.RESUMABLE:
             self.status = status
-            with open_h5(path, swmr=True) as g:
+            with open_run_file(path) as g:
                 self.last_row = last_row(g, list(g[schema.TIMESERIES]))
                 # where it ended, for messages (the state's arrays stay the initial ones)
                 self.state.step = g[schema.TIMESERIES]["time_min"].shape[0] - 1
@@ -452,9 +452,9 @@ class Simulation:
 def stored_scenario(path) -> Scenario:
     """The scenario a run file was written for (its stored TOML text; relative mask paths are
     resolved from the folder of the scenario file it was first loaded from)."""
-    f = open_h5(path, swmr=True)
+    f = open_run_file(path)
     try:
-        ckpt.check_version(f, str(path))
+        check_format(f, str(path), resume=True)
         text = attr_str(f, "scenario")
         base = "."
         if ckpt.GROUP in f:
