@@ -21,7 +21,7 @@
 
 #define TM_HD __host__ __device__ __forceinline__
 
-/* Threads per block of every launch: tmesim/kernels.py puts its BLOCK in the #define preamble,
+/* Threads per block of every launch: tmesim/launch.py puts its BLOCK in the #define preamble,
  * so the launch and the compiler's register budget (__launch_bounds__) agree. */
 #ifndef TM_BLOCK
 #define TM_BLOCK 256

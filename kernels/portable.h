@@ -4,7 +4,7 @@
  * the CUDA vocabulary the kernels use onto sequential C++:
  *   - __global__/__device__/__host__/__forceinline__ become plain (inline) functions, so every
  *     extern "C" kernel is an exported C function with the same argument list (callable through
- *     ctypes, see tmesim.kernels.PortableLauncher);
+ *     ctypes, see tmesim.launch.PortableLauncher);
  *   - TM_FOR_EACH(i, n), the kernels' grid-stride loop, runs all n work items in one call, in an
  *     order chosen by tm_portable_set_order(): 0 forward, 1 reverse, 2 a fixed pseudo-random
  *     permutation (i = a*j mod n with a coprime to n). Running a kernel in several orders and

@@ -26,7 +26,7 @@
  *
  * Layout: per-site arrays are flat over n_sites = nz*ny*nx in C order (2D: nz = 1). Scalars that
  * configure the rules are one float64 array `params` indexed by TM_SP_* below;
- * tmesim/kernel_stroma.py reads these #defines from this file to fill it by name.
+ * tmesim/steps/stroma_kernel.py reads these #defines from this file to fill it by name.
  */
 #include "common.cuh"
 #include "rng.cuh"

@@ -28,8 +28,8 @@
  * (TM_N_STATE_TABLES, TM_N_STATES), indexed by tmesim.codes' state (none, S, P, R), and the drugs'
  * pharmacodynamic effects are rows of `effects` (n_effects, TM_N_EFFECT_COLUMNS) float64, one per
  * (drug, effect) in the order of tmesim.drugs.Effects.at (drug by drug, each drug's effects in
- * their table order: the order of the Bliss products and kill sums). tmesim/kernels.py reads these
- * #defines from this file to fill the arrays by name.
+ * their table order: the order of the Bliss products and kill sums). tmesim/steps/tumor_kernel.py
+ * reads these #defines from this file to fill the arrays by name.
  *
  * `action` (uint8, per site): the event in the low 4 bits (TM_ACT_*), the phenotype transition in
  * bits 4-5 (TM_TRANSITION_*), read back by the host to count events (no counters, no atomics).
