@@ -10,20 +10,19 @@ otherwise :func:`read_run`, which returns napari layer-data tuples ``(data, kwar
 - ``kind`` and ``tumor state`` Labels layers with the fixed colours of :mod:`tmesim_napari._style`.
 
 Every array is ``(time, [z,] y, x)``: a dask array with one chunk per snapshot, read from the file
-only when napari shows that snapshot. Each read opens the file in SWMR mode and closes it again, so
-no handle is left behind, a run that is still being written can be viewed (and re-read larger, see
-:func:`tmesim_napari.refresh_layers`), and a run file replaced by a new run is never served from a
-stale handle. Scale: voxel edge ``dx_um`` in µm on the spatial axes (translated by half a voxel, so
-world coordinates are voxel centres, as in ``tmesim.open_run``); on the time axis the snapshot
-interval in hours, so the slider reads hours.
+only when napari shows that snapshot. Each read opens the file (in SWMR mode while a writer holds
+it) and closes it again, so no handle is left behind, a run that is still being written can be
+viewed (and re-read larger, see :func:`tmesim_napari.refresh_layers`), and a run file replaced by a
+new run is never served from a stale handle. Scale: voxel edge ``dx_um`` in µm on the spatial axes
+(translated by half a voxel, so world coordinates are voxel centres, as in ``tmesim.open_run``); on
+the time axis the snapshot interval in hours, so the slider reads hours.
 
-This module reads the documented file schema only (``tmesim.io.schema``): never the simulator.
+This module reads the documented file schema only (``tmesim.io.schema``, files opened and checked
+by ``tmesim.io.runfile``): never the simulator.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +32,18 @@ import numpy as np
 
 from tmesim.errors import RunFileError
 from tmesim.io import schema
+from tmesim.io.runfile import (
+    HDF5_SIGNATURE,
+    attr_str,
+    code_names,
+    event_rows,
+    open_run_file,
+    short_error,
+    to_str,
+)
 
 from . import _style
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # a damaged file is claimed only if its first bytes hold the format string: the writer stores the
 # root attributes (format, scenario text, ...) when it creates the file, so they sit near the start
 _SNIFF_BYTES = 1 << 20
@@ -47,51 +54,10 @@ DEFAULT_TUMOR_STATE_NAMES = ("none", "S", "P", "R")
 
 
 # ------------------------------------------------------------------------------------- opening
-def _text(v) -> str:
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.ndarray) and v.shape == ():
-        return _text(v[()])
-    return str(v)
-
-
-@contextlib.contextmanager
-def open_h5(path):
-    """Open a run file read-only; errors as RunFileError with a one-line message.
-
-    A plain open comes first: it fails at once, with HDF5's "truncated file" diagnosis, on a file
-    cut short, where a SWMR open can sit in HDF5's metadata retry loop. A file that is still being
-    written (or whose writer was killed) is marked "open for write" and refuses a plain open; it is
-    then opened in SWMR mode, which is what lets a reader follow a live run.
-    """
-    p = os.fspath(path)
-    try:
-        f = h5py.File(p, "r")
-    except FileNotFoundError:
-        raise RunFileError(f"{p}: no such file") from None
-    except OSError as exc:
-        if "truncated" in str(exc):
-            raise RunFileError(f"{p}: truncated file, cannot be opened ({_short(exc)}); "
-                               "was it copied before the copy finished?") from None
-        try:
-            f = h5py.File(p, "r", swmr=True)
-        except OSError as exc2:
-            raise RunFileError(f"{p}: damaged HDF5 file, cannot be opened "
-                               f"({_short(exc2)})") from None
-    try:
-        yield f
-    finally:
-        f.close()
-
-
-def _short(exc: BaseException) -> str:
-    """The first line of an h5py error, without HDF5's error stack and "Unable to ..." prefix."""
-    msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-    text = msg.splitlines()[0] if msg else type(exc).__name__
-    for prefix in ("Unable to synchronously open file ", "Unable to synchronously open object ",
-                   "Can't synchronously read data "):
-        text = text.replace(prefix, "")
-    return text.strip("() ") or type(exc).__name__
+def _open(path):
+    """Open a run file that :func:`read_info` has checked (tmesim.io.runfile's opener, without
+    the format check again): the reads that follow it, each of which opens and closes the file."""
+    return open_run_file(path, check=False)
 
 
 def sniff(path) -> str | None:
@@ -107,8 +73,8 @@ def sniff(path) -> str | None:
             if head != HDF5_SIGNATURE:
                 return None
         try:
-            with open_h5(p) as f:
-                return "tmesim" if _text(f.attrs.get("format", "")) == schema.FORMAT else None
+            with _open(p) as f:
+                return "tmesim" if attr_str(f, "format") == schema.FORMAT else None
         except Exception:  # noqa: BLE001 - whatever HDF5 says, the file cannot be read as is
             with open(p, "rb") as fh:
                 start = fh.read(_SNIFF_BYTES)
@@ -177,35 +143,21 @@ class RunInfo:
 
 
 def _names(ds, root_attr, fallback) -> list[str]:
-    names = ds.attrs.get("names")
-    if names is None:
-        names = ds.file.attrs.get(root_attr)
-    if names is None:
-        return list(fallback)
-    return [_text(n) for n in names]
+    names = code_names(ds, root_attr)
+    return list(fallback) if names is None else names
 
 
 def _role(name: str, ds) -> str:
     role = ds.attrs.get("role")
     if role is not None:
-        return _text(role)
+        return to_str(role)
     # older files carry no role; oxygen is the one field every run has, by that name
     return "oxygen" if name == "oxygen" else "unknown"
 
 
 def _info(f, p) -> RunInfo:
-    """RunInfo of an open file; h5py errors from a damaged file propagate to read_info."""
-    fmt = _text(f.attrs.get("format", ""))
-    if fmt != schema.FORMAT:
-        raise RunFileError(f"{p}: not a tmesim run file (format attribute {fmt!r})")
-    version = _text(f.attrs.get("format_version", "0.0"))
-    try:
-        major, _ = schema.parse_version(version)
-    except ValueError:
-        raise RunFileError(f"{p}: unreadable format version {version!r}") from None
-    if major > schema.MAJOR:
-        raise RunFileError(f"{p}: written by a newer tmesim (file format {version}); this "
-                           f"viewer reads format {schema.MAJOR}.x -- upgrade tmesim")
+    """RunInfo of an open file whose format was checked; h5py errors from a damaged file
+    propagate to read_info."""
     snaps = f[schema.SNAPSHOTS]
     kind, state = snaps["kind"], snaps["tumor_state"]
     shape = tuple(int(s) for s in f.attrs["grid_shape"])
@@ -219,7 +171,7 @@ def _info(f, p) -> RunInfo:
     fields = []
     if schema.FIELDS in f:
         for name, ds in f[schema.FIELDS].items():
-            fields.append(FieldInfo(name, _text(ds.attrs.get("units", "")),
+            fields.append(FieldInfo(name, attr_str(ds, "units"),
                                     _role(name, ds), ds.name))
             datasets[f"field/{name}"] = ds.name
             lengths.append(ds.shape[0])
@@ -231,9 +183,9 @@ def _info(f, p) -> RunInfo:
         if tuple(f[dsp].shape[1:]) != shape:
             raise RunFileError(f"{p}: {dsp} has shape {f[dsp].shape[1:]}, the grid is "
                                f"{shape}: damaged file")
-    info = RunInfo(path=str(Path(p).resolve()), name=_text(f.attrs.get("name", "")),
-                   status=_text(f.attrs.get("status", "")).strip(),
-                   created=_text(f.attrs.get("created", "")), shape=shape, dx_um=dx,
+    info = RunInfo(path=str(Path(p).resolve()), name=attr_str(f, "name"),
+                   status=attr_str(f, "status").strip(),
+                   created=attr_str(f, "created"), shape=shape, dx_um=dx,
                    times_min=times,
                    kind_names=_names(kind, "kind_names", DEFAULT_KIND_NAMES),
                    tumor_state_names=_names(state, "tumor_state_names",
@@ -247,24 +199,14 @@ def read_info(path) -> RunInfo:
     """Read the metadata of a run file; RunFileError with a clear message if it is not a
     complete-enough tmesim run (damaged, truncated, foreign, from a newer tmesim, empty)."""
     p = os.fspath(path)
-    if not os.path.exists(p):
-        raise RunFileError(f"{p}: no such file")
-    if not os.path.isfile(p):
-        raise RunFileError(f"{p}: not a file")
-    try:
-        with open(p, "rb") as fh:
-            if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
-                raise RunFileError(f"{p}: not an HDF5 file, so not a tmesim run file")
-    except OSError as exc:
-        raise RunFileError(f"{p}: cannot be read ({exc.strerror or exc})") from None
-    with open_h5(p) as f:
+    with open_run_file(p) as f:
         try:
             info = _info(f, p)
         except RunFileError:
             raise
         except (KeyError, OSError, ValueError, TypeError) as exc:
             raise RunFileError(f"{p}: incomplete or damaged tmesim run file "
-                               f"({_short(exc)})") from None
+                               f"({short_error(exc)})") from None
     if info.n_snapshots == 0:
         raise RunFileError(f"{p}: holds no snapshot yet (status {info.status!r}); "
                            "a run writes its first one when it starts, try again")
@@ -275,7 +217,7 @@ def read_timeseries(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """All time-series columns of a run, cut to the rows every column has: ({column: (N,)
     array}, {column: units}). Columns differ between runs; take whatever is there."""
     cols, units = {}, {}
-    with open_h5(path) as f:
+    with _open(path) as f:
         if schema.TIMESERIES not in f:
             return cols, units
         ts = f[schema.TIMESERIES]
@@ -283,31 +225,15 @@ def read_timeseries(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         n = min((ts[c].shape[0] for c in names), default=0)
         for c in names:
             cols[c] = np.asarray(ts[c][:n], dtype=float)
-            units[c] = _text(ts[c].attrs.get("units", ""))
+            units[c] = attr_str(ts[c], "units")
     return cols, units
 
 
 def read_events(path) -> list[tuple[float, str, dict]]:
     """The run's events as (time_min, kind, detail) with detail parsed from JSON (never
     evaluated: a detail that is not valid JSON is kept as ``{"text": ...}``)."""
-    out = []
-    with open_h5(path) as f:
-        if schema.EVENTS not in f:
-            return out
-        ev = f[schema.EVENTS]
-        try:
-            n = min(ev[k].shape[0] for k in ("time_min", "kind", "detail"))
-            rows = zip(ev["time_min"][:n], ev["kind"][:n], ev["detail"][:n])
-        except KeyError:
-            return out
-        for t, k, d in rows:
-            try:
-                detail = json.loads(_text(d))
-            except ValueError:
-                detail = {"text": _text(d)}
-            out.append((float(t), _text(k), detail if isinstance(detail, dict) else
-                        {"value": detail}))
-    return out
+    with _open(path) as f:
+        return event_rows(f)
 
 
 # --------------------------------------------------------------------------------- lazy arrays
@@ -323,18 +249,18 @@ class _Snapshots:
 
     def __getitem__(self, key):
         try:
-            with open_h5(self.path) as f:
+            with _open(self.path) as f:
                 return np.asarray(f[self.dataset][key])
         except (OSError, KeyError) as exc:
             raise RunFileError(f"{self.path}: cannot read {self.dataset} "
-                               f"({_short(exc)})") from None
+                               f"({short_error(exc)})") from None
 
 
 def lazy_snapshots(info: RunInfo, key: str):
     """(T, [Z,] Y, X) dask array of ``info.datasets[key]``, one chunk per snapshot."""
     import dask.array as da
     dsp = info.datasets[key]
-    with open_h5(info.path) as f:
+    with _open(info.path) as f:
         dtype = f[dsp].dtype
     arr = _Snapshots(info.path, dsp, info.n_snapshots, info.shape, dtype)
     # the name identifies the content (file identity + rows), so napari's dask cache is reused
@@ -393,12 +319,12 @@ def layer_data(info: RunInfo) -> list[tuple]:
     out = []
     fields = sorted(info.fields, key=lambda fi: fi.role != "oxygen")  # stable: oxygen first
     first_drug = next((fi.name for fi in fields if fi.role == "drug"), None)
-    with open_h5(info.path) as f:
+    with _open(info.path) as f:
         try:
             limits = {fi.name: _contrast(f, fi.dataset, info.n_snapshots, fi.role)
                       for fi in fields}
         except (OSError, KeyError) as exc:
-            raise RunFileError(f"{info.path}: damaged snapshot data ({_short(exc)})") from None
+            raise RunFileError(f"{info.path}: damaged snapshot data ({short_error(exc)})") from None
     for fi in fields:
         key = f"field/{fi.name}"
         kw = _common(info, key)
