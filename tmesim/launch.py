@@ -110,7 +110,7 @@ def kernel_source(defines: dict[str, object] | None = None) -> str:
     """All kernels as one CUDA translation unit: a ``#define`` preamble, then the sources with
     their local includes inlined (so the build needs no include path and works from a wheel)."""
     d = find_kernel_dir()
-    pre = {"TM_RAWMODULE": 1, "TM_BLOCK": BLOCK}
+    pre: dict[str, object] = {"TM_RAWMODULE": 1, "TM_BLOCK": BLOCK}
     pre.update(defines or {})
     lines = [f"#define {k} {v}" for k, v in pre.items()]
     seen: set[Path] = set()
@@ -301,7 +301,7 @@ class PortableLauncher:
         self.lib.tm_portable_set_order(ctypes.c_int(mode))
 
     def __call__(self, name: str, n_work: int, *args):
-        cargs = []
+        cargs: list = []
         for a in args:
             if isinstance(a, np.ndarray):
                 if not a.flags.c_contiguous:

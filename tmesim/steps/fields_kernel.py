@@ -275,8 +275,9 @@ def _array_specs(method: str, F: int, shape: tuple[int, ...]) -> dict[str, tuple
     ndim = len(shape)
     nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
     f32, f64 = np.float32, np.float64
-    specs = {"U_table": ((F, nk * ns), f32), "S_table": ((F, nk * ns), f32),
-             "vessel": ((F,), f32), "zeros": ((F,), f32)}
+    specs: dict[str, tuple[tuple, type]] = {
+        "U_table": ((F, nk * ns), f32), "S_table": ((F, nk * ns), f32),
+        "vessel": ((F,), f32), "zeros": ((F,), f32)}
     if method == "adi":
         full = (F,) + tuple(shape)
         for name in ("U", "S", "diag", "b", "r", "z", "p", "q"):
