@@ -19,7 +19,7 @@ from tmesim.controllers import ControllerError, Controllers
 from tmesim.grid import Grid
 from tmesim.state import State
 
-from .test_checkpoint import _At
+from .io.test_checkpoint import _At
 
 BASE = """
 [run]

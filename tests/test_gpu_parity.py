@@ -24,7 +24,7 @@ from tmesim.steps.tumor_kernel import KernelTumorRules
 from .conftest import MirrorLauncher
 
 # the CPU parity tests, collected again here: they take the `launcher` fixture of this module
-from .test_kernels_cpu import (  # noqa: F401 - collected again with this module's launcher
+from .test_launch import (  # noqa: F401 - collected again with this module's launcher
     CONFIGS, random_ghosts, random_lattice, test_laplacian_and_operator_bit_exact,
     test_pointwise_pieces_bit_exact, test_rng_matches_the_reference_rounds,
     test_rng_repeats_and_empty, test_rng_words_and_uniforms_bit_exact,

@@ -32,7 +32,7 @@ from tmesim.steps import tumor_kernel
 from tmesim.steps.tumor import RuleCounts, TumorRules
 from tmesim.steps.tumor_kernel import KernelTumorRules
 
-from .conftest import MirrorLauncher, portable_launcher
+from ..conftest import MirrorLauncher, portable_launcher
 
 pytestmark = pytest.mark.skipif(launch.find_cxx() is None and not gpu_available(),
                                 reason="no C++ compiler and no GPU")

@@ -262,7 +262,7 @@ def test_portable_run_in_scrambled_thread_order(portable):
 def test_portable_simulation_writes_the_cpu_file(tmp_path, portable):
     """Simulation.run through the kernels (snapshots and checkpoints copy to the host): the same
     run file as the CPU's, dataset for dataset, but for the backend and device attributes."""
-    from .test_run import h5_contents
+    from .test_simulation import h5_contents
     sc = scenario("2d-adi", "run.duration_days=0.05")       # 12 steps, 2 checkpoints
     files = {}
     for name, b in (("cpu", CPU()), ("portable", portable)):

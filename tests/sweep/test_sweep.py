@@ -20,7 +20,7 @@ import tmesim
 from tmesim import sweep as sw
 from tmesim.cli import main
 
-from .test_checkpoint import TINY, assert_same_run
+from ..io.test_checkpoint import TINY, assert_same_run
 
 SWEEP = """
 [sweep]
