@@ -52,7 +52,7 @@ class Controllers:
         user: {drug name: function(row, time_h) -> dose uM or None}.
     """
 
-    def __init__(self, sc, grid, user=None):
+    def __init__(self, sc, grid, user=None) -> None:
         self.sc = sc
         self.grid = grid
         self.user = dict(user or {})
@@ -167,13 +167,13 @@ class Controllers:
             raise ControllerError(f"biopsy_center_um {list(centre)}: needs {g.ndim} entries")
         # the box is a range of indices per axis: only that block of the lattice is copied to
         # the host (the state may live on a GPU)
-        box = []
+        ranges = []
         for x, c0 in zip(coords, centre):
             idx = np.flatnonzero(np.abs(x - c0) <= c.biopsy_size_um / 2)
             if idx.size == 0:
                 return float("nan"), 0
-            box.append(slice(int(idx[0]), int(idx[-1]) + 1))
-        box = tuple(box)
+            ranges.append(slice(int(idx[0]), int(idx[-1]) + 1))
+        box = tuple(ranges)
         kind = as_host(state.kind.reshape(g.shape)[box])
         local = np.nonzero(kind == codes.TUMOR)          # C order within the box ...
         if local[0].size == 0:

@@ -154,14 +154,16 @@ class Pharmacokinetics:
     def __init__(self, drugs, dt_min: float, duration_min: float = 1e7):
         self.drugs = drugs
         self.dt = dt_min
-        self._doses = []
+        # bolus times (h) and amounts (uM) per drug; a square wave has none (its level is a
+        # function of time)
+        self._doses: list[tuple[np.ndarray, np.ndarray]] = []
         for d in drugs:
             if d.half_life_h > 0:
                 horizon = max(d.schedule.times_h, default=0.0) if d.schedule.kind == "doses" \
                     else min(d.schedule.stop_day * 24.0, duration_min / 60.0 + 1.0)
                 self._doses.append(dose_times_h(d.schedule, horizon))
             else:
-                self._doses.append(None)
+                self._doses.append((np.zeros(0), np.zeros(0)))
 
     def advance(self, plasma: np.ndarray, t_min: float, skip=()) -> np.ndarray:
         """Levels at t + dt from levels at t (uM), in place; returns the dose given per drug in

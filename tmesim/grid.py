@@ -58,8 +58,8 @@ class Grid:
                     o[axis] = sign
                     offs.append(o)
             return np.array(offs, dtype=np.int64)
-        offs = [o for o in itertools.product((-1, 0, 1), repeat=self.ndim) if any(o)]
-        return np.array(offs, dtype=np.int64)
+        moore = [o for o in itertools.product((-1, 0, 1), repeat=self.ndim) if any(o)]
+        return np.array(moore, dtype=np.int64)
 
     def coords(self, sites: np.ndarray) -> np.ndarray:
         """Integer coordinates (n, ndim) of flat site indices."""

@@ -29,6 +29,7 @@ def _given_region(how: str, mask: str | None, sc: Scenario, grid: Grid) -> np.nd
     if how == "none":
         return np.zeros(grid.shape, dtype=bool)
     if how == "mask":
+        assert mask is not None, "validated: a mask placement names its .npy file"
         return np.load(resolve_path(sc, mask), allow_pickle=False) != 0
     return None
 
@@ -45,6 +46,7 @@ def tumor_region(sc: Scenario, grid: Grid) -> np.ndarray:
         r2 = sum((x - c) ** 2 for x, c in zip(xs, centre))
         return np.broadcast_to(r2 <= ti.radius_um ** 2, grid.shape).copy()
     # rectangle / box
+    assert ti.size_um is not None, "validated: a rectangle has size_um"
     inside = np.ones(grid.shape, dtype=bool)
     for x, c, s in zip(xs, centre, ti.size_um):
         inside &= np.abs(x - c) <= s / 2

@@ -663,7 +663,7 @@ def _named_tables(data: dict, path: str, what: str):
 def _build_fields(data, path="fields") -> tuple[FieldConfig, ...]:
     if not isinstance(data, dict):
         raise ScenarioError(path, data, "a table of fields, e.g. [fields.oxygen]")
-    merged = {name: {} for name in REQUIRED_FIELDS}
+    merged: dict[str, object] = {name: {} for name in REQUIRED_FIELDS}
     merged.update(data)
     out = []
     for name, spec, where in _named_tables(merged, path, "field"):
@@ -726,7 +726,7 @@ def _stroma_present(sc_data: dict) -> tuple[bool, bool]:
 def _drug_field(d: DrugConfig, ndim: int) -> FieldConfig:
     """The tissue field of a drug: its value at vessels (and faces, for a bath) follows the free
     plasma level, set every step (FieldSolver.set_supply)."""
-    boundary = ()
+    boundary: tuple[BoundaryConfig, ...] = ()
     if d.transport == "bath":
         boundary = (BoundaryConfig(faces=("all",), kind="dirichlet", value=0.0),)
     return FieldConfig(name=d.name, units="uM", diffusion_um2_per_min=d.diffusion_um2_per_min,
@@ -785,7 +785,7 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
     if vi.placement == "random" and vi.density <= 0:
         raise ScenarioError("init.vessels.density", vi.density, "a value > 0 for random vessels")
     for fc in sc.fields:
-        seen = {}
+        seen: dict[str, int] = {}  # face -> index of the boundary entry that sets it
         for i, b in enumerate(fc.boundary):
             for face in b.faces:
                 where = f"fields.{fc.name}.boundary[{i}].faces"
@@ -1046,7 +1046,7 @@ def summary(sc: Scenario) -> str:
     if ti.shape in ("disk", "sphere"):
         lines.append(f"Initial tumor: a {ti.shape} of radius {ti.radius_um:g} um, "
                      f"{ti.fill_fraction:.0%} filled.")
-    elif ti.shape == "rectangle":
+    elif ti.shape == "rectangle" and ti.size_um is not None:
         lines.append(f"Initial tumor: a box of {' x '.join(f'{s:g}' for s in ti.size_um)} um.")
     elif ti.shape == "mask":
         lines.append(f"Initial tumor: from mask {ti.mask}.")

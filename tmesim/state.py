@@ -18,7 +18,7 @@ changed when a variable is added.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,21 +46,12 @@ class State:
     kind: np.ndarray
     tumor_state: np.ndarray
     fields: np.ndarray
-    memory: np.ndarray = None
-    time_in_P_min: np.ndarray = None
-    plasma: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    dose_total: np.ndarray = None
+    memory: np.ndarray
+    time_in_P_min: np.ndarray
+    plasma: np.ndarray
+    dose_total: np.ndarray
     step: int = 0
     time_min: float = 0.0
-
-    def __post_init__(self):
-        n = self.kind.shape[0]
-        if self.memory is None:
-            self.memory = np.zeros(n, dtype=np.float32)
-        if self.time_in_P_min is None:
-            self.time_in_P_min = np.zeros(n, dtype=np.float32)
-        if self.dose_total is None:
-            self.dose_total = np.zeros(self.plasma.shape[0], dtype=np.float64)
 
     @classmethod
     def empty(cls, grid: Grid, n_fields: int, n_drugs: int = 0, xp=np) -> "State":

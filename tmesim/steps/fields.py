@@ -323,14 +323,13 @@ def lod_line_solve(xa: np.ndarray, co: ThomasCoefficients, g: slice, kg, tmp: np
         np.multiply(xa[i - 1], kinv[i], out=tmp)
         xa[i] *= inv[i]
         xa[i] += tmp
-    react = ra is not None
     for i in range(m - 2, -1, -1):
         np.multiply(xa[i + 1], cp[i], out=tmp)
         xa[i] -= tmp
-        if react:
+        if ra is not None and rb is not None:
             xa[i + 1] *= ra[i + 1]
             xa[i + 1] += rb[i + 1]
-    if react:
+    if ra is not None and rb is not None:
         xa[0] *= ra[0]
         xa[0] += rb[0]
 
@@ -491,7 +490,7 @@ class FieldSolver:
         self.dt = dt_agent / self.n_sub
         self.method = sc.solver.method
         self.threads = default_threads() if threads is None else max(1, int(threads))
-        self._ws = {}             # work arrays, kept between steps (see _buf)
+        self._ws: dict[str, np.ndarray] = {}  # work arrays, kept between steps (see _buf)
         self._warned = False      # max_iterations reached (warned once per solver)
         if self.method == "adi":
             self._setup_adi()

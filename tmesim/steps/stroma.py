@@ -86,7 +86,7 @@ class StromaRules:
             vessels = np.flatnonzero(kind == codes.VESSEL)
             if vessels.size:
                 rate = np.full(vessels.size, self.tam.recruitment_per_h)
-                if gain > 0:
+                if gain > 0 and signal is not None:
                     s = signal[vessels].astype(np.float64)
                     rate = rate + gain * s / (s + self.tam.signal_half_max)
                 p = probability(rate / 60.0, dt)

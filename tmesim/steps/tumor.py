@@ -147,7 +147,7 @@ class TumorRules:
                                       1.0 - params.resistance_cost])
         self.effects = Effects(drugs) if drugs else None
         self.n_drugs = len(drugs)
-        self._claim_scratch = None
+        self._claim_scratch: np.ndarray | None = None
         self.last_division = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
 
     @property
@@ -243,7 +243,7 @@ class TumorRules:
                     exit=exit_ * per_min, resistance=res * per_min,
                     target=np.broadcast_to(np.asarray(E, dtype=np.float64), (n,)))
 
-    def relax_memory(self, m: np.ndarray, E: np.ndarray) -> np.ndarray:
+    def relax_memory(self, m: np.ndarray, E: np.ndarray | float) -> np.ndarray:
         """Memory after one step of dm/dt = g E (1 - m) - d (1 - E) m, solved exactly."""
         tr = self.p.transitions
         a = tr.memory_gain_per_h / 60.0 * E
