@@ -166,9 +166,9 @@ class ProgressionStop:
 
     def __init__(self, reference_day: float, fraction: float, after_days: float):
         self.reference_day, self.fraction, self.after = reference_day, fraction, after_days
-        self.ref = None            # reference burden, once known
-        self.next = 0              # first row not yet checked for progression
-        self.progressed = None     # day of progression, once found
+        self.ref: float | None = None         # reference burden, once known
+        self.next = 0                         # first row not yet checked for progression
+        self.progressed: float | None = None  # day of progression, once found
 
     def __call__(self, rows) -> bool:
         day = rows[-1]["time_min"] / 1440.0

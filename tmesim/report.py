@@ -64,7 +64,7 @@ def persister_maps(ds, idx, out: Path, extent, where: str) -> Path:
         a.imshow(m, cmap=cmap, vmin=-0.5, vmax=6.5, interpolation="nearest", origin="lower",
                  extent=extent)
         py, px = np.nonzero(tumor & (state == codes.PERSISTER))
-        ny, nx = m.shape
+        ny, nx = kind.shape
         a.scatter((px + 0.5) / nx * extent[1], (py + 0.5) / ny * extent[3], s=10,
                   facecolors="none", edgecolors=STATE_COLOURS["P"], linewidths=0.8)
         a.set_title(f"S/P/R with stroma, t = {times[i]:.0f} h{where}\n"
@@ -112,7 +112,7 @@ def summary_table(ds) -> str:
     return "\n".join(lines)
 
 
-def make_report(path, out_dir=None, times_h=None) -> list[Path]:
+def make_report(path, out_dir=None, times_h=None) -> tuple[list[Path], str]:
     """Write <run>_population.png (populations with drug exposure shaded, hypoxia, fields, drugs),
     <run>_maps.png (occupants and fields) and <run>_persisters.png (S/P/R with stroma); return
     their paths and the summary table.
@@ -134,7 +134,7 @@ def make_report(path, out_dir=None, times_h=None) -> list[Path]:
     written = []
     with open_run(path) as ds:
         t_days = ds["step_time_h"].values / 24.0
-        drugs = [n[7:] for n in ds.data_vars if n.startswith("plasma_")]
+        drugs = [n[7:] for n in map(str, ds.data_vars) if n.startswith("plasma_")]
         fig, axes = plt.subplots(1, 4 if drugs else 3, figsize=(20 if drugs else 15, 4.2))
         ax = axes[0]
         shade_exposure(ax, ds, t_days, drugs)
@@ -156,8 +156,8 @@ def make_report(path, out_dir=None, times_h=None) -> list[Path]:
         ax.set_title("hypoxic fraction")
         ax = axes[2]
         # the non-drug fields (drugs have their own panel)
-        shown = [n[5:-6] for n in ds.data_vars if n.startswith("mean_") and n.endswith("_tumor")
-                 and n[5:-6] not in drugs]
+        shown = [n[5:-6] for n in map(str, ds.data_vars)
+                 if n.startswith("mean_") and n.endswith("_tumor") and n[5:-6] not in drugs]
         for k, f in enumerate(shown):
             c = f"C{k}"
             units = ds[f"mean_{f}"].attrs.get("units", "")

@@ -93,7 +93,7 @@ class Model:
         self.field_solver = TransportedFields(cls.fields, sc, self.grid, **L)
         self.controllers = Controllers(sc, self.grid, controllers)
         self.therapy = Therapy(sc, self.field_solver, self.controllers)
-        self.last_row = None
+        self.last_row: dict | None = None
         if sc.drugs:
             # the supply of the first step is the plasma at time 0 (the initial fields hold it)
             self.field_solver.set_supply(self.therapy.supply(self.state))
@@ -195,7 +195,7 @@ class Simulation:
     #: signals that ask for a checkpoint and a clean end
     SIGNALS = ("SIGTERM", "SIGUSR1")
 
-    def __init__(self, scenario, backend="auto", controllers=None):
+    def __init__(self, scenario, backend="auto", controllers=None) -> None:
         if isinstance(scenario, (str, os.PathLike)):
             scenario = load_scenario(scenario)
         self.sc = scenario

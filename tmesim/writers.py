@@ -41,7 +41,7 @@ class OutputWriter:
     needs_file = False
     after_callbacks = False
 
-    def __init__(self, schedule=None):
+    def __init__(self, schedule=None) -> None:
         self.schedule = schedule
 
     def start(self, sim, fresh: bool) -> None:
@@ -77,7 +77,7 @@ class TimeSeriesWriter(OutputWriter):
 
     needs_file = True
 
-    def __init__(self, schedule=None):
+    def __init__(self, schedule=None) -> None:
         super().__init__(IterationInterval(1) if schedule is None else schedule)
 
     def start(self, sim, fresh: bool) -> None:
@@ -158,7 +158,7 @@ class InMemoryWriter(OutputWriter):
     A run continued from a checkpoint starts its rows at the checkpoint's row.
     """
 
-    def __init__(self, schedule=None):
+    def __init__(self, schedule=None) -> None:
         super().__init__(IterationInterval(1) if schedule is None else schedule)
         self.rows: list[dict] = []
 

@@ -51,6 +51,11 @@ class RunWriter:
             the checkpoint slots for it; None makes a file without them.
     """
 
+    #: the "a writer is alive" lock on the file, held from creation (or reopening) to close
+    _lock: checkpoint.WriterLock | None
+    #: the checkpoint a reopened run continues from (see :meth:`reopen`); None otherwise
+    resumed_checkpoint: checkpoint.Checkpoint | None
+
     def __init__(self, path, scenario, grid, columns: dict, backend: str = "cpu",
                  device: str = "", flush_every_steps: int = 50, xdmf: bool = True,
                  checkpoint_arrays: dict | None = None):
@@ -123,6 +128,7 @@ class RunWriter:
         self._rows: list[dict] = []
         self._snap_times: list[float] = []
         self._lock = None
+        self.resumed_checkpoint = None
 
     @classmethod
     def reopen(cls, path, scenario, grid, columns: dict, flush_every_steps: int = 50,

@@ -90,7 +90,7 @@ def run_task(spec: SweepSpec, index: int) -> dict:
         write_json(r.record, rec)
         return rec
     key = scenario_key(sc.text)
-    rec = read_record(r.record)
-    if rec is not None and rec.get("key") == key and rec.get("status") in DONE:
-        return rec
+    done = read_record(r.record)
+    if done is not None and done.get("key") == key and done.get("status") in DONE:
+        return done
     return execute_run(make_task(spec, r, key))
