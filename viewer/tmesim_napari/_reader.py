@@ -216,7 +216,8 @@ def read_info(path) -> RunInfo:
 def read_timeseries(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """All time-series columns of a run, cut to the rows every column has: ({column: (N,)
     array}, {column: units}). Columns differ between runs; take whatever is there."""
-    cols, units = {}, {}
+    cols: dict[str, np.ndarray] = {}
+    units: dict[str, str] = {}
     with _open(path) as f:
         if schema.TIMESERIES not in f:
             return cols, units

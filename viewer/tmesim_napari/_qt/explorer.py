@@ -10,8 +10,10 @@ written; "Follow" does that every few seconds until the run's status is no longe
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QGridLayout, QHBoxLayout, QLabel, QPushButton,
                             QVBoxLayout, QWidget)
@@ -39,7 +41,7 @@ class Legend(QWidget):
     """Colour swatches of the kind and tumor-state labels, from the layers' metadata (so a code
     a newer file adds shows with the colour the layer really uses)."""
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._grid = QGridLayout(self)
         self._grid.setContentsMargins(0, 0, 0, 0)
@@ -49,8 +51,9 @@ class Legend(QWidget):
     def set_layers(self, layers) -> None:
         while self._grid.count():
             item = self._grid.takeAt(0)
-            if item.widget():
-                item.widget().deleteLater()
+            widget = item.widget() if item is not None else None
+            if widget is not None:
+                widget.deleteLater()
         self.entries = []
         col = 0
         for layer in layers:
@@ -124,8 +127,8 @@ class RunExplorer(QWidget):
         lay.addWidget(self.canvas, 1)
         lay.addLayout(buttons)
 
-        self._axes = []
-        self._markers = []
+        self._axes: list[Axes] = []
+        self._markers: list[Line2D] = []     # the time marker of each of _axes
         viewer.dims.events.current_step.connect(self._on_step)
         viewer.layers.events.inserted.connect(self._on_inserted)
         # no callbacks into a deleted widget (a lambda: the bound method may be gone by then)

@@ -21,6 +21,7 @@ import threading
 import time
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
@@ -28,6 +29,9 @@ from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPlainT
 
 from .._layers import remove_run, run_layers
 from .explorer import RunExplorer
+
+if TYPE_CHECKING:   # napari is imported when a run starts, not when the plugin loads
+    from napari.qt.threading import FunctionWorker, GeneratorWorker
 
 STOP_REASON = "stopped in the viewer"
 # leaves of a [drugs.*] table offered for editing: the schedule and anything dose-like
@@ -151,11 +155,11 @@ class ScenarioRunner(QWidget):
         output: the run file to write (default: ``<run.name>.h5`` in the working folder).
     """
 
-    def __init__(self, viewer, scenario=None, output=None):
+    def __init__(self, viewer, scenario=None, output=None) -> None:
         super().__init__()
         self.viewer = viewer
         self.explorer: RunExplorer | None = None
-        self.worker = None
+        self.worker: FunctionWorker | GeneratorWorker | None = None
         self.link: ViewerLink | None = None
         self.result: dict | None = None
         self.error: str | None = None
