@@ -1,33 +1,8 @@
 import numpy as np
 import pytest
 
-import tmesim
-
-SMALL_2D = """
-[run]
-name = "small"
-seed = 11
-duration_days = 1
-dt_min = 6
-snapshot_every_hours = 6
-
-[grid]
-shape = [48, 48]
-dx_um = 20
-
-[init.tumor]
-shape = "disk"
-radius_um = 150
-
-[init.vessels]
-placement = "random"
-density = 0.01
-"""
-
-
-@pytest.fixture
-def small_scenario():
-    return tmesim.loads_scenario(SMALL_2D)
+from tmesim import launch
+from tmesim.backend import Portable
 
 
 @pytest.fixture
@@ -76,3 +51,14 @@ def launcher():
     portable = portable_launcher()
     yield portable
     portable.set_order(0)
+
+
+@pytest.fixture(scope="module")
+def portable():
+    """The Portable backend (the kernels' C++ build on numpy arrays), in forward work order."""
+    if launch.find_cxx() is None:
+        pytest.skip("no C++ compiler")
+    p = Portable()
+    p.launcher().set_order(0)
+    yield p
+    p.launcher().set_order(0)

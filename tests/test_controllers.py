@@ -19,7 +19,7 @@ from tmesim.controllers import ControllerError, Controllers
 from tmesim.grid import Grid
 from tmesim.state import State
 
-from .io.test_checkpoint import _At
+from .helpers import At
 
 BASE = """
 [run]
@@ -157,7 +157,7 @@ def test_controller_state_survives_a_resume(tmp_path):
     ref = tmesim.Simulation(sc, "cpu").run(tmp_path / "ref.h5")
     out = tmp_path / "r.h5"
     sim = tmesim.Simulation(sc, "cpu")
-    sim.callbacks.append(_At(500, lambda s: os.kill(os.getpid(), signal.SIGUSR1)))
+    sim.callbacks.append(At(500, lambda s: os.kill(os.getpid(), signal.SIGUSR1)))
     sim.run(out)
     assert sim.status == "interrupted"
     tmesim.Simulation.resume(out, backend="cpu")

@@ -24,12 +24,14 @@ from tmesim.steps.tumor_kernel import KernelTumorRules
 from .conftest import MirrorLauncher
 
 # the CPU parity tests, collected again here: they take the `launcher` fixture of this module
-from .test_launch import (  # noqa: F401 - collected again with this module's launcher
-    CONFIGS, random_ghosts, random_lattice, test_laplacian_and_operator_bit_exact,
-    test_pointwise_pieces_bit_exact, test_rng_matches_the_reference_rounds,
-    test_rng_repeats_and_empty, test_rng_words_and_uniforms_bit_exact,
-    test_thomas_factored_bit_exact, test_thomas_solve_bit_exact, test_thomas_solve_diag_bit_exact,
-    test_tumor_rules_identical_state, tumor_config)
+from .steps.test_fields_kernel import (  # noqa: F401 - collected again with this module's launcher
+    random_ghosts, test_laplacian_and_operator_bit_exact, test_pointwise_pieces_bit_exact,
+    test_thomas_factored_bit_exact, test_thomas_solve_bit_exact, test_thomas_solve_diag_bit_exact)
+from .steps.test_tumor_kernel import (  # noqa: F401 - collected again with this module's launcher
+    GROWTH_CONFIGS, random_lattice, test_tumor_rules_identical_state, tumor_config)
+from .test_rng_kernel import (  # noqa: F401 - collected again with this module's launcher
+    test_rng_matches_the_reference_rounds, test_rng_repeats_and_empty,
+    test_rng_words_and_uniforms_bit_exact)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")]
@@ -68,7 +70,7 @@ def test_tumor_rules_on_device_and_deterministic(gpu, shape, neighbourhood):
     """State kept on the GPU for several steps: identical to numpy, and two GPU runs identical
     (claims settle by integer atomicMax, so thread timing cannot change a winner)."""
     import cupy
-    cfg = tumor_config(**CONFIGS["fast"])
+    cfg = tumor_config(**GROWTH_CONFIGS["fast"])
     g = np.random.default_rng(7)
     grid = Grid(shape, 20.0, neighbourhood)
     kind, state, o2 = random_lattice(g, shape)

@@ -1,13 +1,19 @@
-"""Initial conditions: tumor shapes and vessel placements produce the geometry they describe."""
+"""Initial conditions (tmesim.initial): tumor shapes and vessel placements produce the geometry they
+describe; initial persister and resistant fractions and stromal placements follow their rates."""
 
 import math
 
 import numpy as np
+from scipy import ndimage
 
 import tmesim
-from tmesim import codes
+from tmesim import codes, rng
 from tmesim.grid import Grid
-from tmesim.initial import initial_state
+from tmesim.initial import initial_state, stroma_region
+
+from .helpers import assert_binomial
+
+P, R = codes.PERSISTER, codes.RESISTANT
 
 
 def state_of(text):
@@ -56,3 +62,79 @@ def test_vessels_random_lines_and_outside_tumor():
     assert np.all(v == v[:1])                      # straight along z
     ys, xs = np.nonzero(v[0])
     assert len(set(np.diff(np.unique(ys)))) == 1 and np.unique(np.diff(np.unique(xs))) == [10]
+
+
+def test_initial_persister_and_resistant_fractions():
+    """Each initial tumor cell is P with probability persister_fraction (0.1) and R with
+    resistant_fraction (0.02), independently of the others: binomial bounds over about 15,000
+    cells. With transitions.pre_existing = false there are no initial persisters and R keeps its
+    fraction."""
+    base = ("[grid]\nshape=[150,150]\n[init.tumor]\nradius_um=1400\npersister_fraction=0.1\n"
+            "resistant_fraction=0.02\n")
+    for pre in (True, False):
+        text = base + f"[tumor.transitions]\npre_existing={'true' if pre else 'false'}\n"
+        sc = tmesim.loads_scenario(text)
+        st = initial_state(sc, Grid(sc.grid.shape, sc.grid.dx_um))
+        tum = st.kind == codes.TUMOR
+        N = int(tum.sum())
+        assert N > 14000
+        assert_binomial((st.tumor_state[tum] == P).sum(), N, 0.1 if pre else 0.0, "P")
+        assert_binomial((st.tumor_state[tum] == R).sum(), N, 0.02, "R")
+        assert np.all(st.tumor_state[~tum] == codes.NONE)
+        assert np.all(st.memory == 0) and np.all(st.time_in_P_min == 0)
+
+
+def _init(text):
+    sc = tmesim.loads_scenario(text)
+    grid = Grid(sc.grid.shape, sc.grid.dx_um)
+    return sc, grid, initial_state(sc, grid)
+
+
+def test_initial_caf_shell_within_its_ring():
+    """Shell placement: every CAF lies at a centre-to-centre distance d from the nearest tumor
+    voxel with gap < d <= gap + width (gap 40, width 100 um; brute-force distances), never on a
+    tumor or vessel voxel, and the number placed is Binomial(free ring voxels, density 0.5)."""
+    sc, grid, st = _init(
+        "[grid]\nshape=[60,60]\ndx_um=20\n[init.tumor]\nradius_um=300\n"
+        "[init.vessels]\nplacement='random'\ndensity=0.03\n"
+        "[init.caf]\nplacement='shell'\ndensity=0.5\nshell_gap_um=40\nshell_width_um=100\n")
+    kind = st.kind
+    tumor = np.flatnonzero(kind == codes.TUMOR)
+    caf = np.flatnonzero(kind == codes.CAF)
+    tc, cc = grid.coords(tumor) * 20.0, grid.coords(caf) * 20.0
+    d = np.sqrt(((cc[:, None, :] - tc[None, :, :]) ** 2).sum(-1)).min(axis=1)
+    assert caf.size > 0 and np.all(d > 40) and np.all(d <= 140 + 1e-9)
+    allc = grid.coords(np.arange(grid.n_sites)) * 20.0
+    dall = np.sqrt(((allc[:, None, :] - tc[None, :, :]) ** 2).sum(-1)).min(axis=1)
+    ring_free = (dall > 40) & (dall <= 140 + 1e-9) & (kind != codes.VESSEL) & \
+        (kind != codes.TUMOR)
+    assert np.all(ring_free[caf])
+    assert_binomial(caf.size, ring_free.sum(), 0.5, "shell CAFs")
+
+
+def test_initial_clusters_and_random_stroma_avoid_tumor_and_vessels():
+    """Clusters (3, radius 60 um = 3 voxels, density 1): CAFs form at most 3 connected groups,
+    at most 3 discs of 29 voxels in all, none on tumor or vessel voxels. Random placement
+    (density 0.1 for CAFs and TAMs): CAFs are Binomial(free voxels, 0.1), TAMs Binomial(voxels
+    still free, 0.1), never on tumor, vessel or CAF voxels."""
+    sc, grid, st = _init(
+        "[run]\nseed=4\n[grid]\nshape=[60,60]\ndx_um=20\n[init.tumor]\nradius_um=200\n"
+        "[init.vessels]\nplacement='random'\ndensity=0.03\n"
+        "[init.caf]\nplacement='clusters'\nclusters=3\ncluster_radius_um=60\ndensity=1\n")
+    caf = (st.kind == codes.CAF).reshape(grid.shape)
+    region = stroma_region(sc.init.caf, sc, grid,
+                           (st.kind == codes.TUMOR).reshape(grid.shape), rng.INIT_CAF)
+    _, n_groups = ndimage.label(caf, structure=np.ones((3, 3)))
+    assert 1 <= n_groups <= 3 and 0 < caf.sum() <= 3 * 29
+    assert np.all(region[caf])
+    sc, grid, st = _init(
+        "[run]\nseed=5\n[grid]\nshape=[100,100]\n[init.tumor]\nradius_um=600\n"
+        "[init.vessels]\nplacement='random'\ndensity=0.03\n"
+        "[init.caf]\nplacement='random'\ndensity=0.1\n"
+        "[init.tam]\nplacement='random'\ndensity=0.1\n")
+    k = st.kind
+    n_caf, n_tam = (k == codes.CAF).sum(), (k == codes.TAM).sum()
+    free = grid.n_sites - (k == codes.TUMOR).sum() - (k == codes.VESSEL).sum()
+    assert_binomial(n_caf, free, 0.1, "random CAFs")
+    assert_binomial(n_tam, free - n_caf, 0.1, "random TAMs")
+

@@ -1,6 +1,5 @@
 """Whole runs through the kernels: the Model on the Portable backend (the CUDA kernels' C++ build
-on numpy arrays, tmesim.backend.Portable) against the numpy reference (CPU), step by step, and
-the memory estimate (tmesim.memory) against the arrays a model really holds.
+on numpy arrays, tmesim.backend.Portable) against the numpy reference (CPU), step by step.
 
 The scenarios switch on everything a step does: drugs (one-compartment PK, vessel supply, kill and
 induced entry), pre-existing persisters and resistant cells, phenotype transitions, CAFs and TAMs
@@ -14,7 +13,6 @@ The GPU variants skip without a GPU.
 
 from __future__ import annotations
 
-import gc
 import math
 import sys
 import types
@@ -23,94 +21,16 @@ import h5py
 import numpy as np
 import pytest
 
-import tmesim
-from tmesim import launch, memory
+from tmesim import launch
 from tmesim.backend import CPU, GPU, Portable, gpu_available
 from tmesim.simulation import Model, Simulation, step_classes
 
-SCENARIO = """
-[run]
-name = "device_model"
-seed = 20101
-duration_days = 1
-dt_min = 6
-snapshot_every_hours = 0.5
-checkpoint_every_hours = 0.4
+from .helpers import MODEL_CASES, MODEL_SCENARIO, h5_contents, model_scenario
 
-[grid]
-shape = [24, 24]
-dx_um = 20
 
-[init.tumor]
-shape = "disk"
-radius_um = 150
-persister_fraction = 0.1
-resistant_fraction = 0.05
-
-[init.vessels]
-placement = "random"
-density = 0.03
-outside_tumor = false
-
-[init.caf]
-placement = "shell"
-shell_width_um = 100
-density = 0.3
-
-[init.tam]
-placement = "random"
-density = 0.03
-
-[tam]
-recruitment_per_h = 0.05
-motility_per_h = 2.0
-
-[caf]
-motility_per_h = 1.0
-
-[tumor]
-doubling_time_h = 6
-
-[tumor.transitions]
-entry_basal_per_h = 0.01
-entry_induced_per_h = 0.2
-exit_per_h = 0.05
-resistance_per_h = 0.01
-
-[drugs.erlotinib]
-preset = "egfr_tki"
-half_life_h = 36
-unbound_fraction = 0.5
-transport = "vessels"
-schedule = { kind = "continuous", dose_uM = 1.8, start_day = 0.04, interval_h = 2 }
-"""
-
-CASES = {
-    "2d-adi": ["grid.shape=[24,24]", "solver.method=adi"],
-    "2d-biopsy": ["grid.shape=[24,24]", "solver.method=lod",
-                  'drugs.erlotinib.controller={ kind = "biomarker", dose_uM = 1.8, '
-                  'on_fraction = 0.05, biopsy_size_um = 240, biopsy_cells = 30, '
-                  'decide_every_h = 0.3 }'],
-    "3d-lod": ["grid.shape=[12,12,12]", "init.tumor.shape=sphere", "init.tumor.radius_um=100",
-               "solver.method=lod"],
-    "3d-adi": ["grid.shape=[12,12,12]", "init.tumor.shape=sphere", "init.tumor.radius_um=100",
-               "solver.method=adi"],
-}
 STEPS = 16
 
 pytestmark = pytest.mark.skipif(launch.find_cxx() is None, reason="no C++ compiler")
-
-
-def scenario(case, *extra):
-    return tmesim.loads_scenario(SCENARIO, overrides=CASES[case] + list(extra))
-
-
-@pytest.fixture(scope="module")
-def portable():
-    p = Portable()
-    p.launcher().set_order(0)
-    yield p
-    p.launcher().set_order(0)
 
 
 def assert_rows_equal(a: dict, b: dict, where="", rtol=0.0):
@@ -160,7 +80,7 @@ def test_cpu_path_never_imports_the_kernel_classes():
     import subprocess
     code = ("import sys, tmesim\n"
             "from tmesim.simulation import Model\n"
-            f"sc = tmesim.loads_scenario({SCENARIO!r}, overrides=['grid.shape=[16,16]'])\n"
+            f"sc = tmesim.loads_scenario({MODEL_SCENARIO!r}, overrides=['grid.shape=[16,16]'])\n"
             "m = Model(sc); m.step(); m.observe()\n"
             "bad = [k for k in sys.modules if k == 'tmesim.launch' or k.endswith('_kernel')]\n"
             "assert not bad, bad\n"
@@ -176,20 +96,6 @@ def test_cpu_path_never_imports_the_kernel_classes():
     assert r.stdout.split() == ["tmesim.steps.fields", "tmesim.steps.tumor"]
 
 
-def test_backends_and_their_launchers():
-    from tmesim.backend import get_backend
-    assert CPU().launcher() is None and CPU().free_memory() is None
-    p = get_backend("portable")
-    assert isinstance(p, Portable) and p.name == "portable" and p.free_memory() is None
-    L = p.launcher()
-    assert isinstance(L, launch.PortableLauncher) and p.launcher() is L
-    assert "portable" in p.device
-    a = np.arange(5)
-    assert p.to_host(p.to_device(a)) is a          # numpy arrays: nothing copied
-    cls = step_classes(CPU())
-    assert cls.launcher is None and cls.fields.__name__ == "FieldSolver"
-
-
 def test_kernel_backends_take_the_kernel_twins():
     """A backend with a launcher gets the tmesim.steps.<family>_kernel classes, with that
     launcher."""
@@ -201,51 +107,10 @@ def test_kernel_backends_take_the_kernel_twins():
                                                "tmesim.steps.stroma_kernel"]
 
 
-def test_observe_is_numpy_number_for_number():
-    """observe() reduces sums and counts and divides on the host; every column is what the
-    plain numpy means give, to the last bit (random lattice with every kind and state)."""
-    from tmesim import codes, observables
-    sc = scenario("2d-adi")
-    m = Model(sc, CPU())
-    st = m.state
-    g = np.random.default_rng(3)
-    st.kind[:] = g.integers(0, len(codes.KIND_NAMES), st.kind.size)
-    tumor = st.kind == codes.TUMOR
-    st.tumor_state[:] = np.where(tumor, g.integers(1, 4, st.kind.size), 0)
-    st.memory[:] = g.random(st.kind.size, dtype=np.float32)
-    st.time_in_P_min[:] = g.uniform(0, 500, st.kind.size).astype(np.float32)
-    st.fields[:] = g.uniform(0, 40, st.fields.shape).astype(np.float32)
-    row = observables.observe(st, sc)
-    pers = tumor & (st.tumor_state == codes.PERSISTER)
-    assert row["mean_memory"] == float(st.memory[tumor].mean(dtype=np.float64))
-    assert row["mean_time_in_P_h"] == float(st.time_in_P_min[pers].mean(dtype=np.float64) / 60)
-    o2 = st.fields[sc.field_names.index("oxygen")][tumor]
-    assert row["hypoxic_fraction"] == float(np.mean(o2 < sc.tumor.hypoxic_threshold_mmHg))
-    for i, name in enumerate(sc.field_names):
-        assert row[f"mean_{name}"] == float(st.fields[i].mean(dtype=np.float64))
-        assert row[f"mean_{name}_tumor"] == float(st.fields[i][tumor].mean(dtype=np.float64))
-    near = observables.near_caf(st.kind, sc.grid.shape, sc.grid.dx_um)
-    assert row["tumor_near_caf_fraction"] == np.count_nonzero(near & tumor) / row["burden"]
-    assert row["n_P"] == np.count_nonzero(pers) and row["burden"] == np.count_nonzero(tumor)
-
-
-def test_tissue_levels_is_a_view_of_consecutive_drug_fields():
-    """The rules read the drug fields in place (no copy of a grid per drug and step)."""
-    m = Model(scenario("2d-adi"), CPU())
-    st, th = m.state, m.therapy
-    levels = th.tissue_levels(st)
-    assert th.consecutive and np.shares_memory(levels, st.fields)
-    np.testing.assert_array_equal(levels, st.fields[th.field_index])
-    th.consecutive = False                  # the general path: a copy of the same values
-    copy = th.tissue_levels(st)
-    assert not np.shares_memory(copy, st.fields)
-    np.testing.assert_array_equal(copy, levels)
-
-
 # ------------------------------------------------------------------------------- parity
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(MODEL_CASES))
 def test_portable_run_is_the_cpu_run(case, portable):
-    totals = run_pair(scenario(case), portable)
+    totals = run_pair(model_scenario(case), portable)
     # the comparison means something only if the rules acted
     assert totals["killed"] > 0 and totals["entered_P"] > 0 and totals["caf_moves"] > 0, totals
 
@@ -254,7 +119,7 @@ def test_portable_run_in_scrambled_thread_order(portable):
     """Every launch visits its work items in a fixed pseudo-random order: the same run."""
     portable.launcher().set_order(2)
     try:
-        run_pair(scenario("2d-adi"), portable, steps=6)
+        run_pair(model_scenario("2d-adi"), portable, steps=6)
     finally:
         portable.launcher().set_order(0)
 
@@ -262,8 +127,7 @@ def test_portable_run_in_scrambled_thread_order(portable):
 def test_portable_simulation_writes_the_cpu_file(tmp_path, portable):
     """Simulation.run through the kernels (snapshots and checkpoints copy to the host): the same
     run file as the CPU's, dataset for dataset, but for the backend and device attributes."""
-    from .test_simulation import h5_contents
-    sc = scenario("2d-adi", "run.duration_days=0.05")       # 12 steps, 2 checkpoints
+    sc = model_scenario("2d-adi", "run.duration_days=0.05")       # 12 steps, 2 checkpoints
     files = {}
     for name, b in (("cpu", CPU()), ("portable", portable)):
         sim = Simulation(sc, backend=b)
@@ -280,7 +144,7 @@ def test_portable_simulation_writes_the_cpu_file(tmp_path, portable):
 def test_portable_resume_restores_device_and_host_arrays(tmp_path, portable):
     """A checkpoint written by a Portable run resumes (site arrays back in place, plasma and
     dose_total host arrays) to the CPU's uninterrupted result."""
-    sc = scenario("2d-adi", "run.duration_days=0.05")
+    sc = model_scenario("2d-adi", "run.duration_days=0.05")
     ref = Simulation(sc, backend="cpu")
     ref.run(tmp_path / "ref.h5")
     sim = Simulation(sc, backend=portable)
@@ -401,14 +265,14 @@ def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
     monkeypatch.setattr(KernelFieldSolver, "_absmax", lambda self, x: _wrap(
         F_.absmax(np.asarray(x))))
     b = EmulatedDevice()
-    sc = scenario(case)
+    sc = model_scenario(case)
     m = Model(sc, b)
     for name in ("kind", "tumor_state", "memory", "time_in_P_min", "fields"):
         assert type(getattr(m.state, name)) is DeviceArray, name
     assert type(m.state.plasma) is np.ndarray and type(m.state.dose_total) is np.ndarray
     run_pair(sc, b, steps=8)
     # the run loop: snapshots and checkpoints copy to the host, a resume copies back
-    short = scenario(case, "run.duration_days=0.02")
+    short = model_scenario(case, "run.duration_days=0.02")
     sim = Simulation(short, backend=b)
     sim.wall_deadline = 0.0
     sim.run(tmp_path / "e.h5")
@@ -424,138 +288,6 @@ def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
         assert "biopsy" in kinds, kinds
 
 
-# ------------------------------------------------------------------------------- memory
-def held_arrays(root, n_sites: int) -> dict[int, np.ndarray]:
-    """Every numpy array of at least ``n_sites`` elements reachable from ``root`` through
-    attributes, dicts, lists and tuples, de-duplicated by the memory that owns it (a view counts
-    as its base). Attributes named ``ref`` are not followed: they are the numpy reference objects
-    the kernel classes build to borrow their coefficient tables, host-side on a GPU run."""
-    found, seen = {}, set()
-    stack = [root]
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or isinstance(o, (type, types.ModuleType, types.FunctionType, str,
-                                          bytes, int, float)):
-            continue
-        seen.add(id(o))
-        if isinstance(o, np.ndarray):
-            base = o
-            while isinstance(base.base, np.ndarray):
-                base = base.base
-            if base.size >= n_sites:
-                found[id(base)] = base
-            continue
-        if isinstance(o, dict):
-            stack.extend(o.values())
-        elif isinstance(o, (list, tuple, set)):
-            stack.extend(o)
-        elif hasattr(o, "__dict__"):
-            stack.extend(v for k, v in vars(o).items() if k != "ref")
-    return found
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_memory_estimate_covers_what_the_model_holds(case, portable):
-    """After a few steps on the Portable backend (numpy arrays, so every array the model keeps
-    can be found), the arrays the model holds fit the estimate's persistent part (state + field
-    solver + rules), and the estimate is not more than 1.5 times what is held."""
-    sc = scenario(case)
-    m = Model(sc, portable)
-    for _ in range(3):
-        m.step()
-        m.observe()
-    gc.collect()
-    n = m.grid.n_sites
-    held = sum(a.nbytes for a in held_arrays(m, n).values())
-    est = memory.bytes_needed(sc, "portable")
-    assert est["fields_source"] == "as counted by tmesim.steps.fields_kernel"
-    assert held <= est["persistent"] <= 1.5 * held, (held, est)
-    assert est["total"] == est["persistent"] + est["observables"]
-
-
-@pytest.mark.parametrize("case", ["2d-adi", "3d-lod", "3d-adi"])
-def test_cpu_memory_estimate_covers_the_numpy_model(case):
-    """The CPU's figure (numpy's solver work arrays estimated per method) also covers what the
-    numpy model holds after a few steps, within 1.5 times."""
-    sc = scenario(case)
-    m = Model(sc, CPU())
-    for _ in range(3):
-        m.step()
-        m.observe()
-    held = sum(a.nbytes for a in held_arrays(m, m.grid.n_sites).values())
-    est = memory.bytes_needed(sc, "cpu")
-    assert held <= est["persistent"] <= 1.5 * held, (held, est)
-
-
-def test_memory_estimate_parts_by_hand():
-    """The parts of a 2D ADI scenario counted by hand: state 10 + 4F, kernel rules 13 B/voxel."""
-    sc = scenario("2d-adi")
-    n, F = 24 * 24, 5
-    est = memory.bytes_needed(sc, "gpu")
-    assert est["state"] == n * (10 + 4 * F)
-    assert est["rules"] == n * 13
-    assert memory.bytes_needed(sc, "cpu")["rules"] == n * 16
-    # the observables' temporaries: masks and a masked copy, and with CAFs the distance transform
-    no_caf = scenario("2d-adi", "init.caf.placement=none")
-    assert memory.bytes_needed(no_caf, "gpu")["observables"] == n * 6
-    assert est["observables"] > n * 6
-
-
-def lod_1024(*extra):
-    return scenario("3d-lod", "grid.shape=[1024,1024,1024]", "grid.dx_um=10", *extra)
-
-
-@pytest.mark.parametrize("cafs", [False, True])
-def test_1024_cubed_five_field_lod_fits_80_gb(cafs):
-    """A 1024^3 grid with five fields (oxygen, HGF, IGF-1, signal, a drug), LOD: state 30 +
-    LOD work 8 + rules 13 B per voxel, plus the observables' peak: 6 B without CAFs (about 61e9
-    bytes in all), 20 B with them (the near-CAF distance transform; about 76e9)."""
-    extra = () if cafs else ("init.caf.placement=none",)
-    sc = lod_1024(*extra)
-    assert len(sc.fields) == 5
-    est = memory.bytes_needed(sc, "gpu")
-    n = 1024 ** 3
-    assert est["persistent"] == n * (30 + 8 + 13) + (est["fields"] - 8 * n)
-    assert est["fields"] - 8 * n < 1e6                  # small tables only
-    assert est["observables"] == n * (20 if cafs else 6)
-    assert est["total"] <= 80e9, memory.describe(est)
-
-
-class FakeGPU(CPU):
-    """A backend that says it is a GPU with ``free`` bytes free (no device is touched)."""
-    name = "gpu"
-
-    def __init__(self, free):
-        self.free = free
-
-    @property
-    def device(self):
-        return f"a made-up GPU with {self.free / 1e9:g} GB free"
-
-    def free_memory(self):
-        return self.free
-
-    def launcher(self):
-        raise AssertionError("the memory check must come before the kernels are set up")
-
-
-def test_oversized_run_is_refused_up_front():
-    """Model refuses a run that does not fit before allocating anything, naming the parts, the
-    free memory and what to change."""
-    sc = lod_1024()
-    with pytest.raises(memory.OutOfDeviceMemory) as e:
-        Model(sc, FakeGPU(40 * 10 ** 9))
-    msg = str(e.value)
-    for word in ("state", "field solver", "rules", "observables", "37.25 GiB is free",
-                 "a smaller grid", "71.00 GiB on the GPU"):
-        assert word in msg, msg
-    assert "lod" not in msg.split("Use")[1]        # already LOD: not suggested
-    with pytest.raises(memory.OutOfDeviceMemory, match='solver.method = "lod"'):
-        Model(lod_1024("solver.method=adi"), FakeGPU(80 * 10 ** 9))
-    # it fits: the check passes and returns the estimate
-    assert memory.check_fits(sc, FakeGPU(80 * 10 ** 9))["total"] <= 80e9
-
-
 # ------------------------------------------------------------------------------- GPU
 gpu = pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")
 
@@ -568,7 +300,7 @@ def test_gpu_model_is_device_resident_and_matches(case):
     cupy reductions, summed in another order than numpy's)."""
     import cupy
     b = GPU(0)
-    sc = scenario(case)
+    sc = model_scenario(case)
     m = Model(sc, b)
     assert isinstance(m.state.kind, cupy.ndarray) and isinstance(m.state.fields, cupy.ndarray)
     assert isinstance(m.state.plasma, np.ndarray)
@@ -590,7 +322,7 @@ def test_gpu_model_is_device_resident_and_matches(case):
 @gpu
 def test_gpu_runs_are_deterministic():
     b = GPU(0)
-    sc = scenario("3d-adi")
+    sc = model_scenario("3d-adi")
     runs = []
     for _ in range(2):
         m = Model(sc, b)
@@ -604,9 +336,3 @@ def test_gpu_runs_are_deterministic():
         assert_rows_equal(r0, r1)
 
 
-@gpu
-def test_gpu_memory_check_reads_the_device():
-    b = GPU(0)
-    free = b.free_memory()
-    assert free > 0
-    assert memory.check_fits(scenario("2d-adi"), b)["total"] < free

@@ -10,7 +10,7 @@ from tmesim.simulation import run_scenario
 from tmesim.validation import run_arm
 from tmesim.writers import InMemoryWriter, OutputWriter, SnapshotWriter
 
-from .conftest import SMALL_2D
+from .helpers import SMALL_2D
 
 SHORT = {"run.duration_days": 0.25}       # 60 steps of 6 min
 

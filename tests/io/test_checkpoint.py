@@ -23,77 +23,8 @@ import tmesim
 from tmesim.cli import main
 from tmesim.errors import RunFileError
 from tmesim.io import checkpoint, schema
-from tmesim.schedules import IterationInterval
 
-# 32 x 32 voxels, 480 steps: about 2 s; a checkpoint every 20 steps, a snapshot every 30
-TINY = """
-[run]
-name = "tiny"
-seed = 5
-duration_days = 2
-dt_min = 6
-snapshot_every_hours = 3
-checkpoint_every_hours = 2
-
-[grid]
-shape = [32, 32]
-dx_um = 20
-
-[init.tumor]
-shape = "disk"
-radius_um = 120
-
-[init.vessels]
-placement = "random"
-density = 0.02
-"""
-
-
-def contents(path):
-    """Every dataset and attribute of a run file except what a resume legitimately changes."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if name == checkpoint.GROUP or name.startswith(checkpoint.GROUP + "/"):
-                return
-            if isinstance(obj, h5py.Dataset):
-                out[name] = obj[()]
-            for k, v in obj.attrs.items():
-                out[f"{name}@{k}"] = v
-        f.visititems(visit)
-        for k, v in f.attrs.items():
-            if k != "created":
-                out[f"@{k}"] = v
-    keep = out["events/kind"] != b"resume"
-    for k in ("events/kind", "events/time_min", "events/detail"):
-        out[k] = out[k][keep]
-    return out
-
-
-def assert_same_run(a, b):
-    ca, cb = contents(a), contents(b)
-    assert ca.keys() == cb.keys()
-    differ = [k for k in ca if not np.array_equal(np.asarray(ca[k]), np.asarray(cb[k]))]
-    assert differ == []
-    xa, xb = a.with_suffix(".xdmf").read_text(), b.with_suffix(".xdmf").read_text()
-    assert xa.replace(a.name, "RUN") == xb.replace(b.name, "RUN")
-
-
-def event_kinds(path):
-    with h5py.File(path, "r") as f:
-        return [k.decode() for k in f["events/kind"][:]]
-
-
-class _At:
-    """A callback that calls ``fn(sim)`` once, after step ``step``."""
-
-    def __init__(self, step, fn):
-        self.schedule = IterationInterval(1)
-        self.step, self.fn = step, fn
-
-    def __call__(self, sim):
-        if sim.state.step == self.step:
-            self.fn(sim)
+from ..helpers import TINY, At, assert_same_run, event_kinds
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +49,7 @@ def test_uninterrupted_run_has_committed_checkpoint(tiny, tmp_path):
         assert int(f["checkpoint/slot1/counts"][0]) == 440        # the one before, other slot
     # a checkpoint holds the state as it was in memory at that step
     sim = tmesim.Simulation(tmesim.load_scenario(scen), backend="cpu")
-    sim.callbacks.append(_At(40, lambda s: setattr(s, "_signal", "test")))
+    sim.callbacks.append(At(40, lambda s: setattr(s, "_signal", "test")))
     sim.run(tmp_path / "c.h5")
     with h5py.File(tmp_path / "c.h5", "r") as f:
         ck = checkpoint.read(f)
@@ -258,7 +189,7 @@ def test_sigusr1_and_wall_deadline_in_process(tiny, tmp_path):
     sc = tmesim.load_scenario(scen)
     out = tmp_path / "u.h5"
     sim = tmesim.Simulation(sc, "cpu")
-    sim.callbacks.append(_At(33, lambda s: os.kill(os.getpid(), signal.SIGUSR1)))
+    sim.callbacks.append(At(33, lambda s: os.kill(os.getpid(), signal.SIGUSR1)))
     sim.run(out)
     assert sim.status == "interrupted" and sim.state.step == 33
     assert sim.interrupt_reason == "SIGUSR1 received"
@@ -281,7 +212,7 @@ def test_extra_state_goes_through_the_checkpoint(tiny, tmp_path):
     sim = tmesim.Simulation(sc, "cpu")
     sim.model.extra_state = lambda: {"doses": np.arange(sim.state.step, dtype=np.float64),
                                      "on": np.array(True), "mode": np.array(b"pause")}
-    sim.callbacks.append(_At(50, lambda s: s.stop_reason or setattr(s, "_signal", "test")))
+    sim.callbacks.append(At(50, lambda s: s.stop_reason or setattr(s, "_signal", "test")))
     sim.run(out)
     assert sim.status == "interrupted"
     got = {}
@@ -299,7 +230,7 @@ def test_resume_refusals_and_nothing_to_do(tiny, tmp_path, capsys):
     sc = tmesim.load_scenario(scen)
     out = tmp_path / "r.h5"
     sim = tmesim.Simulation(sc, "cpu")
-    sim.callbacks.append(_At(30, lambda s: setattr(s, "_signal", "test")))
+    sim.callbacks.append(At(30, lambda s: setattr(s, "_signal", "test")))
     sim.run(out)
     # another live writer (its shared lock) is refused
     lock = checkpoint.WriterLock(out)
@@ -338,7 +269,7 @@ def test_no_checkpoint_yet_restarts_from_the_start(tiny, tmp_path):
     scen, ref = tiny
     out = tmp_path / "n.h5"
     sim = tmesim.Simulation(tmesim.load_scenario(scen), "cpu")
-    sim.callbacks.append(_At(5, lambda s: (_ for _ in ()).throw(KeyboardInterrupt)))
+    sim.callbacks.append(At(5, lambda s: (_ for _ in ()).throw(KeyboardInterrupt)))
     with pytest.raises(KeyboardInterrupt):
         sim.run(out)
     with h5py.File(out, "r") as f:
@@ -396,11 +327,11 @@ def test_resume_with_drugs_stroma_and_persisters_is_identical(tmp_path):
         assert f["timeseries/entered_P"][:].sum() > 0 and f["timeseries/mean_memory"][-1] > 0
     out = tmp_path / "p.h5"
     sim = tmesim.Simulation(sc, "cpu")
-    sim.callbacks.append(_At(157, lambda s: os.kill(os.getpid(), signal.SIGUSR1)))
+    sim.callbacks.append(At(157, lambda s: os.kill(os.getpid(), signal.SIGUSR1)))
     sim.run(out)
     assert sim.status == "interrupted" and sim.state.step == 157
     sim = tmesim.Simulation(sc, "cpu")
-    sim.callbacks.append(_At(301, lambda s: os.kill(os.getpid(), signal.SIGUSR1)))
+    sim.callbacks.append(At(301, lambda s: os.kill(os.getpid(), signal.SIGUSR1)))
     sim.run(out, resume=True)
     assert sim.resumed_from == 157 and sim.state.step == 301
     sim = tmesim.Simulation.resume(out, backend="cpu")

@@ -23,7 +23,7 @@ from tmesim.io.runfile import (
 )
 from tmesim.schedules import IterationInterval
 
-from ..conftest import SMALL_2D
+from ..helpers import SMALL_2D
 
 # 48 x 48 voxels, 60 steps: well under a second
 TINY = SMALL_2D.replace("duration_days = 1", "duration_days = 0.25")

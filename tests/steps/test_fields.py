@@ -29,13 +29,15 @@ import scipy.sparse.linalg as spla
 from scipy.special import k0
 
 import tmesim
-from tmesim import codes
+from tmesim import codes, rng
 from tmesim.grid import Grid
 from tmesim.steps.fields import FieldSolver
 
 ADI_LOD = pytest.mark.parametrize("method", ["adi", "lod"])
 ALL_DIRICHLET_0 = '[{ faces = ["all"], kind = "dirichlet", value = 0.0 }]'
 NO_FLUX = "[]"          # faces not named are no-flux
+DT = 6.0                # agent step of the secretion tests, min
+S, P, R = codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -898,3 +900,98 @@ def test_well_mixed_drug_fields_are_set_not_solved(transports):
             assert (st.fields[i] == np.float32(free)).all()
     # the drug doses were given (gpx4i from day 0.1 on)
     assert (st.plasma > 0).all()
+
+
+# ------------------------------------------------------------------ secretion by cells
+def secretion_scenario(field="hgf", decay=None, field_dt=0.0):
+    """24 x 24 voxels, no tumor, oxygen and one preset field (optionally another decay), the
+    solver converged to 1e-3 of the starting residual, ``field_dt`` field steps (0: one)."""
+    text = ("[run]\ndt_min = 6\n[grid]\nshape = [24, 24]\ndx_um = 20\n[init.tumor]\n"
+            f"shape = 'none'\n[fields.{field}]\n")
+    if decay is not None:
+        text += f"decay_per_min = {decay}\n"
+    text += f"[solver]\ntolerance = 1e-3\ndt_min = {field_dt}\n"
+    return tmesim.loads_scenario(text)
+
+
+def test_caf_hgf_secretion_conserves_mass_and_approaches_steady_state():
+    """HGF with no-flux faces, decay lambda, no uptake (no tumor cells), secreted by n_caf CAFs
+    at s_caf and n_tam TAMs at s_tam (the preset's values, read from the scenario). The Laplacian
+    sums to zero, so the domain mean M obeys the implicit-Euler recursion M' = (M + h Q/n) /
+    (1 + lambda h) per field step h, Q = n_caf s_caf + n_tam s_tam (relative 1e-4; the solver
+    converges to 1e-3 of the residual): from zero it approaches Q / (n lambda) (lambda = 0.05
+    /min, 40 steps: within 1e-4). With lambda = 0.01 /min and ten field steps per agent step it
+    follows the continuous Q/(n lambda) (1 - exp(-lambda t)) to within twice the leading
+    implicit-Euler error, t lambda^2 h exp(-lambda t) (at most 1e-3 here), plus 1e-4, of the
+    plateau."""
+    grid = Grid((24, 24), 20.0)
+    n = grid.n_sites
+    kind = np.zeros(n, np.uint8)
+    u = rng.uniform_range(5, 0, 99, n)
+    kind[u < 0.05] = codes.CAF
+    kind[(u > 0.97)] = codes.TAM
+    for sub, steps, lam in ((0, 40, 0.05), (0.6, 20, 0.01)):
+        sc = secretion_scenario("hgf", lam, sub)
+        hi = sc.field_names.index("hgf")
+        fc = sc.field("hgf")
+        assert fc.decay_per_min == lam and not fc.boundary
+        Q = (kind == codes.CAF).sum() * fc.secretion_per_min["caf"] + \
+            (kind == codes.TAM).sum() * fc.secretion_per_min.get("tam", 0.0)
+        assert Q > 0
+        plateau = Q / (n * lam)
+        solver = FieldSolver(sc, grid, threads=1)
+        fields = np.zeros((len(sc.fields), n), np.float32)
+        fields[sc.field_names.index("oxygen")] = 38.0
+        ts = np.zeros(n, np.uint8)
+        M = 0.0
+        h = solver.dt
+        for step in range(steps):
+            solver.step(fields, kind, ts)
+            for _ in range(solver.n_sub):
+                M = (M + h * Q / n) / (1 + lam * h)
+            mean = fields[hi].astype(np.float64).mean()
+            assert mean == pytest.approx(M, rel=1e-4)
+            if sub:
+                t = (step + 1) * DT
+                bound = lam ** 2 * h * t * math.exp(-lam * t) + 1e-4
+                assert abs(mean - plateau * -math.expm1(-lam * t)) < bound * plateau
+        if not sub:
+            assert mean == pytest.approx(plateau, rel=1e-4)
+            assert fields[hi][kind == codes.CAF].mean() > mean   # sources sit on the peaks
+
+
+def test_persisters_secrete_the_signal_and_sensitive_cells_do_not():
+    """The signal field (preset: secretion {persister = s}, decay lambda, no uptake) is secreted
+    by persisters only: the rate table gives s for tumor P and 0 for S, R and other kinds; from
+    zero, one step gives a total of n_P s dt / (1 + lambda dt) (no-flux faces, relative 1e-4);
+    with no persisters it stays exactly zero."""
+    sc = secretion_scenario("signal")
+    fc = sc.field("signal")
+    s_p, lam = fc.secretion_per_min["persister"], fc.decay_per_min
+    assert s_p > 0 and set(fc.secretion_per_min) == {"persister"} and not fc.uptake_per_min
+    grid = Grid((24, 24), 20.0)
+    n = grid.n_sites
+    si = sc.field_names.index("signal")
+    solver = FieldSolver(sc, grid, threads=1)
+    for st, want in ((S, 0.0), (P, s_p), (R, 0.0)):
+        _, src = solver.rates(np.array([codes.TUMOR], np.uint8), np.array([st], np.uint8))
+        assert src[si, 0] == np.float32(want)
+    _, src = solver.rates(np.array([codes.CAF, codes.TAM, codes.VESSEL], np.uint8))
+    assert np.all(src[si] == 0)
+    u = rng.uniform_range(6, 0, 99, n)
+    kind = np.where(u < 0.5, codes.TUMOR, codes.EMPTY).astype(np.uint8)
+    for with_P in (False, True):
+        ts = np.where(kind == codes.TUMOR, np.where(u < 0.25, S, R), codes.NONE).astype(np.uint8)
+        if with_P:
+            ts[(kind == codes.TUMOR) & (u < 0.1)] = P
+        fields = np.zeros((len(sc.fields), n), np.float32)
+        fields[sc.field_names.index("oxygen")] = 38.0
+        solver.step(fields, kind, ts)
+        n_P = int((ts == P).sum())
+        total = fields[si].astype(np.float64).sum()
+        if with_P:
+            assert n_P > 0
+            assert total == pytest.approx(n_P * s_p * DT / (1 + lam * DT), rel=1e-4)
+        else:
+            assert np.all(fields[si] == 0)
+

@@ -1,19 +1,29 @@
-"""KernelFieldSolver (tmesim.steps.fields_kernel): the field solver driven on the kernels, against the
-numpy FieldSolver (tmesim.steps.fields), the independent reference.
+"""The field solver's kernels (kernels/fields.cu, driven by tmesim.steps.fields_kernel) against
+the numpy FieldSolver and its primitives (tmesim.steps.fields), the independent reference.
 
-On the CPU the kernels run as their C++ build (PortableLauncher) and the CG reductions are numpy's
-own (dots, absmax), so every operation is the numpy solver's operation, correctly rounded in
-IEEE 754 on both sides: fields and iteration counts must be identical bit for bit, for both
+The primitives (Laplacian and CG operator, Thomas line solves, the LOD sweep, the point-wise CG
+pieces) are bit-identical to the numpy code they mirror. That is stronger than "within float32
+rounding", and it is what the kernels are built for: each one performs the numpy operations in
+the same order and precision, every one of them correctly rounded in IEEE 754 (add, subtract,
+multiply, divide, reciprocal, float64 products rounded once to float32), and the round-to-nearest
+intrinsics / -ffp-contract=off forbid fused multiply-adds. A difference of even one ulp therefore
+means the kernel's arithmetic departed from numpy's.
+
+KernelFieldSolver with numpy arrays (the portable C++ build, or a GPU through copies: the
+``launcher`` fixture) takes numpy's own CG reductions (dots, absmax), so every operation is the
+numpy solver's operation: fields and iteration counts must be identical bit for bit, for both
 methods, over several agent steps with cells changing between steps, field steps per agent step
 (n_sub > 1), drug-like fields whose supply (vessel and bath values) changes every step, and
 whatever order the work items of each launch run in.
 
-On a GPU (skipped without one) the CG inner products are cupy's reductions, summed in another
-order than numpy's: see test_gpu_matches_numpy for the tolerance and why.
+With device-resident arrays on a GPU (skipped without one) the CG inner products are cupy's
+reductions, summed in another order than numpy's: see test_gpu_matches_numpy for the tolerance
+and why.
 """
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import numpy as np
@@ -264,6 +274,166 @@ boundary = [{{ faces = ["all"], kind = "dirichlet", value = 1.0 }}]
 
 
 # ------------------------------------------------------------------------------------- kernels
+SHAPES = [(9, 7), (5, 6, 4), (1, 8), (4, 1, 5)]
+
+
+def random_ghosts(g, F, ndim):
+    """Per axis (lo, hi): None, or (F, 1, ..) values with NaN for fields without that face."""
+    out = []
+    for _ in range(ndim):
+        pair = []
+        for _ in range(2):
+            if g.random() < 0.3:
+                pair.append(None)
+            else:
+                v = g.uniform(0, 40, F).astype(np.float32)
+                v[g.random(F) < 0.3] = np.nan
+                pair.append(v.reshape((F,) + (1,) * ndim))
+        out.append(tuple(pair))
+    return out
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_laplacian_and_operator_bit_exact(launcher, shape):
+    g = np.random.default_rng(len(shape) * 100 + shape[0])
+    F, ndim = 3, len(shape)
+    c = g.uniform(0, 50, (F,) + shape).astype(np.float32)
+    Dh2 = g.uniform(1, 300, F).astype(np.float32).reshape((F,) + (1,) * ndim)
+    ghosts = random_ghosts(g, F, ndim)
+    want = F_.laplacian(c, Dh2, ghosts, np.empty_like(c))
+    got = FK.laplacian(c, Dh2, ghosts, np.empty_like(c), launcher=launcher)
+    np.testing.assert_array_equal(got, want)
+    # the CG operator, as FieldSolver._apply computes it: lap, then diag * p - lap
+    diag = g.uniform(0.1, 20, c.shape).astype(np.float32)
+    want = np.multiply(diag, c)
+    want -= F_.laplacian(c, Dh2, ghosts, np.empty_like(c))
+    got = FK.apply_operator(c, diag, Dh2, ghosts, np.empty_like(c), launcher=launcher)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("coef_dtype", [np.float64, np.float32])
+def test_thomas_solve_bit_exact(launcher, shape, coef_dtype):
+    g = np.random.default_rng(7 + len(shape))
+    F, ndim = 3, len(shape)
+    for axis in range(ndim):
+        k = g.uniform(0.01, 30, F)
+        lo, hi = g.random(F) < 0.5, g.random(F) < 0.5
+        co = F_.thomas_coefficients(k, shape[axis], lo, hi, g.uniform(0, 0.5, F), ndim,
+                                    coef_dtype)
+        x = g.uniform(-5, 50, (F,) + shape).astype(np.float32)
+        want = F_.thomas_solve(x.copy(), axis, co)
+        got = FK.thomas_solve(x.copy(), axis, co, launcher=launcher)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_thomas_solve_diag_bit_exact(launcher, shape):
+    g = np.random.default_rng(11 + len(shape))
+    F, ndim = 2, len(shape)
+    sl = (F,) + (1,) * (ndim - 1)
+    for axis in range(ndim):
+        kf = g.uniform(0.01, 30, F)
+        base = F_.line_diagonal(kf, shape[axis], g.random(F) < 0.5, g.random(F) < 0.5)
+        k = kf.reshape(sl).astype(np.float32)
+        base = base.reshape((-1,) + sl).astype(np.float32)
+        extra = g.uniform(0, 3, (F,) + shape).astype(np.float32)
+        extra[g.random(extra.shape) < 0.1] = np.float32(1e20)      # pinned voxels
+        x = g.uniform(-5, 50, (F,) + shape).astype(np.float32)
+        slice_shape = np.moveaxis(x, axis + 1, 0).shape[1:]
+        want = F_.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
+                                    np.empty(slice_shape, np.float32))
+        got = FK.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
+                                        launcher=launcher)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_thomas_factored_bit_exact(launcher, shape):
+    """Factor once + solve (the preconditioner's split of thomas_solve_diag)."""
+    if not hasattr(F_, "thomas_factor_diag"):
+        pytest.skip("tmesim.steps.fields has no thomas_factor_diag in this version")
+    g = np.random.default_rng(23 + len(shape))
+    F, ndim = 2, len(shape)
+    sl = (F,) + (1,) * (ndim - 1)
+    for axis in range(ndim):
+        kf = g.uniform(0.01, 30, F)
+        base = F_.line_diagonal(kf, shape[axis], g.random(F) < 0.5, g.random(F) < 0.5)
+        k = kf.reshape(sl).astype(np.float32)
+        base = base.reshape((-1,) + sl).astype(np.float32)
+        extra = g.uniform(0, 3, (F,) + shape).astype(np.float32)
+        extra[g.random(extra.shape) < 0.1] = np.float32(1e20)
+        slice_shape = np.moveaxis(extra, axis + 1, 0).shape[1:]
+        inv_w, cp_w = np.empty_like(extra), np.empty_like(extra)
+        F_.thomas_factor_diag(axis, k, base, extra, inv_w, cp_w,
+                              np.empty(slice_shape, np.float32))
+        inv, cp = np.empty_like(extra), np.empty_like(extra)
+        FK.thomas_factor_diag(axis, k, base, extra, inv, cp, launcher=launcher)
+        np.testing.assert_array_equal(inv, inv_w)
+        np.testing.assert_array_equal(cp, cp_w)
+        x = g.uniform(-5, 50, (F,) + shape).astype(np.float32)
+        want = F_.thomas_solve_factored(x.copy(), axis, k, inv_w, cp_w,
+                                        np.empty(slice_shape, np.float32))
+        got = FK.thomas_solve_factored(x.copy(), axis, k, inv, cp, launcher=launcher)
+        np.testing.assert_array_equal(got, want)
+        # and the same as the one-pass solve
+        once = FK.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
+                                         launcher=launcher)
+        np.testing.assert_array_equal(got, once)
+
+
+def test_pointwise_pieces_bit_exact(launcher):
+    g = np.random.default_rng(3)
+    F, n = 3, 5000
+    kind = g.integers(0, len(codes.KIND_NAMES), n).astype(np.uint8)
+    state = np.where(kind == codes.TUMOR, g.integers(1, 4, n), 0).astype(np.uint8)
+    nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
+    U_t, S_t = g.uniform(0, 10, (F, nk, ns)), g.uniform(0, 3, (F, nk, ns))
+    # FieldSolver.rates reads its tables from self
+    solver = types.SimpleNamespace(U_table=U_t, S_table=S_t, F=F, dtype=np.float32)
+    U_w, S_w = F_.FieldSolver.rates(solver, kind, state)
+    U, S = FK.rates(kind, state, U_t, S_t, launcher=launcher)
+    np.testing.assert_array_equal(U, U_w)
+    np.testing.assert_array_equal(S, S_w)
+
+    c = g.uniform(0, 40, (F, n)).astype(np.float32)
+    inv_dt = np.float32(1.0 / 0.37)
+    diag, b = FK.cg_setup(c, U, S, inv_dt, launcher=launcher)
+    np.testing.assert_array_equal(diag, U + inv_dt)
+    np.testing.assert_array_equal(b, c * inv_dt + S)
+
+    pinned = np.flatnonzero(kind == codes.VESSEL)
+    r = g.normal(size=(F, n)).astype(np.float32)
+    want = np.subtract(b, r)
+    want[:, pinned] = 0
+    np.testing.assert_array_equal(FK.residual(b, r.copy(), kind, launcher=launcher), want)
+
+    vv = g.uniform(0, 40, F).astype(np.float32)
+    want = c.copy()
+    want[:, pinned] = vv[:, None]
+    np.testing.assert_array_equal(FK.set_pinned(c.copy(), kind, vv, launcher=launcher), want)
+
+    tau = g.uniform(1e-4, 1e-2, F).astype(np.float32).reshape(F, 1)
+    scale = tau * np.float32(0.5)
+    want = np.multiply(diag, scale)
+    want[:, pinned] = np.float32(1e20)
+    got = FK.factor_diag(diag, scale, kind, 1e20, np.empty_like(diag), launcher=launcher)
+    np.testing.assert_array_equal(got, want)
+
+    a = g.normal(size=(F, 1)).astype(np.float32)
+    p, q = g.normal(size=(2, F, n)).astype(np.float32)
+    y = c.copy()
+    y += a * p
+    np.testing.assert_array_equal(FK.axpy(c.copy(), a, p, launcher=launcher), y)
+    y = r.copy()
+    y -= a * q
+    np.testing.assert_array_equal(FK.axpy(r.copy(), -a, q, launcher=launcher), y)
+    y = p.copy()
+    y *= a
+    y += q
+    np.testing.assert_array_equal(FK.scale_add(p.copy(), a, q, launcher=launcher), y)
+
+
 @pytest.mark.parametrize("shape", [(9, 7), (5, 6, 4), (1, 8), (4, 1, 5)])
 def test_lod_sweep_kernel_bit_exact(launcher, shape):
     """tm_lod_sweep against its numpy twin on random inputs: every axis, with and without the

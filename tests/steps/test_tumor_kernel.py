@@ -1,8 +1,11 @@
-"""The tumor kernels with the persister biology (kernels/tumor.cu) against TumorRules.apply.
+"""The tumor kernels (kernels/tumor.cu, driven by tmesim.steps.tumor_kernel) against
+TumorRules.apply.
 
 The kernels run compiled as C++ behind kernels/portable.h (PortableLauncher), and on a GPU when
 one is present (the ``gpu`` parameter of the launcher fixture and the device-resident test at the
-end; both skip without one). Every step must leave kind, tumor_state, memory and time_in_P
+end; both skip without one). The growth rules alone (transitions off) give an identical integer
+state, identical counts and identical division lists on random lattices, over several steps. With
+the persister biology, every step must leave kind, tumor_state, memory and time_in_P
 identical bit for bit to numpy's (float32 compared as bits), with the same RuleCounts in every
 field and the same division list, on random 2D and 3D lattices of S, P and R cells with random
 memory, time in P, oxygen, HGF and IGF-1 and one to four drugs whose concentrations span their
@@ -54,7 +57,126 @@ def launcher(request):
     portable.set_order(0)
 
 
-# ------------------------------------------------------------------------------------- inputs
+# ------------------------------------------------------------------------------------- growth
+def tumor_config(**kw) -> TumorConfig:
+    """A TumorConfig with the persister transitions off: the growth rules alone (the persister
+    biology has its own parity tests below)."""
+    cfg = TumorConfig(**kw)
+    if hasattr(cfg, "transitions"):
+        from tmesim.scenario import TransitionConfig
+        cfg = dataclasses.replace(cfg, transitions=TransitionConfig(
+            pre_existing=False, drug_induced=False, exit_per_h=0.0, resistance_per_h=0.0))
+    return cfg
+
+
+def random_lattice(g, shape, p_tumor=0.45, p_necrotic=0.08, p_vessel=0.02):
+    n = int(np.prod(shape))
+    u = g.random(n)
+    kind = np.zeros(n, dtype=np.uint8)
+    kind[u < p_tumor] = codes.TUMOR
+    kind[(u >= p_tumor) & (u < p_tumor + p_necrotic)] = codes.NECROTIC
+    kind[(u >= p_tumor + p_necrotic) & (u < p_tumor + p_necrotic + p_vessel)] = codes.VESSEL
+    kind[(u > 0.97)] = codes.CAF
+    state = np.zeros(n, dtype=np.uint8)
+    t = kind == codes.TUMOR
+    state[t] = g.choice([codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT], t.sum(),
+                        p=[0.7, 0.2, 0.1])
+    # oxygen across every regime, with values exactly on the thresholds
+    o2 = g.uniform(0, 45, n).astype(np.float32)
+    edges = np.array([0.0, 2.5, 5.0, 15.0, 38.0], dtype=np.float32)
+    pick = g.random(n) < 0.1
+    o2[pick] = edges[g.integers(0, len(edges), pick.sum())]
+    return kind, state, o2
+
+
+GROWTH_CONFIGS = {
+    "default": dict(),
+    "fast": dict(doubling_time_h=0.3, necrosis_max_rate_per_h=6.0,
+                 necrotic_clearance_per_h=3.0),           # p_div capped at 1: many conflicts
+    "step_necrosis": dict(doubling_time_h=2.0, necrosis_threshold_mmHg=4.0,
+                          necrosis_max_mmHg=6.0, necrosis_max_rate_per_h=2.0),
+    "no_loss": dict(doubling_time_h=1.0, necrosis_max_rate_per_h=0.0,
+                    necrotic_clearance_per_h=0.0),
+    "odd_thresholds": dict(doubling_time_h=1.7, proliferation_threshold_mmHg=3.3,
+                           proliferation_saturation_mmHg=21.7, necrosis_threshold_mmHg=7.1,
+                           necrosis_max_mmHg=1.9, necrosis_max_rate_per_h=3.0),
+}
+
+
+def run_growth(launcher, cfg, shape, neighbourhood, seed, steps, order=0):
+    g = np.random.default_rng(seed)
+    grid = Grid(shape, 20.0, neighbourhood)
+    kind, state, o2 = random_lattice(g, shape)
+    ref = TumorRules(cfg, grid, seed, 6.0)
+    ker = KernelTumorRules(cfg, grid, seed, 6.0, launcher=launcher)
+    k1, s1, k2, s2 = kind.copy(), state.copy(), kind.copy(), state.copy()
+    launcher.set_order(order)
+    history = []
+    try:
+        for step in range(steps):
+            c1 = ref.apply(k1, s1, o2, step)
+            c2 = ker.apply(k2, s2, o2, step)
+            np.testing.assert_array_equal(k2, k1, err_msg=f"kind, step {step}")
+            np.testing.assert_array_equal(s2, s1, err_msg=f"tumor_state, step {step}")
+            for f in ("divisions", "necroses", "cleared", "blocked", "lost_conflicts"):
+                assert getattr(c2, f) == getattr(c1, f), (f, step)
+            for a, b in zip(ker.last_division, ref.last_division):
+                np.testing.assert_array_equal(a, b)
+            assert not ker.claims.any()                 # claims reset for the next step
+            history.append((c1.divisions, c1.necroses, c1.cleared, c1.lost_conflicts))
+    finally:
+        launcher.set_order(0)
+    return history, k2, s2
+
+
+@pytest.mark.parametrize("name", list(GROWTH_CONFIGS))
+@pytest.mark.parametrize("shape,neighbourhood", [((40, 33), "moore"), ((37, 41), "von_neumann"),
+                                                 ((9, 11, 10), "moore"),
+                                                 ((8, 9, 7), "von_neumann")])
+def test_tumor_rules_identical_state(launcher, name, shape, neighbourhood):
+    cfg = tumor_config(**GROWTH_CONFIGS[name])
+    seed = 100 * list(GROWTH_CONFIGS).index(name) + len(shape) + (neighbourhood == "moore")
+    history, _, _ = run_growth(launcher, cfg, shape, neighbourhood, seed=seed, steps=6)
+    totals = np.sum(history, axis=0)
+    assert totals[:3].sum() > 0                           # the rules did something
+    if name != "default":
+        assert totals[0] > 0                              # something divided
+    if name == "fast":
+        assert totals[3] > 0                              # and conflicts were resolved
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_tumor_rules_do_not_depend_on_thread_order(launcher, order):
+    """The work items of every launch in reverse and in a scrambled order give the same lattice
+    (claims are settled by integer max, not by who comes first)."""
+    cfg = tumor_config(**GROWTH_CONFIGS["fast"])
+    _, k0, s0 = run_growth(launcher, cfg, (30, 30), "moore", 5, 4, order=0)
+    _, k1, s1 = run_growth(launcher, cfg, (30, 30), "moore", 5, 4, order=order)
+    np.testing.assert_array_equal(k1, k0)
+    np.testing.assert_array_equal(s1, s0)
+
+
+def test_tumor_kernels_take_every_rule(launcher):
+    """The default persister biology runs on the kernels with the numpy step's result (the
+    persister parity tests below are the full ones: drugs, signalling, memory, every branch)."""
+    cfg = TumorConfig()
+    g = np.random.default_rng(4)
+    grid = Grid((20, 20), 20.0)
+    kind, state, o2 = random_lattice(g, grid.shape)
+    ref = TumorRules(cfg, grid, 4, 6.0)
+    ker = KernelTumorRules(cfg, grid, 4, 6.0, launcher=launcher)
+    mem = g.random(grid.n_sites).astype(np.float32)
+    t_p = g.uniform(0, 5000, grid.n_sites).astype(np.float32)
+    a = [kind.copy(), state.copy(), mem.copy(), t_p.copy()]
+    b = [kind.copy(), state.copy(), mem.copy(), t_p.copy()]
+    for step in range(3):
+        assert ker.apply(b[0], b[1], o2, step, b[2], b[3]) == \
+            ref.apply(a[0], a[1], o2, step, a[2], a[3])
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(y.view(np.uint8), x.view(np.uint8))
+
+
+# ------------------------------------------------------------------------------------- persister biology: inputs
 def preset(name, **overrides):
     """A DrugConfig from tmesim.drugs.DRUG_PRESETS, effect fields overridden per target."""
     effects = {t: EffectConfig(**{**e, **overrides.get(t, {})})

@@ -1,6 +1,6 @@
-"""Sweeps: the sweep file, a real Dask LocalCluster with process workers (a worker killed
-mid-run, a failing run, a re-run that does no work), the Slurm job-array script, and a real
-single-node Slurm through dask-jobqueue where one can be started."""
+"""Sweeps on Dask clusters (tmesim.sweep.clusters): a real LocalCluster with process workers (a
+worker killed mid-run, a failing run, a re-run that does no work), and a real single-node Slurm
+through dask-jobqueue where one can be started."""
 
 import csv
 import json
@@ -13,92 +13,12 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 
 import tmesim
 from tmesim import sweep as sw
-from tmesim.cli import main
 
-from ..io.test_checkpoint import TINY, assert_same_run
-
-SWEEP = """
-[sweep]
-name = "t"
-scenario = "tiny.toml"
-out_dir = "out"
-
-[set]
-"run.duration_days" = {days}
-
-[grid]
-"tumor.doubling_time_h" = [20, 30]
-"fields.oxygen.diffusion_um2_per_min" = {diff}
-
-[replicates]
-seeds = [1, 2]
-
-[observables]
-final = ["burden", "hypoxic_fraction"]
-at_hours = [12]
-at = ["burden"]
-"""
-
-
-def write_sweep(d: Path, days=2, diff="[1e5]", extra="") -> Path:
-    (d / "tiny.toml").write_text(TINY)
-    p = d / "sweep.toml"
-    p.write_text(SWEEP.format(days=days, diff=diff) + extra)
-    return p
-
-
-def test_sweep_file_grid_lhs_seeds(tmp_path):
-    p = write_sweep(tmp_path, diff="{start = 1e4, stop = 1e6, num = 3, scale = \"log\"}", extra="""
-[latin_hypercube]
-samples = 5
-seed = 3
-"tumor.necrosis_max_rate_per_h" = {min = 0.1, max = 0.6}
-"fields.oxygen.decay_per_min" = {min = 0.01, max = 1.0, scale = "log"}
-""")
-    spec = sw.load_sweep(p)
-    np.testing.assert_allclose(spec.grid["fields.oxygen.diffusion_um2_per_min"],
-                               [1e4, 1e5, 1e6])
-    runs = spec.runs()
-    assert len(runs) == 2 * 3 * 5 * 2
-    assert [r.id for r in runs[:3]] == ["r0000", "r0001", "r0002"]
-    assert [r.params["seed"] for r in runs[:4]] == [1, 2, 1, 2]      # seeds fastest
-    assert runs[0].overrides["run.name"] == "t_r0000"
-    assert runs[0].h5 == tmp_path / "out" / "runs" / "r0000.h5"
-    # Latin hypercube: each of the 5 strata of each parameter holds exactly one sample
-    pts = sw.latin_hypercube({"a": (0.1, 0.6, False), "b": (0.01, 1.0, True)}, 5, 3)
-    a = np.array([q["a"] for q in pts])
-    b = np.array([q["b"] for q in pts])
-    assert sorted(((a - 0.1) / 0.5 * 5).astype(int)) == [0, 1, 2, 3, 4]
-    assert sorted(((np.log(b) - np.log(0.01)) / np.log(100) * 5).astype(int)) == [0, 1, 2, 3, 4]
-    assert pts == sw.latin_hypercube({"a": (0.1, 0.6, False), "b": (0.01, 1.0, True)}, 5, 3)
-    assert pts != sw.latin_hypercube({"a": (0.1, 0.6, False), "b": (0.01, 1.0, True)}, 5, 4)
-    # each run's scenario carries its values (as plain TOML, not numpy reprs)
-    sc = tmesim.load_scenario(spec.scenario, overrides=runs[7].overrides)
-    assert sc.run.seed == runs[7].params["seed"]
-    assert sc.tumor.necrosis_max_rate_per_h == runs[7].params["tumor.necrosis_max_rate_per_h"]
-
-
-@pytest.mark.parametrize("extra, message", [
-    ('[replicates2]\nn = 1\n', "key 'replicates2'"),
-    ('[latin_hypercube]\nsamples = 2\n"x.y" = {min = 2, max = 1}\n', "min < max"),
-])
-def test_sweep_file_mistakes_are_one_line_exit_2(tmp_path, capsys, extra, message):
-    p = write_sweep(tmp_path, extra=extra)
-    assert main(["sweep", str(p), "--dry-run"]) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
-
-
-def test_misspelt_parameter_refuses_the_whole_sweep(tmp_path, capsys):
-    p = write_sweep(tmp_path)
-    p.write_text(p.read_text().replace('"run.duration_days" = 2', '"tumor.doubling_hours" = 3'))
-    assert main(["sweep", str(p), "-q"]) == 2
-    assert "no run has a valid scenario" in capsys.readouterr().err
+from ..helpers import assert_same_run, write_sweep
 
 
 def _open_run(pid: int, runs: Path):
@@ -208,56 +128,6 @@ def test_local_cluster_sweep_survives_killed_worker_records_failure_and_reruns_n
                          log=lambda m: None)
     assert (again.ran, again.done, again.failed) == (0, 4, 4)
     assert stamps == {q: q.stat().st_mtime_ns for q in (spec.out_dir / "runs").iterdir()}
-
-
-def test_slurm_array_script_requeues_after_usr1(tmp_path):
-    """The generated array script, run by bash as Slurm would run one array task: USR1 (Slurm's
-    warning before the wall time) makes tmesim checkpoint and exit 3, and the script requeues its
-    task (a stand-in scontrol records the call); the requeued task finishes the run."""
-    p = write_sweep(tmp_path, extra='\n[slurm]\nqueue = "short"\naccount = "lab"\ngpus = 1\n'
-                    'walltime = "00:30:00"\njobs = 3\nprologue = ["echo prologue ran"]\n')
-    spec = sw.load_sweep(p)
-    assert main(["sweep", str(p), "--slurm-array"]) == 0
-    script = spec.out_dir / "slurm_array.sh"
-    text = script.read_text()
-    for line in ("#SBATCH --array=0-3%3", "#SBATCH --time=00:30:00", "#SBATCH --gres=gpu:1",
-                 "#SBATCH --partition=short", "#SBATCH --account=lab", "#SBATCH --requeue",
-                 "#SBATCH --signal=B:USR1@600", "echo prologue ran",
-                 "--task \"$SLURM_ARRAY_TASK_ID\""):
-        assert line in text, line
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "scontrol").write_text(f"#!/bin/bash\necho \"$@\" >> {tmp_path}/scontrol.log\n")
-    (bindir / "scontrol").chmod(0o755)
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", SLURM_ARRAY_TASK_ID="1",
-               SLURM_ARRAY_JOB_ID="77")
-    proc = subprocess.Popen(["bash", str(script)], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    h5 = spec.out_dir / "runs" / "r0001.h5"
-    deadline = time.monotonic() + 60
-    rows = 0
-    while rows < 50 and time.monotonic() < deadline:
-        time.sleep(0.02)
-        try:
-            with h5py.File(h5, "r", swmr=True) as f:
-                rows = f["timeseries/time_min"].shape[0]
-        except (OSError, KeyError):
-            pass
-    proc.send_signal(signal.SIGUSR1)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()
-    assert b"prologue ran" in out and b"run r0001: interrupted" in out
-    assert (tmp_path / "scontrol.log").read_text() == "requeue 77_1\n"
-    with h5py.File(h5, "r") as f:
-        assert f.attrs["status"].strip() == "interrupted"
-    # the requeued task
-    proc = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True,
-                          timeout=120)
-    assert proc.returncode == 0 and b"run r0001: finished" in proc.stdout
-    assert (tmp_path / "scontrol.log").read_text() == "requeue 77_1\n"     # no second requeue
-    assert main(["sweep", str(p), "--collect"]) == 0
-    rows = list(csv.DictReader(open(spec.summary)))
-    assert [(r["run"], r["status"]) for r in rows] == [("r0001", "finished")]
 
 
 # ---------------------------------------------------------------------------- real Slurm

@@ -1,0 +1,78 @@
+"""Reading run files (tmesim.open_run, tmesim.io.reader): a lazy xarray Dataset with units and
+coordinates, foreign, future and truncated files refused with one line, files of format 1.0 still
+read."""
+
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+import tmesim
+from tmesim import codes
+from tmesim.cli import main
+from tmesim.errors import RunFileError
+from tmesim.io.reader import open_run
+
+from ..helpers import SMALL_2D, run_small
+
+
+def test_open_run_is_lazy_xarray(tmp_path):
+    sc, sim, path = run_small(tmp_path)
+    with tmesim.open_run(path) as ds:
+        assert ds["oxygen"].dims == ("time", "y", "x")
+        assert ds["oxygen"].attrs["units"] == "mmHg"
+        np.testing.assert_allclose(ds["time"].values, [0, 6, 12, 18, 24])
+        np.testing.assert_allclose(ds["x"].values[:2], [10.0, 30.0])   # voxel centres, um
+        assert ds["kind"].attrs["names"][codes.NECROTIC] == "necrotic"
+        assert ds["burden"].dims == ("step",) and ds["step_time_h"].values[-1] == 24.0
+        assert ds["oxygen"].variable._in_memory is False
+        sl = ds["oxygen"].isel(time=-1, y=24).values
+        assert sl.shape == (48,) and np.isfinite(sl).all()
+        assert ds.attrs["status"] == "finished" and ds.attrs["events"][0][1] == "start"
+
+
+def test_foreign_and_future_files_are_refused(tmp_path):
+    foreign = tmp_path / "other.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(RunFileError, match="not a tmesim run file"):
+        tmesim.open_run(foreign)
+    _, _, path = run_small(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = "2.0"
+    with pytest.raises(RunFileError, match="newer tmesim"):
+        tmesim.open_run(path)
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
+    assert main(["report", str(tmp_path / "junk.h5")]) == 2
+
+
+def test_truncated_file_is_refused_at_once(tmp_path):
+    """A run file cut short (e.g. copied before the copy ended) gives a one-line RunFileError in
+    well under a second, not a wait in HDF5's SWMR retry loop."""
+    sc = tmesim.loads_scenario(SMALL_2D)
+    path = tmesim.Simulation(sc, backend="cpu").run(tmp_path / "r.h5")
+    cut = tmp_path / "cut.h5"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    t0 = time.monotonic()
+    with pytest.raises(RunFileError, match="truncated"):
+        tmesim.open_run(cut)
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_a_format_1_0_file_with_variable_length_events_still_reads(tmp_path):
+    """Files written before events became fixed-length (format 1.0) read the same."""
+    _, _, path = run_small(tmp_path)
+    before = open_run(path).attrs["events"]
+    with h5py.File(path, "r+") as f:
+        ev = f["events"]
+        kinds = [k.decode() for k in ev["kind"][:]]
+        details = [d.decode() for d in ev["detail"][:]]
+        for name, vals in (("kind", kinds), ("detail", details)):
+            del ev[name]
+            ev.create_dataset(name, data=vals, maxshape=(None,), chunks=(64,),
+                              dtype=h5py.string_dtype("utf-8"))
+        f.attrs["format_version"] = "1.0"
+    assert open_run(path).attrs["events"] == before
+

@@ -1,0 +1,159 @@
+"""The memory estimate (tmesim.memory) against the arrays a model really holds, the parts counted
+by hand, the 1024^3 budget of an 80 GB GPU, and a run that does not fit refused before anything
+is allocated."""
+
+from __future__ import annotations
+
+import gc
+import types
+
+import numpy as np
+import pytest
+
+from tmesim import memory
+from tmesim.backend import CPU, GPU, gpu_available
+from tmesim.simulation import Model
+
+from .helpers import MODEL_CASES, model_scenario
+
+gpu = pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")
+
+
+def held_arrays(root, n_sites: int) -> dict[int, np.ndarray]:
+    """Every numpy array of at least ``n_sites`` elements reachable from ``root`` through
+    attributes, dicts, lists and tuples, de-duplicated by the memory that owns it (a view counts
+    as its base). Attributes named ``ref`` are not followed: they are the numpy reference objects
+    the kernel classes build to borrow their coefficient tables, host-side on a GPU run."""
+    found, seen = {}, set()
+    stack = [root]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, (type, types.ModuleType, types.FunctionType, str,
+                                          bytes, int, float)):
+            continue
+        seen.add(id(o))
+        if isinstance(o, np.ndarray):
+            base = o
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            if base.size >= n_sites:
+                found[id(base)] = base
+            continue
+        if isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set)):
+            stack.extend(o)
+        elif hasattr(o, "__dict__"):
+            stack.extend(v for k, v in vars(o).items() if k != "ref")
+    return found
+
+
+@pytest.mark.parametrize("case", list(MODEL_CASES))
+def test_memory_estimate_covers_what_the_model_holds(case, portable):
+    """After a few steps on the Portable backend (numpy arrays, so every array the model keeps
+    can be found), the arrays the model holds fit the estimate's persistent part (state + field
+    solver + rules), and the estimate is not more than 1.5 times what is held."""
+    sc = model_scenario(case)
+    m = Model(sc, portable)
+    for _ in range(3):
+        m.step()
+        m.observe()
+    gc.collect()
+    n = m.grid.n_sites
+    held = sum(a.nbytes for a in held_arrays(m, n).values())
+    est = memory.bytes_needed(sc, "portable")
+    assert est["fields_source"] == "as counted by tmesim.steps.fields_kernel"
+    assert held <= est["persistent"] <= 1.5 * held, (held, est)
+    assert est["total"] == est["persistent"] + est["observables"]
+
+
+@pytest.mark.parametrize("case", ["2d-adi", "3d-lod", "3d-adi"])
+def test_cpu_memory_estimate_covers_the_numpy_model(case):
+    """The CPU's figure (numpy's solver work arrays estimated per method) also covers what the
+    numpy model holds after a few steps, within 1.5 times."""
+    sc = model_scenario(case)
+    m = Model(sc, CPU())
+    for _ in range(3):
+        m.step()
+        m.observe()
+    held = sum(a.nbytes for a in held_arrays(m, m.grid.n_sites).values())
+    est = memory.bytes_needed(sc, "cpu")
+    assert held <= est["persistent"] <= 1.5 * held, (held, est)
+
+
+def test_memory_estimate_parts_by_hand():
+    """The parts of a 2D ADI scenario counted by hand: state 10 + 4F, kernel rules 13 B/voxel."""
+    sc = model_scenario("2d-adi")
+    n, F = 24 * 24, 5
+    est = memory.bytes_needed(sc, "gpu")
+    assert est["state"] == n * (10 + 4 * F)
+    assert est["rules"] == n * 13
+    assert memory.bytes_needed(sc, "cpu")["rules"] == n * 16
+    # the observables' temporaries: masks and a masked copy, and with CAFs the distance transform
+    no_caf = model_scenario("2d-adi", "init.caf.placement=none")
+    assert memory.bytes_needed(no_caf, "gpu")["observables"] == n * 6
+    assert est["observables"] > n * 6
+
+
+def lod_1024(*extra):
+    return model_scenario("3d-lod", "grid.shape=[1024,1024,1024]", "grid.dx_um=10", *extra)
+
+
+@pytest.mark.parametrize("cafs", [False, True])
+def test_1024_cubed_five_field_lod_fits_80_gb(cafs):
+    """A 1024^3 grid with five fields (oxygen, HGF, IGF-1, signal, a drug), LOD: state 30 +
+    LOD work 8 + rules 13 B per voxel, plus the observables' peak: 6 B without CAFs (about 61e9
+    bytes in all), 20 B with them (the near-CAF distance transform; about 76e9)."""
+    extra = () if cafs else ("init.caf.placement=none",)
+    sc = lod_1024(*extra)
+    assert len(sc.fields) == 5
+    est = memory.bytes_needed(sc, "gpu")
+    n = 1024 ** 3
+    assert est["persistent"] == n * (30 + 8 + 13) + (est["fields"] - 8 * n)
+    assert est["fields"] - 8 * n < 1e6                  # small tables only
+    assert est["observables"] == n * (20 if cafs else 6)
+    assert est["total"] <= 80e9, memory.describe(est)
+
+
+class FakeGPU(CPU):
+    """A backend that says it is a GPU with ``free`` bytes free (no device is touched)."""
+    name = "gpu"
+
+    def __init__(self, free):
+        self.free = free
+
+    @property
+    def device(self):
+        return f"a made-up GPU with {self.free / 1e9:g} GB free"
+
+    def free_memory(self):
+        return self.free
+
+    def launcher(self):
+        raise AssertionError("the memory check must come before the kernels are set up")
+
+
+def test_oversized_run_is_refused_up_front():
+    """Model refuses a run that does not fit before allocating anything, naming the parts, the
+    free memory and what to change."""
+    sc = lod_1024()
+    with pytest.raises(memory.OutOfDeviceMemory) as e:
+        Model(sc, FakeGPU(40 * 10 ** 9))
+    msg = str(e.value)
+    for word in ("state", "field solver", "rules", "observables", "37.25 GiB is free",
+                 "a smaller grid", "71.00 GiB on the GPU"):
+        assert word in msg, msg
+    assert "lod" not in msg.split("Use")[1]        # already LOD: not suggested
+    with pytest.raises(memory.OutOfDeviceMemory, match='solver.method = "lod"'):
+        Model(lod_1024("solver.method=adi"), FakeGPU(80 * 10 ** 9))
+    # it fits: the check passes and returns the estimate
+    assert memory.check_fits(sc, FakeGPU(80 * 10 ** 9))["total"] <= 80e9
+
+
+@gpu
+def test_gpu_memory_check_reads_the_device():
+    b = GPU(0)
+    free = b.free_memory()
+    assert free > 0
+    assert memory.check_fits(model_scenario("2d-adi"), b)["total"] < free
+
