@@ -83,7 +83,7 @@ def tasks(regimes: dict, reps: int):
 
 
 def table(results: dict, regimes, reps: int) -> str:
-    from tmesim.compare import paired_stats      # the mean and 95 % t interval of tmesim compare
+    from tmesim.compare import paired_stats  # the mean and 95 % t interval of tmesim compare
     head = ["regime", "cost", "burden at start", "continuous TTP (d)", "adaptive TTP (d)",
             "paired gain (d), 95 % CI", "gain, % of continuous TTP (95 % CI)", "gained",
             "censored"]

@@ -103,8 +103,8 @@ def repeats(n_sites: int, quick: bool) -> dict:
 
 # The four fields: oxygen (preset: D 1e5 um^2/min, decay 0.1 /min, tumor uptake 10 /min, 38 mmHg on
 # every face and at vessels) and three extra fields with other diffusion, decay, uptake and source
-# terms: a small-molecule drug fed by the boundary and the vessels, a secreted cytokine washed out at
-# the boundary, and glucose.
+# terms: a small-molecule drug fed by the boundary and the vessels, a secreted cytokine washed out
+# at the boundary, and glucose.
 EXTRA_FIELDS = """
 [fields.oxygen]
 

@@ -110,7 +110,7 @@ def launch_bytes(name: str, args, signatures) -> int:
     if len(sig) != len(args):
         raise ValueError(f"{name}: {len(args)} arguments for {len(sig)} parameters")
     total = 0
-    for (pname, role), a in zip(sig, args):
+    for (_name, role), a in zip(sig, args):
         if role == "scalar":
             continue
         nbytes = int(a.nbytes)
@@ -206,7 +206,8 @@ def measure_parts(backend, shape, radius_vox, repeats: int, warm: int, log) -> l
             m.step()
         st, fs = m.state, m.field_solver
 
-        def fields_step():
+        # the closures are timed within this iteration; the defaults bind its model
+        def fields_step(fs=fs, st=st):
             fs.step(st.fields, st.kind, st.tumor_state)
 
         n_l, nbytes = counter.count(fields_step)
@@ -218,7 +219,7 @@ def measure_parts(backend, shape, radius_vox, repeats: int, warm: int, log) -> l
             drugs = m.therapy.tissue_levels(st) if sc.drugs else None
             step = [st.step]
 
-            def rules_step():
+            def rules_step(tr=tr, st=st, m=m, drugs=drugs, step=step):
                 tr.apply(st.kind, st.tumor_state, st.fields[m.oxygen], step[0], st.memory,
                          st.time_in_P_min, m._field("hgf"), m._field("igf1"), drugs)
                 step[0] += 1

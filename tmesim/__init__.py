@@ -9,10 +9,10 @@
 
 __version__ = "0.1.0"
 
-from .errors import RunFileError, ScenarioError, UserError  # noqa: E402
-from .io.reader import open_run  # noqa: E402
-from .scenario import Scenario, load_scenario, loads_scenario  # noqa: E402
-from .simulation import Model, Simulation  # noqa: E402
+from .errors import RunFileError, ScenarioError, UserError
+from .io.reader import open_run
+from .scenario import Scenario, load_scenario, loads_scenario
+from .simulation import Model, Simulation
 
 __all__ = ["Model", "RunFileError", "Scenario", "ScenarioError", "Simulation", "UserError",
-           "load_scenario", "loads_scenario", "open_run", "__version__"]
+           "__version__", "load_scenario", "loads_scenario", "open_run"]

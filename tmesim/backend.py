@@ -157,7 +157,7 @@ def gpu_available() -> bool:
     try:
         import cupy
         return bool(cupy.is_available())
-    except Exception:  # noqa: BLE001 - no cupy, no driver, no device: all mean "no GPU"
+    except Exception:  # no cupy, no driver, no device: all mean "no GPU"
         return False
 
 

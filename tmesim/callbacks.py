@@ -16,8 +16,8 @@ class Progress:
     def __init__(self, total_steps: int, every: int = 1, disable: bool = False):
         from tqdm.auto import tqdm
         self.schedule = IterationInterval(every)
-        self.bar = tqdm(total=total_steps, unit="step", disable=disable, dynamic_ncols=True, mininterval=1.0,
-                        smoothing=0.05)
+        self.bar = tqdm(total=total_steps, unit="step", disable=disable, dynamic_ncols=True,
+                        mininterval=1.0, smoothing=0.05)
         self._done = 0
 
     def __call__(self, sim) -> None:

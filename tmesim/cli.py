@@ -111,7 +111,7 @@ def cmd_sweep(args) -> int:
             setattr(spec.slurm, opt, v)
     if args.walltime is not None:
         try:
-            spec.slurm.walltime_s
+            _ = spec.slurm.walltime_s      # parsing it checks the format
         except ValueError:
             raise UserError(f"--walltime {args.walltime!r}: expected [D-]HH:MM:SS") from None
     if args.workers is not None and args.workers < 1:

@@ -1,4 +1,5 @@
-"""Integer codes stored on the lattice and in run files (the file schema repeats them as attributes).
+"""Integer codes stored on the lattice and in run files (the file schema repeats them as
+attributes).
 
 Codes are part of the file format: never renumber, only append.
 """

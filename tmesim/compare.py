@@ -159,10 +159,11 @@ def load_comparison(path) -> Comparison:
 
 
 class ProgressionStop:
-    """A ``stop`` for :func:`tmesim.simulation.run_scenario` in memory: True once the run is ``after_days``
-    past its progression, by the rule of :func:`time_to_progression` applied to the rows so
-    far (the reference is the row nearest ``reference_day``, so it is known once a row lies at
-    or past that day). Keeps its place between calls, so a run costs one comparison a step."""
+    """A ``stop`` for :func:`tmesim.simulation.run_scenario` in memory: True once the run is
+    ``after_days`` past its progression, by the rule of :func:`time_to_progression` applied to
+    the rows so far (the reference is the row nearest ``reference_day``, so it is known once a row
+    lies at or past that day). Keeps its place between calls, so a run costs one comparison a
+    step."""
 
     def __init__(self, reference_day: float, fraction: float, after_days: float):
         self.reference_day, self.fraction, self.after = reference_day, fraction, after_days

@@ -192,7 +192,7 @@ class Controllers:
         fn = self.user[name]
         try:
             out = fn(dict(row), t / 60.0)
-        except Exception as exc:  # noqa: BLE001 - the user's code: report it, named
+        except Exception as exc:  # the user's code: report it, named
             raise ControllerError(f"controller for '{name}' raised {type(exc).__name__}: "
                                   f"{exc}") from None
         if out is None:

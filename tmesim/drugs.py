@@ -45,8 +45,9 @@ DRUG_PRESETS: dict[str, dict] = {
                  "exit_speedup": dict(emax=1.0, ec50_uM=2.0, hill=1.0, fold=2.0)},
     ),
     "hdac_inhibitor": dict(
-        description="Histone deacetylase inhibitor (entinostat/trichostatin A-like; Sharma 2010: "
-                    "TSA with erlotinib ablates persisters): kills persisters, partly blocks entry.",
+        description="Histone deacetylase inhibitor (entinostat/trichostatin A-like; Sharma "
+                    "2010: TSA with erlotinib ablates persisters): kills persisters, partly blocks "
+                    "entry.",
         effects={"kill_P": dict(emax=1.0, ec50_uM=0.5, hill=1.0, rate_per_h=0.03),
                  "block_entry": dict(emax=0.5, ec50_uM=0.5, hill=1.0)},
     ),

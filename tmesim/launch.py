@@ -21,6 +21,7 @@ the standard library, numpy and :mod:`tmesim.errors` only, and cupy only inside 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -65,7 +66,7 @@ def kernel_dir_candidates() -> list[tuple[str, Path | None]]:
         from importlib import resources
         res = resources.files("tmesim") / "kernels"      # package data of a regular install
         out.append(("package data tmesim/kernels", res if isinstance(res, Path) else None))
-    except Exception:  # noqa: BLE001 - an unusual loader: reported as "not on a file system"
+    except Exception:  # an unusual loader: reported as "not on a file system"
         out.append(("package data tmesim/kernels", None))
     out.append(("repository kernels/ (editable install)",
                 Path(__file__).resolve().parent.parent / "kernels"))
@@ -142,7 +143,7 @@ def get_module(device_id: int):
             try:
                 mod = cupy.RawModule(code=code, options=("--std=c++17",))
                 mod.compile()
-            except Exception as e:  # noqa: BLE001 - re-raised with where the sources came from
+            except Exception as e:  # re-raised with where the sources came from
                 searched = "\n".join(f"  {how}: {p}" for how, p in kernel_dir_candidates())
                 raise KernelSourceError(f"building the CUDA kernels from {find_kernel_dir()} "
                                         f"failed on device {dev.id}: {e}\nsearched:\n{searched}"
@@ -213,10 +214,8 @@ def portable_cache_dir() -> Path:
     if os.path.isabs(xdg):
         candidates.append(Path(xdg) / "tmesim" / "portable")
     else:
-        try:
+        with contextlib.suppress(RuntimeError):          # no home folder known
             candidates.append(Path.home() / ".cache" / "tmesim" / "portable")
-        except RuntimeError:          # no home folder known
-            pass
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     candidates.append(Path(tempfile.gettempdir()) / f"tmesim-portable-{uid}")
     tried = []

@@ -22,6 +22,8 @@ O(F * edge length), not O(sites).
 
 from __future__ import annotations
 
+import itertools
+
 from .errors import UserError
 from .state import State
 
@@ -120,7 +122,7 @@ def _drug_copy_bytes(sc) -> int:
     # Therapy.tissue_levels copies the drug fields (float32) only when they are not consecutive
     names = sc.field_names
     idx = [names.index(d.name) for d in sc.drugs]
-    consecutive = all(b == a + 1 for a, b in zip(idx, idx[1:]))
+    consecutive = all(b == a + 1 for a, b in itertools.pairwise(idx))
     return 0 if consecutive else 4 * len(idx) * n_sites(sc)
 
 

@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .codes import KIND_NAMES, STATE_KEYS
+from .errors import _MISSING, ScenarioError
 
 # keys of per-kind rate tables: occupant kinds, and tumor states that override "tumor"
 RATE_KEYS = KIND_NAMES + tuple(STATE_KEYS)
-from .errors import _MISSING, ScenarioError
 
 FACES = ("z-", "z+", "y-", "y+", "x-", "x+")
 
@@ -51,8 +51,8 @@ def param(default, unit: str = "", doc: str = "", *, lo=None, hi=None, lo_open=F
           choices=None):
     """A scenario parameter: default, unit, a sentence of documentation and its accepted range.
 
-    ``lo``/``hi`` are inclusive bounds (``lo_open`` makes the lower one exclusive); ``choices`` lists
-    accepted strings.
+    ``lo``/``hi`` are inclusive bounds (``lo_open`` makes the lower one exclusive); ``choices``
+    lists accepted strings.
     """
     meta = dict(unit=unit, doc=doc, lo=lo, hi=hi, lo_open=lo_open, choices=choices)
     if isinstance(default, (dict, list)):
@@ -70,8 +70,8 @@ class StopConfig:
     on_extinction: bool = param(True, "", "stop when no tumor cell is left")
     max_burden: int = param(0, "cells", "stop when the tumor burden reaches this (0: off)", lo=0)
     wall_time_hours: float = param(0.0, "h", "after this much wall-clock time, checkpoint and end "
-                                   "the run as \"interrupted\" (resume it with tmesim resume; 0: off)",
-                                   lo=0)
+                                   "the run as \"interrupted\" (resume it with tmesim resume; "
+                                   "0: off)", lo=0)
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ class TumorInitConfig:
     """Initial tumor: a disk (2D), sphere (3D), rectangle/box, a mask file, or none."""
     shape: str = param("disk", "", "initial tumor geometry",
                        choices=("disk", "sphere", "rectangle", "mask", "none"))
-    center_um: tuple[float, ...] | None = param(None, "um",
-                                                "centre (z, y, x) or (y, x); default: domain centre")
+    center_um: tuple[float, ...] | None = param(
+        None, "um", "centre (z, y, x) or (y, x); default: domain centre")
     radius_um: float = param(200.0, "um", "disk or sphere radius", lo=0)
     size_um: tuple[float, ...] | None = param(None, "um", "rectangle extent per axis")
     mask: str | None = param(None, "", ".npy file of the grid's shape; nonzero voxels get a cell")
@@ -440,7 +440,8 @@ class SolverConfig:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A validated, frozen scenario. Build it with :func:`load_scenario` or :func:`parse_scenario`."""
+    """A validated, frozen scenario. Build it with :func:`load_scenario` or
+    :func:`parse_scenario`."""
     run: RunConfig = field(default_factory=RunConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     init: InitConfig = field(default_factory=InitConfig)
@@ -598,9 +599,9 @@ def _convert(path: str, value, tp, meta):
     if origin is tuple:
         elem = args[0]
         if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
-            if elem is str and isinstance(value, str):
-                value = [value]
-            elif dataclasses.is_dataclass(elem) and isinstance(value, dict):
+            # one string, or one table of a dataclass, stands for a tuple of one
+            if (elem is str and isinstance(value, str)) or \
+                    (dataclasses.is_dataclass(elem) and isinstance(value, dict)):
                 value = [value]
             else:
                 raise ScenarioError(path, value, _type_name(tp))
@@ -860,7 +861,7 @@ def _check_mask(path, mask, shape, base_dir: Path):
         raise ScenarioError(path, mask, f"an existing .npy file (looked at {p})")
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+    except Exception as exc:  # any unreadable file is the user's to fix
         raise ScenarioError(path, mask, f"a readable .npy array ({exc})") from None
     if tuple(arr.shape) != tuple(shape):
         raise ScenarioError(path, mask, f"an array of the grid's shape {list(shape)}, "
@@ -1022,7 +1023,8 @@ def loads_scenario(text: str, overrides=None, base_dir=".") -> Scenario:
 # ---------------------------------------------------------------------------------------------
 
 def face_conditions(fc: FieldConfig, ndim: int) -> dict[str, tuple[str, float]]:
-    """Boundary condition per face, {face: ("dirichlet"|"no_flux", value)}; unnamed faces no-flux."""
+    """Boundary condition per face, {face: ("dirichlet"|"no_flux", value)}; unnamed faces are
+    no-flux."""
     faces = FACES[6 - 2 * ndim:]
     out = {f: ("no_flux", 0.0) for f in faces}
     for b in fc.boundary:

@@ -20,6 +20,7 @@ import numpy as np
 from . import __version__, memory, observables
 from .backend import CPU, get_backend
 from .callbacks import Progress, StopAtBurden, StopOnExtinction, StopOnRows
+from .controllers import Controllers
 from .errors import RunFileError
 from .grid import Grid
 from .initial import initial_state
@@ -28,7 +29,6 @@ from .io import schema
 from .io.hdf5 import RunWriter, last_row
 from .io.runfile import attr_str, check_format, open_run_file
 from .scenario import Scenario, load_scenario, loads_scenario
-from .controllers import Controllers
 from .steps.fields import TransportedFields
 from .steps.therapy import Therapy
 from .writers import Checkpointer, InMemoryWriter, run_file_writers, write_checkpoint
@@ -275,7 +275,7 @@ class Simulation:
 
     @classmethod
     def resume(cls, path, backend="auto", progress: bool = False,
-               callbacks=()) -> "Simulation":
+               callbacks=()) -> Simulation:
         """Continue the run in ``path`` from its last checkpoint, to its end.
 
         The scenario is the one stored in the file. Time-series rows, snapshots and events

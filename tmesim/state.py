@@ -54,7 +54,7 @@ class State:
     time_min: float = 0.0
 
     @classmethod
-    def empty(cls, grid: Grid, n_fields: int, n_drugs: int = 0, xp=np) -> "State":
+    def empty(cls, grid: Grid, n_fields: int, n_drugs: int = 0, xp=np) -> State:
         n = grid.n_sites
         return cls(kind=xp.zeros(n, dtype=xp.uint8),
                    tumor_state=xp.zeros(n, dtype=xp.uint8),
@@ -79,14 +79,14 @@ class State:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if _is_array(getattr(self, f.name))}
 
-    def to_backend(self, convert) -> "State":
+    def to_backend(self, convert) -> State:
         """This state with its per-site arrays passed through ``convert`` (a backend's
         ``to_device`` or ``to_host``); plasma, dose_total and the scalars are shared as they are.
         """
         return dataclasses.replace(self, **{k: convert(getattr(self, k))
                                             for k in self.SITE_ARRAYS})
 
-    def copy(self) -> "State":
+    def copy(self) -> State:
         """A deep copy (each array copied where it lives)."""
         return State(**{k: v.copy() for k, v in self.arrays().items()},
                      step=self.step, time_min=self.time_min)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -83,7 +83,7 @@ def judge_reversibility(r):
         s2 = at_day(s, "burden", 28.0) / max(at_day(s, "burden", 24.0), 1)
         out[label] = (s1, s2, at_day(s, "persister_fraction", 24.0))
     s1, s2, pf = out["reverting"]
-    c1, c2, cpf = out["no reversion (control)"]
+    _, c2, cpf = out["no reversion (control)"]
     base = at_day(r["reverting"], "persister_fraction", 1.0)
     rows.append(("4-day survival: first challenge vs re-challenge",
                  "the same (Sharma 2010: re-sensitised)", f"{pct(s1)} vs {pct(s2)}"))
@@ -173,7 +173,8 @@ EXPERIMENTS = [
                judge_cotreatment),
     Experiment("vulnerability", "GPX4 or OXPHOS inhibition kills persisters preferentially",
                "Hangauer et al. 2017",
-               [Arm("erlotinib", "persister_vulnerability.toml", ["drugs.gpx4i.schedule.kind=none"]),
+               [Arm("erlotinib", "persister_vulnerability.toml",
+                    ["drugs.gpx4i.schedule.kind=none"]),
                 Arm("erlotinib + GPX4i", "persister_vulnerability.toml"),
                 Arm("erlotinib + OXPHOSi", "persister_vulnerability.toml",
                     ["drugs.gpx4i.preset=oxphos_inhibitor", "drugs.gpx4i.schedule.dose_uM=0.1"]),

@@ -110,7 +110,7 @@ def _fsync(f: h5py.File) -> None:
     """Push what HDF5 flushed to the OS on to the disk (sec2 driver: the handle is an fd)."""
     try:
         fd = f.id.get_vfd_handle()
-    except Exception:  # noqa: BLE001 - a driver without an fd: HDF5's flush is all we can do
+    except Exception:  # a driver without an fd: HDF5's flush is all we can do
         return
     if isinstance(fd, int) and fd >= 0:
         os.fsync(fd)

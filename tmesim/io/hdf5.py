@@ -28,7 +28,6 @@ from . import checkpoint, schema
 from .xdmf import write_xdmf
 
 
-
 def _snapshot_chunks(shape) -> tuple[int, ...]:
     """One snapshot per chunk, split along the slowest axis when a snapshot is over 8 MB."""
     per_plane = int(np.prod(shape[1:])) * 4
@@ -70,7 +69,7 @@ class RunWriter:
         a["backend"] = backend
         a["device"] = device
         a["seed"] = np.int64(scenario.run.seed)
-        a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        a["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         a["scenario"] = scenario.text
         a["name"] = scenario.run.name
         a["dx_um"] = float(grid.dx_um)
@@ -132,7 +131,7 @@ class RunWriter:
 
     @classmethod
     def reopen(cls, path, scenario, grid, columns: dict, flush_every_steps: int = 50,
-               xdmf: bool = True) -> "RunWriter":
+               xdmf: bool = True) -> RunWriter:
         """Open an existing run for appending, cut back to its committed checkpoint.
 
         The checkpoint is read under the writer lock and kept as ``self.resumed_checkpoint``
@@ -163,7 +162,7 @@ class RunWriter:
                                    f"{have}) than its checkpoint recorded {(n_snap, n_rows, n_ev)}"
                                    "; the file is damaged")
             snaps = f[schema.SNAPSHOTS]
-            for name, ds in snaps.items():
+            for ds in snaps.values():
                 if isinstance(ds, h5py.Dataset):
                     ds.resize(n_snap, axis=0)
             for ds in f[schema.FIELDS].values():

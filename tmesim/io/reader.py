@@ -78,8 +78,9 @@ def open_run(path) -> xr.Dataset:
             data_vars[col] = xr.Variable(("step",), np.asarray(ds[:N]),
                                          {"units": attr_str(ds, "units")})
     events = event_rows(f)
-    attrs: dict[str, object] = {k: attr_str(f, k) for k in ("format", "format_version", "tmesim_version", "backend",
-                                          "device", "created", "scenario", "name")}
+    attrs: dict[str, object] = {k: attr_str(f, k) for k in (
+        "format", "format_version", "tmesim_version", "backend", "device", "created", "scenario",
+        "name")}
     attrs.update(seed=int(f.attrs["seed"]), dx_um=dx, dt_min=float(f.attrs["dt_min"]),
                  status=attr_str(f, "status").strip(), events=events, path=str(path))
     out = xr.Dataset(data_vars, coords=coords, attrs=attrs)

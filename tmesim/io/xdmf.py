@@ -42,7 +42,7 @@ def write_xdmf(h5_path: str | os.PathLike, shape, dx_um: float, times_min, array
             full = [T] + list(shape)
             lines.append(f'<Attribute Name="{name}" AttributeType="Scalar" Center="Cell">')
             lines.append(f'<DataItem ItemType="HyperSlab" Dimensions="{dstr}">')
-            start = " ".join(["%d" % t] + ["0"] * len(shape))
+            start = " ".join([str(t)] + ["0"] * len(shape))
             stride = " ".join(["1"] * (len(shape) + 1))
             count = " ".join(["1"] + [str(s) for s in shape])
             lines.append(f'<DataItem Dimensions="3 {len(shape) + 1}" Format="XML">'

@@ -24,8 +24,9 @@ pseudo-step tau = 0.3/sqrt(a_min a_max) of the operator's spectrum. On the free 
 the system is symmetric positive definite and the preconditioner is too (a congruence of positive
 factors), so the iteration converges for any rates, boundaries and vessel layout. It stops when the
 residual has fallen to ``tolerance`` times its value at the start of the step (or to
-min(tolerance, 1e-6) of the right-hand side's largest value). At convergence c is the exact implicit-Euler solution: the steady
-state is exact whatever the agent step, and uptake and diffusion are never split. Vessel voxels
+min(tolerance, 1e-6) of the right-hand side's largest value). At convergence c is the exact
+implicit-Euler solution: the steady state is exact whatever the agent step, and uptake and
+diffusion are never split. Vessel voxels
 are pinned: residual and update zero there, and a huge diagonal in every line factor. The line
 factors depend only on the occupants, so their elimination factors are computed once per agent
 step (thomas_factor_diag) and every iteration runs plain forward and back substitutions
@@ -67,6 +68,7 @@ The arrays: ``fields`` is (n_fields, n_sites) float32, viewed as (n_fields, *gri
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -286,7 +288,7 @@ def laplacian(c: np.ndarray, D_over_h2: np.ndarray, ghosts, out: np.ndarray) -> 
         flux = np.zeros(flux_shape, dtype=c.dtype)
         sl = [slice(None)] * c.ndim
 
-        def at(i):
+        def at(i, sl=sl, ax=ax):
             s = list(sl)
             s[ax] = i
             return tuple(s)
@@ -582,7 +584,8 @@ class FieldSolver:
             sweeps = self.n_sub
         self.last_sweeps = sweeps
         if not np.isfinite(fields).all():
-            bad = [self.sc.fields[i].name for i in range(self.F) if not np.isfinite(fields[i]).all()]
+            bad = [self.sc.fields[i].name for i in range(self.F)
+                   if not np.isfinite(fields[i]).all()]
             raise FieldSolverError(f"field(s) {', '.join(bad)} became non-finite")
         return fields
 
@@ -823,10 +826,10 @@ class FieldSolver:
         beta = None
         it = 0
         rmax = r0
-        for it in range(1, self.sc.solver.max_iterations + 1):
-            pq = np.concatenate(self._map(lambda f0, f1: direction(f0, f1, beta), groups))
+        for it in range(1, self.sc.solver.max_iterations + 1):  # noqa: B007 - read after the loop
+            pq = np.concatenate(self._map(functools.partial(direction, beta=beta), groups))
             alpha = np.where(pq > 0, rz / np.where(pq > 0, pq, 1.0), 0.0)
-            rmax = np.concatenate(self._map(lambda f0, f1: update(f0, f1, alpha), groups))
+            rmax = np.concatenate(self._map(functools.partial(update, alpha=alpha), groups))
             # converged when the residual has fallen by the tolerance from its value at the start
             # of the step (so small steps are resolved as well as large ones), or to near float32
             # rounding of the right-hand side; a residual under RESIDUAL_ZERO field units is

@@ -43,7 +43,7 @@ from ..scenario import Scenario
 from . import fields as F_
 from .fields import FieldSolver, FieldSolverError
 
-__all__ = ["KernelFieldSolver", "field_workspace_bytes", "FieldSolverError"]
+__all__ = ["FieldSolverError", "KernelFieldSolver", "field_workspace_bytes"]
 
 
 # ---------------------------------------------------------------------------------------- kernels
@@ -507,7 +507,7 @@ class KernelFieldSolver:
         beta = None
         it = 0
         rmax = r0
-        for it in range(1, self.sc.solver.max_iterations + 1):
+        for it in range(1, self.sc.solver.max_iterations + 1):  # noqa: B007 - read after the loop
             if beta is not None:
                 scale_add(p, beta, z, launcher=L)
             self._apply(p, a["ghosts0"], q)

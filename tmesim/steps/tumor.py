@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -182,8 +183,10 @@ class TumorRules:
         sg = self.p.signalling
         return 1.0 - (1.0 - sg.met_protection_max * a_met) * (1.0 - sg.igf1r_protection_max * a_igf)
 
-    _NO_DRUG = {k: 0.0 for k in ("kill_S", "kill_P", "exit_speedup", "block_entry",
-                                 "block_division", "cancel_met", "cancel_igf1r", "target")}
+    #: the drug effects without a drug (read only)
+    _NO_DRUG: ClassVar[dict[str, float]] = {
+        k: 0.0 for k in ("kill_S", "kill_P", "exit_speedup", "block_entry", "block_division",
+                         "cancel_met", "cancel_igf1r", "target")}
 
     def rates_per_min(self, ts, o2, memory, time_in_P, hgf, igf1, conc):
         """Every rate of the rules for cells with phenotype ``ts`` (1/min, float64 arrays).

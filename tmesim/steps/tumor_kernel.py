@@ -19,8 +19,7 @@ import numpy as np
 from .. import codes
 from ..drugs import KILL_TARGETS
 from ..grid import Grid
-from ..launch import (KernelSourceError, check_arrays, grid3, kernel_defines, offsets3,
-                      param_vector)
+from ..launch import KernelSourceError, check_arrays, grid3, kernel_defines, offsets3, param_vector
 from ..scenario import EFFECT_TARGETS
 from .tumor import RuleCounts, TumorRules, probability
 

@@ -4,6 +4,7 @@ summary table as they end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -179,7 +180,7 @@ def run_sweep(spec: SweepSpec, cluster="local", client=None, workers: int | None
                 task, attempt = pending.pop(fut)
                 try:
                     rec = fut.result()
-                except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: record, go on
+                except Exception as exc:  # e.g. KilledWorker: record, go on
                     rec = {"run": task["id"], "key": task["key"], "params": task["params"],
                            "file": task["h5"], "status": "failed", "host": "",
                            "error": f"{type(exc).__name__}: {exc}", "wall_s": 0.0}
@@ -204,17 +205,15 @@ def run_sweep(spec: SweepSpec, cluster="local", client=None, workers: int | None
                 try:
                     keys = {f.key for f in pending}
                     running = sum(len(set(v) & keys) for v in client.processing().values())
-                except Exception:  # noqa: BLE001 - progress is cosmetic
+                except Exception:  # progress is cosmetic
                     running = 0
                 bar.set_postfix_str(f"done {n_done}, running {running}, failed {n_failed}",
                                     refresh=True)
     finally:
         bar.close()
         for obj in own:
-            try:
+            with contextlib.suppress(Exception):  # closing what we started, best effort
                 obj.close()
-            except Exception:  # noqa: BLE001 - closing what we started, best effort
-                pass
     path = write_summary(spec)
     log(f"sweep {spec.name}: {n_done} done, {n_failed} failed of {total}; summary {path}")
     return SweepResult(total, n_done, n_failed, len(p.todo), path)

@@ -65,7 +65,7 @@ def execute_run(task: dict) -> dict:
             # from the file: the run may have ended in an earlier attempt whose record was lost
             rec.update(run_end(h5))
             rec.update(observe_run(h5, task["final"], task["at"], task["at_hours"]))
-    except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded, not raised
+    except Exception as exc:  # any failure of one run is recorded, not raised
         rec.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc(limit=20))
     rec["wall_s"] = round(time.monotonic() - t0, 3)

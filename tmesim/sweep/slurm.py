@@ -47,7 +47,8 @@ def slurm_array_script(spec: SweepSpec, sweep_arg: str | None = None) -> str:
               f"{shlex.quote(sys.executable)} -m tmesim sweep {shlex.quote(sweep_arg)} "
               "--task \"$SLURM_ARRAY_TASK_ID\" &",
               "child=$!",
-              "# Slurm's warning goes to this shell (B:): pass it on, tmesim checkpoints and exits 3",
+              "# Slurm's warning goes to this shell (B:): pass it on, "
+              "tmesim checkpoints and exits 3",
               "trap 'kill -USR1 \"$child\" 2>/dev/null' USR1 TERM",
               "while true; do",
               "  wait \"$child\"; rc=$?",

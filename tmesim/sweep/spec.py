@@ -314,7 +314,7 @@ def load_sweep(path, out_dir=None) -> SweepSpec:
     final = obs.get("final", ["burden"])
     at = obs.get("at", [])
     at_hours = [float(h) for h in obs.get("at_hours", [])]
-    if at and not at_hours or at_hours and not at:
+    if (at and not at_hours) or (at_hours and not at):
         raise SweepError(where, "observables.at", at, "both 'at' (columns) and 'at_hours'")
 
     loc = data.get("local", {})
@@ -329,7 +329,7 @@ def load_sweep(path, out_dir=None) -> SweepSpec:
             raise SweepError(where, f"slurm.{k}", sl[k], f"one of {', '.join(sorted(valid))}")
     slurm = SlurmConfig(**sl)
     try:
-        slurm.walltime_s
+        _ = slurm.walltime_s      # parsing it checks the format
     except ValueError:
         raise SweepError(where, "slurm.walltime", slurm.walltime, "[D-]HH:MM:SS") from None
     return SweepSpec(path=p.resolve(), name=name, scenario=scen, out_dir=out, summary=summary,

@@ -75,7 +75,7 @@ def sniff(path) -> str | None:
         try:
             with _open(p) as f:
                 return "tmesim" if attr_str(f, "format") == schema.FORMAT else None
-        except Exception:  # noqa: BLE001 - whatever HDF5 says, the file cannot be read as is
+        except Exception:  # whatever HDF5 says, the file cannot be read as is
             with open(p, "rb") as fh:
                 start = fh.read(_SNIFF_BYTES)
             return "damaged" if schema.FORMAT.encode() in start else None
@@ -179,7 +179,7 @@ def _info(f, p) -> RunInfo:
     # that comes in between sees some one row longer; only complete snapshots count
     T = min(lengths)
     times = np.asarray(snaps["time"][:T], dtype=float)
-    for key, dsp in datasets.items():
+    for dsp in datasets.values():
         if tuple(f[dsp].shape[1:]) != shape:
             raise RunFileError(f"{p}: {dsp} has shape {f[dsp].shape[1:]}, the grid is "
                                f"{shape}: damaged file")

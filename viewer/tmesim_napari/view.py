@@ -23,6 +23,7 @@ def view_run(path=None, *, scenario=None, follow: bool | None = None, refresh_s:
     from ._reader import read_info
     info = read_info(path) if path is not None else None
     import napari
+
     from ._qt.explorer import RunExplorer
     from ._qt.runner import ScenarioRunner
 

@@ -9,14 +9,23 @@ written; "Follow" does that every few seconds until the run's status is no longe
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (QCheckBox, QGridLayout, QHBoxLayout, QLabel, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .. import _style
 from .._layers import add_run, refresh_layers, run_layers, time_axis
@@ -224,7 +233,7 @@ class RunExplorer(QWidget):
         self._axes[-1].set_xlabel("time (h)")
         shown = [e for e in self.events if e[1] != "start"]
         for a in self._axes:
-            for t, kind, _ in shown:
+            for t, _, _ in shown:
                 a.axvline(t / 60.0, color="0.5", ls=":", lw=1)
         for t, kind, _ in shown[:12]:    # more labels than that would only clutter
             ax.annotate(kind, (t / 60.0, 1.0), xycoords=("data", "axes fraction"),
@@ -235,10 +244,8 @@ class RunExplorer(QWidget):
 
     def _on_step(self, event=None) -> None:
         """Move the time marker to the snapshot the slider shows."""
-        try:
+        with contextlib.suppress(RuntimeError):     # the widget's Qt side is already deleted
             self._move_marker()
-        except RuntimeError:     # the widget's Qt side is already deleted
-            pass
 
     def _move_marker(self) -> None:
         layers = self._layers()
@@ -292,7 +299,6 @@ def _text_overlay(viewer):
 
 def _disconnect(hooks) -> None:
     for emitter, cb in hooks:
-        try:
+        # the viewer may be closing too: an emitter already gone or no longer holding cb is fine
+        with contextlib.suppress(RuntimeError, TypeError, ValueError):
             emitter.disconnect(cb)
-        except (RuntimeError, TypeError, ValueError):
-            pass

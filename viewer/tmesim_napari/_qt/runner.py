@@ -24,8 +24,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
-                            QPushButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .._layers import remove_run, run_layers
 from .explorer import RunExplorer
@@ -231,8 +239,9 @@ class ScenarioRunner(QWidget):
 
     def start(self) -> bool:
         """Validate the scenario with the overrides and start the run in a worker thread."""
-        import tmesim
         from napari.qt.threading import create_worker
+
+        import tmesim
         if self.running:
             return False
         path = self.scenario_edit.text().strip()
