@@ -11,9 +11,11 @@ Each regime runs continuous maximum dose (2 uM from the start day) and adaptive 
 al. 2017: treat until the burden falls below half its value on the start day, pause until it is
 back to it, decided every hour) with replicate k of both arms on the same seed (2017 + k), so the
 gains are paired. A run stops once its burden exceeds 1.2 x its start-day value (progression, the
-rule of ``tmesim compare``) or at the end (censored). Printed per regime: the start-day burden,
-time to progression (TTP) of each arm, the paired gain in days with a 95 % t interval, the gain
-as a percentage of continuous TTP with its interval, and how many replicates gained.
+rule of ``tmesim compare``: a :class:`tmesim.compare.ProgressionStop`) or at the end (censored).
+The runs go through :func:`tmesim.simulation.run_series` (in memory, ``--jobs`` processes).
+Printed per regime: the start-day burden, time to progression (TTP) of each arm, the paired gain
+in days with a 95 % t interval, the gain as a percentage of continuous TTP with its interval, and
+how many replicates gained.
 
 It is the script behind benchmarks/results/therapy-cost-sweep-*.txt (10 replicates: about 50
 minutes on 2 CPU cores; the runs with the cost take most of it).
@@ -25,7 +27,6 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -48,26 +49,20 @@ REGIMES = {
 }
 
 
-def one_run(overrides: list[str], start: float, days: float) -> dict:
-    """Run the dish to progression or to ``days``; TTP in days from ``start``."""
-    from tmesim.scenario import load_scenario
-    from tmesim.simulation import Model
-    t0 = time.monotonic()
-    sc = load_scenario(str(DISH), overrides=overrides + [f"run.duration_days={days}"])
-    model = Model(sc)
-    ref, ttp, day = None, None, 0.0
-    for i in range(sc.n_steps + 1):
-        if i:
-            model.step()
-        row = model.observe()
-        day = row["time_min"] / 1440.0
-        if ref is None and day >= start - 1e-9:
-            ref = float(row["burden"])
-        if ref is not None and row["burden"] > PROGRESSION * ref:
-            ttp = day - start
-            break
-    return dict(ttp=ttp if ttp is not None else day - start, censored=ttp is None, ref=ref,
-                wall_s=time.monotonic() - t0)
+def run_task(overrides: list[str], start: float, days: float):
+    """The :func:`tmesim.simulation.run_series` task of one run: the dish to progression (it
+    stops at the progression row) or to ``days``."""
+    from tmesim.compare import ProgressionStop
+    return (str(DISH), overrides + [f"run.duration_days={days}"],
+            ProgressionStop(start, PROGRESSION, 0.0))
+
+
+def outcome(series: dict, start: float) -> dict:
+    """TTP in days from ``start`` (to the end of a censored run) and the start-day burden."""
+    from tmesim.compare import progression_index
+    day, burden = series["day"], series["burden"]
+    i0, i, progressed = progression_index(day, burden, start, PROGRESSION)
+    return dict(ttp=float(day[i] - day[i0]), censored=not progressed, ref=float(burden[i0]))
 
 
 def tasks(regimes: dict, reps: int):
@@ -119,12 +114,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     regimes = {k: v for k, v in REGIMES.items() if not a.only or k in a.only}
     todo = list(tasks(regimes, a.reps))
-    results = {}
+    from tmesim.simulation import run_series
     t0 = time.monotonic()
-    with ProcessPoolExecutor(a.jobs) as pool:
-        futs = {pool.submit(one_run, ov, start, a.days): key for key, ov, start in todo}
-        for f in as_completed(futs):
-            results[futs[f]] = f.result()
+    series = run_series([run_task(ov, start, a.days) for _, ov, start in todo], a.jobs)
+    results = {key: outcome(s, start) for (key, _, start), s in zip(todo, series)}
     print(f"# python benchmarks/adaptive_cost_sweep.py --reps {a.reps} "
           f"({len(todo)} runs, {time.monotonic() - t0:.0f} s on {a.jobs} processes)")
     print(table(results, regimes, a.reps))
