@@ -1,5 +1,6 @@
-"""What the test modules share: the small test scenarios, whole runs and their files compared,
-callbacks that act at a given step, statistical checks, sweep files.
+"""What the test modules share: a mark for tests that need a C++ compiler, the small test
+scenarios, whole runs and their files compared, callbacks that act at a given step, statistical
+checks, sweep files.
 
 Fixtures live in conftest.py; this module holds plain functions and constants, imported with
 ``from .helpers import ...`` (``from ..helpers import ...`` in the subfolders).
@@ -11,11 +12,17 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from scipy import stats
 
 import tmesim
+from tmesim import launch
 from tmesim.io import checkpoint
 from tmesim.schedules import IterationInterval
+
+#: for tests that build the kernels' portable C++ library (the ``launcher`` and ``portable``
+#: fixtures skip by themselves)
+needs_cxx = pytest.mark.skipif(launch.find_cxx() is None, reason="no C++ compiler")
 
 
 # ------------------------------------------------------------------------------------ scenarios

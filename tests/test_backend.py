@@ -10,6 +10,8 @@ from tmesim import launch
 from tmesim.backend import CPU, Portable
 from tmesim.simulation import step_classes
 
+from .helpers import needs_cxx
+
 
 def test_backend_selection():
     """auto keeps to the CPU until the kernels are verified on a GPU
@@ -25,6 +27,8 @@ def test_backend_selection():
     with pytest.raises(UserError, match="expected auto, cpu or gpu"):
         backend.get_backend("tpu")
 
+
+@needs_cxx
 def test_backends_and_their_launchers():
     from tmesim.backend import get_backend
     assert CPU().launcher() is None and CPU().free_memory() is None
@@ -38,3 +42,14 @@ def test_backends_and_their_launchers():
     cls = step_classes(CPU())
     assert cls.launcher is None and cls.fields.__name__ == "FieldSolver"
 
+
+@pytest.mark.gpu
+def test_gpu_backend_round_trip(gpu_backend):
+    import cupy
+    b = gpu_backend
+    a = np.arange(7, dtype=np.float32)
+    d = b.to_device(a)
+    assert isinstance(d, cupy.ndarray)
+    np.testing.assert_array_equal(b.to_host(d), a)
+    b.sync()
+    assert b.device

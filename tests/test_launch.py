@@ -72,6 +72,11 @@ def test_portable_builds_are_cached_in_a_private_folder(monkeypatch, tmp_path):
         launch.portable_cache_dir()
 
 
+@pytest.mark.gpu
+def test_module_is_built_once_per_device(gpu_launcher):
+    assert launch.get_module(gpu_launcher.device_id) is launch.get_module(gpu_launcher.device_id)
+
+
 # ------------------------------------------------------------------------------------------ packaging
 def test_kernels_ship_with_the_package():
     """setup.cfg maps kernels/ to tmesim/kernels/ and takes every source file as package data."""

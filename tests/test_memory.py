@@ -11,13 +11,10 @@ import numpy as np
 import pytest
 
 from tmesim import memory
-from tmesim.backend import CPU, GPU, gpu_available
+from tmesim.backend import CPU
 from tmesim.simulation import Model
 
 from .helpers import MODEL_CASES, model_scenario
-
-gpu = pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")
-
 
 def held_arrays(root, n_sites: int) -> dict[int, np.ndarray]:
     """Every numpy array of at least ``n_sites`` elements reachable from ``root`` through
@@ -150,9 +147,9 @@ def test_oversized_run_is_refused_up_front():
     assert memory.check_fits(sc, FakeGPU(80 * 10 ** 9))["total"] <= 80e9
 
 
-@gpu
-def test_gpu_memory_check_reads_the_device():
-    b = GPU(0)
+@pytest.mark.gpu
+def test_gpu_memory_check_reads_the_device(gpu_backend):
+    b = gpu_backend
     free = b.free_memory()
     assert free > 0
     assert memory.check_fits(model_scenario("2d-adi"), b)["total"] < free

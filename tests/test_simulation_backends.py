@@ -1,5 +1,7 @@
-"""Whole runs through the kernels: the Model on the Portable backend (the CUDA kernels' C++ build
-on numpy arrays, tmesim.backend.Portable) against the numpy reference (CPU), step by step.
+"""The Model and Simulation on every backend: the numpy classes on the CPU, the kernel twins on
+a backend with a launcher; whole runs through the kernels (numpy arrays stepped by the portable C++
+build, and by a GPU through the ``kernel_backend`` fixture) against the numpy reference (CPU),
+step by step; a model on an emulated device that keeps host and device arrays apart.
 
 The scenarios switch on everything a step does: drugs (one-compartment PK, vessel supply, kill and
 induced entry), pre-existing persisters and resistant cells, phenotype transitions, CAFs and TAMs
@@ -8,7 +10,8 @@ field-solver methods, in 2D and 3D. Expected: identical state arrays after every
 identical time-series rows (the kernels are bit-for-bit twins of the numpy steps; the observables
 reduce the same arrays in the same way).
 
-The GPU variants skip without a GPU.
+The GPU variants (the ``gpu`` parameter of kernel_backend, and the device-resident runs at the
+end) skip without a GPU.
 """
 
 from __future__ import annotations
@@ -22,16 +25,13 @@ import numpy as np
 import pytest
 
 from tmesim import launch
-from tmesim.backend import CPU, GPU, Portable, gpu_available
+from tmesim.backend import CPU, Portable
 from tmesim.simulation import Model, Simulation, step_classes
 
-from .helpers import MODEL_CASES, MODEL_SCENARIO, h5_contents, model_scenario
+from .helpers import MODEL_CASES, MODEL_SCENARIO, h5_contents, model_scenario, needs_cxx
 
 
 STEPS = 16
-
-pytestmark = pytest.mark.skipif(launch.find_cxx() is None, reason="no C++ compiler")
-
 
 def assert_rows_equal(a: dict, b: dict, where="", rtol=0.0):
     """Equal rows (NaN equals NaN). ``rtol`` > 0 lets float columns differ by that much (a GPU's
@@ -96,6 +96,7 @@ def test_cpu_path_never_imports_the_kernel_classes():
     assert r.stdout.split() == ["tmesim.steps.fields", "tmesim.steps.tumor"]
 
 
+@needs_cxx
 def test_kernel_backends_take_the_kernel_twins():
     """A backend with a launcher gets the tmesim.steps.<family>_kernel classes, with that
     launcher."""
@@ -109,27 +110,27 @@ def test_kernel_backends_take_the_kernel_twins():
 
 # ------------------------------------------------------------------------------- parity
 @pytest.mark.parametrize("case", list(MODEL_CASES))
-def test_portable_run_is_the_cpu_run(case, portable):
-    totals = run_pair(model_scenario(case), portable)
+def test_run_through_the_kernels_is_the_cpu_run(case, kernel_backend):
+    totals = run_pair(model_scenario(case), kernel_backend)
     # the comparison means something only if the rules acted
     assert totals["killed"] > 0 and totals["entered_P"] > 0 and totals["caf_moves"] > 0, totals
 
 
-def test_portable_run_in_scrambled_thread_order(portable):
+def test_run_through_the_kernels_in_scrambled_thread_order(kernel_backend):
     """Every launch visits its work items in a fixed pseudo-random order: the same run."""
-    portable.launcher().set_order(2)
+    kernel_backend.launcher().set_order(2)
     try:
-        run_pair(model_scenario("2d-adi"), portable, steps=6)
+        run_pair(model_scenario("2d-adi"), kernel_backend, steps=6)
     finally:
-        portable.launcher().set_order(0)
+        kernel_backend.launcher().set_order(0)
 
 
-def test_portable_simulation_writes_the_cpu_file(tmp_path, portable):
+def test_simulation_through_the_kernels_writes_the_cpu_file(tmp_path, kernel_backend):
     """Simulation.run through the kernels (snapshots and checkpoints copy to the host): the same
     run file as the CPU's, dataset for dataset, but for the backend and device attributes."""
     sc = model_scenario("2d-adi", "run.duration_days=0.05")       # 12 steps, 2 checkpoints
     files = {}
-    for name, b in (("cpu", CPU()), ("portable", portable)):
+    for name, b in (("cpu", CPU()), ("portable", kernel_backend)):
         sim = Simulation(sc, backend=b)
         files[name] = h5_contents(sim.run(tmp_path / f"{name}.h5"))
         assert sim.checkpoints_written >= 1
@@ -141,19 +142,19 @@ def test_portable_simulation_writes_the_cpu_file(tmp_path, portable):
         np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
 
 
-def test_portable_resume_restores_device_and_host_arrays(tmp_path, portable):
-    """A checkpoint written by a Portable run resumes (site arrays back in place, plasma and
+def test_resume_through_the_kernels_restores_device_and_host_arrays(tmp_path, kernel_backend):
+    """A checkpoint written by a run through the kernels resumes (site arrays back in place, plasma and
     dose_total host arrays) to the CPU's uninterrupted result."""
     sc = model_scenario("2d-adi", "run.duration_days=0.05")
     ref = Simulation(sc, backend="cpu")
     ref.run(tmp_path / "ref.h5")
-    sim = Simulation(sc, backend=portable)
+    sim = Simulation(sc, backend=kernel_backend)
     sim.wall_deadline = 0.0          # already past: checkpoint and stop after the first step
     sim.run(tmp_path / "p.h5")
     assert sim.status == "interrupted" and sim.state.step == 1
-    back = Simulation.resume(tmp_path / "p.h5", backend=portable)
+    back = Simulation.resume(tmp_path / "p.h5", backend=kernel_backend)
     assert back.status == "finished" and back.resumed_from == 1
-    assert_states_equal(ref.state, back.state, portable, "resumed")
+    assert_states_equal(ref.state, back.state, kernel_backend, "resumed")
 
 
 class DeviceArray(np.ndarray):
@@ -248,6 +249,7 @@ def test_emulated_device_refuses_host_arrays():
         np.flatnonzero(np.ones(4, bool) & d)
 
 
+@needs_cxx
 @pytest.mark.parametrize("case", ["2d-adi", "3d-lod", "2d-biopsy"])
 def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
     """A whole model on the emulated device: every step, row, snapshot and checkpoint path runs
@@ -289,17 +291,14 @@ def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------- GPU
-gpu = pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")
-
-
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", ["2d-adi", "3d-lod"])
-def test_gpu_model_is_device_resident_and_matches(case):
+def test_gpu_model_is_device_resident_and_matches(gpu_backend, case):
     """On a GPU: the site arrays are cupy arrays, plasma stays numpy; LOD runs are bit for bit
     the CPU's; ADI runs agree in every integer array over a few steps (the CG's dot products are
     cupy reductions, summed in another order than numpy's)."""
     import cupy
-    b = GPU(0)
+    b = gpu_backend
     sc = model_scenario(case)
     m = Model(sc, b)
     assert isinstance(m.state.kind, cupy.ndarray) and isinstance(m.state.fields, cupy.ndarray)
@@ -319,9 +318,9 @@ def test_gpu_model_is_device_resident_and_matches(case):
         assert_rows_equal(ref.observe(), m.observe(), f"step {s}", rtol=1e-4)
 
 
-@gpu
-def test_gpu_runs_are_deterministic():
-    b = GPU(0)
+@pytest.mark.gpu
+def test_gpu_runs_are_deterministic(gpu_backend):
+    b = gpu_backend
     sc = model_scenario("3d-adi")
     runs = []
     for _ in range(2):

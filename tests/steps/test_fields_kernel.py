@@ -30,16 +30,12 @@ import numpy as np
 import pytest
 
 import tmesim
-from tmesim import codes, launch
-from tmesim.backend import gpu_available
+from tmesim import codes
 from tmesim.grid import Grid
 from tmesim.steps import fields as F_
 from tmesim.steps import fields_kernel as FK
 from tmesim.steps.fields import FieldSolver
 from tmesim.steps.fields_kernel import FieldSolverError, KernelFieldSolver, field_workspace_bytes
-
-pytestmark = pytest.mark.skipif(launch.find_cxx() is None, reason="no C++ compiler")
-
 
 # ------------------------------------------------------------------------------------- scenarios
 def scenario_text(shape, method, *, dt_field=0.0, o2_faces='"all"', drug_faces='"x-", "y+"',
@@ -273,7 +269,7 @@ boundary = [{{ faces = ["all"], kind = "dirichlet", value = 1.0 }}]
     assert field_workspace_bytes(adi) >= 4 * 5 * 14 * n
 
 
-# ------------------------------------------------------------------------------------- kernels
+# ------------------------------------------------------------------------------------- primitives
 SHAPES = [(9, 7), (5, 6, 4), (1, 8), (4, 1, 5)]
 
 
@@ -478,9 +474,22 @@ def test_cg_rhs_kernel_bit_exact(launcher):
 
 # ------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
-@pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")
+def test_laplacian_on_device_arrays(gpu_launcher):
+    import cupy
+    g = np.random.default_rng(1)
+    F, shape = 3, (33, 17, 20)
+    c = g.uniform(0, 50, (F,) + shape).astype(np.float32)
+    Dh2 = g.uniform(1, 300, F).astype(np.float32).reshape((F, 1, 1, 1))
+    ghosts = random_ghosts(g, F, 3)
+    want = F_.laplacian(c, Dh2, ghosts, np.empty_like(c))
+    got = FK.laplacian(cupy.asarray(c), cupy.asarray(Dh2), ghosts,
+                       cupy.empty(c.shape, cupy.float32), launcher=gpu_launcher)
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("shape, method, dt_field, o2_faces, drug_faces", CASES)
-def test_gpu_matches_numpy(shape, method, dt_field, o2_faces, drug_faces):
+def test_gpu_matches_numpy(gpu_launcher, shape, method, dt_field, o2_faces, drug_faces):
     """The driver on the GPU with device-resident fields and cells.
 
     lod: bit for bit numpy's (only correctly rounded float64 kernel arithmetic, no reductions).
@@ -494,12 +503,11 @@ def test_gpu_matches_numpy(shape, method, dt_field, o2_faces, drug_faces):
     bounded by the remaining error, about tol times the field's change (tol = 1e-3 here): allowed
     2 tol of the field's scale."""
     import cupy
-    gpu = launch.CupyLauncher(0)
     sc = tmesim.loads_scenario(scenario_text(shape, method, dt_field=dt_field,
                                              o2_faces=o2_faces, drug_faces=drug_faces))
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     ref = FieldSolver(sc, grid)
-    ks = KernelFieldSolver(sc, grid, launcher=gpu)
+    ks = KernelFieldSolver(sc, grid, launcher=gpu_launcher)
     g = np.random.default_rng(1)
     n = grid.n_sites
     want = initial_fields(g, n)
@@ -526,16 +534,14 @@ def test_gpu_matches_numpy(shape, method, dt_field, o2_faces, drug_faces):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")
 @pytest.mark.parametrize("method", ["adi", "lod"])
-def test_gpu_runs_are_bitwise_reproducible(method):
+def test_gpu_runs_are_bitwise_reproducible(gpu_launcher, method):
     import cupy
-    gpu = launch.CupyLauncher(0)
     sc = tmesim.loads_scenario(scenario_text((20, 18, 16), method, dt_field=2.0))
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     out = []
     for _ in range(2):
-        ks = KernelFieldSolver(sc, grid, launcher=gpu)
+        ks = KernelFieldSolver(sc, grid, launcher=gpu_launcher)
         g = np.random.default_rng(2)
         f = cupy.asarray(initial_fields(g, grid.n_sites))
         kind, state = random_cells(g, grid.n_sites)

@@ -1,11 +1,12 @@
-"""The stromal-rule kernels (kernels/stroma.cu) against numpy's StromaRules, on the CPU.
+"""The stromal-rule kernels (kernels/stroma.cu) against numpy's StromaRules.
 
-The kernels are compiled as plain C++ (kernels/portable.h, g++ -ffp-contract=off) and driven by
-tmesim.steps.stroma_kernel.KernelStromaRules through PortableLauncher, on random 2D/3D lattices holding
+The kernels, compiled as plain C++ (kernels/portable.h, g++ -ffp-contract=off) or on a GPU, are
+driven by tmesim.steps.stroma_kernel.KernelStromaRules on random 2D/3D lattices holding
 every kind of occupant, with a quantized recruitment signal (many exact ties), a continuous one,
 and none. Expectation: the same kind array and the same counts as StromaRules after every step,
-whatever the order in which the work items of each launch run. The GPU tests at the end rerun the
-comparison on a CUDA device and skip without one.
+whatever the order in which the work items of each launch run. Every parity test runs on the
+portable C++ build and on a GPU (the ``launcher`` fixture); the GPU tests at the end keep the
+lattice in device memory, and skip without a GPU.
 """
 
 from __future__ import annotations
@@ -16,15 +17,12 @@ import numpy as np
 import pytest
 
 from tmesim import codes, launch, rng
-from tmesim.backend import gpu_available
 from tmesim.grid import Grid
 from tmesim.scenario import CafConfig, TamConfig
 from tmesim.steps.stroma import StromaCounts, StromaRules
 from tmesim.steps.stroma_kernel import KernelStromaRules
 from tmesim.steps.tumor import TumorRules
 from tmesim.steps.tumor_kernel import KernelTumorRules
-
-pytestmark = pytest.mark.skipif(launch.find_cxx() is None, reason="no C++ compiler")
 
 COUNTS = ("caf_moves", "tam_moves", "tam_recruited", "tam_died", "lost_conflicts")
 
@@ -227,38 +225,33 @@ def test_bad_arguments_are_refused(launcher):
 
 
 # ------------------------------------------------------------------------------------- GPU
-gpu = pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")
-
-
-@gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["busy", "all_follow", "gain_only"])
 @pytest.mark.parametrize("shape,neighbourhood", CASES)
 @pytest.mark.parametrize("signal_mode", ["quantized", "none"])
-def test_stroma_rules_identical_on_gpu(name, shape, neighbourhood, signal_mode):
+def test_stroma_rules_identical_on_gpu(gpu_launcher, name, shape, neighbourhood, signal_mode):
     """The same parity on a CUDA device, the lattice kept in device memory between steps."""
-    history, _ = run_both(launch.CupyLauncher(0), name, shape, neighbourhood, signal_mode,
+    history, _ = run_both(gpu_launcher, name, shape, neighbourhood, signal_mode,
                           seed=5 + CASES.index((shape, neighbourhood)))
     assert sum(totals(history).values()) > 0
 
 
-@gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape,neighbourhood", [((96, 80), "moore"), ((20, 24, 22), "moore"),
                                                  ((20, 24, 22), "von_neumann")])
-def test_stroma_rules_deterministic_on_gpu(shape, neighbourhood):
+def test_stroma_rules_deterministic_on_gpu(gpu_launcher, shape, neighbourhood):
     """Two device runs bit-identical to each other and to numpy (real concurrent atomicMax)."""
     import cupy
     g = np.random.default_rng(4)
     grid = Grid(shape, 20.0, neighbourhood)
     kind = random_lattice(g, grid.n_sites)
     signal = random_signal(g, grid.n_sites, "quantized")
-    ref, _ = make_rules("busy", grid, 3, launch.CupyLauncher(0))
+    ref, _ = make_rules("busy", grid, 3, gpu_launcher)
     k_ref = kind.copy()
     for step in range(8):
         ref.apply(k_ref, signal, step)
     for _ in range(2):
-        _, ker = make_rules("busy", grid, 3, launch.CupyLauncher(0))
+        _, ker = make_rules("busy", grid, 3, gpu_launcher)
         k_d, s_d = cupy.asarray(kind), cupy.asarray(signal)
         for step in range(8):
             ker.apply(k_d, s_d, step)

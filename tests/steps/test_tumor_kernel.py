@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 
 from tmesim import codes, launch
-from tmesim.backend import gpu_available
 from tmesim.drugs import DRUG_PRESETS
 from tmesim.grid import Grid
 from tmesim.scenario import (DrugConfig, EffectConfig, SignallingConfig, TransitionConfig,
@@ -35,26 +34,7 @@ from tmesim.steps import tumor_kernel
 from tmesim.steps.tumor import RuleCounts, TumorRules
 from tmesim.steps.tumor_kernel import KernelTumorRules
 
-from ..conftest import MirrorLauncher, portable_launcher
-
-pytestmark = pytest.mark.skipif(launch.find_cxx() is None and not gpu_available(),
-                                reason="no C++ compiler and no GPU")
-
 DT_MIN = 6.0
-
-
-@pytest.fixture(scope="module", params=[
-    pytest.param("cpu", marks=pytest.mark.skipif(launch.find_cxx() is None,
-                                                 reason="no C++ compiler")),
-    pytest.param("gpu", marks=[pytest.mark.gpu,
-                               pytest.mark.skipif(not gpu_available(), reason="needs a GPU")])])
-def launcher(request):
-    if request.param == "gpu":
-        yield MirrorLauncher()
-        return
-    portable = portable_launcher()
-    yield portable
-    portable.set_order(0)
 
 
 # ------------------------------------------------------------------------------------- growth
@@ -452,12 +432,39 @@ def test_action_codes_match_the_kernel():
 
 # ------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
-@pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")
+@pytest.mark.parametrize("shape,neighbourhood", [((96, 80), "moore"), ((20, 24, 22), "moore"),
+                                                 ((20, 24, 22), "von_neumann")])
+def test_tumor_rules_on_device_and_deterministic(gpu_launcher, shape, neighbourhood):
+    """The growth rules with the state kept on the GPU for several steps: identical to numpy, and
+    two GPU runs identical (claims settle by integer atomicMax, so thread timing cannot change a
+    winner)."""
+    import cupy
+    cfg = tumor_config(**GROWTH_CONFIGS["fast"])
+    g = np.random.default_rng(7)
+    grid = Grid(shape, 20.0, neighbourhood)
+    kind, state, o2 = random_lattice(g, shape)
+    ref = TumorRules(cfg, grid, 3, 6.0)
+    k_ref, s_ref = kind.copy(), state.copy()
+    runs = []
+    for _ in range(2):
+        ker = KernelTumorRules(cfg, grid, 3, 6.0, launcher=gpu_launcher)
+        k_d, s_d, o_d = cupy.asarray(kind), cupy.asarray(state), cupy.asarray(o2)
+        for step in range(8):
+            ker.apply(k_d, s_d, o_d, step)
+        runs.append((cupy.asnumpy(k_d), cupy.asnumpy(s_d)))
+    for step in range(8):
+        ref.apply(k_ref, s_ref, o2, step)
+    for k_g, s_g in runs:
+        np.testing.assert_array_equal(k_g, k_ref)
+        np.testing.assert_array_equal(s_g, s_ref)
+    assert (k_ref == codes.TUMOR).sum() > (kind == codes.TUMOR).sum()
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("shape,neighbourhood", [((64, 60), "moore"), ((16, 18, 14), "moore")])
-def test_persister_rules_on_device_and_deterministic(shape, neighbourhood):
+def test_persister_rules_on_device_and_deterministic(gpu_launcher, shape, neighbourhood):
     """State kept on the GPU for several steps: identical to numpy, and two GPU runs identical."""
     import cupy
-    gpu = launch.CupyLauncher(0)
     cfg, drugs = CONFIGS["high"], DRUGS["four"]
     g = np.random.default_rng(17)
     grid = Grid(shape, 20.0, neighbourhood)
@@ -467,7 +474,7 @@ def test_persister_rules_on_device_and_deterministic(shape, neighbourhood):
     want = [ref.apply(*host[:2], o2, s, *host[2:], hgf, igf1, conc) for s in range(6)]
     dev_in = [cupy.asarray(x) for x in (o2, hgf, igf1, conc)]
     for _ in range(2):
-        ker = KernelTumorRules(cfg, grid, 3, DT_MIN, drugs, launcher=gpu)
+        ker = KernelTumorRules(cfg, grid, 3, DT_MIN, drugs, launcher=gpu_launcher)
         dev = [cupy.asarray(x) for x in (kind, state, memory, time_in_P)]
         got = [ker.apply(*dev[:2], dev_in[0], s, *dev[2:], *dev_in[1:]) for s in range(6)]
         assert got == want
