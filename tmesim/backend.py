@@ -161,11 +161,11 @@ def gpu_available() -> bool:
         return False
 
 
-#: Whether the kernels have run on a GPU and passed the GPU cases of tests/test_gpu_parity.py and
-#: tests/test_device_model.py there. Whole runs through the kernels match numpy bit for bit on the
-#: portable C++ build (tests/test_device_model.py), but no GPU was available to run them on a
-#: device yet: until then ``auto`` keeps to the CPU (a user's default run must not be the first
-#: GPU run), and ``gpu`` runs with a warning saying so. Set it once the GPU tests pass on one.
+#: Whether the kernels have run on a GPU and passed the tests marked ``gpu`` there
+#: (``pytest -m gpu tests``). Whole runs through the kernels match numpy bit for bit on the
+#: portable C++ build (tests/test_simulation_backends.py); while they are unverified on a device,
+#: ``auto`` keeps to the CPU (a user's default run must not be the first GPU run) and ``gpu`` runs
+#: with a warning saying so. Set it once the GPU tests pass on one.
 GPU_VERIFIED = False
 
 
@@ -190,8 +190,8 @@ def get_backend(name: str = "auto", device: int = 0):
         if not GPU_VERIFIED:
             import warnings
             warnings.warn("the GPU kernels match numpy on the CPU build but have not yet been "
-                          "verified on a GPU: run `python3 -m pytest tests/test_gpu_parity.py "
-                          "tests/test_device_model.py` on this machine first", stacklevel=2)
+                          "verified on a GPU: run `python3 -m pytest -m gpu tests` on this machine "
+                          "first", stacklevel=2)
         return gpu
     raise UserError(f"--backend {name!r}: expected auto, cpu or gpu (or portable, the kernels' "
                     "C++ build on the CPU, for developers)")

@@ -148,8 +148,8 @@ def square_level(sched, t_min: float) -> float:
 class Pharmacokinetics:
     """Plasma levels of every drug of a scenario, advanced one agent step at a time.
 
-    The level of a one-compartment drug is state (State.plasma) so that controllers that dose
-    from observables (a later issue) fit the same update; square waves are a function of time.
+    The level of a one-compartment drug is state (State.plasma) so that the controllers, which
+    dose from observables, fit the same update; square waves are a function of time.
     """
 
     def __init__(self, drugs, dt_min: float, duration_min: float = 1e7):

@@ -1,6 +1,6 @@
 """The counter-based generator on the kernels (``kernels/rng.cu``): twins of
 :func:`tmesim.rng.raw_at` and :func:`tmesim.rng.uniform_at`, same arguments plus the launcher to
-run on, same numbers bit for bit (tests/test_kernels_cpu.py).
+run on, same numbers bit for bit (tests/test_rng_kernel.py).
 """
 
 from __future__ import annotations

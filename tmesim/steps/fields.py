@@ -36,21 +36,21 @@ Why not plain LOD: for a tumour taking up oxygen at 10 /min (diffusion length 10
 splitting error at steady state is of order dt * uptake; measured on a 2 mm disk in 2D against a
 sparse direct solve, LOD's largest error is 0.37 mmHg at dt = 0.01 min (BioFVM's default: 600
 substeps per 6-min agent step), 2.7 mmHg at 0.1 min and 11 mmHg at 1 min; this solver's is 1e-5
-mmHg. Why not a plain ADI iteration with cycled pseudo-steps (an earlier version): vessel pins and
-uneven rates make the line factors non-commuting, and the cycled iteration then stalled (512^2
-with 0.4 % vessels) or diverged (1024^2: oxygen 49, 110, 489 mmHg in three steps under 38 mmHg
-boundaries). Mass is conserved to rounding with no decay, uptake or source and no-flux faces.
+mmHg. Why not a plain ADI iteration with cycled pseudo-steps: vessel pins and uneven rates make
+the line factors non-commuting, and the cycled iteration then stalls (512^2 with 0.4 % vessels)
+or diverges (1024^2: oxygen 49, 110, 489 mmHg in three steps under 38 mmHg boundaries). Mass is
+conserved to rounding with no decay, uptake or source and no-flux faces.
 
 ``lod``: BioFVM's scheme (Ghaffarizadeh et al. 2016, Bioinformatics 32:1256): per substep, implicit
 1D solves along x, y, z in turn with decay split equally among them, then the per-voxel implicit
 update c = (c + dt S) / (1 + dt U). First order, unconditionally stable, but accurate only when
 dt * uptake << 1. Vessel voxels are reset to their value after each line solve, as BioFVM does;
 inside a solve they are free unknowns, so the supply from vessels is short by an error that scales
-with dt D / dx^2 (13 % at dt D/dx^2 = 0.25, 4 % at 0.0625 in tests/test_fields.py). Kept for
+with dt D / dx^2 (13 % at dt D/dx^2 = 0.25, 4 % at 0.0625 in tests/steps/test_fields.py). Kept for
 comparison with BioFVM; use adi for results. Its work arrays are float64, BioFVM's precision:
 with float32 elimination factors a no-flux line solve shifts the line's total by about 1e-8, always
-the same way (1.3e-5 after 240 steps in tests/test_fields.py; a float32 path would be about twice
-as fast but needs a conservative formulation first).
+the same way (1.3e-5 after 240 steps in tests/steps/test_fields.py; a float32 path would be about
+twice as fast but needs a conservative formulation first).
 
 Speed (numpy only, so every pass over memory is one array operation; benchmarks/README.md):
 line solves run row by row over all lines at once, so a row must be a large contiguous block.
@@ -437,7 +437,7 @@ class FieldSolver:
         threads: worker threads for large grids (None: the ``TMESIM_THREADS`` environment
             variable, else the cores this process may use, at most 8). Work is split by groups
             of fields and each field's arithmetic is the same whatever the grouping, so results
-            do not depend on this number (tests/test_fields.py checks them bit for bit).
+            do not depend on this number (tests/steps/test_fields.py checks them bit for bit).
     """
 
     _swap_y = True     # CG: solve 3D y lines in the z/y-swapped layout (see _line_layout)

@@ -1,6 +1,6 @@
 """Stromal rules on the kernels (``kernels/stroma.cu``): twin of
 :class:`tmesim.steps.stroma.StromaRules`, same arguments, same lattice and counts bit for bit
-(tests/test_kernels_stroma_cpu.py).
+(tests/steps/test_stroma_kernel.py).
 
 Three launches per step (decide, apply, finish; see the file comment of ``stroma.cu``) on the
 launcher's arrays (numpy with :class:`tmesim.launch.PortableLauncher`, cupy with

@@ -116,9 +116,8 @@ def tumor_effect_table(drugs) -> np.ndarray:
 
 class KernelTumorRules:
     """Tumor rules on the kernels: twin of :class:`tmesim.steps.tumor.TumorRules`, same
-    constructor and ``apply`` signature, same result bit for bit (tests/test_kernels_cpu.py,
-    tests/test_kernels_tumor_cpu.py; see kernels/decisions.cuh for the rare last-ulp exceptions of
-    per-cell transcendental math).
+    constructor and ``apply`` signature, same result bit for bit (tests/steps/test_tumor_kernel.py;
+    see kernels/decisions.cuh for the rare last-ulp exceptions of per-cell transcendental math).
 
     The numbers that configure the kernels come from a numpy ``TumorRules`` built from the same
     arguments (its ``r_max``, per-state factors and effects), so the two cannot drift apart
