@@ -5,8 +5,6 @@ A callback is a callable ``cb(sim)`` with a ``schedule``; stop conditions call `
 
 from __future__ import annotations
 
-import time
-
 from .schedules import IterationInterval
 
 
@@ -64,16 +62,3 @@ class StopOnRows:
     def __call__(self, sim) -> None:
         if self.condition(self.writer.rows):
             sim.stop(self.reason)
-
-
-class StopAfterWallTime:
-    """Stop after ``seconds`` of wall-clock time (e.g. before a cluster job's limit)."""
-    schedule = IterationInterval(1)
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.start = time.monotonic()
-
-    def __call__(self, sim) -> None:
-        if time.monotonic() - self.start >= self.seconds:
-            sim.stop(f"wall time {self.seconds:g} s reached")

@@ -34,10 +34,6 @@ class Grid:
         return int(np.prod(self.shape))
 
     @property
-    def voxel_volume_um3(self) -> float:
-        return self.dx_um ** 3
-
-    @property
     def strides(self) -> tuple[int, ...]:
         """Flat-index step per axis."""
         out, acc = [], 1

@@ -137,7 +137,7 @@ class StromaInitConfig:
 
 @dataclass(frozen=True)
 class VesselInitConfig:
-    """Vessels: fixed voxels that are sources of oxygen (and later of drugs)."""
+    """Vessels: fixed voxels that are sources of oxygen and of the drugs."""
     placement: str = param("none", "", "how vessels are placed",
                            choices=("none", "random", "lines", "mask"))
     density: float = param(0.0, "", "fraction of voxels that are vessels (random)", lo=0, hi=1)
@@ -724,7 +724,7 @@ def _stroma_present(sc_data: dict) -> tuple[bool, bool]:
     return has_caf, has_tam
 
 
-def _drug_field(d: DrugConfig, ndim: int) -> FieldConfig:
+def _drug_field(d: DrugConfig) -> FieldConfig:
     """The tissue field of a drug: its value at vessels (and faces, for a bath) follows the free
     plasma level, set every step (FieldSolver.set_supply)."""
     boundary: tuple[BoundaryConfig, ...] = ()
@@ -975,7 +975,7 @@ def parse_scenario(data: dict, *, text: str | None = None, base_dir: str | os.Pa
         if d.name in {f.name for f in fields}:
             raise ScenarioError(f"drugs.{d.name}", d.name, "a drug name that is not also a "
                                 "field name (each drug gets a field of its own name)")
-    fields = fields + tuple(_drug_field(d, len(sc.grid.shape)) for d in drugs)
+    fields = fields + tuple(_drug_field(d) for d in drugs)
     if overrides or text is None:
         text = _to_toml(data)
     sc = dataclasses.replace(sc, fields=fields, drugs=drugs, text=text, base_dir=str(base_dir))

@@ -52,9 +52,3 @@ def colors_for(names, table: dict) -> dict[int, str | None]:
             out[code] = EXTRA_COLORS[extra % len(EXTRA_COLORS)]
             extra += 1
     return out
-
-
-def hex_to_rgb(color: str) -> tuple[int, int, int]:
-    """``"#rrggbb"`` -> (r, g, b) in 0..255."""
-    c = color.lstrip("#")
-    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
