@@ -26,6 +26,9 @@ needs_cxx = pytest.mark.skipif(launch.find_cxx() is None, reason="no C++ compile
 
 
 # ------------------------------------------------------------------------------------ scenarios
+#: The small test scenario: a 48 x 48 lattice of 20 um voxels, a disk tumor of radius 150 um,
+#: random vessels, one day of 6-min steps (240 steps, about a second). The test scenarios are
+#: this one with a few keys changed (scenario_text, make_scenario).
 SMALL_2D = """
 [run]
 name = "small"
@@ -47,57 +50,59 @@ placement = "random"
 density = 0.01
 """
 
+#: every value its default (scenario_text's ``base`` for scenarios of a few keys)
+DEFAULTS = ""
 
-# 32 x 32 voxels, 480 steps: about 2 s; a checkpoint every 20 steps, a snapshot every 30
-TINY = """
-[run]
-name = "tiny"
-seed = 5
-duration_days = 2
-dt_min = 6
-snapshot_every_hours = 3
-checkpoint_every_hours = 2
 
-[grid]
-shape = [32, 32]
-dx_um = 20
+def _without(text: str, key: str) -> str:
+    """``text`` without the line of ``key`` (``table.name``), or without the table ``key``."""
+    out, table, skipping = [], "", False
+    for line in text.splitlines(keepends=True):
+        s = line.strip()
+        if s.startswith("["):
+            table = s.strip("[]").strip()
+            skipping = table == key
+        elif skipping or "=" in s and f"{table}.{s.split('=', 1)[0].strip()}" == key:
+            continue
+        if not skipping:
+            out.append(line)
+    return "".join(out)
 
-[init.tumor]
-shape = "disk"
-radius_um = 120
 
-[init.vessels]
-placement = "random"
-density = 0.02
-"""
+def scenario_text(*sets: str, extra: str = "", drop: tuple[str, ...] = (),
+                  base: str = SMALL_2D) -> str:
+    """A test scenario as TOML text: ``base`` (the small test scenario) with the ``extra`` TOML
+    tables appended, the keys or tables named in ``drop`` left out (their defaults apply), and
+    the ``key.path=value`` settings of ``sets`` applied as ``tmesim run --set`` applies them
+    (tmesim.loads_scenario's overrides; the text is then the scenario's own, overrides
+    written in)."""
+    text = base + extra
+    for key in drop:
+        text = _without(text, key)
+    if not sets:
+        return text
+    return tmesim.loads_scenario(text, overrides=list(sets)).text
 
+
+def make_scenario(*sets: str, extra: str = "", drop: tuple[str, ...] = (),
+                  base: str = SMALL_2D) -> tmesim.Scenario:
+    """The validated Scenario of :func:`scenario_text`'s text."""
+    return tmesim.loads_scenario(scenario_text(*sets, extra=extra, drop=drop, base=base))
+
+
+#: 32 x 32 voxels, 480 steps: about 2 s; a checkpoint every 20 steps, a snapshot every 30
+TINY_SETS = ("run.name=tiny", "run.seed=5", "run.duration_days=2", "run.snapshot_every_hours=3",
+             "run.checkpoint_every_hours=2", "grid.shape=[32,32]", "init.tumor.radius_um=120",
+             "init.vessels.density=0.02")
+TINY = scenario_text(*TINY_SETS)
 
 #: The whole model switched on: drugs, pre-existing persisters and resistant cells, transitions,
 #: CAFs and TAMs, signalling fields; the cases of MODEL_CASES pick the grid and the solver.
-MODEL_SCENARIO = """
-[run]
-name = "device_model"
-seed = 20101
-duration_days = 1
-dt_min = 6
-snapshot_every_hours = 0.5
-checkpoint_every_hours = 0.4
-
-[grid]
-shape = [24, 24]
-dx_um = 20
-
-[init.tumor]
-shape = "disk"
-radius_um = 150
-persister_fraction = 0.1
-resistant_fraction = 0.05
-
-[init.vessels]
-placement = "random"
-density = 0.03
-outside_tumor = false
-
+MODEL_SCENARIO = scenario_text(
+    "run.name=device_model", "run.seed=20101", "run.snapshot_every_hours=0.5",
+    "run.checkpoint_every_hours=0.4", "grid.shape=[24,24]", "init.tumor.persister_fraction=0.1",
+    "init.tumor.resistant_fraction=0.05", "init.vessels.density=0.03",
+    "init.vessels.outside_tumor=false", extra="""
 [init.caf]
 placement = "shell"
 shell_width_um = 100
@@ -129,8 +134,7 @@ half_life_h = 36
 unbound_fraction = 0.5
 transport = "vessels"
 schedule = { kind = "continuous", dose_uM = 1.8, start_day = 0.04, interval_h = 2 }
-"""
-
+""")
 
 MODEL_CASES = {
     "2d-adi": ["grid.shape=[24,24]", "solver.method=adi"],
@@ -147,6 +151,21 @@ MODEL_CASES = {
 
 def model_scenario(case, *extra):
     return tmesim.loads_scenario(MODEL_SCENARIO, overrides=MODEL_CASES[case] + list(extra))
+
+
+def solver_text(shape, *, method: str | None = None, dt_field: float | None = None,
+                tolerance: float | None = None, max_iterations: int | None = None,
+                dx: float = 20.0, dt_agent: float = 6.0) -> str:
+    """The head of a field-solver test scenario as TOML text: a ``shape`` grid of ``dx`` um
+    voxels with no tumor, agent steps of ``dt_agent`` min, and the [solver] keys given (the
+    others their defaults); the caller appends its [fields.*] tables."""
+    solver = {"method": None if method is None else f'"{method}"',
+              "dt_min": None if dt_field is None else repr(float(dt_field)),
+              "tolerance": None if tolerance is None else repr(float(tolerance)),
+              "max_iterations": None if max_iterations is None else str(int(max_iterations))}
+    return (f"\n[run]\ndt_min = {float(dt_agent)!r}\n[grid]\nshape = {list(shape)}\n"
+            f"dx_um = {float(dx)!r}\n[init.tumor]\nshape = \"none\"\n[solver]\n"
+            + "".join(f"{k} = {v}\n" for k, v in solver.items() if v is not None))
 
 
 # ------------------------------------------------------------------------------------ runs

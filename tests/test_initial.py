@@ -6,26 +6,32 @@ import math
 import numpy as np
 from scipy import ndimage
 
-import tmesim
 from tmesim import codes, rng
 from tmesim.grid import Grid
 from tmesim.initial import initial_state, stroma_region
 
-from .helpers import assert_binomial
+from .helpers import DEFAULTS, assert_binomial, make_scenario
 
 P, R = codes.PERSISTER, codes.RESISTANT
 
 
-def state_of(text):
-    sc = tmesim.loads_scenario(text)
-    return sc, initial_state(sc, Grid(sc.grid.shape, sc.grid.dx_um))
+def _init(*sets):
+    """The scenario of ``sets`` (every other value its default), its grid and initial state."""
+    sc = make_scenario(*sets, base=DEFAULTS)
+    grid = Grid(sc.grid.shape, sc.grid.dx_um)
+    return sc, grid, initial_state(sc, grid)
+
+
+def state_of(*sets):
+    sc, _, st = _init(*sets)
+    return sc, st
 
 
 def test_disk_area_and_sphere_volume():
-    _, st = state_of("[grid]\nshape=[200,200]\ndx_um=10\n[init.tumor]\nradius_um=500\n")
+    _, st = state_of("grid.shape=[200,200]", "grid.dx_um=10", "init.tumor.radius_um=500")
     n = (st.kind == codes.TUMOR).sum()
     assert abs(n - math.pi * 50 ** 2) < 2 * math.pi * 50      # within one ring of voxels
-    _, st = state_of("[grid]\nshape=[60,60,60]\n[init.tumor]\nshape='sphere'\nradius_um=400\n")
+    _, st = state_of("grid.shape=[60,60,60]", "init.tumor.shape=sphere", "init.tumor.radius_um=400")
     n = (st.kind == codes.TUMOR).sum()
     assert abs(n - 4 / 3 * math.pi * 20 ** 3) < 4 * math.pi * 20 ** 2
     assert np.all(st.tumor_state[st.kind == codes.TUMOR] == codes.SENSITIVE)
@@ -33,22 +39,22 @@ def test_disk_area_and_sphere_volume():
 
 
 def test_rectangle_and_fill_fraction():
-    sc, st = state_of("[grid]\nshape=[100,100]\ndx_um=20\n[init.tumor]\nshape='rectangle'\n"
-                      "size_um=[400,800]\ncenter_um=[1000,1000]\n")
+    sc, st = state_of("grid.shape=[100,100]", "grid.dx_um=20", "init.tumor.shape=rectangle",
+                      "init.tumor.size_um=[400,800]", "init.tumor.center_um=[1000,1000]")
     k = st.kind.reshape(100, 100) == codes.TUMOR
     rows, cols = np.flatnonzero(k.any(1)), np.flatnonzero(k.any(0))
     assert len(rows) == 20 and len(cols) == 40 and k.sum() == 800
-    _, st = state_of("[run]\nseed=3\n[grid]\nshape=[300,300]\n[init.tumor]\nradius_um=2500\n"
-                     "fill_fraction=0.3\n")
-    _, full = state_of("[grid]\nshape=[300,300]\n[init.tumor]\nradius_um=2500\n")
+    _, st = state_of("run.seed=3", "grid.shape=[300,300]", "init.tumor.radius_um=2500",
+                     "init.tumor.fill_fraction=0.3")
+    _, full = state_of("grid.shape=[300,300]", "init.tumor.radius_um=2500")
     N = (full.kind == codes.TUMOR).sum()
     n = (st.kind == codes.TUMOR).sum()
     assert abs(n - 0.3 * N) < 5 * math.sqrt(N * 0.3 * 0.7)
 
 
 def test_vessels_random_lines_and_outside_tumor():
-    sc, st = state_of("[grid]\nshape=[200,200]\n[init.tumor]\nradius_um=1000\n"
-                      "[init.vessels]\nplacement='random'\ndensity=0.02\n")
+    sc, st = state_of("grid.shape=[200,200]", "init.tumor.radius_um=1000",
+                      "init.vessels.placement=random", "init.vessels.density=0.02")
     v = st.kind == codes.VESSEL
     tumor_region = np.hypot(*np.indices((200, 200)) - 99.5).ravel() * 20 <= 1000
     assert not v[tumor_region].any()
@@ -56,8 +62,8 @@ def test_vessels_random_lines_and_outside_tumor():
     assert abs(v.sum() - 0.02 * outside) < 5 * math.sqrt(outside * 0.02)
     ox = st.fields[0]
     assert np.all(ox[v] == 38.0)
-    _, st = state_of("[grid]\nshape=[20,40,40]\n[init.tumor]\nshape='none'\n"
-                     "[init.vessels]\nplacement='lines'\naxis='z'\nspacing_um=200\n")
+    _, st = state_of("grid.shape=[20,40,40]", "init.tumor.shape=none", "init.vessels.placement=lines",
+                     "init.vessels.axis=z", "init.vessels.spacing_um=200")
     v = (st.kind == codes.VESSEL).reshape(20, 40, 40)
     assert np.all(v == v[:1])                      # straight along z
     ys, xs = np.nonzero(v[0])
@@ -69,12 +75,10 @@ def test_initial_persister_and_resistant_fractions():
     resistant_fraction (0.02), independently of the others: binomial bounds over about 15,000
     cells. With transitions.pre_existing = false there are no initial persisters and R keeps its
     fraction."""
-    base = ("[grid]\nshape=[150,150]\n[init.tumor]\nradius_um=1400\npersister_fraction=0.1\n"
-            "resistant_fraction=0.02\n")
     for pre in (True, False):
-        text = base + f"[tumor.transitions]\npre_existing={'true' if pre else 'false'}\n"
-        sc = tmesim.loads_scenario(text)
-        st = initial_state(sc, Grid(sc.grid.shape, sc.grid.dx_um))
+        sc, _, st = _init("grid.shape=[150,150]", "init.tumor.radius_um=1400",
+                          "init.tumor.persister_fraction=0.1", "init.tumor.resistant_fraction=0.02",
+                          f"tumor.transitions.pre_existing={'true' if pre else 'false'}")
         tum = st.kind == codes.TUMOR
         N = int(tum.sum())
         assert N > 14000
@@ -84,20 +88,14 @@ def test_initial_persister_and_resistant_fractions():
         assert np.all(st.memory == 0) and np.all(st.time_in_P_min == 0)
 
 
-def _init(text):
-    sc = tmesim.loads_scenario(text)
-    grid = Grid(sc.grid.shape, sc.grid.dx_um)
-    return sc, grid, initial_state(sc, grid)
-
-
 def test_initial_caf_shell_within_its_ring():
     """Shell placement: every CAF lies at a centre-to-centre distance d from the nearest tumor
     voxel with gap < d <= gap + width (gap 40, width 100 um; brute-force distances), never on a
     tumor or vessel voxel, and the number placed is Binomial(free ring voxels, density 0.5)."""
     sc, grid, st = _init(
-        "[grid]\nshape=[60,60]\ndx_um=20\n[init.tumor]\nradius_um=300\n"
-        "[init.vessels]\nplacement='random'\ndensity=0.03\n"
-        "[init.caf]\nplacement='shell'\ndensity=0.5\nshell_gap_um=40\nshell_width_um=100\n")
+        "grid.shape=[60,60]", "grid.dx_um=20", "init.tumor.radius_um=300",
+        "init.vessels.placement=random", "init.vessels.density=0.03", "init.caf.placement=shell",
+        "init.caf.density=0.5", "init.caf.shell_gap_um=40", "init.caf.shell_width_um=100")
     kind = st.kind
     tumor = np.flatnonzero(kind == codes.TUMOR)
     caf = np.flatnonzero(kind == codes.CAF)
@@ -118,9 +116,10 @@ def test_initial_clusters_and_random_stroma_avoid_tumor_and_vessels():
     (density 0.1 for CAFs and TAMs): CAFs are Binomial(free voxels, 0.1), TAMs Binomial(voxels
     still free, 0.1), never on tumor, vessel or CAF voxels."""
     sc, grid, st = _init(
-        "[run]\nseed=4\n[grid]\nshape=[60,60]\ndx_um=20\n[init.tumor]\nradius_um=200\n"
-        "[init.vessels]\nplacement='random'\ndensity=0.03\n"
-        "[init.caf]\nplacement='clusters'\nclusters=3\ncluster_radius_um=60\ndensity=1\n")
+        "run.seed=4", "grid.shape=[60,60]", "grid.dx_um=20", "init.tumor.radius_um=200",
+        "init.vessels.placement=random", "init.vessels.density=0.03",
+        "init.caf.placement=clusters", "init.caf.clusters=3", "init.caf.cluster_radius_um=60",
+        "init.caf.density=1")
     caf = (st.kind == codes.CAF).reshape(grid.shape)
     region = stroma_region(sc.init.caf, sc, grid,
                            (st.kind == codes.TUMOR).reshape(grid.shape), rng.INIT_CAF)
@@ -128,10 +127,10 @@ def test_initial_clusters_and_random_stroma_avoid_tumor_and_vessels():
     assert 1 <= n_groups <= 3 and 0 < caf.sum() <= 3 * 29
     assert np.all(region[caf])
     sc, grid, st = _init(
-        "[run]\nseed=5\n[grid]\nshape=[100,100]\n[init.tumor]\nradius_um=600\n"
-        "[init.vessels]\nplacement='random'\ndensity=0.03\n"
-        "[init.caf]\nplacement='random'\ndensity=0.1\n"
-        "[init.tam]\nplacement='random'\ndensity=0.1\n")
+        "run.seed=5", "grid.shape=[100,100]", "init.tumor.radius_um=600",
+        "init.vessels.placement=random", "init.vessels.density=0.03",
+        "init.caf.placement=random", "init.caf.density=0.1", "init.tam.placement=random",
+        "init.tam.density=0.1")
     k = st.kind
     n_caf, n_tam = (k == codes.CAF).sum(), (k == codes.TAM).sum()
     free = grid.n_sites - (k == codes.TUMOR).sum() - (k == codes.VESSEL).sum()

@@ -4,17 +4,10 @@
 import tmesim
 from tmesim.report import make_report, shade_exposure
 
-SCEN = """
-[run]
-seed = 3
-duration_days = 1
-snapshot_every_hours = 6
-[grid]
-shape = [40, 40]
-[init.tumor]
-shape = "disk"
-radius_um = 200
-persister_fraction = 0.05
+from .helpers import make_scenario
+
+#: the small scenario's tables beside which the report needs CAFs and a drug
+CAF_AND_DRUG = """
 [init.caf]
 placement = "shell"
 density = 0.3
@@ -30,7 +23,9 @@ def test_report_shades_exposure_and_maps_persisters(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sc = tmesim.loads_scenario(SCEN)
+    sc = make_scenario("run.seed=3", "grid.shape=[40,40]", "init.tumor.radius_um=200",
+                       "init.tumor.persister_fraction=0.05", drop=("run.name", "init.vessels"),
+                       extra=CAF_AND_DRUG)
     path = tmesim.Simulation(sc, backend="cpu").run(tmp_path / "r.h5")
     written, table = make_report(path, tmp_path)
     names = sorted(p.name for p in written)

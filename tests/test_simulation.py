@@ -15,7 +15,7 @@ from tmesim import codes
 from tmesim.cli import main
 from tmesim.simulation import Model
 
-from .helpers import SMALL_2D, h5_contents, run_small
+from .helpers import SMALL_2D, h5_contents, make_scenario, run_small, scenario_text
 
 
 def test_same_seed_same_file_other_seed_differs(tmp_path):
@@ -32,8 +32,7 @@ def test_same_seed_same_file_other_seed_differs(tmp_path):
 def test_killed_run_leaves_a_readable_file(tmp_path):
     """SIGKILL while running: the file opens (h5py and open_run) with the snapshots flushed."""
     scen = tmp_path / "long.toml"
-    scen.write_text(SMALL_2D.replace("duration_days = 1", "duration_days = 30")
-                    .replace("snapshot_every_hours = 6", "snapshot_every_hours = 1"))
+    scen.write_text(scenario_text("run.duration_days=30", "run.snapshot_every_hours=1"))
     out = tmp_path / "killed.h5"
     p = subprocess.Popen([sys.executable, "-m", "tmesim", "run", str(scen), "-o", str(out), "-q"])
     try:
@@ -92,22 +91,9 @@ def test_cli_run_and_report(tmp_path, capsys):
     assert main(["run", str(scen), "--backend", "gpu", "-q"]) == 2
 
 
+#: the tables of the whole model beside the small scenario's: CAFs, TAMs, growth, transitions
+#: and two drugs
 EVERYTHING = """
-[run]
-seed = {seed}
-duration_days = 1
-dt_min = 6
-[grid]
-shape = [40, 40]
-dx_um = 20
-[init.tumor]
-shape = "disk"
-radius_um = 250
-persister_fraction = 0.1
-resistant_fraction = 0.05
-[init.vessels]
-placement = "random"
-density = 0.02
 [init.caf]
 placement = "shell"
 density = 0.3
@@ -149,7 +135,10 @@ def test_same_seed_same_run_other_seed_other_run():
     lattice. The run does exercise the rules (kills, transitions, stromal moves happen)."""
     runs = []
     for seed in (7, 7, 8):
-        m = Model(tmesim.loads_scenario(EVERYTHING.format(seed=seed)))
+        m = Model(make_scenario(f"run.seed={seed}", "grid.shape=[40,40]",
+                                "init.tumor.radius_um=250", "init.tumor.persister_fraction=0.1",
+                                "init.tumor.resistant_fraction=0.05", "init.vessels.density=0.02",
+                                drop=("run.name", "run.snapshot_every_hours"), extra=EVERYTHING))
         seen = dict(killed=0, entered_P=0, divisions=0, moves=0)
         for _ in range(25):
             c = m.step()

@@ -10,13 +10,13 @@ from tmesim.simulation import run_scenario
 from tmesim.validation import run_arm
 from tmesim.writers import InMemoryWriter, OutputWriter, SnapshotWriter
 
-from .helpers import SMALL_2D
+from .helpers import SMALL_2D, make_scenario
 
-SHORT = {"run.duration_days": 0.25}       # 60 steps of 6 min
+SHORT = "run.duration_days=0.25"       # 60 steps of 6 min
 
 
 def test_in_memory_series_is_the_run_files_timeseries(tmp_path, monkeypatch):
-    sc = tmesim.loads_scenario(SMALL_2D, overrides=SHORT)
+    sc = make_scenario(SHORT)
     path = tmesim.Simulation(sc, backend="cpu").run(tmp_path / "a.h5")
     monkeypatch.chdir(tmp_path)
     mem = run_scenario(sc)
@@ -45,7 +45,7 @@ class Times(OutputWriter):
 
 
 def test_writer_on_a_time_interval_fires_at_its_times(tmp_path):
-    sc = tmesim.loads_scenario(SMALL_2D, overrides=SHORT)
+    sc = make_scenario(SHORT)
     sim = tmesim.Simulation(sc, backend="cpu")
     hourly = sim.output_writers["hourly"] = Times(TimeInterval(60.0, first=False))
     odd = sim.output_writers["odd"] = Times(TimeInterval(50.0, first=False))
@@ -59,7 +59,7 @@ def test_writer_on_a_time_interval_fires_at_its_times(tmp_path):
 
 def test_in_memory_only_writers_write_no_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    sim = tmesim.Simulation(tmesim.loads_scenario(SMALL_2D, overrides=SHORT), backend="cpu")
+    sim = tmesim.Simulation(make_scenario(SHORT), backend="cpu")
     mem = sim.output_writers = {"rows": InMemoryWriter()}
     assert sim.run() is None and sim.status == "finished"
     assert list(tmp_path.iterdir()) == []

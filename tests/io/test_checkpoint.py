@@ -24,7 +24,7 @@ from tmesim.cli import main
 from tmesim.errors import RunFileError
 from tmesim.io import checkpoint, schema
 
-from ..helpers import TINY, At, assert_same_run, event_kinds
+from ..helpers import TINY, TINY_SETS, At, assert_same_run, event_kinds, scenario_text
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +288,8 @@ def test_lookup3_known_answers():
     assert checkpoint.lookup3(b"Four score and seven years ago", 1) == 0xCD628161
 
 
-PERSISTERS = TINY.replace('radius_um = 120', 'radius_um = 200\npersister_fraction = 0.05') + """
+PERSISTERS = scenario_text(*TINY_SETS, "init.tumor.radius_um=200",
+                           "init.tumor.persister_fraction=0.05", extra="""
 [init.caf]
 placement = "shell"
 density = 0.3
@@ -312,7 +313,7 @@ schedule = { kind = "continuous", dose_uM = 1.0, start_day = 0.5, interval_h = 1
 [drugs.gpx4i]
 preset = "gpx4_inhibitor"
 schedule = { kind = "intermittent", dose_uM = 0.2, on_days = 0.25, off_days = 0.25 }
-"""
+""")
 
 
 def test_resume_with_drugs_stroma_and_persisters_is_identical(tmp_path):

@@ -14,7 +14,7 @@ from tmesim.cli import main
 from tmesim.errors import RunFileError
 from tmesim.io.reader import open_run
 
-from ..helpers import SMALL_2D, run_small
+from ..helpers import make_scenario, run_small
 
 
 def test_open_run_is_lazy_xarray(tmp_path):
@@ -50,7 +50,7 @@ def test_foreign_and_future_files_are_refused(tmp_path):
 def test_truncated_file_is_refused_at_once(tmp_path):
     """A run file cut short (e.g. copied before the copy ended) gives a one-line RunFileError in
     well under a second, not a wait in HDF5's SWMR retry loop."""
-    sc = tmesim.loads_scenario(SMALL_2D)
+    sc = make_scenario()
     path = tmesim.Simulation(sc, backend="cpu").run(tmp_path / "r.h5")
     cut = tmp_path / "cut.h5"
     data = path.read_bytes()

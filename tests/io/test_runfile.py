@@ -23,10 +23,10 @@ from tmesim.io.runfile import (
 )
 from tmesim.schedules import IterationInterval
 
-from ..helpers import SMALL_2D
+from ..helpers import scenario_text
 
 # 48 x 48 voxels, 60 steps: well under a second
-TINY = SMALL_2D.replace("duration_days = 1", "duration_days = 0.25")
+TINY = scenario_text("run.duration_days=0.25")
 
 
 @pytest.fixture(scope="module")

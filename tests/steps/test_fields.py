@@ -33,6 +33,8 @@ from tmesim import codes, rng
 from tmesim.grid import Grid
 from tmesim.steps.fields import FieldSolver
 
+from ..helpers import DEFAULTS, make_scenario, solver_text
+
 ADI_LOD = pytest.mark.parametrize("method", ["adi", "lod"])
 ALL_DIRICHLET_0 = '[{ faces = ["all"], kind = "dirichlet", value = 0.0 }]'
 NO_FLUX = "[]"          # faces not named are no-flux
@@ -47,19 +49,8 @@ def make_solver(shape, dx, D, *, decay=0.0, boundary=NO_FLUX, method="adi", dt_a
                 vessel_value=0.0):
     """A FieldSolver for a scenario whose only field is oxygen with the given parameters
     (tolerance and max_iterations: the scenario defaults unless given)."""
-    text = f"""
-[run]
-dt_min = {float(dt_agent)!r}
-[grid]
-shape = {list(shape)}
-dx_um = {float(dx)!r}
-[init.tumor]
-shape = "none"
-[solver]
-method = "{method}"
-dt_min = {float(dt_field)!r}
-{"" if tolerance is None else f"tolerance = {float(tolerance)!r}"}
-{"" if max_iterations is None else f"max_iterations = {int(max_iterations)}"}
+    text = solver_text(shape, method=method, dt_field=dt_field, tolerance=tolerance,
+                       max_iterations=max_iterations, dx=dx, dt_agent=dt_agent) + f"""
 [fields.oxygen]
 diffusion_um2_per_min = {float(D)!r}
 decay_per_min = {float(decay)!r}
@@ -620,20 +611,6 @@ def test_vessels_lod():
 
 # ------------------------------------------------------------- several fields at once
 
-MULTI = """
-[run]
-dt_min = 6.0
-[grid]
-shape = [30, 40]
-dx_um = 20.0
-[init.tumor]
-shape = "none"
-[solver]
-method = "{method}"
-dt_min = {dt_field}
-tolerance = 1e-6
-max_iterations = 400
-"""
 TRACER = """
 [fields.tracer]
 units = "nM"
@@ -651,7 +628,8 @@ def test_fields_are_independent(method, dt_field):
     must give what each gives alone -- exercising the per-field boundary tables (a face that is
     Dirichlet for one field and no-flux for the other) and per-field pseudo-steps. lod: exactly;
     adi: to its iteration tolerance (1e-6 of the field's scale; asserted 1e-5, measured 4e-7)."""
-    head = MULTI.format(method=method, dt_field=dt_field)
+    head = solver_text((30, 40), method=method, dt_field=dt_field, tolerance=1e-6,
+                       max_iterations=400)
     both = tmesim.loads_scenario(head + TRACER)
     alone = [tmesim.loads_scenario(head),
              tmesim.loads_scenario(head + "[fields.oxygen]\nuptake_per_min = {}\n" + TRACER)]
@@ -696,8 +674,8 @@ def test_adi_default_tolerance_small_steps(dt):
 
 def test_unconverged_solve_warns_once():
     """A field step that hits solver.max_iterations says so (once per solver), never silently."""
-    sc = tmesim.loads_scenario("[grid]\nshape = [40, 40]\n[solver]\nmax_iterations = 1\n"
-                               "tolerance = 1e-9\n")
+    sc = make_scenario("grid.shape=[40,40]", "solver.max_iterations=1", "solver.tolerance=1e-9",
+                       base=DEFAULTS)
     fs = FieldSolver(sc, Grid(sc.grid.shape, sc.grid.dx_um))
     kind = np.zeros(1600, np.uint8)
     kind[800:900] = codes.TUMOR
@@ -711,33 +689,29 @@ def test_unconverged_solve_warns_once():
 # ------------------------------------------------------------- threads, factored line solves
 
 THREE_FIELDS = """
-[run]
-dt_min = 6.0
-[grid]
-shape = [14, 17, 19]
-dx_um = 20.0
-[init.tumor]
-shape = "none"
-[solver]
-method = "{method}"
-dt_min = {dt_field}
-tolerance = 1e-4
-max_iterations = 60
 [fields.oxygen]
 [fields.tracer]
 units = "nM"
 diffusion_um2_per_min = 500.0
 decay_per_min = 0.02
-secretion_per_min = {{ tumor = 2.0 }}
-boundary = [{{ faces = ["y-"], kind = "dirichlet", value = 5.0 }}]
+secretion_per_min = { tumor = 2.0 }
+boundary = [{ faces = ["y-"], kind = "dirichlet", value = 5.0 }]
 [fields.glucose]
 units = "mM"
 diffusion_um2_per_min = 3.6e4
-uptake_per_min = {{ tumor = 0.05 }}
+uptake_per_min = { tumor = 0.05 }
 initial = 5.0
 vessel_value = 5.0
-boundary = {{ faces = "all", kind = "dirichlet", value = 5.0 }}
+boundary = { faces = "all", kind = "dirichlet", value = 5.0 }
 """
+
+
+def three_fields(method, dt_field):
+    """14 x 17 x 19 voxels, three fields: oxygen (defaults), a tracer secreted by tumor cells
+    (a bath on y- only), glucose taken up by them (a bath on every face, vessels)."""
+    return tmesim.loads_scenario(solver_text((14, 17, 19), method=method, dt_field=dt_field,
+                                             tolerance=1e-4, max_iterations=60)
+                                 + THREE_FIELDS)
 
 
 @pytest.mark.parametrize("method,dt_field", [("adi", 0.0), ("lod", 0.5)])
@@ -746,7 +720,7 @@ def test_threads_do_not_change_results(method, dt_field, monkeypatch):
     the same whatever the grouping, so 1, 2 and 3 threads (groups {0,1,2}; {0},{1,2}; {0},{1},{2})
     give identical fields bit for bit, with tumor cells, vessels and mixed boundaries. Groups are
     forced on this small grid by lowering the size below which the solver stays on one thread."""
-    sc = tmesim.loads_scenario(THREE_FIELDS.format(method=method, dt_field=dt_field))
+    sc = three_fields(method, dt_field)
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     rng = np.random.default_rng(5)
     u = rng.random(grid.n_sites)
@@ -801,7 +775,7 @@ def test_lod_substep_matches_reference_scheme():
     c = (c + dt S) / (1 + dt U'), all in float64; agreement to 1e-5 relative (float32 storage
     between agent steps)."""
     from tmesim.steps.fields import thomas_solve
-    sc = tmesim.loads_scenario(THREE_FIELDS.format(method="lod", dt_field=0.5))
+    sc = three_fields("lod", 0.5)
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     fs = FieldSolver(sc, grid, threads=1)
     rng = np.random.default_rng(9)
@@ -838,18 +812,6 @@ def test_lod_substep_matches_reference_scheme():
 
 # ------------------------------------------------------------------ well-mixed drugs are not solved
 MIXED_DRUGS = """
-[run]
-dt_min = 6.0
-duration_days = 0.25
-[grid]
-shape = [30, 34]
-dx_um = 20.0
-[init.tumor]
-shape = "disk"
-radius_um = 200
-[init.vessels]
-placement = "random"
-density = 0.02
 [drugs.erl]
 preset = "egfr_tki"
 transport = "{t0}"
@@ -873,8 +835,11 @@ def test_well_mixed_drug_fields_are_set_not_solved(transports):
     fields evolve exactly as a solver of them alone evolves them (its iterations included)."""
     from tmesim.simulation import Model
     from tmesim.steps.fields import TransportedFields, transported_scenario
-    sc = tmesim.loads_scenario(MIXED_DRUGS.format(t0=transports[0], t1=transports[1],
-                                                  t2=transports[2]))
+    sc = make_scenario("run.duration_days=0.25", "grid.shape=[30,34]", "init.tumor.radius_um=200",
+                       "init.vessels.density=0.02",
+                       drop=("run.name", "run.seed", "run.snapshot_every_hours"),
+                       extra=MIXED_DRUGS.format(t0=transports[0], t1=transports[1],
+                                                t2=transports[2]))
     model = Model(sc)
     solver = model.field_solver
     assert isinstance(solver, TransportedFields)
@@ -906,11 +871,9 @@ def test_well_mixed_drug_fields_are_set_not_solved(transports):
 def secretion_scenario(field="hgf", decay=None, field_dt=0.0):
     """24 x 24 voxels, no tumor, oxygen and one preset field (optionally another decay), the
     solver converged to 1e-3 of the starting residual, ``field_dt`` field steps (0: one)."""
-    text = ("[run]\ndt_min = 6\n[grid]\nshape = [24, 24]\ndx_um = 20\n[init.tumor]\n"
-            f"shape = 'none'\n[fields.{field}]\n")
+    text = solver_text((24, 24), tolerance=1e-3, dt_field=field_dt) + f"[fields.{field}]\n"
     if decay is not None:
         text += f"decay_per_min = {decay}\n"
-    text += f"[solver]\ntolerance = 1e-3\ndt_min = {field_dt}\n"
     return tmesim.loads_scenario(text)
 
 

@@ -37,25 +37,16 @@ from tmesim.steps import fields_kernel as FK
 from tmesim.steps.fields import FieldSolver
 from tmesim.steps.fields_kernel import FieldSolverError, KernelFieldSolver, field_workspace_bytes
 
+from ..helpers import solver_text
+
 # ------------------------------------------------------------------------------------- scenarios
-def scenario_text(shape, method, *, dt_field=0.0, o2_faces='"all"', drug_faces='"x-", "y+"',
+def fields_text(shape, method, *, dt_field=0.0, o2_faces='"all"', drug_faces='"x-", "y+"',
                   tolerance=1e-3, max_iterations=200):
     """Three fields: oxygen (Dirichlet bath and vessels at 38 mmHg, uptake by tumor cells with
     per-state rates and by CAFs), a drug (bath on some faces, vessels; its supply is changed by
     set_supply), a secreted signal (no-flux everywhere)."""
-    return f"""
-[run]
-dt_min = 6.0
-[grid]
-shape = {list(shape)}
-dx_um = 20.0
-[init.tumor]
-shape = "none"
-[solver]
-method = "{method}"
-dt_min = {float(dt_field)!r}
-tolerance = {float(tolerance)!r}
-max_iterations = {int(max_iterations)}
+    return solver_text(shape, method=method, dt_field=dt_field, tolerance=tolerance,
+                       max_iterations=max_iterations) + f"""
 [fields.oxygen]
 diffusion_um2_per_min = 1e5
 decay_per_min = 0.1
@@ -79,7 +70,7 @@ secretion_per_min = {{ caf = 0.3, tam = 0.1 }}
 
 
 def solvers(launcher, shape, method, **kw):
-    sc = tmesim.loads_scenario(scenario_text(shape, method, **kw))
+    sc = tmesim.loads_scenario(fields_text(shape, method, **kw))
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     return sc, FieldSolver(sc, grid), KernelFieldSolver(sc, grid, launcher=launcher)
 
@@ -258,7 +249,7 @@ units = "uM"
 diffusion_um2_per_min = 1e4
 boundary = [{{ faces = ["all"], kind = "dirichlet", value = 1.0 }}]
 """ for i in range(4))
-    text = scenario_text((1024, 1024, 1024), "lod", dt_field=0.01).split("[fields.erl]")[0]
+    text = fields_text((1024, 1024, 1024), "lod", dt_field=0.01).split("[fields.erl]")[0]
     sc = tmesim.loads_scenario(text + fields)
     assert len(sc.fields) == 5
     n = 1024 ** 3
@@ -503,7 +494,7 @@ def test_gpu_matches_numpy(gpu_launcher, shape, method, dt_field, o2_faces, drug
     bounded by the remaining error, about tol times the field's change (tol = 1e-3 here): allowed
     2 tol of the field's scale."""
     import cupy
-    sc = tmesim.loads_scenario(scenario_text(shape, method, dt_field=dt_field,
+    sc = tmesim.loads_scenario(fields_text(shape, method, dt_field=dt_field,
                                              o2_faces=o2_faces, drug_faces=drug_faces))
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     ref = FieldSolver(sc, grid)
@@ -537,7 +528,7 @@ def test_gpu_matches_numpy(gpu_launcher, shape, method, dt_field, o2_faces, drug
 @pytest.mark.parametrize("method", ["adi", "lod"])
 def test_gpu_runs_are_bitwise_reproducible(gpu_launcher, method):
     import cupy
-    sc = tmesim.loads_scenario(scenario_text((20, 18, 16), method, dt_field=2.0))
+    sc = tmesim.loads_scenario(fields_text((20, 18, 16), method, dt_field=2.0))
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     out = []
     for _ in range(2):

@@ -26,31 +26,15 @@ import tmesim_napari  # noqa: E402
 from tmesim.errors import RunFileError  # noqa: E402
 from tmesim_napari import get_reader, read_info, read_run  # noqa: E402
 
+from ..helpers import scenario_text  # noqa: E402
+
 # documented colours (README "Viewing runs in napari"), spelled out independently of the viewer
 KIND_RGB = {"tumor": (0xe6, 0x9f, 0x00), "caf": (0x00, 0x9e, 0x73), "tam": (0x94, 0x67, 0xbd),
             "vessel": (0xd6, 0x27, 0x28), "necrotic": (0x7f, 0x7f, 0x7f)}
 STATE_RGB = {"S": (0x56, 0xb4, 0xe9), "P": (0xf0, 0xe4, 0x42), "R": (0xe7, 0x29, 0x8a)}
 
-TINY_2D = """
-[run]
-name = "tiny2d"
-seed = 5
-duration_days = 0.25
-dt_min = 6
-snapshot_every_hours = 2
-
-[grid]
-shape = [40, 48]
-dx_um = 20
-
-[init.tumor]
-shape = "disk"
-radius_um = 150
-
-[init.vessels]
-placement = "random"
-density = 0.02
-
+#: a growth factor and two drug-like fields beside oxygen
+TINY_2D_FIELDS = """
 [fields.hgf]
 units = "ng/mL"
 diffusion_um2_per_min = 2e3
@@ -67,25 +51,20 @@ diffusion_um2_per_min = 1e3
 initial = 2.0
 """
 
-TINY_3D = """
-[run]
-name = "tiny3d"
-seed = 3
-duration_days = 0.25
-dt_min = 6
-snapshot_every_hours = 3
 
-[grid]
-shape = [12, 14, 16]
-dx_um = 25
+def tiny_2d(*sets: str, extra: str = "") -> str:
+    """The 2D run's scenario (40 x 48 voxels, 60 steps, a snapshot every 2 h, four fields), with
+    ``sets`` and ``extra`` tables on top."""
+    return scenario_text("run.name=tiny2d", "run.seed=5", "run.duration_days=0.25",
+                         "run.snapshot_every_hours=2", "grid.shape=[40,48]",
+                         "init.vessels.density=0.02", *sets, extra=TINY_2D_FIELDS + extra)
 
-[init.tumor]
-shape = "sphere"
-radius_um = 100
 
-[init.vessels]
-placement = "none"
-"""
+TINY_2D = tiny_2d()
+TINY_3D = scenario_text("run.name=tiny3d", "run.seed=3", "run.duration_days=0.25",
+                        "run.snapshot_every_hours=3", "grid.shape=[12,14,16]", "grid.dx_um=25",
+                        "init.tumor.shape=sphere", "init.tumor.radius_um=100",
+                        "init.vessels.placement=none", drop=("init.vessels.density",))
 
 
 def _write_run(tmp: Path, text: str, name: str, **overrides) -> Path:
@@ -347,7 +326,7 @@ def test_time_slider_changes_the_view_and_the_marker(runs, viewer):
 def test_view_run_follows_a_run_being_written(tmp_path, viewer, qtbot):
     """``tmesim view`` on a run another process is still writing, then refresh."""
     scen = tmp_path / "live.toml"
-    scen.write_text(TINY_2D.replace('name = "tiny2d"', 'name = "live"'))
+    scen.write_text(tiny_2d("run.name=live"))
     out = tmp_path / "live.h5"
     gate = tmp_path / "go"
     # a writer that holds after its first snapshots until the test lets it go on
@@ -412,7 +391,7 @@ def test_view_run_3d_opens_as_volumes(runs, viewer):
 # ---------------------------------------------------------------------------- interactive
 def _scenario_with_drug(tmp_path) -> Path:
     scen = tmp_path / "interactive.toml"
-    scen.write_text(TINY_2D.replace("duration_days = 0.25", "duration_days = 0.1"))
+    scen.write_text(tiny_2d("run.duration_days=0.1"))
     return scen
 
 
@@ -425,11 +404,11 @@ def test_prefilled_overrides(tmp_path):
     sc = tmesim.load_scenario(scen, overrides=parse_overrides(text))
     assert sc.run.seed == 9 and sc.run.duration_days == 0.1
     drug = tmp_path / "drug.toml"
-    drug.write_text(TINY_2D + textwrap.dedent("""
+    drug.write_text(tiny_2d(extra=textwrap.dedent("""
         [drugs.erlotinib]
         preset = "egfr_tki"
         schedule = { kind = "intermittent", dose_uM = 2.0, on_days = 1, off_days = 2 }
-    """))
+    """)))
     try:
         drug_lines = default_overrides(drug)
     except tmesim.ScenarioError as exc:
