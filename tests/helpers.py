@@ -8,6 +8,7 @@ Fixtures live in conftest.py; this module holds plain functions and constants, i
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import h5py
@@ -176,28 +177,13 @@ def run_small(tmp_path, name="a.h5", **over):
     return sc, sim, path
 
 
-def h5_contents(path):
-    """Every dataset and attribute of a file, except the creation time."""
+def h5_contents(path, skip: tuple[str, ...] = ()) -> dict:
+    """Every dataset and attribute of a file (``name``, ``name@attribute``, ``@attribute`` at the
+    root), except the creation time and the groups named in ``skip``."""
     out = {}
     with h5py.File(path, "r") as f:
         def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out[name] = obj[()]
-            for k, v in obj.attrs.items():
-                out[f"{name}@{k}"] = v
-        f.visititems(visit)
-        for k, v in f.attrs.items():
-            if k != "created":
-                out[f"@{k}"] = v
-    return out
-
-
-def contents(path):
-    """Every dataset and attribute of a run file except what a resume legitimately changes."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if name == checkpoint.GROUP or name.startswith(checkpoint.GROUP + "/"):
+            if any(name == g or name.startswith(g + "/") for g in skip):
                 return
             if isinstance(obj, h5py.Dataset):
                 out[name] = obj[()]
@@ -207,6 +193,13 @@ def contents(path):
         for k, v in f.attrs.items():
             if k != "created":
                 out[f"@{k}"] = v
+    return out
+
+
+def run_contents(path):
+    """Every dataset and attribute of a run file except what a resume legitimately changes: the
+    creation time, the checkpoint and the ``resume`` events."""
+    out = h5_contents(path, skip=(checkpoint.GROUP,))
     keep = out["events/kind"] != b"resume"
     for k in ("events/kind", "events/time_min", "events/detail"):
         out[k] = out[k][keep]
@@ -214,7 +207,7 @@ def contents(path):
 
 
 def assert_same_run(a, b):
-    ca, cb = contents(a), contents(b)
+    ca, cb = run_contents(a), run_contents(b)
     assert ca.keys() == cb.keys()
     differ = [k for k in ca if not np.array_equal(np.asarray(ca[k]), np.asarray(cb[k]))]
     assert differ == []
@@ -237,6 +230,24 @@ class At:
     def __call__(self, sim):
         if sim.state.step == self.step:
             self.fn(sim)
+
+
+def rows_in(path) -> int:
+    """Time-series rows a run file holds now (0 while it does not exist or cannot be read yet)."""
+    try:
+        with h5py.File(path, "r", swmr=True) as f:
+            return f["timeseries/time_min"].shape[0]
+    except (OSError, KeyError):
+        return 0
+
+
+def signal_after_rows(proc, path, rows: int, sig, timeout: float = 60.0) -> None:
+    """Send ``sig`` to ``proc`` once the run file ``path`` it writes holds ``rows`` time-series
+    rows (or after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while rows_in(path) < rows and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
 
 
 # ------------------------------------------------------------------------------------ statistics

@@ -24,7 +24,8 @@ from tmesim.cli import main
 from tmesim.errors import RunFileError
 from tmesim.io import checkpoint, schema
 
-from ..helpers import TINY, TINY_SETS, At, assert_same_run, event_kinds, scenario_text
+from ..helpers import (TINY, TINY_SETS, At, assert_same_run, event_kinds, rows_in,
+                       scenario_text, signal_after_rows)
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +64,6 @@ def test_uninterrupted_run_has_committed_checkpoint(tiny, tmp_path):
 def _spawn(args, cwd):
     return subprocess.Popen([sys.executable, "-m", "tmesim", *args, "-q"], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def rows_in(path) -> int:
-    """Time-series rows a run file holds now (0 while it does not exist or cannot be read yet)."""
-    try:
-        with h5py.File(path, "r", swmr=True) as f:
-            return f["timeseries/time_min"].shape[0]
-    except (OSError, KeyError):
-        return 0
 
 
 def test_resume_after_sigkill_at_random_moments(tiny, tmp_path):
@@ -160,16 +152,7 @@ def test_sigterm_checkpoints_and_exits_3_then_resume(tiny, tmp_path):
     scen, ref = tiny
     out = tmp_path / "t.h5"
     p = _spawn(["run", str(scen), "-o", str(out)], tmp_path)
-    deadline = time.monotonic() + 60
-    rows = 0
-    while rows < 60 and time.monotonic() < deadline:
-        time.sleep(0.02)
-        try:
-            with h5py.File(out, "r", swmr=True) as f:
-                rows = f["timeseries/time_min"].shape[0]
-        except (OSError, KeyError):
-            pass
-    p.send_signal(signal.SIGTERM)
+    signal_after_rows(p, out, 60, signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 3, err.decode()
     assert "SIGTERM received" in err.decode() and "tmesim resume" in err.decode()

@@ -280,6 +280,20 @@ def random_ghosts(g, F, ndim):
     return out
 
 
+def random_line_system(g, shape, F, axis):
+    """A random line system along ``axis`` as the CG preconditioner builds it: the coupling k
+    (F, 1, ..), the base diagonal of each line and a per-voxel extra diagonal with pinned voxels
+    (1e20)."""
+    sl = (F,) + (1,) * (len(shape) - 1)
+    kf = g.uniform(0.01, 30, F)
+    base = F_.line_diagonal(kf, shape[axis], g.random(F) < 0.5, g.random(F) < 0.5)
+    k = kf.reshape(sl).astype(np.float32)
+    base = base.reshape((-1,) + sl).astype(np.float32)
+    extra = g.uniform(0, 3, (F,) + shape).astype(np.float32)
+    extra[g.random(extra.shape) < 0.1] = np.float32(1e20)      # pinned voxels
+    return k, base, extra
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_laplacian_and_operator_bit_exact(launcher, shape):
     g = np.random.default_rng(len(shape) * 100 + shape[0])
@@ -318,14 +332,8 @@ def test_thomas_solve_bit_exact(launcher, shape, coef_dtype):
 def test_thomas_solve_diag_bit_exact(launcher, shape):
     g = np.random.default_rng(11 + len(shape))
     F, ndim = 2, len(shape)
-    sl = (F,) + (1,) * (ndim - 1)
     for axis in range(ndim):
-        kf = g.uniform(0.01, 30, F)
-        base = F_.line_diagonal(kf, shape[axis], g.random(F) < 0.5, g.random(F) < 0.5)
-        k = kf.reshape(sl).astype(np.float32)
-        base = base.reshape((-1,) + sl).astype(np.float32)
-        extra = g.uniform(0, 3, (F,) + shape).astype(np.float32)
-        extra[g.random(extra.shape) < 0.1] = np.float32(1e20)      # pinned voxels
+        k, base, extra = random_line_system(g, shape, F, axis)
         x = g.uniform(-5, 50, (F,) + shape).astype(np.float32)
         slice_shape = np.moveaxis(x, axis + 1, 0).shape[1:]
         want = F_.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
@@ -342,14 +350,8 @@ def test_thomas_factored_bit_exact(launcher, shape):
         pytest.skip("tmesim.steps.fields has no thomas_factor_diag in this version")
     g = np.random.default_rng(23 + len(shape))
     F, ndim = 2, len(shape)
-    sl = (F,) + (1,) * (ndim - 1)
     for axis in range(ndim):
-        kf = g.uniform(0.01, 30, F)
-        base = F_.line_diagonal(kf, shape[axis], g.random(F) < 0.5, g.random(F) < 0.5)
-        k = kf.reshape(sl).astype(np.float32)
-        base = base.reshape((-1,) + sl).astype(np.float32)
-        extra = g.uniform(0, 3, (F,) + shape).astype(np.float32)
-        extra[g.random(extra.shape) < 0.1] = np.float32(1e20)
+        k, base, extra = random_line_system(g, shape, F, axis)
         slice_shape = np.moveaxis(extra, axis + 1, 0).shape[1:]
         inv_w, cp_w = np.empty_like(extra), np.empty_like(extra)
         F_.thomas_factor_diag(axis, k, base, extra, inv_w, cp_w,

@@ -5,14 +5,13 @@ import csv
 import os
 import signal
 import subprocess
-import time
 
 import h5py
 
 from tmesim import sweep as sw
 from tmesim.cli import main
 
-from ..helpers import write_sweep
+from ..helpers import signal_after_rows, write_sweep
 
 
 def test_slurm_array_script_requeues_after_usr1(tmp_path):
@@ -39,16 +38,7 @@ def test_slurm_array_script_requeues_after_usr1(tmp_path):
     proc = subprocess.Popen(["bash", str(script)], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     h5 = spec.out_dir / "runs" / "r0001.h5"
-    deadline = time.monotonic() + 60
-    rows = 0
-    while rows < 50 and time.monotonic() < deadline:
-        time.sleep(0.02)
-        try:
-            with h5py.File(h5, "r", swmr=True) as f:
-                rows = f["timeseries/time_min"].shape[0]
-        except (OSError, KeyError):
-            pass
-    proc.send_signal(signal.SIGUSR1)
+    signal_after_rows(proc, h5, 50, signal.SIGUSR1)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
     assert b"prologue ran" in out and b"run r0001: interrupted" in out
