@@ -24,6 +24,14 @@ from .helpers import needs_cxx
 GPU_FIXTURES = ("gpu_launcher", "gpu_backend")
 
 
+def pytest_addoption(parser, pluginmanager):
+    # setup.cfg configures pytest-xvfb's display; where that plugin is missing or disabled
+    # (-p no:xvfb), its settings are declared here so that pytest does not warn about them
+    if not pluginmanager.has_plugin("xvfb"):
+        for name in ("xvfb_width", "xvfb_height", "xvfb_colordepth"):
+            parser.addini(name, "pytest-xvfb's setting (pytest-xvfb is not in use)")
+
+
 @pytest.hookimpl(tryfirst=True)      # before ``-m`` selects by mark
 def pytest_collection_modifyitems(config, items):
     for item in items:

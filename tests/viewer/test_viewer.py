@@ -1,12 +1,14 @@
 """The napari viewer (viewer/tmesim_napari): reader, layers, explorer, interactive runs, CLI.
 
-Real napari under a real X server (pytest-xvfb, configured in setup.cfg); no mocks. Run files are
+Real napari under a real X server (pytest-xvfb, configured in setup.cfg, starts Xvfb where the
+program is installed; without an X display these tests skip); no mocks. Run files are
 written by tmesim's own Simulation/RunWriter into tmp folders; expectations come from reading the
 same files with h5py and from the colours README documents, not from the viewer's own tables.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +22,9 @@ import pytest
 
 napari = pytest.importorskip("napari", reason="napari is not installed (pip install -e '.[test]')")
 pytest.importorskip("qtpy", reason="no Qt binding for napari")
+if not os.environ.get("DISPLAY"):
+    pytest.skip("no X display: napari's canvas needs one for OpenGL (install the Xvfb program; "
+                "pytest-xvfb then starts one for the tests)", allow_module_level=True)
 
 import tmesim  # noqa: E402
 import tmesim_napari  # noqa: E402
