@@ -63,7 +63,7 @@ def _without(text: str, key: str) -> str:
         if s.startswith("["):
             table = s.strip("[]").strip()
             skipping = table == key
-        elif skipping or "=" in s and f"{table}.{s.split('=', 1)[0].strip()}" == key:
+        elif skipping or ("=" in s and f"{table}.{s.split('=', 1)[0].strip()}" == key):
             continue
         if not skipping:
             out.append(line)

@@ -124,7 +124,7 @@ def test_bad_pairs_are_named(tmp_path):
     (tmp_path / "s.toml").write_text(SCEN)
     f = tmp_path / "c.toml"
     f.write_text("pairs = [[\"treated\", \"nobody\"]]\n" + CMP)
-    with pytest.raises(ScenarioError, match="pairs.*nobody"):
+    with pytest.raises(ScenarioError, match=r"pairs.*nobody"):
         compare.load_comparison(f)
 
 

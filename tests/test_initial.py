@@ -39,7 +39,7 @@ def test_disk_area_and_sphere_volume():
 
 
 def test_rectangle_and_fill_fraction():
-    sc, st = state_of("grid.shape=[100,100]", "grid.dx_um=20", "init.tumor.shape=rectangle",
+    _sc, st = state_of("grid.shape=[100,100]", "grid.dx_um=20", "init.tumor.shape=rectangle",
                       "init.tumor.size_um=[400,800]", "init.tumor.center_um=[1000,1000]")
     k = st.kind.reshape(100, 100) == codes.TUMOR
     rows, cols = np.flatnonzero(k.any(1)), np.flatnonzero(k.any(0))
@@ -53,7 +53,7 @@ def test_rectangle_and_fill_fraction():
 
 
 def test_vessels_random_lines_and_outside_tumor():
-    sc, st = state_of("grid.shape=[200,200]", "init.tumor.radius_um=1000",
+    _sc, st = state_of("grid.shape=[200,200]", "init.tumor.radius_um=1000",
                       "init.vessels.placement=random", "init.vessels.density=0.02")
     v = st.kind == codes.VESSEL
     tumor_region = np.hypot(*np.indices((200, 200)) - 99.5).ravel() * 20 <= 1000
@@ -62,8 +62,9 @@ def test_vessels_random_lines_and_outside_tumor():
     assert abs(v.sum() - 0.02 * outside) < 5 * math.sqrt(outside * 0.02)
     ox = st.fields[0]
     assert np.all(ox[v] == 38.0)
-    _, st = state_of("grid.shape=[20,40,40]", "init.tumor.shape=none", "init.vessels.placement=lines",
-                     "init.vessels.axis=z", "init.vessels.spacing_um=200")
+    _, st = state_of("grid.shape=[20,40,40]", "init.tumor.shape=none",
+                     "init.vessels.placement=lines", "init.vessels.axis=z",
+                     "init.vessels.spacing_um=200")
     v = (st.kind == codes.VESSEL).reshape(20, 40, 40)
     assert np.all(v == v[:1])                      # straight along z
     ys, xs = np.nonzero(v[0])
@@ -76,7 +77,7 @@ def test_initial_persister_and_resistant_fractions():
     cells. With transitions.pre_existing = false there are no initial persisters and R keeps its
     fraction."""
     for pre in (True, False):
-        sc, _, st = _init("grid.shape=[150,150]", "init.tumor.radius_um=1400",
+        _sc, _, st = _init("grid.shape=[150,150]", "init.tumor.radius_um=1400",
                           "init.tumor.persister_fraction=0.1", "init.tumor.resistant_fraction=0.02",
                           f"tumor.transitions.pre_existing={'true' if pre else 'false'}")
         tum = st.kind == codes.TUMOR
@@ -92,7 +93,7 @@ def test_initial_caf_shell_within_its_ring():
     """Shell placement: every CAF lies at a centre-to-centre distance d from the nearest tumor
     voxel with gap < d <= gap + width (gap 40, width 100 um; brute-force distances), never on a
     tumor or vessel voxel, and the number placed is Binomial(free ring voxels, density 0.5)."""
-    sc, grid, st = _init(
+    _sc, grid, st = _init(
         "grid.shape=[60,60]", "grid.dx_um=20", "init.tumor.radius_um=300",
         "init.vessels.placement=random", "init.vessels.density=0.03", "init.caf.placement=shell",
         "init.caf.density=0.5", "init.caf.shell_gap_um=40", "init.caf.shell_width_um=100")

@@ -77,7 +77,7 @@ def test_module_is_built_once_per_device(gpu_launcher):
     assert launch.get_module(gpu_launcher.device_id) is launch.get_module(gpu_launcher.device_id)
 
 
-# ------------------------------------------------------------------------------------------ packaging
+# ---------------------------------------------------------------------------------------- packaging
 def test_kernels_ship_with_the_package():
     """setup.cfg maps kernels/ to tmesim/kernels/ and takes every source file as package data."""
     cfg = configparser.ConfigParser()

@@ -16,6 +16,7 @@ from tmesim.simulation import Model
 
 from .helpers import MODEL_CASES, model_scenario
 
+
 def held_arrays(root, n_sites: int) -> dict[int, np.ndarray]:
     """Every numpy array of at least ``n_sites`` elements reachable from ``root`` through
     attributes, dicts, lists and tuples, de-duplicated by the memory that owns it (a view counts
@@ -141,7 +142,7 @@ def test_oversized_run_is_refused_up_front():
                  "a smaller grid", "71.00 GiB on the GPU"):
         assert word in msg, msg
     assert "lod" not in msg.split("Use")[1]        # already LOD: not suggested
-    with pytest.raises(memory.OutOfDeviceMemory, match='solver.method = "lod"'):
+    with pytest.raises(memory.OutOfDeviceMemory, match=r'solver.method = "lod"'):
         Model(lod_1024("solver.method=adi"), FakeGPU(80 * 10 ** 9))
     # it fits: the check passes and returns the estimate
     assert memory.check_fits(sc, FakeGPU(80 * 10 ** 9))["total"] <= 80e9

@@ -1,4 +1,5 @@
-"""The counter-based generator: known answers, a pure function of its counter, uniform, independent."""
+"""The counter-based generator: known answers, a pure function of its counter, uniform,
+independent."""
 
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ def test_reference_matches_random123(counter, key, expected):
 
 
 def test_fast_path_is_the_specified_function(rng_np):
-    """numpy's Philox at C speed gives word site%4 of Philox((site//4+1, step, stream, 0), (seed, 0))."""
+    """numpy's Philox at C speed gives word site%4 of
+    Philox((site//4+1, step, stream, 0), (seed, 0))."""
     for _ in range(20):
         seed = int(rng_np.integers(0, 2**63))
         step = int(rng_np.integers(0, 10**6))

@@ -156,8 +156,8 @@ def test_defaults_and_overrides():
     # the stored text is a valid scenario that gives back the same object
     again = tmesim.loads_scenario(sc.text)
     assert again.grid == sc.grid and again.fields == sc.fields and again.run == sc.run
-    with pytest.raises(Exception):
-        sc.grid.dx_um = 3   # frozen
+    with pytest.raises(Exception):  # noqa: B017 - frozen: any refusal to assign will do
+        sc.grid.dx_um = 3
 
 
 def test_summary_speaks_in_sentences():
@@ -177,5 +177,6 @@ def test_validate_prints_memory(tmp_path, capsys):
     from tmesim.grid import Grid
     from tmesim.state import State
     st = State.empty(Grid((4, 4), 20.0), 1)
-    per_voxel = sum(a.nbytes for k, a in st.arrays().items() if k not in ("plasma", "dose_total")) // 16
+    per_voxel = sum(a.nbytes for k, a in st.arrays().items()
+                    if k not in ("plasma", "dose_total")) // 16
     assert f"{per_voxel} bytes/voxel" in out and "OK" in out

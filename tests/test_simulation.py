@@ -62,7 +62,7 @@ def test_killed_run_leaves_a_readable_file(tmp_path):
 
 
 def test_stop_at_burden_is_an_event(tmp_path):
-    sc, sim, path = run_small(tmp_path, **{"run.stop.max_burden": 200,
+    _sc, sim, path = run_small(tmp_path, **{"run.stop.max_burden": 200,
                                            "run.duration_days": 5})
     assert sim.stop_reason == "burden reached 200"
     with tmesim.open_run(path) as ds:
@@ -73,7 +73,7 @@ def test_stop_at_burden_is_an_event(tmp_path):
 
 
 def test_extinction_stops(tmp_path):
-    sc, sim, path = run_small(tmp_path, **{"init.tumor.shape": "none"})
+    _sc, sim, _path = run_small(tmp_path, **{"init.tumor.shape": "none"})
     assert sim.stop_reason == "extinction" and sim.state.step == 1
 
 

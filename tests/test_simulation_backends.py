@@ -30,7 +30,6 @@ from tmesim.simulation import Model, Simulation, step_classes
 
 from .helpers import MODEL_CASES, MODEL_SCENARIO, h5_contents, model_scenario, needs_cxx
 
-
 STEPS = 16
 
 def assert_rows_equal(a: dict, b: dict, where="", rtol=0.0):
@@ -40,7 +39,7 @@ def assert_rows_equal(a: dict, b: dict, where="", rtol=0.0):
     for k in a:
         x, y = a[k], b[k]
         same = x == y or (isinstance(x, float) and isinstance(y, float)
-                          and (math.isnan(x) and math.isnan(y)
+                          and ((math.isnan(x) and math.isnan(y))
                                or abs(x - y) <= rtol * max(abs(x), abs(y))))
         assert same, f"{where}: column {k}: {x!r} != {y!r}"
 
@@ -143,8 +142,8 @@ def test_simulation_through_the_kernels_writes_the_cpu_file(tmp_path, kernel_bac
 
 
 def test_resume_through_the_kernels_restores_device_and_host_arrays(tmp_path, kernel_backend):
-    """A checkpoint written by a run through the kernels resumes (site arrays back in place, plasma and
-    dose_total host arrays) to the CPU's uninterrupted result."""
+    """A checkpoint written by a run through the kernels resumes (site arrays back in place,
+    plasma and dose_total host arrays) to the CPU's uninterrupted result."""
     sc = model_scenario("2d-adi", "run.duration_days=0.05")
     ref = Simulation(sc, backend="cpu")
     ref.run(tmp_path / "ref.h5")
@@ -260,8 +259,8 @@ def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
     monkeypatch.setattr(observables, "_edt",
                         lambda xp: _device_edt if xp is DEVICE_XP else real(xp))
     # the CG's reductions choose numpy's or cupy's code by `xp is numpy`: numpy's here
-    from tmesim.steps.fields_kernel import KernelFieldSolver
     from tmesim.steps import fields as F_
+    from tmesim.steps.fields_kernel import KernelFieldSolver
     monkeypatch.setattr(KernelFieldSolver, "_dots", lambda self, x, y: _wrap(
         F_.dots(np.asarray(x), np.asarray(y))))
     monkeypatch.setattr(KernelFieldSolver, "_absmax", lambda self, x: _wrap(

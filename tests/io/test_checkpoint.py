@@ -24,8 +24,16 @@ from tmesim.cli import main
 from tmesim.errors import RunFileError
 from tmesim.io import checkpoint, schema
 
-from ..helpers import (TINY, TINY_SETS, At, assert_same_run, event_kinds, rows_in,
-                       scenario_text, signal_after_rows)
+from ..helpers import (
+    TINY,
+    TINY_SETS,
+    At,
+    assert_same_run,
+    event_kinds,
+    rows_in,
+    scenario_text,
+    signal_after_rows,
+)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from ..helpers import run_small
 
 
 def test_run_file_schema(tmp_path):
-    sc, sim, path = run_small(tmp_path)
+    sc, _sim, path = run_small(tmp_path)
     with h5py.File(path, "r") as f:
         a = f.attrs
         assert a["format"] == "tmesim" and a["format_version"] == schema.FORMAT_VERSION
@@ -58,7 +58,7 @@ def test_run_file_schema(tmp_path):
 
 def test_event_details_round_trip_and_an_oversized_one_is_kept_truncated(tmp_path):
     """Events are fixed-length; a detail too long for its slot is kept as valid JSON, marked."""
-    sc, _, path = run_small(tmp_path)
+    _sc, _, path = run_small(tmp_path)
     big = {"note": "é" * 3 * schema.EVENT_DETAIL_BYTES, "x": 1}
     small = {"drug": "erlotinib", "dose_uM": 2.0, "why": "burden ≥ baseline"}
     with h5py.File(path, "r+", libver="latest") as f:

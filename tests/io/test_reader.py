@@ -18,7 +18,7 @@ from ..helpers import make_scenario, run_small
 
 
 def test_open_run_is_lazy_xarray(tmp_path):
-    sc, sim, path = run_small(tmp_path)
+    _sc, _sim, path = run_small(tmp_path)
     with tmesim.open_run(path) as ds:
         assert ds["oxygen"].dims == ("time", "y", "x")
         assert ds["oxygen"].attrs["units"] == "mmHg"

@@ -165,7 +165,7 @@ def test_another_major_version_is_refused(run_file, tmp_path):
     with h5py.File(newer, "r+") as f:
         f.attrs["format_version"] = "0.9"
     # an older major version still reads, but cannot be resumed
-    with open_run_file(newer) as f, pytest.raises(RunFileError, match="resumes format 1.x only"
+    with open_run_file(newer) as f, pytest.raises(RunFileError, match=r"resumes format 1.x only"
                                                   ) as exc:
         check_format(f, "older.h5", resume=True)
     assert "file format 0.9" in str(exc.value) and tmesim.__version__ in str(exc.value)

@@ -294,7 +294,8 @@ def test_uniform_sphere_steady_3d(solver_3d):
     M = np.array([[s / decay * sh / R, ex / R],
                   [s / decay * (ch / (ell * R) - sh / R ** 2), -ex * (1 / (ell * R) + 1 / R ** 2)]])
     B, A = np.linalg.solve(M, [s / decay, 0.0])
-    assert B == pytest.approx(ell * (1 + R / ell) * ex, rel=1e-12)   # the known closed form
+    # the known closed form (B is a value, not a constant: no Yoda condition here)
+    assert B == pytest.approx(ell * (1 + R / ell) * ex, rel=1e-12)   # noqa: SIM300
     rr = np.maximum(r, 1e-9)
     exact = np.where(rr < R, s / decay * (1 - B * np.sinh(rr / ell) / rr),
                      A * np.exp(-rr / ell) / rr)
@@ -349,6 +350,7 @@ def test_thomas_solve_matches_banded_solver():
     (n_i = 2 inside; 1 at a no-flux end, 2 at a Dirichlet end) for two fields at once: compared
     with scipy.linalg.solve_banded on the same matrix, 1e-12 relative in float64."""
     from scipy.linalg import solve_banded
+
     from tmesim.steps.fields import thomas_coefficients, thomas_solve
     rng = np.random.default_rng(3)
     m = 17
@@ -394,7 +396,7 @@ def gaussian_order(method, D, s0, T, runs):
     Gaussian against its analytical solution, and their discrete L2 errors."""
     errs = []
     for dx, dt in runs:
-        x, _, c, exact = gaussian_1d(D, dx, s0, T, dt, method)
+        _x, _, c, exact = gaussian_1d(D, dx, s0, T, dt, method)
         errs.append(math.sqrt(dx * ((c - exact) ** 2).sum()))
     return math.log2(errs[0] / errs[1]), errs
 
@@ -741,8 +743,12 @@ def test_threads_do_not_change_results(method, dt_field, monkeypatch):
 def test_factored_line_solve_matches_diag_solve():
     """thomas_factor_diag + thomas_solve_factored (the preconditioner's factors computed once
     per agent step) give bit for bit what thomas_solve_diag gives, along every axis."""
-    from tmesim.steps.fields import (line_diagonal, thomas_factor_diag, thomas_solve_diag,
-                                     thomas_solve_factored)
+    from tmesim.steps.fields import (
+        line_diagonal,
+        thomas_factor_diag,
+        thomas_solve_diag,
+        thomas_solve_factored,
+    )
     rng = np.random.default_rng(2)
     shape = (2, 5, 6, 7)
     k = np.array([0.7, 3.0])

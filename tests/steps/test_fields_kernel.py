@@ -39,6 +39,7 @@ from tmesim.steps.fields_kernel import FieldSolverError, KernelFieldSolver, fiel
 
 from ..helpers import solver_text
 
+
 # ------------------------------------------------------------------------------------- scenarios
 def fields_text(shape, method, *, dt_field=0.0, o2_faces='"all"', drug_faces='"x-", "y+"',
                   tolerance=1e-3, max_iterations=200):
@@ -136,7 +137,7 @@ CASES = [
 
 @pytest.mark.parametrize("shape, method, dt_field, o2_faces, drug_faces", CASES)
 def test_matches_numpy_bit_for_bit(launcher, shape, method, dt_field, o2_faces, drug_faces):
-    sc, ref, ks = solvers(launcher, shape, method, dt_field=dt_field, o2_faces=o2_faces,
+    _sc, ref, ks = solvers(launcher, shape, method, dt_field=dt_field, o2_faces=o2_faces,
                           drug_faces=drug_faces)
     for name in ("F", "method", "n_sub", "dt"):
         assert getattr(ks, name) == getattr(ref, name)
@@ -154,7 +155,7 @@ def test_matches_numpy_bit_for_bit(launcher, shape, method, dt_field, o2_faces, 
 def test_work_order_does_not_matter(launcher, order, shape, method, dt_field):
     """Every launch's work items run backwards, or in a scrambled order: still numpy's result
     (the forward order is test_matches_numpy_bit_for_bit)."""
-    sc, ref, ks = solvers(launcher, shape, method, dt_field=dt_field)
+    _sc, ref, ks = solvers(launcher, shape, method, dt_field=dt_field)
     launcher.set_order(order)
     try:
         run_both(ref, ks, shape, n_steps=3, seed=5)
@@ -165,7 +166,7 @@ def test_work_order_does_not_matter(launcher, order, shape, method, dt_field):
 def test_tumor_state_omitted_and_rates(launcher):
     g = np.random.default_rng(3)
     for method in ("adi", "lod"):
-        sc, ref, ks = solvers(launcher, (16, 20), method, dt_field=2.0)
+        _sc, ref, ks = solvers(launcher, (16, 20), method, dt_field=2.0)
         n = 16 * 20
         kind, state = random_cells(g, n)
         U_w, S_w = ref.rates(kind, state)
@@ -186,7 +187,7 @@ def test_tumor_state_omitted_and_rates(launcher):
 
 @pytest.mark.parametrize("method", ["adi", "lod"])
 def test_non_finite_fields_raise_naming_them(launcher, method):
-    sc, ref, ks = solvers(launcher, (10, 12), method)
+    _sc, ref, ks = solvers(launcher, (10, 12), method)
     g = np.random.default_rng(4)
     kind, state = random_cells(g, 120)
     kind[kind == codes.VESSEL] = codes.EMPTY          # a NaN on a vessel would be reset
@@ -204,7 +205,7 @@ def test_non_finite_fields_raise_naming_them(launcher, method):
 
 
 def test_max_iterations_warns_once_like_numpy(launcher):
-    sc, ref, ks = solvers(launcher, (24, 24), "adi", tolerance=1e-6, max_iterations=3)
+    _sc, ref, ks = solvers(launcher, (24, 24), "adi", tolerance=1e-6, max_iterations=3)
     g = np.random.default_rng(6)
     kind, state = random_cells(g, 576)
     want = initial_fields(g, 576)
@@ -553,7 +554,7 @@ def test_a_field_decayed_into_denormals_converges_at_once(launcher):
     recruitment signal in the therapy library reached +-1e-42). Its residual cannot fall by the
     relative tolerance there; both solvers must count it as converged (RESIDUAL_ZERO) instead
     of running to max_iterations every step. Regression: CG stalled at 200 iterations, 1e-31."""
-    sc, ref, ks = solvers(launcher, (24, 24), "adi", tolerance=1e-3, max_iterations=50)
+    _sc, ref, ks = solvers(launcher, (24, 24), "adi", tolerance=1e-3, max_iterations=50)
     g = np.random.default_rng(8)
     kind, state = random_cells(g, 576)
     kind[(kind == codes.CAF) | (kind == codes.TAM)] = codes.EMPTY     # no hgf secretion left

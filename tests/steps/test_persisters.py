@@ -21,8 +21,13 @@ from scipy.integrate import solve_ivp
 
 from tmesim import codes
 from tmesim.grid import Grid
-from tmesim.scenario import (DrugConfig, EffectConfig, TransitionConfig,
-                             TumorConfig, SignallingConfig)
+from tmesim.scenario import (
+    DrugConfig,
+    EffectConfig,
+    SignallingConfig,
+    TransitionConfig,
+    TumorConfig,
+)
 from tmesim.steps.tumor import TumorRules
 
 from ..helpers import assert_binomial, sparse_cells

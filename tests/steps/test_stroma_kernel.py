@@ -153,7 +153,8 @@ def test_chemotaxis_goes_up_the_signal(launcher):
 def test_shared_scratch_with_the_tumor_rules(launcher):
     """Tumor and stroma steps alternating on one claims/action pair (what a GPU run does to save
     memory): identical to the numpy steps, claims all 0 after each."""
-    from .test_tumor_kernel import random_lattice as tumor_lattice, tumor_config
+    from .test_tumor_kernel import random_lattice as tumor_lattice
+    from .test_tumor_kernel import tumor_config
     g = np.random.default_rng(12)
     shape = (30, 28)
     grid = Grid(shape, 20.0, "moore")

@@ -20,7 +20,8 @@ DT = 6.0
 
 
 def TumorConfig(**kw):
-    """Growth, necrosis and clearance alone: no phenotype transitions (tested in test_persisters)."""
+    """Growth, necrosis and clearance alone: no phenotype transitions (tested in
+    tests/steps/test_persisters.py)."""
     kw.setdefault("transitions", TransitionConfig(pre_existing=False, drug_induced=False))
     return _TumorConfig(**kw)
 

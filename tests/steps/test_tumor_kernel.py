@@ -28,8 +28,13 @@ import pytest
 from tmesim import codes, launch
 from tmesim.drugs import DRUG_PRESETS
 from tmesim.grid import Grid
-from tmesim.scenario import (DrugConfig, EffectConfig, SignallingConfig, TransitionConfig,
-                             TumorConfig)
+from tmesim.scenario import (
+    DrugConfig,
+    EffectConfig,
+    SignallingConfig,
+    TransitionConfig,
+    TumorConfig,
+)
 from tmesim.steps import tumor_kernel
 from tmesim.steps.tumor import RuleCounts, TumorRules
 from tmesim.steps.tumor_kernel import KernelTumorRules
@@ -156,7 +161,7 @@ def test_tumor_kernels_take_every_rule(launcher):
             np.testing.assert_array_equal(y.view(np.uint8), x.view(np.uint8))
 
 
-# ------------------------------------------------------------------------------------- persister biology: inputs
+# ------------------------------------------------------------------------ persister biology: inputs
 def preset(name, **overrides):
     """A DrugConfig from tmesim.drugs.DRUG_PRESETS, effect fields overridden per target."""
     effects = {t: EffectConfig(**{**e, **overrides.get(t, {})})

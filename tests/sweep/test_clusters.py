@@ -2,6 +2,7 @@
 worker killed mid-run, a failing run, a re-run that does no work), and a real single-node Slurm
 through dask-jobqueue where one can be started."""
 
+import contextlib
 import csv
 import json
 import os
@@ -35,10 +36,8 @@ def _open_run(pid: int, runs: Path):
 
 def _signal_all(pids, sig):
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def test_local_cluster_sweep_survives_killed_worker_records_failure_and_reruns_nothing(
@@ -98,7 +97,8 @@ def test_local_cluster_sweep_survives_killed_worker_records_failure_and_reruns_n
     res = result["res"]
     assert (res.total, res.done, res.failed, res.ran) == (8, 4, 4, 8)
 
-    rows = list(csv.DictReader(open(spec.summary)))
+    with open(spec.summary) as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["run"] for r in rows] == [r.id for r in spec.runs()]      # one row per run
     for r in rows:
         bad = float(r["fields.oxygen.diffusion_um2_per_min"]) > 1e200
@@ -233,10 +233,8 @@ def _pids_with_conf(conf: str) -> list[int]:
 def _stop_daemons(conf: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in _pids_with_conf(conf):
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, sig)
-            except OSError:
-                pass
         deadline = time.monotonic() + 10
         while _pids_with_conf(conf) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -261,7 +259,8 @@ def test_sweep_through_dask_jobqueue_on_real_slurm(slurm, tmp_path):
         pytest.fail(f"the Slurm sweep did not end in 240 s; queue:\n{jobs}")
     res = out["res"]
     assert (res.total, res.done, res.failed) == (4, 4, 0)
-    rows = list(csv.DictReader(open(spec.summary)))
+    with open(spec.summary) as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["status"] for r in rows] == ["finished"] * 4
     logs = list((spec.out_dir / "slurm_logs").glob("*"))
     assert logs, "no Slurm job wrote a log"

@@ -51,6 +51,7 @@ def test_slurm_array_script_requeues_after_usr1(tmp_path):
     assert proc.returncode == 0 and b"run r0001: finished" in proc.stdout
     assert (tmp_path / "scontrol.log").read_text() == "requeue 77_1\n"     # no second requeue
     assert main(["sweep", str(p), "--collect"]) == 0
-    rows = list(csv.DictReader(open(spec.summary)))
+    with open(spec.summary) as fh:
+        rows = list(csv.DictReader(fh))
     assert [(r["run"], r["status"]) for r in rows] == [("r0001", "finished")]
 

@@ -126,7 +126,7 @@ def test_reader_2d_layer_tuples_match_the_file(runs):
         state = f["snapshots/tumor_state"][:]
         oxy = f["snapshots/fields/oxygen"][:]
     assert T == 4 and np.allclose(times_h, [0, 2, 4, 6])
-    for name, (data, kw, ltype) in layers.items():
+    for name, (data, kw, _ltype) in layers.items():
         assert data.shape == (T, 40, 48), name
         assert data.chunks[0] == (1,) * T, "one dask chunk per snapshot"
         assert kw["scale"] == (2.0, 20.0, 20.0), "hours per snapshot, um per voxel"
@@ -164,7 +164,7 @@ def test_reader_3d_layers_are_volumes(runs):
         T = f["snapshots/kind"].shape[0]
         kind = f["snapshots/kind"][-1]
     assert T == 3
-    for name, (data, kw, _) in layers.items():
+    for _name, (data, kw, _) in layers.items():
         assert data.shape == (T, 12, 14, 16)
         assert kw["scale"] == (3.0, 25.0, 25.0, 25.0)
         assert kw["axis_labels"] == ("time", "z", "y", "x")
