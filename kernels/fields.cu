@@ -9,7 +9,7 @@
  * round-to-nearest intrinsics (__fmul_rn, __fadd_rn, ...): nvcc may not fuse them into FMAs, so
  * each value is rounded exactly as numpy rounds it and the kernels agree with numpy bit for bit
  * (float32 add, multiply, divide and reciprocal are correctly rounded in IEEE 754 on both sides).
- * The numpy twin of each kernel is named in its comment; tests/test_kernels_cpu.py checks them.
+ * The numpy twin of each kernel is named in its comment; tests/steps/test_fields_kernel.py checks them.
  *
  * Units: concentrations in each field's units (mmHg, ng/mL, uM); rates in 1/min; D/h^2 in 1/min;
  * line-solve coefficients dimensionless.
