@@ -33,8 +33,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 DISH = ROOT / "scenarios" / "therapy" / "nsclc_tki_dish.toml"
-ADAPTIVE = ["drugs.erlotinib.controller.kind=adaptive", "drugs.erlotinib.controller.dose_uM=2.0",
-            "drugs.erlotinib.controller.decide_every_h=1"]
+ADAPTIVE = [
+    "drugs.erlotinib.controller.kind=adaptive",
+    "drugs.erlotinib.controller.dose_uM=2.0",
+    "drugs.erlotinib.controller.decide_every_h=1",
+]
 PROGRESSION = 1.2
 
 #: name: (treatment start day, extra overrides); the dish is seeded at 5 % and grows about 2x a
@@ -53,13 +56,18 @@ def run_task(overrides: list[str], start: float, days: float):
     """The :func:`tmesim.simulation.run_series` task of one run: the dish to progression (it
     stops at the progression row) or to ``days``."""
     from tmesim.compare import ProgressionStop
-    return (str(DISH), overrides + [f"run.duration_days={days}"],
-            ProgressionStop(start, PROGRESSION, 0.0))
+
+    return (
+        str(DISH),
+        overrides + [f"run.duration_days={days}"],
+        ProgressionStop(start, PROGRESSION, 0.0),
+    )
 
 
 def outcome(series: dict, start: float) -> dict:
     """TTP in days from ``start`` (to the end of a censored run) and the start-day burden."""
     from tmesim.compare import progression_index
+
     day, burden = series["day"], series["burden"]
     i0, i, progressed = progression_index(day, burden, start, PROGRESSION)
     return dict(ttp=float(day[i] - day[i0]), censored=not progressed, ref=float(burden[i0]))
@@ -70,8 +78,11 @@ def tasks(regimes: dict, reps: int):
         for cost in (0.0, 0.5):
             for arm in ("continuous", "adaptive"):
                 for k in range(reps):
-                    ov = extra + [f"tumor.resistance_cost={cost}", f"run.seed={2017 + k}",
-                                  f"drugs.erlotinib.schedule.start_day={start}"]
+                    ov = extra + [
+                        f"tumor.resistance_cost={cost}",
+                        f"run.seed={2017 + k}",
+                        f"drugs.erlotinib.schedule.start_day={start}",
+                    ]
                     if arm == "adaptive":
                         ov += ADAPTIVE + [f"drugs.erlotinib.controller.start_day={start}"]
                     yield (name, cost, arm, k), ov, start
@@ -79,25 +90,43 @@ def tasks(regimes: dict, reps: int):
 
 def table(results: dict, regimes, reps: int) -> str:
     from tmesim.compare import paired_stats  # the mean and 95 % t interval of tmesim compare
-    head = ["regime", "cost", "burden at start", "continuous TTP (d)", "adaptive TTP (d)",
-            "paired gain (d), 95 % CI", "gain, % of continuous TTP (95 % CI)", "gained",
-            "censored"]
+
+    head = [
+        "regime",
+        "cost",
+        "burden at start",
+        "continuous TTP (d)",
+        "adaptive TTP (d)",
+        "paired gain (d), 95 % CI",
+        "gain, % of continuous TTP (95 % CI)",
+        "gained",
+        "censored",
+    ]
     rows = []
     for name in regimes:
         for cost in (0.0, 0.5):
-            r = {a: [results[(name, cost, a, k)] for k in range(reps)]
-                 for a in ("continuous", "adaptive")}
+            r = {
+                a: [results[(name, cost, a, k)] for k in range(reps)]
+                for a in ("continuous", "adaptive")
+            }
             ct = np.array([x["ttp"] for x in r["continuous"]])
             at = np.array([x["ttp"] for x in r["adaptive"]])
             g, rel = at - ct, 100 * (at - ct) / ct
             st, sr = paired_stats(g), paired_stats(rel)
             cens = sum(x["censored"] for a in r.values() for x in a)
-            rows.append([name, f"{cost:g}", f"{np.mean([x['ref'] for x in r['continuous']]):.0f}",
-                         f"{ct.mean():.1f} ± {ct.std(ddof=1):.1f}",
-                         f"{at.mean():.1f} ± {at.std(ddof=1):.1f}",
-                         f"{st['mean']:+.2f} [{st['lo']:+.2f}, {st['hi']:+.2f}]",
-                         f"{sr['mean']:+.1f} [{sr['lo']:+.1f}, {sr['hi']:+.1f}]",
-                         f"{int((g > 0).sum())}/{g.size}", str(cens)])
+            rows.append(
+                [
+                    name,
+                    f"{cost:g}",
+                    f"{np.mean([x['ref'] for x in r['continuous']]):.0f}",
+                    f"{ct.mean():.1f} ± {ct.std(ddof=1):.1f}",
+                    f"{at.mean():.1f} ± {at.std(ddof=1):.1f}",
+                    f"{st['mean']:+.2f} [{st['lo']:+.2f}, {st['hi']:+.2f}]",
+                    f"{sr['mean']:+.1f} [{sr['lo']:+.1f}, {sr['hi']:+.1f}]",
+                    f"{int((g > 0).sum())}/{g.size}",
+                    str(cens),
+                ]
+            )
     w = [max(len(x[i]) for x in rows + [head]) for i in range(len(head))]
     out = ["  ".join(h.ljust(n) for h, n in zip(head, w)), "  ".join("-" * n for n in w)]
     out += ["  ".join(x.ljust(n) for x, n in zip(r, w)) for r in rows]
@@ -115,15 +144,22 @@ def main(argv=None) -> int:
     regimes = {k: v for k, v in REGIMES.items() if not a.only or k in a.only}
     todo = list(tasks(regimes, a.reps))
     from tmesim.simulation import run_series
+
     t0 = time.monotonic()
     series = run_series([run_task(ov, start, a.days) for _, ov, start in todo], a.jobs)
     results = {key: outcome(s, start) for (key, _, start), s in zip(todo, series)}
-    print(f"# python benchmarks/adaptive_cost_sweep.py --reps {a.reps} "
-          f"({len(todo)} runs, {time.monotonic() - t0:.0f} s on {a.jobs} processes)")
+    print(
+        f"# python benchmarks/adaptive_cost_sweep.py --reps {a.reps} "
+        f"({len(todo)} runs, {time.monotonic() - t0:.0f} s on {a.jobs} processes)"
+    )
     print(table(results, regimes, a.reps))
     if a.json:
-        a.json.write_text(json.dumps([dict(zip(("regime", "cost", "arm", "rep"), k), **v)
-                                      for k, v in results.items()], indent=1))
+        a.json.write_text(
+            json.dumps(
+                [dict(zip(("regime", "cost", "arm", "rep"), k), **v) for k, v in results.items()],
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -47,11 +47,18 @@ SIZES = {
     "3d-128": ((128, 128, 128), 40),
     "3d-256": ((256, 256, 256), 80),
     "3d-512": ((512, 512, 512), 160),
-    "tiny": (((32, 32), 8), ((16, 16, 16), 5)),     # two grids: the script's own check
+    "tiny": (((32, 32), 8), ((16, 16, 16), 5)),  # two grids: the script's own check
 }
 DEFAULT_SIZES = ("2d-4096", "3d-128", "3d-256", "3d-512")
-COLUMNS = ("part", "grid", "time/step (ms)", "launches/step", "bytes/step (MB)", "GB/s",
-           "% of copy BW")
+COLUMNS = (
+    "part",
+    "grid",
+    "time/step (ms)",
+    "launches/step",
+    "bytes/step (MB)",
+    "GB/s",
+    "% of copy BW",
+)
 
 
 # ------------------------------------------------------------------------------- byte counting
@@ -60,10 +67,14 @@ _KERNEL = re.compile(r"TM_KERNEL\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
 #: non-const pointer parameters that a kernel only writes (pure outputs): counted once. Every
 #: other non-const pointer is updated in place (read and written back): counted twice
 WRITE_ONLY = {
-    "tm_rng_raw_at": {"out"}, "tm_rng_uniform_at": {"out"},
-    "tm_laplacian": {"out"}, "tm_apply_operator": {"out"},
-    "tm_rates": {"U", "S"}, "tm_cg_setup": {"diag", "b"},
-    "tm_factor_diag": {"out"}, "tm_thomas_factor_diag": {"inv", "cp"},
+    "tm_rng_raw_at": {"out"},
+    "tm_rng_uniform_at": {"out"},
+    "tm_laplacian": {"out"},
+    "tm_apply_operator": {"out"},
+    "tm_rates": {"U", "S"},
+    "tm_cg_setup": {"diag", "b"},
+    "tm_factor_diag": {"out"},
+    "tm_thomas_factor_diag": {"inv", "cp"},
     "tm_tumor_decide": {"action", "target"},
 }
 
@@ -73,6 +84,7 @@ def kernel_signatures() -> dict[str, list[tuple[str, str]]]:
     "w" (an output, :data:`WRITE_ONLY`), "rw" (any other pointer: updated in place) or "scalar".
     """
     from tmesim.launch import find_kernel_dir
+
     out = {}
     d = find_kernel_dir()
     for src in sorted(d.glob("*.cu")):
@@ -181,15 +193,21 @@ def copy_bandwidth(backend, nbytes: int, repeats: int) -> float:
 # ------------------------------------------------------------------------------- workloads
 def bench_scenario(shape, radius_vox, *extra):
     import tmesim
+
     sc = tmesim.load_scenario(SCENARIO)
-    over = [f"grid.shape={list(shape)}", f"init.tumor.radius_um={radius_vox * sc.grid.dx_um}",
-            f"init.tumor.shape={'sphere' if len(shape) == 3 else 'disk'}", *extra]
+    over = [
+        f"grid.shape={list(shape)}",
+        f"init.tumor.radius_um={radius_vox * sc.grid.dx_um}",
+        f"init.tumor.shape={'sphere' if len(shape) == 3 else 'disk'}",
+        *extra,
+    ]
     return tmesim.load_scenario(SCENARIO, overrides=over)
 
 
 def measure_parts(backend, shape, radius_vox, repeats: int, warm: int, log) -> list[dict]:
     """Rows for the field solver (adi, lod) and the tumor rules at one grid size."""
     from tmesim.simulation import Model
+
     rows = []
     grid_name = "x".join(map(str, shape))
     clock = Clock(backend)
@@ -212,16 +230,32 @@ def measure_parts(backend, shape, radius_vox, repeats: int, warm: int, log) -> l
 
         n_l, nbytes = counter.count(fields_step)
         times = [clock(fields_step) for _ in range(repeats)]
-        rows.append(_row(f"field solver {method} ({fs.last_sweeps} sweeps)", grid_name,
-                         statistics.median(times), n_l, nbytes))
+        rows.append(
+            _row(
+                f"field solver {method} ({fs.last_sweeps} sweeps)",
+                grid_name,
+                statistics.median(times),
+                n_l,
+                nbytes,
+            )
+        )
         if method == "adi":
             tr = m.tumor_rules
             drugs = m.therapy.tissue_levels(st) if sc.drugs else None
             step = [st.step]
 
             def rules_step(tr=tr, st=st, m=m, drugs=drugs, step=step):
-                tr.apply(st.kind, st.tumor_state, st.fields[m.oxygen], step[0], st.memory,
-                         st.time_in_P_min, m._field("hgf"), m._field("igf1"), drugs)
+                tr.apply(
+                    st.kind,
+                    st.tumor_state,
+                    st.fields[m.oxygen],
+                    step[0],
+                    st.memory,
+                    st.time_in_P_min,
+                    m._field("hgf"),
+                    m._field("igf1"),
+                    drugs,
+                )
                 step[0] += 1
 
             n_l, nbytes = counter.count(rules_step)
@@ -231,16 +265,31 @@ def measure_parts(backend, shape, radius_vox, repeats: int, warm: int, log) -> l
 
 
 def _row(part, grid, seconds, launches, nbytes) -> dict:
-    return {"part": part, "grid": grid, "seconds": seconds, "launches": launches,
-            "bytes": nbytes, "bandwidth": nbytes / seconds if seconds > 0 else float("nan")}
+    return {
+        "part": part,
+        "grid": grid,
+        "seconds": seconds,
+        "launches": launches,
+        "bytes": nbytes,
+        "bandwidth": nbytes / seconds if seconds > 0 else float("nan"),
+    }
 
 
 def whole_run(backend, tiny: bool, out_dir: Path, log) -> dict:
     """Simulation.run of the bench scenario (a 16^3, 0.02-day stand-in with --sizes tiny)."""
     import tmesim
     from tmesim.simulation import Simulation
-    over = ["grid.shape=[16,16,16]", "init.tumor.radius_um=100", "run.duration_days=0.02",
-            "run.snapshot_every_hours=0.2"] if tiny else []
+
+    over = (
+        [
+            "grid.shape=[16,16,16]",
+            "init.tumor.radius_um=100",
+            "run.duration_days=0.02",
+            "run.snapshot_every_hours=0.2",
+        ]
+        if tiny
+        else []
+    )
     sc = tmesim.load_scenario(SCENARIO, overrides=over)
     sim = Simulation(sc, backend=backend)
     log(f"  whole run: {sc.n_steps} steps on {'x'.join(map(str, sc.grid.shape))}")
@@ -249,10 +298,16 @@ def whole_run(backend, tiny: bool, out_dir: Path, log) -> dict:
     sim.run(path)
     wall = time.perf_counter() - t
     path.unlink(missing_ok=True)
-    return {"scenario": f"{SCENARIO.name}" + (" (tiny stand-in)" if tiny else ""),
-            "grid": "x".join(map(str, sc.grid.shape)), "fields": len(sc.fields),
-            "days": sc.run.duration_days, "steps": sim.state.step, "wall_s": wall,
-            "status": sim.status, "burden": sim.last_row["burden"]}
+    return {
+        "scenario": f"{SCENARIO.name}" + (" (tiny stand-in)" if tiny else ""),
+        "grid": "x".join(map(str, sc.grid.shape)),
+        "fields": len(sc.fields),
+        "days": sc.run.duration_days,
+        "steps": sim.state.step,
+        "wall_s": wall,
+        "status": sim.status,
+        "burden": sim.last_row["burden"],
+    }
 
 
 # ------------------------------------------------------------------------------- table
@@ -260,36 +315,55 @@ def table(copy_bw: float, rows: list[dict], run: dict | None, header: dict) -> s
     lines = [f"# tmesim GPU benchmark, {header['date']}", ""]
     for k in ("device", "backend", "command", "tmesim"):
         lines.append(f"- {k}: {header[k]}")
-    lines += ["", f"Copy bandwidth (read + write, best of {header['copy_repeats']}): "
-              f"{copy_bw / 1e9:.1f} GB/s", ""]
+    lines += [
+        "",
+        f"Copy bandwidth (read + write, best of {header['copy_repeats']}): "
+        f"{copy_bw / 1e9:.1f} GB/s",
+        "",
+    ]
     lines.append("| " + " | ".join(COLUMNS) + " |")
     lines.append("|" + "---|" * len(COLUMNS))
     for r in rows:
         bw = r["bandwidth"]
-        lines.append(f"| {r['part']} | {r['grid']} | {r['seconds'] * 1e3:.3f} | "
-                     f"{r['launches']} | {r['bytes'] / 1e6:.3f} | {bw / 1e9:.2f} | "
-                     f"{100 * bw / copy_bw:.1f} |")
+        lines.append(
+            f"| {r['part']} | {r['grid']} | {r['seconds'] * 1e3:.3f} | "
+            f"{r['launches']} | {r['bytes'] / 1e6:.3f} | {bw / 1e9:.2f} | "
+            f"{100 * bw / copy_bw:.1f} |"
+        )
     if run is not None:
-        lines += ["", "| whole run | grid | fields | days | steps | wall (s) | ms/step | "
-                  "status | final burden |", "|---|---|---|---|---|---|---|---|---|",
-                  f"| {run['scenario']} | {run['grid']} | {run['fields']} | {run['days']:g} | "
-                  f"{run['steps']} | {run['wall_s']:.1f} | "
-                  f"{1e3 * run['wall_s'] / max(run['steps'], 1):.2f} | {run['status']} | "
-                  f"{run['burden']} |"]
+        lines += [
+            "",
+            "| whole run | grid | fields | days | steps | wall (s) | ms/step | "
+            "status | final burden |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {run['scenario']} | {run['grid']} | {run['fields']} | {run['days']:g} | "
+            f"{run['steps']} | {run['wall_s']:.1f} | "
+            f"{1e3 * run['wall_s'] / max(run['steps'], 1):.2f} | {run['status']} | "
+            f"{run['burden']} |",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", choices=("gpu", "portable"), default="gpu",
-                    help="gpu (default), or portable: the kernels' C++ build on the CPU, to "
-                         "check the script without a GPU (use with --sizes tiny)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--backend",
+        choices=("gpu", "portable"),
+        default="gpu",
+        help="gpu (default), or portable: the kernels' C++ build on the CPU, to "
+        "check the script without a GPU (use with --sizes tiny)",
+    )
     ap.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=list(DEFAULT_SIZES))
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per row (median)")
     ap.add_argument("--warm", type=int, default=3, help="model steps before timing")
-    ap.add_argument("--copy-mb", type=float, default=None,
-                    help="size of the copied array (default 1024 MB on a GPU, 64 MB portable)")
+    ap.add_argument(
+        "--copy-mb",
+        type=float,
+        default=None,
+        help="size of the copied array (default 1024 MB on a GPU, 64 MB portable)",
+    )
     ap.add_argument("--skip-run", action="store_true", help="no whole run")
     ap.add_argument("--out", help="also write the table (markdown) here")
     args = ap.parse_args(argv)
@@ -306,7 +380,7 @@ def main(argv=None) -> int:
     copy_mb = args.copy_mb or (1024 if backend.name == "gpu" else 64)
     copy_repeats = 10
     log(f"copy bandwidth ({copy_mb:g} MB)")
-    bw = copy_bandwidth(backend, int(copy_mb * 2 ** 20), copy_repeats)
+    bw = copy_bandwidth(backend, int(copy_mb * 2**20), copy_repeats)
     rows = []
     for name in args.sizes:
         grids = SIZES[name] if name == "tiny" else (SIZES[name],)
@@ -317,11 +391,14 @@ def main(argv=None) -> int:
     if not args.skip_run:
         out_dir = Path(args.out).resolve().parent if args.out else Path.cwd()
         run = whole_run(backend, tiny, out_dir, log)
-    header = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-              "device": backend.device, "backend": backend.name,
-              "command": "python " + " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
-              "tmesim": f"{__version__} ({platform.python_version()}, numpy {np.__version__})",
-              "copy_repeats": copy_repeats}
+    header = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "device": backend.device,
+        "backend": backend.name,
+        "command": "python " + " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
+        "tmesim": f"{__version__} ({platform.python_version()}, numpy {np.__version__})",
+        "copy_repeats": copy_repeats,
+    }
     text = table(bw, rows, run, header)
     print(text)
     if args.out:
@@ -331,7 +408,8 @@ def main(argv=None) -> int:
 
 def _gpu():
     from tmesim.backend import GPU
-    return GPU(0)        # not get_backend("gpu"): no warning while GPU_VERIFIED is False
+
+    return GPU(0)  # not get_backend("gpu"): no warning while GPU_VERIFIED is False
 
 
 if __name__ == "__main__":

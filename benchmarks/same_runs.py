@@ -67,8 +67,13 @@ def shorten(path: Path, duration_days: float) -> list[str]:
 def tmesim(*args: str, cwd: Path) -> str:
     # this checkout's tmesim, whatever is installed
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'viewer'}")
-    r = subprocess.run([sys.executable, "-m", "tmesim.cli", *args], cwd=cwd, env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "tmesim.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode not in (0,):
         raise SystemExit(f"tmesim {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
     return r.stdout
@@ -93,11 +98,29 @@ def record(out: Path, only: str | None = None) -> None:
         if k == "scenario":
             days = tomllib.loads(p.read_text()).get("run", {}).get("duration_days", DEFAULT_DAYS)
             sets = [a for s in shorten(p, days) for a in ("--set", s)]
-            tmesim("run", str(p), "-o", str(out / f"{tag}.h5"), "--backend", "cpu", "-q",
-                   *sets, cwd=work)
+            tmesim(
+                "run",
+                str(p),
+                "-o",
+                str(out / f"{tag}.h5"),
+                "--backend",
+                "cpu",
+                "-q",
+                *sets,
+                cwd=work,
+            )
             if p.name in PORTABLE:
-                tmesim("run", str(p), "-o", str(out / f"{tag}.portable.h5"), "--backend",
-                       "portable", "-q", *sets, cwd=work)
+                tmesim(
+                    "run",
+                    str(p),
+                    "-o",
+                    str(out / f"{tag}.portable.h5"),
+                    "--backend",
+                    "portable",
+                    "-q",
+                    *sets,
+                    cwd=work,
+                )
         elif k == "comparison":
             data = tomllib.loads(p.read_text())
             base = (p.parent / data["scenario"]).resolve()
@@ -116,20 +139,20 @@ def record(out: Path, only: str | None = None) -> None:
             (out / f"{tag}.txt").write_text(scrub(tmesim("compare", str(cf), cwd=work)))
         else:
             d = work / tag
-            shutil.copytree(p.parent, d, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("runs"))
+            shutil.copytree(p.parent, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns("runs"))
             sp = d / p.name
             text = sp.read_text().replace('scenario = "../', f'scenario = "{p.parent.parent}/')
             sp.write_text(text)
             tmesim("sweep", str(sp), "--workers", "1", cwd=work)
             spec = tomllib.loads(text)["sweep"]
-            summary = (sp.parent / spec["out_dir"] / spec.get("summary", "summary.csv"))
+            summary = sp.parent / spec["out_dir"] / spec.get("summary", "summary.csv")
             (out / f"{tag}.csv").write_text(_sorted_csv(summary.read_text()))
     if only and only != "validate-model":
         return
     print("validate-model --quick", flush=True)
     (out / "validate_model_quick.txt").write_text(
-        scrub(tmesim("validate-model", "--quick", cwd=work)))
+        scrub(tmesim("validate-model", "--quick", cwd=work))
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -151,6 +174,7 @@ def _toml(data: dict) -> str:
         if isinstance(v, list):
             return "[" + ", ".join(val(x) for x in v) + "]"
         return repr(v)
+
     lines = [f"{k} = {val(v)}" for k, v in data.items() if not isinstance(v, dict)]
     for arm, spec in data["arms"].items():
         lines += [f"[arms.{arm}]", f"set = {val(spec['set'])}"]
@@ -170,6 +194,7 @@ def h5_items(path: Path) -> dict:
             for k, v in obj.attrs.items():
                 if f"{name}@{k}" not in PATH_ATTRS:
                     items[f"{name}@{k}"] = v
+
         f.visititems(visit)
     return items
 
@@ -197,10 +222,13 @@ def check(ref: Path, only: str | None = None) -> int:
             continue
         if r.suffix == ".h5":
             a, b = h5_items(r), h5_items(n)
-            diff = sorted(k for k in set(a) | set(b)
-                          if k not in a or k not in b or not same(a[k], b[k]))
-            print(f"{'SAME' if not diff else 'DIFFERENT'} {r.name}"
-                  + (f": {', '.join(diff[:12])}" if diff else f" ({len(a)} items)"))
+            diff = sorted(
+                k for k in set(a) | set(b) if k not in a or k not in b or not same(a[k], b[k])
+            )
+            print(
+                f"{'SAME' if not diff else 'DIFFERENT'} {r.name}"
+                + (f": {', '.join(diff[:12])}" if diff else f" ({len(a)} items)")
+            )
             bad += bool(diff)
         else:
             ok = r.read_text() == n.read_text()
@@ -217,8 +245,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=["record", "check"])
     ap.add_argument("folder", type=Path)
-    ap.add_argument("--only", help="scenario files matching this glob (relative to scenarios/, "
-                    "e.g. 'validation/*.toml'), or 'validate-model'")
+    ap.add_argument(
+        "--only",
+        help="scenario files matching this glob (relative to scenarios/, "
+        "e.g. 'validation/*.toml'), or 'validate-model'",
+    )
     a = ap.parse_args()
     if a.mode == "record":
         record(a.folder, a.only)

@@ -32,7 +32,7 @@ def pytest_addoption(parser, pluginmanager):
             parser.addini(name, "pytest-xvfb's setting (pytest-xvfb is not in use)")
 
 
-@pytest.hookimpl(tryfirst=True)      # before ``-m`` selects by mark
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects by mark
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if set(GPU_FIXTURES) & set(getattr(item, "fixturenames", ())):
@@ -54,10 +54,12 @@ class MirrorLauncher:
     """Runs each kernel launch on the GPU with numpy arguments: copies arrays to the device,
     launches, copies every array back (outputs and in-place updates; inputs come back unchanged),
     so the portable build's test bodies and exact expectations apply unchanged on a GPU."""
+
     xp = np
 
     def __init__(self):
         import cupy
+
         self.cupy = cupy
         self.gpu = launch.CupyLauncher(0)
 
@@ -73,8 +75,10 @@ class MirrorLauncher:
                 a[...] = cp.asnumpy(d)
 
 
-@pytest.fixture(scope="module", params=[pytest.param("portable", marks=needs_cxx),
-                                        pytest.param("gpu", marks=pytest.mark.gpu)])
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param("portable", marks=needs_cxx), pytest.param("gpu", marks=pytest.mark.gpu)],
+)
 def launcher(request):
     """The kernels' launcher, on numpy arrays: ``portable``, the C++ build (cached by content
     hash in the per-user build folder) in forward work order, reset after each module (tests of

@@ -70,8 +70,9 @@ def _without(text: str, key: str) -> str:
     return "".join(out)
 
 
-def scenario_text(*sets: str, extra: str = "", drop: tuple[str, ...] = (),
-                  base: str = SMALL_2D) -> str:
+def scenario_text(
+    *sets: str, extra: str = "", drop: tuple[str, ...] = (), base: str = SMALL_2D
+) -> str:
     """A test scenario as TOML text: ``base`` (the small test scenario) with the ``extra`` TOML
     tables appended, the keys or tables named in ``drop`` left out (their defaults apply), and
     the ``key.path=value`` settings of ``sets`` applied as ``tmesim run --set`` applies them
@@ -85,25 +86,39 @@ def scenario_text(*sets: str, extra: str = "", drop: tuple[str, ...] = (),
     return tmesim.loads_scenario(text, overrides=list(sets)).text
 
 
-def make_scenario(*sets: str, extra: str = "", drop: tuple[str, ...] = (),
-                  base: str = SMALL_2D) -> tmesim.Scenario:
+def make_scenario(
+    *sets: str, extra: str = "", drop: tuple[str, ...] = (), base: str = SMALL_2D
+) -> tmesim.Scenario:
     """The validated Scenario of :func:`scenario_text`'s text."""
     return tmesim.loads_scenario(scenario_text(*sets, extra=extra, drop=drop, base=base))
 
 
 #: 32 x 32 voxels, 480 steps: about 2 s; a checkpoint every 20 steps, a snapshot every 30
-TINY_SETS = ("run.name=tiny", "run.seed=5", "run.duration_days=2", "run.snapshot_every_hours=3",
-             "run.checkpoint_every_hours=2", "grid.shape=[32,32]", "init.tumor.radius_um=120",
-             "init.vessels.density=0.02")
+TINY_SETS = (
+    "run.name=tiny",
+    "run.seed=5",
+    "run.duration_days=2",
+    "run.snapshot_every_hours=3",
+    "run.checkpoint_every_hours=2",
+    "grid.shape=[32,32]",
+    "init.tumor.radius_um=120",
+    "init.vessels.density=0.02",
+)
 TINY = scenario_text(*TINY_SETS)
 
 #: The whole model switched on: drugs, pre-existing persisters and resistant cells, transitions,
 #: CAFs and TAMs, signalling fields; the cases of MODEL_CASES pick the grid and the solver.
 MODEL_SCENARIO = scenario_text(
-    "run.name=device_model", "run.seed=20101", "run.snapshot_every_hours=0.5",
-    "run.checkpoint_every_hours=0.4", "grid.shape=[24,24]", "init.tumor.persister_fraction=0.1",
-    "init.tumor.resistant_fraction=0.05", "init.vessels.density=0.03",
-    "init.vessels.outside_tumor=false", extra="""
+    "run.name=device_model",
+    "run.seed=20101",
+    "run.snapshot_every_hours=0.5",
+    "run.checkpoint_every_hours=0.4",
+    "grid.shape=[24,24]",
+    "init.tumor.persister_fraction=0.1",
+    "init.tumor.resistant_fraction=0.05",
+    "init.vessels.density=0.03",
+    "init.vessels.outside_tumor=false",
+    extra="""
 [init.caf]
 placement = "shell"
 shell_width_um = 100
@@ -135,18 +150,30 @@ half_life_h = 36
 unbound_fraction = 0.5
 transport = "vessels"
 schedule = { kind = "continuous", dose_uM = 1.8, start_day = 0.04, interval_h = 2 }
-""")
+""",
+)
 
 MODEL_CASES = {
     "2d-adi": ["grid.shape=[24,24]", "solver.method=adi"],
-    "2d-biopsy": ["grid.shape=[24,24]", "solver.method=lod",
-                  'drugs.erlotinib.controller={ kind = "biomarker", dose_uM = 1.8, '
-                  'on_fraction = 0.05, biopsy_size_um = 240, biopsy_cells = 30, '
-                  'decide_every_h = 0.3 }'],
-    "3d-lod": ["grid.shape=[12,12,12]", "init.tumor.shape=sphere", "init.tumor.radius_um=100",
-               "solver.method=lod"],
-    "3d-adi": ["grid.shape=[12,12,12]", "init.tumor.shape=sphere", "init.tumor.radius_um=100",
-               "solver.method=adi"],
+    "2d-biopsy": [
+        "grid.shape=[24,24]",
+        "solver.method=lod",
+        'drugs.erlotinib.controller={ kind = "biomarker", dose_uM = 1.8, '
+        "on_fraction = 0.05, biopsy_size_um = 240, biopsy_cells = 30, "
+        "decide_every_h = 0.3 }",
+    ],
+    "3d-lod": [
+        "grid.shape=[12,12,12]",
+        "init.tumor.shape=sphere",
+        "init.tumor.radius_um=100",
+        "solver.method=lod",
+    ],
+    "3d-adi": [
+        "grid.shape=[12,12,12]",
+        "init.tumor.shape=sphere",
+        "init.tumor.radius_um=100",
+        "solver.method=adi",
+    ],
 }
 
 
@@ -154,19 +181,30 @@ def model_scenario(case, *extra):
     return tmesim.loads_scenario(MODEL_SCENARIO, overrides=MODEL_CASES[case] + list(extra))
 
 
-def solver_text(shape, *, method: str | None = None, dt_field: float | None = None,
-                tolerance: float | None = None, max_iterations: int | None = None,
-                dx: float = 20.0, dt_agent: float = 6.0) -> str:
+def solver_text(
+    shape,
+    *,
+    method: str | None = None,
+    dt_field: float | None = None,
+    tolerance: float | None = None,
+    max_iterations: int | None = None,
+    dx: float = 20.0,
+    dt_agent: float = 6.0,
+) -> str:
     """The head of a field-solver test scenario as TOML text: a ``shape`` grid of ``dx`` um
     voxels with no tumor, agent steps of ``dt_agent`` min, and the [solver] keys given (the
     others their defaults); the caller appends its [fields.*] tables."""
-    solver = {"method": None if method is None else f'"{method}"',
-              "dt_min": None if dt_field is None else repr(float(dt_field)),
-              "tolerance": None if tolerance is None else repr(float(tolerance)),
-              "max_iterations": None if max_iterations is None else str(int(max_iterations))}
-    return (f"\n[run]\ndt_min = {float(dt_agent)!r}\n[grid]\nshape = {list(shape)}\n"
-            f"dx_um = {float(dx)!r}\n[init.tumor]\nshape = \"none\"\n[solver]\n"
-            + "".join(f"{k} = {v}\n" for k, v in solver.items() if v is not None))
+    solver = {
+        "method": None if method is None else f'"{method}"',
+        "dt_min": None if dt_field is None else repr(float(dt_field)),
+        "tolerance": None if tolerance is None else repr(float(tolerance)),
+        "max_iterations": None if max_iterations is None else str(int(max_iterations)),
+    }
+    return (
+        f"\n[run]\ndt_min = {float(dt_agent)!r}\n[grid]\nshape = {list(shape)}\n"
+        f'dx_um = {float(dx)!r}\n[init.tumor]\nshape = "none"\n[solver]\n'
+        + "".join(f"{k} = {v}\n" for k, v in solver.items() if v is not None)
+    )
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -182,6 +220,7 @@ def h5_contents(path, skip: tuple[str, ...] = ()) -> dict:
     root), except the creation time and the groups named in ``skip``."""
     out = {}
     with h5py.File(path, "r") as f:
+
         def visit(name, obj):
             if any(name == g or name.startswith(g + "/") for g in skip):
                 return
@@ -189,6 +228,7 @@ def h5_contents(path, skip: tuple[str, ...] = ()) -> dict:
                 out[name] = obj[()]
             for k, v in obj.attrs.items():
                 out[f"{name}@{k}"] = v
+
         f.visititems(visit)
         for k, v in f.attrs.items():
             if k != "created":
@@ -251,7 +291,7 @@ def signal_after_rows(proc, path, rows: int, sig, timeout: float = 60.0) -> None
 
 
 # ------------------------------------------------------------------------------------ statistics
-ALPHA = 1e-6          # two-sided tail probability of every binomial check
+ALPHA = 1e-6  # two-sided tail probability of every binomial check
 
 
 def assert_binomial(k, n, p, what=""):
@@ -268,8 +308,9 @@ def assert_binomial(k, n, p, what=""):
 
 def sparse_cells(shape, spacing, offset=1):
     """Sites on a square sublattice (spacing 3 or more: the neighbourhoods are disjoint)."""
-    ys, xs = np.meshgrid(np.arange(offset, shape[0], spacing),
-                         np.arange(offset, shape[1], spacing), indexing="ij")
+    ys, xs = np.meshgrid(
+        np.arange(offset, shape[0], spacing), np.arange(offset, shape[1], spacing), indexing="ij"
+    )
     return (ys * shape[1] + xs).ravel()
 
 
@@ -302,5 +343,3 @@ def write_sweep(d: Path, days=2, diff="[1e5]", extra="") -> Path:
     p = d / "sweep.toml"
     p.write_text(SWEEP.format(days=days, diff=diff) + extra)
     return p
-
-

@@ -19,6 +19,7 @@ def test_backend_selection():
     an unknown backend is named."""
     from tmesim import backend
     from tmesim.errors import UserError
+
     if not (backend.GPU_VERIFIED and backend.gpu_available()):
         assert backend.get_backend("auto").name == "cpu"
     if not backend.gpu_available():
@@ -31,6 +32,7 @@ def test_backend_selection():
 @needs_cxx
 def test_backends_and_their_launchers():
     from tmesim.backend import get_backend
+
     assert CPU().launcher() is None and CPU().free_memory() is None
     p = get_backend("portable")
     assert isinstance(p, Portable) and p.name == "portable" and p.free_memory() is None
@@ -38,7 +40,7 @@ def test_backends_and_their_launchers():
     assert isinstance(L, launch.PortableLauncher) and p.launcher() is L
     assert "portable" in p.device
     a = np.arange(5)
-    assert p.to_host(p.to_device(a)) is a          # numpy arrays: nothing copied
+    assert p.to_host(p.to_device(a)) is a  # numpy arrays: nothing copied
     cls = step_classes(CPU())
     assert cls.launcher is None and cls.fields.__name__ == "FieldSolver"
 
@@ -46,6 +48,7 @@ def test_backends_and_their_launchers():
 @pytest.mark.gpu
 def test_gpu_backend_round_trip(gpu_backend):
     import cupy
+
     b = gpu_backend
     a = np.arange(7, dtype=np.float32)
     d = b.to_device(a)

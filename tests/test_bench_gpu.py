@@ -30,17 +30,22 @@ def _bench():
 def _tumor_rules_bytes_by_hand(n: int, n_drugs: int, small: int) -> int:
     """The dense count (bench_gpu.launch_bytes' rule: read 1x, write-only 1x, in place 2x) of
     one step of the tumor rules, from the kernels' arguments in kernels/tumor.cu."""
-    decide = (1            # kind, read
-              + 2 * 1      # tumor_state, updated (transitions)
-              + 2 * 4      # memory, updated
-              + 2 * 4      # time_in_P, updated
-              + 4 + 4 + 4  # oxygen, hgf, igf1, read
-              + 4 * n_drugs  # drug_conc, read
-              + 1 + 4      # action, target: written
-              + 2 * 8)     # claims, atomicMax (read-modify-write)
-    apply = 2 * 1 + 2 * 1 + 2 * 4 + 2 * 4 + 2 * 1 + 4 + 8   # kind, state, memory, time, action
+    decide = (
+        1  # kind, read
+        + 2 * 1  # tumor_state, updated (transitions)
+        + 2 * 4  # memory, updated
+        + 2 * 4  # time_in_P, updated
+        + 4
+        + 4
+        + 4  # oxygen, hgf, igf1, read
+        + 4 * n_drugs  # drug_conc, read
+        + 1
+        + 4  # action, target: written
+        + 2 * 8
+    )  # claims, atomicMax (read-modify-write)
+    apply = 2 * 1 + 2 * 1 + 2 * 4 + 2 * 4 + 2 * 1 + 4 + 8  # kind, state, memory, time, action
     #                                                        updated; target, claims read
-    finish = 1 + 2 * 4 + 2 * 8                              # action read; target, claims updated
+    finish = 1 + 2 * 4 + 2 * 8  # action read; target, claims updated
     return n * (decide + apply + finish) + small
 
 
@@ -48,14 +53,25 @@ def test_tumor_rules_bytes_equal_the_hand_count():
     bench = _bench()
     from tmesim.backend import Portable
     from tmesim.simulation import Model
+
     sc = bench.bench_scenario((32, 32), 8, "solver.method=lod")
     m = Model(sc, Portable())
     counter = bench.CountingLauncher(m.classes.launcher)
     tr, st = m.tumor_rules, m.state
     tr.L = counter
-    n_launches, nbytes = counter.count(lambda: tr.apply(
-        st.kind, st.tumor_state, st.fields[m.oxygen], 0, st.memory, st.time_in_P_min,
-        m._field("hgf"), m._field("igf1"), m.therapy.tissue_levels(st)))
+    n_launches, nbytes = counter.count(
+        lambda: tr.apply(
+            st.kind,
+            st.tumor_state,
+            st.fields[m.oxygen],
+            0,
+            st.memory,
+            st.time_in_P_min,
+            m._field("hgf"),
+            m._field("igf1"),
+            m.therapy.tissue_levels(st),
+        )
+    )
     # the small tables each launch of decide reads (parameters, effects, offsets, state table)
     small = sum(a.nbytes for a in (tr.effects, tr.offsets, tr.params, tr.state_table))
     assert sc.field_names == ("oxygen", "hgf", "igf1", "signal", "erlotinib")
@@ -83,9 +99,26 @@ def test_script_runs_on_the_portable_kernels(tmp_path):
     """The whole script, --backend portable --sizes tiny: a table with the documented columns,
     one row per part and grid, and the whole-run table; --out holds the same text."""
     out = tmp_path / "bench.md"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--backend", "portable", "--sizes", "tiny",
-                        "--repeats", "2", "--warm", "1", "--out", str(out)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--backend",
+            "portable",
+            "--sizes",
+            "tiny",
+            "--repeats",
+            "2",
+            "--warm",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert text.strip() == r.stdout.strip()
@@ -94,17 +127,20 @@ def test_script_runs_on_the_portable_kernels(tmp_path):
     head = next(i for i, s in enumerate(lines) if s.startswith("| part |"))
     assert [c.strip() for c in lines[head].strip("|").split("|")] == list(bench.COLUMNS)
     rows = []
-    for s in lines[head + 2:]:
+    for s in lines[head + 2 :]:
         if not s.startswith("|"):
             break
         rows.append([c.strip() for c in s.strip("|").split("|")])
     parts = [(row[0].split(" (")[0], row[1]) for row in rows]
-    assert parts == [(p, g) for g in ("32x32", "16x16x16")
-                     for p in ("field solver adi", "tumor rules", "field solver lod")]
+    assert parts == [
+        (p, g)
+        for g in ("32x32", "16x16x16")
+        for p in ("field solver adi", "tumor rules", "field solver lod")
+    ]
     for row in rows:
         ms, launches, mb, gbs, pct = map(float, row[2:])
         assert ms > 0 and launches >= 3 and mb > 0 and gbs > 0 and pct > 0
-        assert abs(gbs - mb / ms) <= 0.01 * gbs + 0.01      # GB/s = MB / ms
+        assert abs(gbs - mb / ms) <= 0.01 * gbs + 0.01  # GB/s = MB / ms
     assert "Copy bandwidth" in text
     run = next(s for s in lines if "tiny stand-in" in s)
     assert "| 16x16x16 | 5 |" in run and "finished" in run

@@ -73,13 +73,20 @@ def test_small_comparison_runs_replicates_and_separates_arms(tmp_path, capsys):
     assert "treated" in out and "not progressed" in out and (tmp_path / "c.png").stat().st_size
 
 
-@pytest.mark.parametrize("text,match", [
-    (CMP.replace("replicates = 2", "replicates = 0"), "replicates"),
-    (CMP.replace('[arms.untreated]\nset = ["drugs.erlotinib.schedule.kind=none"]',
-                 '[arms.untreated]\nset = ["drugs.erlotinib.schedule.kind=sometimes"]'),
-     "arm 'untreated'.*drugs.erlotinib.schedule.kind"),
-    ("colour = 1\n" + CMP, "no such key"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        (CMP.replace("replicates = 2", "replicates = 0"), "replicates"),
+        (
+            CMP.replace(
+                '[arms.untreated]\nset = ["drugs.erlotinib.schedule.kind=none"]',
+                '[arms.untreated]\nset = ["drugs.erlotinib.schedule.kind=sometimes"]',
+            ),
+            "arm 'untreated'.*drugs.erlotinib.schedule.kind",
+        ),
+        ("colour = 1\n" + CMP, "no such key"),
+    ],
+)
 def test_bad_comparison_is_named(tmp_path, text, match):
     (tmp_path / "s.toml").write_text(SCEN)
     f = tmp_path / "c.toml"
@@ -94,13 +101,24 @@ def test_paired_gains_and_their_statistics_on_known_curves():
     0.05-day sampling; the Wilcoxon signed-rank p-value of 5 positive differences is the exact
     2/2^5 = 0.0625, and the t interval is mean ± t(0.975, 4) sd / sqrt(5)."""
     from scipy import stats
+
     day = np.arange(0, 30.001, 0.05)
-    c = compare.Comparison(scenario=None, arms={"A": [], "B": []}, replicates=5,
-                           reference_day=0.0, progression_fraction=1.2, pairs=[("A", "B")])
+    c = compare.Comparison(
+        scenario=None,
+        arms={"A": [], "B": []},
+        replicates=5,
+        reference_day=0.0,
+        progression_fraction=1.2,
+        pairs=[("A", "B")],
+    )
     delays = np.array([1.0, 1.1, 1.2, 1.3, 1.4])
-    res = {"B": [{"day": day, "burden": 100 * np.exp(0.2 * day)} for _ in delays],
-           "A": [{"day": day, "burden": np.where(day < d, 100.0, 100 * np.exp(0.2 * (day - d)))}
-                 for d in delays]}
+    res = {
+        "B": [{"day": day, "burden": 100 * np.exp(0.2 * day)} for _ in delays],
+        "A": [
+            {"day": day, "burden": np.where(day < d, 100.0, 100 * np.exp(0.2 * (day - d)))}
+            for d in delays
+        ],
+    }
     g, cens = compare.paired_gains(c, res, "A", "B")
     assert not cens.any()
     np.testing.assert_allclose(g, delays, atol=0.051)
@@ -123,13 +141,18 @@ def test_paired_gains_and_their_statistics_on_known_curves():
 def test_bad_pairs_are_named(tmp_path):
     (tmp_path / "s.toml").write_text(SCEN)
     f = tmp_path / "c.toml"
-    f.write_text("pairs = [[\"treated\", \"nobody\"]]\n" + CMP)
+    f.write_text('pairs = [["treated", "nobody"]]\n' + CMP)
     with pytest.raises(ScenarioError, match=r"pairs.*nobody"):
         compare.load_comparison(f)
 
 
-LIBRARY = sorted(p for p in (compare.Path(__file__).resolve().parent.parent / "scenarios" /
-                             "therapy").glob("*.toml") if "scenario = " in p.read_text())
+LIBRARY = sorted(
+    p
+    for p in (compare.Path(__file__).resolve().parent.parent / "scenarios" / "therapy").glob(
+        "*.toml"
+    )
+    if "scenario = " in p.read_text()
+)
 
 
 @pytest.mark.parametrize("path", LIBRARY, ids=[p.stem for p in LIBRARY])
@@ -139,16 +162,20 @@ def test_therapy_library_comparisons_are_valid_and_every_arm_runs(path):
     treatment, with the drugs it names switched on at their levels; the arms differ from one
     another in what they give."""
     from tmesim.validation import run_arm
+
     c = compare.load_comparison(path)
     assert len(c.arms) >= 2 and c.replicates >= 3
     start = c.reference_day
     given = {}
     for arm, sets in c.arms.items():
-        s = run_arm(str(c.scenario), sets + [f"run.duration_days={start + 0.1}",
-                                             "grid.shape=[40, 40]", "run.dt_min=30"])
+        s = run_arm(
+            str(c.scenario),
+            sets + [f"run.duration_days={start + 0.1}", "grid.shape=[40, 40]", "run.dt_min=30"],
+        )
         assert s["burden"][-1] > 0
-        given[arm] = tuple(round(float(s[k][-1]), 6) for k in sorted(s)
-                           if k.startswith("cumulative_dose_"))
+        given[arm] = tuple(
+            round(float(s[k][-1]), 6) for k in sorted(s) if k.startswith("cumulative_dose_")
+        )
     assert len(set(given.values())) >= 2 or "adaptive" in path.stem or "vs" in path.stem
 
 
@@ -172,11 +199,11 @@ def test_runs_stop_after_their_progression_with_the_same_time_to_progression(tmp
         assert compare.time_to_progression(b["day"], b["burden"], 0.5, 1.2) == (ttp, True)
         assert b["day"][-1] == pytest.approx(0.5 + ttp + 0.3, abs=0.1 / 24 + 1e-9)
         assert b["day"][-1] < a["day"][-1]
-        np.testing.assert_array_equal(b["burden"], a["burden"][:b["burden"].size])
+        np.testing.assert_array_equal(b["burden"], a["burden"][: b["burden"].size])
     for a, b in zip(full["treated"], cut["treated"]):
         np.testing.assert_array_equal(a["burden"], b["burden"])
     untreated = next(line for line in printed[0].splitlines() if line.startswith("untreated"))
-    assert "ended (2/2)" in untreated            # counts at day 2, after both runs ended
+    assert "ended (2/2)" in untreated  # counts at day 2, after both runs ended
     assert "ends 0.3 d after it progressed" in printed[0]
     fig = compare.figure(c, cut, tmp_path / "cut.png")
     assert fig.stat().st_size
@@ -189,19 +216,23 @@ def test_verdicts_against_one_sided_t_tests():
     at 2.5 %; else longer (shorter) with more than m not shown when only that test rejects;
     else inconclusive."""
     from scipy import stats
+
     rng = np.random.default_rng(1)
     z = rng.standard_normal(8)
     z = (z - z.mean()) / z.std(ddof=1)
     # mean 0.5, se 0.24: the 90 % interval (half-width 1.895 se) lies inside ±1, the 95 % one
     # (2.365 se) does not; and the mirror image
     cases = [0.5 + 0.24 * np.sqrt(8) * z, -0.5 + 0.24 * np.sqrt(8) * z]
-    cases += [center + spread * rng.standard_normal(8)
-              for center in (-3.0, -1.2, -0.5, 0.0, 0.3, 0.9, 1.5, 4.0)
-              for spread in (0.1, 0.5, 2.0)]
-    cases += [-g for g in cases]              # every verdict has its mirror image
+    cases += [
+        center + spread * rng.standard_normal(8)
+        for center in (-3.0, -1.2, -0.5, 0.0, 0.3, 0.9, 1.5, 4.0)
+        for spread in (0.1, 0.5, 2.0)
+    ]
+    cases += [-g for g in cases]  # every verdict has its mirror image
 
     def p(g, mu, side):
         return stats.ttest_1samp(g, mu, alternative=side).pvalue
+
     seen = set()
     for g in cases:
         v = compare.verdict(compare.paired_stats(g), 1.0)
@@ -211,8 +242,13 @@ def test_verdicts_against_one_sided_t_tests():
         elif p(g, -1.0, "less") < 0.025:
             want = "shorter by more than 1 d"
         elif max(p(g, -1.0, "greater"), p(g, 1.0, "less")) < 0.05:
-            want = ("longer by less than 1 d" if above0 else
-                    "shorter by less than 1 d" if below0 else "equivalent within ±1 d")
+            want = (
+                "longer by less than 1 d"
+                if above0
+                else "shorter by less than 1 d"
+                if below0
+                else "equivalent within ±1 d"
+            )
         elif above0:
             want = "longer, by more than 1 d not shown"
         elif below0:
@@ -221,7 +257,7 @@ def test_verdicts_against_one_sided_t_tests():
             want = "inconclusive"
         assert v == want, g
         seen.add(want)
-    assert len(seen) == 8, seen            # every one of the 8 verdicts was reached
+    assert len(seen) == 8, seen  # every one of the 8 verdicts was reached
 
 
 def test_contrast_of_two_paired_gains_on_known_curves():
@@ -233,12 +269,20 @@ def test_contrast_of_two_paired_gains_on_known_curves():
     e = np.array([0.3, 0.2, 0.4, 0.3, 0.25])
 
     def grow(delay):
-        return {"day": day, "burden": np.where(day < delay, 100.0,
-                                               100 * np.exp(0.2 * (day - delay)))}
-    res = {"B": [grow(0.0) for _ in d], "A": [grow(x) for x in d],
-           "D": [grow(0.0) for _ in e], "C": [grow(x) for x in e]}
-    c = compare.Comparison(scenario=None, arms={k: [] for k in res}, replicates=5,
-                           contrasts=[(("A", "B"), ("C", "D"))])
+        return {
+            "day": day,
+            "burden": np.where(day < delay, 100.0, 100 * np.exp(0.2 * (day - delay))),
+        }
+
+    res = {
+        "B": [grow(0.0) for _ in d],
+        "A": [grow(x) for x in d],
+        "D": [grow(0.0) for _ in e],
+        "C": [grow(x) for x in e],
+    }
+    c = compare.Comparison(
+        scenario=None, arms={k: [] for k in res}, replicates=5, contrasts=[(("A", "B"), ("C", "D"))]
+    )
     text = compare.contrast_table(c, res)
     g1, _ = compare.paired_gains(c, res, "A", "B")
     g2, _ = compare.paired_gains(c, res, "C", "D")
@@ -248,12 +292,15 @@ def test_contrast_of_two_paired_gains_on_known_curves():
     assert f"{st['p']:.3g}" in text
 
 
-@pytest.mark.parametrize("line,match", [
-    ("margin_days = 0\n", "margin_days"),
-    ("stop_days_after_progression = -1\n", "stop_days_after_progression"),
-    ('contrasts = [[["treated", "untreated"], ["treated", "nobody"]]]\n', "contrasts.*nobody"),
-    ('contrasts = [["treated", "untreated"]]\n', "contrasts"),
-])
+@pytest.mark.parametrize(
+    "line,match",
+    [
+        ("margin_days = 0\n", "margin_days"),
+        ("stop_days_after_progression = -1\n", "stop_days_after_progression"),
+        ('contrasts = [[["treated", "untreated"], ["treated", "nobody"]]]\n', "contrasts.*nobody"),
+        ('contrasts = [["treated", "untreated"]]\n', "contrasts"),
+    ],
+)
 def test_bad_margin_stop_and_contrasts_are_named(tmp_path, line, match):
     (tmp_path / "s.toml").write_text(SCEN)
     f = tmp_path / "c.toml"
@@ -270,12 +317,35 @@ def test_dose_is_counted_up_to_progression_on_known_curves():
     day = np.arange(0, 30.001, 0.05)
     dose = 2.0 * day
     t_a = 1.0 + np.ceil(np.log(1.2) / 0.2 / 0.05) * 0.05
-    res = {"A": [{"day": day, "burden": np.where(day < 1, 100.0, 100 * np.exp(0.2 * (day - 1))),
-                  "cumulative_dose_x": dose, "n_P": 0 * day, "n_R": 0 * day}] * 2,
-           "B": [{"day": day, "burden": 100.0 + 0 * day, "cumulative_dose_x": dose,
-                  "n_P": 0 * day, "n_R": 0 * day}] * 2}
-    c = compare.Comparison(scenario=compare.Path("s.toml"), arms={"A": [], "B": []},
-                           replicates=2, reference_day=0.0, progression_fraction=1.2)
+    res = {
+        "A": [
+            {
+                "day": day,
+                "burden": np.where(day < 1, 100.0, 100 * np.exp(0.2 * (day - 1))),
+                "cumulative_dose_x": dose,
+                "n_P": 0 * day,
+                "n_R": 0 * day,
+            }
+        ]
+        * 2,
+        "B": [
+            {
+                "day": day,
+                "burden": 100.0 + 0 * day,
+                "cumulative_dose_x": dose,
+                "n_P": 0 * day,
+                "n_R": 0 * day,
+            }
+        ]
+        * 2,
+    }
+    c = compare.Comparison(
+        scenario=compare.Path("s.toml"),
+        arms={"A": [], "B": []},
+        replicates=2,
+        reference_day=0.0,
+        progression_fraction=1.2,
+    )
     text = compare.table(c, res)
     rows = {line.split()[0]: line for line in text.splitlines()[3:]}
     assert "dose x to progression" in text

@@ -45,8 +45,9 @@ transport = "uniform"
 
 
 def scenario(controller: str, days=2, extra=""):
-    return tmesim.loads_scenario(BASE.format(days=days, extra=f"controller = {controller}\n"
-                                             + extra))
+    return tmesim.loads_scenario(
+        BASE.format(days=days, extra=f"controller = {controller}\n" + extra)
+    )
 
 
 def drive(sc, burdens, every_min=None):
@@ -78,8 +79,10 @@ def test_adaptive_thresholds_and_hysteresis():
 def test_adaptive_custom_thresholds_and_stop_time():
     """lower 0.7, upper 0.9; no dose after stop_day: the level drops to 0 at day 3 and stays,
     whatever the burden."""
-    sc = scenario('{ kind = "adaptive", dose_uM = 1.0, lower_fraction = 0.7, '
-                  'upper_fraction = 0.9, stop_day = 3 }')
+    sc = scenario(
+        '{ kind = "adaptive", dose_uM = 1.0, lower_fraction = 0.7, '
+        "upper_fraction = 0.9, stop_day = 3 }"
+    )
     levels, ctl = drive(sc, [1000, 690, 850, 900, 5000, 5000, 5000])
     assert levels == [1, 0, 0, 0, 0, 0, 0]
     sc = scenario('{ kind = "adaptive", dose_uM = 1.0, stop_day = 3 }')
@@ -101,8 +104,10 @@ def test_dose_modulation_steps_the_dose():
     """Gatenby: target = baseline 1000, tolerance 0.1, step 0.5: above 1100 the dose rises by
     half (from min_dose if 0), below 900 it falls by half, under min_dose it becomes 0; capped
     at max_dose."""
-    sc = scenario('{ kind = "modulation", dose_uM = 1.0, tolerance = 0.1, step_fraction = 0.5, '
-                  'min_dose_uM = 0.2, max_dose_uM = 2.0 }')
+    sc = scenario(
+        '{ kind = "modulation", dose_uM = 1.0, tolerance = 0.1, step_fraction = 0.5, '
+        "min_dose_uM = 0.2, max_dose_uM = 2.0 }"
+    )
     burdens = [1000, 1200, 1200, 1200, 1050, 800, 800, 800, 800, 1200]
     levels, _ = drive(sc, burdens)
     assert levels == pytest.approx([0, 0.2, 0.3, 0.45, 0.45, 0.225, 0, 0, 0, 0.2])
@@ -112,8 +117,10 @@ def test_biomarker_biopsy_switches_on_above_threshold():
     """A lattice of 400 tumor cells, every 10th a persister (10 %): a biopsy of all cells in the
     box measures exactly 0.1, so on_fraction 0.05 starts the drug and 0.2 does not; a biopsy of
     50 cells is a sample without replacement (hypergeometric: within 4 sigma of 0.1)."""
-    sc = scenario('{ kind = "biomarker", dose_uM = 0.5, on_fraction = 0.05, '
-                  'biopsy_size_um = 2000, biopsy_cells = 400 }')
+    sc = scenario(
+        '{ kind = "biomarker", dose_uM = 0.5, on_fraction = 0.05, '
+        "biopsy_size_um = 2000, biopsy_cells = 400 }"
+    )
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     st = State.empty(grid, 1, 1)
     cells = np.arange(400) * 4
@@ -124,8 +131,10 @@ def test_biomarker_biopsy_switches_on_above_threshold():
     ctl.decide({"burden": 400}, st, 0)
     assert ctl.measured[0] == pytest.approx(0.1) and ctl.level[0] == 0.5
     assert [e[1] for e in ctl.events] == ["biopsy", "dose_decision"]
-    sc2 = scenario('{ kind = "biomarker", dose_uM = 0.5, on_fraction = 0.2, '
-                   'biopsy_size_um = 2000, biopsy_cells = 50 }')
+    sc2 = scenario(
+        '{ kind = "biomarker", dose_uM = 0.5, on_fraction = 0.2, '
+        "biopsy_size_um = 2000, biopsy_cells = 50 }"
+    )
     ctl = Controllers(sc2, grid)
     ctl.decide({"burden": 400}, st, 0)
     sd = np.sqrt(0.1 * 0.9 / 50 * (400 - 50) / (400 - 1))
@@ -135,8 +144,9 @@ def test_biomarker_biopsy_switches_on_above_threshold():
 def test_adaptive_run_writes_decisions_as_events_and_cumulative_dose(tmp_path):
     """In a run, each decision is an event of the run file; the plasma follows the level (square
     wave) and the cumulative dose is the level's integral (uM h)."""
-    sc = scenario('{ kind = "adaptive", dose_uM = 2.0, start_day = 0.5, decide_every_h = 6 }',
-                  days=4)
+    sc = scenario(
+        '{ kind = "adaptive", dose_uM = 2.0, start_day = 0.5, decide_every_h = 6 }', days=4
+    )
     path = tmesim.Simulation(sc, "cpu").run(tmp_path / "a.h5")
     with h5py.File(path, "r") as f:
         kinds = [k.decode() for k in f["events/kind"][:]]
@@ -152,8 +162,9 @@ def test_adaptive_run_writes_decisions_as_events_and_cumulative_dose(tmp_path):
 def test_controller_state_survives_a_resume(tmp_path):
     """Interrupted mid-treatment and resumed, an adaptive run makes the same decisions and file
     as an uninterrupted one (the controller's level, baseline and timers are checkpointed)."""
-    sc = scenario('{ kind = "adaptive", dose_uM = 2.0, start_day = 0.5, decide_every_h = 6 }',
-                  days=4)
+    sc = scenario(
+        '{ kind = "adaptive", dose_uM = 2.0, start_day = 0.5, decide_every_h = 6 }', days=4
+    )
     ref = tmesim.Simulation(sc, "cpu").run(tmp_path / "ref.h5")
     out = tmp_path / "r.h5"
     sim = tmesim.Simulation(sc, "cpu")
@@ -188,23 +199,37 @@ def test_user_controller_and_its_errors(tmp_path):
     assert plasma[60] == 0.0 and plasma[61] == 1.5 and plasma[-1] == 1.5
     with pytest.raises(ControllerError, match="controller for 'erlotinib' raised ZeroDivision"):
         tmesim.Simulation(sc, "cpu", controllers={"erlotinib": lambda r, t: 1 / 0}).run(
-            tmp_path / "e.h5")
+            tmp_path / "e.h5"
+        )
     with pytest.raises(ControllerError, match="returned 'lots'"):
         tmesim.Simulation(sc, "cpu", controllers={"erlotinib": lambda r, t: "lots"}).run(
-            tmp_path / "e2.h5")
+            tmp_path / "e2.h5"
+        )
     with pytest.raises(ControllerError, match="'cisplatin': no such drug"):
         tmesim.Simulation(sc, "cpu", controllers={"cisplatin": fn})
 
 
-@pytest.mark.parametrize("ctl,path,expected", [
-    ('{ kind = "adaptive", lower_fraction = 0.8, upper_fraction = 0.5 }',
-     "drugs.erlotinib.controller.upper_fraction", "above lower_fraction"),
-    ('{ kind = "pid" }', "drugs.erlotinib.controller.kind", "adaptive"),
-    ('{ kind = "biomarker", on_fraction = 0.1, off_fraction = 0.2 }',
-     "drugs.erlotinib.controller.off_fraction", "at or below on_fraction"),
-    ('{ kind = "adaptive", decide_every_h = 0 }', "drugs.erlotinib.controller.decide_every_h",
-     "> 0"),
-])
+@pytest.mark.parametrize(
+    "ctl,path,expected",
+    [
+        (
+            '{ kind = "adaptive", lower_fraction = 0.8, upper_fraction = 0.5 }',
+            "drugs.erlotinib.controller.upper_fraction",
+            "above lower_fraction",
+        ),
+        ('{ kind = "pid" }', "drugs.erlotinib.controller.kind", "adaptive"),
+        (
+            '{ kind = "biomarker", on_fraction = 0.1, off_fraction = 0.2 }',
+            "drugs.erlotinib.controller.off_fraction",
+            "at or below on_fraction",
+        ),
+        (
+            '{ kind = "adaptive", decide_every_h = 0 }',
+            "drugs.erlotinib.controller.decide_every_h",
+            "> 0",
+        ),
+    ],
+)
 def test_bad_controller_is_named(tmp_path, capsys, ctl, path, expected):
     f = tmp_path / "s.toml"
     f.write_text(BASE.format(days=1, extra=f"controller = {ctl}\n"))

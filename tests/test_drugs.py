@@ -21,8 +21,9 @@ DT = 6.0
 
 def drug(name="d", half_life_h=0.0, effects=None, **schedule):
     effects = effects or {"kill_S": EffectConfig()}
-    return DrugConfig(name=name, half_life_h=half_life_h, schedule=ScheduleConfig(**schedule),
-                      effects=effects)
+    return DrugConfig(
+        name=name, half_life_h=half_life_h, schedule=ScheduleConfig(**schedule), effects=effects
+    )
 
 
 def simulate(drugs, steps):
@@ -40,28 +41,48 @@ def simulate(drugs, steps):
 def bolus_level(times_h, doses, half_life_h, t_min):
     """One-compartment closed form: sum over boluses at tau <= t of D exp(-k (t - tau))."""
     k = math.log(2) / (half_life_h * 60)
-    return sum(d * math.exp(-k * (t_min - 60 * tau)) for tau, d in zip(times_h, doses)
-               if 60 * tau <= t_min + 1e-6)
+    return sum(
+        d * math.exp(-k * (t_min - 60 * tau))
+        for tau, d in zip(times_h, doses)
+        if 60 * tau <= t_min + 1e-6
+    )
 
 
 # ---------------------------------------------------------------------------------- one compartment
-@pytest.mark.parametrize("sched,times", [
-    # boluses every 8 h (= 80 steps: on step boundaries) from day 0, none at or after day 2
-    (dict(kind="continuous", dose_uM=2.0, interval_h=8.0, stop_day=2.0), [0, 8, 16, 24, 32, 40]),
-    # off the step grid: every 7.3 h from 0.1 d (2.4 h = step 24) to day 1.5 (36 h, excluded)
-    (dict(kind="continuous", dose_uM=1.5, interval_h=7.3, start_day=0.1, stop_day=1.5),
-     [2.4 + 7.3 * i for i in range(5)]),
-    # intermittent: 1 day on, 1 day off, a bolus every 12 h while on, none from day 5
-    (dict(kind="intermittent", dose_uM=1.0, interval_h=12.0, on_days=1.0, off_days=1.0,
-          stop_day=5.0), [0, 12, 48, 60, 96, 108]),
-])
+@pytest.mark.parametrize(
+    "sched,times",
+    [
+        # boluses every 8 h (= 80 steps: on step boundaries) from day 0, none at or after day 2
+        (
+            dict(kind="continuous", dose_uM=2.0, interval_h=8.0, stop_day=2.0),
+            [0, 8, 16, 24, 32, 40],
+        ),
+        # off the step grid: every 7.3 h from 0.1 d (2.4 h = step 24) to day 1.5 (36 h, excluded)
+        (
+            dict(kind="continuous", dose_uM=1.5, interval_h=7.3, start_day=0.1, stop_day=1.5),
+            [2.4 + 7.3 * i for i in range(5)],
+        ),
+        # intermittent: 1 day on, 1 day off, a bolus every 12 h while on, none from day 5
+        (
+            dict(
+                kind="intermittent",
+                dose_uM=1.0,
+                interval_h=12.0,
+                on_days=1.0,
+                off_days=1.0,
+                stop_day=5.0,
+            ),
+            [0, 12, 48, 60, 96, 108],
+        ),
+    ],
+)
 def test_one_compartment_boluses_match_the_closed_form(sched, times):
     """Half-life 10 h: after every step the level equals the sum of decaying exponentials of the
     boluses given so far (relative 1e-10), and each bolus is counted exactly once: the doses
     reported per step plus the initial level add up to the schedule's total, one nonzero step per
     bolus after t = 0."""
     d = drug(half_life_h=10.0, **sched)
-    steps = 1200    # 120 h
+    steps = 1200  # 120 h
     levels, given, start = simulate((d,), steps)
     doses = [sched["dose_uM"]] * len(times)
     assert start[0] == pytest.approx(bolus_level(times, doses, 10.0, 0.0), abs=1e-12)
@@ -82,10 +103,11 @@ def test_explicit_dose_list_one_compartment():
     levels, given, start = simulate((d,), 200)
     assert start[0] == 1.0
     for j in range(200):
-        assert levels[j, 0] == pytest.approx(bolus_level(times, doses, 4.0, (j + 1) * DT),
-                                             rel=1e-10), j
+        assert levels[j, 0] == pytest.approx(
+            bolus_level(times, doses, 4.0, (j + 1) * DT), rel=1e-10
+        ), j
     nz = np.flatnonzero(given[:, 0])
-    np.testing.assert_array_equal(nz, [0, 30, 119])      # steps ending at 6, 186 and 720 min
+    np.testing.assert_array_equal(nz, [0, 30, 119])  # steps ending at 6, 186 and 720 min
     np.testing.assert_allclose(given[nz, 0], [2.0, 0.5, 0.5])
 
 
@@ -108,19 +130,27 @@ def test_square_waves_follow_their_schedules():
     at 1 h, 0 at 5 h, 1 uM at 5.5 h); kind "none": 0 whatever the dose. All switch times are step
     boundaries, checked exactly (the boundaries here are exact in binary days: see the test
     below for the others)."""
-    drugs = (drug("a", kind="continuous", dose_uM=3.0, start_day=0.5, stop_day=1.5),
-             drug("b", kind="intermittent", dose_uM=2.0, start_day=0.0, on_days=0.25,
-                  off_days=0.5, stop_day=2.5),
-             drug("c", kind="doses", times_h=(1.0, 5.0, 5.5), doses_uM=(2.0, 0.0, 1.0)),
-             drug("z", kind="none", dose_uM=9.0))
+    drugs = (
+        drug("a", kind="continuous", dose_uM=3.0, start_day=0.5, stop_day=1.5),
+        drug(
+            "b",
+            kind="intermittent",
+            dose_uM=2.0,
+            start_day=0.0,
+            on_days=0.25,
+            off_days=0.5,
+            stop_day=2.5,
+        ),
+        drug("c", kind="doses", times_h=(1.0, 5.0, 5.5), doses_uM=(2.0, 0.0, 1.0)),
+        drug("z", kind="none", dose_uM=9.0),
+    )
     steps = 800
     levels, given, start = simulate(drugs, steps)
-    np.testing.assert_array_equal(start, [0.0, 2.0, 0.0, 0.0])     # b is on at t = 0
+    np.testing.assert_array_equal(start, [0.0, 2.0, 0.0, 0.0])  # b is on at t = 0
     for j in range(steps):
         t = (j + 1) * DT
         want_c = 2.0 if 60 <= t < 300 else 0.0 if t < 330 else 1.0
-        want = [3.0 * square_on(t, 0.5, 1.5), 2.0 * square_on(t, 0.0, 2.5, 0.25, 0.5),
-                want_c, 0.0]
+        want = [3.0 * square_on(t, 0.5, 1.5), 2.0 * square_on(t, 0.0, 2.5, 0.25, 0.5), want_c, 0.0]
         np.testing.assert_array_equal(levels[j], want, err_msg=f"step {j}, t = {t} min")
     np.testing.assert_array_equal(given, levels)
     # on-periods of 6 h start at 0, 18, 36 and 54 h (day 2.5 = 60 h cuts none short): 60 step
@@ -137,19 +167,28 @@ def test_intermittent_switches_on_step_boundaries_are_exact():
     5) gives boluses at 0, 28.8, 50.4, 72 and 100.8 h; 7.2 h and 79.2 h are the ends of
     on-periods (off)."""
     from tmesim.drugs import _on, dose_times_h
+
     bad = []
     for start, on, off in ((0.1, 0.25, 0.5), (0.0, 0.3, 0.7), (1.1, 0.1, 0.2)):
-        sc = ScheduleConfig(kind="intermittent", dose_uM=1.0, start_day=start, on_days=on,
-                            off_days=off, stop_day=10.0)
+        sc = ScheduleConfig(
+            kind="intermittent",
+            dose_uM=1.0,
+            start_day=start,
+            on_days=on,
+            off_days=off,
+            stop_day=10.0,
+        )
         for t in range(0, 10 * 1440, 6):
             if _on(sc, float(t)) != square_on(t, start, 10.0, on, off):
                 bad.append((start, on, off, t))
-    sc = ScheduleConfig(kind="intermittent", dose_uM=1.0, on_days=0.3, off_days=0.7,
-                        interval_h=7.2, stop_day=5.0)
+    sc = ScheduleConfig(
+        kind="intermittent", dose_uM=1.0, on_days=0.3, off_days=0.7, interval_h=7.2, stop_day=5.0
+    )
     times, _ = dose_times_h(sc, 120.0)
     boluses_ok = np.allclose(times, [0.0, 28.8, 50.4, 72.0, 100.8]) if times.size == 5 else False
-    assert not bad and boluses_ok, (f"{len(bad)} wrong step ends, first {bad[:4]}; "
-                                    f"bolus times {times.tolist()}")
+    assert not bad and boluses_ok, (
+        f"{len(bad)} wrong step ends, first {bad[:4]}; bolus times {times.tolist()}"
+    )
 
 
 # ---------------------------------------------------------------------------------- effects
@@ -159,7 +198,7 @@ def test_hill_curve():
     c = np.array([-1.0, 0.0, 0.5, 2.0, 8.0, 1e9])
     got = hill(c, 0.8, 2.0, 1.7)
     cc = np.maximum(c, 0)
-    np.testing.assert_allclose(got, 0.8 * cc ** 1.7 / (cc ** 1.7 + 2.0 ** 1.7), rtol=1e-14)
+    np.testing.assert_allclose(got, 0.8 * cc**1.7 / (cc**1.7 + 2.0**1.7), rtol=1e-14)
     assert got.dtype == np.float64 and got[3] == pytest.approx(0.4) and got[0] == got[1] == 0
     assert got[-1] == pytest.approx(0.8, rel=1e-12)
 
@@ -169,21 +208,25 @@ def test_effects_combine_by_bliss_and_kill_rates_add():
     independence, 1 - (1 - E1)(1 - E2); kill rates add (rate_i E_i); E_target is the Bliss
     combination of the kill_S drugs' effects; exit_speedup adds fold_i E_i; a target no drug hits
     is 0. Checked on concentrations spanning both EC50s."""
-    e1 = dict(kill_S=EffectConfig(emax=0.9, ec50_uM=1.0, hill=2.0, rate_per_h=0.3),
-              block_entry=EffectConfig(emax=0.6, ec50_uM=0.5, hill=1.0),
-              exit_speedup=EffectConfig(emax=1.0, ec50_uM=1.0, hill=1.0, fold=2.0))
-    e2 = dict(kill_S=EffectConfig(emax=1.0, ec50_uM=3.0, hill=1.0, rate_per_h=0.1),
-              kill_P=EffectConfig(emax=1.0, ec50_uM=0.2, hill=1.0, rate_per_h=0.05),
-              block_entry=EffectConfig(emax=0.5, ec50_uM=2.0, hill=3.0),
-              exit_speedup=EffectConfig(emax=0.5, ec50_uM=4.0, hill=1.0, fold=1.0),
-              cancel_met=EffectConfig(emax=1.0, ec50_uM=0.1, hill=1.0))
+    e1 = dict(
+        kill_S=EffectConfig(emax=0.9, ec50_uM=1.0, hill=2.0, rate_per_h=0.3),
+        block_entry=EffectConfig(emax=0.6, ec50_uM=0.5, hill=1.0),
+        exit_speedup=EffectConfig(emax=1.0, ec50_uM=1.0, hill=1.0, fold=2.0),
+    )
+    e2 = dict(
+        kill_S=EffectConfig(emax=1.0, ec50_uM=3.0, hill=1.0, rate_per_h=0.1),
+        kill_P=EffectConfig(emax=1.0, ec50_uM=0.2, hill=1.0, rate_per_h=0.05),
+        block_entry=EffectConfig(emax=0.5, ec50_uM=2.0, hill=3.0),
+        exit_speedup=EffectConfig(emax=0.5, ec50_uM=4.0, hill=1.0, fold=1.0),
+        cancel_met=EffectConfig(emax=1.0, ec50_uM=0.1, hill=1.0),
+    )
     drugs = (DrugConfig(name="a", effects=e1), DrugConfig(name="b", effects=e2))
     c1 = np.array([0.0, 0.3, 1.0, 4.0, 0.0])
     c2 = np.array([0.0, 2.0, 0.1, 10.0, 5.0])
     out = Effects(drugs).at(np.stack([c1, c2]))
 
     def H(c, e):
-        return e.emax * c ** e.hill / (c ** e.hill + e.ec50_uM ** e.hill)
+        return e.emax * c**e.hill / (c**e.hill + e.ec50_uM**e.hill)
 
     k1, k2 = H(c1, e1["kill_S"]), H(c2, e2["kill_S"])
     b1, b2 = H(c1, e1["block_entry"]), H(c2, e2["block_entry"])
@@ -191,8 +234,11 @@ def test_effects_combine_by_bliss_and_kill_rates_add():
     np.testing.assert_allclose(out["kill_P"], 0.05 * H(c2, e2["kill_P"]), rtol=1e-12)
     np.testing.assert_allclose(out["target"], 1 - (1 - k1) * (1 - k2), rtol=1e-12)
     np.testing.assert_allclose(out["block_entry"], 1 - (1 - b1) * (1 - b2), rtol=1e-12)
-    np.testing.assert_allclose(out["exit_speedup"], 2.0 * H(c1, e1["exit_speedup"])
-                               + 1.0 * H(c2, e2["exit_speedup"]), rtol=1e-12)
+    np.testing.assert_allclose(
+        out["exit_speedup"],
+        2.0 * H(c1, e1["exit_speedup"]) + 1.0 * H(c2, e2["exit_speedup"]),
+        rtol=1e-12,
+    )
     np.testing.assert_allclose(out["cancel_met"], H(c2, e2["cancel_met"]), rtol=1e-12)
     assert np.all(out["cancel_igf1r"] == 0) and np.all(out["block_division"] == 0)
     assert np.all(out["target"][0] == 0) and out["kill_S"][0] == 0
@@ -204,8 +250,9 @@ def test_presets_load_and_user_values_override(preset):
     effect replaces that key only, the others keep the preset's values."""
     eff = DRUG_PRESETS[preset]["effects"]
     target = sorted(eff)[0]
-    sc = tmesim.loads_scenario(f"[drugs.x]\npreset = '{preset}'\n"
-                               f"[drugs.x.effects.{target}]\nec50_uM = 123.0\n")
+    sc = tmesim.loads_scenario(
+        f"[drugs.x]\npreset = '{preset}'\n[drugs.x.effects.{target}]\nec50_uM = 123.0\n"
+    )
     d = sc.drug("x")
     assert set(d.effects) == set(eff)
     assert d.effects[target].ec50_uM == 123.0

@@ -30,22 +30,31 @@ def state_of(*sets):
 def test_disk_area_and_sphere_volume():
     _, st = state_of("grid.shape=[200,200]", "grid.dx_um=10", "init.tumor.radius_um=500")
     n = (st.kind == codes.TUMOR).sum()
-    assert abs(n - math.pi * 50 ** 2) < 2 * math.pi * 50      # within one ring of voxels
+    assert abs(n - math.pi * 50**2) < 2 * math.pi * 50  # within one ring of voxels
     _, st = state_of("grid.shape=[60,60,60]", "init.tumor.shape=sphere", "init.tumor.radius_um=400")
     n = (st.kind == codes.TUMOR).sum()
-    assert abs(n - 4 / 3 * math.pi * 20 ** 3) < 4 * math.pi * 20 ** 2
+    assert abs(n - 4 / 3 * math.pi * 20**3) < 4 * math.pi * 20**2
     assert np.all(st.tumor_state[st.kind == codes.TUMOR] == codes.SENSITIVE)
     assert np.all(st.tumor_state[st.kind != codes.TUMOR] == codes.NONE)
 
 
 def test_rectangle_and_fill_fraction():
-    _sc, st = state_of("grid.shape=[100,100]", "grid.dx_um=20", "init.tumor.shape=rectangle",
-                      "init.tumor.size_um=[400,800]", "init.tumor.center_um=[1000,1000]")
+    _sc, st = state_of(
+        "grid.shape=[100,100]",
+        "grid.dx_um=20",
+        "init.tumor.shape=rectangle",
+        "init.tumor.size_um=[400,800]",
+        "init.tumor.center_um=[1000,1000]",
+    )
     k = st.kind.reshape(100, 100) == codes.TUMOR
     rows, cols = np.flatnonzero(k.any(1)), np.flatnonzero(k.any(0))
     assert len(rows) == 20 and len(cols) == 40 and k.sum() == 800
-    _, st = state_of("run.seed=3", "grid.shape=[300,300]", "init.tumor.radius_um=2500",
-                     "init.tumor.fill_fraction=0.3")
+    _, st = state_of(
+        "run.seed=3",
+        "grid.shape=[300,300]",
+        "init.tumor.radius_um=2500",
+        "init.tumor.fill_fraction=0.3",
+    )
     _, full = state_of("grid.shape=[300,300]", "init.tumor.radius_um=2500")
     N = (full.kind == codes.TUMOR).sum()
     n = (st.kind == codes.TUMOR).sum()
@@ -53,8 +62,12 @@ def test_rectangle_and_fill_fraction():
 
 
 def test_vessels_random_lines_and_outside_tumor():
-    _sc, st = state_of("grid.shape=[200,200]", "init.tumor.radius_um=1000",
-                      "init.vessels.placement=random", "init.vessels.density=0.02")
+    _sc, st = state_of(
+        "grid.shape=[200,200]",
+        "init.tumor.radius_um=1000",
+        "init.vessels.placement=random",
+        "init.vessels.density=0.02",
+    )
     v = st.kind == codes.VESSEL
     tumor_region = np.hypot(*np.indices((200, 200)) - 99.5).ravel() * 20 <= 1000
     assert not v[tumor_region].any()
@@ -62,11 +75,15 @@ def test_vessels_random_lines_and_outside_tumor():
     assert abs(v.sum() - 0.02 * outside) < 5 * math.sqrt(outside * 0.02)
     ox = st.fields[0]
     assert np.all(ox[v] == 38.0)
-    _, st = state_of("grid.shape=[20,40,40]", "init.tumor.shape=none",
-                     "init.vessels.placement=lines", "init.vessels.axis=z",
-                     "init.vessels.spacing_um=200")
+    _, st = state_of(
+        "grid.shape=[20,40,40]",
+        "init.tumor.shape=none",
+        "init.vessels.placement=lines",
+        "init.vessels.axis=z",
+        "init.vessels.spacing_um=200",
+    )
     v = (st.kind == codes.VESSEL).reshape(20, 40, 40)
-    assert np.all(v == v[:1])                      # straight along z
+    assert np.all(v == v[:1])  # straight along z
     ys, xs = np.nonzero(v[0])
     assert len(set(np.diff(np.unique(ys)))) == 1 and np.unique(np.diff(np.unique(xs))) == [10]
 
@@ -77,9 +94,13 @@ def test_initial_persister_and_resistant_fractions():
     cells. With transitions.pre_existing = false there are no initial persisters and R keeps its
     fraction."""
     for pre in (True, False):
-        _sc, _, st = _init("grid.shape=[150,150]", "init.tumor.radius_um=1400",
-                          "init.tumor.persister_fraction=0.1", "init.tumor.resistant_fraction=0.02",
-                          f"tumor.transitions.pre_existing={'true' if pre else 'false'}")
+        _sc, _, st = _init(
+            "grid.shape=[150,150]",
+            "init.tumor.radius_um=1400",
+            "init.tumor.persister_fraction=0.1",
+            "init.tumor.resistant_fraction=0.02",
+            f"tumor.transitions.pre_existing={'true' if pre else 'false'}",
+        )
         tum = st.kind == codes.TUMOR
         N = int(tum.sum())
         assert N > 14000
@@ -94,9 +115,16 @@ def test_initial_caf_shell_within_its_ring():
     voxel with gap < d <= gap + width (gap 40, width 100 um; brute-force distances), never on a
     tumor or vessel voxel, and the number placed is Binomial(free ring voxels, density 0.5)."""
     _sc, grid, st = _init(
-        "grid.shape=[60,60]", "grid.dx_um=20", "init.tumor.radius_um=300",
-        "init.vessels.placement=random", "init.vessels.density=0.03", "init.caf.placement=shell",
-        "init.caf.density=0.5", "init.caf.shell_gap_um=40", "init.caf.shell_width_um=100")
+        "grid.shape=[60,60]",
+        "grid.dx_um=20",
+        "init.tumor.radius_um=300",
+        "init.vessels.placement=random",
+        "init.vessels.density=0.03",
+        "init.caf.placement=shell",
+        "init.caf.density=0.5",
+        "init.caf.shell_gap_um=40",
+        "init.caf.shell_width_um=100",
+    )
     kind = st.kind
     tumor = np.flatnonzero(kind == codes.TUMOR)
     caf = np.flatnonzero(kind == codes.CAF)
@@ -105,8 +133,7 @@ def test_initial_caf_shell_within_its_ring():
     assert caf.size > 0 and np.all(d > 40) and np.all(d <= 140 + 1e-9)
     allc = grid.coords(np.arange(grid.n_sites)) * 20.0
     dall = np.sqrt(((allc[:, None, :] - tc[None, :, :]) ** 2).sum(-1)).min(axis=1)
-    ring_free = (dall > 40) & (dall <= 140 + 1e-9) & (kind != codes.VESSEL) & \
-        (kind != codes.TUMOR)
+    ring_free = (dall > 40) & (dall <= 140 + 1e-9) & (kind != codes.VESSEL) & (kind != codes.TUMOR)
     assert np.all(ring_free[caf])
     assert_binomial(caf.size, ring_free.sum(), 0.5, "shell CAFs")
 
@@ -117,24 +144,37 @@ def test_initial_clusters_and_random_stroma_avoid_tumor_and_vessels():
     (density 0.1 for CAFs and TAMs): CAFs are Binomial(free voxels, 0.1), TAMs Binomial(voxels
     still free, 0.1), never on tumor, vessel or CAF voxels."""
     sc, grid, st = _init(
-        "run.seed=4", "grid.shape=[60,60]", "grid.dx_um=20", "init.tumor.radius_um=200",
-        "init.vessels.placement=random", "init.vessels.density=0.03",
-        "init.caf.placement=clusters", "init.caf.clusters=3", "init.caf.cluster_radius_um=60",
-        "init.caf.density=1")
+        "run.seed=4",
+        "grid.shape=[60,60]",
+        "grid.dx_um=20",
+        "init.tumor.radius_um=200",
+        "init.vessels.placement=random",
+        "init.vessels.density=0.03",
+        "init.caf.placement=clusters",
+        "init.caf.clusters=3",
+        "init.caf.cluster_radius_um=60",
+        "init.caf.density=1",
+    )
     caf = (st.kind == codes.CAF).reshape(grid.shape)
-    region = stroma_region(sc.init.caf, sc, grid,
-                           (st.kind == codes.TUMOR).reshape(grid.shape), rng.INIT_CAF)
+    region = stroma_region(
+        sc.init.caf, sc, grid, (st.kind == codes.TUMOR).reshape(grid.shape), rng.INIT_CAF
+    )
     _, n_groups = ndimage.label(caf, structure=np.ones((3, 3)))
     assert 1 <= n_groups <= 3 and 0 < caf.sum() <= 3 * 29
     assert np.all(region[caf])
     sc, grid, st = _init(
-        "run.seed=5", "grid.shape=[100,100]", "init.tumor.radius_um=600",
-        "init.vessels.placement=random", "init.vessels.density=0.03",
-        "init.caf.placement=random", "init.caf.density=0.1", "init.tam.placement=random",
-        "init.tam.density=0.1")
+        "run.seed=5",
+        "grid.shape=[100,100]",
+        "init.tumor.radius_um=600",
+        "init.vessels.placement=random",
+        "init.vessels.density=0.03",
+        "init.caf.placement=random",
+        "init.caf.density=0.1",
+        "init.tam.placement=random",
+        "init.tam.density=0.1",
+    )
     k = st.kind
     n_caf, n_tam = (k == codes.CAF).sum(), (k == codes.TAM).sum()
     free = grid.n_sites - (k == codes.TUMOR).sum() - (k == codes.VESSEL).sum()
     assert_binomial(n_caf, free, 0.1, "random CAFs")
     assert_binomial(n_tam, free - n_caf, 0.1, "random TAMs")
-

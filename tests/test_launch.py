@@ -33,23 +33,44 @@ def test_assembled_source_compiles_with_nvcc(tmp_path):
         pytest.skip("nvcc not found")
     src = tmp_path / "all.cu"
     src.write_text(launch.kernel_source())
-    r = subprocess.run([nvcc, "--ptx", "-arch=sm_80", "-std=c++17", "-Werror", "all-warnings",
-                        str(src), "-o", str(tmp_path / "all.ptx")], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [
+            nvcc,
+            "--ptx",
+            "-arch=sm_80",
+            "-std=c++17",
+            "-Werror",
+            "all-warnings",
+            str(src),
+            "-o",
+            str(tmp_path / "all.ptx"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     ptx = (tmp_path / "all.ptx").read_text()
     d = launch.find_kernel_dir()
-    declared = [m.group(1) for f in launch.KERNEL_SOURCES
-                for m in re.finditer(r"TM_KERNEL\s+void\s+(\w+)\s*\(", (d / f).read_text())]
-    assert {"tm_rng_raw_at", "tm_laplacian", "tm_tumor_decide", "tm_stroma_decide",
-            "tm_lod_sweep"} <= set(declared)
+    declared = [
+        m.group(1)
+        for f in launch.KERNEL_SOURCES
+        for m in re.finditer(r"TM_KERNEL\s+void\s+(\w+)\s*\(", (d / f).read_text())
+    ]
+    assert {
+        "tm_rng_raw_at",
+        "tm_laplacian",
+        "tm_tumor_decide",
+        "tm_stroma_decide",
+        "tm_lod_sweep",
+    } <= set(declared)
     for name in declared:
         assert f".entry {name}(" in ptx, name
 
 
 def test_missing_sources_name_every_place_searched(monkeypatch, tmp_path):
-    monkeypatch.setattr(launch, "kernel_dir_candidates",
-                        lambda: [("somewhere", tmp_path / "nope"), ("zip", None)])
+    monkeypatch.setattr(
+        launch, "kernel_dir_candidates", lambda: [("somewhere", tmp_path / "nope"), ("zip", None)]
+    )
     with pytest.raises(launch.KernelSourceError) as e:
         launch.find_kernel_dir()
     assert str(tmp_path / "nope") in str(e.value) and "zip: not on a file system" in str(e.value)
@@ -86,8 +107,9 @@ def test_kernels_ship_with_the_package():
         pytest.skip("not a source checkout")
     cfg.read(root / "setup.cfg")
     assert "tmesim.kernels" in cfg["options"]["packages"].split()
-    mapping = dict(line.split("=") for line in cfg["options"]["package_dir"].split("\n")
-                   if "=" in line)
+    mapping = dict(
+        line.split("=") for line in cfg["options"]["package_dir"].split("\n") if "=" in line
+    )
     assert {k.strip(): v.strip() for k, v in mapping.items()}["tmesim.kernels"] == "kernels"
     patterns = cfg["options.package_data"]["tmesim.kernels"].replace(",", " ").split()
     for f in (root / "kernels").iterdir():

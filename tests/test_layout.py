@@ -54,7 +54,7 @@ def imports(path: Path, name: str | None = None) -> list[tuple[str, int, bool]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
@@ -71,8 +71,9 @@ def launch_layer_problems(path: Path, name: str | None = None) -> list[str]:
         if root == "tmesim":
             # `from . import errors` gives "tmesim" and "tmesim.errors": the package itself is
             # fine (its __init__ runs in any case), anything but errors below it is not
-            if mod != "tmesim" and not any(mod == m or mod.startswith(m + ".")
-                                           for m in LAUNCH_MAY_IMPORT):
+            if mod != "tmesim" and not any(
+                mod == m or mod.startswith(m + ".") for m in LAUNCH_MAY_IMPORT
+            ):
                 bad.append(f"{path.name}:{line} imports {mod}")
         elif root == "cupy":
             if at_top:
@@ -90,9 +91,13 @@ def test_launch_layer_imports_nothing_of_the_model(name):
 def test_the_check_sees_a_model_import(tmp_path):
     """The check above fails when the launch layer reaches into the model."""
     src = (PKG / "launch.py").read_text()
-    for bad in ("from .steps import tumor\n", "from . import scenario\n",
-                "from .steps.tumor import TumorRules\n", "import tmesim.drugs\n",
-                "import cupy\n"):
+    for bad in (
+        "from .steps import tumor\n",
+        "from . import scenario\n",
+        "from .steps.tumor import TumorRules\n",
+        "import tmesim.drugs\n",
+        "import cupy\n",
+    ):
         f = tmp_path / "launch.py"
         f.write_text(src.replace("\nimport numpy as np\n", f"\nimport numpy as np\n{bad}", 1))
         assert launch_layer_problems(f, "tmesim.launch"), bad
@@ -105,8 +110,9 @@ def test_each_step_has_its_kernel_twin_beside_it(family):
     assert (steps / f"{family}_kernel.py").is_file()
     twin = f"tmesim.steps.{family}_kernel"
     for mod, line, _ in imports(steps / f"{family}.py"):
-        assert mod != "tmesim.launch" and not mod.endswith("_kernel"), \
+        assert mod != "tmesim.launch" and not mod.endswith("_kernel"), (
             f"steps/{family}.py:{line} imports {mod}: the numpy reference stands alone"
+        )
     uses = {mod for mod, _, _ in imports(steps / f"{family}_kernel.py")}
     assert f"tmesim.steps.{family}" in uses, f"{twin} does not build on its numpy twin"
 
@@ -115,7 +121,10 @@ def test_nothing_imports_a_removed_module():
     for name in REMOVED:
         rel = name.split(".")[1:]
         assert not PKG.joinpath(*rel).with_suffix(".py").exists(), name
-    bad = [f"{p.relative_to(PKG.parent)}:{line} imports {mod}"
-           for p in sorted(PKG.rglob("*.py")) for mod, line, _ in imports(p)
-           if mod in REMOVED or any(mod.startswith(r + ".") for r in REMOVED)]
+    bad = [
+        f"{p.relative_to(PKG.parent)}:{line} imports {mod}"
+        for p in sorted(PKG.rglob("*.py"))
+        for mod, line, _ in imports(p)
+        if mod in REMOVED or any(mod.startswith(r + ".") for r in REMOVED)
+    ]
     assert bad == []

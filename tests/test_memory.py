@@ -26,8 +26,9 @@ def held_arrays(root, n_sites: int) -> dict[int, np.ndarray]:
     stack = [root]
     while stack:
         o = stack.pop()
-        if id(o) in seen or isinstance(o, (type, types.ModuleType, types.FunctionType, str,
-                                          bytes, int, float)):
+        if id(o) in seen or isinstance(
+            o, (type, types.ModuleType, types.FunctionType, str, bytes, int, float)
+        ):
             continue
         seen.add(id(o))
         if isinstance(o, np.ndarray):
@@ -106,15 +107,16 @@ def test_1024_cubed_five_field_lod_fits_80_gb(cafs):
     sc = lod_1024(*extra)
     assert len(sc.fields) == 5
     est = memory.bytes_needed(sc, "gpu")
-    n = 1024 ** 3
+    n = 1024**3
     assert est["persistent"] == n * (30 + 8 + 13) + (est["fields"] - 8 * n)
-    assert est["fields"] - 8 * n < 1e6                  # small tables only
+    assert est["fields"] - 8 * n < 1e6  # small tables only
     assert est["observables"] == n * (20 if cafs else 6)
     assert est["total"] <= 80e9, memory.describe(est)
 
 
 class FakeGPU(CPU):
     """A backend that says it is a GPU with ``free`` bytes free (no device is touched)."""
+
     name = "gpu"
 
     def __init__(self, free):
@@ -136,16 +138,23 @@ def test_oversized_run_is_refused_up_front():
     free memory and what to change."""
     sc = lod_1024()
     with pytest.raises(memory.OutOfDeviceMemory) as e:
-        Model(sc, FakeGPU(40 * 10 ** 9))
+        Model(sc, FakeGPU(40 * 10**9))
     msg = str(e.value)
-    for word in ("state", "field solver", "rules", "observables", "37.25 GiB is free",
-                 "a smaller grid", "71.00 GiB on the GPU"):
+    for word in (
+        "state",
+        "field solver",
+        "rules",
+        "observables",
+        "37.25 GiB is free",
+        "a smaller grid",
+        "71.00 GiB on the GPU",
+    ):
         assert word in msg, msg
-    assert "lod" not in msg.split("Use")[1]        # already LOD: not suggested
+    assert "lod" not in msg.split("Use")[1]  # already LOD: not suggested
     with pytest.raises(memory.OutOfDeviceMemory, match=r'solver.method = "lod"'):
-        Model(lod_1024("solver.method=adi"), FakeGPU(80 * 10 ** 9))
+        Model(lod_1024("solver.method=adi"), FakeGPU(80 * 10**9))
     # it fits: the check passes and returns the estimate
-    assert memory.check_fits(sc, FakeGPU(80 * 10 ** 9))["total"] <= 80e9
+    assert memory.check_fits(sc, FakeGPU(80 * 10**9))["total"] <= 80e9
 
 
 @pytest.mark.gpu
@@ -154,4 +163,3 @@ def test_gpu_memory_check_reads_the_device(gpu_backend):
     free = b.free_memory()
     assert free > 0
     assert memory.check_fits(model_scenario("2d-adi"), b)["total"] < free
-

@@ -15,6 +15,7 @@ def test_observe_is_numpy_number_for_number():
     """observe() reduces sums and counts and divides on the host; every column is what the
     plain numpy means give, to the last bit (random lattice with every kind and state)."""
     from tmesim import codes, observables
+
     sc = model_scenario("2d-adi")
     m = Model(sc, CPU())
     st = m.state
@@ -37,4 +38,3 @@ def test_observe_is_numpy_number_for_number():
     near = observables.near_caf(st.kind, sc.grid.shape, sc.grid.dx_um)
     assert row["tumor_near_caf_fraction"] == np.count_nonzero(near & tumor) / row["burden"]
     assert row["n_P"] == np.count_nonzero(pers) and row["burden"] == np.count_nonzero(tumor)
-

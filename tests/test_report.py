@@ -1,6 +1,5 @@
 """Report figures of a run with drugs and stroma: exposure shading and the persister maps."""
 
-
 import tmesim
 from tmesim.report import make_report, shade_exposure
 
@@ -20,12 +19,18 @@ schedule = { kind = "doses", times_h = [6, 12], doses_uM = [2.0, 0.0] }
 
 def test_report_shades_exposure_and_maps_persisters(tmp_path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sc = make_scenario("run.seed=3", "grid.shape=[40,40]", "init.tumor.radius_um=200",
-                       "init.tumor.persister_fraction=0.05", drop=("run.name", "init.vessels"),
-                       extra=CAF_AND_DRUG)
+    sc = make_scenario(
+        "run.seed=3",
+        "grid.shape=[40,40]",
+        "init.tumor.radius_um=200",
+        "init.tumor.persister_fraction=0.05",
+        drop=("run.name", "init.vessels"),
+        extra=CAF_AND_DRUG,
+    )
     path = tmesim.Simulation(sc, backend="cpu").run(tmp_path / "r.h5")
     written, table = make_report(path, tmp_path)
     names = sorted(p.name for p in written)
@@ -39,7 +44,7 @@ def test_report_shades_exposure_and_maps_persisters(tmp_path):
         shade_exposure(ax, ds, t_days, ["erlotinib"])
         on = t_days[ds["plasma_erlotinib"].values > 0]
     assert len(ax.patches) == 1
-    ext = ax.patches[0].get_extents()          # display units: map back to data
+    ext = ax.patches[0].get_extents()  # display units: map back to data
     x0, x1 = ax.transData.inverted().transform([[ext.x0, 0], [ext.x1, 0]])[:, 0]
     # the band runs from the first step with drug to the first step without
     assert abs(x0 - on.min()) < 1e-6 and abs(x1 - (on.max() + 0.1 / 24)) < 1e-6

@@ -9,13 +9,21 @@ from tmesim import rng
 
 # Random123's known-answer vectors for philox4x64-10 (kat_vectors): counter, key, output.
 KAT = [
-    ([0, 0, 0, 0], [0, 0],
-     [0x16554d9eca36314c, 0xdb20fe9d672d0fdc, 0xd7e772cee186176b, 0x7e68b68aec7ba23b]),
-    ([2**64 - 1] * 4, [2**64 - 1] * 2,
-     [0x87b092c3013fe90b, 0x438c3c67be8d0224, 0x9cc7d7c69cd777b6, 0xa09caebf594f0ba0]),
-    ([0x243f6a8885a308d3, 0x13198a2e03707344, 0xa4093822299f31d0, 0x082efa98ec4e6c89],
-     [0x452821e638d01377, 0xbe5466cf34e90c6c],
-     [0xa528f45403e61d95, 0x38c72dbd566e9788, 0xa5a1610e72fd18b5, 0x57bd43b5e52b7fe6]),
+    (
+        [0, 0, 0, 0],
+        [0, 0],
+        [0x16554D9ECA36314C, 0xDB20FE9D672D0FDC, 0xD7E772CEE186176B, 0x7E68B68AEC7BA23B],
+    ),
+    (
+        [2**64 - 1] * 4,
+        [2**64 - 1] * 2,
+        [0x87B092C3013FE90B, 0x438C3C67BE8D0224, 0x9CC7D7C69CD777B6, 0xA09CAEBF594F0BA0],
+    ),
+    (
+        [0x243F6A8885A308D3, 0x13198A2E03707344, 0xA4093822299F31D0, 0x082EFA98EC4E6C89],
+        [0x452821E638D01377, 0xBE5466CF34E90C6C],
+        [0xA528F45403E61D95, 0x38C72DBD566E9788, 0xA5A1610E72FD18B5, 0x57BD43B5E52B7FE6],
+    ),
 ]
 
 
@@ -60,11 +68,14 @@ def test_uniform_in_unit_interval_and_uniform():
     assert stats.chisquare(counts).pvalue > 1e-4
 
 
-@pytest.mark.parametrize("other", [
-    dict(seed=1, step=1, stream=rng.DIVIDE),        # next step
-    dict(seed=1, step=0, stream=rng.NECROSIS),      # other stream
-    dict(seed=2, step=0, stream=rng.DIVIDE),        # other seed
-])
+@pytest.mark.parametrize(
+    "other",
+    [
+        dict(seed=1, step=1, stream=rng.DIVIDE),  # next step
+        dict(seed=1, step=0, stream=rng.NECROSIS),  # other stream
+        dict(seed=2, step=0, stream=rng.DIVIDE),  # other seed
+    ],
+)
 def test_streams_steps_and_seeds_are_independent(other):
     """Correlation between sequences is within the sampling bound 4/sqrt(n), also for neighbours."""
     n = 200_000
@@ -72,8 +83,8 @@ def test_streams_steps_and_seeds_are_independent(other):
     b = rng.uniform_range(other["seed"], other["step"], other["stream"], n)
     bound = 4 / np.sqrt(n)
     assert abs(np.corrcoef(a, b)[0, 1]) < bound
-    assert abs(np.corrcoef(a[1:], a[:-1])[0, 1]) < bound   # adjacent sites
-    assert abs(np.corrcoef(a[4:], a[:-4])[0, 1]) < bound   # same lane of the next block
+    assert abs(np.corrcoef(a[1:], a[:-1])[0, 1]) < bound  # adjacent sites
+    assert abs(np.corrcoef(a[4:], a[:-4])[0, 1]) < bound  # same lane of the next block
     # pairs are uniform on the unit square (2D chi-square on a 10 x 10 grid)
     h = np.histogram2d(a, b, bins=10, range=[[0, 1], [0, 1]])[0].ravel()
     assert stats.chisquare(h).pvalue > 1e-4

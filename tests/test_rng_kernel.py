@@ -13,17 +13,17 @@ import pytest
 
 from tmesim import rng, rng_kernel
 
-SEEDS = [0, 1, 11, 20101, 2 ** 32 + 5, 2 ** 63 + 12345, 2 ** 64 - 1]
+SEEDS = [0, 1, 11, 20101, 2**32 + 5, 2**63 + 12345, 2**64 - 1]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_rng_words_and_uniforms_bit_exact(launcher, seed):
     g = np.random.default_rng(seed % 1000)
     for _ in range(6):
-        step = int(g.integers(0, 2 ** 40))
+        step = int(g.integers(0, 2**40))
         stream = int(g.integers(0, 64))
-        start = int(g.integers(0, 2 ** 44))
-        sites = start + g.permutation(257)[:200]      # clustered, shuffled, any alignment
+        start = int(g.integers(0, 2**44))
+        sites = start + g.permutation(257)[:200]  # clustered, shuffled, any alignment
         want = rng.raw_at(seed, step, stream, sites)
         got = rng_kernel.raw_at(seed, step, stream, sites, launcher=launcher)
         np.testing.assert_array_equal(got, want)
@@ -34,8 +34,11 @@ def test_rng_words_and_uniforms_bit_exact(launcher, seed):
 
 def test_rng_matches_the_reference_rounds(launcher):
     """Whole blocks against the integer spelling of Philox in rng.py (counter = block + 1)."""
-    for seed, step, stream, block in [(5, 0, 10, 0), (2 ** 64 - 1, 2 ** 64 - 1, 21, 12345),
-                                      (42, 7, 11, 2 ** 50)]:
+    for seed, step, stream, block in [
+        (5, 0, 10, 0),
+        (2**64 - 1, 2**64 - 1, 21, 12345),
+        (42, 7, 11, 2**50),
+    ]:
         sites = np.arange(4 * block, 4 * block + 4)
         got = rng_kernel.raw_at(seed, step, stream, sites, launcher=launcher)
         ref = rng.philox4x64_reference((block + 1, step, stream, 0), (seed, 0))
@@ -44,7 +47,7 @@ def test_rng_matches_the_reference_rounds(launcher):
 
 def test_rng_repeats_and_empty(launcher):
     sites = np.array([9, 3, 9, 0, 3])
-    np.testing.assert_array_equal(rng_kernel.raw_at(1, 2, 3, sites, launcher=launcher),
-                                  rng.raw_at(1, 2, 3, sites))
+    np.testing.assert_array_equal(
+        rng_kernel.raw_at(1, 2, 3, sites, launcher=launcher), rng.raw_at(1, 2, 3, sites)
+    )
     assert rng_kernel.raw_at(1, 2, 3, [], launcher=launcher).size == 0
-

@@ -17,9 +17,9 @@ def test_iteration_interval():
 
 
 def test_time_interval_hits_each_multiple_once():
-    s = TimeInterval(60.0)                       # hourly with 6-min steps: every 10th step
+    s = TimeInterval(60.0)  # hourly with 6-min steps: every 10th step
     assert [k for k in range(41) if s(fake(k))] == [0, 10, 20, 30, 40]
-    s = TimeInterval(50.0)                       # not a multiple of dt: first step at or after
+    s = TimeInterval(50.0)  # not a multiple of dt: first step at or after
     fired = [k * 6 for k in range(41) if s(fake(k))]
     assert fired == [0, 54, 102, 150, 204]
 

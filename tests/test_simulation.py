@@ -55,21 +55,20 @@ def test_killed_run_leaves_a_readable_file(tmp_path):
     with tmesim.open_run(out) as ds:
         T = ds.sizes["time"]
         assert T >= 3
-        assert ds.attrs["status"] == "running"   # it never got to close
+        assert ds.attrs["status"] == "running"  # it never got to close
         kind = ds["kind"].values
         assert kind.shape[0] == T and (kind[-1] == codes.TUMOR).sum() > 0
         assert ds["burden"].size >= 1
 
 
 def test_stop_at_burden_is_an_event(tmp_path):
-    _sc, sim, path = run_small(tmp_path, **{"run.stop.max_burden": 200,
-                                           "run.duration_days": 5})
+    _sc, sim, path = run_small(tmp_path, **{"run.stop.max_burden": 200, "run.duration_days": 5})
     assert sim.stop_reason == "burden reached 200"
     with tmesim.open_run(path) as ds:
         assert ds.attrs["status"] == "stopped"
         assert ds["burden"].values[-1] >= 200 > ds["burden"].values[-2]
         assert [e[1] for e in ds.attrs["events"]] == ["start", "stop"]
-        assert ds["time"].values[-1] == ds["step_time_h"].values[-1]   # last state snapshotted
+        assert ds["time"].values[-1] == ds["step_time_h"].values[-1]  # last state snapshotted
 
 
 def test_extinction_stops(tmp_path):
@@ -81,8 +80,10 @@ def test_cli_run_and_report(tmp_path, capsys):
     scen = tmp_path / "s.toml"
     scen.write_text(SMALL_2D)
     out = tmp_path / "r" / "run.h5"
-    assert main(["run", str(scen), "-o", str(out), "-q", "--report",
-                 "--set", "run.duration_days=0.5"]) == 0
+    assert (
+        main(["run", str(scen), "-o", str(out), "-q", "--report", "--set", "run.duration_days=0.5"])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "tumor cells (burden)" in text and "equivalent radius" in text
     for png in ("run_population.png", "run_maps.png"):
@@ -135,10 +136,18 @@ def test_same_seed_same_run_other_seed_other_run():
     lattice. The run does exercise the rules (kills, transitions, stromal moves happen)."""
     runs = []
     for seed in (7, 7, 8):
-        m = Model(make_scenario(f"run.seed={seed}", "grid.shape=[40,40]",
-                                "init.tumor.radius_um=250", "init.tumor.persister_fraction=0.1",
-                                "init.tumor.resistant_fraction=0.05", "init.vessels.density=0.02",
-                                drop=("run.name", "run.snapshot_every_hours"), extra=EVERYTHING))
+        m = Model(
+            make_scenario(
+                f"run.seed={seed}",
+                "grid.shape=[40,40]",
+                "init.tumor.radius_um=250",
+                "init.tumor.persister_fraction=0.1",
+                "init.tumor.resistant_fraction=0.05",
+                "init.vessels.density=0.02",
+                drop=("run.name", "run.snapshot_every_hours"),
+                extra=EVERYTHING,
+            )
+        )
         seen = dict(killed=0, entered_P=0, divisions=0, moves=0)
         for _ in range(25):
             c = m.step()
@@ -160,9 +169,10 @@ def test_spheroid_grows_hypoxic_then_necrotic_core(tmp_path):
     """MODEL.md 7.5 on the shipped 3D scenario (shortened): the spheroid outgrows the oxygen
     diffusion length; a hypoxic core appears first, necrosis later, and necrosis sits deeper in the
     spheroid than the living cells (mean distance from the centre)."""
-    sc = tmesim.load_scenario("scenarios/spheroid_3d.toml",
-                              overrides={"grid.shape": [48, 48, 48], "run.duration_days": 8,
-                                         "init.tumor.radius_um": 260})
+    sc = tmesim.load_scenario(
+        "scenarios/spheroid_3d.toml",
+        overrides={"grid.shape": [48, 48, 48], "run.duration_days": 8, "init.tumor.radius_um": 260},
+    )
     path = tmesim.Simulation(sc, backend="cpu").run(tmp_path / "sph.h5")
     with tmesim.open_run(path) as ds:
         t = ds["step_time_h"].values
@@ -186,7 +196,5 @@ def test_quickstart_runs_as_readme_says(tmp_path):
     code = main(["run", "scenarios/quickstart_2d.toml", "-o", str(tmp_path / "q.h5"), "-q"])
     assert code == 0
     with tmesim.open_run(tmp_path / "q.h5") as ds:
-        assert ds["burden"].values[-1] > ds["burden"].values[0]     # it grows
-        assert ds["hypoxic_fraction"].values[-1] > 0.2               # and turns hypoxic
-
-
+        assert ds["burden"].values[-1] > ds["burden"].values[0]  # it grows
+        assert ds["hypoxic_fraction"].values[-1] > 0.2  # and turns hypoxic

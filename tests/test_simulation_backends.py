@@ -32,15 +32,18 @@ from .helpers import MODEL_CASES, MODEL_SCENARIO, h5_contents, model_scenario, n
 
 STEPS = 16
 
+
 def assert_rows_equal(a: dict, b: dict, where="", rtol=0.0):
     """Equal rows (NaN equals NaN). ``rtol`` > 0 lets float columns differ by that much (a GPU's
     reductions sum in another order than numpy's); integers must always be equal."""
     assert a.keys() == b.keys(), where
     for k in a:
         x, y = a[k], b[k]
-        same = x == y or (isinstance(x, float) and isinstance(y, float)
-                          and ((math.isnan(x) and math.isnan(y))
-                               or abs(x - y) <= rtol * max(abs(x), abs(y))))
+        same = x == y or (
+            isinstance(x, float)
+            and isinstance(y, float)
+            and ((math.isnan(x) and math.isnan(y)) or abs(x - y) <= rtol * max(abs(x), abs(y)))
+        )
         assert same, f"{where}: column {k}: {x!r} != {y!r}"
 
 
@@ -48,8 +51,9 @@ def assert_states_equal(ref, got, backend, where=""):
     ra, ga = ref.arrays(), got.arrays()
     assert ra.keys() == ga.keys()
     for name in ra:
-        np.testing.assert_array_equal(backend.to_host(ga[name]), ra[name],
-                                      err_msg=f"{where}: {name}")
+        np.testing.assert_array_equal(
+            backend.to_host(ga[name]), ra[name], err_msg=f"{where}: {name}"
+        )
     assert (ref.step, ref.time_min) == (got.step, got.time_min)
 
 
@@ -77,20 +81,29 @@ def run_pair(sc, backend, steps=STEPS, rtol=0.0):
 def test_cpu_path_never_imports_the_kernel_classes():
     """The numpy classes on the CPU, without importing the launch layer or the kernel twins."""
     import subprocess
-    code = ("import sys, tmesim\n"
-            "from tmesim.simulation import Model\n"
-            f"sc = tmesim.loads_scenario({MODEL_SCENARIO!r}, overrides=['grid.shape=[16,16]'])\n"
-            "m = Model(sc); m.step(); m.observe()\n"
-            "bad = [k for k in sys.modules if k == 'tmesim.launch' or k.endswith('_kernel')]\n"
-            "assert not bad, bad\n"
-            "print(type(m.field_solver.inner).__module__, type(m.tumor_rules).__module__)\n")
+
+    code = (
+        "import sys, tmesim\n"
+        "from tmesim.simulation import Model\n"
+        f"sc = tmesim.loads_scenario({MODEL_SCENARIO!r}, overrides=['grid.shape=[16,16]'])\n"
+        "m = Model(sc); m.step(); m.observe()\n"
+        "bad = [k for k in sys.modules if k == 'tmesim.launch' or k.endswith('_kernel')]\n"
+        "assert not bad, bad\n"
+        "print(type(m.field_solver.inner).__module__, type(m.tumor_rules).__module__)\n"
+    )
     import os
     from pathlib import Path
+
     root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       cwd=root)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        ),
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["tmesim.steps.fields", "tmesim.steps.tumor"]
 
@@ -102,9 +115,11 @@ def test_kernel_backends_take_the_kernel_twins():
     p = Portable()
     cls = step_classes(p)
     assert cls.launcher is p.launcher()
-    assert [c.__module__ for c in cls[:3]] == ["tmesim.steps.fields_kernel",
-                                               "tmesim.steps.tumor_kernel",
-                                               "tmesim.steps.stroma_kernel"]
+    assert [c.__module__ for c in cls[:3]] == [
+        "tmesim.steps.fields_kernel",
+        "tmesim.steps.tumor_kernel",
+        "tmesim.steps.stroma_kernel",
+    ]
 
 
 # ------------------------------------------------------------------------------- parity
@@ -127,7 +142,7 @@ def test_run_through_the_kernels_in_scrambled_thread_order(kernel_backend):
 def test_simulation_through_the_kernels_writes_the_cpu_file(tmp_path, kernel_backend):
     """Simulation.run through the kernels (snapshots and checkpoints copy to the host): the same
     run file as the CPU's, dataset for dataset, but for the backend and device attributes."""
-    sc = model_scenario("2d-adi", "run.duration_days=0.05")       # 12 steps, 2 checkpoints
+    sc = model_scenario("2d-adi", "run.duration_days=0.05")  # 12 steps, 2 checkpoints
     files = {}
     for name, b in (("cpu", CPU()), ("portable", kernel_backend)):
         sim = Simulation(sc, backend=b)
@@ -148,7 +163,7 @@ def test_resume_through_the_kernels_restores_device_and_host_arrays(tmp_path, ke
     ref = Simulation(sc, backend="cpu")
     ref.run(tmp_path / "ref.h5")
     sim = Simulation(sc, backend=kernel_backend)
-    sim.wall_deadline = 0.0          # already past: checkpoint and stop after the first step
+    sim.wall_deadline = 0.0  # already past: checkpoint and stop after the first step
     sim.run(tmp_path / "p.h5")
     assert sim.status == "interrupted" and sim.state.step == 1
     back = Simulation.resume(tmp_path / "p.h5", backend=kernel_backend)
@@ -178,9 +193,16 @@ class DeviceArray(np.ndarray):
             if isinstance(a, (list, tuple)):
                 flat.extend(a)
         _refuse_host(func.__name__, flat)
-        unwrap = lambda a: (np.asarray(a) if isinstance(a, DeviceArray) else      # noqa: E731
-                            [unwrap(x) for x in a] if isinstance(a, list) else
-                            tuple(unwrap(x) for x in a) if isinstance(a, tuple) else a)
+
+        def unwrap(a):
+            if isinstance(a, DeviceArray):
+                return np.asarray(a)
+            if isinstance(a, list):
+                return [unwrap(x) for x in a]
+            if isinstance(a, tuple):
+                return tuple(unwrap(x) for x in a)
+            return a
+
         return _wrap(func(*unwrap(list(args)), **{k: unwrap(v) for k, v in kwargs.items()}))
 
 
@@ -188,8 +210,10 @@ def _refuse_host(name, values):
     if any(isinstance(v, DeviceArray) for v in values):
         host = [v for v in values if type(v) is np.ndarray and v.ndim > 0]
         if host:
-            raise TypeError(f"{name}: a host numpy array {host[0].dtype}{host[0].shape} meets "
-                            "a device array (cupy refuses this)")
+            raise TypeError(
+                f"{name}: a host numpy array {host[0].dtype}{host[0].shape} meets "
+                "a device array (cupy refuses this)"
+            )
 
 
 def _wrap(out):
@@ -219,12 +243,14 @@ class DeviceLauncher(launch.PortableLauncher):
 def _device_edt(image):
     """scipy's transform on the emulated device (cupyx's plays this part on a GPU)."""
     from scipy import ndimage
+
     return _wrap(ndimage.distance_transform_edt(np.asarray(image)))
 
 
 class EmulatedDevice(Portable):
     """The Portable backend with DeviceArrays for device memory: a step that mixes host arrays
     into device computations (which cupy refuses) fails here, without a GPU."""
+
     name = "emulated-device"
 
     def launcher(self):
@@ -255,16 +281,21 @@ def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
     without a host array meeting a device one, the state stays on the device (plasma and
     dose_total on the host), and the run is still the CPU's."""
     from tmesim import observables
+
     real = observables._edt
-    monkeypatch.setattr(observables, "_edt",
-                        lambda xp: _device_edt if xp is DEVICE_XP else real(xp))
+    monkeypatch.setattr(
+        observables, "_edt", lambda xp: _device_edt if xp is DEVICE_XP else real(xp)
+    )
     # the CG's reductions choose numpy's or cupy's code by `xp is numpy`: numpy's here
     from tmesim.steps import fields as F_
     from tmesim.steps.fields_kernel import KernelFieldSolver
-    monkeypatch.setattr(KernelFieldSolver, "_dots", lambda self, x, y: _wrap(
-        F_.dots(np.asarray(x), np.asarray(y))))
-    monkeypatch.setattr(KernelFieldSolver, "_absmax", lambda self, x: _wrap(
-        F_.absmax(np.asarray(x))))
+
+    monkeypatch.setattr(
+        KernelFieldSolver, "_dots", lambda self, x, y: _wrap(F_.dots(np.asarray(x), np.asarray(y)))
+    )
+    monkeypatch.setattr(
+        KernelFieldSolver, "_absmax", lambda self, x: _wrap(F_.absmax(np.asarray(x)))
+    )
     b = EmulatedDevice()
     sc = model_scenario(case)
     m = Model(sc, b)
@@ -281,7 +312,7 @@ def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
     back = Simulation(short, backend=b)
     back.run(tmp_path / "e.h5", resume=True)
     assert back.status == "finished" and type(back.state.kind) is DeviceArray
-    if case == "2d-biopsy":        # the biopsies did happen (the region copied to the host)
+    if case == "2d-biopsy":  # the biopsies did happen (the region copied to the host)
         ref = Simulation(short, backend="cpu")
         ref.run(tmp_path / "c.h5")
         with h5py.File(tmp_path / "c.h5", "r") as f:
@@ -297,23 +328,26 @@ def test_gpu_model_is_device_resident_and_matches(gpu_backend, case):
     the CPU's; ADI runs agree in every integer array over a few steps (the CG's dot products are
     cupy reductions, summed in another order than numpy's)."""
     import cupy
+
     b = gpu_backend
     sc = model_scenario(case)
     m = Model(sc, b)
     assert isinstance(m.state.kind, cupy.ndarray) and isinstance(m.state.fields, cupy.ndarray)
     assert isinstance(m.state.plasma, np.ndarray)
     if case.endswith("lod"):
-        run_pair(sc, b, rtol=1e-12)       # the state bit for bit; the rows' sums summed by cupy
+        run_pair(sc, b, rtol=1e-12)  # the state bit for bit; the rows' sums summed by cupy
         return
     ref = Model(sc, CPU())
     for s in range(4):
         ref.step()
         m.step()
         for name in ("kind", "tumor_state"):
-            np.testing.assert_array_equal(b.to_host(getattr(m.state, name)),
-                                          getattr(ref.state, name), err_msg=f"{s} {name}")
-        np.testing.assert_allclose(b.to_host(m.state.fields), ref.state.fields, rtol=1e-4,
-                                   atol=1e-5)
+            np.testing.assert_array_equal(
+                b.to_host(getattr(m.state, name)), getattr(ref.state, name), err_msg=f"{s} {name}"
+            )
+        np.testing.assert_allclose(
+            b.to_host(m.state.fields), ref.state.fields, rtol=1e-4, atol=1e-5
+        )
         assert_rows_equal(ref.observe(), m.observe(), f"step {s}", rtol=1e-4)
 
 
@@ -332,5 +366,3 @@ def test_gpu_runs_are_deterministic(gpu_backend):
     assert_states_equal(runs[0][0], runs[1][0], CPU(), "two GPU runs")
     for r0, r1 in zip(runs[0][1], runs[1][1]):
         assert_rows_equal(r0, r1)
-
-

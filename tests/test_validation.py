@@ -21,6 +21,7 @@ def test_experiment_holds(name):
 
 def test_unknown_experiment_is_a_clear_error():
     from tmesim.errors import UserError
+
     with pytest.raises(UserError, match="no validation experiment named nope"):
         validation.run(["nope"])
 
@@ -28,8 +29,9 @@ def test_unknown_experiment_is_a_clear_error():
 def run_library_comparison(name: str, replicates: int):
     """Run the first ``replicates`` of scenarios/therapy/NAME on 2 processes: (comparison,
     results, printed tables)."""
-    c = compare.load_comparison(compare.Path(__file__).resolve().parent.parent / "scenarios" /
-                                "therapy" / name)
+    c = compare.load_comparison(
+        compare.Path(__file__).resolve().parent.parent / "scenarios" / "therapy" / name
+    )
     c.replicates = replicates
     lines = []
     res = compare.run_comparison(c, jobs=2, echo=lines.append)
@@ -54,9 +56,10 @@ def test_adaptive_gain_in_days_with_and_without_a_cost_far_from_capacity():
     with_cost, no_cost = compare.paired_stats(g1), compare.paired_stats(g0)
     assert not censored.any(), report
     assert with_cost["lo"] > 0, report
-    assert compare.verdict(no_cost, 1.0) in ("equivalent within ±1 d",
-                                             "longer by less than 1 d"), report
-    assert compare.paired_stats(g1 - g0)["lo"] > 0, report         # the contrast
+    assert compare.verdict(no_cost, 1.0) in ("equivalent within ±1 d", "longer by less than 1 d"), (
+        report
+    )
+    assert compare.paired_stats(g1 - g0)["lo"] > 0, report  # the contrast
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from tmesim.writers import InMemoryWriter, OutputWriter, SnapshotWriter
 
 from .helpers import SMALL_2D, make_scenario
 
-SHORT = "run.duration_days=0.25"       # 60 steps of 6 min
+SHORT = "run.duration_days=0.25"  # 60 steps of 6 min
 
 
 def test_in_memory_series_is_the_run_files_timeseries(tmp_path, monkeypatch):
@@ -21,7 +21,7 @@ def test_in_memory_series_is_the_run_files_timeseries(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mem = run_scenario(sc)
     assert mem.path is None and mem.status == "finished"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "a.xdmf"]   # no file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "a.xdmf"]  # no file
     s = mem.series
     with h5py.File(path, "r") as f:
         ts = f["timeseries"]
@@ -76,7 +76,7 @@ def test_run_arm_stops_after_the_row_that_fired(tmp_path):
         return rows[-1]["time_min"] >= 30.0
 
     s = run_arm(str(scen), ["run.duration_days=0.25"], stop)
-    assert seen == [2, 3, 4, 5, 6]           # after each step, with the rows so far
+    assert seen == [2, 3, 4, 5, 6]  # after each step, with the rows so far
     np.testing.assert_array_equal(s["time_min"], [0.0, 6.0, 12.0, 18.0, 24.0, 30.0])
     full = run_arm(str(scen), ["run.duration_days=0.25"])
     assert len(full["time_min"]) == 61

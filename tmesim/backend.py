@@ -17,6 +17,7 @@ from .errors import UserError
 
 class CPU:
     """numpy on the host: the reference implementation of every step."""
+
     name = "cpu"
     xp = np
 
@@ -32,6 +33,7 @@ class CPU:
     @property
     def device(self) -> str:
         import platform
+
         return platform.processor() or platform.machine()
 
     def launcher(self):
@@ -51,6 +53,7 @@ class Portable(CPU):
     Args:
         lib: path of a prebuilt portable library (default: build it, cached by content hash).
     """
+
     name = "portable"
 
     def __init__(self, lib=None):
@@ -65,6 +68,7 @@ class Portable(CPU):
         """The portable launcher (built on first use, then the same one)."""
         if self._launcher is None:
             from .launch import PortableLauncher
+
             self._launcher = PortableLauncher(self._lib)
         return self._launcher
 
@@ -75,6 +79,7 @@ class GPU:
     Args:
         device: CUDA device number.
     """
+
     name = "gpu"
 
     def __init__(self, device: int = 0):
@@ -117,6 +122,7 @@ class GPU:
         """The kernel launcher of this device (tmesim.launch.CupyLauncher, one per backend)."""
         if self._launcher is None:
             from .launch import CupyLauncher
+
             self._launcher = CupyLauncher(self.device_id)
         return self._launcher
 
@@ -135,7 +141,7 @@ def as_host(a):
     For code that holds a (small) array but not its backend, e.g. a biopsy's region."""
     if isinstance(a, np.ndarray) or np.isscalar(a):
         return np.asarray(a)
-    get = getattr(a, "get", None)          # cupy.ndarray.get() -> numpy, without importing cupy
+    get = getattr(a, "get", None)  # cupy.ndarray.get() -> numpy, without importing cupy
     return np.asarray(get() if callable(get) else a)
 
 
@@ -147,6 +153,7 @@ def array_module(a):
         return np
     if type(a).__module__.startswith("cupy"):
         import cupy
+
         return cupy
     ns = getattr(a, "__array_namespace__", None)
     return ns() if callable(ns) else np
@@ -156,6 +163,7 @@ def gpu_available() -> bool:
     """True when cupy imports and sees a CUDA device (never raises)."""
     try:
         import cupy
+
         return bool(cupy.is_available())
     except Exception:  # no cupy, no driver, no device: all mean "no GPU"
         return False
@@ -189,9 +197,15 @@ def get_backend(name: str = "auto", device: int = 0):
         gpu = GPU(device)
         if not GPU_VERIFIED:
             import warnings
-            warnings.warn("the GPU kernels match numpy on the CPU build but have not yet been "
-                          "verified on a GPU: run `python3 -m pytest -m gpu tests` on this machine "
-                          "first", stacklevel=2)
+
+            warnings.warn(
+                "the GPU kernels match numpy on the CPU build but have not yet been "
+                "verified on a GPU: run `python3 -m pytest -m gpu tests` on this machine "
+                "first",
+                stacklevel=2,
+            )
         return gpu
-    raise UserError(f"--backend {name!r}: expected auto, cpu or gpu (or portable, the kernels' "
-                    "C++ build on the CPU, for developers)")
+    raise UserError(
+        f"--backend {name!r}: expected auto, cpu or gpu (or portable, the kernels' "
+        "C++ build on the CPU, for developers)"
+    )

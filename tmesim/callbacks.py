@@ -13,17 +13,25 @@ class Progress:
 
     def __init__(self, total_steps: int, every: int = 1, disable: bool = False):
         from tqdm.auto import tqdm
+
         self.schedule = IterationInterval(every)
-        self.bar = tqdm(total=total_steps, unit="step", disable=disable, dynamic_ncols=True,
-                        mininterval=1.0, smoothing=0.05)
+        self.bar = tqdm(
+            total=total_steps,
+            unit="step",
+            disable=disable,
+            dynamic_ncols=True,
+            mininterval=1.0,
+            smoothing=0.05,
+        )
         self._done = 0
 
     def __call__(self, sim) -> None:
         self.bar.update(sim.state.step - self._done)
         self._done = sim.state.step
         row = sim.last_row
-        self.bar.set_postfix_str(f"t={sim.state.time_min / 1440:.2f} d, burden={row['burden']}",
-                                 refresh=False)
+        self.bar.set_postfix_str(
+            f"t={sim.state.time_min / 1440:.2f} d, burden={row['burden']}", refresh=False
+        )
 
     def close(self):
         self.bar.close()
@@ -31,6 +39,7 @@ class Progress:
 
 class StopOnExtinction:
     """Stop when no tumor cell is left."""
+
     schedule = IterationInterval(1)
 
     def __call__(self, sim) -> None:
@@ -40,6 +49,7 @@ class StopOnExtinction:
 
 class StopAtBurden:
     """Stop when the tumor burden reaches ``max_burden`` cells."""
+
     schedule = IterationInterval(1)
 
     def __init__(self, max_burden: int):
@@ -54,6 +64,7 @@ class StopOnRows:
     """Stop when ``condition(rows)`` returns True: ``rows`` are the time-series rows an
     :class:`tmesim.writers.InMemoryWriter` holds so far ({column: value} each, the latest
     last), so the run ends after the row that made it True."""
+
     schedule = IterationInterval(1)
 
     def __init__(self, condition, writer, reason: str = "stop condition met"):

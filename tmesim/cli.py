@@ -14,17 +14,21 @@ def _memory_estimate(sc) -> str:
     """The memory a run needs on each backend, by part (tmesim.memory), and a snapshot's size."""
     from .memory import bytes_needed, describe
     from .state import State
+
     est = {b: bytes_needed(sc, b) for b in ("cpu", "gpu")}
     snap = est["cpu"]["state"]
-    return (f"Memory ({State.bytes_per_voxel(len(sc.fields))} bytes/voxel of state):\n"
-            f"  cpu: {describe(est['cpu'])}\n"
-            f"  gpu (device memory; the portable backend's host memory alike): "
-            f"{describe(est['gpu'])}\n"
-            f"  snapshot {snap / 2**20:.1f} MiB each before compression.")
+    return (
+        f"Memory ({State.bytes_per_voxel(len(sc.fields))} bytes/voxel of state):\n"
+        f"  cpu: {describe(est['cpu'])}\n"
+        f"  gpu (device memory; the portable backend's host memory alike): "
+        f"{describe(est['gpu'])}\n"
+        f"  snapshot {snap / 2**20:.1f} MiB each before compression."
+    )
 
 
 def cmd_validate(args) -> int:
     from .scenario import load_scenario, summary
+
     sc = load_scenario(args.scenario, overrides=args.set)
     print(summary(sc))
     print(_memory_estimate(sc))
@@ -35,12 +39,16 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from .scenario import load_scenario
     from .simulation import Simulation
+
     sc = load_scenario(args.scenario, overrides=args.set)
     out = Path(args.output) if args.output else Path(f"{sc.run.name}.h5")
     sim = Simulation(sc, backend=args.backend)
     if not args.quiet:
-        print(f"tmesim: {sc.run.name}: {sc.ndim}D {'x'.join(map(str, sc.grid.shape))}, "
-              f"{sc.n_steps} steps on {sim.backend.name} -> {out}", file=sys.stderr)
+        print(
+            f"tmesim: {sc.run.name}: {sc.ndim}D {'x'.join(map(str, sc.grid.shape))}, "
+            f"{sc.n_steps} steps on {sim.backend.name} -> {out}",
+            file=sys.stderr,
+        )
     try:
         sim.run(out, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -55,20 +63,26 @@ def cmd_run(args) -> int:
 def _finished(sim, out) -> int:
     """Print how a run ended; exit code 0, or 3 when it was interrupted with a checkpoint."""
     if sim.status == "interrupted":
-        print(f"interrupted ({sim.interrupt_reason}) at step {sim.state.step} "
-              f"({sim.state.time_min / 1440:.2f} days); checkpoint written, continue with: "
-              f"tmesim resume {out}", file=sys.stderr)
+        print(
+            f"interrupted ({sim.interrupt_reason}) at step {sim.state.step} "
+            f"({sim.state.time_min / 1440:.2f} days); checkpoint written, continue with: "
+            f"tmesim resume {out}",
+            file=sys.stderr,
+        )
         return 3
     row = sim.last_row
-    print(f"wrote {out}: {sim.state.step} steps ({sim.state.time_min / 1440:.2f} days) in "
-          f"{sim.wall_seconds:.1f} s; burden {row['burden']}, necrotic {row['n_necrotic']}, "
-          f"hypoxic fraction {row['hypoxic_fraction']:.3f}"
-          + (f"; stopped: {sim.stop_reason}" if sim.stop_reason else ""))
+    print(
+        f"wrote {out}: {sim.state.step} steps ({sim.state.time_min / 1440:.2f} days) in "
+        f"{sim.wall_seconds:.1f} s; burden {row['burden']}, necrotic {row['n_necrotic']}, "
+        f"hypoxic fraction {row['hypoxic_fraction']:.3f}"
+        + (f"; stopped: {sim.stop_reason}" if sim.stop_reason else "")
+    )
     return 0
 
 
 def cmd_resume(args) -> int:
     from .simulation import Simulation
+
     try:
         sim = Simulation.resume(args.run, backend=args.backend, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -84,6 +98,7 @@ def cmd_resume(args) -> int:
 
 def cmd_compare(args) -> int:
     from . import compare
+
     c = compare.load_comparison(args.file)
     if args.replicates:
         c.replicates = args.replicates
@@ -96,6 +111,7 @@ def cmd_compare(args) -> int:
 
 def cmd_validate_model(args) -> int:
     from . import validation
+
     ok = validation.run(args.only or None, quick=args.quick, jobs=args.jobs)
     return 0 if ok else 1
 
@@ -104,6 +120,7 @@ def cmd_sweep(args) -> int:
     import json
 
     from . import sweep as sw
+
     spec = sw.load_sweep(args.sweep, args.out_dir)
     for opt in ("queue", "account", "memory", "walltime", "jobs"):
         v = getattr(args, opt)
@@ -111,7 +128,7 @@ def cmd_sweep(args) -> int:
             setattr(spec.slurm, opt, v)
     if args.walltime is not None:
         try:
-            _ = spec.slurm.walltime_s      # parsing it checks the format
+            _ = spec.slurm.walltime_s  # parsing it checks the format
         except ValueError:
             raise UserError(f"--walltime {args.walltime!r}: expected [D-]HH:MM:SS") from None
     if args.workers is not None and args.workers < 1:
@@ -135,20 +152,35 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         p = sw.plan(spec, args.retry_failed, record=False)
         for r in p.runs:
-            state = ("done" if r in p.done else "failed" if r in p.failed
-                     else "invalid" if any(r is x for x, _ in p.invalid) else "to do")
+            state = (
+                "done"
+                if r in p.done
+                else "failed"
+                if r in p.failed
+                else "invalid"
+                if any(r is x for x, _ in p.invalid)
+                else "to do"
+            )
             print(f"{r.id}  {state:7s}  {json.dumps(r.params)}")
-        print(f"{len(p.runs)} runs: {len(p.todo)} to do, {len(p.done)} done, "
-              f"{len(p.failed) + len(p.invalid)} failed")
+        print(
+            f"{len(p.runs)} runs: {len(p.todo)} to do, {len(p.done)} done, "
+            f"{len(p.failed) + len(p.invalid)} failed"
+        )
         return 0
-    res = sw.run_sweep(spec, cluster=args.cluster, workers=args.workers,
-                       retry_failed=args.retry_failed, progress=not args.quiet)
+    res = sw.run_sweep(
+        spec,
+        cluster=args.cluster,
+        workers=args.workers,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
     print(f"{res.done} done, {res.failed} failed of {res.total} runs; summary: {res.summary}")
     return 0 if res.failed == 0 else 1
 
 
 def cmd_report(args) -> int:
     from .report import make_report
+
     times = [float(t) for t in args.times_h.split(",")] if args.times_h else None
     written, table = make_report(args.run, args.out_dir, times)
     print(table)
@@ -163,15 +195,18 @@ def cmd_view(args) -> int:
     try:
         from tmesim_napari import read_info, view_run
     except ImportError as exc:
-        raise UserError(f"the viewer is not installed ({exc}); install it with "
-                        "pip install 'tmesim[viewer]'") from None
+        raise UserError(
+            f"the viewer is not installed ({exc}); install it with pip install 'tmesim[viewer]'"
+        ) from None
     if args.run is not None:
-        read_info(args.run)   # a bad file is one line here, before any window opens
+        read_info(args.run)  # a bad file is one line here, before any window opens
     try:
         import napari  # noqa: F401
     except ImportError as exc:
-        raise UserError(f"the viewer needs napari and Qt ({exc}); install them with "
-                        "pip install 'tmesim[viewer]'") from None
+        raise UserError(
+            f"the viewer needs napari and Qt ({exc}); install them with "
+            "pip install 'tmesim[viewer]'"
+        ) from None
     view_run(args.run, scenario=args.scenario, follow=args.follow, refresh_s=args.refresh_s)
     return 0
 
@@ -184,52 +219,89 @@ BACKEND_METAVAR = "{auto,cpu,gpu}"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tmesim", description="Spatial simulation of drug-tolerant "
-                                "persister cells in the tumor microenvironment.")
+    p = argparse.ArgumentParser(
+        prog="tmesim",
+        description="Spatial simulation of drug-tolerant "
+        "persister cells in the tumor microenvironment.",
+    )
     from . import __version__
+
     p.add_argument("--version", action="version", version=f"tmesim {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run a scenario and write its run file",
-                       description="Run a scenario and write one HDF5 run file.")
+    r = sub.add_parser(
+        "run",
+        help="run a scenario and write its run file",
+        description="Run a scenario and write one HDF5 run file.",
+    )
     r.add_argument("scenario", help="scenario TOML file")
     r.add_argument("-o", "--output", help="run file to write (default: <run.name>.h5)")
-    r.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, metavar=BACKEND_METAVAR,
-                   help="where to compute (default: auto)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a scenario value, e.g. --set grid.dx_um=10 (repeatable)")
+    r.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKEND_CHOICES,
+        metavar=BACKEND_METAVAR,
+        help="where to compute (default: auto)",
+    )
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a scenario value, e.g. --set grid.dx_um=10 (repeatable)",
+    )
     r.add_argument("--report", action="store_true", help="also write the report when done")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
-    rs = sub.add_parser("resume", help="continue a run from its last checkpoint",
-                        description="Continue an interrupted run (killed, SIGTERM, wall time) "
-                        "from the last checkpoint in its run file; the result is the file an "
-                        "uninterrupted run writes. Exit code 3: interrupted again, resume again.")
+    rs = sub.add_parser(
+        "resume",
+        help="continue a run from its last checkpoint",
+        description="Continue an interrupted run (killed, SIGTERM, wall time) "
+        "from the last checkpoint in its run file; the result is the file an "
+        "uninterrupted run writes. Exit code 3: interrupted again, resume again.",
+    )
     rs.add_argument("run", help="run file (.h5)")
     rs.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, metavar=BACKEND_METAVAR)
     rs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     rs.set_defaults(func=cmd_resume)
 
     s = sub.add_parser(
-        "sweep", help="run a parameter sweep on Dask (local or Slurm)",
+        "sweep",
+        help="run a parameter sweep on Dask (local or Slurm)",
         description="Run every combination of a sweep file's parameters and seeds, each into "
         "its own run file, and write a summary table. Finished runs are skipped and interrupted "
-        "ones resumed, so running the command again continues the sweep.")
+        "ones resumed, so running the command again continues the sweep.",
+    )
     s.add_argument("sweep", help="sweep TOML file")
-    s.add_argument("--cluster", default="local", choices=("local", "slurm"),
-                   help="where runs go: local worker processes (default) or Slurm jobs through "
-                   "dask-jobqueue")
-    s.add_argument("--workers", type=int, help="local worker processes (default: one per GPU, "
-                   "else one per CPU core)")
+    s.add_argument(
+        "--cluster",
+        default="local",
+        choices=("local", "slurm"),
+        help="where runs go: local worker processes (default) or Slurm jobs through dask-jobqueue",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        help="local worker processes (default: one per GPU, else one per CPU core)",
+    )
     s.add_argument("--out-dir", help="override [sweep] out_dir")
     s.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     s.add_argument("--dry-run", action="store_true", help="list the runs and what is left to do")
-    s.add_argument("--slurm-array", nargs="?", const="", metavar="SCRIPT",
-                   help="write a Slurm job-array script (default: OUT_DIR/slurm_array.sh) "
-                   "instead of running")
-    s.add_argument("--task", type=int, metavar="I", help="run only run I here (what an array "
-                   "task does); exit 3 when interrupted with a checkpoint")
+    s.add_argument(
+        "--slurm-array",
+        nargs="?",
+        const="",
+        metavar="SCRIPT",
+        help="write a Slurm job-array script (default: OUT_DIR/slurm_array.sh) instead of running",
+    )
+    s.add_argument(
+        "--task",
+        type=int,
+        metavar="I",
+        help="run only run I here (what an array "
+        "task does); exit 3 when interrupted with a checkpoint",
+    )
     s.add_argument("--collect", action="store_true", help="only (re)write the summary table")
     for opt in ("queue", "account", "memory", "walltime"):
         s.add_argument(f"--{opt}", help=f"override [slurm] {opt}")
@@ -237,51 +309,73 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sweep)
 
-    v = sub.add_parser("validate", help="check a scenario and print its summary",
-                       description="Check a scenario, print what it will simulate and the "
-                       "memory it needs.")
+    v = sub.add_parser(
+        "validate",
+        help="check a scenario and print its summary",
+        description="Check a scenario, print what it will simulate and the memory it needs.",
+    )
     v.add_argument("scenario")
     v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     v.set_defaults(func=cmd_validate)
 
-    cp = sub.add_parser("compare", help="run a scenario under several treatment arms with "
-                        "replicate seeds and compare them",
-                        description="Runs every arm of a comparison file with replicate seeds, "
-                        "prints time to progression, cumulative dose and persister/resistant "
-                        "counts per arm, and writes a figure of the burden curves with dosing.")
-    cp.add_argument("file", help="comparison file (TOML), e.g. scenarios/therapy/adaptive_vs_"
-                    "continuous.toml")
+    cp = sub.add_parser(
+        "compare",
+        help="run a scenario under several treatment arms with replicate seeds and compare them",
+        description="Runs every arm of a comparison file with replicate seeds, "
+        "prints time to progression, cumulative dose and persister/resistant "
+        "counts per arm, and writes a figure of the burden curves with dosing.",
+    )
+    cp.add_argument(
+        "file", help="comparison file (TOML), e.g. scenarios/therapy/adaptive_vs_continuous.toml"
+    )
     cp.add_argument("--replicates", type=int, default=0, help="override the file's replicates")
     cp.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel")
     cp.add_argument("--figure", help="PNG to write (default: beside the file)")
     cp.set_defaults(func=cmd_compare)
 
-    vm = sub.add_parser("validate-model", help="run the published-behaviour experiments "
-                        "(scenarios/validation) and compare with the literature",
-                        description="Runs the experiments of scenarios/validation and prints, "
-                        "for each, the published expectation beside what tmesim produced. "
-                        "Exit code 1 if a behaviour does not hold.")
+    vm = sub.add_parser(
+        "validate-model",
+        help="run the published-behaviour experiments "
+        "(scenarios/validation) and compare with the literature",
+        description="Runs the experiments of scenarios/validation and prints, "
+        "for each, the published expectation beside what tmesim produced. "
+        "Exit code 1 if a behaviour does not hold.",
+    )
     vm.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
     vm.add_argument("--quick", action="store_true", help="smaller dishes (about 4x faster)")
-    vm.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                    help="runs in parallel (default: one per CPU core)")
+    vm.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="runs in parallel (default: one per CPU core)",
+    )
     vm.set_defaults(func=cmd_validate_model)
 
-    rep = sub.add_parser("report", help="figures and a summary table of a run",
-                         description="Write population and map figures (PNG) beside the run "
-                         "file and print a summary table.")
+    rep = sub.add_parser(
+        "report",
+        help="figures and a summary table of a run",
+        description="Write population and map figures (PNG) beside the run "
+        "file and print a summary table.",
+    )
     rep.add_argument("run", help="run file (.h5)")
     rep.add_argument("--out-dir", help="folder for the figures (default: beside the run)")
     rep.add_argument("--times-h", help="snapshot times for the maps, e.g. 0,48,96")
     rep.set_defaults(func=cmd_report)
 
-    vw = sub.add_parser("view", help="open a run in napari",
-                        description="Open a run in napari: kind, tumor state and field layers, "
-                        "the time series, and (for a run still being written) refresh.")
+    vw = sub.add_parser(
+        "view",
+        help="open a run in napari",
+        description="Open a run in napari: kind, tumor state and field layers, "
+        "the time series, and (for a run still being written) refresh.",
+    )
     vw.add_argument("run", nargs="?", help="run file (.h5)")
     vw.add_argument("--scenario", help="also open the interactive runner with this scenario")
-    vw.add_argument("--follow", action=argparse.BooleanOptionalAction, default=None,
-                    help="re-read the file while the run is running (default: when it is)")
+    vw.add_argument(
+        "--follow",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-read the file while the run is running (default: when it is)",
+    )
     vw.add_argument("--refresh-s", type=float, default=2.0, help="seconds between re-reads")
     vw.set_defaults(func=cmd_view)
     return p

@@ -87,8 +87,18 @@ def load_comparison(path) -> Comparison:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError("(file)", str(path), f"valid TOML ({exc})") from None
-    known = {"scenario", "arms", "replicates", "reference_day", "progression_fraction",
-             "times_days", "pairs", "margin_days", "contrasts", "stop_days_after_progression"}
+    known = {
+        "scenario",
+        "arms",
+        "replicates",
+        "reference_day",
+        "progression_fraction",
+        "times_days",
+        "pairs",
+        "margin_days",
+        "contrasts",
+        "stop_days_after_progression",
+    }
     for k in data:
         if k not in known:
             raise ScenarioError(k, data[k], "no such key; keys are: " + ", ".join(sorted(known)))
@@ -100,19 +110,30 @@ def load_comparison(path) -> Comparison:
         raise ScenarioError("arms", arms, "at least one [arms.NAME] table with set = [...]")
     out = {}
     for name, spec in arms.items():
-        if not isinstance(spec, dict) or set(spec) - {"set"} or \
-                not isinstance(spec.get("set", []), list):
+        if (
+            not isinstance(spec, dict)
+            or set(spec) - {"set"}
+            or not isinstance(spec.get("set", []), list)
+        ):
             raise ScenarioError(f"arms.{name}", spec, 'a table with set = ["key.path=value", ...]')
         out[name] = [str(x) for x in spec.get("set", [])]
     c = Comparison(scen, out)
-    for key, tp, lo in (("replicates", int, 1), ("reference_day", (int, float), 0),
-                        ("progression_fraction", (int, float), 0)):
+    for key, tp, lo in (
+        ("replicates", int, 1),
+        ("reference_day", (int, float), 0),
+        ("progression_fraction", (int, float), 0),
+    ):
         if key in data:
             v = data[key]
-            if isinstance(v, bool) or not isinstance(v, tp) or v < lo or \
-                    (key == "progression_fraction" and v <= 0):
-                raise ScenarioError(key, v, f"a number >= {lo}" if key != "replicates"
-                                    else "an integer >= 1")
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, tp)
+                or v < lo
+                or (key == "progression_fraction" and v <= 0)
+            ):
+                raise ScenarioError(
+                    key, v, f"a number >= {lo}" if key != "replicates" else "an integer >= 1"
+                )
             setattr(c, key, v)
     if "times_days" in data:
         t = data["times_days"]
@@ -122,10 +143,15 @@ def load_comparison(path) -> Comparison:
     if "pairs" in data:
         pr = data["pairs"]
         if not isinstance(pr, list) or not all(
-                isinstance(x, list) and len(x) == 2 and all(a in c.arms for a in x) and
-                x[0] != x[1] for x in pr):
-            raise ScenarioError("pairs", pr, "a list of [arm, reference arm] pairs of two "
-                                "different arms among: " + ", ".join(c.arms))
+            isinstance(x, list) and len(x) == 2 and all(a in c.arms for a in x) and x[0] != x[1]
+            for x in pr
+        ):
+            raise ScenarioError(
+                "pairs",
+                pr,
+                "a list of [arm, reference arm] pairs of two "
+                "different arms among: " + ", ".join(c.arms),
+            )
         c.pairs = [(str(a), str(b)) for a, b in pr]
     else:
         names = list(c.arms)
@@ -133,21 +159,35 @@ def load_comparison(path) -> Comparison:
     for key in ("margin_days", "stop_days_after_progression"):
         if key in data:
             v = data[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or \
-                    (key == "margin_days" and v <= 0):
-                raise ScenarioError(key, v, "a number of days > 0" if key == "margin_days"
-                                    else "a number of days >= 0")
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or v < 0
+                or (key == "margin_days" and v <= 0)
+            ):
+                raise ScenarioError(
+                    key,
+                    v,
+                    "a number of days > 0" if key == "margin_days" else "a number of days >= 0",
+                )
             setattr(c, key, float(v))
     if "contrasts" in data:
         ct = data["contrasts"]
 
         def is_pair(x):
-            return isinstance(x, list) and len(x) == 2 and all(a in c.arms for a in x) and \
-                x[0] != x[1]
+            return (
+                isinstance(x, list) and len(x) == 2 and all(a in c.arms for a in x) and x[0] != x[1]
+            )
+
         if not isinstance(ct, list) or not all(
-                isinstance(x, list) and len(x) == 2 and all(is_pair(q) for q in x) for x in ct):
-            raise ScenarioError("contrasts", ct, "a list of [[arm, reference], [arm, reference]] "
-                                "(two pairs of different arms) among: " + ", ".join(c.arms))
+            isinstance(x, list) and len(x) == 2 and all(is_pair(q) for q in x) for x in ct
+        ):
+            raise ScenarioError(
+                "contrasts",
+                ct,
+                "a list of [[arm, reference], [arm, reference]] "
+                "(two pairs of different arms) among: " + ", ".join(c.arms),
+            )
         c.contrasts = [((str(a), str(b)), (str(d), str(e))) for (a, b), (d, e) in ct]
     # every arm must make a valid scenario: check them all before running anything
     for name, sets in c.arms.items():
@@ -167,8 +207,8 @@ class ProgressionStop:
 
     def __init__(self, reference_day: float, fraction: float, after_days: float):
         self.reference_day, self.fraction, self.after = reference_day, fraction, after_days
-        self.ref: float | None = None         # reference burden, once known
-        self.next = 0                         # first row not yet checked for progression
+        self.ref: float | None = None  # reference burden, once known
+        self.next = 0  # first row not yet checked for progression
         self.progressed: float | None = None  # day of progression, once found
 
     def __call__(self, rows) -> bool:
@@ -177,9 +217,10 @@ class ProgressionStop:
             if day < self.reference_day:
                 return False
             i0 = len(rows) - 1
-            if i0 and abs(rows[i0 - 1]["time_min"] / 1440.0 - self.reference_day) <= \
-                    abs(day - self.reference_day):
-                i0 -= 1                  # np.argmin keeps the first of equal distances
+            if i0 and abs(rows[i0 - 1]["time_min"] / 1440.0 - self.reference_day) <= abs(
+                day - self.reference_day
+            ):
+                i0 -= 1  # np.argmin keeps the first of equal distances
             self.ref, self.next = float(rows[i0]["burden"]), i0
         while self.progressed is None and self.next < len(rows):
             r = rows[self.next]
@@ -189,8 +230,9 @@ class ProgressionStop:
         return self.progressed is not None and day >= self.progressed + self.after - 1e-9
 
 
-def progression_index(day: np.ndarray, burden: np.ndarray, ref_day: float,
-                      fraction: float) -> tuple[int, int, bool]:
+def progression_index(
+    day: np.ndarray, burden: np.ndarray, ref_day: float, fraction: float
+) -> tuple[int, int, bool]:
     """(row of the reference, row of progression or the last row, progressed?): progression is
     the first row from the reference on whose burden exceeds ``fraction`` x the burden of the
     row nearest ``ref_day``."""
@@ -201,8 +243,9 @@ def progression_index(day: np.ndarray, burden: np.ndarray, ref_day: float,
     return i0, len(day) - 1, False
 
 
-def time_to_progression(day: np.ndarray, burden: np.ndarray, ref_day: float,
-                        fraction: float) -> tuple[float, bool]:
+def time_to_progression(
+    day: np.ndarray, burden: np.ndarray, ref_day: float, fraction: float
+) -> tuple[float, bool]:
     """(days from ref_day to progression, progressed?); censored at the last day if never."""
     i0, i, progressed = progression_index(day, burden, ref_day, fraction)
     return float(day[i] - day[i0]), progressed
@@ -213,11 +256,20 @@ def run_comparison(c: Comparison, jobs: int = 1, echo=print):
     base_seed = load_scenario(c.scenario).run.seed
     from .simulation import run_series
 
-    def stop():           # one per run: a ProgressionStop keeps its place in the rows
-        return None if c.stop_days_after_progression is None else ProgressionStop(
-            c.reference_day, c.progression_fraction, c.stop_days_after_progression)
-    tasks = [(arm, k, (str(c.scenario), sets + [f"run.seed={base_seed + k}"], stop()))
-             for arm, sets in c.arms.items() for k in range(c.replicates)]
+    def stop():  # one per run: a ProgressionStop keeps its place in the rows
+        return (
+            None
+            if c.stop_days_after_progression is None
+            else ProgressionStop(
+                c.reference_day, c.progression_fraction, c.stop_days_after_progression
+            )
+        )
+
+    tasks = [
+        (arm, k, (str(c.scenario), sets + [f"run.seed={base_seed + k}"], stop()))
+        for arm, sets in c.arms.items()
+        for k in range(c.replicates)
+    ]
     series = run_series([t[2] for t in tasks], jobs)
     results: dict[str, list] = {}
     for (arm, _, _), s in zip(tasks, series):
@@ -235,9 +287,10 @@ def run_comparison(c: Comparison, jobs: int = 1, echo=print):
 def paired_ttps(c: Comparison, results: dict, arm: str, ref: str):
     """Per replicate: time to progression of ``arm`` and of ``ref`` (days), and whether either
     was censored."""
+
     def ttp(s):
-        return time_to_progression(s["day"], s["burden"], c.reference_day,
-                                   c.progression_fraction)
+        return time_to_progression(s["day"], s["burden"], c.reference_day, c.progression_fraction)
+
     ta, tb, censored = [], [], []
     for a, b in zip(results[arm], results[ref]):
         (da, pa), (db, pb) = ttp(a), ttp(b)
@@ -271,6 +324,7 @@ def paired_stats(gains: np.ndarray) -> dict:
     """Mean, sd, 95 % and 90 % t intervals and Wilcoxon signed-rank p-value of paired
     differences (lo, hi: the 95 % interval; lo90, hi90: the 90 % one)."""
     from scipy import stats
+
     n = gains.size
     mean = float(gains.mean())
     sd = float(gains.std(ddof=1)) if n > 1 else float("nan")
@@ -281,8 +335,16 @@ def paired_stats(gains: np.ndarray) -> dict:
         p = float(stats.wilcoxon(gains, alternative="two-sided").pvalue)
     else:
         p = 1.0
-    return dict(n=n, mean=mean, sd=sd, lo=mean - half, hi=mean + half, lo90=mean - half90,
-                hi90=mean + half90, p=p)
+    return dict(
+        n=n,
+        mean=mean,
+        sd=sd,
+        lo=mean - half,
+        hi=mean + half,
+        lo90=mean - half90,
+        hi90=mean + half90,
+        p=p,
+    )
 
 
 def verdict(st: dict, margin: float) -> str:
@@ -319,8 +381,14 @@ def verdict(st: dict, margin: float) -> str:
 
 def paired_table(c: Comparison, results: dict) -> str:
     """One line per [arm, reference] pair: the paired gain in time to progression."""
-    head = ["arm vs reference", "gain in TTP (d), paired", "95 % CI", "Wilcoxon p",
-            "replicates with gain > 0", "gain, % of reference TTP (95 % CI)"]
+    head = [
+        "arm vs reference",
+        "gain in TTP (d), paired",
+        "95 % CI",
+        "Wilcoxon p",
+        "replicates with gain > 0",
+        "gain, % of reference TTP (95 % CI)",
+    ]
     if c.margin_days is not None:
         head.append(f"verdict (margin {c.margin_days:g} d)")
     rows = []
@@ -337,40 +405,61 @@ def paired_table(c: Comparison, results: dict) -> str:
         rows.append([f"{arm} vs {ref}"] + _stat_cells(g, st, cens.any()) + [rel_text])
         if c.margin_days is not None:
             rows[-1].append(verdict(st, c.margin_days) + (" (bound)" if cens.any() else ""))
-    return _layout("paired by seed (replicate k of every arm has the same seed): mean ± sd of "
-                   "the per-replicate difference", head, rows)
+    return _layout(
+        "paired by seed (replicate k of every arm has the same seed): mean ± sd of "
+        "the per-replicate difference",
+        head,
+        rows,
+    )
 
 
 def contrast_table(c: Comparison, results: dict) -> str:
     """One line per contrast [[a, b], [d, e]]: the per-replicate difference between the gain
     of a over b and the gain of d over e (days), e.g. what a fitness cost changes in the gain
     of adaptive over continuous dosing."""
-    head = ["contrast", "difference of gains (d)", "95 % CI", "Wilcoxon p",
-            "replicates with difference > 0"]
+    head = [
+        "contrast",
+        "difference of gains (d)",
+        "95 % CI",
+        "Wilcoxon p",
+        "replicates with difference > 0",
+    ]
     rows = []
     for (a, b), (d, e) in c.contrasts:
         g1, cens1 = paired_gains(c, results, a, b)
         g2, cens2 = paired_gains(c, results, d, e)
         diff = g1 - g2
-        rows.append([f"({a} - {b}) - ({d} - {e})"] +
-                    _stat_cells(diff, paired_stats(diff), (cens1 | cens2).any()))
-    return _layout("contrasts: difference between two paired gains, replicate by replicate "
-                   "(seed k in all four arms)", head, rows)
+        rows.append(
+            [f"({a} - {b}) - ({d} - {e})"]
+            + _stat_cells(diff, paired_stats(diff), (cens1 | cens2).any())
+        )
+    return _layout(
+        "contrasts: difference between two paired gains, replicate by replicate "
+        "(seed k in all four arms)",
+        head,
+        rows,
+    )
 
 
 def _stat_cells(g: np.ndarray, st: dict, censored: bool) -> list[str]:
     """Table cells of paired differences ``g`` with their statistics: mean ± sd (marked as a
     bound when a censored time entered), 95 % interval, Wilcoxon p, how many are above 0."""
     bound = " (censored: bound)" if censored else ""
-    return [f"{st['mean']:+.3g} ± {st['sd']:.2g}{bound}", f"[{st['lo']:+.3g}, {st['hi']:+.3g}]",
-            f"{st['p']:.3g}", f"{int((g > 0).sum())}/{g.size}"]
+    return [
+        f"{st['mean']:+.3g} ± {st['sd']:.2g}{bound}",
+        f"[{st['lo']:+.3g}, {st['hi']:+.3g}]",
+        f"{st['p']:.3g}",
+        f"{int((g > 0).sum())}/{g.size}",
+    ]
 
 
 def _layout(title: str, head: list, rows: list) -> str:
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    lines = [title,
-             "  ".join(h.ljust(w) for h, w in zip(head, widths)),
-             "  ".join("-" * w for w in widths)]
+    lines = [
+        title,
+        "  ".join(h.ljust(w) for h, w in zip(head, widths)),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
 
@@ -383,15 +472,23 @@ def _ms(values) -> str:
 
 
 def table(c: Comparison, results: dict) -> str:
-    drugs = sorted({k[len("cumulative_dose_"):] for s in next(iter(results.values()))
-                    for k in s if k.startswith("cumulative_dose_")})
+    drugs = sorted(
+        {
+            k[len("cumulative_dose_") :]
+            for s in next(iter(results.values()))
+            for k in s
+            if k.startswith("cumulative_dose_")
+        }
+    )
     head = ["arm", "time to progression (d)"] + [f"dose {d} to progression" for d in drugs]
     for t in c.times_days:
         head += [f"P at {t:g} d", f"R at {t:g} d"]
     rows = []
     for arm, reps in results.items():
-        found = [progression_index(s["day"], s["burden"], c.reference_day,
-                                   c.progression_fraction) for s in reps]
+        found = [
+            progression_index(s["day"], s["burden"], c.reference_day, c.progression_fraction)
+            for s in reps
+        ]
         days = [float(s["day"][i] - s["day"][i0]) for s, (i0, i, _) in zip(reps, found)]
         censored = sum(1 for _, _, p in found if not p)
         cell = _ms(days) + (f" ({censored} not progressed: >{min(days):.3g})" if censored else "")
@@ -411,9 +508,11 @@ def table(c: Comparison, results: dict) -> str:
             row.append(_ms([s["n_P"][i] for s, i in zip(reps, idx)]))
             row.append(_ms([s["n_R"][i] for s, i in zip(reps, idx)]))
         rows.append(row)
-    title = (f"{len(results)} arms x {c.replicates} replicates of {c.scenario.name}; progression: "
-             f"burden > {c.progression_fraction:g} x its value at day {c.reference_day:g}; "
-             "mean ± sd over replicates")
+    title = (
+        f"{len(results)} arms x {c.replicates} replicates of {c.scenario.name}; progression: "
+        f"burden > {c.progression_fraction:g} x its value at day {c.reference_day:g}; "
+        "mean ± sd over replicates"
+    )
     if c.stop_days_after_progression is not None:
         title += f"; each run ends {c.stop_days_after_progression:g} d after it progressed"
     return _layout(title, head, rows)
@@ -422,8 +521,10 @@ def table(c: Comparison, results: dict) -> str:
 def figure(c: Comparison, results: dict, out: Path) -> Path:
     """Burden curves per arm (replicates thin, mean thick) with each arm's dosing shaded."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     n = len(results)
     fig, axes = plt.subplots(n + 1, 1, figsize=(10, 2.2 * (n + 1)), sharex=True)
     ax0 = axes[0]
@@ -435,7 +536,7 @@ def figure(c: Comparison, results: dict, out: Path) -> Path:
         day = longest["day"]
         padded = np.full((len(reps), len(day)), np.nan)
         for j, s in enumerate(reps):
-            padded[j, :len(s["burden"])] = s["burden"]
+            padded[j, : len(s["burden"])] = s["burden"]
         mean = np.nanmean(padded, axis=0)
         for s in reps:
             ax0.plot(s["day"], s["burden"], color=col, alpha=0.25, lw=0.7)
@@ -445,8 +546,16 @@ def figure(c: Comparison, results: dict, out: Path) -> Path:
         plasma = [key for key in s if key.startswith("plasma_")]
         for j, key in enumerate(plasma):
             on = s[key] > 0
-            ax.fill_between(s["day"], j, j + 0.8, where=on, color=f"C{j + 3}", alpha=0.6,
-                            step="post", label=key[len("plasma_"):])
+            ax.fill_between(
+                s["day"],
+                j,
+                j + 0.8,
+                where=on,
+                color=f"C{j + 3}",
+                alpha=0.6,
+                step="post",
+                label=key[len("plasma_") :],
+            )
         ax.set_yticks([])
         ax.set_ylabel(arm, rotation=0, ha="right", va="center")
         ax.legend(fontsize=7, loc="upper right")

@@ -36,7 +36,7 @@ from . import codes, rng
 from .backend import as_host
 from .errors import UserError
 
-BIOPSY = 30      # random stream of biopsy sampling
+BIOPSY = 30  # random stream of biopsy sampling
 
 
 class ControllerError(UserError):
@@ -59,17 +59,19 @@ class Controllers:
         names = sc.drug_names
         for name in self.user:
             if name not in names:
-                raise ControllerError(f"controller for '{name}': no such drug; drugs: "
-                                      f"{', '.join(names) or '(none)'}")
-        self.index = [i for i, d in enumerate(sc.drugs)
-                      if d.controller.kind != "none" or d.name in self.user]
+                raise ControllerError(
+                    f"controller for '{name}': no such drug; drugs: {', '.join(names) or '(none)'}"
+                )
+        self.index = [
+            i for i, d in enumerate(sc.drugs) if d.controller.kind != "none" or d.name in self.user
+        ]
         n = len(sc.drugs)
         # state, all float64 arrays so checkpoints can hold it
-        self.level = np.zeros(n)             # current dose level, uM
-        self.baseline = np.full(n, np.nan)   # burden at the first decision
+        self.level = np.zeros(n)  # current dose level, uM
+        self.baseline = np.full(n, np.nan)  # burden at the first decision
         self.next_decision_min = np.full(n, np.nan)
         self.last_bolus_min = np.full(n, -np.inf)
-        self.measured = np.full(n, np.nan)   # last biopsy persister fraction
+        self.measured = np.full(n, np.nan)  # last biopsy persister fraction
         self.events: list[tuple[float, str, dict]] = []
 
     @property
@@ -81,16 +83,22 @@ class Controllers:
 
     # ------------------------------------------------------------------ state for checkpoints
     def state(self) -> dict:
-        return {"ctrl_level": self.level.copy(), "ctrl_baseline": self.baseline.copy(),
-                "ctrl_next_decision_min": self.next_decision_min.copy(),
-                "ctrl_last_bolus_min": self.last_bolus_min.copy(),
-                "ctrl_measured": self.measured.copy()}
+        return {
+            "ctrl_level": self.level.copy(),
+            "ctrl_baseline": self.baseline.copy(),
+            "ctrl_next_decision_min": self.next_decision_min.copy(),
+            "ctrl_last_bolus_min": self.last_bolus_min.copy(),
+            "ctrl_measured": self.measured.copy(),
+        }
 
     def load(self, arrays: dict) -> None:
-        for key, attr in (("ctrl_level", "level"), ("ctrl_baseline", "baseline"),
-                          ("ctrl_next_decision_min", "next_decision_min"),
-                          ("ctrl_last_bolus_min", "last_bolus_min"),
-                          ("ctrl_measured", "measured")):
+        for key, attr in (
+            ("ctrl_level", "level"),
+            ("ctrl_baseline", "baseline"),
+            ("ctrl_next_decision_min", "next_decision_min"),
+            ("ctrl_last_bolus_min", "last_bolus_min"),
+            ("ctrl_measured", "measured"),
+        ):
             if key in arrays:
                 getattr(self, attr)[...] = np.asarray(arrays[key], dtype=np.float64)
 
@@ -128,8 +136,9 @@ class Controllers:
             if on and burden <= c.lower_fraction * base:
                 return 0.0, f"burden {burden:.0f} <= {c.lower_fraction:g} x baseline {base:.0f}"
             if not on and burden >= c.upper_fraction * base:
-                return c.dose_uM, (f"burden {burden:.0f} >= {c.upper_fraction:g} x baseline "
-                                   f"{base:.0f}")
+                return c.dose_uM, (
+                    f"burden {burden:.0f} >= {c.upper_fraction:g} x baseline {base:.0f}"
+                )
             return None, ""
         if c.kind == "modulation":
             target = c.target_fraction * base
@@ -147,8 +156,9 @@ class Controllers:
         # biomarker
         frac, n = self.biopsy(state, step, c)
         self.measured[i] = frac
-        self.events.append((t, "biopsy", {"drug": self.sc.drugs[i].name, "cells": n,
-                                          "persister_fraction": frac}))
+        self.events.append(
+            (t, "biopsy", {"drug": self.sc.drugs[i].name, "cells": n, "persister_fraction": frac})
+        )
         if np.isnan(frac):
             return None, ""
         on = self.level[i] > 0
@@ -175,7 +185,7 @@ class Controllers:
             ranges.append(slice(int(idx[0]), int(idx[-1]) + 1))
         box = tuple(ranges)
         kind = as_host(state.kind.reshape(g.shape)[box])
-        local = np.nonzero(kind == codes.TUMOR)          # C order within the box ...
+        local = np.nonzero(kind == codes.TUMOR)  # C order within the box ...
         if local[0].size == 0:
             return float("nan"), 0
         cells = np.ravel_multi_index(tuple(i + s.start for i, s in zip(local, box)), g.shape)
@@ -193,26 +203,40 @@ class Controllers:
         try:
             out = fn(dict(row), t / 60.0)
         except Exception as exc:  # the user's code: report it, named
-            raise ControllerError(f"controller for '{name}' raised {type(exc).__name__}: "
-                                  f"{exc}") from None
+            raise ControllerError(
+                f"controller for '{name}' raised {type(exc).__name__}: {exc}"
+            ) from None
         if out is None:
             return
         try:
             level = float(out)
         except (TypeError, ValueError):
-            raise ControllerError(f"controller for '{name}' returned {out!r}; expected a dose "
-                                  "in uM (a number >= 0) or None") from None
+            raise ControllerError(
+                f"controller for '{name}' returned {out!r}; expected a dose "
+                "in uM (a number >= 0) or None"
+            ) from None
         if not math.isfinite(level) or level < 0:
-            raise ControllerError(f"controller for '{name}' returned {out!r}; expected a dose "
-                                  "in uM (a number >= 0) or None")
+            raise ControllerError(
+                f"controller for '{name}' returned {out!r}; expected a dose "
+                "in uM (a number >= 0) or None"
+            )
         if level != self.level[i]:
             self._set(i, level, t, "user controller", row)
 
     def _set(self, i, level, t, reason, row):
         self.level[i] = level
-        self.events.append((t, "dose_decision", {"drug": self.sc.drugs[i].name,
-                                                 "dose_uM": float(level), "reason": reason,
-                                                 "burden": float(row["burden"])}))
+        self.events.append(
+            (
+                t,
+                "dose_decision",
+                {
+                    "drug": self.sc.drugs[i].name,
+                    "dose_uM": float(level),
+                    "reason": reason,
+                    "burden": float(row["burden"]),
+                },
+            )
+        )
 
     def pop_events(self) -> list:
         out, self.events = self.events, []

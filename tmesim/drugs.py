@@ -30,40 +30,46 @@ import numpy as np
 DRUG_PRESETS: dict[str, dict] = {
     "egfr_tki": dict(
         description="EGFR tyrosine-kinase inhibitor (erlotinib/gefitinib/osimertinib-like). "
-                    "Clinical PK for erlotinib: half-life about 36 h, steady-state trough about "
-                    "3 uM total, about 95 % protein-bound (Lu 2006; product information).",
-        effects={"kill_S": dict(emax=1.0, ec50_uM=0.06, hill=1.5, rate_per_h=0.06),
-                 "block_division": dict(emax=1.0, ec50_uM=0.06, hill=1.5)},
+        "Clinical PK for erlotinib: half-life about 36 h, steady-state trough about "
+        "3 uM total, about 95 % protein-bound (Lu 2006; product information).",
+        effects={
+            "kill_S": dict(emax=1.0, ec50_uM=0.06, hill=1.5, rate_per_h=0.06),
+            "block_division": dict(emax=1.0, ec50_uM=0.06, hill=1.5),
+        },
         # ec50: gefitinib IC50 in PC9 about 0.06 uM (MODEL.md section 4); hill: chosen;
         # rate: calibrated so that sensitive PC9 cells are cleared within about 5 days at 2 uM
     ),
     "kdm5_inhibitor": dict(
         description="KDM5 histone demethylase inhibitor (CPI-455-like; Vinogradova 2016 used "
-                    "6-25 uM): blocks entry into the persister state and speeds reversion "
-                    "(Sharma 2010: KDM5A is required for persisters).",
-        effects={"block_entry": dict(emax=0.9, ec50_uM=2.0, hill=1.0),
-                 "exit_speedup": dict(emax=1.0, ec50_uM=2.0, hill=1.0, fold=2.0)},
+        "6-25 uM): blocks entry into the persister state and speeds reversion "
+        "(Sharma 2010: KDM5A is required for persisters).",
+        effects={
+            "block_entry": dict(emax=0.9, ec50_uM=2.0, hill=1.0),
+            "exit_speedup": dict(emax=1.0, ec50_uM=2.0, hill=1.0, fold=2.0),
+        },
     ),
     "hdac_inhibitor": dict(
         description="Histone deacetylase inhibitor (entinostat/trichostatin A-like; Sharma "
-                    "2010: TSA with erlotinib ablates persisters): kills persisters, partly blocks "
-                    "entry.",
-        effects={"kill_P": dict(emax=1.0, ec50_uM=0.5, hill=1.0, rate_per_h=0.03),
-                 "block_entry": dict(emax=0.5, ec50_uM=0.5, hill=1.0)},
+        "2010: TSA with erlotinib ablates persisters): kills persisters, partly blocks "
+        "entry.",
+        effects={
+            "kill_P": dict(emax=1.0, ec50_uM=0.5, hill=1.0, rate_per_h=0.03),
+            "block_entry": dict(emax=0.5, ec50_uM=0.5, hill=1.0),
+        },
     ),
     "oxphos_inhibitor": dict(
         description="Mitochondrial complex I inhibitor (IACS-010759-like, IC50 of nM order): "
-                    "persisters depend on oxidative phosphorylation and die.",
+        "persisters depend on oxidative phosphorylation and die.",
         effects={"kill_P": dict(emax=1.0, ec50_uM=0.01, hill=1.0, rate_per_h=0.03)},
     ),
     "fao_inhibitor": dict(
         description="Fatty-acid oxidation inhibitor (etomoxir-like, used at tens of uM): weak "
-                    "persister kill.",
+        "persister kill.",
         effects={"kill_P": dict(emax=1.0, ec50_uM=10.0, hill=1.0, rate_per_h=0.01)},
     ),
     "gpx4_inhibitor": dict(
         description="GPX4 inhibitor (RSL3/ML210-like; Hangauer 2017: persisters are "
-                    "hypersensitive, EC50 tens of nM): ferroptotic persister kill.",
+        "hypersensitive, EC50 tens of nM): ferroptotic persister kill.",
         effects={"kill_P": dict(emax=1.0, ec50_uM=0.05, hill=2.0, rate_per_h=0.05)},
     ),
     "aldh_inhibitor": dict(
@@ -72,14 +78,16 @@ DRUG_PRESETS: dict[str, dict] = {
     ),
     "met_inhibitor": dict(
         description="MET inhibitor (crizotinib-like, cellular MET IC50 about 10-20 nM): cancels "
-                    "HGF/MET protection (Straussman 2012).",
+        "HGF/MET protection (Straussman 2012).",
         effects={"cancel_met": dict(emax=1.0, ec50_uM=0.02, hill=1.0)},
     ),
     "igf1r_inhibitor": dict(
         description="IGF-1R inhibitor (linsitinib-like, IC50 about 35 nM): cancels IGF-1 "
-                    "protection and partly blocks persister formation (Sharma 2010).",
-        effects={"cancel_igf1r": dict(emax=1.0, ec50_uM=0.05, hill=1.0),
-                 "block_entry": dict(emax=0.5, ec50_uM=0.05, hill=1.0)},
+        "protection and partly blocks persister formation (Sharma 2010).",
+        effects={
+            "cancel_igf1r": dict(emax=1.0, ec50_uM=0.05, hill=1.0),
+            "block_entry": dict(emax=0.5, ec50_uM=0.05, hill=1.0),
+        },
     ),
 }
 
@@ -95,7 +103,7 @@ def hill(c, emax: float, ec50: float, h: float):
 
 
 # ------------------------------------------------------------------------------ pharmacokinetics
-_EPS_MIN = 1e-6   # minutes: switch times given in days are compared to this tolerance
+_EPS_MIN = 1e-6  # minutes: switch times given in days are compared to this tolerance
 
 
 def _on(sched, t_min: float) -> bool:
@@ -160,8 +168,11 @@ class Pharmacokinetics:
         self._doses: list[tuple[np.ndarray, np.ndarray]] = []
         for d in drugs:
             if d.half_life_h > 0:
-                horizon = max(d.schedule.times_h, default=0.0) if d.schedule.kind == "doses" \
+                horizon = (
+                    max(d.schedule.times_h, default=0.0)
+                    if d.schedule.kind == "doses"
                     else min(d.schedule.stop_day * 24.0, duration_min / 60.0 + 1.0)
+                )
                 self._doses.append(dose_times_h(d.schedule, horizon))
             else:
                 self._doses.append((np.zeros(0), np.zeros(0)))
@@ -179,12 +190,13 @@ class Pharmacokinetics:
                 plasma[i] = square_level(d.schedule, t1)
                 given[i] = plasma[i]
                 continue
-            k = math.log(2.0) / (d.half_life_h * 60.0)          # 1/min
+            k = math.log(2.0) / (d.half_life_h * 60.0)  # 1/min
             times, amounts = self._doses[i]
             tm = times * 60.0
             now = (tm > t_min + 1e-9) & (tm <= t1 + 1e-9)
             plasma[i] = plasma[i] * math.exp(-k * self.dt) + float(
-                np.sum(amounts[now] * np.exp(-k * (t1 - tm[now]))))
+                np.sum(amounts[now] * np.exp(-k * (t1 - tm[now])))
+            )
             given[i] = float(np.sum(amounts[now]))
         return given
 

@@ -21,6 +21,7 @@ class Grid:
         dx_um: voxel edge in um.
         neighbourhood: "moore" (8 in 2D, 26 in 3D) or "von_neumann" (4 or 6).
     """
+
     shape: tuple[int, ...]
     dx_um: float
     neighbourhood: str = "moore"

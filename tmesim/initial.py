@@ -44,7 +44,7 @@ def tumor_region(sc: Scenario, grid: Grid) -> np.ndarray:
     xs = _centres(grid)
     if ti.shape in ("disk", "sphere"):
         r2 = sum((x - c) ** 2 for x, c in zip(xs, centre))
-        return np.broadcast_to(r2 <= ti.radius_um ** 2, grid.shape).copy()
+        return np.broadcast_to(r2 <= ti.radius_um**2, grid.shape).copy()
     # rectangle / box
     assert ti.size_um is not None, "validated: a rectangle has size_um"
     inside = np.ones(grid.shape, dtype=bool)
@@ -86,6 +86,7 @@ def stroma_region(cfg, sc: Scenario, grid: Grid, tumor: np.ndarray, stream: int)
     centres drawn uniformly outside the tumor; mask: nonzero voxels of a .npy file.
     """
     from scipy import ndimage
+
     given = _given_region(cfg.placement, cfg.mask, sc, grid)
     if given is not None:
         return given
@@ -99,7 +100,7 @@ def stroma_region(cfg, sc: Scenario, grid: Grid, tumor: np.ndarray, stream: int)
     # clusters: centres are the first n voxels outside the tumor in the order of a random key
     outside = np.flatnonzero(~tumor.ravel())
     key = rng.raw_at(sc.run.seed, 1, stream, outside)
-    centres = outside[np.argsort(key, kind="stable")[:cfg.clusters]]
+    centres = outside[np.argsort(key, kind="stable")[: cfg.clusters]]
     seeds = np.zeros(grid.n_sites, dtype=bool)
     seeds[centres] = True
     d = ndimage.distance_transform_edt(~seeds.reshape(grid.shape)) * grid.dx_um
@@ -126,11 +127,14 @@ def initial_state(sc: Scenario, grid: Grid) -> State:
     u = rng.uniform_range(sc.run.seed, 0, rng.INIT_STATE, grid.n_sites)
     p_frac = ti.persister_fraction if sc.tumor.transitions.pre_existing else 0.0
     state.tumor_state[tumor & (u < p_frac)] = codes.PERSISTER
-    state.tumor_state[tumor & (u >= p_frac) & (u < p_frac + ti.resistant_fraction)] = \
+    state.tumor_state[tumor & (u >= p_frac) & (u < p_frac + ti.resistant_fraction)] = (
         codes.RESISTANT
+    )
     occupied = tumor | vessels
-    for cfg, code, stream in ((sc.init.caf, codes.CAF, rng.INIT_CAF),
-                              (sc.init.tam, codes.TAM, rng.INIT_TAM)):
+    for cfg, code, stream in (
+        (sc.init.caf, codes.CAF, rng.INIT_CAF),
+        (sc.init.tam, codes.TAM, rng.INIT_TAM),
+    ):
         if cfg.placement == "none":
             continue
         region = stroma_region(cfg, sc, grid, tumor.reshape(grid.shape), stream).ravel()
@@ -145,6 +149,8 @@ def initial_state(sc: Scenario, grid: Grid) -> State:
         state.fields[i][vessels] = fc.vessel_value
     if sc.drugs:
         from .drugs import Pharmacokinetics
-        state.plasma[:] = Pharmacokinetics(sc.drugs, sc.run.dt_min,
-                                           sc.run.duration_days * 1440.0).initial()
+
+        state.plasma[:] = Pharmacokinetics(
+            sc.drugs, sc.run.dt_min, sc.run.duration_days * 1440.0
+        ).initial()
     return state

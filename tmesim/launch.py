@@ -45,8 +45,17 @@ BLOCK = 256
 MAX_BLOCKS = 65535 * 16
 #: flags of the portable (host C++) build: -ffp-contract=off keeps a*b+c two roundings, as numpy
 #: and the kernels' __fmul_rn/__fadd_rn intrinsics have it
-PORTABLE_FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
-                  "-Wall", "-Wextra", "-Werror")
+PORTABLE_FLAGS = (
+    "-std=c++17",
+    "-O2",
+    "-fPIC",
+    "-shared",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+)
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 
@@ -64,12 +73,17 @@ def kernel_dir_candidates() -> list[tuple[str, Path | None]]:
         out.append(("$TMESIM_KERNELS_DIR", Path(env)))
     try:
         from importlib import resources
-        res = resources.files("tmesim") / "kernels"      # package data of a regular install
+
+        res = resources.files("tmesim") / "kernels"  # package data of a regular install
         out.append(("package data tmesim/kernels", res if isinstance(res, Path) else None))
     except Exception:  # an unusual loader: reported as "not on a file system"
         out.append(("package data tmesim/kernels", None))
-    out.append(("repository kernels/ (editable install)",
-                Path(__file__).resolve().parent.parent / "kernels"))
+    out.append(
+        (
+            "repository kernels/ (editable install)",
+            Path(__file__).resolve().parent.parent / "kernels",
+        )
+    )
     return out
 
 
@@ -101,7 +115,7 @@ def _expand(path: Path, seen: set[Path]) -> str:
         if inc in seen:
             return f"/* {m.group(1)}: already included */"
         if not inc.is_file():
-            raise KernelSourceError(f"{path}: #include \"{m.group(1)}\" not found at {inc}")
+            raise KernelSourceError(f'{path}: #include "{m.group(1)}" not found at {inc}')
         return f"/* ---- {m.group(1)} ---- */\n" + _expand(inc, seen)
 
     return _INCLUDE.sub(sub, text)
@@ -115,8 +129,9 @@ def kernel_source(defines: dict[str, object] | None = None) -> str:
     pre.update(defines or {})
     lines = [f"#define {k} {v}" for k, v in pre.items()]
     seen: set[Path] = set()
-    parts = [f"/* ==== {name} ==== */\n" + _expand((d / name).resolve(), seen)
-             for name in KERNEL_SOURCES]
+    parts = [
+        f"/* ==== {name} ==== */\n" + _expand((d / name).resolve(), seen) for name in KERNEL_SOURCES
+    ]
     return "\n".join(lines) + "\n" + "\n".join(parts)
 
 
@@ -124,8 +139,10 @@ def kernel_defines(name: str, prefix: str) -> dict[str, int]:
     """Integer ``#define PREFIXNAME value`` constants of a kernel source, by NAME (the single
     source of truth for index layouts such as the tumor rules' parameter vector)."""
     text = (find_kernel_dir() / name).read_text()
-    return {m.group(1): int(m.group(2))
-            for m in re.finditer(rf"^#define {prefix}(\w+)\s+(\d+)\b", text, re.M)}
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(rf"^#define {prefix}(\w+)\s+(\d+)\b", text, re.M)
+    }
 
 
 # ---------------------------------------------------------------------------------------- GPU build
@@ -136,6 +153,7 @@ def get_module(device_id: int):
     """The ``cupy.RawModule`` of every kernel for CUDA device ``device_id`` (built once per
     device, memoized)."""
     import cupy
+
     dev = cupy.cuda.Device(device_id)
     if dev.id not in _MODULES:
         code = kernel_source()
@@ -145,9 +163,10 @@ def get_module(device_id: int):
                 mod.compile()
             except Exception as e:  # re-raised with where the sources came from
                 searched = "\n".join(f"  {how}: {p}" for how, p in kernel_dir_candidates())
-                raise KernelSourceError(f"building the CUDA kernels from {find_kernel_dir()} "
-                                        f"failed on device {dev.id}: {e}\nsearched:\n{searched}"
-                                        ) from e
+                raise KernelSourceError(
+                    f"building the CUDA kernels from {find_kernel_dir()} "
+                    f"failed on device {dev.id}: {e}\nsearched:\n{searched}"
+                ) from e
         _MODULES[dev.id] = mod
     return _MODULES[dev.id]
 
@@ -161,6 +180,7 @@ class CupyLauncher:
 
     def __init__(self, device_id: int):
         import cupy
+
         self.xp = cupy
         self.device_id = cupy.cuda.Device(device_id).id
         self.module = get_module(self.device_id)
@@ -214,7 +234,7 @@ def portable_cache_dir() -> Path:
     if os.path.isabs(xdg):
         candidates.append(Path(xdg) / "tmesim" / "portable")
     else:
-        with contextlib.suppress(RuntimeError):          # no home folder known
+        with contextlib.suppress(RuntimeError):  # no home folder known
             candidates.append(Path.home() / ".cache" / "tmesim" / "portable")
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     candidates.append(Path(tempfile.gettempdir()) / f"tmesim-portable-{uid}")
@@ -230,8 +250,10 @@ def portable_cache_dir() -> Path:
         if problem is None:
             return d
         tried.append(f"  {d}: {problem}")
-    raise KernelSourceError("no private folder for the portable kernel build (pass build_dir, "
-                            "or set $XDG_CACHE_HOME); tried:\n" + "\n".join(tried))
+    raise KernelSourceError(
+        "no private folder for the portable kernel build (pass build_dir, "
+        "or set $XDG_CACHE_HOME); tried:\n" + "\n".join(tried)
+    )
 
 
 def build_portable(build_dir: str | os.PathLike | None = None, cxx: str | None = None) -> Path:
@@ -246,8 +268,9 @@ def build_portable(build_dir: str | os.PathLike | None = None, cxx: str | None =
     """
     cxx = cxx or find_cxx()
     if cxx is None:
-        raise KernelSourceError("no C++ compiler found for the portable kernel build "
-                                "(set $CXX, or install g++)")
+        raise KernelSourceError(
+            "no C++ compiler found for the portable kernel build (set $CXX, or install g++)"
+        )
     d = find_kernel_dir()
     files = sorted(p for p in d.iterdir() if p.suffix in (".cu", ".cuh", ".h"))
     h = hashlib.sha256()
@@ -277,9 +300,13 @@ def build_portable(build_dir: str | os.PathLike | None = None, cxx: str | None =
     return lib
 
 
-_C_SCALARS = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
-              np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.float32): ctypes.c_float,
-              np.dtype(np.float64): ctypes.c_double}
+_C_SCALARS = {
+    np.dtype(np.int32): ctypes.c_int32,
+    np.dtype(np.int64): ctypes.c_int64,
+    np.dtype(np.uint64): ctypes.c_uint64,
+    np.dtype(np.float32): ctypes.c_float,
+    np.dtype(np.float64): ctypes.c_double,
+}
 
 
 class PortableLauncher:
@@ -289,6 +316,7 @@ class PortableLauncher:
     Args:
         lib: path of the shared library (default: build it).
     """
+
     xp = np
 
     def __init__(self, lib: str | os.PathLike | None = None):
@@ -309,8 +337,10 @@ class PortableLauncher:
             elif isinstance(a, np.generic) and a.dtype in _C_SCALARS:
                 cargs.append(_C_SCALARS[a.dtype](a.item()))
             else:
-                raise TypeError(f"{name}: pass scalars as numpy scalars of an explicit type, "
-                                f"got {type(a).__name__}")
+                raise TypeError(
+                    f"{name}: pass scalars as numpy scalars of an explicit type, "
+                    f"got {type(a).__name__}"
+                )
         fn = getattr(self.lib, name)
         fn.restype = None
         fn(*cargs)
@@ -338,8 +368,10 @@ def check_arrays(*arrays, dtype):
     """Raise ValueError unless every array is C-contiguous of ``dtype`` (as the kernels read it)."""
     for a in arrays:
         if a.dtype != dtype or not a.flags.c_contiguous:
-            raise ValueError(f"expected C-contiguous {np.dtype(dtype).name} arrays, got "
-                             f"{a.dtype} contiguous={a.flags.c_contiguous}")
+            raise ValueError(
+                f"expected C-contiguous {np.dtype(dtype).name} arrays, got "
+                f"{a.dtype} contiguous={a.flags.c_contiguous}"
+            )
 
 
 def offsets3(offsets) -> np.ndarray:
@@ -347,12 +379,13 @@ def offsets3(offsets) -> np.ndarray:
     (n, ndim) offsets of a 2D or 3D grid (a 2D grid's dz is 0)."""
     offsets = np.asarray(offsets)
     out = np.zeros((len(offsets), 3), dtype=np.int32)
-    out[:, 3 - offsets.shape[1]:] = offsets
+    out[:, 3 - offsets.shape[1] :] = offsets
     return out
 
 
-def param_vector(values: dict[str, float], source: str, prefix: str, count: str,
-                 driver: str) -> np.ndarray:
+def param_vector(
+    values: dict[str, float], source: str, prefix: str, count: str, driver: str
+) -> np.ndarray:
     """The float64 parameter vector of a kernel source: ``values[NAME]`` at the index that
     ``#define PREFIXNAME i`` gives in ``kernels/<source>``, of length ``TM_N_<count>``.
 
@@ -363,8 +396,10 @@ def param_vector(values: dict[str, float], source: str, prefix: str, count: str,
     layout = kernel_defines(source, prefix)
     n = kernel_defines(source, "TM_N_")[count]
     if set(layout) != set(values) or sorted(layout.values()) != list(range(n)):
-        raise KernelSourceError(f"kernels/{source} parameters {sorted(layout)} and "
-                                f"{driver} {sorted(values)} are out of sync")
+        raise KernelSourceError(
+            f"kernels/{source} parameters {sorted(layout)} and "
+            f"{driver} {sorted(values)} are out of sync"
+        )
     vec = np.zeros(n)
     for name, i in layout.items():
         vec[i] = values[name]

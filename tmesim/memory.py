@@ -75,17 +75,20 @@ def field_workspace_estimate(sc, backend_name: str) -> int:
 
 def _field_workspace(sc, backend_name: str) -> tuple[int, str]:
     from .steps.fields import transported_scenario
-    sc = transported_scenario(sc)      # well-mixed drug fields are not solved
+
+    sc = transported_scenario(sc)  # well-mixed drug fields are not solved
     if backend_name != "cpu":
         from .steps.fields_kernel import field_workspace_bytes
+
         return int(field_workspace_bytes(sc)), "as counted by tmesim.steps.fields_kernel"
     return field_workspace_estimate(sc, backend_name), "estimated by tmesim.memory"
 
 
 def _places_cafs(sc) -> bool:
     # CAFs are placed at the start and never recruited: without them near_caf never runs
-    return sc.init.caf.placement != "none" and (sc.init.caf.density > 0
-                                                or sc.init.caf.placement == "mask")
+    return sc.init.caf.placement != "none" and (
+        sc.init.caf.density > 0 or sc.init.caf.placement == "mask"
+    )
 
 
 def observables_bytes(sc, backend_name: str) -> int:
@@ -110,7 +113,7 @@ def observables_bytes(sc, backend_name: str) -> int:
     if backend_name == "gpu":
         if nd == 3:
             side = max(sc.grid.shape)
-            edt += 2 * (4 if side <= 1024 else 8) * side ** 3
+            edt += 2 * (4 if side <= 1024 else 8) * side**3
         else:
             edt += 2 * 8 * n
     else:
@@ -134,11 +137,18 @@ def bytes_needed(sc, backend_name: str = "gpu") -> dict:
     state = n * State.bytes_per_voxel(F)
     fields, source = _field_workspace(sc, backend_name)
     per = CPU_RULE_BYTES_PER_SITE if backend_name == "cpu" else KERNEL_RULE_BYTES_PER_SITE
-    rules = n * (per["tumor"] + per["stroma"])     # the rules allocate when they are built
+    rules = n * (per["tumor"] + per["stroma"])  # the rules allocate when they are built
     obs = observables_bytes(sc, backend_name)
     persistent = state + fields + rules
-    return {"state": state, "fields": fields, "rules": rules, "observables": obs,
-            "persistent": persistent, "total": persistent + obs, "fields_source": source}
+    return {
+        "state": state,
+        "fields": fields,
+        "rules": rules,
+        "observables": obs,
+        "persistent": persistent,
+        "total": persistent + obs,
+        "fields_source": source,
+    }
 
 
 def _gib(b: float) -> str:
@@ -147,9 +157,11 @@ def _gib(b: float) -> str:
 
 def describe(est: dict) -> str:
     """One line per part of an estimate, for messages and ``tmesim validate``."""
-    return (f"state {_gib(est['state'])}, field solver {_gib(est['fields'])} "
-            f"({est['fields_source']}), rules {_gib(est['rules'])}, observables "
-            f"{_gib(est['observables'])}; total {_gib(est['total'])}")
+    return (
+        f"state {_gib(est['state'])}, field solver {_gib(est['fields'])} "
+        f"({est['fields_source']}), rules {_gib(est['rules'])}, observables "
+        f"{_gib(est['observables'])}; total {_gib(est['total'])}"
+    )
 
 
 def check_fits(sc, backend) -> dict | None:
@@ -167,10 +179,14 @@ def check_fits(sc, backend) -> dict | None:
         return None
     est = bytes_needed(sc, backend.name)
     if est["total"] > free:
-        hint = ('solver.method = "lod" (fewer work arrays than "adi"), or ' if
-                sc.solver.method != "lod" else "")
+        hint = (
+            'solver.method = "lod" (fewer work arrays than "adi"), or '
+            if sc.solver.method != "lod"
+            else ""
+        )
         raise OutOfDeviceMemory(
             f"the run needs about {_gib(est['total'])} on the GPU but {_gib(free)} is free "
             f"({backend.device}): {describe(est)}. Use {hint}a smaller grid "
-            f"(grid.shape {list(sc.grid.shape)}), or fewer fields (it has {len(sc.fields)}).")
+            f"(grid.shape {list(sc.grid.shape)}), or fewer fields (it has {len(sc.fields)})."
+        )
     return est

@@ -27,6 +27,7 @@ def _edt(xp):
     if not getattr(xp, "__name__", "").startswith("cupy"):
         return ndimage.distance_transform_edt
     from cupyx.scipy import ndimage as cundimage
+
     return cundimage.distance_transform_edt
 
 
@@ -39,7 +40,7 @@ def near_caf(kind, shape, dx_um: float, distance_um: float = schema.NEAR_CAF_UM)
     if not caf.any():
         return xp.zeros(kind.shape, dtype=bool)
     d = _edt(xp)(~caf)
-    d *= dx_um          # in place: the same products, one float64 grid fewer (tmesim.memory)
+    d *= dx_um  # in place: the same products, one float64 grid fewer (tmesim.memory)
     return (d <= distance_um).ravel()
 
 
@@ -62,32 +63,39 @@ def observe(state, sc, counts=None, sweeps: int = 0, doses=None, stroma=None) ->
     tumor = state.kind == codes.TUMOR
     pers = tumor & (state.tumor_state == codes.PERSISTER)
     o2 = names.index("oxygen") if "oxygen" in names else None
-    def one(a):   # a device (or numpy) scalar as a float64 vector of one
+
+    def one(a):  # a device (or numpy) scalar as a float64 vector of one
         return xp.asarray(a, dtype=xp.float64).reshape(1)
 
     # every value exact in float64: counts (< 2**53) and float64 sums
     hyp = state.fields[o2][tumor] < sc.tumor.hypoxic_threshold_mmHg if o2 is not None else None
-    parts = [xp.bincount(state.kind, minlength=nk)[:nk].astype(xp.float64),
-             xp.bincount(state.tumor_state[tumor], minlength=ns)[:ns].astype(xp.float64),
-             one(state.memory[tumor].sum(dtype=xp.float64)),
-             one(state.time_in_P_min[pers].sum(dtype=xp.float64)),
-             one(xp.count_nonzero(hyp) if hyp is not None else 0)]
+    parts = [
+        xp.bincount(state.kind, minlength=nk)[:nk].astype(xp.float64),
+        xp.bincount(state.tumor_state[tumor], minlength=ns)[:ns].astype(xp.float64),
+        one(state.memory[tumor].sum(dtype=xp.float64)),
+        one(state.time_in_P_min[pers].sum(dtype=xp.float64)),
+        one(xp.count_nonzero(hyp) if hyp is not None else 0),
+    ]
     for i in range(len(names)):
         f = state.fields[i]
         parts.append(one(f.sum(dtype=xp.float64)))
         parts.append(one(f[tumor].sum(dtype=xp.float64)))
     v = as_host(xp.concatenate(parts))
-    kinds, states = v[:nk].astype(np.int64), v[nk:nk + ns].astype(np.int64)
-    mem_sum, tip_sum, n_hypoxic = v[nk + ns:nk + ns + 3]
-    field_sums = v[nk + ns + 3:]
+    kinds, states = v[:nk].astype(np.int64), v[nk : nk + ns].astype(np.int64)
+    mem_sum, tip_sum, n_hypoxic = v[nk + ns : nk + ns + 3]
+    field_sums = v[nk + ns + 3 :]
     n_S, n_P, n_R = (int(states[c]) for c in (codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT))
     burden = n_S + n_P + n_R
-    n_tumor = int(kinds[codes.TUMOR])     # what a mean over kind == TUMOR divides by
+    n_tumor = int(kinds[codes.TUMOR])  # what a mean over kind == TUMOR divides by
     row = {
         "time_min": float(state.time_min),
-        "n_S": n_S, "n_P": n_P, "n_R": n_R,
-        "n_caf": int(kinds[codes.CAF]), "n_tam": int(kinds[codes.TAM]),
-        "n_necrotic": int(kinds[codes.NECROTIC]), "n_vessel": int(kinds[codes.VESSEL]),
+        "n_S": n_S,
+        "n_P": n_P,
+        "n_R": n_R,
+        "n_caf": int(kinds[codes.CAF]),
+        "n_tam": int(kinds[codes.TAM]),
+        "n_necrotic": int(kinds[codes.NECROTIC]),
+        "n_vessel": int(kinds[codes.VESSEL]),
         "burden": burden,
         "persister_fraction": n_P / burden if burden else 0.0,
         "resistant_fraction": n_R / burden if burden else 0.0,
@@ -104,8 +112,7 @@ def observe(state, sc, counts=None, sweeps: int = 0, doses=None, stroma=None) ->
     row["mean_time_in_P_h"] = float(tip_sum / n_P / 60) if n_P else 0.0
     if kinds[codes.CAF] and burden:
         near = near_caf(state.kind, sc.grid.shape, sc.grid.dx_um)
-        n_near = as_host(xp.stack([xp.count_nonzero(near & tumor),
-                                   xp.count_nonzero(near & pers)]))
+        n_near = as_host(xp.stack([xp.count_nonzero(near & tumor), xp.count_nonzero(near & pers)]))
         row["tumor_near_caf_fraction"] = float(int(n_near[0]) / burden)
         row["persisters_near_caf_fraction"] = float(int(n_near[1]) / n_P) if n_P else 0.0
     else:

@@ -10,8 +10,12 @@ from . import codes
 from .io.reader import open_run
 
 KIND_COLOURS = {  # fixed colours per occupant kind, shared by every figure
-    "empty": "#ffffff", "tumor": "#d62728", "caf": "#2ca02c", "tam": "#9467bd",
-    "vessel": "#1f77b4", "necrotic": "#3a3a3a",
+    "empty": "#ffffff",
+    "tumor": "#d62728",
+    "caf": "#2ca02c",
+    "tam": "#9467bd",
+    "vessel": "#1f77b4",
+    "necrotic": "#3a3a3a",
 }
 
 
@@ -33,9 +37,14 @@ def shade_exposure(ax, ds, t_days, drugs) -> None:
             continue
         edges = np.flatnonzero(np.diff(np.r_[0, on.astype(int), 0]))
         for a, b in zip(edges[::2], edges[1::2]):
-            ax.axvspan(t_days[a], t_days[min(b, len(t_days) - 1)], alpha=0.12,
-                       color=DRUG_COLOURS[k % len(DRUG_COLOURS)], lw=0,
-                       label=f"{d} on" if a == edges[0] else None)
+            ax.axvspan(
+                t_days[a],
+                t_days[min(b, len(t_days) - 1)],
+                alpha=0.12,
+                color=DRUG_COLOURS[k % len(DRUG_COLOURS)],
+                lw=0,
+                label=f"{d} on" if a == edges[0] else None,
+            )
 
 
 def persister_maps(ds, idx, out: Path, extent, where: str) -> Path:
@@ -48,8 +57,15 @@ def persister_maps(ds, idx, out: Path, extent, where: str) -> Path:
     times = ds["time"].values
     fig, axes = plt.subplots(1, len(idx), figsize=(4.6 * len(idx), 4.4), squeeze=False)
     # one code per map colour: 0 empty/necrotic, 1 S, 2 P, 3 R, 4 CAF, 5 TAM, 6 vessel
-    colours = ["#ffffff", STATE_COLOURS["S"], STATE_COLOURS["P"], STATE_COLOURS["R"],
-               KIND_COLOURS["caf"], KIND_COLOURS["tam"], KIND_COLOURS["vessel"]]
+    colours = [
+        "#ffffff",
+        STATE_COLOURS["S"],
+        STATE_COLOURS["P"],
+        STATE_COLOURS["R"],
+        KIND_COLOURS["caf"],
+        KIND_COLOURS["tam"],
+        KIND_COLOURS["vessel"],
+    ]
     cmap = ListedColormap(colours)
     for j, i in enumerate(idx):
         kind = _mid_slice(ds["kind"][i].values)
@@ -61,21 +77,40 @@ def persister_maps(ds, idx, out: Path, extent, where: str) -> Path:
         m[kind == codes.TAM] = 5
         m[kind == codes.VESSEL] = 6
         a = axes[0, j]
-        a.imshow(m, cmap=cmap, vmin=-0.5, vmax=6.5, interpolation="nearest", origin="lower",
-                 extent=extent)
+        a.imshow(
+            m,
+            cmap=cmap,
+            vmin=-0.5,
+            vmax=6.5,
+            interpolation="nearest",
+            origin="lower",
+            extent=extent,
+        )
         py, px = np.nonzero(tumor & (state == codes.PERSISTER))
         ny, nx = kind.shape
-        a.scatter((px + 0.5) / nx * extent[1], (py + 0.5) / ny * extent[3], s=10,
-                  facecolors="none", edgecolors=STATE_COLOURS["P"], linewidths=0.8)
-        a.set_title(f"S/P/R with stroma, t = {times[i]:.0f} h{where}\n"
-                    f"P = {int(py.size)} in this plane", fontsize=9)
+        a.scatter(
+            (px + 0.5) / nx * extent[1],
+            (py + 0.5) / ny * extent[3],
+            s=10,
+            facecolors="none",
+            edgecolors=STATE_COLOURS["P"],
+            linewidths=0.8,
+        )
+        a.set_title(
+            f"S/P/R with stroma, t = {times[i]:.0f} h{where}\nP = {int(py.size)} in this plane",
+            fontsize=9,
+        )
         a.set_xlabel("x (mm)")
         a.set_ylabel("y (mm)")
-    axes[0, -1].legend(handles=[Patch(color=STATE_COLOURS[k], label=lbl) for k, lbl in
-                                (("S", "sensitive"), ("P", "persister (circled)"),
-                                 ("R", "resistant"))] +
-                       [Patch(color=KIND_COLOURS[k], label=k) for k in ("caf", "tam", "vessel")],
-                       loc="upper right", fontsize=7)
+    axes[0, -1].legend(
+        handles=[
+            Patch(color=STATE_COLOURS[k], label=lbl)
+            for k, lbl in (("S", "sensitive"), ("P", "persister (circled)"), ("R", "resistant"))
+        ]
+        + [Patch(color=KIND_COLOURS[k], label=k) for k in ("caf", "tam", "vessel")],
+        loc="upper right",
+        fontsize=7,
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -84,12 +119,19 @@ def persister_maps(ds, idx, out: Path, extent, where: str) -> Path:
 
 def summary_table(ds) -> str:
     """Initial and final values of the main observables, as aligned text."""
-    rows = [("time", "h", "step_time_h"), ("tumor cells (burden)", "cells", "burden"),
-            ("sensitive", "cells", "n_S"), ("persisters", "cells", "n_P"),
-            ("resistant", "cells", "n_R"), ("persister fraction", "1", "persister_fraction"),
-            ("CAFs", "cells", "n_caf"), ("TAMs", "cells", "n_tam"),
-            ("necrotic voxels", "voxels", "n_necrotic"), ("vessels", "voxels", "n_vessel"),
-            ("hypoxic fraction of tumor", "1", "hypoxic_fraction")]
+    rows = [
+        ("time", "h", "step_time_h"),
+        ("tumor cells (burden)", "cells", "burden"),
+        ("sensitive", "cells", "n_S"),
+        ("persisters", "cells", "n_P"),
+        ("resistant", "cells", "n_R"),
+        ("persister fraction", "1", "persister_fraction"),
+        ("CAFs", "cells", "n_caf"),
+        ("TAMs", "cells", "n_tam"),
+        ("necrotic voxels", "voxels", "n_necrotic"),
+        ("vessels", "voxels", "n_vessel"),
+        ("hypoxic fraction of tumor", "1", "hypoxic_fraction"),
+    ]
     rows = [r for r in rows if r[2] in ds.data_vars or r[2] in ds.coords]
     for name in ds.data_vars:
         if name.startswith("plasma_"):
@@ -97,9 +139,11 @@ def summary_table(ds) -> str:
     for name in ds.data_vars:
         if name.startswith("mean_") and name.endswith("_tumor"):
             rows.append((f"{name[5:-6]} in tumor (mean)", ds[name].attrs.get("units", ""), name))
-    lines = [f"Run '{ds.attrs['name']}' ({ds.attrs['status']}), seed {ds.attrs['seed']}, "
-             f"{ds.attrs['backend']} backend",
-             f"{'observable':32s} {'units':>7s} {'start':>12s} {'end':>12s}"]
+    lines = [
+        f"Run '{ds.attrs['name']}' ({ds.attrs['status']}), seed {ds.attrs['seed']}, "
+        f"{ds.attrs['backend']} backend",
+        f"{'observable':32s} {'units':>7s} {'start':>12s} {'end':>12s}",
+    ]
     for label, units, var in rows:
         v = ds[var].values
         lines.append(f"{label:32s} {units:>7s} {v[0]:12.4g} {v[-1]:12.4g}")
@@ -123,6 +167,7 @@ def make_report(path, out_dir=None, times_h=None) -> tuple[list[Path], str]:
         times_h: snapshot times (h) for the maps; default first, middle and last snapshot.
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
@@ -138,8 +183,13 @@ def make_report(path, out_dir=None, times_h=None) -> tuple[list[Path], str]:
         fig, axes = plt.subplots(1, 4 if drugs else 3, figsize=(20 if drugs else 15, 4.2))
         ax = axes[0]
         shade_exposure(ax, ds, t_days, drugs)
-        for col, label in (("burden", "tumor cells"), ("n_necrotic", "necrotic"),
-                           ("n_S", "sensitive"), ("n_P", "persister"), ("n_R", "resistant")):
+        for col, label in (
+            ("burden", "tumor cells"),
+            ("n_necrotic", "necrotic"),
+            ("n_S", "sensitive"),
+            ("n_P", "persister"),
+            ("n_R", "resistant"),
+        ):
             v = ds[col].values
             if v.max() > 0:
                 ax.plot(t_days, v, label=label)
@@ -156,13 +206,17 @@ def make_report(path, out_dir=None, times_h=None) -> tuple[list[Path], str]:
         ax.set_title("hypoxic fraction")
         ax = axes[2]
         # the non-drug fields (drugs have their own panel)
-        shown = [n[5:-6] for n in map(str, ds.data_vars)
-                 if n.startswith("mean_") and n.endswith("_tumor") and n[5:-6] not in drugs]
+        shown = [
+            n[5:-6]
+            for n in map(str, ds.data_vars)
+            if n.startswith("mean_") and n.endswith("_tumor") and n[5:-6] not in drugs
+        ]
         for k, f in enumerate(shown):
             c = f"C{k}"
             units = ds[f"mean_{f}"].attrs.get("units", "")
-            ax.plot(t_days, ds[f"mean_{f}_tumor"].values, color=c,
-                    label=f"{f} ({units}), tumor mean")
+            ax.plot(
+                t_days, ds[f"mean_{f}_tumor"].values, color=c, label=f"{f} ({units}), tumor mean"
+            )
             ax.plot(t_days, ds[f"mean_{f}"].values, "--", color=c, label=f"{f}, domain mean")
         ax.set_xlabel("time (days)")
         ax.set_title("fields")
@@ -189,11 +243,13 @@ def make_report(path, out_dir=None, times_h=None) -> tuple[list[Path], str]:
             idx = [int(np.argmin(np.abs(times - t))) for t in times_h]
         else:
             idx = sorted({0, len(times) // 2, len(times) - 1})
-        fields = [n for n in ds.data_vars if ds[n].dims[:1] == ("time",)
-                  and n not in ("kind", "tumor_state")]
+        fields = [
+            n
+            for n in ds.data_vars
+            if ds[n].dims[:1] == ("time",) and n not in ("kind", "tumor_state")
+        ]
         nrow = 1 + len(fields)
-        fig, axes = plt.subplots(nrow, len(idx), figsize=(4 * len(idx), 3.6 * nrow),
-                                 squeeze=False)
+        fig, axes = plt.subplots(nrow, len(idx), figsize=(4 * len(idx), 3.6 * nrow), squeeze=False)
         cmap = ListedColormap([KIND_COLOURS[k] for k in codes.KIND_NAMES])
         dims = [d for d in ("z", "y", "x") if d in ds.dims]
         ext_y = float(ds[dims[-2]].values[-1] + ds.attrs["dx_um"] / 2) / 1000
@@ -203,29 +259,43 @@ def make_report(path, out_dir=None, times_h=None) -> tuple[list[Path], str]:
         for j, i in enumerate(idx):
             kind = _mid_slice(ds["kind"][i].values)
             a = axes[0, j]
-            a.imshow(kind, cmap=cmap, vmin=-0.5, vmax=len(codes.KIND_NAMES) - 0.5,
-                     interpolation="nearest", origin="lower", extent=extent)
+            a.imshow(
+                kind,
+                cmap=cmap,
+                vmin=-0.5,
+                vmax=len(codes.KIND_NAMES) - 0.5,
+                interpolation="nearest",
+                origin="lower",
+                extent=extent,
+            )
             a.set_title(f"occupants, t = {times[i]:.0f} h{where}", fontsize=9)
             a.set_xlabel("x (mm)")
             a.set_ylabel("y (mm)")
             for r, name in enumerate(fields, start=1):
                 a = axes[r, j]
                 da = ds[name]
-                im = a.imshow(_mid_slice(da[i].values), cmap="viridis", origin="lower",
-                              extent=extent)
-                a.set_title(f"{name} ({da.attrs.get('units', '')}), t = {times[i]:.0f} h",
-                            fontsize=9)
+                im = a.imshow(
+                    _mid_slice(da[i].values), cmap="viridis", origin="lower", extent=extent
+                )
+                a.set_title(
+                    f"{name} ({da.attrs.get('units', '')}), t = {times[i]:.0f} h", fontsize=9
+                )
                 fig.colorbar(im, ax=a, shrink=0.8)
-        axes[0, -1].legend(handles=[Patch(color=KIND_COLOURS[k], label=k)
-                                    for k in codes.KIND_NAMES if k != "empty"],
-                           loc="upper right", fontsize=7)
+        axes[0, -1].legend(
+            handles=[
+                Patch(color=KIND_COLOURS[k], label=k) for k in codes.KIND_NAMES if k != "empty"
+            ],
+            loc="upper right",
+            fontsize=7,
+        )
         fig.tight_layout()
         p = out_dir / f"{path.stem}_maps.png"
         fig.savefig(p, dpi=100)
         plt.close(fig)
         written.append(p)
         if "tumor_state" in ds:
-            written.append(persister_maps(ds, idx, out_dir / f"{path.stem}_persisters.png",
-                                          extent, where))
+            written.append(
+                persister_maps(ds, idx, out_dir / f"{path.stem}_persisters.png", extent, where)
+            )
         table = summary_table(ds)
     return written, table

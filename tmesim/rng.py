@@ -29,14 +29,14 @@ DIRECTION = 11
 PRIORITY = 12
 NECROSIS = 13
 CLEARANCE = 14
-TRANSITION = 15      # S->P, P->S, P->R
-KILL = 16            # drug kill
-MOVE = 17            # stromal cell attempts a move
+TRANSITION = 15  # S->P, P->S, P->R
+KILL = 16  # drug kill
+MOVE = 17  # stromal cell attempts a move
 MOVE_DIRECTION = 18  # which neighbour (and conflict priority)
-RECRUIT = 19         # TAM recruitment at vessels
-STROMA_DEATH = 20    # TAM turnover
-CHEMOTAXIS = 21      # a TAM's step follows the signal or is random
-INIT_STATE = 3       # initial persister / resistant cells
+RECRUIT = 19  # TAM recruitment at vessels
+STROMA_DEATH = 20  # TAM turnover
+CHEMOTAXIS = 21  # a TAM's step follows the signal or is random
+INIT_STATE = 3  # initial persister / resistant cells
 INIT_CAF = 4
 INIT_TAM = 5
 
@@ -53,12 +53,13 @@ def raw_range(seed: int, step: int, stream: int, start: int, stop: int) -> np.nd
         return np.empty(0, dtype=np.uint64)
     first_block = start // 4
     n_blocks = (stop - 1) // 4 - first_block + 1
-    bg = np.random.Philox(key=np.array([seed & _MASK, 0], dtype=np.uint64),
-                          counter=np.array([first_block, step & _MASK, stream, 0],
-                                           dtype=np.uint64))
+    bg = np.random.Philox(
+        key=np.array([seed & _MASK, 0], dtype=np.uint64),
+        counter=np.array([first_block, step & _MASK, stream, 0], dtype=np.uint64),
+    )
     words = bg.random_raw(4 * n_blocks)
     off = start - 4 * first_block
-    return words[off: off + (stop - start)]
+    return words[off : off + (stop - start)]
 
 
 def raw_at(seed: int, step: int, stream: int, sites: np.ndarray) -> np.ndarray:

@@ -23,8 +23,16 @@ def raw_at(seed: int, step: int, stream: int, sites, *, launcher):
     sites = _sites(L, sites)
     out = L.xp.empty(sites.size, dtype=L.xp.uint64)
     if sites.size:
-        L("tm_rng_raw_at", sites.size, np.int64(sites.size), np.uint64(seed), np.uint64(step),
-          np.uint64(stream), sites, out)
+        L(
+            "tm_rng_raw_at",
+            sites.size,
+            np.int64(sites.size),
+            np.uint64(seed),
+            np.uint64(step),
+            np.uint64(stream),
+            sites,
+            out,
+        )
     return out
 
 
@@ -39,6 +47,14 @@ def uniform_at(seed: int, step: int, stream: int, sites, *, launcher):
     sites = _sites(L, sites)
     out = L.xp.empty(sites.size, dtype=L.xp.float64)
     if sites.size:
-        L("tm_rng_uniform_at", sites.size, np.int64(sites.size), np.uint64(seed),
-          np.uint64(step), np.uint64(stream), sites, out)
+        L(
+            "tm_rng_uniform_at",
+            sites.size,
+            np.int64(sites.size),
+            np.uint64(seed),
+            np.uint64(step),
+            np.uint64(stream),
+            sites,
+            out,
+        )
     return out

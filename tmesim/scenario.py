@@ -47,8 +47,7 @@ RATE_KEYS = KIND_NAMES + tuple(STATE_KEYS)
 FACES = ("z-", "z+", "y-", "y+", "x-", "x+")
 
 
-def param(default, unit: str = "", doc: str = "", *, lo=None, hi=None, lo_open=False,
-          choices=None):
+def param(default, unit: str = "", doc: str = "", *, lo=None, hi=None, lo_open=False, choices=None):
     """A scenario parameter: default, unit, a sentence of documentation and its accepted range.
 
     ``lo``/``hi`` are inclusive bounds (``lo_open`` makes the lower one exclusive); ``choices``
@@ -64,71 +63,115 @@ def param(default, unit: str = "", doc: str = "", *, lo=None, hi=None, lo_open=F
 # The schema
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class StopConfig:
     """Conditions that end a run before its duration."""
+
     on_extinction: bool = param(True, "", "stop when no tumor cell is left")
     max_burden: int = param(0, "cells", "stop when the tumor burden reaches this (0: off)", lo=0)
-    wall_time_hours: float = param(0.0, "h", "after this much wall-clock time, checkpoint and end "
-                                   "the run as \"interrupted\" (resume it with tmesim resume; "
-                                   "0: off)", lo=0)
+    wall_time_hours: float = param(
+        0.0,
+        "h",
+        "after this much wall-clock time, checkpoint and end "
+        'the run as "interrupted" (resume it with tmesim resume; '
+        "0: off)",
+        lo=0,
+    )
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """The run: identity, random seed, duration, agent time step and output cadence."""
+
     name: str = param("tmesim_run", "", "run name, used for the default output file name")
     seed: int = param(0, "", "random seed; same seed, same run", lo=0, hi=2**63 - 1)
     duration_days: float = param(7.0, "d", "simulated time", lo=0, lo_open=True)
-    dt_min: float = param(6.0, "min", "agent step (MODEL.md section 2)", lo=0, hi=120,
-                          lo_open=True)
-    snapshot_every_hours: float = param(12.0, "h", "lattice and field snapshots", lo=0,
-                                        lo_open=True)
-    checkpoint_every_hours: float = param(24.0, "h", "simulated time between checkpoints in the "
-                                          "run file, for `tmesim resume` (0: only on SIGTERM/"
-                                          "SIGUSR1 and wall-time stops)", lo=0)
+    dt_min: float = param(6.0, "min", "agent step (MODEL.md section 2)", lo=0, hi=120, lo_open=True)
+    snapshot_every_hours: float = param(
+        12.0, "h", "lattice and field snapshots", lo=0, lo_open=True
+    )
+    checkpoint_every_hours: float = param(
+        24.0,
+        "h",
+        "simulated time between checkpoints in the "
+        "run file, for `tmesim resume` (0: only on SIGTERM/"
+        "SIGUSR1 and wall-time stops)",
+        lo=0,
+    )
     stop: StopConfig = field(default_factory=StopConfig)
 
 
 @dataclass(frozen=True)
 class GridConfig:
     """The lattice: 2D (y, x) or 3D (z, y, x), one cell per voxel."""
-    shape: tuple[int, ...] = param((128, 128), "voxels",
-                                   "(y, x) or (z, y, x); the number of entries sets the dimension")
+
+    shape: tuple[int, ...] = param(
+        (128, 128), "voxels", "(y, x) or (z, y, x); the number of entries sets the dimension"
+    )
     dx_um: float = param(20.0, "um", "voxel edge", lo=0, lo_open=True)
-    neighbourhood: str = param("moore", "", "neighbours a daughter may be placed in",
-                               choices=("moore", "von_neumann"))
+    neighbourhood: str = param(
+        "moore", "", "neighbours a daughter may be placed in", choices=("moore", "von_neumann")
+    )
 
 
 @dataclass(frozen=True)
 class TumorInitConfig:
     """Initial tumor: a disk (2D), sphere (3D), rectangle/box, a mask file, or none."""
-    shape: str = param("disk", "", "initial tumor geometry",
-                       choices=("disk", "sphere", "rectangle", "mask", "none"))
+
+    shape: str = param(
+        "disk",
+        "",
+        "initial tumor geometry",
+        choices=("disk", "sphere", "rectangle", "mask", "none"),
+    )
     center_um: tuple[float, ...] | None = param(
-        None, "um", "centre (z, y, x) or (y, x); default: domain centre")
+        None, "um", "centre (z, y, x) or (y, x); default: domain centre"
+    )
     radius_um: float = param(200.0, "um", "disk or sphere radius", lo=0)
     size_um: tuple[float, ...] | None = param(None, "um", "rectangle extent per axis")
     mask: str | None = param(None, "", ".npy file of the grid's shape; nonzero voxels get a cell")
-    fill_fraction: float = param(1.0, "", "fraction of the region's voxels that get a cell",
-                                 lo=0, hi=1)
-    persister_fraction: float = param(0.0, "", "initial cells that are persisters (pre-existing "
-                                      "DTP-like cells, selection model)", lo=0, hi=1)
-    resistant_fraction: float = param(0.0, "", "initial cells that are resistant (pre-existing "
-                                      "resistance, 1e-4..1e-3 [Emert 2021])", lo=0, hi=1)
+    fill_fraction: float = param(
+        1.0, "", "fraction of the region's voxels that get a cell", lo=0, hi=1
+    )
+    persister_fraction: float = param(
+        0.0,
+        "",
+        "initial cells that are persisters (pre-existing DTP-like cells, selection model)",
+        lo=0,
+        hi=1,
+    )
+    resistant_fraction: float = param(
+        0.0,
+        "",
+        "initial cells that are resistant (pre-existing resistance, 1e-4..1e-3 [Emert 2021])",
+        lo=0,
+        hi=1,
+    )
 
 
 @dataclass(frozen=True)
 class StromaInitConfig:
     """Where stromal cells (CAFs or TAMs) start: none, random, a shell around the tumor,
     clusters, or a mask file. Stromal cells only go into empty voxels."""
-    placement: str = param("none", "", "how the cells are placed",
-                           choices=("none", "random", "shell", "clusters", "mask"))
-    density: float = param(0.05, "", "fraction of the candidate voxels that get a cell "
-                           "(random: all empty voxels; shell: the shell; clusters: the clusters)",
-                           lo=0, hi=1)
-    shell_width_um: float = param(200.0, "um", "shell: width of the ring outside the tumor edge",
-                                  lo=0, lo_open=True)
+
+    placement: str = param(
+        "none",
+        "",
+        "how the cells are placed",
+        choices=("none", "random", "shell", "clusters", "mask"),
+    )
+    density: float = param(
+        0.05,
+        "",
+        "fraction of the candidate voxels that get a cell "
+        "(random: all empty voxels; shell: the shell; clusters: the clusters)",
+        lo=0,
+        hi=1,
+    )
+    shell_width_um: float = param(
+        200.0, "um", "shell: width of the ring outside the tumor edge", lo=0, lo_open=True
+    )
     shell_gap_um: float = param(0.0, "um", "shell: distance from the tumor edge to the ring", lo=0)
     clusters: int = param(4, "", "clusters: how many", lo=1, hi=100000)
     cluster_radius_um: float = param(100.0, "um", "clusters: radius of each", lo=0, lo_open=True)
@@ -138,12 +181,15 @@ class StromaInitConfig:
 @dataclass(frozen=True)
 class VesselInitConfig:
     """Vessels: fixed voxels that are sources of oxygen and of the drugs."""
-    placement: str = param("none", "", "how vessels are placed",
-                           choices=("none", "random", "lines", "mask"))
+
+    placement: str = param(
+        "none", "", "how vessels are placed", choices=("none", "random", "lines", "mask")
+    )
     density: float = param(0.0, "", "fraction of voxels that are vessels (random)", lo=0, hi=1)
     axis: str = param("x", "", "direction of straight vessels (lines)", choices=("x", "y", "z"))
-    spacing_um: float = param(400.0, "um", "distance between straight vessels (lines)", lo=0,
-                              lo_open=True)
+    spacing_um: float = param(
+        400.0, "um", "distance between straight vessels (lines)", lo=0, lo_open=True
+    )
     mask: str | None = param(None, "", ".npy file of the grid's shape; nonzero voxels are vessels")
     outside_tumor: bool = param(True, "", "keep vessels out of the initial tumor")
 
@@ -171,35 +217,65 @@ class TransitionConfig:
     necrosis threshold), m the cell's memory and E_target the combined effect of the drugs that
     kill sensitive cells.
     """
-    pre_existing: bool = param(True, "", "selection origin: basal entry and the initial "
-                               "persister fraction are on")
+
+    pre_existing: bool = param(
+        True, "", "selection origin: basal entry and the initial persister fraction are on"
+    )
     drug_induced: bool = param(True, "", "adaptation origin: drug-induced entry is on")
-    entry_basal_per_h: float = param(4e-5, "1/h", "S -> P without drug; with exit_per_h it sets "
-                                     "a pre-existing persister pool of about 0.1 % [Sharma, "
-                                     "calibrated]", lo=0)
-    entry_induced_per_h: float = param(7e-5, "1/h", "S -> P per unit targeted-drug effect; sets "
-                                       "the persister plateau under erlotinib with the basal pool "
-                                       "to about 0.3 % [Sharma, calibrated]", lo=0)
-    exit_per_h: float = param(0.01, "1/h", "P -> S off drug without memory: mean 4 days, about "
-                                           "9 days with the memory of a long exposure [Sharma]",
-                              lo=0)
-    resistance_per_h: float = param(5e-6, "1/h", "P -> R, basal [chosen: a few resistant "
-                                    "founders per thousand persisters per month on drug]", lo=0)
-    adaptive_mutability: float = param(10.0, "", "extra fold-increase of P -> R under the "
-                                       "targeted drug, reached after mutability_ramp_h in P "
-                                       "(7-50-fold [Russo])", lo=0)
-    mutability_ramp_h: float = param(72.0, "h", "time in P over which the mutability rises "
-                                     "[chosen]", lo=0, lo_open=True)
-    memory_gain_per_h: float = param(0.02, "1/h", "rise of memory under full targeted-drug "
-                                     "effect (about 2 days) [chosen]", lo=0)
-    memory_decay_per_h: float = param(0.005, "1/h", "relaxation of memory without drug (about "
-                                      "8 days) [chosen]", lo=0)
-    memory_exit_slowing: float = param(1.0, "", "P -> S is slower by 1 + this x memory "
-                                       "[chosen]", lo=0)
-    hypoxia_weight: float = param(1.0, "", "hypoxia raises S -> P by 1 + this x h (quiescence) "
-                                  "[chosen]", lo=0)
-    hypoxia_exit_slowing: float = param(1.0, "", "P -> S is slower by 1 + this x h [chosen]",
-                                        lo=0)
+    entry_basal_per_h: float = param(
+        4e-5,
+        "1/h",
+        "S -> P without drug; with exit_per_h it sets "
+        "a pre-existing persister pool of about 0.1 % [Sharma, "
+        "calibrated]",
+        lo=0,
+    )
+    entry_induced_per_h: float = param(
+        7e-5,
+        "1/h",
+        "S -> P per unit targeted-drug effect; sets "
+        "the persister plateau under erlotinib with the basal pool "
+        "to about 0.3 % [Sharma, calibrated]",
+        lo=0,
+    )
+    exit_per_h: float = param(
+        0.01,
+        "1/h",
+        "P -> S off drug without memory: mean 4 days, about "
+        "9 days with the memory of a long exposure [Sharma]",
+        lo=0,
+    )
+    resistance_per_h: float = param(
+        5e-6,
+        "1/h",
+        "P -> R, basal [chosen: a few resistant "
+        "founders per thousand persisters per month on drug]",
+        lo=0,
+    )
+    adaptive_mutability: float = param(
+        10.0,
+        "",
+        "extra fold-increase of P -> R under the "
+        "targeted drug, reached after mutability_ramp_h in P "
+        "(7-50-fold [Russo])",
+        lo=0,
+    )
+    mutability_ramp_h: float = param(
+        72.0, "h", "time in P over which the mutability rises [chosen]", lo=0, lo_open=True
+    )
+    memory_gain_per_h: float = param(
+        0.02, "1/h", "rise of memory under full targeted-drug effect (about 2 days) [chosen]", lo=0
+    )
+    memory_decay_per_h: float = param(
+        0.005, "1/h", "relaxation of memory without drug (about 8 days) [chosen]", lo=0
+    )
+    memory_exit_slowing: float = param(
+        1.0, "", "P -> S is slower by 1 + this x memory [chosen]", lo=0
+    )
+    hypoxia_weight: float = param(
+        1.0, "", "hypoxia raises S -> P by 1 + this x h (quiescence) [chosen]", lo=0
+    )
+    hypoxia_exit_slowing: float = param(1.0, "", "P -> S is slower by 1 + this x h [chosen]", lo=0)
 
 
 @dataclass(frozen=True)
@@ -210,54 +286,101 @@ class SignallingConfig:
     1 - (1 - p_met a_hgf (1 - E_cancel_met)) (1 - p_igf a_igf (1 - E_cancel_igf1r)), and the
     division factor is 1 + g_hgf a_hgf (1 - E_cancel_met) + g_igf a_igf (1 - E_cancel_igf1r).
     """
-    hgf_half_max_ng_per_mL: float = param(5.0, "ng/mL", "HGF for half-maximal MET activation "
-                                          "[chosen; HGF acts at 1-50 ng/mL in culture]", lo=0,
-                                          lo_open=True)
-    igf1_half_max_ng_per_mL: float = param(10.0, "ng/mL", "IGF-1 for half-maximal IGF-1R "
-                                           "activation [chosen]", lo=0, lo_open=True)
-    met_protection_max: float = param(0.8, "", "largest fraction of the kill of sensitive cells "
-                                      "that HGF removes [Straus; chosen]", lo=0, hi=1)
-    igf1r_protection_max: float = param(0.5, "", "largest fraction of the kill of sensitive "
-                                        "cells that IGF-1 removes [chosen]", lo=0, hi=1)
-    hgf_growth_gain: float = param(0.2, "", "division speeds up by up to this fraction with HGF "
-                                   "[chosen]", lo=0)
-    igf1_growth_gain: float = param(0.2, "", "division speeds up by up to this fraction with "
-                                    "IGF-1 [chosen]", lo=0)
-    entry_weight: float = param(1.0, "", "signalling term in drug-induced S -> P entry, x the "
-                                "summed receptor activation [chosen]", lo=0)
+
+    hgf_half_max_ng_per_mL: float = param(
+        5.0,
+        "ng/mL",
+        "HGF for half-maximal MET activation [chosen; HGF acts at 1-50 ng/mL in culture]",
+        lo=0,
+        lo_open=True,
+    )
+    igf1_half_max_ng_per_mL: float = param(
+        10.0, "ng/mL", "IGF-1 for half-maximal IGF-1R activation [chosen]", lo=0, lo_open=True
+    )
+    met_protection_max: float = param(
+        0.8,
+        "",
+        "largest fraction of the kill of sensitive cells that HGF removes [Straus; chosen]",
+        lo=0,
+        hi=1,
+    )
+    igf1r_protection_max: float = param(
+        0.5,
+        "",
+        "largest fraction of the kill of sensitive cells that IGF-1 removes [chosen]",
+        lo=0,
+        hi=1,
+    )
+    hgf_growth_gain: float = param(
+        0.2, "", "division speeds up by up to this fraction with HGF [chosen]", lo=0
+    )
+    igf1_growth_gain: float = param(
+        0.2, "", "division speeds up by up to this fraction with IGF-1 [chosen]", lo=0
+    )
+    entry_weight: float = param(
+        1.0,
+        "",
+        "signalling term in drug-induced S -> P entry, x the summed receptor activation [chosen]",
+        lo=0,
+    )
 
 
 @dataclass(frozen=True)
 class TumorConfig:
     """Growth, hypoxia and necrosis of tumor cells (MODEL.md section 3)."""
-    doubling_time_h: float = param(24.0, "h", "doubling time at full oxygen [PC9]", lo=0,
-                                   lo_open=True)
-    proliferation_threshold_mmHg: float = param(5.0, "mmHg",
-                                                "no division at or below this oxygen [PC-core]",
-                                                lo=0)
-    proliferation_saturation_mmHg: float = param(38.0, "mmHg",
-                                                 "full division rate at or above this [PC-het]",
-                                                 lo=0, lo_open=True)
-    hypoxic_threshold_mmHg: float = param(15.0, "mmHg", "cells below this count as hypoxic "
-                                          "[PC-core]", lo=0)
-    necrosis_threshold_mmHg: float = param(5.0, "mmHg", "necrosis starts below this [PC-core]",
-                                           lo=0)
-    necrosis_max_mmHg: float = param(2.5, "mmHg", "necrosis rate is maximal at or below this "
-                                     "[PC-core]", lo=0)
-    necrosis_max_rate_per_h: float = param(1.0 / 6.0, "1/h", "maximal necrosis rate [PC-core]",
-                                           lo=0)
-    necrotic_clearance_per_h: float = param(1.0 / 48.0, "1/h",
-                                            "necrotic voxels become empty at this rate (chosen: "
-                                            "debris cleared over about two days)", lo=0)
-    persister_cycle_factor: float = param(0.05, "", "division of persisters relative to "
-                                          "sensitive cells (slow cycling) [MODEL.md]", lo=0, hi=1)
-    resistance_cost: float = param(0.1, "", "fitness cost: resistant cells divide at 1 - cost "
-                                   "[MODEL.md]", lo=0, hi=1)
-    persister_tolerance: float = param(0.01, "", "persisters die at this fraction of the kill "
-                                       "rate of sensitive cells [MODEL.md]", lo=0, hi=1)
-    death_per_h: float = param(0.0, "1/h", "basal turnover (apoptosis) of every tumor cell, S, "
-                               "P and R alike, on top of any drug kill; the voxel empties and a "
-                               "neighbour may refill it (0: no turnover)", lo=0)
+
+    doubling_time_h: float = param(
+        24.0, "h", "doubling time at full oxygen [PC9]", lo=0, lo_open=True
+    )
+    proliferation_threshold_mmHg: float = param(
+        5.0, "mmHg", "no division at or below this oxygen [PC-core]", lo=0
+    )
+    proliferation_saturation_mmHg: float = param(
+        38.0, "mmHg", "full division rate at or above this [PC-het]", lo=0, lo_open=True
+    )
+    hypoxic_threshold_mmHg: float = param(
+        15.0, "mmHg", "cells below this count as hypoxic [PC-core]", lo=0
+    )
+    necrosis_threshold_mmHg: float = param(
+        5.0, "mmHg", "necrosis starts below this [PC-core]", lo=0
+    )
+    necrosis_max_mmHg: float = param(
+        2.5, "mmHg", "necrosis rate is maximal at or below this [PC-core]", lo=0
+    )
+    necrosis_max_rate_per_h: float = param(
+        1.0 / 6.0, "1/h", "maximal necrosis rate [PC-core]", lo=0
+    )
+    necrotic_clearance_per_h: float = param(
+        1.0 / 48.0,
+        "1/h",
+        "necrotic voxels become empty at this rate (chosen: debris cleared over about two days)",
+        lo=0,
+    )
+    persister_cycle_factor: float = param(
+        0.05,
+        "",
+        "division of persisters relative to sensitive cells (slow cycling) [MODEL.md]",
+        lo=0,
+        hi=1,
+    )
+    resistance_cost: float = param(
+        0.1, "", "fitness cost: resistant cells divide at 1 - cost [MODEL.md]", lo=0, hi=1
+    )
+    persister_tolerance: float = param(
+        0.01,
+        "",
+        "persisters die at this fraction of the kill rate of sensitive cells [MODEL.md]",
+        lo=0,
+        hi=1,
+    )
+    death_per_h: float = param(
+        0.0,
+        "1/h",
+        "basal turnover (apoptosis) of every tumor cell, S, "
+        "P and R alike, on top of any drug kill; the voxel empties and a "
+        "neighbour may refill it (0: no turnover)",
+        lo=0,
+    )
     transitions: TransitionConfig = field(default_factory=TransitionConfig)
     signalling: SignallingConfig = field(default_factory=SignallingConfig)
 
@@ -265,34 +388,52 @@ class TumorConfig:
 @dataclass(frozen=True)
 class CafConfig:
     """Cancer-associated fibroblasts: secrete HGF (see fields.hgf), wander slowly, do not divide."""
-    motility_per_h: float = param(0.02, "1/h", "rate of stepping into a random empty neighbour "
-                                  "(about 10 um/h [chosen])", lo=0)
+
+    motility_per_h: float = param(
+        0.02, "1/h", "rate of stepping into a random empty neighbour (about 10 um/h [chosen])", lo=0
+    )
 
 
 @dataclass(frozen=True)
 class TamConfig:
     """Tumor-associated macrophages: secrete IGF-1 and some HGF, walk up the recruitment signal,
     are recruited at vessels and turn over."""
-    motility_per_h: float = param(1.0, "1/h", "rate of stepping into an empty neighbour "
-                                  "(macrophages crawl about 0.3-2 um/min [chosen])", lo=0)
-    chemotaxis: float = param(0.7, "", "probability that a step goes to the empty neighbour with "
-                              "the most recruitment signal rather than a random one [chosen]",
-                              lo=0, hi=1)
-    recruitment_per_h: float = param(0.0, "1/h", "TAMs recruited per vessel voxel without signal "
-                                     "(placed in an empty neighbour) [chosen]", lo=0)
-    recruitment_signal_gain: float = param(0.01, "1/h", "extra recruitment per vessel voxel at "
-                                           "saturating signal [chosen]", lo=0)
-    signal_half_max: float = param(1.0, "signal units", "signal for half the extra recruitment "
-                                   "[chosen]", lo=0, lo_open=True)
+
+    motility_per_h: float = param(
+        1.0,
+        "1/h",
+        "rate of stepping into an empty neighbour (macrophages crawl about 0.3-2 um/min [chosen])",
+        lo=0,
+    )
+    chemotaxis: float = param(
+        0.7,
+        "",
+        "probability that a step goes to the empty neighbour with "
+        "the most recruitment signal rather than a random one [chosen]",
+        lo=0,
+        hi=1,
+    )
+    recruitment_per_h: float = param(
+        0.0,
+        "1/h",
+        "TAMs recruited per vessel voxel without signal (placed in an empty neighbour) [chosen]",
+        lo=0,
+    )
+    recruitment_signal_gain: float = param(
+        0.01, "1/h", "extra recruitment per vessel voxel at saturating signal [chosen]", lo=0
+    )
+    signal_half_max: float = param(
+        1.0, "signal units", "signal for half the extra recruitment [chosen]", lo=0, lo_open=True
+    )
     death_per_h: float = param(1.0 / 120.0, "1/h", "turnover (mean life 5 days) [chosen]", lo=0)
 
 
 @dataclass(frozen=True)
 class BoundaryConfig:
     """One boundary condition applied to a set of domain faces."""
+
     faces: tuple[str, ...] = param(("all",), "", "faces: z-, z+, y-, y+, x-, x+ or all")
-    kind: str = param("dirichlet", "", "fixed value or zero flux",
-                      choices=("dirichlet", "no_flux"))
+    kind: str = param("dirichlet", "", "fixed value or zero flux", choices=("dirichlet", "no_flux"))
     value: float = param(0.0, "field units", "the fixed value (dirichlet)", lo=0)
 
 
@@ -302,6 +443,7 @@ class FieldConfig:
 
     Faces not named by any boundary entry are no-flux.
     """
+
     name: str = ""
     units: str = param("", "", "units of the concentration, e.g. mmHg, ng/mL, uM")
     diffusion_um2_per_min: float = param(0.0, "um^2/min", "diffusion coefficient", lo=0)
@@ -309,29 +451,37 @@ class FieldConfig:
     initial: float = param(0.0, "field units", "initial value everywhere", lo=0)
     vessel_value: float = param(0.0, "field units", "value that vessels hold the field at", lo=0)
     uptake_per_min: dict[str, float] = param({}, "1/min", "first-order uptake by occupant kind")
-    secretion_per_min: dict[str, float] = param({}, "units/min",
-                                                "zero-order secretion by occupant kind")
+    secretion_per_min: dict[str, float] = param(
+        {}, "units/min", "zero-order secretion by occupant kind"
+    )
     boundary: tuple[BoundaryConfig, ...] = param((), "", "boundary conditions per face")
-    role: str = param("other", "", "what the field is, for readers and viewers",
-                      choices=("oxygen", "growth_factor", "signal", "drug", "other"))
+    role: str = param(
+        "other",
+        "",
+        "what the field is, for readers and viewers",
+        choices=("oxygen", "growth_factor", "signal", "drug", "other"),
+    )
 
 
 @dataclass(frozen=True)
 class EffectConfig:
     """One pharmacodynamic effect: E = emax C^hill / (C^hill + ec50^hill) of the free local
     concentration C (uM). Kill targets use rate_per_h (rate at E = 1); exit_speedup uses fold."""
+
     emax: float = param(1.0, "", "largest effect", lo=0, hi=1)
-    ec50_uM: float = param(1.0, "uM", "concentration of half the largest effect", lo=0,
-                           lo_open=True)
+    ec50_uM: float = param(
+        1.0, "uM", "concentration of half the largest effect", lo=0, lo_open=True
+    )
     hill: float = param(1.0, "", "Hill coefficient", lo=0, lo_open=True, hi=10)
     rate_per_h: float = param(0.0, "1/h", "kill_S, kill_P: death rate at E = 1", lo=0)
-    fold: float = param(0.0, "", "exit_speedup: adds fold E to the P -> S factor (1 - E_target)",
-                        lo=0)
+    fold: float = param(
+        0.0, "", "exit_speedup: adds fold E to the P -> S factor (1 - E_target)", lo=0
+    )
 
 
 EFFECT_TARGETS = {
     "kill_S": "kills sensitive cells (and persisters at persister_tolerance of the rate); its "
-              "effect is the targeted-drug stress that induces persistence",
+    "effect is the targeted-drug stress that induces persistence",
     "kill_P": "kills persisters",
     "block_division": "stops division of sensitive cells and persisters (cytostasis)",
     "block_entry": "blocks S -> P entry",
@@ -351,16 +501,18 @@ class ScheduleConfig:
     the plasma level is dose_uM while on (for kind "doses": each dose sets the level until the
     next).
     """
-    kind: str = param("continuous", "", "schedule kind",
-                      choices=("continuous", "intermittent", "doses", "none"))
-    dose_uM: float = param(0.0, "uM", "plasma level (square wave) or bolus (one-compartment)",
-                           lo=0)
+
+    kind: str = param(
+        "continuous", "", "schedule kind", choices=("continuous", "intermittent", "doses", "none")
+    )
+    dose_uM: float = param(0.0, "uM", "plasma level (square wave) or bolus (one-compartment)", lo=0)
     start_day: float = param(0.0, "d", "first dose", lo=0)
     stop_day: float = param(1e9, "d", "no dose at or after this day", lo=0)
     on_days: float = param(7.0, "d", "intermittent: days on", lo=0, lo_open=True)
     off_days: float = param(7.0, "d", "intermittent: days off", lo=0)
-    interval_h: float = param(24.0, "h", "one-compartment: time between boluses while on", lo=0,
-                              lo_open=True)
+    interval_h: float = param(
+        24.0, "h", "one-compartment: time between boluses while on", lo=0, lo_open=True
+    )
     times_h: tuple[float, ...] = param((), "h", "doses: times of the doses")
     doses_uM: tuple[float, ...] = param((), "uM", "doses: amount of each dose")
 
@@ -368,80 +520,141 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class ControllerConfig:
     """A feedback controller that doses the drug instead of its schedule (tmesim.controllers)."""
-    kind: str = param("none", "", "none (use the schedule), adaptive (Zhang 2017), modulation "
-                      "(Gatenby 2009) or biomarker (a simulated biopsy)",
-                      choices=("none", "adaptive", "modulation", "biomarker"))
-    dose_uM: float = param(1.0, "uM", "dose level when treating (adaptive, biomarker) or the "
-                           "first dose (modulation)", lo=0)
+
+    kind: str = param(
+        "none",
+        "",
+        "none (use the schedule), adaptive (Zhang 2017), modulation "
+        "(Gatenby 2009) or biomarker (a simulated biopsy)",
+        choices=("none", "adaptive", "modulation", "biomarker"),
+    )
+    dose_uM: float = param(
+        1.0,
+        "uM",
+        "dose level when treating (adaptive, biomarker) or the first dose (modulation)",
+        lo=0,
+    )
     start_day: float = param(0.0, "d", "first decision", lo=0)
     stop_day: float = param(1e9, "d", "no dosing at or after this day", lo=0)
     decide_every_h: float = param(24.0, "h", "time between decisions", lo=0, lo_open=True)
-    lower_fraction: float = param(0.5, "", "adaptive: pause when burden falls to this x baseline "
-                                  "[Zhang 2017: 50 %]", lo=0, lo_open=True)
-    upper_fraction: float = param(1.0, "", "adaptive: treat again when burden is back to this x "
-                                  "baseline", lo=0, lo_open=True)
-    target_fraction: float = param(1.0, "", "modulation: burden to hold, x baseline", lo=0,
-                                   lo_open=True)
+    lower_fraction: float = param(
+        0.5,
+        "",
+        "adaptive: pause when burden falls to this x baseline [Zhang 2017: 50 %]",
+        lo=0,
+        lo_open=True,
+    )
+    upper_fraction: float = param(
+        1.0, "", "adaptive: treat again when burden is back to this x baseline", lo=0, lo_open=True
+    )
+    target_fraction: float = param(
+        1.0, "", "modulation: burden to hold, x baseline", lo=0, lo_open=True
+    )
     tolerance: float = param(0.1, "", "modulation: relative band without a change", lo=0, hi=1)
-    step_fraction: float = param(0.5, "", "modulation: relative dose change per decision", lo=0,
-                                 lo_open=True, hi=1)
+    step_fraction: float = param(
+        0.5, "", "modulation: relative dose change per decision", lo=0, lo_open=True, hi=1
+    )
     min_dose_uM: float = param(0.1, "uM", "modulation: smallest non-zero dose", lo=0)
     max_dose_uM: float = param(10.0, "uM", "modulation: largest dose", lo=0, lo_open=True)
-    biopsy_center_um: tuple[float, ...] | None = param(None, "um", "biomarker: biopsy centre "
-                                                       "(default: domain centre)")
-    biopsy_size_um: float = param(400.0, "um", "biomarker: edge of the sampled box", lo=0,
-                                  lo_open=True)
+    biopsy_center_um: tuple[float, ...] | None = param(
+        None, "um", "biomarker: biopsy centre (default: domain centre)"
+    )
+    biopsy_size_um: float = param(
+        400.0, "um", "biomarker: edge of the sampled box", lo=0, lo_open=True
+    )
     biopsy_cells: int = param(200, "cells", "biomarker: cells sampled per biopsy", lo=1)
-    on_fraction: float = param(0.01, "", "biomarker: start the drug when the measured persister "
-                               "fraction exceeds this", lo=0, hi=1)
-    off_fraction: float = param(0.0, "", "biomarker: stop it when the measurement falls below "
-                                "this (0: never)", lo=0, hi=1)
+    on_fraction: float = param(
+        0.01,
+        "",
+        "biomarker: start the drug when the measured persister fraction exceeds this",
+        lo=0,
+        hi=1,
+    )
+    off_fraction: float = param(
+        0.0, "", "biomarker: stop it when the measurement falls below this (0: never)", lo=0, hi=1
+    )
 
 
 @dataclass(frozen=True)
 class DrugConfig:
     """A drug: pharmacokinetics, tissue transport (its own field) and pharmacodynamics."""
+
     name: str = ""
     preset: str | None = param(None, "", "a drug class whose values fill what is left out")
     description: str = param("", "", "what the drug stands for")
-    half_life_h: float = param(0.0, "h", "plasma half-life (one-compartment PK); 0 means a "
-                               "square wave that follows the schedule exactly", lo=0)
-    unbound_fraction: float = param(1.0, "", "free fraction of the plasma level that reaches "
-                                    "tissue (erlotinib about 0.05 in vivo; 1 in culture)", lo=0,
-                                    lo_open=True, hi=1)
-    transport: str = param("bath", "", "bath: domain faces and vessels held at the free plasma "
-                           "level (a dish or a tissue slab); vessels: only vessels supply it; "
-                           "uniform: the tissue level equals the free plasma level (well mixed)",
-                           choices=("bath", "vessels", "uniform"))
-    diffusion_um2_per_min: float = param(1.0e3, "um^2/min", "tissue diffusion (PhysiCell "
-                                         "examples use 1e3; free small molecules about 1e4)", lo=0)
+    half_life_h: float = param(
+        0.0,
+        "h",
+        "plasma half-life (one-compartment PK); 0 means a "
+        "square wave that follows the schedule exactly",
+        lo=0,
+    )
+    unbound_fraction: float = param(
+        1.0,
+        "",
+        "free fraction of the plasma level that reaches "
+        "tissue (erlotinib about 0.05 in vivo; 1 in culture)",
+        lo=0,
+        lo_open=True,
+        hi=1,
+    )
+    transport: str = param(
+        "bath",
+        "",
+        "bath: domain faces and vessels held at the free plasma "
+        "level (a dish or a tissue slab); vessels: only vessels supply it; "
+        "uniform: the tissue level equals the free plasma level (well mixed)",
+        choices=("bath", "vessels", "uniform"),
+    )
+    diffusion_um2_per_min: float = param(
+        1.0e3,
+        "um^2/min",
+        "tissue diffusion (PhysiCell examples use 1e3; free small molecules about 1e4)",
+        lo=0,
+    )
     decay_per_min: float = param(0.0, "1/min", "tissue clearance", lo=0)
     uptake_per_min: dict[str, float] = param({}, "1/min", "first-order uptake by occupant kind")
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    effects: dict[str, EffectConfig] = param({}, "", "pharmacodynamic effects by target: " +
-                                             ", ".join(EFFECT_TARGETS))
+    effects: dict[str, EffectConfig] = param(
+        {}, "", "pharmacodynamic effects by target: " + ", ".join(EFFECT_TARGETS)
+    )
     controller: ControllerConfig = field(default_factory=ControllerConfig)
 
 
 @dataclass(frozen=True)
 class SolverConfig:
     """The field solver (see tmesim.steps.fields for the method and its accuracy)."""
-    method: str = param("adi", "", "adi: implicit Euler solved by ADI iteration (exact steady "
-                        "state at any step); lod: BioFVM's split LOD, accurate only for small "
-                        "steps", choices=("adi", "lod"))
+
+    method: str = param(
+        "adi",
+        "",
+        "adi: implicit Euler solved by ADI iteration (exact steady "
+        "state at any step); lod: BioFVM's split LOD, accurate only for small "
+        "steps",
+        choices=("adi", "lod"),
+    )
     dt_min: float = param(0.0, "min", "field time step; 0 means one step per agent step", lo=0)
-    tolerance: float = param(3e-2, "", "adi: stop iterating when the largest residual has fallen "
-                             "to this fraction of its value at the start of the step (or to "
-                             "min(tolerance, 1e-6) of the right-hand side, near float32 "
-                             "rounding)", lo=0, lo_open=True, hi=0.5)
-    max_iterations: int = param(200, "", "adi: most conjugate-gradient iterations per field step",
-                                lo=1, hi=100000)
+    tolerance: float = param(
+        3e-2,
+        "",
+        "adi: stop iterating when the largest residual has fallen "
+        "to this fraction of its value at the start of the step (or to "
+        "min(tolerance, 1e-6) of the right-hand side, near float32 "
+        "rounding)",
+        lo=0,
+        lo_open=True,
+        hi=0.5,
+    )
+    max_iterations: int = param(
+        200, "", "adi: most conjugate-gradient iterations per field step", lo=1, hi=100000
+    )
 
 
 @dataclass(frozen=True)
 class Scenario:
     """A validated, frozen scenario. Build it with :func:`load_scenario` or
     :func:`parse_scenario`."""
+
     run: RunConfig = field(default_factory=RunConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     init: InitConfig = field(default_factory=InitConfig)
@@ -451,8 +664,8 @@ class Scenario:
     fields: tuple[FieldConfig, ...] = ()
     drugs: tuple[DrugConfig, ...] = ()
     solver: SolverConfig = field(default_factory=SolverConfig)
-    text: str = ""          # the TOML text it came from, overrides applied (stored in run files)
-    base_dir: str = "."     # where relative paths in the scenario (masks) are resolved
+    text: str = ""  # the TOML text it came from, overrides applied (stored in run files)
+    base_dir: str = "."  # where relative paths in the scenario (masks) are resolved
 
     @property
     def ndim(self) -> int:
@@ -488,19 +701,21 @@ class Scenario:
 FIELD_PRESETS: dict[str, dict] = {
     "oxygen": dict(
         units="mmHg",
-        diffusion_um2_per_min=1.0e5,    # [PC-het]
-        decay_per_min=0.1,              # [PC-het]
-        initial=38.0,                   # [PC-het] far-field
-        vessel_value=38.0,              # [PC-het]
-        uptake_per_min={"tumor": 10.0,  # [PC-het]; MODEL.md section 4
-                        "persister": 15.0},  # [chosen] persisters rely on OXPHOS (MODEL.md)
+        diffusion_um2_per_min=1.0e5,  # [PC-het]
+        decay_per_min=0.1,  # [PC-het]
+        initial=38.0,  # [PC-het] far-field
+        vessel_value=38.0,  # [PC-het]
+        uptake_per_min={
+            "tumor": 10.0,  # [PC-het]; MODEL.md section 4
+            "persister": 15.0,
+        },  # [chosen] persisters rely on OXPHOS (MODEL.md)
         boundary=[{"faces": ["all"], "kind": "dirichlet", "value": 38.0}],
         role="oxygen",
     ),
     "hgf": dict(
         units="ng/mL",
-        diffusion_um2_per_min=2.0e3,    # Stokes-Einstein for 85 kDa, slowed in matrix (MODEL.md)
-        decay_per_min=0.05,             # [chosen] binding to heparan sulfate in the matrix
+        diffusion_um2_per_min=2.0e3,  # Stokes-Einstein for 85 kDa, slowed in matrix (MODEL.md)
+        decay_per_min=0.05,  # [chosen] binding to heparan sulfate in the matrix
         # keeps HGF near its source: diffusion length about 190 um
         secretion_per_min={"caf": 2.0, "tam": 0.2},  # [chosen] about 20 ng/day per 1e6 CAFs
         # (reported 1-30); gives 3-5 ng/mL (about the MET half-maximum) within 100 um of CAF nests
@@ -509,16 +724,16 @@ FIELD_PRESETS: dict[str, dict] = {
     ),
     "igf1": dict(
         units="ng/mL",
-        diffusion_um2_per_min=9.5e3,    # [Nauman]
-        decay_per_min=0.05,             # [Fryst] half-life about 14 min
+        diffusion_um2_per_min=9.5e3,  # [Nauman]
+        decay_per_min=0.05,  # [Fryst] half-life about 14 min
         secretion_per_min={"tam": 5.0},  # [chosen] about 10 ng/mL among TAMs at 5 % of voxels
         uptake_per_min={"tumor": 0.005},  # [chosen]
         role="growth_factor",
     ),
     "signal": dict(
         units="a.u.",
-        diffusion_um2_per_min=6.0e3,    # [chosen] a 10-20 kDa chemokine (IL-6/CXCL12-sized)
-        decay_per_min=0.01,             # [chosen]
+        diffusion_um2_per_min=6.0e3,  # [chosen] a 10-20 kDa chemokine (IL-6/CXCL12-sized)
+        decay_per_min=0.01,  # [chosen]
         secretion_per_min={"persister": 0.05},  # [chosen] about 1 a.u. (the TAM half-maximum)
         # near a cluster of a few dozen persisters
         role="signal",
@@ -530,6 +745,7 @@ REQUIRED_FIELDS = ("oxygen",)
 # ---------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------
+
 
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
@@ -600,32 +816,37 @@ def _convert(path: str, value, tp, meta):
         elem = args[0]
         if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
             # one string, or one table of a dataclass, stands for a tuple of one
-            if (elem is str and isinstance(value, str)) or \
-                    (dataclasses.is_dataclass(elem) and isinstance(value, dict)):
+            if (elem is str and isinstance(value, str)) or (
+                dataclasses.is_dataclass(elem) and isinstance(value, dict)
+            ):
                 value = [value]
             else:
                 raise ScenarioError(path, value, _type_name(tp))
         return tuple(_convert(f"{path}[{i}]", v, elem, meta) for i, v in enumerate(value))
     if origin is dict and dataclasses.is_dataclass(args[1]):
         if not isinstance(value, dict):
-            raise ScenarioError(path, value, "a table of effects by target: "
-                                + ", ".join(EFFECT_TARGETS))
+            raise ScenarioError(
+                path, value, "a table of effects by target: " + ", ".join(EFFECT_TARGETS)
+            )
         out = {}
         for k, v in value.items():
             if k not in EFFECT_TARGETS:
-                raise ScenarioError(f"{path}.{k}", v, "an effect target: "
-                                    + ", ".join(EFFECT_TARGETS))
+                raise ScenarioError(
+                    f"{path}.{k}", v, "an effect target: " + ", ".join(EFFECT_TARGETS)
+                )
             out[k] = _convert(f"{path}.{k}", v, args[1], {})
         return out
     if origin is dict:
         if not isinstance(value, dict):
-            raise ScenarioError(path, value, "a table of kind = number, kinds: "
-                                + ", ".join(RATE_KEYS))
+            raise ScenarioError(
+                path, value, "a table of kind = number, kinds: " + ", ".join(RATE_KEYS)
+            )
         out = {}
         for k, v in value.items():
             if k not in RATE_KEYS:
-                raise ScenarioError(f"{path}.{k}", v, "an occupant kind or tumor state: "
-                                    + ", ".join(RATE_KEYS))
+                raise ScenarioError(
+                    f"{path}.{k}", v, "an occupant kind or tumor state: " + ", ".join(RATE_KEYS)
+                )
             out[k] = _convert(f"{path}.{k}", v, float, dict(meta, lo=0, hi=None))
         return out
     raise TypeError(f"unsupported schema type {tp!r} at {path}")  # a bug in the schema
@@ -637,8 +858,9 @@ def _build(cls, data: dict, path: str):
     for key in data:
         if key not in names:
             where = f"{path}.{key}" if path else key
-            raise ScenarioError(where, data[key],
-                                f"no such key; keys here are: {', '.join(sorted(names))}")
+            raise ScenarioError(
+                where, data[key], f"no such key; keys here are: {', '.join(sorted(names))}"
+            )
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
@@ -656,8 +878,9 @@ def _named_tables(data: dict, path: str, what: str):
         if not isinstance(spec, dict):
             raise ScenarioError(where, spec, f"a table of {what} parameters")
         if "name" in spec:
-            raise ScenarioError(f"{where}.name", spec["name"], "no such key (the table name is "
-                                f"the {what} name)")
+            raise ScenarioError(
+                f"{where}.name", spec["name"], f"no such key (the table name is the {what} name)"
+            )
         yield name, spec, where
 
 
@@ -672,9 +895,12 @@ def _build_fields(data, path="fields") -> tuple[FieldConfig, ...]:
         if preset is None:
             for key in ("units", "diffusion_um2_per_min"):
                 if key not in spec:
-                    raise ScenarioError(f"{where}.{key}", _MISSING,
-                                        f"a value: '{name}' has no preset, so it must give "
-                                        "units and diffusion_um2_per_min")
+                    raise ScenarioError(
+                        f"{where}.{key}",
+                        _MISSING,
+                        f"a value: '{name}' has no preset, so it must give "
+                        "units and diffusion_um2_per_min",
+                    )
             values = dict(spec)
         else:
             values = {**preset, **spec}
@@ -685,6 +911,7 @@ def _build_fields(data, path="fields") -> tuple[FieldConfig, ...]:
 
 def _build_drugs(data, path="drugs") -> tuple[DrugConfig, ...]:
     from .drugs import DRUG_PRESETS
+
     if not isinstance(data, dict):
         raise ScenarioError(path, data, "a table of drugs, e.g. [drugs.erlotinib]")
     out = []
@@ -693,8 +920,9 @@ def _build_drugs(data, path="drugs") -> tuple[DrugConfig, ...]:
         preset = values.get("preset")
         if preset is not None:
             if preset not in DRUG_PRESETS:
-                raise ScenarioError(f"{where}.preset", preset,
-                                    "one of " + ", ".join(sorted(DRUG_PRESETS)))
+                raise ScenarioError(
+                    f"{where}.preset", preset, "one of " + ", ".join(sorted(DRUG_PRESETS))
+                )
             base = DRUG_PRESETS[preset]
             merged_effects = {k: dict(v) for k, v in base.get("effects", {}).items()}
             user_effects = values.get("effects", {})
@@ -704,12 +932,18 @@ def _build_drugs(data, path="drugs") -> tuple[DrugConfig, ...]:
                         merged_effects[k].update(v)
                     else:
                         merged_effects[k] = v
-            values = {**{k: v for k, v in base.items() if k != "effects"}, **values,
-                      "effects": merged_effects}
+            values = {
+                **{k: v for k, v in base.items() if k != "effects"},
+                **values,
+                "effects": merged_effects,
+            }
         dc = _build(DrugConfig, values, where)
         if not dc.effects:
-            raise ScenarioError(f"{where}.effects", _MISSING, "at least one effect (or a preset); "
-                                "targets: " + ", ".join(EFFECT_TARGETS))
+            raise ScenarioError(
+                f"{where}.effects",
+                _MISSING,
+                "at least one effect (or a preset); targets: " + ", ".join(EFFECT_TARGETS),
+            )
         out.append(dataclasses.replace(dc, name=name))
     return tuple(out)
 
@@ -730,10 +964,18 @@ def _drug_field(d: DrugConfig) -> FieldConfig:
     boundary: tuple[BoundaryConfig, ...] = ()
     if d.transport == "bath":
         boundary = (BoundaryConfig(faces=("all",), kind="dirichlet", value=0.0),)
-    return FieldConfig(name=d.name, units="uM", diffusion_um2_per_min=d.diffusion_um2_per_min,
-                       decay_per_min=d.decay_per_min, initial=0.0, vessel_value=0.0,
-                       uptake_per_min=dict(d.uptake_per_min), secretion_per_min={},
-                       boundary=boundary, role="drug")
+    return FieldConfig(
+        name=d.name,
+        units="uM",
+        diffusion_um2_per_min=d.diffusion_um2_per_min,
+        decay_per_min=d.decay_per_min,
+        initial=0.0,
+        vessel_value=0.0,
+        uptake_per_min=dict(d.uptake_per_min),
+        secretion_per_min={},
+        boundary=boundary,
+        role="drug",
+    )
 
 
 def _validate_whole(sc: Scenario, base_dir: Path) -> None:
@@ -750,30 +992,41 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
     t = sc.tumor
     # oxygen thresholds in order: (lower key, upper key, must the lower be strictly below?)
     for low, high, strict in (
-            ("proliferation_threshold_mmHg", "proliferation_saturation_mmHg", True),
-            ("hypoxic_threshold_mmHg", "proliferation_saturation_mmHg", False),
-            ("necrosis_max_mmHg", "necrosis_threshold_mmHg", False),
-            ("necrosis_threshold_mmHg", "hypoxic_threshold_mmHg", False)):
+        ("proliferation_threshold_mmHg", "proliferation_saturation_mmHg", True),
+        ("hypoxic_threshold_mmHg", "proliferation_saturation_mmHg", False),
+        ("necrosis_max_mmHg", "necrosis_threshold_mmHg", False),
+        ("necrosis_threshold_mmHg", "hypoxic_threshold_mmHg", False),
+    ):
         lo_v, hi_v = getattr(t, low), getattr(t, high)
         if lo_v > hi_v or (strict and lo_v == hi_v):
             rel = "below" if strict else "at or below"
             raise ScenarioError(f"tumor.{low}", lo_v, f"a value {rel} tumor.{high} ({hi_v} mmHg)")
     if t.doubling_time_h * 60 < sc.run.dt_min:
-        raise ScenarioError("tumor.doubling_time_h", t.doubling_time_h,
-                            f"at least one agent step ({sc.run.dt_min:g} min = "
-                            f"{sc.run.dt_min / 60:g} h); shorten run.dt_min for faster cells")
+        raise ScenarioError(
+            "tumor.doubling_time_h",
+            t.doubling_time_h,
+            f"at least one agent step ({sc.run.dt_min:g} min = "
+            f"{sc.run.dt_min / 60:g} h); shorten run.dt_min for faster cells",
+        )
     ti = sc.init.tumor
     if ti.shape == "sphere" and ndim != 3:
-        raise ScenarioError("init.tumor.shape", ti.shape, "'disk' on a 2D grid (a sphere needs "
-                            "a 3-entry grid.shape)")
+        raise ScenarioError(
+            "init.tumor.shape",
+            ti.shape,
+            "'disk' on a 2D grid (a sphere needs a 3-entry grid.shape)",
+        )
     if ti.shape == "disk" and ndim != 2:
-        raise ScenarioError("init.tumor.shape", ti.shape, "'sphere' on a 3D grid (a disk needs "
-                            "a 2-entry grid.shape)")
+        raise ScenarioError(
+            "init.tumor.shape",
+            ti.shape,
+            "'sphere' on a 3D grid (a disk needs a 2-entry grid.shape)",
+        )
     for key in ("center_um", "size_um"):
         v = getattr(ti, key)
         if v is not None and len(v) != ndim:
-            raise ScenarioError(f"init.tumor.{key}", list(v),
-                                f"{ndim} entries, one per grid axis ({_axes(ndim)})")
+            raise ScenarioError(
+                f"init.tumor.{key}", list(v), f"{ndim} entries, one per grid axis ({_axes(ndim)})"
+            )
     if ti.shape == "rectangle" and ti.size_um is None:
         raise ScenarioError("init.tumor.size_um", _MISSING, f"{ndim} extents in um for a rectangle")
     if ti.shape == "mask":
@@ -794,56 +1047,92 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
                     raise ScenarioError(where, face, "one of all, " + ", ".join(FACES))
                 if face in ("z-", "z+") and ndim == 2:
                     raise ScenarioError(where, face, "a face of a 2D grid: y-, y+, x-, x+ or all")
-                for f in (FACES if face == "all" else (face,)):
+                for f in FACES if face == "all" else (face,):
                     if f in seen and seen[f] != i:
-                        raise ScenarioError(where, face, f"each face named once; {f} is already "
-                                            f"set by boundary[{seen[f]}]")
+                        raise ScenarioError(
+                            where,
+                            face,
+                            f"each face named once; {f} is already set by boundary[{seen[f]}]",
+                        )
                     seen[f] = i
     for d in sc.drugs:
         sch = d.schedule
         where = f"drugs.{d.name}.schedule"
         if sch.kind == "doses":
             if not sch.times_h:
-                raise ScenarioError(f"{where}.times_h", _MISSING, "a list of dose times in hours "
-                                    "for kind = \"doses\"")
+                raise ScenarioError(
+                    f"{where}.times_h", _MISSING, 'a list of dose times in hours for kind = "doses"'
+                )
             if len(sch.times_h) != len(sch.doses_uM):
-                raise ScenarioError(f"{where}.doses_uM", list(sch.doses_uM),
-                                    f"{len(sch.times_h)} doses, one per entry of times_h")
+                raise ScenarioError(
+                    f"{where}.doses_uM",
+                    list(sch.doses_uM),
+                    f"{len(sch.times_h)} doses, one per entry of times_h",
+                )
             if any(t < 0 for t in sch.times_h):
                 raise ScenarioError(f"{where}.times_h", list(sch.times_h), "times >= 0 h")
             if any(x < 0 for x in sch.doses_uM):
                 raise ScenarioError(f"{where}.doses_uM", list(sch.doses_uM), "doses >= 0 uM")
         if sch.stop_day < sch.start_day:
-            raise ScenarioError(f"{where}.stop_day", sch.stop_day,
-                                f"a day at or after start_day ({sch.start_day:g})")
+            raise ScenarioError(
+                f"{where}.stop_day",
+                sch.stop_day,
+                f"a day at or after start_day ({sch.start_day:g})",
+            )
         c = d.controller
         if c.kind == "adaptive" and c.upper_fraction <= c.lower_fraction:
-            raise ScenarioError(f"drugs.{d.name}.controller.upper_fraction", c.upper_fraction,
-                                f"a value above lower_fraction ({c.lower_fraction:g})")
+            raise ScenarioError(
+                f"drugs.{d.name}.controller.upper_fraction",
+                c.upper_fraction,
+                f"a value above lower_fraction ({c.lower_fraction:g})",
+            )
         if c.kind == "biomarker" and c.off_fraction > c.on_fraction:
-            raise ScenarioError(f"drugs.{d.name}.controller.off_fraction", c.off_fraction,
-                                f"a value at or below on_fraction ({c.on_fraction:g})")
-        if c.kind == "biomarker" and c.biopsy_center_um is not None and \
-                len(c.biopsy_center_um) != ndim:
-            raise ScenarioError(f"drugs.{d.name}.controller.biopsy_center_um",
-                                list(c.biopsy_center_um), f"{ndim} entries ({_axes(ndim)})")
+            raise ScenarioError(
+                f"drugs.{d.name}.controller.off_fraction",
+                c.off_fraction,
+                f"a value at or below on_fraction ({c.on_fraction:g})",
+            )
+        if (
+            c.kind == "biomarker"
+            and c.biopsy_center_um is not None
+            and len(c.biopsy_center_um) != ndim
+        ):
+            raise ScenarioError(
+                f"drugs.{d.name}.controller.biopsy_center_um",
+                list(c.biopsy_center_um),
+                f"{ndim} entries ({_axes(ndim)})",
+            )
         if c.kind == "modulation" and c.min_dose_uM > c.max_dose_uM:
-            raise ScenarioError(f"drugs.{d.name}.controller.min_dose_uM", c.min_dose_uM,
-                                f"at most max_dose_uM ({c.max_dose_uM:g})")
+            raise ScenarioError(
+                f"drugs.{d.name}.controller.min_dose_uM",
+                c.min_dose_uM,
+                f"at most max_dose_uM ({c.max_dose_uM:g})",
+            )
         if d.transport == "vessels" and sc.init.vessels.placement == "none":
-            raise ScenarioError(f"drugs.{d.name}.transport", d.transport,
-                                "\"bath\" or \"uniform\": this scenario has no vessels "
-                                "(init.vessels.placement = \"none\")")
+            raise ScenarioError(
+                f"drugs.{d.name}.transport",
+                d.transport,
+                '"bath" or "uniform": this scenario has no vessels '
+                '(init.vessels.placement = "none")',
+            )
     if sc.run.snapshot_every_hours * 60 < sc.run.dt_min:
-        raise ScenarioError("run.snapshot_every_hours", sc.run.snapshot_every_hours,
-                            f"at least one agent step ({sc.run.dt_min} min)")
+        raise ScenarioError(
+            "run.snapshot_every_hours",
+            sc.run.snapshot_every_hours,
+            f"at least one agent step ({sc.run.dt_min} min)",
+        )
     if sc.solver.dt_min > sc.run.dt_min:
-        raise ScenarioError("solver.dt_min", sc.solver.dt_min,
-                            f"at most run.dt_min ({sc.run.dt_min} min), or 0 for one field step "
-                            "per agent step")
+        raise ScenarioError(
+            "solver.dt_min",
+            sc.solver.dt_min,
+            f"at most run.dt_min ({sc.run.dt_min} min), or 0 for one field step per agent step",
+        )
     if sc.n_steps < 1:
-        raise ScenarioError("run.duration_days", sc.run.duration_days,
-                            f"at least one agent step ({sc.run.dt_min} min)")
+        raise ScenarioError(
+            "run.duration_days",
+            sc.run.duration_days,
+            f"at least one agent step ({sc.run.dt_min} min)",
+        )
 
 
 def _axes(ndim):
@@ -852,6 +1141,7 @@ def _axes(ndim):
 
 def _check_mask(path, mask, shape, base_dir: Path):
     import numpy as np
+
     if not mask:
         raise ScenarioError(path, _MISSING, "the path of a .npy file")
     p = Path(mask)
@@ -864,8 +1154,9 @@ def _check_mask(path, mask, shape, base_dir: Path):
     except Exception as exc:  # any unreadable file is the user's to fix
         raise ScenarioError(path, mask, f"a readable .npy array ({exc})") from None
     if tuple(arr.shape) != tuple(shape):
-        raise ScenarioError(path, mask, f"an array of the grid's shape {list(shape)}, "
-                            f"not {list(arr.shape)}")
+        raise ScenarioError(
+            path, mask, f"an array of the grid's shape {list(shape)}, not {list(arr.shape)}"
+        )
 
 
 def resolve_path(sc: Scenario, p: str) -> Path:
@@ -877,6 +1168,7 @@ def resolve_path(sc: Scenario, p: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Loading and overrides
 # ---------------------------------------------------------------------------------------------
+
 
 def parse_value(text: str):
     """A ``--set`` value: TOML syntax (numbers, true/false, [lists], "strings"), else a string."""
@@ -947,8 +1239,9 @@ def _to_toml(data: dict) -> str:
     return "\n".join(lines).lstrip() + "\n"
 
 
-def parse_scenario(data: dict, *, text: str | None = None, base_dir: str | os.PathLike = ".",
-                   overrides=None) -> Scenario:
+def parse_scenario(
+    data: dict, *, text: str | None = None, base_dir: str | os.PathLike = ".", overrides=None
+) -> Scenario:
     """Validate plain nested data (as from TOML) into a :class:`Scenario`."""
     if not isinstance(data, dict):
         raise ScenarioError("(top level)", data, "a table")
@@ -956,8 +1249,9 @@ def parse_scenario(data: dict, *, text: str | None = None, base_dir: str | os.Pa
     top = {f.name for f in dataclasses.fields(Scenario) if f.name not in ("text", "base_dir")}
     for key in data:
         if key not in top:
-            raise ScenarioError(key, data[key], f"no such section; sections are: "
-                                f"{', '.join(sorted(top))}")
+            raise ScenarioError(
+                key, data[key], f"no such section; sections are: {', '.join(sorted(top))}"
+            )
     rest = {k: v for k, v in data.items() if k not in ("fields", "drugs")}
     sc = _build(Scenario, rest, "")
     field_data = data.get("fields", {})
@@ -965,16 +1259,19 @@ def parse_scenario(data: dict, *, text: str | None = None, base_dir: str | os.Pa
         # stromal cells need the fields they secrete and sense: added with their defaults
         has_caf, has_tam = _stroma_present(data)
         field_data = dict(field_data)
-        for name, needed in (("hgf", has_caf or has_tam), ("igf1", has_tam),
-                             ("signal", has_tam)):
+        for name, needed in (("hgf", has_caf or has_tam), ("igf1", has_tam), ("signal", has_tam)):
             if needed and name not in field_data:
                 field_data[name] = {}
     fields = _build_fields(field_data)
     drugs = _build_drugs(data.get("drugs", {}))
     for d in drugs:
         if d.name in {f.name for f in fields}:
-            raise ScenarioError(f"drugs.{d.name}", d.name, "a drug name that is not also a "
-                                "field name (each drug gets a field of its own name)")
+            raise ScenarioError(
+                f"drugs.{d.name}",
+                d.name,
+                "a drug name that is not also a "
+                "field name (each drug gets a field of its own name)",
+            )
     fields = fields + tuple(_drug_field(d) for d in drugs)
     if overrides or text is None:
         text = _to_toml(data)
@@ -1022,14 +1319,15 @@ def loads_scenario(text: str, overrides=None, base_dir=".") -> Scenario:
 # Summary
 # ---------------------------------------------------------------------------------------------
 
+
 def face_conditions(fc: FieldConfig, ndim: int) -> dict[str, tuple[str, float]]:
     """Boundary condition per face, {face: ("dirichlet"|"no_flux", value)}; unnamed faces are
     no-flux."""
-    faces = FACES[6 - 2 * ndim:]
+    faces = FACES[6 - 2 * ndim :]
     out = {f: ("no_flux", 0.0) for f in faces}
     for b in fc.boundary:
         for face in b.faces:
-            for f in (faces if face == "all" else (face,)):
+            for f in faces if face == "all" else (face,):
                 out[f] = (b.kind, b.value)
     return out
 
@@ -1046,8 +1344,10 @@ def summary(sc: Scenario) -> str:
     ]
     ti = sc.init.tumor
     if ti.shape in ("disk", "sphere"):
-        lines.append(f"Initial tumor: a {ti.shape} of radius {ti.radius_um:g} um, "
-                     f"{ti.fill_fraction:.0%} filled.")
+        lines.append(
+            f"Initial tumor: a {ti.shape} of radius {ti.radius_um:g} um, "
+            f"{ti.fill_fraction:.0%} filled."
+        )
     elif ti.shape == "rectangle" and ti.size_um is not None:
         lines.append(f"Initial tumor: a box of {' x '.join(f'{s:g}' for s in ti.size_um)} um.")
     elif ti.shape == "mask":
@@ -1063,33 +1363,45 @@ def summary(sc: Scenario) -> str:
         f"Tumor cells divide every {t.doubling_time_h:g} h at full oxygen; the rate falls "
         f"linearly from {t.proliferation_saturation_mmHg:g} mmHg to zero at "
         f"{t.proliferation_threshold_mmHg:g} mmHg; the daughter goes to a random empty "
-        "neighbour (none empty: no division).")
+        "neighbour (none empty: no division)."
+    )
     lines.append(
         f"Below {t.necrosis_threshold_mmHg:g} mmHg cells become necrotic, at up to "
         f"{t.necrosis_max_rate_per_h:.3g} /h (reached at {t.necrosis_max_mmHg:g} mmHg); necrotic "
         f"voxels clear at {t.necrotic_clearance_per_h:.3g} /h. Hypoxic means below "
-        f"{t.hypoxic_threshold_mmHg:g} mmHg.")
+        f"{t.hypoxic_threshold_mmHg:g} mmHg."
+    )
     for fc in sc.fields:
-        ell = (math.sqrt(fc.diffusion_um2_per_min / fc.decay_per_min)
-               if fc.decay_per_min > 0 else float("inf"))
-        s = (f"Field {fc.name} ({fc.units}): D = {fc.diffusion_um2_per_min:g} um^2/min, decay "
-             f"{fc.decay_per_min:g} /min (diffusion length {ell:.0f} um), starts at "
-             f"{fc.initial:g}")
+        ell = (
+            math.sqrt(fc.diffusion_um2_per_min / fc.decay_per_min)
+            if fc.decay_per_min > 0
+            else float("inf")
+        )
+        s = (
+            f"Field {fc.name} ({fc.units}): D = {fc.diffusion_um2_per_min:g} um^2/min, decay "
+            f"{fc.decay_per_min:g} /min (diffusion length {ell:.0f} um), starts at "
+            f"{fc.initial:g}"
+        )
         if fc.uptake_per_min:
-            s += "; taken up by " + ", ".join(f"{k} at {v:g} /min"
-                                              for k, v in fc.uptake_per_min.items())
+            s += "; taken up by " + ", ".join(
+                f"{k} at {v:g} /min" for k, v in fc.uptake_per_min.items()
+            )
         if fc.secretion_per_min:
-            s += "; secreted by " + ", ".join(f"{k} at {v:g} {fc.units}/min"
-                                             for k, v in fc.secretion_per_min.items())
+            s += "; secreted by " + ", ".join(
+                f"{k} at {v:g} {fc.units}/min" for k, v in fc.secretion_per_min.items()
+            )
         bc = face_conditions(fc, sc.ndim)
         fixed = [f for f, (k, _) in bc.items() if k == "dirichlet"]
         if fixed:
             vals = sorted({bc[f][1] for f in fixed})
-            s += f"; held at {', '.join(f'{v:g}' for v in vals)} {fc.units} on faces " \
-                 f"{' '.join(fixed)}"
+            s += (
+                f"; held at {', '.join(f'{v:g}' for v in vals)} {fc.units} on faces "
+                f"{' '.join(fixed)}"
+            )
         s += f"; vessels hold it at {fc.vessel_value:g}." if vi.placement != "none" else "."
         lines.append(s)
     from .rules_text import rule_sentences
+
     lines.extend(rule_sentences(sc))
     sv = sc.solver
     fdt = sv.dt_min or r.dt_min

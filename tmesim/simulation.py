@@ -1,8 +1,8 @@
 """The model (an ordered list of steps over the state) and the simulation loop around it.
 
-    model.step():  fields -> tumor rules -> (observables, taken by the loop)
-    Simulation.run(): step, record a time-series row, fire schedules (snapshots, progress, stop
-                      conditions), until the duration or a stop.
+model.step():  fields -> tumor rules -> (observables, taken by the loop)
+Simulation.run(): step, record a time-series row, fire schedules (snapshots, progress, stop
+                  conditions), until the duration or a stop.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .writers import Checkpointer, InMemoryWriter, run_file_writers, write_check
 class StepClasses(NamedTuple):
     """The classes of the three stepping families of one backend, and the launcher they take
     (None: the numpy reference classes, which take none)."""
+
     fields: type
     tumor: type
     stroma: type
@@ -53,10 +54,12 @@ def step_classes(backend) -> StepClasses:
         from .steps.fields import FieldSolver
         from .steps.stroma import StromaRules
         from .steps.tumor import TumorRules
+
         return StepClasses(FieldSolver, TumorRules, StromaRules)
     from .steps.fields_kernel import KernelFieldSolver
     from .steps.stroma_kernel import KernelStromaRules
     from .steps.tumor_kernel import KernelTumorRules
+
     return StepClasses(KernelFieldSolver, KernelTumorRules, KernelStromaRules, launcher)
 
 
@@ -85,7 +88,7 @@ class Model:
     def __init__(self, sc: Scenario, backend=None, controllers=None):
         self.sc = sc
         self.backend = backend or CPU()
-        memory.check_fits(sc, self.backend)       # before anything is allocated on the device
+        memory.check_fits(sc, self.backend)  # before anything is allocated on the device
         self.classes = cls = step_classes(self.backend)
         L = {} if cls.launcher is None else {"launcher": cls.launcher}
         self.grid = Grid(sc.grid.shape, sc.grid.dx_um, sc.grid.neighbourhood)
@@ -97,18 +100,17 @@ class Model:
         if sc.drugs:
             # the supply of the first step is the plasma at time 0 (the initial fields hold it)
             self.field_solver.set_supply(self.therapy.supply(self.state))
-        self.tumor_rules = cls.tumor(sc.tumor, self.grid, sc.run.seed, sc.run.dt_min, sc.drugs,
-                                     **L)
+        self.tumor_rules = cls.tumor(sc.tumor, self.grid, sc.run.seed, sc.run.dt_min, sc.drugs, **L)
         if L:
             # the stroma step runs after the tumor step has read its counts back: it can reuse
             # the tumor rules' claim and action arrays (9 bytes per voxel less on the device)
             L = dict(L, claims=self.tumor_rules.claims, action=self.tumor_rules.action)
-        self.stroma_rules = cls.stroma(sc.caf, sc.tam, self.grid, sc.run.seed, sc.run.dt_min,
-                                       **L)
+        self.stroma_rules = cls.stroma(sc.caf, sc.tam, self.grid, sc.run.seed, sc.run.dt_min, **L)
         names = sc.field_names
         self.oxygen = names.index("oxygen")
-        self.index = {n: (names.index(n) if n in names else None)
-                      for n in ("hgf", "igf1", "signal")}
+        self.index = {
+            n: (names.index(n) if n in names else None) for n in ("hgf", "igf1", "signal")
+        }
         self.last_counts = None
         self.last_stroma = None
 
@@ -127,8 +129,16 @@ class Model:
         self.therapy.after_fields(st)
         drugs = self.therapy.tissue_levels(st) if self.sc.drugs else None
         self.last_counts = self.tumor_rules.apply(
-            st.kind, st.tumor_state, st.fields[self.oxygen], st.step, st.memory, st.time_in_P_min,
-            self._field("hgf"), self._field("igf1"), drugs)
+            st.kind,
+            st.tumor_state,
+            st.fields[self.oxygen],
+            st.step,
+            st.memory,
+            st.time_in_P_min,
+            self._field("hgf"),
+            self._field("igf1"),
+            drugs,
+        )
         if self.stroma_rules.active(st.kind):
             self.last_stroma = self.stroma_rules.apply(st.kind, self._field("signal"), st.step)
         st.step += 1
@@ -144,12 +154,17 @@ class Model:
     def load_extra_state(self, arrays: dict) -> None:
         """Restore what :meth:`extra_state` returned (called with the restored state)."""
         self.controllers.load(arrays)
-        self.last_row = None      # the next decision observes the restored state afresh
+        self.last_row = None  # the next decision observes the restored state afresh
 
     def observe(self) -> dict:
-        self.last_row = observables.observe(self.state, self.sc, self.last_counts,
-                                            self.field_solver.last_sweeps,
-                                            self.therapy.last_given, self.last_stroma)
+        self.last_row = observables.observe(
+            self.state,
+            self.sc,
+            self.last_counts,
+            self.field_solver.last_sweeps,
+            self.therapy.last_given,
+            self.last_stroma,
+        )
         return self.last_row
 
 
@@ -252,8 +267,10 @@ class Simulation:
         sc = self.sc
         if not any(x.needs_file for x in self.output_writers.values()):
             if path is not None or resume:
-                raise ValueError("Simulation.run: no output writer writes a run file; give no "
-                                 f"path (got {path!r}) and no resume (got {resume!r})")
+                raise ValueError(
+                    "Simulation.run: no output writer writes a run file; give no "
+                    f"path (got {path!r}) and no resume (got {resume!r})"
+                )
             self.writer = None
             self._loop(progress, fresh=True)
             return None
@@ -267,15 +284,21 @@ class Simulation:
         else:
             cols = observables.columns(sc)
             arrays = {k: self.backend.to_host(v) for k, v in self.state.arrays().items()}
-            w = RunWriter(path, sc, self.model.grid, cols, backend=self.backend.name,
-                          device=self.backend.device, checkpoint_arrays=arrays)
+            w = RunWriter(
+                path,
+                sc,
+                self.model.grid,
+                cols,
+                backend=self.backend.name,
+                device=self.backend.device,
+                checkpoint_arrays=arrays,
+            )
         self.writer = w
         self._loop(progress, fresh)
         return path
 
     @classmethod
-    def resume(cls, path, backend="auto", progress: bool = False,
-               callbacks=()) -> Simulation:
+    def resume(cls, path, backend="auto", progress: bool = False, callbacks=()) -> Simulation:
         """Continue the run in ``path`` from its last checkpoint, to its end.
 
         The scenario is the one stored in the file. Time-series rows, snapshots and events
@@ -298,14 +321,17 @@ class Simulation:
         try:
             check_format(f, str(path), resume=True)
             if attr_str(f, "scenario") != self.sc.text:
-                raise RunFileError(f"{path}: was written by another scenario than the one given; "
-                                   f"resume it with `tmesim resume {path}`, which uses its own")
+                raise RunFileError(
+                    f"{path}: was written by another scenario than the one given; "
+                    f"resume it with `tmesim resume {path}`, which uses its own"
+                )
             status = attr_str(f, "status").strip()
         except OSError as e:
-            raise RunFileError(f"{path}: its root attributes cannot be read ({e}): the writer was "
-                               "probably killed while rewriting its status; the time series and "
-                               "snapshots up to the last checkpoint are still readable with h5py"
-                               ) from None
+            raise RunFileError(
+                f"{path}: its root attributes cannot be read ({e}): the writer was "
+                "probably killed while rewriting its status; the time series and "
+                "snapshots up to the last checkpoint are still readable with h5py"
+            ) from None
         finally:
             f.close()
         if status not in self.RESUMABLE:
@@ -331,13 +357,17 @@ class Simulation:
     def _restore(self, ck, path) -> None:
         arrays = self.state.arrays()
         if set(ck.arrays) != set(arrays):
-            raise RunFileError(f"{path}: its checkpoint holds state arrays {sorted(ck.arrays)}, "
-                               f"this tmesim's state has {sorted(arrays)}")
+            raise RunFileError(
+                f"{path}: its checkpoint holds state arrays {sorted(ck.arrays)}, "
+                f"this tmesim's state has {sorted(arrays)}"
+            )
         for name, a in arrays.items():
             src = ck.arrays[name]
             if src.shape != a.shape or src.dtype != a.dtype:
-                raise RunFileError(f"{path}: checkpoint array {name} is {src.dtype}{src.shape}, "
-                                   f"expected {a.dtype}{a.shape}")
+                raise RunFileError(
+                    f"{path}: checkpoint array {name} is {src.dtype}{src.shape}, "
+                    f"expected {a.dtype}{a.shape}"
+                )
             # in place (steps may hold references); host arrays (plasma and dose_total always,
             # everything on the CPU) take the host copy as it is
             a[...] = src if isinstance(a, np.ndarray) else self.backend.to_device(src)
@@ -360,7 +390,7 @@ class Simulation:
 
     def _install_signal_handlers(self) -> dict:
         if threading.current_thread() is not threading.main_thread():
-            return {}     # Python delivers signals to the main thread only (e.g. Dask workers)
+            return {}  # Python delivers signals to the main thread only (e.g. Dask workers)
         prev = {}
         for name in self.SIGNALS:
             sig = getattr(signal, name, None)
@@ -394,14 +424,21 @@ class Simulation:
         handlers = self._install_signal_handlers() if interruptible else {}
         try:
             if fresh:
-                self._event(self.state.time_min, "start",
-                            {"steps": sc.n_steps, "seed": sc.run.seed})
+                self._event(
+                    self.state.time_min, "start", {"steps": sc.n_steps, "seed": sc.run.seed}
+                )
             for x in writers:
                 x.start(self, fresh)
             if self.resumed_from is not None:
-                self._event(self.state.time_min, "resume",
-                            {"from_step": self.resumed_from, "backend": self.backend.name,
-                             "tmesim_version": __version__})
+                self._event(
+                    self.state.time_min,
+                    "resume",
+                    {
+                        "from_step": self.resumed_from,
+                        "backend": self.backend.name,
+                        "tmesim_version": __version__,
+                    },
+                )
             while self.state.step < sc.n_steps and self.stop_reason is None:
                 self.model.step()
                 for t_ev, kind_ev, detail in self.model.controllers.pop_events():
@@ -414,7 +451,7 @@ class Simulation:
                     if cb.schedule(self):
                         cb(self)
                 if self.stop_reason is not None or self.state.step >= sc.n_steps:
-                    break         # the run ends here: a checkpoint would never be used
+                    break  # the run ends here: a checkpoint would never be used
                 if interruptible:
                     self.interrupt_reason = self._interrupt_due(wall_end)
                     if self.interrupt_reason is not None:
@@ -428,10 +465,13 @@ class Simulation:
             elif self.interrupt_reason is not None:
                 status = "interrupted"
             for x in writers:
-                x.finish(self, status)      # an interrupted run's checkpoint, a last snapshot
+                x.finish(self, status)  # an interrupted run's checkpoint, a last snapshot
             if status == "interrupted":
-                self._event(self.state.time_min, "interrupted",
-                            {"reason": self.interrupt_reason, "checkpoint_step": self.state.step})
+                self._event(
+                    self.state.time_min,
+                    "interrupted",
+                    {"reason": self.interrupt_reason, "checkpoint_step": self.state.step},
+                )
         except KeyboardInterrupt:
             status = "interrupted"
             self._event(self.state.time_min, "interrupted", {"reason": "KeyboardInterrupt"})
@@ -466,11 +506,13 @@ def stored_scenario(path) -> Scenario:
 
 # ------------------------------------------------------------------ one scenario, many runs
 
+
 @dataclass
 class ScenarioRun:
     """What :func:`run_scenario` returns: the simulation as it ended (its ``status``,
     ``stop_reason``, ``resumed_from``, ``state``), its run file (None for an in-memory run) and
     its time series (None for a run written to a file)."""
+
     simulation: Simulation
     path: Path | None
     series: dict | None
@@ -480,9 +522,17 @@ class ScenarioRun:
         return self.simulation.status
 
 
-def run_scenario(scenario, overrides=None, *, out=None, stop=None, backend="cpu",
-                 resume: bool = False, wall_deadline: float | None = None,
-                 progress: bool = False) -> ScenarioRun:
+def run_scenario(
+    scenario,
+    overrides=None,
+    *,
+    out=None,
+    stop=None,
+    backend="cpu",
+    resume: bool = False,
+    wall_deadline: float | None = None,
+    progress: bool = False,
+) -> ScenarioRun:
     """Run one scenario, into a run file or in memory: how validation, compare and sweep run.
 
     With ``out``, the run writes that file with the scenario's writers and stop conditions, as
@@ -508,8 +558,10 @@ def run_scenario(scenario, overrides=None, *, out=None, stop=None, backend="cpu"
     """
     if isinstance(scenario, Scenario):
         if overrides:
-            raise ValueError("run_scenario: overrides apply to a scenario file, not to a "
-                             f"Scenario (got {overrides!r})")
+            raise ValueError(
+                "run_scenario: overrides apply to a scenario file, not to a "
+                f"Scenario (got {overrides!r})"
+            )
     else:
         scenario = load_scenario(scenario, overrides=overrides)
     sim = Simulation(scenario, backend=backend)
@@ -531,7 +583,7 @@ def run_in_memory(path, overrides=None, stop=None) -> dict:
     """The time series {column: array, "day": array} of a scenario file run in memory on the
     CPU (:func:`run_scenario` without ``out``: only ``stop`` ends it early)."""
     series = run_scenario(path, overrides, stop=stop).series
-    assert series is not None         # an in-memory run always has its series
+    assert series is not None  # an in-memory run always has its series
     return series
 
 
@@ -542,6 +594,7 @@ def run_series(tasks, jobs: int = 1) -> list[dict]:
     tasks = list(tasks)
     if jobs > 1 and tasks:
         from concurrent.futures import ProcessPoolExecutor
+
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             return list(pool.map(run_in_memory, *zip(*tasks)))
     return [run_in_memory(*t) for t in tasks]

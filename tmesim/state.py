@@ -43,6 +43,7 @@ class State:
         step: agent steps taken.
         time_min: simulated time in minutes.
     """
+
     kind: np.ndarray
     tumor_state: np.ndarray
     fields: np.ndarray
@@ -56,13 +57,15 @@ class State:
     @classmethod
     def empty(cls, grid: Grid, n_fields: int, n_drugs: int = 0, xp=np) -> State:
         n = grid.n_sites
-        return cls(kind=xp.zeros(n, dtype=xp.uint8),
-                   tumor_state=xp.zeros(n, dtype=xp.uint8),
-                   fields=xp.zeros((n_fields, n), dtype=xp.float32),
-                   memory=xp.zeros(n, dtype=xp.float32),
-                   time_in_P_min=xp.zeros(n, dtype=xp.float32),
-                   plasma=np.zeros(n_drugs, dtype=np.float64),
-                   dose_total=np.zeros(n_drugs, dtype=np.float64))
+        return cls(
+            kind=xp.zeros(n, dtype=xp.uint8),
+            tumor_state=xp.zeros(n, dtype=xp.uint8),
+            fields=xp.zeros((n_fields, n), dtype=xp.float32),
+            memory=xp.zeros(n, dtype=xp.float32),
+            time_in_P_min=xp.zeros(n, dtype=xp.float32),
+            plasma=np.zeros(n_drugs, dtype=np.float64),
+            dose_total=np.zeros(n_drugs, dtype=np.float64),
+        )
 
     #: the per-site arrays, which live on the backend's device (the rest stays on the host)
     SITE_ARRAYS = ("kind", "tumor_state", "fields", "memory", "time_in_P_min")
@@ -76,23 +79,29 @@ class State:
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array of the state by attribute name (site arrays, fields, plasma), numpy or
         cupy as they are."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if _is_array(getattr(self, f.name))}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if _is_array(getattr(self, f.name))
+        }
 
     def to_backend(self, convert) -> State:
         """This state with its per-site arrays passed through ``convert`` (a backend's
         ``to_device`` or ``to_host``); plasma, dose_total and the scalars are shared as they are.
         """
-        return dataclasses.replace(self, **{k: convert(getattr(self, k))
-                                            for k in self.SITE_ARRAYS})
+        return dataclasses.replace(self, **{k: convert(getattr(self, k)) for k in self.SITE_ARRAYS})
 
     def copy(self) -> State:
         """A deep copy (each array copied where it lives)."""
-        return State(**{k: v.copy() for k, v in self.arrays().items()},
-                     step=self.step, time_min=self.time_min)
+        return State(
+            **{k: v.copy() for k, v in self.arrays().items()},
+            step=self.step,
+            time_min=self.time_min,
+        )
 
 
 def _is_array(v) -> bool:
     # numpy or cupy (checked by duck type: this module never imports cupy)
-    return isinstance(v, np.ndarray) or (hasattr(v, "__cuda_array_interface__")
-                                         and hasattr(v, "dtype"))
+    return isinstance(v, np.ndarray) or (
+        hasattr(v, "__cuda_array_interface__") and hasattr(v, "dtype")
+    )

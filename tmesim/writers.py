@@ -104,7 +104,7 @@ class SnapshotWriter(OutputWriter):
 
     def start(self, sim, fresh: bool) -> None:
         if fresh:
-            self.schedule(sim)     # the start's snapshot is the schedule's first
+            self.schedule(sim)  # the start's snapshot is the schedule's first
             self.write(sim)
         else:
             _continue(self.schedule, sim)
@@ -114,7 +114,7 @@ class SnapshotWriter(OutputWriter):
 
     def finish(self, sim, status: str) -> None:
         if status == "interrupted":
-            return            # the run goes on after a resume: its end is not this step
+            return  # the run goes on after a resume: its end is not this step
         last = sim.writer.f["snapshots/step"]
         if last.shape[0] == 0 or last[-1] != sim.state.step:
             self.write(sim)
@@ -124,8 +124,9 @@ def write_checkpoint(sim) -> int:
     """Write a checkpoint of ``sim``'s state (copied to the host) and of the steps' own state
     (``sim.model.extra_state()``) into its open run file; returns the slot written."""
     arrays = {k: sim.backend.to_host(v) for k, v in sim.state.arrays().items()}
-    slot = sim.writer.checkpoint(arrays, sim.state.step, sim.state.time_min,
-                                 sim.model.extra_state())
+    slot = sim.writer.checkpoint(
+        arrays, sim.state.step, sim.state.time_min, sim.model.extra_state()
+    )
     sim.checkpoints_written += 1
     return slot
 
@@ -181,7 +182,8 @@ def run_file_writers(sc) -> dict:
     snapshots every ``snapshot_every_hours``, checkpoints every ``checkpoint_every_hours``
     (0: only when interrupted)."""
     every = sc.run.checkpoint_every_hours * 60.0
-    return {"timeseries": TimeSeriesWriter(),
-            "snapshots": SnapshotWriter(TimeInterval(sc.run.snapshot_every_hours * 60.0)),
-            "checkpointer": Checkpointer(TimeInterval(every, first=False) if every > 0
-                                         else None)}
+    return {
+        "timeseries": TimeSeriesWriter(),
+        "snapshots": SnapshotWriter(TimeInterval(sc.run.snapshot_every_hours * 60.0)),
+        "checkpointer": Checkpointer(TimeInterval(every, first=False) if every > 0 else None),
+    }

@@ -44,7 +44,7 @@ def tiny(tmp_path_factory):
     scen.write_text(TINY)
     sim = tmesim.Simulation(tmesim.load_scenario(scen), backend="cpu")
     ref = sim.run(d / "ref.h5")
-    assert sim.status == "finished" and sim.checkpoints_written == 23   # steps 20, 40, .., 460
+    assert sim.status == "finished" and sim.checkpoints_written == 23  # steps 20, 40, .., 460
     return scen, ref
 
 
@@ -55,7 +55,7 @@ def test_uninterrupted_run_has_committed_checkpoint(tiny, tmp_path):
         assert ck.step == 460 and ck.generation == 23 and ck.time_min == 460 * 6.0
         assert ck.n_rows == 461 and ck.n_snapshots == 16 and ck.n_events == 1
         assert f.attrs["status"].strip() == "finished"
-        assert int(f["checkpoint/slot1/counts"][0]) == 440        # the one before, other slot
+        assert int(f["checkpoint/slot1/counts"][0]) == 440  # the one before, other slot
     # a checkpoint holds the state as it was in memory at that step
     sim = tmesim.Simulation(tmesim.load_scenario(scen), backend="cpu")
     sim.callbacks.append(At(40, lambda s: setattr(s, "_signal", "test")))
@@ -70,8 +70,12 @@ def test_uninterrupted_run_has_committed_checkpoint(tiny, tmp_path):
 
 
 def _spawn(args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "tmesim", *args, "-q"], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tmesim", *args, "-q"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_resume_after_sigkill_at_random_moments(tiny, tmp_path):
@@ -147,10 +151,11 @@ def test_checkpoint_killed_mid_write_leaves_previous_one(tiny, tmp_path):
         assert f["checkpoint/valid_slot"][()] == 0
         ck = checkpoint.read(f)
         assert ck.step == 20 and ck.generation == 1
-        torn = [n for n, ds in f["checkpoint/slot1/state"].items()
-                if ds.size and (ds[()] == 7).all()]
-        assert len(torn) == 1      # the kill really came mid-checkpoint
-        assert f["timeseries/time_min"].shape[0] > 21   # rows after the checkpoint, to cut
+        torn = [
+            n for n, ds in f["checkpoint/slot1/state"].items() if ds.size and (ds[()] == 7).all()
+        ]
+        assert len(torn) == 1  # the kill really came mid-checkpoint
+        assert f["timeseries/time_min"].shape[0] > 21  # rows after the checkpoint, to cut
     sim = tmesim.Simulation.resume(out, backend="cpu")
     assert sim.resumed_from == 20 and sim.status == "finished"
     assert_same_run(ref, out)
@@ -167,7 +172,7 @@ def test_sigterm_checkpoints_and_exits_3_then_resume(tiny, tmp_path):
     with h5py.File(out, "r") as f:
         assert f.attrs["status"].strip() == "interrupted"
         step = checkpoint.read(f).step
-        assert f["timeseries/time_min"].shape[0] == step + 1     # checkpoint at the last step
+        assert f["timeseries/time_min"].shape[0] == step + 1  # checkpoint at the last step
         assert event_kinds(out)[-1] == "interrupted"
     assert 60 <= step < 480
     assert main(["resume", str(out), "-q"]) == 0
@@ -184,7 +189,7 @@ def test_sigusr1_and_wall_deadline_in_process(tiny, tmp_path):
     sim.run(out)
     assert sim.status == "interrupted" and sim.state.step == 33
     assert sim.interrupt_reason == "SIGUSR1 received"
-    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL      # handler given back
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handler given back
     # the next leg stops at a wall-clock deadline, already past after its first step
     sim = tmesim.Simulation(sc, "cpu")
     sim.wall_deadline = time.time()
@@ -201,8 +206,11 @@ def test_extra_state_goes_through_the_checkpoint(tiny, tmp_path):
     sc = tmesim.load_scenario(scen)
     out = tmp_path / "x.h5"
     sim = tmesim.Simulation(sc, "cpu")
-    sim.model.extra_state = lambda: {"doses": np.arange(sim.state.step, dtype=np.float64),
-                                     "on": np.array(True), "mode": np.array(b"pause")}
+    sim.model.extra_state = lambda: {
+        "doses": np.arange(sim.state.step, dtype=np.float64),
+        "on": np.array(True),
+        "mode": np.array(b"pause"),
+    }
     sim.callbacks.append(At(50, lambda s: s.stop_reason or setattr(s, "_signal", "test")))
     sim.run(out)
     assert sim.status == "interrupted"
@@ -279,8 +287,11 @@ def test_lookup3_known_answers():
     assert checkpoint.lookup3(b"Four score and seven years ago", 1) == 0xCD628161
 
 
-PERSISTERS = scenario_text(*TINY_SETS, "init.tumor.radius_um=200",
-                           "init.tumor.persister_fraction=0.05", extra="""
+PERSISTERS = scenario_text(
+    *TINY_SETS,
+    "init.tumor.radius_um=200",
+    "init.tumor.persister_fraction=0.05",
+    extra="""
 [init.caf]
 placement = "shell"
 density = 0.3
@@ -304,7 +315,8 @@ schedule = { kind = "continuous", dose_uM = 1.0, start_day = 0.5, interval_h = 1
 [drugs.gpx4i]
 preset = "gpx4_inhibitor"
 schedule = { kind = "intermittent", dose_uM = 0.2, on_days = 0.25, off_days = 0.25 }
-""")
+""",
+)
 
 
 def test_resume_with_drugs_stroma_and_persisters_is_identical(tmp_path):

@@ -27,24 +27,39 @@ def test_run_file_schema(tmp_path):
         assert a["status"].strip() == "finished"
         assert tmesim.loads_scenario(a["scenario"]).grid == sc.grid
         T = f["snapshots/time"].shape[0]
-        assert T == 5   # 0, 6, 12, 18, 24 h
+        assert T == 5  # 0, 6, 12, 18, 24 h
         np.testing.assert_allclose(f["snapshots/time"][:], np.arange(5) * 360.0)
         assert f["snapshots/kind"].shape == (T, 48, 48) and f["snapshots/kind"].dtype == np.uint8
         assert f["snapshots/kind"].chunks[0] == 1 and f["snapshots/kind"].compression == "gzip"
         assert f["snapshots/fields/oxygen"].dtype == np.float32
         assert f["snapshots/fields/oxygen"].attrs["units"] == "mmHg"
         ts = f["timeseries"]
-        for col in ("time_min", "n_S", "n_P", "n_R", "n_caf", "n_tam", "n_necrotic", "n_vessel",
-                    "burden", "persister_fraction", "resistant_fraction", "hypoxic_fraction",
-                    "mean_oxygen", "mean_oxygen_tumor"):
+        for col in (
+            "time_min",
+            "n_S",
+            "n_P",
+            "n_R",
+            "n_caf",
+            "n_tam",
+            "n_necrotic",
+            "n_vessel",
+            "burden",
+            "persister_fraction",
+            "resistant_fraction",
+            "hypoxic_fraction",
+            "mean_oxygen",
+            "mean_oxygen_tumor",
+        ):
             assert ts[col].shape == (sc.n_steps + 1,), col
         # the time series agrees with the snapshots it can be checked against
         last = f["snapshots/kind"][-1]
         assert ts["burden"][-1] == (last == codes.TUMOR).sum()
         assert ts["n_vessel"][-1] == (last == codes.VESSEL).sum()
-        np.testing.assert_allclose(ts["mean_oxygen"][-1],
-                                   f["snapshots/fields/oxygen"][-1].mean(dtype=np.float64),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            ts["mean_oxygen"][-1],
+            f["snapshots/fields/oxygen"][-1].mean(dtype=np.float64),
+            rtol=1e-6,
+        )
         kinds = [k.decode() for k in f["events/kind"][:]]
         assert kinds[0] == "start"
         # fixed-length, not variable-length strings: no event write touches the global heap
@@ -53,7 +68,7 @@ def test_run_file_schema(tmp_path):
             assert h5py.check_string_dtype(f["events"][name].dtype).length == n
     assert (tmp_path / "a.xdmf").is_file()
     xml = (tmp_path / "a.xdmf").read_text()
-    assert xml.count("<Grid Name=\"t") == 5 and "a.h5:/snapshots/fields/oxygen" in xml
+    assert xml.count('<Grid Name="t') == 5 and "a.h5:/snapshots/fields/oxygen" in xml
 
 
 def test_event_details_round_trip_and_an_oversized_one_is_kept_truncated(tmp_path):
@@ -76,4 +91,3 @@ def test_event_details_round_trip_and_an_oversized_one_is_kept_truncated(tmp_pat
     assert (t, kind, d["truncated"]) == (6.0, "note", True)
     assert len(d["text"]) > 100 and json.dumps(big, sort_keys=True).startswith(d["text"])
     assert 0 < len(json.dumps(d).encode()) <= schema.EVENT_DETAIL_BYTES
-

@@ -23,7 +23,7 @@ def test_open_run_is_lazy_xarray(tmp_path):
         assert ds["oxygen"].dims == ("time", "y", "x")
         assert ds["oxygen"].attrs["units"] == "mmHg"
         np.testing.assert_allclose(ds["time"].values, [0, 6, 12, 18, 24])
-        np.testing.assert_allclose(ds["x"].values[:2], [10.0, 30.0])   # voxel centres, um
+        np.testing.assert_allclose(ds["x"].values[:2], [10.0, 30.0])  # voxel centres, um
         assert ds["kind"].attrs["names"][codes.NECROTIC] == "necrotic"
         assert ds["burden"].dims == ("step",) and ds["step_time_h"].values[-1] == 24.0
         assert ds["oxygen"].variable._in_memory is False
@@ -71,8 +71,8 @@ def test_a_format_1_0_file_with_variable_length_events_still_reads(tmp_path):
         details = [d.decode() for d in ev["detail"][:]]
         for name, vals in (("kind", kinds), ("detail", details)):
             del ev[name]
-            ev.create_dataset(name, data=vals, maxshape=(None,), chunks=(64,),
-                              dtype=h5py.string_dtype("utf-8"))
+            ev.create_dataset(
+                name, data=vals, maxshape=(None,), chunks=(64,), dtype=h5py.string_dtype("utf-8")
+            )
         f.attrs["format_version"] = "1.0"
     assert open_run(path).attrs["events"] == before
-

@@ -58,8 +58,13 @@ OPEN_IN_CHILD = textwrap.dedent("""
 
 def open_in_child(path, timeout=60) -> tuple[str, float, str]:
     """(what, seconds the open took, rest of the line) from a separate process."""
-    proc = subprocess.run([sys.executable, "-c", OPEN_IN_CHILD, str(path)], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", OPEN_IN_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, proc.stdout
@@ -116,7 +121,7 @@ def test_missing_and_foreign_files(tmp_path):
         f["x"] = np.arange(3)
     with pytest.raises(RunFileError, match=r"not a tmesim run file \(format attribute None\)"):
         open_run_file(foreign)
-    with open_run_file(foreign, check=False) as f:      # the viewer's sniffing opens it unchecked
+    with open_run_file(foreign, check=False) as f:  # the viewer's sniffing opens it unchecked
         assert "x" in f
 
 
@@ -134,19 +139,25 @@ def test_unreadable_files_are_refused_at_once(run_file, tmp_path, kind):
     elif kind == "cut16":
         bad.write_bytes(data[:16])
     elif kind == "cut47":
-        bad.write_bytes(data[:47])       # one byte short of its 48-byte superblock
+        bad.write_bytes(data[:47])  # one byte short of its 48-byte superblock
     elif kind == "cut_half":
         bad.write_bytes(data[: len(data) // 2])
     else:
         flipped = bytearray(data)
-        flipped[44] ^= 0xFF              # the superblock's checksum (bytes 44-47 of 48)
+        flipped[44] ^= 0xFF  # the superblock's checksum (bytes 44-47 of 48)
         bad.write_bytes(bytes(flipped))
     what, secs, msg = open_in_child(bad, timeout=60)
     assert what == "RunFileError", msg
     assert secs < 2.0, f"{kind}: took {secs:.1f} s"
     assert msg.startswith(f"{bad}: ") and "\n" not in msg
-    expected = {"text": "not an HDF5 file", "empty": "not an HDF5 file", "cut16": "truncated",
-                "cut47": "truncated", "cut_half": "truncated", "superblock": "damaged"}[kind]
+    expected = {
+        "text": "not an HDF5 file",
+        "empty": "not an HDF5 file",
+        "cut16": "truncated",
+        "cut47": "truncated",
+        "cut_half": "truncated",
+        "superblock": "damaged",
+    }[kind]
     assert expected in msg, msg
     with pytest.raises(RunFileError, match=expected):
         open_run_file(bad)
@@ -165,8 +176,10 @@ def test_another_major_version_is_refused(run_file, tmp_path):
     with h5py.File(newer, "r+") as f:
         f.attrs["format_version"] = "0.9"
     # an older major version still reads, but cannot be resumed
-    with open_run_file(newer) as f, pytest.raises(RunFileError, match=r"resumes format 1.x only"
-                                                  ) as exc:
+    with (
+        open_run_file(newer) as f,
+        pytest.raises(RunFileError, match=r"resumes format 1.x only") as exc,
+    ):
         check_format(f, "older.h5", resume=True)
     assert "file format 0.9" in str(exc.value) and tmesim.__version__ in str(exc.value)
 
@@ -198,9 +211,9 @@ def test_attributes_decode_from_bytes_and_str(tmp_path):
         assert attr_str(f, "missing") == "" and attr_str(f, "missing", "?") == "?"
         assert code_names(f["kind"]) == ["empty", "tumor"]
         assert code_names(f["bare"]) is None
-        assert code_names(f["bare"], "kind_names") == ["empty", "tumor"]     # the root's
-    assert to_str(np.array(b"abc")) == "abc"             # a 0-d array gives its element
-    assert to_str(b"\xff") == "\ufffd"                  # an invalid byte does not raise
+        assert code_names(f["bare"], "kind_names") == ["empty", "tumor"]  # the root's
+    assert to_str(np.array(b"abc")) == "abc"  # a 0-d array gives its element
+    assert to_str(b"\xff") == "\ufffd"  # an invalid byte does not raise
 
 
 def test_event_rows_of_both_layouts(run_file, tmp_path):

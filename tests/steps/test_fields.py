@@ -37,20 +37,43 @@ from ..helpers import DEFAULTS, make_scenario, solver_text
 
 ADI_LOD = pytest.mark.parametrize("method", ["adi", "lod"])
 ALL_DIRICHLET_0 = '[{ faces = ["all"], kind = "dirichlet", value = 0.0 }]'
-NO_FLUX = "[]"          # faces not named are no-flux
-DT = 6.0                # agent step of the secretion tests, min
+NO_FLUX = "[]"  # faces not named are no-flux
+DT = 6.0  # agent step of the secretion tests, min
 S, P, R = codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT
 
 
 # ----------------------------------------------------------------------------------------- helpers
 
-def make_solver(shape, dx, D, *, decay=0.0, boundary=NO_FLUX, method="adi", dt_agent=1.0,
-                dt_field=0.0, tolerance=None, max_iterations=None, uptake="{}", secretion="{}",
-                vessel_value=0.0):
+
+def make_solver(
+    shape,
+    dx,
+    D,
+    *,
+    decay=0.0,
+    boundary=NO_FLUX,
+    method="adi",
+    dt_agent=1.0,
+    dt_field=0.0,
+    tolerance=None,
+    max_iterations=None,
+    uptake="{}",
+    secretion="{}",
+    vessel_value=0.0,
+):
     """A FieldSolver for a scenario whose only field is oxygen with the given parameters
     (tolerance and max_iterations: the scenario defaults unless given)."""
-    text = solver_text(shape, method=method, dt_field=dt_field, tolerance=tolerance,
-                       max_iterations=max_iterations, dx=dx, dt_agent=dt_agent) + f"""
+    text = (
+        solver_text(
+            shape,
+            method=method,
+            dt_field=dt_field,
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+            dx=dx,
+            dt_agent=dt_agent,
+        )
+        + f"""
 [fields.oxygen]
 diffusion_um2_per_min = {float(D)!r}
 decay_per_min = {float(decay)!r}
@@ -59,6 +82,7 @@ secretion_per_min = {secretion}
 vessel_value = {float(vessel_value)!r}
 boundary = {boundary}
 """
+    )
     sc = tmesim.loads_scenario(text)
     assert sc.field_names == ("oxygen",)
     return FieldSolver(sc, Grid(sc.grid.shape, sc.grid.dx_um))
@@ -86,7 +110,7 @@ def direct_steady(shape, dx, D, U, S, dirichlet, pinned=None, pinned_value=0.0):
     """
     shape = tuple(shape)
     n = int(np.prod(shape))
-    kk = D / dx ** 2
+    kk = D / dx**2
     lap = sp.csr_matrix((n, n))
     rhs = np.broadcast_to(np.asarray(S, dtype=float), shape).ravel().copy()
     for a, m in enumerate(shape):
@@ -122,7 +146,7 @@ def radius_grid(shape, dx):
     """Distance (um) of every voxel centre from the centre voxel (odd shapes)."""
     axes = [(np.arange(n) - n // 2) * dx for n in shape]
     mesh = np.meshgrid(*axes, indexing="ij")
-    return np.sqrt(sum(m ** 2 for m in mesh))
+    return np.sqrt(sum(m**2 for m in mesh))
 
 
 def gaussian_1d(D, dx, s0, T, dt, method, tolerance=1e-7, half_widths=6.0):
@@ -130,20 +154,22 @@ def gaussian_1d(D, dx, s0, T, dt, method, tolerance=1e-7, half_widths=6.0):
 
     Returns (x, initial, solver result, exact continuum solution at T).
     """
-    sigma = math.sqrt(s0 ** 2 + 2 * D * T)
+    sigma = math.sqrt(s0**2 + 2 * D * T)
     n_half = int(math.ceil(half_widths * sigma / dx))
     x = (np.arange(2 * n_half + 1) - n_half) * dx
-    c0 = np.exp(-x ** 2 / (2 * s0 ** 2))
+    c0 = np.exp(-(x**2) / (2 * s0**2))
     n_steps = int(round(T / dt))
     assert abs(n_steps * dt - T) < 1e-9 * T
-    fs = make_solver([1, x.size], dx, D, method=method, dt_agent=dt, tolerance=tolerance,
-                     max_iterations=800)
+    fs = make_solver(
+        [1, x.size], dx, D, method=method, dt_agent=dt, tolerance=tolerance, max_iterations=800
+    )
     c = advance(fs, c0[None, :], np.zeros((1, x.size)), n_steps)[0]
-    exact = s0 / sigma * np.exp(-x ** 2 / (2 * sigma ** 2))
+    exact = s0 / sigma * np.exp(-(x**2) / (2 * sigma**2))
     return x, c0.astype(np.float32).astype(float), c, exact
 
 
 # ---------------------------------------------------------------------- 1. Gaussian spread
+
 
 @ADI_LOD
 def test_gaussian_spread_1d(method):
@@ -161,15 +187,15 @@ def test_gaussian_spread_1d(method):
     """
     D, dx, s0, T, dt = 1000.0, 20.0, 160.0, 10.0, 0.1
     x, c0, c, exact = gaussian_1d(D, dx, s0, T, dt, method)
-    var0 = (c0 * x ** 2).sum() / c0.sum()
-    var = (c * x ** 2).sum() / c.sum()
-    assert var0 == pytest.approx(s0 ** 2, rel=1e-6)   # sampled Gaussian, float32 rounding
+    var0 = (c0 * x**2).sum() / c0.sum()
+    var = (c * x**2).sum() / c.sum()
+    assert var0 == pytest.approx(s0**2, rel=1e-6)  # sampled Gaussian, float32 rounding
     growth_err = (var - var0) / (2 * D * T) - 1
     assert abs(growth_err) < 5e-4, growth_err
-    sigma2 = s0 ** 2 + 2 * D * T
-    predicted = (12 * D ** 2 * T * dt + 2 * D * T * dx ** 2) / (8 * sigma2 ** 2)
-    assert np.argmax(np.abs(c - exact)) == x.size // 2            # largest error at the peak
-    ratio = (c.max() - exact.max()) / exact.max() / predicted      # signed: both under-damp
+    sigma2 = s0**2 + 2 * D * T
+    predicted = (12 * D**2 * T * dt + 2 * D * T * dx**2) / (8 * sigma2**2)
+    assert np.argmax(np.abs(c - exact)) == x.size // 2  # largest error at the peak
+    ratio = (c.max() - exact.max()) / exact.max() / predicted  # signed: both under-damp
     assert 0.9 < ratio < 1.1, ratio
 
 
@@ -186,29 +212,30 @@ def test_gaussian_spread_2d(method):
     (measured 1.00 for both) -- which also tells the unsplit and the split scheme apart.
     """
     D, dx, s0, T, dt = 1000.0, 20.0, 100.0, 5.0, 0.1
-    sigma2 = s0 ** 2 + 2 * D * T
+    sigma2 = s0**2 + 2 * D * T
     n_half = int(math.ceil(6 * math.sqrt(sigma2) / dx))
     n = 2 * n_half + 1
     r = radius_grid((n, n), dx)
     y, x = np.meshgrid(*[(np.arange(n) - n_half) * dx] * 2, indexing="ij")
-    c0 = np.exp(-r ** 2 / (2 * s0 ** 2)).astype(np.float32).astype(float)
+    c0 = np.exp(-(r**2) / (2 * s0**2)).astype(np.float32).astype(float)
     fs = make_solver([n, n], dx, D, method=method, dt_agent=dt, tolerance=1e-7, max_iterations=800)
     c = advance(fs, c0, np.zeros((n, n)), int(round(T / dt)))
     assert c.sum() == pytest.approx(c0.sum(), rel=1e-5)
     for coord in (x, y):
-        var0 = (c0 * coord ** 2).sum() / c0.sum()
-        var = (c * coord ** 2).sum() / c.sum()
+        var0 = (c0 * coord**2).sum() / c0.sum()
+        var = (c * coord**2).sum() / c.sum()
         growth_err = (var - var0) / (2 * D * T) - 1
         assert abs(growth_err) < 5e-4, growth_err
-    exact = s0 ** 2 / sigma2 * np.exp(-r ** 2 / (2 * sigma2))
+    exact = s0**2 / sigma2 * np.exp(-(r**2) / (2 * sigma2))
     c_t = 4.0 if method == "adi" else 3.0
-    predicted = (c_t * D ** 2 * T * dt + D * T * dx ** 2 / 2) / sigma2 ** 2
+    predicted = (c_t * D**2 * T * dt + D * T * dx**2 / 2) / sigma2**2
     assert np.abs(c - exact).max() == pytest.approx(c.max() - exact.max(), rel=1e-6)
     ratio = (c.max() - exact.max()) / exact.max() / predicted
     assert 0.9 < ratio < 1.1, ratio
 
 
 # ------------------------------------------------------------- 2. 2D point source steady state
+
 
 def test_point_source_steady_2d():
     """Steady state of a point source with decay in 2D: c(r) = S/(2 pi D) K0(r/ell).
@@ -222,27 +249,44 @@ def test_point_source_steady_2d():
     """
     D, decay, dx, n, s = 1000.0, 0.1, 10.0, 201, 1.0
     ell = math.sqrt(D / decay)
-    fs = make_solver([n, n], dx, D, decay=decay, boundary=ALL_DIRICHLET_0, dt_agent=120.0,
-                     secretion=f"{{ tumor = {s} }}", tolerance=1e-6, max_iterations=400)
+    fs = make_solver(
+        [n, n],
+        dx,
+        D,
+        decay=decay,
+        boundary=ALL_DIRICHLET_0,
+        dt_agent=120.0,
+        secretion=f"{{ tumor = {s} }}",
+        tolerance=1e-6,
+        max_iterations=400,
+    )
     r = radius_grid((n, n), dx)
     kind = np.where(r == 0, codes.TUMOR, codes.EMPTY)
     c = advance(fs, np.zeros((n, n)), kind, 6)
     m = (r >= 3 * dx) & (r <= 4 * ell)
-    exact = s * dx ** 2 / (2 * math.pi * D) * k0(r[m] / ell)
+    exact = s * dx**2 / (2 * math.pi * D) * k0(r[m] / ell)
     rel = np.abs(c[m] - exact) / exact
     assert rel.max() < 0.02, rel.max()
 
 
 # ------------------------------------------------------------- 3. 3D steady states
 
-D3, DECAY3, DX3, N3 = 1000.0, 0.625, 10.0, 61        # ell = 40 um = 4 voxels; faces at 7.6 ell
+D3, DECAY3, DX3, N3 = 1000.0, 0.625, 10.0, 61  # ell = 40 um = 4 voxels; faces at 7.6 ell
 
 
 @pytest.fixture(scope="module")
 def solver_3d():
-    return make_solver([N3] * 3, DX3, D3, decay=DECAY3, boundary=ALL_DIRICHLET_0,
-                       dt_agent=120.0, secretion="{ tumor = 1.0 }", tolerance=1e-6,
-                       max_iterations=400)
+    return make_solver(
+        [N3] * 3,
+        DX3,
+        D3,
+        decay=DECAY3,
+        boundary=ALL_DIRICHLET_0,
+        dt_agent=120.0,
+        secretion="{ tumor = 1.0 }",
+        tolerance=1e-6,
+        max_iterations=400,
+    )
 
 
 def shell_means(values, r, dx, radii):
@@ -263,7 +307,7 @@ def test_point_source_steady_3d(solver_3d):
     kind = np.where(r == 0, codes.TUMOR, codes.EMPTY)
     c = advance(solver_3d, np.zeros(r.shape), kind, 6)
     rr = np.maximum(r, dx)
-    exact = s * dx ** 3 / (4 * math.pi * D3 * rr) * np.exp(-rr / ell)
+    exact = s * dx**3 / (4 * math.pi * D3 * rr) * np.exp(-rr / ell)
     rel = (c - exact) / exact
     m = (r >= 5 * dx) & (r <= 3 * ell)
     assert np.abs(rel[m]).max() < 0.05, np.abs(rel[m]).max()
@@ -288,17 +332,22 @@ def test_uniform_sphere_steady_3d(solver_3d):
     r = radius_grid((N3,) * 3, dx)
     ball = r <= 60.0
     c = advance(solver_3d, np.zeros(r.shape), np.where(ball, codes.TUMOR, codes.EMPTY), 6)
-    R = (3 * ball.sum() * dx ** 3 / (4 * math.pi)) ** (1 / 3)
+    R = (3 * ball.sum() * dx**3 / (4 * math.pi)) ** (1 / 3)
     sh, ch, ex = math.sinh(R / ell), math.cosh(R / ell), math.exp(-R / ell)
     # unknowns (B, A): value and derivative continuity at R
-    M = np.array([[s / decay * sh / R, ex / R],
-                  [s / decay * (ch / (ell * R) - sh / R ** 2), -ex * (1 / (ell * R) + 1 / R ** 2)]])
+    M = np.array(
+        [
+            [s / decay * sh / R, ex / R],
+            [s / decay * (ch / (ell * R) - sh / R**2), -ex * (1 / (ell * R) + 1 / R**2)],
+        ]
+    )
     B, A = np.linalg.solve(M, [s / decay, 0.0])
     # the known closed form (B is a value, not a constant: no Yoda condition here)
-    assert B == pytest.approx(ell * (1 + R / ell) * ex, rel=1e-12)   # noqa: SIM300
+    assert B == pytest.approx(ell * (1 + R / ell) * ex, rel=1e-12)  # noqa: SIM300
     rr = np.maximum(r, 1e-9)
-    exact = np.where(rr < R, s / decay * (1 - B * np.sinh(rr / ell) / rr),
-                     A * np.exp(-rr / ell) / rr)
+    exact = np.where(
+        rr < R, s / decay * (1 - B * np.sinh(rr / ell) / rr), A * np.exp(-rr / ell) / rr
+    )
     exact[r == 0] = s / decay * (1 - B / ell)
     rel = np.abs(c - exact) / exact
     inside = r <= R - 2 * dx
@@ -310,6 +359,8 @@ def test_uniform_sphere_steady_3d(solver_3d):
 # ------------------------------------------------------------- 4. mass conservation
 
 MASS_SHAPES = pytest.mark.parametrize("shape", [(48, 40), (12, 16, 20)], ids=["2d", "3d"])
+
+
 def mass_run(method, shape):
     """Random field in [0.5, 1.5) (rough: every mode excited) and random non-vessel occupants
     (none of which has a rate), D = 200 um^2/min on 20 um voxels so the field stays structured,
@@ -320,15 +371,22 @@ def mass_run(method, shape):
     c0 = rng.uniform(0.5, 1.5, size=shape).astype(np.float32)
     kinds = [codes.EMPTY, codes.TUMOR, codes.CAF, codes.TAM, codes.NECROTIC]
     kind = rng.choice(kinds, size=shape).astype(np.uint8)
-    fs = make_solver(shape, 20.0, 200.0, method=method, dt_agent=6.0, dt_field=0.5,
-                     tolerance=1e-6, max_iterations=400)
+    fs = make_solver(
+        shape,
+        20.0,
+        200.0,
+        method=method,
+        dt_agent=6.0,
+        dt_field=0.5,
+        tolerance=1e-6,
+        max_iterations=400,
+    )
     c = advance(fs, c0, kind, 20)
     m0 = c0.astype(np.float64).sum()
     return c.sum() / m0 - 1, 20 * fs.n_sub, c.std() / c0.std()
 
 
-@pytest.mark.parametrize("method", [
-    "adi", "lod"])
+@pytest.mark.parametrize("method", ["adi", "lod"])
 @MASS_SHAPES
 def test_mass_conservation(method, shape):
     """No decay, no uptake, no sources, no-flux faces: the total is conserved to 1e-6 relative
@@ -341,7 +399,7 @@ def test_mass_conservation(method, shape):
     far below 1e-6; a systematic loss (a leaky face, a non-conservative solve) would show.
     """
     drift, _, std_ratio = mass_run(method, shape)
-    assert std_ratio < 0.1                         # it did diffuse
+    assert std_ratio < 0.1  # it did diffuse
     assert abs(drift) < 1e-6, drift
 
 
@@ -352,6 +410,7 @@ def test_thomas_solve_matches_banded_solver():
     from scipy.linalg import solve_banded
 
     from tmesim.steps.fields import thomas_coefficients, thomas_solve
+
     rng = np.random.default_rng(3)
     m = 17
     k = np.array([0.3, 40.0])
@@ -376,6 +435,7 @@ def test_thomas_solve_conserves_sum_only_with_float64_coefficients():
     sum moves by a systematic ~1e-8 per solve -- documents the cause of lod's drift. Asserted:
     float64 conserves, float32 errs by less than 1e-7 per solve."""
     from tmesim.steps.fields import thomas_coefficients, thomas_solve
+
     rng = np.random.default_rng(1)
     m, k = 40, np.array([0.5])
     no = np.array([False])
@@ -390,6 +450,7 @@ def test_thomas_solve_conserves_sum_only_with_float64_coefficients():
 
 
 # ------------------------------------------------------------- 5. convergence orders
+
 
 def gaussian_order(method, D, s0, T, runs):
     """The observed order of convergence between two runs ((dx, dt) each) of the spreading
@@ -432,6 +493,7 @@ def test_time_order(method):
 
 # ------------------------------------------------------------- 6. Dirichlet face
 
+
 def bar_profiles(D, decay, dx, N, cb):
     """1D bar, bath cb beyond the x- face, no-flux x+ face: discrete and continuum steady states.
 
@@ -446,14 +508,14 @@ def bar_profiles(D, decay, dx, N, cb):
     x = (i + 0.5) * dx
     L = N * dx
     ell = math.sqrt(D / decay)
-    mu = math.acosh(1 + decay * dx ** 2 / (2 * D))
+    mu = math.acosh(1 + decay * dx**2 / (2 * D))
     discrete = cb * np.cosh(mu * (N - 0.5 - i)) / np.cosh(mu * (N + 0.5))
     continuum_ghost = cb * np.cosh((L - x) / ell) / np.cosh((L + dx / 2) / ell)
     continuum_face = cb * np.cosh((L - x) / ell) / np.cosh(L / ell)
     return discrete, continuum_ghost, continuum_face
 
 
-BAR = dict(D=1000.0, decay=1.0, cb=10.0)     # ell = 31.6 um
+BAR = dict(D=1000.0, decay=1.0, cb=10.0)  # ell = 31.6 um
 BAR_BOUNDARY = '[{ faces = ["x-"], kind = "dirichlet", value = 10.0 }]'
 
 
@@ -469,8 +531,16 @@ def test_dirichlet_bar_adi(dx, N):
     discrete, cont_ghost, _ = bar_profiles(D, decay, dx, N, cb)
     direct = direct_steady((1, N), dx, D, decay, 0.0, {(1, 0): cb})[0]
     assert np.abs(direct - discrete).max() < 1e-10 * cb
-    fs = make_solver([1, N], dx, D, decay=decay, boundary=BAR_BOUNDARY, dt_agent=120.0,
-                     tolerance=1e-6, max_iterations=400)
+    fs = make_solver(
+        [1, N],
+        dx,
+        D,
+        decay=decay,
+        boundary=BAR_BOUNDARY,
+        dt_agent=120.0,
+        tolerance=1e-6,
+        max_iterations=400,
+    )
     c = advance(fs, np.zeros((1, N)), np.zeros((1, N)), 5)[0]
     assert np.abs(c - discrete).max() < 1e-5 * cb
     ell = math.sqrt(D / decay)
@@ -506,8 +576,16 @@ def test_dirichlet_bar_lod():
     discrete, _, _ = bar_profiles(D, decay, dx, N, cb)
     errs = []
     for dt in (0.02, 0.01):
-        fs = make_solver([1, N], dx, D, decay=decay, boundary=BAR_BOUNDARY, method="lod",
-                         dt_agent=10.0, dt_field=dt)
+        fs = make_solver(
+            [1, N],
+            dx,
+            D,
+            decay=decay,
+            boundary=BAR_BOUNDARY,
+            method="lod",
+            dt_agent=10.0,
+            dt_field=dt,
+        )
         c = advance(fs, discrete[None, :], np.zeros((1, N)), 1)[0]
         errs.append(np.abs(c - discrete).max())
         assert errs[-1] < dt * decay * cb, (dt, errs[-1])
@@ -515,6 +593,7 @@ def test_dirichlet_bar_lod():
 
 
 # ------------------------------------------------------------- 7. LOD vs ADI with uptake
+
 
 @pytest.fixture(scope="module")
 def uptake_disk():
@@ -525,8 +604,9 @@ def uptake_disk():
     yy, xx = np.mgrid[:n, :n]
     tumor = np.hypot(xx - (n - 1) / 2, yy - (n - 1) / 2) * dx <= 300.0
     kind = np.where(tumor, codes.TUMOR, codes.EMPTY).astype(np.uint8)
-    ref = direct_steady((n, n), dx, D, decay + 10.0 * tumor, 0.0,
-                        {(a, s): 38.0 for a in (0, 1) for s in (0, 1)})
+    ref = direct_steady(
+        (n, n), dx, D, decay + 10.0 * tumor, 0.0, {(a, s): 38.0 for a in (0, 1) for s in (0, 1)}
+    )
     return dict(n=n, dx=dx, D=D, decay=decay, kind=kind, ref=ref)
 
 
@@ -538,12 +618,19 @@ def test_adi_uptake_steady_matches_direct(uptake_disk):
     sparse direct steady state to 1e-4 of the far-field value (measured 2e-7): no splitting, so
     the 10 /min uptake is as exact as the diffusion."""
     u = uptake_disk
-    fs = make_solver([u["n"]] * 2, u["dx"], u["D"], decay=u["decay"], dt_agent=6.0,
-                     boundary=OXYGEN_BOUNDARY, uptake="{ tumor = 10.0 }")
+    fs = make_solver(
+        [u["n"]] * 2,
+        u["dx"],
+        u["D"],
+        decay=u["decay"],
+        dt_agent=6.0,
+        boundary=OXYGEN_BOUNDARY,
+        uptake="{ tumor = 10.0 }",
+    )
     c = advance(fs, np.full((u["n"],) * 2, 38.0), u["kind"], 6)
     err = np.abs(c - u["ref"]).max() / 38.0
     assert err < 1e-4, err
-    assert u["ref"].min() < 5.0                    # the disk really is hypoxic: a stiff test
+    assert u["ref"].min() < 5.0  # the disk really is hypoxic: a stiff test
 
 
 def test_lod_uptake_splitting_error(uptake_disk):
@@ -555,9 +642,17 @@ def test_lod_uptake_splitting_error(uptake_disk):
     u = uptake_disk
     errs = {}
     for dt in (0.01, 0.02, 0.5):
-        fs = make_solver([u["n"]] * 2, u["dx"], u["D"], decay=u["decay"], method="lod",
-                         dt_agent=5.0, dt_field=dt, boundary=OXYGEN_BOUNDARY,
-                         uptake="{ tumor = 10.0 }")
+        fs = make_solver(
+            [u["n"]] * 2,
+            u["dx"],
+            u["D"],
+            decay=u["decay"],
+            method="lod",
+            dt_agent=5.0,
+            dt_field=dt,
+            boundary=OXYGEN_BOUNDARY,
+            uptake="{ tumor = 10.0 }",
+        )
         c = advance(fs, u["ref"], u["kind"], 1)
         errs[dt] = np.abs(c - u["ref"]).max() / 38.0
     assert errs[0.01] < 0.025, errs
@@ -567,6 +662,7 @@ def test_lod_uptake_splitting_error(uptake_disk):
 
 # ------------------------------------------------------------- 8. vessels
 
+
 @pytest.mark.parametrize("shape", [(41, 41), (21, 23, 25)], ids=["2d", "3d"])
 def test_vessels_pinned_and_steady(shape):
     """Vessel voxels hold vessel_value exactly, and the field around them in a decaying medium
@@ -574,14 +670,30 @@ def test_vessels_pinned_and_steady(shape):
     sparse direct solve, to 1e-5 of vessel_value (measured 6e-8)."""
     dx, D, decay, cv = 10.0, 2000.0, 0.5, 38.0
     ves = np.zeros(shape, bool)
-    ves[tuple(slice(n // 2 - 1, n // 2 + 2) for n in shape)] = True     # a 3^ndim block
-    ves[tuple(n // 4 for n in shape)] = True                            # and a lone voxel
+    ves[tuple(slice(n // 2 - 1, n // 2 + 2) for n in shape)] = True  # a 3^ndim block
+    ves[tuple(n // 4 for n in shape)] = True  # and a lone voxel
     kind = np.where(ves, codes.VESSEL, codes.EMPTY)
-    ref = direct_steady(shape, dx, D, decay, 0.0,
-                        {(a, s): 0.0 for a in range(len(shape)) for s in (0, 1)},
-                        pinned=ves, pinned_value=cv)
-    fs = make_solver(shape, dx, D, decay=decay, boundary=ALL_DIRICHLET_0, dt_agent=60.0,
-                     tolerance=1e-6, max_iterations=400, vessel_value=cv)
+    ref = direct_steady(
+        shape,
+        dx,
+        D,
+        decay,
+        0.0,
+        {(a, s): 0.0 for a in range(len(shape)) for s in (0, 1)},
+        pinned=ves,
+        pinned_value=cv,
+    )
+    fs = make_solver(
+        shape,
+        dx,
+        D,
+        decay=decay,
+        boundary=ALL_DIRICHLET_0,
+        dt_agent=60.0,
+        tolerance=1e-6,
+        max_iterations=400,
+        vessel_value=cv,
+    )
     f = np.zeros((1, ves.size), np.float32)
     for _ in range(6):
         fs.step(f, kind.ravel().astype(np.uint8))
@@ -600,12 +712,29 @@ def test_vessels_lod():
     ves = np.zeros(shape, bool)
     ves[10, 10] = True
     kind = np.where(ves, codes.VESSEL, codes.EMPTY)
-    ref = direct_steady(shape, dx, D, decay, 0.0, {(a, s): 0.0 for a in (0, 1) for s in (0, 1)},
-                        pinned=ves, pinned_value=cv)
+    ref = direct_steady(
+        shape,
+        dx,
+        D,
+        decay,
+        0.0,
+        {(a, s): 0.0 for a in (0, 1) for s in (0, 1)},
+        pinned=ves,
+        pinned_value=cv,
+    )
     errs = []
     for dt in (0.0125, 0.003125):
-        fs = make_solver(shape, dx, D, decay=decay, boundary=ALL_DIRICHLET_0, method="lod",
-                         dt_agent=4.0, dt_field=dt, vessel_value=cv)
+        fs = make_solver(
+            shape,
+            dx,
+            D,
+            decay=decay,
+            boundary=ALL_DIRICHLET_0,
+            method="lod",
+            dt_agent=4.0,
+            dt_field=dt,
+            vessel_value=cv,
+        )
         c = advance(fs, ref, kind, 1)
         assert c[ves].min() == c[ves].max() == np.float32(cv)
         errs.append(np.abs(c - ref).max() / cv)
@@ -632,11 +761,14 @@ def test_fields_are_independent(method, dt_field):
     must give what each gives alone -- exercising the per-field boundary tables (a face that is
     Dirichlet for one field and no-flux for the other) and per-field pseudo-steps. lod: exactly;
     adi: to its iteration tolerance (1e-6 of the field's scale; asserted 1e-5, measured 4e-7)."""
-    head = solver_text((30, 40), method=method, dt_field=dt_field, tolerance=1e-6,
-                       max_iterations=400)
+    head = solver_text(
+        (30, 40), method=method, dt_field=dt_field, tolerance=1e-6, max_iterations=400
+    )
     both = tmesim.loads_scenario(head + TRACER)
-    alone = [tmesim.loads_scenario(head),
-             tmesim.loads_scenario(head + "[fields.oxygen]\nuptake_per_min = {}\n" + TRACER)]
+    alone = [
+        tmesim.loads_scenario(head),
+        tmesim.loads_scenario(head + "[fields.oxygen]\nuptake_per_min = {}\n" + TRACER),
+    ]
     assert both.field_names == ("oxygen", "tracer")
     rng = np.random.default_rng(0)
     kind = np.where(rng.random(1200) < 0.1, codes.TUMOR, codes.EMPTY).astype(np.uint8)
@@ -645,6 +777,7 @@ def test_fields_are_independent(method, dt_field):
         fs = FieldSolver(sc, Grid(sc.grid.shape, sc.grid.dx_um))
         for _ in range(5):
             fs.step(f, kind)
+
     f_both = np.zeros((2, 1200), np.float32)
     f_both[0] = 38.0
     f_oxy = np.full((1, 1200), 38.0, np.float32)
@@ -655,10 +788,11 @@ def test_fields_are_independent(method, dt_field):
     for together, apart in ((f_both[0], f_oxy[0]), (f_both[1], f_tr[1])):
         tol = 0.0 if method == "lod" else 1e-5 * np.abs(apart).max()
         assert np.abs(together - apart).max() <= tol
-    assert f_tr[1].max() > 5.0                  # the tracer really was secreted
+    assert f_tr[1].max() > 5.0  # the tracer really was secreted
 
 
 # ------------------------------------------------------------- small steps, default tolerance
+
 
 @pytest.mark.parametrize("dt", [0.05, 0.02])
 def test_adi_default_tolerance_small_steps(dt):
@@ -669,17 +803,19 @@ def test_adi_default_tolerance_small_steps(dt):
     fraction of the step's own change, so small steps were left unfinished and diffusion ran
     9 % (dt = 0.05 min) to 22 % (0.02 min) too slow."""
     from tmesim.scenario import SolverConfig
+
     D, dx, s0, T = 1000.0, 40.0, 200.0, 20.0
     x, c0, c, _ = gaussian_1d(D, dx, s0, T, dt, "adi", tolerance=SolverConfig().tolerance)
-    var0 = (c0 * x ** 2).sum() / c0.sum()
-    var = (c * x ** 2).sum() / c.sum()
+    var0 = (c0 * x**2).sum() / c0.sum()
+    var = (c * x**2).sum() / c.sum()
     assert abs((var - var0) / (2 * D * T) - 1) < 0.01
 
 
 def test_unconverged_solve_warns_once():
     """A field step that hits solver.max_iterations says so (once per solver), never silently."""
-    sc = make_scenario("grid.shape=[40,40]", "solver.max_iterations=1", "solver.tolerance=1e-9",
-                       base=DEFAULTS)
+    sc = make_scenario(
+        "grid.shape=[40,40]", "solver.max_iterations=1", "solver.tolerance=1e-9", base=DEFAULTS
+    )
     fs = FieldSolver(sc, Grid(sc.grid.shape, sc.grid.dx_um))
     kind = np.zeros(1600, np.uint8)
     kind[800:900] = codes.TUMOR
@@ -692,7 +828,10 @@ def test_unconverged_solve_warns_once():
 
 # ------------------------------------------------------------- threads, factored line solves
 
-THREE_FIELDS = "\n[fields.oxygen]" + TRACER + """[fields.glucose]
+THREE_FIELDS = (
+    "\n[fields.oxygen]"
+    + TRACER
+    + """[fields.glucose]
 units = "mM"
 diffusion_um2_per_min = 3.6e4
 uptake_per_min = { tumor = 0.05 }
@@ -700,14 +839,18 @@ initial = 5.0
 vessel_value = 5.0
 boundary = { faces = "all", kind = "dirichlet", value = 5.0 }
 """
+)
 
 
 def three_fields(method, dt_field):
     """14 x 17 x 19 voxels, three fields: oxygen (defaults), a tracer secreted by tumor cells
     (a bath on y- only), glucose taken up by them (a bath on every face, vessels)."""
-    return tmesim.loads_scenario(solver_text((14, 17, 19), method=method, dt_field=dt_field,
-                                             tolerance=1e-4, max_iterations=60)
-                                 + THREE_FIELDS)
+    return tmesim.loads_scenario(
+        solver_text(
+            (14, 17, 19), method=method, dt_field=dt_field, tolerance=1e-4, max_iterations=60
+        )
+        + THREE_FIELDS
+    )
 
 
 @pytest.mark.parametrize("method,dt_field", [("adi", 0.0), ("lod", 0.5)])
@@ -725,8 +868,7 @@ def test_threads_do_not_change_results(method, dt_field, monkeypatch):
     init = np.array([[38.0], [0.0], [5.0]], np.float32)
     results = []
     orig_groups = FieldSolver._groups
-    monkeypatch.setattr(FieldSolver, "_groups",
-                        lambda self, min_sites=0: orig_groups(self, 0))
+    monkeypatch.setattr(FieldSolver, "_groups", lambda self, min_sites=0: orig_groups(self, 0))
     for threads in (1, 2, 3):
         fs = FieldSolver(sc, grid, threads=threads)
         assert len(fs._groups()) == threads
@@ -734,7 +876,7 @@ def test_threads_do_not_change_results(method, dt_field, monkeypatch):
         for _ in range(3):
             fs.step(f, kind)
         results.append((f, fs.last_sweeps))
-    assert results[0][0][1].max() > 5.0                  # the tracer was secreted
+    assert results[0][0][1].max() > 5.0  # the tracer was secreted
     for f, sweeps in results[1:]:
         assert sweeps == results[0][1]
         assert np.array_equal(f, results[0][0])
@@ -749,6 +891,7 @@ def test_factored_line_solve_matches_diag_solve():
         thomas_solve_diag,
         thomas_solve_factored,
     )
+
     rng = np.random.default_rng(2)
     shape = (2, 5, 6, 7)
     k = np.array([0.7, 3.0])
@@ -760,8 +903,9 @@ def test_factored_line_solve_matches_diag_solve():
         extra = rng.uniform(0, 2, shape).astype(np.float32)
         x = rng.uniform(-1, 1, shape).astype(np.float32)
         row = np.moveaxis(x, ax + 1, 0).shape[1:]
-        ref = thomas_solve_diag(x.copy(), ax, kk, base, extra, np.empty_like(x),
-                                np.empty(row, np.float32))
+        ref = thomas_solve_diag(
+            x.copy(), ax, kk, base, extra, np.empty_like(x), np.empty(row, np.float32)
+        )
         inv, cp = np.empty_like(x), np.empty_like(x)
         thomas_factor_diag(ax, kk, base, extra, inv, cp, np.empty(row, np.float32))
         got = thomas_solve_factored(x.copy(), ax, kk, inv, cp, np.empty(row, np.float32))
@@ -775,6 +919,7 @@ def test_lod_substep_matches_reference_scheme():
     c = (c + dt S) / (1 + dt U'), all in float64; agreement to 1e-5 relative (float32 storage
     between agent steps)."""
     from tmesim.steps.fields import thomas_solve
+
     sc = three_fields("lod", 0.5)
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     fs = FieldSolver(sc, grid, threads=1)
@@ -827,25 +972,37 @@ schedule = {{ kind = "continuous", dose_uM = 0.5, start_day = 0.1 }}
 """
 
 
-@pytest.mark.parametrize("transports", [("uniform", "uniform", "uniform"),   # a consecutive tail
-                                        ("bath", "uniform", "vessels"),      # rows apart
-                                        ("uniform", "bath", "uniform")])
+@pytest.mark.parametrize(
+    "transports",
+    [
+        ("uniform", "uniform", "uniform"),  # a consecutive tail
+        ("bath", "uniform", "vessels"),  # rows apart
+        ("uniform", "bath", "uniform"),
+    ],
+)
 def test_well_mixed_drug_fields_are_set_not_solved(transports):
     """A well-mixed drug's field is its free plasma level everywhere, every step; the other
     fields evolve exactly as a solver of them alone evolves them (its iterations included)."""
     from tmesim.simulation import Model
     from tmesim.steps.fields import TransportedFields, transported_scenario
-    sc = make_scenario("run.duration_days=0.25", "grid.shape=[30,34]", "init.tumor.radius_um=200",
-                       "init.vessels.density=0.02",
-                       drop=("run.name", "run.seed", "run.snapshot_every_hours"),
-                       extra=MIXED_DRUGS.format(t0=transports[0], t1=transports[1],
-                                                t2=transports[2]))
+
+    sc = make_scenario(
+        "run.duration_days=0.25",
+        "grid.shape=[30,34]",
+        "init.tumor.radius_um=200",
+        "init.vessels.density=0.02",
+        drop=("run.name", "run.seed", "run.snapshot_every_hours"),
+        extra=MIXED_DRUGS.format(t0=transports[0], t1=transports[1], t2=transports[2]),
+    )
     model = Model(sc)
     solver = model.field_solver
     assert isinstance(solver, TransportedFields)
     sub = transported_scenario(sc)
-    uniform = [i for i, f in enumerate(sc.fields)
-               if f.role == "drug" and sc.drug(f.name).transport == "uniform"]
+    uniform = [
+        i
+        for i, f in enumerate(sc.fields)
+        if f.role == "drug" and sc.drug(f.name).transport == "uniform"
+    ]
     kept = [i for i in range(len(sc.fields)) if i not in uniform]
     assert sub.field_names == tuple(sc.fields[i].name for i in kept)
     alone = FieldSolver(sub, model.grid)
@@ -898,8 +1055,9 @@ def test_caf_hgf_secretion_conserves_mass_and_approaches_steady_state():
         hi = sc.field_names.index("hgf")
         fc = sc.field("hgf")
         assert fc.decay_per_min == lam and not fc.boundary
-        Q = (kind == codes.CAF).sum() * fc.secretion_per_min["caf"] + \
-            (kind == codes.TAM).sum() * fc.secretion_per_min.get("tam", 0.0)
+        Q = (kind == codes.CAF).sum() * fc.secretion_per_min["caf"] + (
+            kind == codes.TAM
+        ).sum() * fc.secretion_per_min.get("tam", 0.0)
         assert Q > 0
         plateau = Q / (n * lam)
         solver = FieldSolver(sc, grid, threads=1)
@@ -916,11 +1074,11 @@ def test_caf_hgf_secretion_conserves_mass_and_approaches_steady_state():
             assert mean == pytest.approx(M, rel=1e-4)
             if sub:
                 t = (step + 1) * DT
-                bound = lam ** 2 * h * t * math.exp(-lam * t) + 1e-4
+                bound = lam**2 * h * t * math.exp(-lam * t) + 1e-4
                 assert abs(mean - plateau * -math.expm1(-lam * t)) < bound * plateau
         if not sub:
             assert mean == pytest.approx(plateau, rel=1e-4)
-            assert fields[hi][kind == codes.CAF].mean() > mean   # sources sit on the peaks
+            assert fields[hi][kind == codes.CAF].mean() > mean  # sources sit on the peaks
 
 
 def test_persisters_secrete_the_signal_and_sensitive_cells_do_not():
@@ -957,4 +1115,3 @@ def test_persisters_secrete_the_signal_and_sensitive_cells_do_not():
             assert total == pytest.approx(n_P * s_p * DT / (1 + lam * DT), rel=1e-4)
         else:
             assert np.all(fields[si] == 0)
-

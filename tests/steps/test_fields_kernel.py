@@ -41,13 +41,28 @@ from ..helpers import solver_text
 
 
 # ------------------------------------------------------------------------------------- scenarios
-def fields_text(shape, method, *, dt_field=0.0, o2_faces='"all"', drug_faces='"x-", "y+"',
-                  tolerance=1e-3, max_iterations=200):
+def fields_text(
+    shape,
+    method,
+    *,
+    dt_field=0.0,
+    o2_faces='"all"',
+    drug_faces='"x-", "y+"',
+    tolerance=1e-3,
+    max_iterations=200,
+):
     """Three fields: oxygen (Dirichlet bath and vessels at 38 mmHg, uptake by tumor cells with
     per-state rates and by CAFs), a drug (bath on some faces, vessels; its supply is changed by
     set_supply), a secreted signal (no-flux everywhere)."""
-    return solver_text(shape, method=method, dt_field=dt_field, tolerance=tolerance,
-                       max_iterations=max_iterations) + f"""
+    return (
+        solver_text(
+            shape,
+            method=method,
+            dt_field=dt_field,
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+        )
+        + f"""
 [fields.oxygen]
 diffusion_um2_per_min = 1e5
 decay_per_min = 0.1
@@ -68,6 +83,7 @@ diffusion_um2_per_min = 5e3
 decay_per_min = 0.05
 secretion_per_min = {{ caf = 0.3, tam = 0.1 }}
 """
+    )
 
 
 def solvers(launcher, shape, method, **kw):
@@ -123,22 +139,23 @@ def run_both(ref, ks, shape, n_steps=4, seed=1):
 CASES = [
     # shape, method, field dt (0: one field step per agent step), faces of oxygen, of the drug
     ((24, 24), "adi", 0.0, '"all"', '"x-", "y+"'),
-    ((24, 24), "adi", 2.0, '"y-", "x+"', '"x-"'),         # n_sub = 3; a face with no bath at all
-    ((24, 24), "lod", 0.5, '"all"', '"x-", "y+"'),         # n_sub = 12
+    ((24, 24), "adi", 2.0, '"y-", "x+"', '"x-"'),  # n_sub = 3; a face with no bath at all
+    ((24, 24), "lod", 0.5, '"all"', '"x-", "y+"'),  # n_sub = 12
     ((24, 24), "lod", 1.5, '"y-", "x+"', '"x-"'),
     ((12, 12, 12), "adi", 0.0, '"all"', '"z-", "x-", "y+"'),
     ((12, 12, 12), "adi", 3.0, '"z+", "y-"', '"x+"'),
     ((12, 12, 12), "lod", 0.5, '"all"', '"z-", "x-", "y+"'),
     ((12, 12, 12), "lod", 2.0, '"z+", "y-"', '"x+"'),
-    ((1, 30), "adi", 0.0, '"all"', '"x-"'),                # lines of length 1 along y
+    ((1, 30), "adi", 0.0, '"all"', '"x-"'),  # lines of length 1 along y
     ((5, 1, 9), "lod", 1.0, '"all"', '"x-", "z+"'),
 ]
 
 
 @pytest.mark.parametrize("shape, method, dt_field, o2_faces, drug_faces", CASES)
 def test_matches_numpy_bit_for_bit(launcher, shape, method, dt_field, o2_faces, drug_faces):
-    _sc, ref, ks = solvers(launcher, shape, method, dt_field=dt_field, o2_faces=o2_faces,
-                          drug_faces=drug_faces)
+    _sc, ref, ks = solvers(
+        launcher, shape, method, dt_field=dt_field, o2_faces=o2_faces, drug_faces=drug_faces
+    )
     for name in ("F", "method", "n_sub", "dt"):
         assert getattr(ks, name) == getattr(ref, name)
     if dt_field:
@@ -148,10 +165,15 @@ def test_matches_numpy_bit_for_bit(launcher, shape, method, dt_field, o2_faces, 
 
 
 @pytest.mark.parametrize("order", [1, 2])
-@pytest.mark.parametrize("shape, method, dt_field", [((12, 12, 12), "adi", 3.0),
-                                                     ((12, 12, 12), "lod", 2.0),
-                                                     ((24, 24), "adi", 0.0),
-                                                     ((24, 24), "lod", 1.5)])
+@pytest.mark.parametrize(
+    "shape, method, dt_field",
+    [
+        ((12, 12, 12), "adi", 3.0),
+        ((12, 12, 12), "lod", 2.0),
+        ((24, 24), "adi", 0.0),
+        ((24, 24), "lod", 1.5),
+    ],
+)
 def test_work_order_does_not_matter(launcher, order, shape, method, dt_field):
     """Every launch's work items run backwards, or in a scrambled order: still numpy's result
     (the forward order is test_matches_numpy_bit_for_bit)."""
@@ -190,14 +212,14 @@ def test_non_finite_fields_raise_naming_them(launcher, method):
     _sc, ref, ks = solvers(launcher, (10, 12), method)
     g = np.random.default_rng(4)
     kind, state = random_cells(g, 120)
-    kind[kind == codes.VESSEL] = codes.EMPTY          # a NaN on a vessel would be reset
+    kind[kind == codes.VESSEL] = codes.EMPTY  # a NaN on a vessel would be reset
     fields = initial_fields(g, 120)
     fields[1, 7] = np.nan
     fields[2, 70] = np.inf
     msgs = []
     for solver in (ref, ks):
         with pytest.raises(FieldSolverError) as e, warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)   # NaN residuals: max_iterations
+            warnings.simplefilter("ignore", RuntimeWarning)  # NaN residuals: max_iterations
             solver.step(fields.copy(), kind, state)
         msgs.append(str(e.value))
     assert msgs[0] == msgs[1] and "erl" in msgs[1] and "hgf" in msgs[1]
@@ -215,7 +237,7 @@ def test_max_iterations_warns_once_like_numpy(launcher):
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             solver.step(f, kind, state)
-            solver.step(f, kind, state)           # warned once per solver
+            solver.step(f, kind, state)  # warned once per solver
         caught.append([str(x.message) for x in w if issubclass(x.category, RuntimeWarning)])
     np.testing.assert_array_equal(got, want)
     assert ks.last_sweeps == ref.last_sweeps == 3
@@ -244,19 +266,22 @@ def test_workspace_bytes_counts_every_array(launcher, shape, method):
 def test_lod_fits_1024_cubed_with_five_fields():
     """The budget the run's memory check relies on: 1024^3 voxels, 5 fields, LOD needs 8 B per
     voxel of workspace (with 20 B of fields and 10 B of cell state: 38 B per voxel, 40.8 GB)."""
-    fields = "".join(f"""
+    fields = "".join(
+        f"""
 [fields.f{i}]
 units = "uM"
 diffusion_um2_per_min = 1e4
 boundary = [{{ faces = ["all"], kind = "dirichlet", value = 1.0 }}]
-""" for i in range(4))
+"""
+        for i in range(4)
+    )
     text = fields_text((1024, 1024, 1024), "lod", dt_field=0.01).split("[fields.erl]")[0]
     sc = tmesim.loads_scenario(text + fields)
     assert len(sc.fields) == 5
-    n = 1024 ** 3
+    n = 1024**3
     ws = field_workspace_bytes(sc)
-    assert 8 * n <= ws < 8 * n + (1 << 20)          # + coefficient tables (3 x 3 x 1024 x 5)
-    assert ws + (4 * 5 + 10) * n < 80e9 / 1.9       # 80 GB with room to spare
+    assert 8 * n <= ws < 8 * n + (1 << 20)  # + coefficient tables (3 x 3 x 1024 x 5)
+    assert ws + (4 * 5 + 10) * n < 80e9 / 1.9  # 80 GB with room to spare
     adi = tmesim.loads_scenario(text.replace('method = "lod"', 'method = "adi"') + fields)
     assert field_workspace_bytes(adi) >= 4 * 5 * 14 * n
 
@@ -291,7 +316,7 @@ def random_line_system(g, shape, F, axis):
     k = kf.reshape(sl).astype(np.float32)
     base = base.reshape((-1,) + sl).astype(np.float32)
     extra = g.uniform(0, 3, (F,) + shape).astype(np.float32)
-    extra[g.random(extra.shape) < 0.1] = np.float32(1e20)      # pinned voxels
+    extra[g.random(extra.shape) < 0.1] = np.float32(1e20)  # pinned voxels
     return k, base, extra
 
 
@@ -321,8 +346,7 @@ def test_thomas_solve_bit_exact(launcher, shape, coef_dtype):
     for axis in range(ndim):
         k = g.uniform(0.01, 30, F)
         lo, hi = g.random(F) < 0.5, g.random(F) < 0.5
-        co = F_.thomas_coefficients(k, shape[axis], lo, hi, g.uniform(0, 0.5, F), ndim,
-                                    coef_dtype)
+        co = F_.thomas_coefficients(k, shape[axis], lo, hi, g.uniform(0, 0.5, F), ndim, coef_dtype)
         x = g.uniform(-5, 50, (F,) + shape).astype(np.float32)
         want = F_.thomas_solve(x.copy(), axis, co)
         got = FK.thomas_solve(x.copy(), axis, co, launcher=launcher)
@@ -337,10 +361,12 @@ def test_thomas_solve_diag_bit_exact(launcher, shape):
         k, base, extra = random_line_system(g, shape, F, axis)
         x = g.uniform(-5, 50, (F,) + shape).astype(np.float32)
         slice_shape = np.moveaxis(x, axis + 1, 0).shape[1:]
-        want = F_.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
-                                    np.empty(slice_shape, np.float32))
-        got = FK.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
-                                        launcher=launcher)
+        want = F_.thomas_solve_diag(
+            x.copy(), axis, k, base, extra, np.empty_like(x), np.empty(slice_shape, np.float32)
+        )
+        got = FK.thomas_solve_diag(
+            x.copy(), axis, k, base, extra, np.empty_like(x), launcher=launcher
+        )
         np.testing.assert_array_equal(got, want)
 
 
@@ -355,20 +381,21 @@ def test_thomas_factored_bit_exact(launcher, shape):
         k, base, extra = random_line_system(g, shape, F, axis)
         slice_shape = np.moveaxis(extra, axis + 1, 0).shape[1:]
         inv_w, cp_w = np.empty_like(extra), np.empty_like(extra)
-        F_.thomas_factor_diag(axis, k, base, extra, inv_w, cp_w,
-                              np.empty(slice_shape, np.float32))
+        F_.thomas_factor_diag(axis, k, base, extra, inv_w, cp_w, np.empty(slice_shape, np.float32))
         inv, cp = np.empty_like(extra), np.empty_like(extra)
         FK.thomas_factor_diag(axis, k, base, extra, inv, cp, launcher=launcher)
         np.testing.assert_array_equal(inv, inv_w)
         np.testing.assert_array_equal(cp, cp_w)
         x = g.uniform(-5, 50, (F,) + shape).astype(np.float32)
-        want = F_.thomas_solve_factored(x.copy(), axis, k, inv_w, cp_w,
-                                        np.empty(slice_shape, np.float32))
+        want = F_.thomas_solve_factored(
+            x.copy(), axis, k, inv_w, cp_w, np.empty(slice_shape, np.float32)
+        )
         got = FK.thomas_solve_factored(x.copy(), axis, k, inv, cp, launcher=launcher)
         np.testing.assert_array_equal(got, want)
         # and the same as the one-pass solve
-        once = FK.thomas_solve_diag(x.copy(), axis, k, base, extra, np.empty_like(x),
-                                         launcher=launcher)
+        once = FK.thomas_solve_diag(
+            x.copy(), axis, k, base, extra, np.empty_like(x), launcher=launcher
+        )
         np.testing.assert_array_equal(got, once)
 
 
@@ -437,18 +464,44 @@ def test_lod_sweep_kernel_bit_exact(launcher, shape):
     kind, state = random_cells(g, n)
     for axis in range(nd):
         k = g.uniform(0.01, 30, F)
-        co = F_.thomas_coefficients(k, shape[axis], g.random(F) < 0.5, g.random(F) < 0.5,
-                                    g.uniform(0, 0.5, F), nd, np.float64)
-        inv, kinv, cp = (np.ascontiguousarray(getattr(co, p).reshape(shape[axis], F))
-                         for p in ("inv", "kinv", "cp"))
+        co = F_.thomas_coefficients(
+            k,
+            shape[axis],
+            g.random(F) < 0.5,
+            g.random(F) < 0.5,
+            g.uniform(0, 0.5, F),
+            nd,
+            np.float64,
+        )
+        inv, kinv, cp = (
+            np.ascontiguousarray(getattr(co, p).reshape(shape[axis], F))
+            for p in ("inv", "kinv", "cp")
+        )
         for f in range(F):
             for react in (False, True):
-                kg = [np.nan if g.random() < 0.3 else (0.0 if g.random() < 0.3
-                                                       else g.uniform(0, 20)) for _ in range(2)]
+                kg = [
+                    np.nan if g.random() < 0.3 else (0.0 if g.random() < 0.3 else g.uniform(0, 20))
+                    for _ in range(2)
+                ]
                 x = g.uniform(-1, 40, shape)
-                x.reshape(-1)[:3] = -0.0                 # a -0.0 meets an added 0.0
-                args = (axis, f, inv, kinv, cp, kg[0], kg[1], kind, float(g.uniform(0, 40)),
-                        react, state, U_t, S_t, float(g.uniform(0, 0.2)), 0.37)
+                x.reshape(-1)[:3] = -0.0  # a -0.0 meets an added 0.0
+                args = (
+                    axis,
+                    f,
+                    inv,
+                    kinv,
+                    cp,
+                    kg[0],
+                    kg[1],
+                    kind,
+                    float(g.uniform(0, 40)),
+                    react,
+                    state,
+                    U_t,
+                    S_t,
+                    float(g.uniform(0, 0.2)),
+                    0.37,
+                )
                 want = F_.lod_sweep(x.copy(), *args)
                 got = FK.lod_sweep(x.copy(), *args, launcher=launcher)
                 assert np.array_equal(np.signbit(got), np.signbit(want))
@@ -462,22 +515,29 @@ def test_cg_rhs_kernel_bit_exact(launcher):
     inv_dt = np.float32(1.0 / 0.37)
     want = np.multiply(c, inv_dt)
     want += S
-    np.testing.assert_array_equal(FK.cg_rhs(c, S, inv_dt, np.empty_like(c),
-                                                 launcher=launcher), want)
+    np.testing.assert_array_equal(
+        FK.cg_rhs(c, S, inv_dt, np.empty_like(c), launcher=launcher), want
+    )
 
 
 # ------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 def test_laplacian_on_device_arrays(gpu_launcher):
     import cupy
+
     g = np.random.default_rng(1)
     F, shape = 3, (33, 17, 20)
     c = g.uniform(0, 50, (F,) + shape).astype(np.float32)
     Dh2 = g.uniform(1, 300, F).astype(np.float32).reshape((F, 1, 1, 1))
     ghosts = random_ghosts(g, F, 3)
     want = F_.laplacian(c, Dh2, ghosts, np.empty_like(c))
-    got = FK.laplacian(cupy.asarray(c), cupy.asarray(Dh2), ghosts,
-                       cupy.empty(c.shape, cupy.float32), launcher=gpu_launcher)
+    got = FK.laplacian(
+        cupy.asarray(c),
+        cupy.asarray(Dh2),
+        ghosts,
+        cupy.empty(c.shape, cupy.float32),
+        launcher=gpu_launcher,
+    )
     np.testing.assert_array_equal(cupy.asnumpy(got), want)
 
 
@@ -497,8 +557,10 @@ def test_gpu_matches_numpy(gpu_launcher, shape, method, dt_field, o2_faces, drug
     bounded by the remaining error, about tol times the field's change (tol = 1e-3 here): allowed
     2 tol of the field's scale."""
     import cupy
-    sc = tmesim.loads_scenario(fields_text(shape, method, dt_field=dt_field,
-                                             o2_faces=o2_faces, drug_faces=drug_faces))
+
+    sc = tmesim.loads_scenario(
+        fields_text(shape, method, dt_field=dt_field, o2_faces=o2_faces, drug_faces=drug_faces)
+    )
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     ref = FieldSolver(sc, grid)
     ks = KernelFieldSolver(sc, grid, launcher=gpu_launcher)
@@ -523,7 +585,7 @@ def test_gpu_matches_numpy(gpu_launcher, shape, method, dt_field, o2_faces, drug
             scale = np.abs(want).max(axis=1, keepdims=True)
             slack = 1e-5 if ks.last_sweeps == ref.last_sweeps else 2 * tol
             assert (np.abs(host - want) <= slack * scale).all(), s
-            got = cupy.asarray(want)     # restart from numpy's state: errors do not compound
+            got = cupy.asarray(want)  # restart from numpy's state: errors do not compound
         kind, state = evolve(g, kind)
 
 
@@ -531,6 +593,7 @@ def test_gpu_matches_numpy(gpu_launcher, shape, method, dt_field, o2_faces, drug
 @pytest.mark.parametrize("method", ["adi", "lod"])
 def test_gpu_runs_are_bitwise_reproducible(gpu_launcher, method):
     import cupy
+
     sc = tmesim.loads_scenario(fields_text((20, 18, 16), method, dt_field=2.0))
     grid = Grid(sc.grid.shape, sc.grid.dx_um)
     out = []
@@ -557,7 +620,7 @@ def test_a_field_decayed_into_denormals_converges_at_once(launcher):
     _sc, ref, ks = solvers(launcher, (24, 24), "adi", tolerance=1e-3, max_iterations=50)
     g = np.random.default_rng(8)
     kind, state = random_cells(g, 576)
-    kind[(kind == codes.CAF) | (kind == codes.TAM)] = codes.EMPTY     # no hgf secretion left
+    kind[(kind == codes.CAF) | (kind == codes.TAM)] = codes.EMPTY  # no hgf secretion left
     want = initial_fields(g, 576)
     want[2] = g.choice(np.array([-4e-45, 0.0, 1e-44, 3e-43, 2e-42], np.float32), 576)
     got = want.copy()

@@ -39,29 +39,45 @@ S, P, R = codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT
 # ---------------------------------------------------------------------------------- helpers
 def hill(c, emax, ec50, h):
     """The Emax/Hill curve of MODEL.md section 3, written out independently of tmesim.drugs."""
-    return emax * c ** h / (c ** h + ec50 ** h)
+    return emax * c**h / (c**h + ec50**h)
 
 
 def transitions(**kw):
     """All phenotype transitions off and memory frozen, then ``kw``."""
-    base = dict(pre_existing=False, drug_induced=False, entry_basal_per_h=0.0,
-                entry_induced_per_h=0.0, exit_per_h=0.0, resistance_per_h=0.0,
-                memory_gain_per_h=0.0, memory_decay_per_h=0.0)
+    base = dict(
+        pre_existing=False,
+        drug_induced=False,
+        entry_basal_per_h=0.0,
+        entry_induced_per_h=0.0,
+        exit_per_h=0.0,
+        resistance_per_h=0.0,
+        memory_gain_per_h=0.0,
+        memory_decay_per_h=0.0,
+    )
     base.update(kw)
     return TransitionConfig(**base)
 
 
 # signalling constants the expectations below are written with (explicit, not the defaults)
-SIGNALLING = dict(hgf_half_max_ng_per_mL=5.0, igf1_half_max_ng_per_mL=10.0,
-                  met_protection_max=0.8, igf1r_protection_max=0.5)
+SIGNALLING = dict(
+    hgf_half_max_ng_per_mL=5.0,
+    igf1_half_max_ng_per_mL=10.0,
+    met_protection_max=0.8,
+    igf1r_protection_max=0.5,
+)
 OXYGEN = dict(hypoxic_threshold_mmHg=15.0, necrosis_threshold_mmHg=5.0, necrosis_max_mmHg=2.5)
 
 
 def growing_tumor(**kw):
     """Division at the full rate at 38 mmHg; no transitions unless given."""
     kw.setdefault("transitions", transitions())
-    return TumorConfig(proliferation_threshold_mmHg=5.0, proliferation_saturation_mmHg=38.0,
-                       signalling=SignallingConfig(**SIGNALLING), **OXYGEN, **kw)
+    return TumorConfig(
+        proliferation_threshold_mmHg=5.0,
+        proliferation_saturation_mmHg=38.0,
+        signalling=SignallingConfig(**SIGNALLING),
+        **OXYGEN,
+        **kw,
+    )
 
 
 def still_tumor(tr=None, signalling=None, **kw):
@@ -69,8 +85,12 @@ def still_tumor(tr=None, signalling=None, **kw):
     5 mmHg necrosis threshold): h = clip((15 - O2)/10, 0, 1) is 0 at 38 and 0.5 at 10 mmHg."""
     kw.setdefault("proliferation_threshold_mmHg", 40.0)
     kw.setdefault("proliferation_saturation_mmHg", 50.0)
-    return TumorConfig(transitions=tr or transitions(),
-                       signalling=signalling or SignallingConfig(**SIGNALLING), **OXYGEN, **kw)
+    return TumorConfig(
+        transitions=tr or transitions(),
+        signalling=signalling or SignallingConfig(**SIGNALLING),
+        **OXYGEN,
+        **kw,
+    )
 
 
 def drug(name, **effects):
@@ -115,8 +135,13 @@ def test_basal_entry_matches_rate_and_hypoxia_raises_it():
     kind, ts = full_lattice(shape, np.full(n, S))
     g = groups(n, 2)
     o2 = np.where(g == 0, 38.0, 10.0).astype(np.float32)
-    tr = transitions(pre_existing=True, drug_induced=True, entry_basal_per_h=0.5,
-                     entry_induced_per_h=5.0, hypoxia_weight=2.0)
+    tr = transitions(
+        pre_existing=True,
+        drug_induced=True,
+        entry_basal_per_h=0.5,
+        entry_induced_per_h=5.0,
+        hypoxia_weight=2.0,
+    )
     rules = TumorRules(still_tumor(tr), Grid(shape, 20.0), seed=31, dt_min=DT)
     steps = 12
     tot = run(rules, kind, ts, o2, steps)
@@ -138,8 +163,9 @@ ENTRY_CASES = [  # (C_tki, memory, O2, hgf, igf1, C_kdm5)
 ]
 
 
-@pytest.mark.parametrize("pre_existing,drug_induced",
-                         [(True, True), (False, True), (True, False), (False, False)])
+@pytest.mark.parametrize(
+    "pre_existing,drug_induced", [(True, True), (False, True), (True, False), (False, False)]
+)
 def test_drug_induced_entry_and_its_switches(pre_existing, drug_induced):
     """S -> P at (k_b (1 + w_h h) + k_i E (1 + m + w_s (a_met + a_igf) + w_h h)) (1 - E_block),
     each origin switched off by its flag. E = 0.8 C^2/(C^2 + 1) (targeted drug, no kill),
@@ -154,18 +180,34 @@ def test_drug_induced_entry_and_its_switches(pre_existing, drug_induced):
     cols = np.array(ENTRY_CASES)[g].T
     c_tki, mem, o2, hgf, igf1, c_kdm5 = cols
     kb, ki, wh, ws = 0.2, 0.4, 1.0, 0.5
-    tr = transitions(pre_existing=pre_existing, drug_induced=drug_induced, entry_basal_per_h=kb,
-                     entry_induced_per_h=ki, hypoxia_weight=wh)
+    tr = transitions(
+        pre_existing=pre_existing,
+        drug_induced=drug_induced,
+        entry_basal_per_h=kb,
+        entry_induced_per_h=ki,
+        hypoxia_weight=wh,
+    )
     p = still_tumor(tr, signalling=SignallingConfig(entry_weight=ws, **SIGNALLING))
-    drugs = (tki(emax=0.8, ec50=1.0, h=2.0),
-             drug("kdm5", block_entry=dict(emax=0.9, ec50_uM=2.0, hill=1.0)))
+    drugs = (
+        tki(emax=0.8, ec50=1.0, h=2.0),
+        drug("kdm5", block_entry=dict(emax=0.9, ec50_uM=2.0, hill=1.0)),
+    )
     rules = TumorRules(p, Grid(shape, 20.0), seed=32, dt_min=DT, drugs=drugs)
     memory = mem.astype(np.float32)
     steps = 20
-    run(rules, kind, ts, o2.astype(np.float32), steps, memory=memory,
-        time_in_P=np.zeros(n, np.float32), hgf=hgf.astype(np.float32),
-        igf1=igf1.astype(np.float32), drug_conc=np.stack([c_tki, c_kdm5]).astype(np.float32))
-    np.testing.assert_array_equal(memory, mem.astype(np.float32))   # frozen
+    run(
+        rules,
+        kind,
+        ts,
+        o2.astype(np.float32),
+        steps,
+        memory=memory,
+        time_in_P=np.zeros(n, np.float32),
+        hgf=hgf.astype(np.float32),
+        igf1=igf1.astype(np.float32),
+        drug_conc=np.stack([c_tki, c_kdm5]).astype(np.float32),
+    )
+    np.testing.assert_array_equal(memory, mem.astype(np.float32))  # frozen
     for gi, (ct, m, ox, hg, ig, ck) in enumerate(ENTRY_CASES):
         h = min(1.0, max(0.0, (15 - ox) / 10))
         E = hill(ct, 0.8, 1.0, 2.0)
@@ -177,8 +219,12 @@ def test_drug_induced_entry_and_its_switches(pre_existing, drug_induced):
             k += ki * E * (1 + m + ws * a + wh * h)
         k *= 1 - hill(ck, 0.9, 2.0, 1.0)
         sel = g == gi
-        assert_binomial((ts[sel] == P).sum(), sel.sum(), -math.expm1(-k * steps * DT / 60),
-                        f"case {gi}, k={k:.4g}/h")
+        assert_binomial(
+            (ts[sel] == P).sum(),
+            sel.sum(),
+            -math.expm1(-k * steps * DT / 60),
+            f"case {gi}, k={k:.4g}/h",
+        )
 
 
 # ---------------------------------------------------------------------------------- P -> S
@@ -197,8 +243,13 @@ def test_exit_off_drug_slowed_by_memory_and_hypoxia_with_relaxing_memory():
     m0 = np.array([c[0] for c in cases])[g]
     o2 = np.array([c[1] for c in cases])[g].astype(np.float32)
     d = 0.3
-    tr = transitions(exit_per_h=1.0, memory_exit_slowing=1.5, hypoxia_exit_slowing=2.0,
-                     memory_decay_per_h=d, memory_gain_per_h=0.7)
+    tr = transitions(
+        exit_per_h=1.0,
+        memory_exit_slowing=1.5,
+        hypoxia_exit_slowing=2.0,
+        memory_decay_per_h=d,
+        memory_gain_per_h=0.7,
+    )
     rules = TumorRules(still_tumor(tr), Grid(shape, 20.0), seed=33, dt_min=DT)
     memory = m0.astype(np.float32)
     tip = np.full(n, 30.0, np.float32)
@@ -207,21 +258,20 @@ def test_exit_off_drug_slowed_by_memory_and_hypoxia_with_relaxing_memory():
     for gi, (m, ox) in enumerate(cases):
         h = min(1.0, max(0.0, (15 - ox) / 10))
         mj = m * np.exp(-d * np.arange(steps) * DT / 60)
-        k = 1.0 / (1 + 1.5 * mj + 2.0 * h)                    # 1/h, per step j
+        k = 1.0 / (1 + 1.5 * mj + 2.0 * h)  # 1/h, per step j
         stay = math.exp(-np.sum(k) * DT / 60)
         sel = g == gi
         assert_binomial((ts[sel] == S).sum(), sel.sum(), 1 - stay, f"case {gi}")
     assert tot["exited_P"] == (ts == S).sum() and tot["became_R"] == 0
     assert np.all(tip[ts == S] == 0) and np.all(tip[ts == P] == 30.0 + steps * DT)
-    np.testing.assert_allclose(memory, m0 * math.exp(-d * steps * DT / 60), rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(memory, m0 * math.exp(-d * steps * DT / 60), rtol=1e-5, atol=1e-7)
 
 
 EXIT_CASES = [  # (C_tki, C_kdm5)
-    (3.0, 0.0),     # E = 0.75: factor 0.25
-    (1e12, 0.0),    # E = 1 - 1e-12: no exit
-    (3.0, 2.0),     # E = 0.75 and speed-up F = 2 x 0.5 = 1: factor 1.25
-    (0.0, 2.0),     # speed-up alone: factor 2
+    (3.0, 0.0),  # E = 0.75: factor 0.25
+    (1e12, 0.0),  # E = 1 - 1e-12: no exit
+    (3.0, 2.0),  # E = 0.75 and speed-up F = 2 x 0.5 = 1: factor 1.25
+    (0.0, 2.0),  # speed-up alone: factor 2
 ]
 
 
@@ -239,14 +289,22 @@ def test_exit_under_targeted_drug_and_exit_speedup():
     drugs = (tki(), drug("kdm5", exit_speedup=dict(emax=1.0, ec50_uM=2.0, hill=1.0, fold=2.0)))
     rules = TumorRules(still_tumor(tr), Grid(shape, 20.0), seed=34, dt_min=DT, drugs=drugs)
     steps = 15
-    run(rules, kind, ts, np.full(n, 38.0, np.float32), steps,
-        memory=np.full(n, 0.4, np.float32), drug_conc=conc)
+    run(
+        rules,
+        kind,
+        ts,
+        np.full(n, 38.0, np.float32),
+        steps,
+        memory=np.full(n, 0.4, np.float32),
+        drug_conc=conc,
+    )
     for gi, (ct, ck) in enumerate(EXIT_CASES):
         factor = 1 - hill(ct, 1, 1, 1) + 2.0 * hill(ck, 1, 2, 1)
         k = 1.0 * factor / 1.4
         sel = g == gi
-        assert_binomial((ts[sel] == S).sum(), sel.sum(), -math.expm1(-k * steps * DT / 60),
-                        f"case {gi}")
+        assert_binomial(
+            (ts[sel] == S).sum(), sel.sum(), -math.expm1(-k * steps * DT / 60), f"case {gi}"
+        )
     assert (ts[g == 1] == S).sum() == 0
 
 
@@ -269,14 +327,14 @@ def test_resistance_rate_and_mutability_ramp(ramp_h, tip0_min):
     rules = TumorRules(still_tumor(tr), Grid(shape, 20.0), seed=35, dt_min=DT, drugs=(tki(),))
     tip = np.full(n, tip0_min, np.float32)
     steps = 20
-    tot = run(rules, kind, ts, np.full(n, 38.0, np.float32), steps, time_in_P=tip,
-              drug_conc=conc)
+    tot = run(rules, kind, ts, np.full(n, 38.0, np.float32), steps, time_in_P=tip, drug_conc=conc)
     for gi, E in ((0, 0.0), (1, 0.75)):
         t_j = tip0_min + DT * np.arange(steps)
         k = mu * (1 + a * np.minimum(1.0, t_j / (ramp_h * 60)) * E)
         sel = g == gi
-        assert_binomial((ts[sel] == R).sum(), sel.sum(), -math.expm1(-np.sum(k) * DT / 60),
-                        f"E={E}")
+        assert_binomial(
+            (ts[sel] == R).sum(), sel.sum(), -math.expm1(-np.sum(k) * DT / 60), f"E={E}"
+        )
     assert tot["became_R"] == (ts == R).sum() and tot["exited_P"] == 0
     assert np.all(tip[ts == P] == tip0_min + steps * DT)
 
@@ -291,13 +349,25 @@ def test_competing_exit_and_resistance_split_in_proportion(with_drug):
     shape = (100, 100)
     n = shape[0] * shape[1]
     kind, ts = full_lattice(shape, np.full(n, P))
-    tr = transitions(exit_per_h=0.6, resistance_per_h=0.4, adaptive_mutability=3.0,
-                     mutability_ramp_h=1.0, memory_exit_slowing=1.0)
+    tr = transitions(
+        exit_per_h=0.6,
+        resistance_per_h=0.4,
+        adaptive_mutability=3.0,
+        mutability_ramp_h=1.0,
+        memory_exit_slowing=1.0,
+    )
     rules = TumorRules(still_tumor(tr), Grid(shape, 20.0), seed=36, dt_min=DT, drugs=(tki(),))
     c = 1.0 if with_drug else 0.0
     steps = 10
-    run(rules, kind, ts, np.full(n, 38.0, np.float32), steps,
-        time_in_P=np.full(n, 120.0, np.float32), drug_conc=np.full((1, n), c))
+    run(
+        rules,
+        kind,
+        ts,
+        np.full(n, 38.0, np.float32),
+        steps,
+        time_in_P=np.full(n, 120.0, np.float32),
+        drug_conc=np.full((1, n), c),
+    )
     E = hill(c, 1, 1, 1)
     kS, kR = 0.6 * (1 - E), 0.4 * (1 + 3.0 * E)
     stay = math.exp(-(kS + kR) * steps * DT / 60)
@@ -312,12 +382,12 @@ def test_competing_exit_and_resistance_split_in_proportion(with_drug):
 # ---------------------------------------------------------------------------------- kill
 KILL_CASES = [  # (state, hgf, igf1, C_met_inhibitor)
     (S, 0.0, 0.0, 0.0),
-    (S, 5.0, 0.0, 0.0),      # a_met 0.5: protection 0.4
-    (S, 5.0, 0.0, 0.02),     # MET inhibitor E = 0.5: a_met 0.25, protection 0.2
-    (S, 5.0, 10.0, 0.0),     # + IGF-1 a = 0.5: protection 1 - 0.6 x 0.75 = 0.55
-    (P, 5.0, 10.0, 0.0),     # persisters: no protection term
+    (S, 5.0, 0.0, 0.0),  # a_met 0.5: protection 0.4
+    (S, 5.0, 0.0, 0.02),  # MET inhibitor E = 0.5: a_met 0.25, protection 0.2
+    (S, 5.0, 10.0, 0.0),  # + IGF-1 a = 0.5: protection 1 - 0.6 x 0.75 = 0.55
+    (P, 5.0, 10.0, 0.0),  # persisters: no protection term
     (P, 0.0, 0.0, 0.0),
-    (R, 5.0, 0.0, 0.0),      # resistant: never killed
+    (R, 5.0, 0.0, 0.0),  # resistant: never killed
 ]
 
 
@@ -336,17 +406,30 @@ def test_drug_kill_rates_protection_and_cleanup():
     kind, ts = full_lattice(shape, tab[0])
     hgf, igf1 = tab[1].astype(np.float32), tab[2].astype(np.float32)
     conc = np.stack([np.ones(n), np.full(n, 0.01), tab[3]])
-    drugs = (tki(rate=0.8),
-             drug("oxphos", kill_P=dict(emax=1.0, ec50_uM=0.01, hill=1.0, rate_per_h=0.6)),
-             drug("meti", cancel_met=dict(emax=1.0, ec50_uM=0.02, hill=1.0)))
-    rules = TumorRules(still_tumor(persister_tolerance=0.25), Grid(shape, 20.0), seed=37,
-                       dt_min=DT, drugs=drugs)
+    drugs = (
+        tki(rate=0.8),
+        drug("oxphos", kill_P=dict(emax=1.0, ec50_uM=0.01, hill=1.0, rate_per_h=0.6)),
+        drug("meti", cancel_met=dict(emax=1.0, ec50_uM=0.02, hill=1.0)),
+    )
+    rules = TumorRules(
+        still_tumor(persister_tolerance=0.25), Grid(shape, 20.0), seed=37, dt_min=DT, drugs=drugs
+    )
     memory = np.full(n, 0.7, np.float32)
     tip = np.where(ts == P, 50.0, 0.0).astype(np.float32)
     ts0 = ts.copy()
     steps = 20
-    tot = run(rules, kind, ts, np.full(n, 38.0, np.float32), steps, memory=memory,
-              time_in_P=tip, hgf=hgf, igf1=igf1, drug_conc=conc)
+    tot = run(
+        rules,
+        kind,
+        ts,
+        np.full(n, 38.0, np.float32),
+        steps,
+        memory=memory,
+        time_in_P=tip,
+        hgf=hgf,
+        igf1=igf1,
+        drug_conc=conc,
+    )
     kS = 0.8 * hill(1.0, 1, 1, 1)
     kP = kS * 0.25 + 0.6 * hill(0.01, 1, 0.01, 1)
     for gi, (st, hg, ig, cm) in enumerate(KILL_CASES):
@@ -355,8 +438,12 @@ def test_drug_kill_rates_protection_and_cleanup():
         prot = 1 - (1 - 0.8 * a_met) * (1 - 0.5 * a_igf)
         k = {S: kS * (1 - prot), P: kP, R: 0.0}[st]
         sel = g == gi
-        assert_binomial((kind[sel] == codes.TUMOR).sum(), sel.sum(),
-                        math.exp(-k * steps * DT / 60), f"case {gi}")
+        assert_binomial(
+            (kind[sel] == codes.TUMOR).sum(),
+            sel.sum(),
+            math.exp(-k * steps * DT / 60),
+            f"case {gi}",
+        )
     dead = kind == codes.EMPTY
     assert tot["killed"] == dead.sum() and np.all(kind[~dead] == codes.TUMOR)
     assert tot["killed_S"] == (dead & (ts0 == S)).sum()
@@ -375,12 +462,17 @@ def test_basal_turnover_adds_to_the_drug_kill_for_every_state():
     cell's voxel is empty."""
     shape = (180, 200)
     n = shape[0] * shape[1]
-    g = groups(n, 6)                       # (no drug, drug) x (S, P, R)
+    g = groups(n, 6)  # (no drug, drug) x (S, P, R)
     states = np.array([S, P, R] * 2, dtype=np.uint8)[g]
     kind, ts = full_lattice(shape, states)
     conc = np.where(g < 3, 0.0, 1.0)[None, :]
-    rules = TumorRules(still_tumor(persister_tolerance=0.25, death_per_h=0.3), Grid(shape, 20.0),
-                       seed=41, dt_min=DT, drugs=(tki(rate=0.8),))
+    rules = TumorRules(
+        still_tumor(persister_tolerance=0.25, death_per_h=0.3),
+        Grid(shape, 20.0),
+        seed=41,
+        dt_min=DT,
+        drugs=(tki(rate=0.8),),
+    )
     ts0 = ts.copy()
     steps = 15
     tot = run(rules, kind, ts, np.full(n, 38.0, np.float32), steps, drug_conc=conc)
@@ -390,8 +482,9 @@ def test_basal_turnover_adds_to_the_drug_kill_for_every_state():
         st = [S, P, R][gi % 3]
         k = 0.3 + (0.0 if gi < 3 else {S: kS, P: kS * 0.25, R: 0.0}[st])
         sel = g == gi
-        assert_binomial((kind[sel] == codes.TUMOR).sum(), sel.sum(), math.exp(-k * t_h),
-                        f"group {gi}")
+        assert_binomial(
+            (kind[sel] == codes.TUMOR).sum(), sel.sum(), math.exp(-k * t_h), f"group {gi}"
+        )
     dead = kind == codes.EMPTY
     assert tot["killed"] == dead.sum() > 0
     assert tot["killed_S"] == (dead & (ts0 == S)).sum()
@@ -464,8 +557,8 @@ def test_resistant_growth_under_saturating_cytostatic_drug():
     N = int(((kind == codes.TUMOR) & (ts == R)).sum())
     pr = math.expm1((1 - cost) * math.log(2) / (t_d * 60) * DT)
     m = 1 + pr
-    mean = N0 * m ** steps
-    var = N0 * pr * (1 - pr) * m ** (steps - 1) * (m ** steps - 1) / (m - 1)
+    mean = N0 * m**steps
+    var = N0 * pr * (1 - pr) * m ** (steps - 1) * (m**steps - 1) / (m - 1)
     assert abs(N - mean) < 5 * math.sqrt(var), (N, mean, math.sqrt(var))
     assert ((kind == codes.TUMOR) & (ts == S)).sum() == ssites.size
     np.testing.assert_array_equal(np.sort(np.flatnonzero(ts == S)), np.sort(ssites))
@@ -491,8 +584,13 @@ def test_relax_memory_solves_the_memory_ode(E, m0):
     tr = transitions(memory_gain_per_h=0.2, memory_decay_per_h=0.1)
     rules = TumorRules(still_tumor(tr), Grid((1, 1), 20.0), seed=0, dt_min=60.0)
     got = rules.relax_memory(np.array([m0]), np.array([E]))
-    sol = solve_ivp(lambda t, m: 0.2 / 60 * E * (1 - m) - 0.1 / 60 * (1 - E) * m, (0, 60.0),
-                    [m0], rtol=1e-10, atol=1e-12)
+    sol = solve_ivp(
+        lambda t, m: 0.2 / 60 * E * (1 - m) - 0.1 / 60 * (1 - E) * m,
+        (0, 60.0),
+        [m0],
+        rtol=1e-10,
+        atol=1e-12,
+    )
     assert got.dtype == np.float32
     assert abs(float(got[0]) - sol.y[0, -1]) < 1e-7
     frozen = TumorRules(still_tumor(), Grid((1, 1), 20.0), seed=0, dt_min=60.0)
@@ -509,7 +607,7 @@ def test_memory_over_many_steps_in_apply_is_the_exact_composition():
     kind, ts = full_lattice(shape, np.full(n, S))
     g = groups(n, 3)
     Es, m0s = [0.0, 0.25, 0.75], [0.9, 0.1, 0.5]
-    conc = np.array([e / (1 - e) for e in Es])[g][None, :]     # C = E / (1 - E): E at ec50 1
+    conc = np.array([e / (1 - e) for e in Es])[g][None, :]  # C = E / (1 - E): E at ec50 1
     tr = transitions(memory_gain_per_h=0.5, memory_decay_per_h=0.2)
     rules = TumorRules(still_tumor(tr), Grid(shape, 20.0), seed=40, dt_min=DT, drugs=(tki(),))
     memory = np.array(m0s)[g].astype(np.float32)
@@ -534,8 +632,9 @@ def test_daughter_inherits_phenotype_memory_and_time_in_P(case):
         kw["exit_per_h"] = 1e6
     if case == "enter":
         kw.update(pre_existing=True, entry_basal_per_h=1e6)
-    p = growing_tumor(doubling_time_h=1e-4, persister_cycle_factor=1.0,
-                      transitions=transitions(**kw))
+    p = growing_tumor(
+        doubling_time_h=1e-4, persister_cycle_factor=1.0, transitions=transitions(**kw)
+    )
     rules = TumorRules(p, grid, seed=41, dt_min=DT, drugs=(tki(),))
     kind = np.zeros(25, np.uint8)
     ts = np.zeros(25, np.uint8)
@@ -545,8 +644,15 @@ def test_daughter_inherits_phenotype_memory_and_time_in_P(case):
     memory[12] = 0.3
     tip = np.zeros(25, np.float32)
     tip[12] = 42.0
-    c = rules.apply(kind, ts, np.full(25, 38.0, np.float32), 0, memory=memory, time_in_P=tip,
-                    drug_conc=np.ones((1, 25)))
+    c = rules.apply(
+        kind,
+        ts,
+        np.full(25, 38.0, np.float32),
+        0,
+        memory=memory,
+        time_in_P=tip,
+        drug_conc=np.ones((1, 25)),
+    )
     assert c.divisions == 1
     src, tgt = (int(x[0]) for x in rules.last_division)
     assert src == 12 and kind[tgt] == codes.TUMOR
@@ -574,8 +680,9 @@ def test_time_in_P_grows_and_restarts():
     # entry: certain in the first step; the clock restarts at 0, then counts
     kind, ts = full_lattice(shape, np.full(n, S))
     tip = np.full(n, 99.0, np.float32)
-    rules = TumorRules(still_tumor(transitions(pre_existing=True, entry_basal_per_h=1e6)), grid,
-                       2, DT)
+    rules = TumorRules(
+        still_tumor(transitions(pre_existing=True, entry_basal_per_h=1e6)), grid, 2, DT
+    )
     rules.apply(kind, ts, o2, 0, time_in_P=tip)
     assert np.all(ts == P) and np.all(tip == 0.0)
     run(rules, kind, ts, o2, 3, time_in_P=tip)
@@ -584,5 +691,6 @@ def test_time_in_P_grows_and_restarts():
     kind, ts = full_lattice(shape, np.full(n, P))
     tip = np.full(n, 500.0, np.float32)
     TumorRules(still_tumor(transitions(exit_per_h=1e6)), grid, 3, DT).apply(
-        kind, ts, o2, 0, time_in_P=tip)
+        kind, ts, o2, 0, time_in_P=tip
+    )
     assert np.all(ts == S) and np.all(tip == 0.0)

@@ -20,8 +20,9 @@ DT = 6.0
 
 def stroma(caf=None, tam=None, shape=(60, 60), seed=50, hood="moore"):
     caf = caf or CafConfig(motility_per_h=0.0)
-    tam = tam or TamConfig(motility_per_h=0.0, death_per_h=0.0, recruitment_per_h=0.0,
-                           recruitment_signal_gain=0.0)
+    tam = tam or TamConfig(
+        motility_per_h=0.0, death_per_h=0.0, recruitment_per_h=0.0, recruitment_signal_gain=0.0
+    )
     grid = Grid(shape, 20.0, hood)
     return grid, StromaRules(caf, tam, grid, seed, DT)
 
@@ -73,14 +74,21 @@ def test_stroma_moves_keep_one_cell_per_voxel_and_conserve_counts():
     exactly what StromaCounts reports."""
     grid = Grid((50, 50), 20.0)
     u = rng.uniform_range(9, 0, 99, grid.n_sites)
-    kind0 = np.select([u < 0.3, u < 0.35, u < 0.5, u < 0.6],
-                      [codes.TUMOR, codes.VESSEL, codes.CAF, codes.TAM], codes.EMPTY)
+    kind0 = np.select(
+        [u < 0.3, u < 0.35, u < 0.5, u < 0.6],
+        [codes.TUMOR, codes.VESSEL, codes.CAF, codes.TAM],
+        codes.EMPTY,
+    )
     kind0 = kind0.astype(np.uint8)
     signal = (u * 3).astype(np.float32)
-    for tam in (TamConfig(motility_per_h=5.0, death_per_h=0.0, recruitment_per_h=0.0,
-                          recruitment_signal_gain=0.0),
-                TamConfig(motility_per_h=5.0, death_per_h=0.5, recruitment_per_h=0.5,
-                          recruitment_signal_gain=1.0)):
+    for tam in (
+        TamConfig(
+            motility_per_h=5.0, death_per_h=0.0, recruitment_per_h=0.0, recruitment_signal_gain=0.0
+        ),
+        TamConfig(
+            motility_per_h=5.0, death_per_h=0.5, recruitment_per_h=0.5, recruitment_signal_gain=1.0
+        ),
+    ):
         rules = StromaRules(CafConfig(motility_per_h=5.0), tam, grid, 51, DT)
         kind = kind0.copy()
         conflicts = 0
@@ -93,8 +101,9 @@ def test_stroma_moves_keep_one_cell_per_voxel_and_conserve_counts():
             gained = (kind != before) & ((kind == codes.CAF) | (kind == codes.TAM))
             assert np.all(before[gained] == codes.EMPTY)
             assert (kind == codes.CAF).sum() == (before == codes.CAF).sum()
-            assert (kind == codes.TAM).sum() == (before == codes.TAM).sum() + c.tam_recruited \
-                - c.tam_died
+            assert (kind == codes.TAM).sum() == (
+                before == codes.TAM
+            ).sum() + c.tam_recruited - c.tam_died
             assert c.caf_moves == (gained & (kind == codes.CAF)).sum()
             assert c.tam_moves + c.tam_recruited == (gained & (kind == codes.TAM)).sum()
         assert conflicts > 0
@@ -108,8 +117,13 @@ def test_tam_chemotaxis_up_a_linear_gradient(chemotaxis):
     = (1 - c) 3/8 = p_down, mean dx = c, variance p_up + p_down - c^2: the mean is checked within
     5 standard errors (c = 0: no drift) and the count of dx = +1 with its binomial bound. Moves
     happen with probability 1 - exp(-motility dt) (binomial)."""
-    tam = TamConfig(motility_per_h=3.0, chemotaxis=chemotaxis, death_per_h=0.0,
-                    recruitment_per_h=0.0, recruitment_signal_gain=0.0)
+    tam = TamConfig(
+        motility_per_h=3.0,
+        chemotaxis=chemotaxis,
+        death_per_h=0.0,
+        recruitment_per_h=0.0,
+        recruitment_signal_gain=0.0,
+    )
     grid, rules = stroma(tam=tam)
     signal = np.tile(np.arange(grid.shape[1], dtype=np.float32), grid.shape[0])
     sites = sparse_cells(grid.shape, 3)
@@ -128,8 +142,13 @@ def test_tam_chemotaxis_has_no_drift_across_the_gradient():
     rule would pick among them uniformly, so the mean displacement across the gradient (dy) is 0
     (5 standard errors). A first-in-neighbour-order tie-break (an earlier version) sent every
     chemotactic step to (dy, dx) = (-1, +1): mean dy = -c (-0.7 here)."""
-    tam = TamConfig(motility_per_h=3.0, chemotaxis=0.7, death_per_h=0.0,
-                    recruitment_per_h=0.0, recruitment_signal_gain=0.0)
+    tam = TamConfig(
+        motility_per_h=3.0,
+        chemotaxis=0.7,
+        death_per_h=0.0,
+        recruitment_per_h=0.0,
+        recruitment_signal_gain=0.0,
+    )
     grid, rules = stroma(tam=tam)
     signal = np.tile(np.arange(grid.shape[1], dtype=np.float32), grid.shape[0])
     disp, _ = single_moves(grid, rules, codes.TAM, sparse_cells(grid.shape, 3), 40, signal)
@@ -142,8 +161,9 @@ def test_tam_chemotaxis_has_no_drift_across_the_gradient():
 def test_tam_death_is_first_order():
     """TAMs (motionless, no recruitment) die at 0.6 /h: after 10 steps each survives with
     probability exp(-0.6 h^-1 x 1 h); binomial bound; dead TAMs leave empty voxels."""
-    tam = TamConfig(motility_per_h=0.0, death_per_h=0.6, recruitment_per_h=0.0,
-                    recruitment_signal_gain=0.0)
+    tam = TamConfig(
+        motility_per_h=0.0, death_per_h=0.6, recruitment_per_h=0.0, recruitment_signal_gain=0.0
+    )
     grid, rules = stroma(tam=tam, shape=(50, 50))
     kind = np.full(grid.n_sites, codes.TAM, np.uint8)
     died = sum(rules.apply(kind, None, step).tam_died for step in range(10))
@@ -158,8 +178,13 @@ def test_tam_recruitment_at_vessels(with_signal):
     k = recruitment + gain s / (s + half_max) = 0.5 + 1.5 x 2/3 = 1.5 /h at s = 2 (without a
     signal field: 0.5 /h). Isolated vessels (disjoint neighbourhoods), 30 single steps:
     binomial; each new TAM sits next to a vessel; vessels stay."""
-    tam = TamConfig(motility_per_h=0.0, death_per_h=0.0, recruitment_per_h=0.5,
-                    recruitment_signal_gain=1.5, signal_half_max=1.0)
+    tam = TamConfig(
+        motility_per_h=0.0,
+        death_per_h=0.0,
+        recruitment_per_h=0.5,
+        recruitment_signal_gain=1.5,
+        signal_half_max=1.0,
+    )
     grid, rules = stroma(tam=tam)
     vessels = sparse_cells(grid.shape, 3)
     signal = np.full(grid.n_sites, 2.0, np.float32) if with_signal else None
@@ -176,4 +201,3 @@ def test_tam_recruitment_at_vessels(with_signal):
         recruited += new.size
     k = 0.5 + (1.5 * 2 / 3 if with_signal else 0.0)
     assert_binomial(recruited, vessels.size * 30, -math.expm1(-k / 60 * DT), "recruited")
-

@@ -17,8 +17,7 @@ def test_tissue_levels_is_a_view_of_consecutive_drug_fields():
     levels = th.tissue_levels(st)
     assert th.consecutive and np.shares_memory(levels, st.fields)
     np.testing.assert_array_equal(levels, st.fields[th.field_index])
-    th.consecutive = False                  # the general path: a copy of the same values
+    th.consecutive = False  # the general path: a copy of the same values
     copy = th.tissue_levels(st)
     assert not np.shares_memory(copy, st.fields)
     np.testing.assert_array_equal(copy, levels)
-

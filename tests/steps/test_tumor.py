@@ -47,7 +47,7 @@ def test_free_growth_matches_doubling_time():
     grid = Grid(shape, 20.0, "moore")
     rules = TumorRules(TumorConfig(doubling_time_h=24.0), grid, seed=4, dt_min=DT)
     o2 = np.full(grid.n_sites, 38.0, dtype=np.float32)
-    n = 480   # two days
+    n = 480  # two days
     blocked = 0
     for step in range(n):
         c = rules.apply(kind, state, o2, step)
@@ -55,10 +55,10 @@ def test_free_growth_matches_doubling_time():
     N0, N = len(sites), int((kind == codes.TUMOR).sum())
     p = math.expm1(math.log(2) / (24 * 60) * DT)
     m = 1 + p
-    mean = N0 * m ** n
-    var = N0 * p * (1 - p) * m ** (n - 1) * (m ** n - 1) / (m - 1)
+    mean = N0 * m**n
+    var = N0 * p * (1 - p) * m ** (n - 1) * (m**n - 1) / (m - 1)
     assert abs(N - mean) < 4 * math.sqrt(var), (N, mean, math.sqrt(var))
-    assert blocked < 0.01 * (N - N0)   # the clones stayed small and apart: "free" growth
+    assert blocked < 0.01 * (N - N0)  # the clones stayed small and apart: "free" growth
     assert mean == pytest.approx(N0 * 2 ** (n * DT / 60 / 24), rel=1e-12)
     # the doubling time estimated from the run is 24 h within its sampling error (4 sigma)
     t_d = math.log(2) * n * DT / 60 / math.log(N / N0)
@@ -107,7 +107,7 @@ def test_no_division_at_or_below_proliferation_threshold():
     kind, state = lattice(shape, range(0, 3600, 7))
     grid = Grid(shape, 20.0)
     rules = TumorRules(TumorConfig(doubling_time_h=0.5), grid, seed=1, dt_min=DT)
-    o2 = np.full(grid.n_sites, 5.0, dtype=np.float32)   # the threshold itself, above necrosis
+    o2 = np.full(grid.n_sites, 5.0, dtype=np.float32)  # the threshold itself, above necrosis
     before = kind.copy()
     for step in range(50):
         c = rules.apply(kind, state, o2, step)
@@ -115,8 +115,15 @@ def test_no_division_at_or_below_proliferation_threshold():
     np.testing.assert_array_equal(kind, before)
 
 
-@pytest.mark.parametrize("shape,hood", [((40, 40), "moore"), ((40, 40), "von_neumann"),
-                                        ((12, 14, 16), "moore"), ((12, 14, 16), "von_neumann")])
+@pytest.mark.parametrize(
+    "shape,hood",
+    [
+        ((40, 40), "moore"),
+        ((40, 40), "von_neumann"),
+        ((12, 14, 16), "moore"),
+        ((12, 14, 16), "von_neumann"),
+    ],
+)
 def test_daughters_go_to_distinct_empty_neighbours(shape, hood):
     """On a crowded lattice with fast division: every daughter lands on a voxel that was empty, is
     a neighbour of its mother in the chosen neighbourhood, and no voxel receives two cells."""

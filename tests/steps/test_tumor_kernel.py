@@ -49,8 +49,13 @@ def tumor_config(**kw) -> TumorConfig:
     cfg = TumorConfig(**kw)
     if hasattr(cfg, "transitions"):
         from tmesim.scenario import TransitionConfig
-        cfg = dataclasses.replace(cfg, transitions=TransitionConfig(
-            pre_existing=False, drug_induced=False, exit_per_h=0.0, resistance_per_h=0.0))
+
+        cfg = dataclasses.replace(
+            cfg,
+            transitions=TransitionConfig(
+                pre_existing=False, drug_induced=False, exit_per_h=0.0, resistance_per_h=0.0
+            ),
+        )
     return cfg
 
 
@@ -64,8 +69,9 @@ def random_lattice(g, shape, p_tumor=0.45, p_necrotic=0.08, p_vessel=0.02):
     kind[(u > 0.97)] = codes.CAF
     state = np.zeros(n, dtype=np.uint8)
     t = kind == codes.TUMOR
-    state[t] = g.choice([codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT], t.sum(),
-                        p=[0.7, 0.2, 0.1])
+    state[t] = g.choice(
+        [codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT], t.sum(), p=[0.7, 0.2, 0.1]
+    )
     # oxygen across every regime, with values exactly on the thresholds
     o2 = g.uniform(0, 45, n).astype(np.float32)
     edges = np.array([0.0, 2.5, 5.0, 15.0, 38.0], dtype=np.float32)
@@ -76,15 +82,24 @@ def random_lattice(g, shape, p_tumor=0.45, p_necrotic=0.08, p_vessel=0.02):
 
 GROWTH_CONFIGS = {
     "default": dict(),
-    "fast": dict(doubling_time_h=0.3, necrosis_max_rate_per_h=6.0,
-                 necrotic_clearance_per_h=3.0),           # p_div capped at 1: many conflicts
-    "step_necrosis": dict(doubling_time_h=2.0, necrosis_threshold_mmHg=4.0,
-                          necrosis_max_mmHg=6.0, necrosis_max_rate_per_h=2.0),
-    "no_loss": dict(doubling_time_h=1.0, necrosis_max_rate_per_h=0.0,
-                    necrotic_clearance_per_h=0.0),
-    "odd_thresholds": dict(doubling_time_h=1.7, proliferation_threshold_mmHg=3.3,
-                           proliferation_saturation_mmHg=21.7, necrosis_threshold_mmHg=7.1,
-                           necrosis_max_mmHg=1.9, necrosis_max_rate_per_h=3.0),
+    "fast": dict(
+        doubling_time_h=0.3, necrosis_max_rate_per_h=6.0, necrotic_clearance_per_h=3.0
+    ),  # p_div capped at 1: many conflicts
+    "step_necrosis": dict(
+        doubling_time_h=2.0,
+        necrosis_threshold_mmHg=4.0,
+        necrosis_max_mmHg=6.0,
+        necrosis_max_rate_per_h=2.0,
+    ),
+    "no_loss": dict(doubling_time_h=1.0, necrosis_max_rate_per_h=0.0, necrotic_clearance_per_h=0.0),
+    "odd_thresholds": dict(
+        doubling_time_h=1.7,
+        proliferation_threshold_mmHg=3.3,
+        proliferation_saturation_mmHg=21.7,
+        necrosis_threshold_mmHg=7.1,
+        necrosis_max_mmHg=1.9,
+        necrosis_max_rate_per_h=3.0,
+    ),
 }
 
 
@@ -107,7 +122,7 @@ def run_growth(launcher, cfg, shape, neighbourhood, seed, steps, order=0):
                 assert getattr(c2, f) == getattr(c1, f), (f, step)
             for a, b in zip(ker.last_division, ref.last_division):
                 np.testing.assert_array_equal(a, b)
-            assert not ker.claims.any()                 # claims reset for the next step
+            assert not ker.claims.any()  # claims reset for the next step
             history.append((c1.divisions, c1.necroses, c1.cleared, c1.lost_conflicts))
     finally:
         launcher.set_order(0)
@@ -115,19 +130,25 @@ def run_growth(launcher, cfg, shape, neighbourhood, seed, steps, order=0):
 
 
 @pytest.mark.parametrize("name", list(GROWTH_CONFIGS))
-@pytest.mark.parametrize("shape,neighbourhood", [((40, 33), "moore"), ((37, 41), "von_neumann"),
-                                                 ((9, 11, 10), "moore"),
-                                                 ((8, 9, 7), "von_neumann")])
+@pytest.mark.parametrize(
+    "shape,neighbourhood",
+    [
+        ((40, 33), "moore"),
+        ((37, 41), "von_neumann"),
+        ((9, 11, 10), "moore"),
+        ((8, 9, 7), "von_neumann"),
+    ],
+)
 def test_tumor_rules_identical_state(launcher, name, shape, neighbourhood):
     cfg = tumor_config(**GROWTH_CONFIGS[name])
     seed = 100 * list(GROWTH_CONFIGS).index(name) + len(shape) + (neighbourhood == "moore")
     history, _, _ = run_growth(launcher, cfg, shape, neighbourhood, seed=seed, steps=6)
     totals = np.sum(history, axis=0)
-    assert totals[:3].sum() > 0                           # the rules did something
+    assert totals[:3].sum() > 0  # the rules did something
     if name != "default":
-        assert totals[0] > 0                              # something divided
+        assert totals[0] > 0  # something divided
     if name == "fast":
-        assert totals[3] > 0                              # and conflicts were resolved
+        assert totals[3] > 0  # and conflicts were resolved
 
 
 @pytest.mark.parametrize("order", [1, 2])
@@ -155,8 +176,9 @@ def test_tumor_kernels_take_every_rule(launcher):
     a = [kind.copy(), state.copy(), mem.copy(), t_p.copy()]
     b = [kind.copy(), state.copy(), mem.copy(), t_p.copy()]
     for step in range(3):
-        assert ker.apply(b[0], b[1], o2, step, b[2], b[3]) == \
-            ref.apply(a[0], a[1], o2, step, a[2], a[3])
+        assert ker.apply(b[0], b[1], o2, step, b[2], b[3]) == ref.apply(
+            a[0], a[1], o2, step, a[2], a[3]
+        )
         for x, y in zip(a, b):
             np.testing.assert_array_equal(y.view(np.uint8), x.view(np.uint8))
 
@@ -164,8 +186,10 @@ def test_tumor_kernels_take_every_rule(launcher):
 # ------------------------------------------------------------------------ persister biology: inputs
 def preset(name, **overrides):
     """A DrugConfig from tmesim.drugs.DRUG_PRESETS, effect fields overridden per target."""
-    effects = {t: EffectConfig(**{**e, **overrides.get(t, {})})
-               for t, e in DRUG_PRESETS[name]["effects"].items()}
+    effects = {
+        t: EffectConfig(**{**e, **overrides.get(t, {})})
+        for t, e in DRUG_PRESETS[name]["effects"].items()
+    }
     return DrugConfig(name=name, effects=effects)
 
 
@@ -174,42 +198,73 @@ DRUGS = {
     "none": (),
     "egfr": (preset("egfr_tki", kill_S=dict(rate_per_h=4.0)),),
     # kill_S + block_division (hill 1.5: pow), block_entry + exit_speedup, cancel_met
-    "egfr_kdm5_met": (preset("egfr_tki", kill_S=dict(rate_per_h=4.0)),
-                      preset("kdm5_inhibitor"), preset("met_inhibitor")),
+    "egfr_kdm5_met": (
+        preset("egfr_tki", kill_S=dict(rate_per_h=4.0)),
+        preset("kdm5_inhibitor"),
+        preset("met_inhibitor"),
+    ),
     # kill_P (hill 1 and 2: np.square), cancel_igf1r, a second kill_S with hill 0.5 (np.sqrt) and
     # a generic hill: every Hill branch of tm_hill, sums and Bliss products over several drugs
-    "four": (preset("hdac_inhibitor", kill_P=dict(rate_per_h=3.0)),
-             preset("gpx4_inhibitor", kill_P=dict(rate_per_h=2.0)),
-             preset("igf1r_inhibitor"),
-             DrugConfig(name="mixed", effects={
-                 "kill_S": EffectConfig(emax=0.9, ec50_uM=0.3, hill=0.5, rate_per_h=3.0),
-                 "exit_speedup": EffectConfig(emax=0.8, ec50_uM=0.3, hill=2.7, fold=3.0),
-                 "block_division": EffectConfig(emax=0.6, ec50_uM=0.3, hill=0.5),
-                 "cancel_met": EffectConfig(emax=0.7, ec50_uM=0.3, hill=1.3)})),
+    "four": (
+        preset("hdac_inhibitor", kill_P=dict(rate_per_h=3.0)),
+        preset("gpx4_inhibitor", kill_P=dict(rate_per_h=2.0)),
+        preset("igf1r_inhibitor"),
+        DrugConfig(
+            name="mixed",
+            effects={
+                "kill_S": EffectConfig(emax=0.9, ec50_uM=0.3, hill=0.5, rate_per_h=3.0),
+                "exit_speedup": EffectConfig(emax=0.8, ec50_uM=0.3, hill=2.7, fold=3.0),
+                "block_division": EffectConfig(emax=0.6, ec50_uM=0.3, hill=0.5),
+                "cancel_met": EffectConfig(emax=0.7, ec50_uM=0.3, hill=1.3),
+            },
+        ),
+    ),
 }
 
 HIGH_RATES = dict(
-    doubling_time_h=0.5, necrosis_max_rate_per_h=3.0, necrotic_clearance_per_h=3.0,
-    persister_tolerance=0.3, death_per_h=0.4,
-    transitions=TransitionConfig(entry_basal_per_h=0.6, entry_induced_per_h=3.0, exit_per_h=1.5,
-                                 resistance_per_h=0.6, adaptive_mutability=4.0,
-                                 mutability_ramp_h=1.0, memory_gain_per_h=2.0,
-                                 memory_decay_per_h=1.0, memory_exit_slowing=2.0,
-                                 hypoxia_weight=3.0, hypoxia_exit_slowing=2.0),
-    signalling=SignallingConfig(hgf_growth_gain=0.7, igf1_growth_gain=0.4, entry_weight=2.0))
+    doubling_time_h=0.5,
+    necrosis_max_rate_per_h=3.0,
+    necrotic_clearance_per_h=3.0,
+    persister_tolerance=0.3,
+    death_per_h=0.4,
+    transitions=TransitionConfig(
+        entry_basal_per_h=0.6,
+        entry_induced_per_h=3.0,
+        exit_per_h=1.5,
+        resistance_per_h=0.6,
+        adaptive_mutability=4.0,
+        mutability_ramp_h=1.0,
+        memory_gain_per_h=2.0,
+        memory_decay_per_h=1.0,
+        memory_exit_slowing=2.0,
+        hypoxia_weight=3.0,
+        hypoxia_exit_slowing=2.0,
+    ),
+    signalling=SignallingConfig(hgf_growth_gain=0.7, igf1_growth_gain=0.4, entry_weight=2.0),
+)
 
 CONFIGS = {
     "high": TumorConfig(**HIGH_RATES),
     # hypoxia as a step (hypoxic <= necrosis threshold), necrosis as a step, selection only
-    "steps_selection": TumorConfig(**{**HIGH_RATES, "hypoxic_threshold_mmHg": 4.0,
-                                      "necrosis_threshold_mmHg": 5.0, "necrosis_max_mmHg": 6.0,
-                                      "transitions": dataclasses.replace(
-                                          HIGH_RATES["transitions"], drug_induced=False)}),
+    "steps_selection": TumorConfig(
+        **{
+            **HIGH_RATES,
+            "hypoxic_threshold_mmHg": 4.0,
+            "necrosis_threshold_mmHg": 5.0,
+            "necrosis_max_mmHg": 6.0,
+            "transitions": dataclasses.replace(HIGH_RATES["transitions"], drug_induced=False),
+        }
+    ),
     # adaptation only, no necrosis, no memory decay (k = 0 without drug)
-    "induced_only": TumorConfig(**{**HIGH_RATES, "necrosis_max_rate_per_h": 0.0,
-                                   "transitions": dataclasses.replace(
-                                       HIGH_RATES["transitions"], pre_existing=False,
-                                       memory_decay_per_h=0.0)}),
+    "induced_only": TumorConfig(
+        **{
+            **HIGH_RATES,
+            "necrosis_max_rate_per_h": 0.0,
+            "transitions": dataclasses.replace(
+                HIGH_RATES["transitions"], pre_existing=False, memory_decay_per_h=0.0
+            ),
+        }
+    ),
     "default": TumorConfig(),
 }
 
@@ -225,19 +280,28 @@ def random_inputs(g, shape, drugs, cfg):
     kind[u > 0.97] = codes.CAF
     state = np.zeros(n, dtype=np.uint8)
     t = kind == codes.TUMOR
-    state[t] = g.choice([codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT], t.sum(),
-                        p=[0.5, 0.35, 0.15])
+    state[t] = g.choice(
+        [codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT], t.sum(), p=[0.5, 0.35, 0.15]
+    )
     memory = g.random(n).astype(np.float32)
     memory[g.random(n) < 0.2] = 0.0
-    memory[g.random(n) < 0.03] = -0.25        # not physical: pins numpy's "memory > 0" gate
+    memory[g.random(n) < 0.03] = -0.25  # not physical: pins numpy's "memory > 0" gate
     ramp = np.float32(cfg.transitions.mutability_ramp_h * 60.0)
     time_in_P = g.uniform(0, 2.5 * ramp, n).astype(np.float32)
     time_in_P[g.random(n) < 0.1] = ramp
     time_in_P[g.random(n) < 0.1] = 0.0
     o2 = g.uniform(0, 45, n).astype(np.float32)
-    edges = np.array([0.0, cfg.necrosis_max_mmHg, cfg.necrosis_threshold_mmHg,
-                      cfg.proliferation_threshold_mmHg, cfg.hypoxic_threshold_mmHg,
-                      cfg.proliferation_saturation_mmHg], dtype=np.float32)
+    edges = np.array(
+        [
+            0.0,
+            cfg.necrosis_max_mmHg,
+            cfg.necrosis_threshold_mmHg,
+            cfg.proliferation_threshold_mmHg,
+            cfg.hypoxic_threshold_mmHg,
+            cfg.proliferation_saturation_mmHg,
+        ],
+        dtype=np.float32,
+    )
     pick = g.random(n) < 0.15
     o2[pick] = edges[g.integers(0, len(edges), pick.sum())]
     hgf = g.uniform(0, 40, n).astype(np.float32)
@@ -249,7 +313,7 @@ def random_inputs(g, shape, drugs, cfg):
         ec50 = np.array([next(iter(d.effects.values())).ec50_uM for d in drugs])
         conc = (ec50[:, None] * 10.0 ** g.uniform(-2, 2, (len(drugs), n))).astype(np.float32)
         conc[g.random(conc.shape) < 0.08] = 0.0
-        conc[g.random(conc.shape) < 0.02] = -1e-3     # solver undershoot: clamped to 0
+        conc[g.random(conc.shape) < 0.02] = -1e-3  # solver undershoot: clamped to 0
     return kind, state, memory, time_in_P, o2, hgf, igf1, conc
 
 
@@ -289,23 +353,29 @@ def run_both(launcher, cfg, drugs, shape, neighbourhood, seed, steps, order=0, f
 
 
 # ------------------------------------------------------------------------------------- parity
-GEOMETRIES = [((24, 24), "moore"), ((40, 40), "von_neumann"), ((12, 12, 12), "moore"),
-              ((10, 9, 8), "von_neumann")]
+GEOMETRIES = [
+    ((24, 24), "moore"),
+    ((40, 40), "von_neumann"),
+    ((12, 12, 12), "moore"),
+    ((10, 9, 8), "von_neumann"),
+]
 
 
 @pytest.mark.parametrize("drugs", list(DRUGS))
 @pytest.mark.parametrize("shape,neighbourhood", GEOMETRIES)
 def test_persister_rules_identical(launcher, drugs, shape, neighbourhood):
     seed = 31 * list(DRUGS).index(drugs) + 7 * len(shape) + (neighbourhood == "moore")
-    total, _ = run_both(launcher, CONFIGS["high"], DRUGS[drugs], shape, neighbourhood, seed,
-                        steps=5)
+    total, _ = run_both(
+        launcher, CONFIGS["high"], DRUGS[drugs], shape, neighbourhood, seed, steps=5
+    )
     # every branch fired (so a wrong branch cannot hide behind an event that never happens)
     assert total.divisions and total.necroses and total.cleared, total
     assert total.entered_P and total.exited_P and total.became_R, total
     # basal turnover (death_per_h) kills S, P and R with or without drugs; only R deaths are
     # outside killed_S + killed_P
-    assert total.killed_S and total.killed_P and total.killed > \
-        total.killed_S + total.killed_P, total
+    assert total.killed_S and total.killed_P and total.killed > total.killed_S + total.killed_P, (
+        total
+    )
     if len(shape) == 2 and neighbourhood == "moore":
         assert total.blocked and total.lost_conflicts, total
 
@@ -313,8 +383,15 @@ def test_persister_rules_identical(launcher, drugs, shape, neighbourhood):
 @pytest.mark.parametrize("config", ["steps_selection", "induced_only", "default"])
 @pytest.mark.parametrize("drugs", ["none", "egfr_kdm5_met"])
 def test_other_parameter_sets_identical(launcher, config, drugs):
-    total, _ = run_both(launcher, CONFIGS[config], DRUGS[drugs], (30, 30), "moore",
-                        seed=len(config) + len(drugs), steps=5)
+    total, _ = run_both(
+        launcher,
+        CONFIGS[config],
+        DRUGS[drugs],
+        (30, 30),
+        "moore",
+        seed=len(config) + len(drugs),
+        steps=5,
+    )
     assert total.divisions > 0, total
     if config != "default":
         assert total.exited_P and total.became_R, total
@@ -325,8 +402,9 @@ def test_other_parameter_sets_identical(launcher, config, drugs):
 @pytest.mark.parametrize("fields", ["none", "hgf", "igf1"])
 def test_without_signalling_fields_identical(launcher, fields):
     """hgf / igf1 None: numpy's activation is the scalar 0 (no field read)."""
-    run_both(launcher, CONFIGS["high"], DRUGS["four"], (24, 24), "moore", seed=5, steps=4,
-             fields=fields)
+    run_both(
+        launcher, CONFIGS["high"], DRUGS["four"], (24, 24), "moore", seed=5, steps=4, fields=fields
+    )
 
 
 @pytest.mark.parametrize("order", [1, 2])
@@ -377,6 +455,7 @@ def test_inputs_numpy_would_read_differently_are_refused(launcher):
 # ------------------------------------------------------------------------------------- tables
 class HostTables:
     """A launcher that is never called: the constructor only builds its tables on the host."""
+
     xp = np
 
 
@@ -393,6 +472,7 @@ def test_every_config_field_reaches_the_kernels(section):
     base = TumorConfig()
     grid = Grid((4, 4), 20.0)
     drugs = DRUGS["egfr"]
+
     def tables(cfg):
         k = KernelTumorRules(cfg, grid, 1, DT_MIN, drugs, launcher=HostTables())
         return np.concatenate([k.params_host, k.state_table_host.reshape(-1)])
@@ -402,7 +482,7 @@ def test_every_config_field_reaches_the_kernels(section):
     for f in dataclasses.fields(sub):
         v = getattr(sub, f.name)
         if dataclasses.is_dataclass(v):
-            continue                                   # checked as its own section
+            continue  # checked as its own section
         changed = dataclasses.replace(sub, **{f.name: _perturbed(v)})
         cfg = changed if section == "tumor" else dataclasses.replace(base, **{section: changed})
         assert not np.array_equal(tables(cfg), ref), f"{section}.{f.name} is not passed on"
@@ -417,33 +497,45 @@ def test_effect_table_follows_effects_order():
     assert t.shape[0] == len(want)
     for row, (i, tgt, e) in zip(t, want):
         assert row[cols["DRUG"]] == i and row[cols["TARGET"]] == code[tgt.upper()]
-        assert (row[cols["EMAX"]], row[cols["EC50_UM"]], row[cols["HILL"]]) == \
-            (e.emax, e.ec50_uM, e.hill)
+        assert (row[cols["EMAX"]], row[cols["EC50_UM"]], row[cols["HILL"]]) == (
+            e.emax,
+            e.ec50_uM,
+            e.hill,
+        )
         coef = e.rate_per_h if tgt.startswith("kill") else e.fold if tgt == "exit_speedup" else 0
         assert row[cols["COEF"]] == coef
-    assert tumor_kernel.tumor_effect_table(()).shape == (0, launch.kernel_defines(
-        "tumor.cu", "TM_N_")["EFFECT_COLUMNS"])
+    assert tumor_kernel.tumor_effect_table(()).shape == (
+        0,
+        launch.kernel_defines("tumor.cu", "TM_N_")["EFFECT_COLUMNS"],
+    )
 
 
 def test_action_codes_match_the_kernel():
-    acts = {k.lower(): v for k, v in launch.kernel_defines("tumor.cu", "TM_ACT_").items()
-            if k != "EVENT_MASK"}
+    acts = {
+        k.lower(): v
+        for k, v in launch.kernel_defines("tumor.cu", "TM_ACT_").items()
+        if k != "EVENT_MASK"
+    }
     assert acts == {k.lower(): v for k, v in tumor_kernel.ACTIONS.items()}
     trans = launch.kernel_defines("tumor.cu", "TM_TRANSITION_")
     assert trans.pop("SHIFT") == tumor_kernel.TRANSITION_SHIFT
-    assert {k.lower(): v for k, v in trans.items()} == \
-        {k.lower(): v for k, v in tumor_kernel.TRANSITIONS.items() if k != "none"}
+    assert {k.lower(): v for k, v in trans.items()} == {
+        k.lower(): v for k, v in tumor_kernel.TRANSITIONS.items() if k != "none"
+    }
 
 
 # ------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape,neighbourhood", [((96, 80), "moore"), ((20, 24, 22), "moore"),
-                                                 ((20, 24, 22), "von_neumann")])
+@pytest.mark.parametrize(
+    "shape,neighbourhood",
+    [((96, 80), "moore"), ((20, 24, 22), "moore"), ((20, 24, 22), "von_neumann")],
+)
 def test_tumor_rules_on_device_and_deterministic(gpu_launcher, shape, neighbourhood):
     """The growth rules with the state kept on the GPU for several steps: identical to numpy, and
     two GPU runs identical (claims settle by integer atomicMax, so thread timing cannot change a
     winner)."""
     import cupy
+
     cfg = tumor_config(**GROWTH_CONFIGS["fast"])
     g = np.random.default_rng(7)
     grid = Grid(shape, 20.0, neighbourhood)
@@ -470,6 +562,7 @@ def test_tumor_rules_on_device_and_deterministic(gpu_launcher, shape, neighbourh
 def test_persister_rules_on_device_and_deterministic(gpu_launcher, shape, neighbourhood):
     """State kept on the GPU for several steps: identical to numpy, and two GPU runs identical."""
     import cupy
+
     cfg, drugs = CONFIGS["high"], DRUGS["four"]
     g = np.random.default_rng(17)
     grid = Grid(shape, 20.0, neighbourhood)

@@ -40,26 +40,30 @@ def _signal_all(pids, sig):
             os.kill(pid, sig)
 
 
-def test_local_cluster_sweep_survives_killed_worker_records_failure_and_reruns_nothing(
-        tmp_path):
+def test_local_cluster_sweep_survives_killed_worker_records_failure_and_reruns_nothing(tmp_path):
     """A real LocalCluster with two worker processes runs 6 runs (one of which fails at run
     time: a diffusion coefficient that makes the field non-finite). One worker is SIGKILLed
     while a run is under way, after that run wrote a checkpoint; the sweep still ends with every
     result, the killed run resumed from its checkpoint to a file identical to a run made in one
     go, and running the sweep again does nothing."""
     from distributed import Client, LocalCluster
+
     path = write_sweep(tmp_path, days=3, diff="[1e5, 1e300]")
     # 2 doubling times x 2 diffusions x 2 seeds = 8 runs, the 4 with 1e300 fail
     spec = sw.load_sweep(path)
     assert len(spec.runs()) == 8
     result = {}
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
     client = Client(cluster)
     try:
         pids = client.run(os.getpid)
-        t = threading.Thread(target=lambda: result.update(
-            res=sw.run_sweep(spec, client=client, progress=False, log=lambda m: None)))
+        t = threading.Thread(
+            target=lambda: result.update(
+                res=sw.run_sweep(spec, client=client, progress=False, log=lambda m: None)
+            )
+        )
         t.start()
         killed = None
         runs = (spec.out_dir / "runs").resolve()
@@ -80,9 +84,9 @@ def test_local_cluster_sweep_survives_killed_worker_records_failure_and_reruns_n
                         with h5py.File(h5, "r", swmr=True) as f:
                             step = int(f["checkpoint/valid_slot"][()])
                             n = f["timeseries/time_min"].shape[0]
-                    except (OSError, KeyError, ValueError):   # caught mid-write: look again
+                    except (OSError, KeyError, ValueError):  # caught mid-write: look again
                         continue
-                    if step >= 0 and n < 600:          # a checkpoint, and far from the end
+                    if step >= 0 and n < 600:  # a checkpoint, and far from the end
                         os.kill(pid, signal.SIGKILL)
                         killed = h5.stem
                         break
@@ -99,7 +103,7 @@ def test_local_cluster_sweep_survives_killed_worker_records_failure_and_reruns_n
 
     with open(spec.summary) as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["run"] for r in rows] == [r.id for r in spec.runs()]      # one row per run
+    assert [r["run"] for r in rows] == [r.id for r in spec.runs()]  # one row per run
     for r in rows:
         bad = float(r["fields.oxygen.diffusion_um2_per_min"]) > 1e200
         assert r["status"] == ("failed" if bad else "finished")
@@ -124,8 +128,7 @@ def test_local_cluster_sweep_survives_killed_worker_records_failure_and_reruns_n
 
     # running the sweep again does no work: no cluster, no file touched
     stamps = {q: q.stat().st_mtime_ns for q in (spec.out_dir / "runs").iterdir()}
-    again = sw.run_sweep(spec, cluster="no cluster may be made", progress=False,
-                         log=lambda m: None)
+    again = sw.run_sweep(spec, cluster="no cluster may be made", progress=False, log=lambda m: None)
     assert (again.ran, again.done, again.failed) == (0, 4, 4)
     assert stamps == {q: q.stat().st_mtime_ns for q in (spec.out_dir / "runs").iterdir()}
 
@@ -163,8 +166,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 def _sinfo_ok(env) -> bool:
     try:
-        r = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
-                           text=True, timeout=10)
+        r = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return r.returncode == 0 and ("idle" in r.stdout or "mix" in r.stdout)
@@ -187,8 +191,9 @@ def slurm(tmp_path_factory):
         (d / sub).mkdir()
     host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
     port = 17000 + os.getpid() % 2000
-    (d / "slurm.conf").write_text(SLURM_CONF.format(host=host, d=d, port=port, port2=port + 1,
-                                                    cpus=os.cpu_count()))
+    (d / "slurm.conf").write_text(
+        SLURM_CONF.format(host=host, d=d, port=port, port2=port + 1, cpus=os.cpu_count())
+    )
     env = dict(os.environ, SLURM_CONF=str(d / "slurm.conf"))
     if not Path("/run/munge/munge.socket.2").exists():
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
@@ -201,8 +206,9 @@ def slurm(tmp_path_factory):
         while not _sinfo_ok(env):
             if time.monotonic() > deadline:
                 _stop_daemons(env["SLURM_CONF"])
-                pytest.skip("single-node Slurm did not come up: "
-                            + (d / "slurmctld.log").read_text()[-300:])
+                pytest.skip(
+                    "single-node Slurm did not come up: " + (d / "slurmctld.log").read_text()[-300:]
+                )
             time.sleep(0.5)
     except (OSError, subprocess.SubprocessError) as exc:
         _stop_daemons(env["SLURM_CONF"])
@@ -243,15 +249,22 @@ def _stop_daemons(conf: str) -> None:
 def test_sweep_through_dask_jobqueue_on_real_slurm(slurm, tmp_path):
     """`tmesim sweep --cluster slurm`: dask-jobqueue submits worker jobs to the local Slurm,
     the runs go through them and the table has every run."""
-    p = write_sweep(tmp_path, days=0.5, extra='\n[slurm]\nqueue = "debug"\ngpus = 0\ncores = 1\n'
-                    'memory = "1GB"\nwalltime = "00:10:00"\njobs = 2\n'
-                    'checkpoint_margin_minutes = 1\n')
+    p = write_sweep(
+        tmp_path,
+        days=0.5,
+        extra='\n[slurm]\nqueue = "debug"\ngpus = 0\ncores = 1\n'
+        'memory = "1GB"\nwalltime = "00:10:00"\njobs = 2\n'
+        "checkpoint_margin_minutes = 1\n",
+    )
     spec = sw.load_sweep(p)
-    sw.import_slurm_cluster()          # in the main thread: its import sets a signal handler
+    sw.import_slurm_cluster()  # in the main thread: its import sets a signal handler
     out = {}
-    t = threading.Thread(target=lambda: out.update(
-        res=sw.run_sweep(spec, cluster="slurm", progress=False, log=lambda m: None)),
-        daemon=True)
+    t = threading.Thread(
+        target=lambda: out.update(
+            res=sw.run_sweep(spec, cluster="slurm", progress=False, log=lambda m: None)
+        ),
+        daemon=True,
+    )
     t.start()
     t.join(240)
     if t.is_alive():

@@ -1,7 +1,6 @@
 """The sweep file (tmesim.sweep.spec): grid, Latin hypercube and seeds expanded into runs, each
 run's scenario carrying its values; mistakes named in one line, exit 2."""
 
-
 import numpy as np
 import pytest
 
@@ -13,20 +12,23 @@ from ..helpers import write_sweep
 
 
 def test_sweep_file_grid_lhs_seeds(tmp_path):
-    p = write_sweep(tmp_path, diff="{start = 1e4, stop = 1e6, num = 3, scale = \"log\"}", extra="""
+    p = write_sweep(
+        tmp_path,
+        diff='{start = 1e4, stop = 1e6, num = 3, scale = "log"}',
+        extra="""
 [latin_hypercube]
 samples = 5
 seed = 3
 "tumor.necrosis_max_rate_per_h" = {min = 0.1, max = 0.6}
 "fields.oxygen.decay_per_min" = {min = 0.01, max = 1.0, scale = "log"}
-""")
+""",
+    )
     spec = sw.load_sweep(p)
-    np.testing.assert_allclose(spec.grid["fields.oxygen.diffusion_um2_per_min"],
-                               [1e4, 1e5, 1e6])
+    np.testing.assert_allclose(spec.grid["fields.oxygen.diffusion_um2_per_min"], [1e4, 1e5, 1e6])
     runs = spec.runs()
     assert len(runs) == 2 * 3 * 5 * 2
     assert [r.id for r in runs[:3]] == ["r0000", "r0001", "r0002"]
-    assert [r.params["seed"] for r in runs[:4]] == [1, 2, 1, 2]      # seeds fastest
+    assert [r.params["seed"] for r in runs[:4]] == [1, 2, 1, 2]  # seeds fastest
     assert runs[0].overrides["run.name"] == "t_r0000"
     assert runs[0].h5 == tmp_path / "out" / "runs" / "r0000.h5"
     # Latin hypercube: each of the 5 strata of each parameter holds exactly one sample
@@ -43,10 +45,13 @@ seed = 3
     assert sc.tumor.necrosis_max_rate_per_h == runs[7].params["tumor.necrosis_max_rate_per_h"]
 
 
-@pytest.mark.parametrize("extra, message", [
-    ('[replicates2]\nn = 1\n', "key 'replicates2'"),
-    ('[latin_hypercube]\nsamples = 2\n"x.y" = {min = 2, max = 1}\n', "min < max"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("[replicates2]\nn = 1\n", "key 'replicates2'"),
+        ('[latin_hypercube]\nsamples = 2\n"x.y" = {min = 2, max = 1}\n', "min < max"),
+    ],
+)
 def test_sweep_file_mistakes_are_one_line_exit_2(tmp_path, capsys, extra, message):
     p = write_sweep(tmp_path, extra=extra)
     assert main(["sweep", str(p), "--dry-run"]) == 2
@@ -59,4 +64,3 @@ def test_misspelt_parameter_refuses_the_whole_sweep(tmp_path, capsys):
     p.write_text(p.read_text().replace('"run.duration_days" = 2', '"tumor.doubling_hours" = 3'))
     assert main(["sweep", str(p), "-q"]) == 2
     assert "no run has a valid scenario" in capsys.readouterr().err
-

@@ -23,8 +23,11 @@ import pytest
 napari = pytest.importorskip("napari", reason="napari is not installed (pip install -e '.[test]')")
 pytest.importorskip("qtpy", reason="no Qt binding for napari")
 if not os.environ.get("DISPLAY"):
-    pytest.skip("no X display: napari's canvas needs one for OpenGL (install the Xvfb program; "
-                "pytest-xvfb then starts one for the tests)", allow_module_level=True)
+    pytest.skip(
+        "no X display: napari's canvas needs one for OpenGL (install the Xvfb program; "
+        "pytest-xvfb then starts one for the tests)",
+        allow_module_level=True,
+    )
 
 import tmesim  # noqa: E402
 import tmesim_napari  # noqa: E402
@@ -34,9 +37,14 @@ from tmesim_napari import get_reader, read_info, read_run  # noqa: E402
 from ..helpers import scenario_text  # noqa: E402
 
 # documented colours (README "Viewing runs in napari"), spelled out independently of the viewer
-KIND_RGB = {"tumor": (0xe6, 0x9f, 0x00), "caf": (0x00, 0x9e, 0x73), "tam": (0x94, 0x67, 0xbd),
-            "vessel": (0xd6, 0x27, 0x28), "necrotic": (0x7f, 0x7f, 0x7f)}
-STATE_RGB = {"S": (0x56, 0xb4, 0xe9), "P": (0xf0, 0xe4, 0x42), "R": (0xe7, 0x29, 0x8a)}
+KIND_RGB = {
+    "tumor": (0xE6, 0x9F, 0x00),
+    "caf": (0x00, 0x9E, 0x73),
+    "tam": (0x94, 0x67, 0xBD),
+    "vessel": (0xD6, 0x27, 0x28),
+    "necrotic": (0x7F, 0x7F, 0x7F),
+}
+STATE_RGB = {"S": (0x56, 0xB4, 0xE9), "P": (0xF0, 0xE4, 0x42), "R": (0xE7, 0x29, 0x8A)}
 
 #: a growth factor and two drug-like fields beside oxygen
 TINY_2D_FIELDS = """
@@ -60,16 +68,31 @@ initial = 2.0
 def tiny_2d(*sets: str, extra: str = "") -> str:
     """The 2D run's scenario (40 x 48 voxels, 60 steps, a snapshot every 2 h, four fields), with
     ``sets`` and ``extra`` tables on top."""
-    return scenario_text("run.name=tiny2d", "run.seed=5", "run.duration_days=0.25",
-                         "run.snapshot_every_hours=2", "grid.shape=[40,48]",
-                         "init.vessels.density=0.02", *sets, extra=TINY_2D_FIELDS + extra)
+    return scenario_text(
+        "run.name=tiny2d",
+        "run.seed=5",
+        "run.duration_days=0.25",
+        "run.snapshot_every_hours=2",
+        "grid.shape=[40,48]",
+        "init.vessels.density=0.02",
+        *sets,
+        extra=TINY_2D_FIELDS + extra,
+    )
 
 
 TINY_2D = tiny_2d()
-TINY_3D = scenario_text("run.name=tiny3d", "run.seed=3", "run.duration_days=0.25",
-                        "run.snapshot_every_hours=3", "grid.shape=[12,14,16]", "grid.dx_um=25",
-                        "init.tumor.shape=sphere", "init.tumor.radius_um=100",
-                        "init.vessels.placement=none", drop=("init.vessels.density",))
+TINY_3D = scenario_text(
+    "run.name=tiny3d",
+    "run.seed=3",
+    "run.duration_days=0.25",
+    "run.snapshot_every_hours=3",
+    "grid.shape=[12,14,16]",
+    "grid.dx_um=25",
+    "init.tumor.shape=sphere",
+    "init.tumor.radius_um=100",
+    "init.vessels.placement=none",
+    drop=("init.vessels.density",),
+)
 
 
 def _write_run(tmp: Path, text: str, name: str, **overrides) -> Path:
@@ -117,8 +140,15 @@ def test_reader_2d_layer_tuples_match_the_file(runs):
     reader = get_reader(str(path))
     assert callable(reader)
     layers = _by_name(reader(str(path)))
-    assert set(layers) == {"hgf (ng/mL)", "drug_a (uM)", "drug_b (uM)", "oxygen (mmHg)",
-                           "epigenetic memory", "kind", "tumor state"}
+    assert set(layers) == {
+        "hgf (ng/mL)",
+        "drug_a (uM)",
+        "drug_b (uM)",
+        "oxygen (mmHg)",
+        "epigenetic memory",
+        "kind",
+        "tumor state",
+    }
     with h5py.File(path, "r") as f:
         T = f["snapshots/kind"].shape[0]
         times_h = f["snapshots/time"][:] / 60.0
@@ -148,8 +178,10 @@ def test_reader_2d_layer_tuples_match_the_file(runs):
     assert layers["oxygen (mmHg)"][1]["colormap"] != layers["drug_a (uM)"][1]["colormap"]
     # fixed colours by code name
     cmap = layers["kind"][1]["colormap"]
-    names = [n.decode() if isinstance(n, bytes) else n
-             for n in h5py.File(path, "r")["snapshots/kind"].attrs["names"]]
+    names = [
+        n.decode() if isinstance(n, bytes) else n
+        for n in h5py.File(path, "r")["snapshots/kind"].attrs["names"]
+    ]
     for name, rgb in KIND_RGB.items():
         got = np.round(np.asarray(cmap.map(names.index(name)))[:3] * 255).astype(int)
         assert tuple(got) == rgb, name
@@ -208,7 +240,7 @@ def test_damaged_files_give_a_clear_message(runs, tmp_path):
 
     corrupt = tmp_path / "corrupt.h5"
     shutil.copy(src, corrupt)
-    with open(corrupt, "r+b") as fh:      # scramble the metadata right after the superblock
+    with open(corrupt, "r+b") as fh:  # scramble the metadata right after the superblock
         fh.seek(200)
         fh.write(np.random.default_rng(0).bytes(4096))
     with pytest.raises(RunFileError, match="damaged") as exc:
@@ -229,8 +261,12 @@ def test_view_cli_errors_are_one_line(runs, tmp_path):
     with open(trunc, "r+b") as fh:
         fh.truncate(1000)
     for target, what in ((tmp_path / "missing.h5", "no such file"), (trunc, "truncated")):
-        proc = subprocess.run([sys.executable, "-m", "tmesim", "view", str(target)],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tmesim", "view", str(target)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and what in lines[0] and lines[0].startswith("tmesim view: error")
@@ -240,7 +276,7 @@ def test_view_cli_errors_are_one_line(runs, tmp_path):
 def _canvas_pixel(v, shot, world_yx):
     """Screenshot pixel (row, col) of a world point (um) in a 2D view."""
     h, w = shot.shape[:2]
-    camera = v.scene.camera if hasattr(v, "scene") else v.camera   # napari 0.9 moved it
+    camera = v.scene.camera if hasattr(v, "scene") else v.camera  # napari 0.9 moved it
     cy, cx = camera.center[-2:]
     z = camera.zoom
     return int(round(h / 2 + (world_yx[0] - cy) * z)), int(round(w / 2 + (world_yx[1] - cx) * z))
@@ -251,8 +287,16 @@ def _interior_voxels(labels2d, code, n=3):
     isolated single voxels (vessels) when there are none."""
     m = labels2d == code
     inner = m.copy()
-    inner[1:-1, 1:-1] &= (m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-                          & m[:-2, :-2] & m[2:, 2:] & m[:-2, 2:] & m[2:, :-2])
+    inner[1:-1, 1:-1] &= (
+        m[:-2, 1:-1]
+        & m[2:, 1:-1]
+        & m[1:-1, :-2]
+        & m[1:-1, 2:]
+        & m[:-2, :-2]
+        & m[2:, 2:]
+        & m[:-2, 2:]
+        & m[2:, :-2]
+    )
     inner[[0, -1], :] = False
     inner[:, [0, -1]] = False
     ys, xs = np.nonzero(inner if inner.any() else m)
@@ -262,14 +306,15 @@ def _interior_voxels(labels2d, code, n=3):
 def test_npe2_open_and_screenshot_colours(runs, viewer):
     v = viewer(show=True)
     path = str(runs["2d"])
-    layers = v.open(path, plugin="tmesim")        # the `napari run.h5` path, through npe2
+    layers = v.open(path, plugin="tmesim")  # the `napari run.h5` path, through npe2
     assert [ly.name for ly in layers][-2:] == ["kind", "tumor state"]
     assert v.dims.ndim == 3
     with h5py.File(path, "r") as f:
         kind = f["snapshots/kind"][-1]
         state = f["snapshots/tumor_state"][-1]
-        kind_names = [n.decode() if isinstance(n, bytes) else n
-                      for n in f["snapshots/kind"].attrs["names"]]
+        kind_names = [
+            n.decode() if isinstance(n, bytes) else n for n in f["snapshots/kind"].attrs["names"]
+        ]
     v.dims.set_current_step(0, 3)
     v.window.resize(1200, 900)
     for ly in v.layers:
@@ -278,11 +323,11 @@ def test_npe2_open_and_screenshot_colours(runs, viewer):
     shot = v.screenshot(canvas_only=True, flash=False)
     checked = 0
     # tumor voxels show their state's colour (the state layer is on top), vessels their kind's
-    for (y, x) in _interior_voxels(state, 1):
+    for y, x in _interior_voxels(state, 1):
         r, c = _canvas_pixel(v, shot, ((y + 0.5) * 20, (x + 0.5) * 20))
         assert np.abs(shot[r, c, :3].astype(int) - STATE_RGB["S"]).max() <= 2, (y, x)
         checked += 1
-    for (y, x) in _interior_voxels(kind, kind_names.index("vessel")):
+    for y, x in _interior_voxels(kind, kind_names.index("vessel")):
         r, c = _canvas_pixel(v, shot, ((y + 0.5) * 20, (x + 0.5) * 20))
         assert np.abs(shot[r, c, :3].astype(int) - KIND_RGB["vessel"]).max() <= 2, (y, x)
         checked += 1
@@ -290,17 +335,18 @@ def test_npe2_open_and_screenshot_colours(runs, viewer):
     # with the state layer hidden, tumor voxels show the kind colour
     v.layers["tumor state"].visible = False
     shot = v.screenshot(canvas_only=True, flash=False)
-    (y, x), = _interior_voxels(kind, kind_names.index("tumor"), n=1)
+    ((y, x),) = _interior_voxels(kind, kind_names.index("tumor"), n=1)
     r, c = _canvas_pixel(v, shot, ((y + 0.5) * 20, (x + 0.5) * 20))
     assert np.abs(shot[r, c, :3].astype(int) - KIND_RGB["tumor"]).max() <= 2
 
 
 def test_time_slider_changes_the_view_and_the_marker(runs, viewer):
     from tmesim_napari._qt.explorer import RunExplorer, _text_overlay
+
     v = viewer(show=True)
     path = str(runs["2d"])
     v.open(path, plugin="tmesim")
-    explorer = RunExplorer(v)                     # opened after the layers: finds the run
+    explorer = RunExplorer(v)  # opened after the layers: finds the run
     v.window.add_dock_widget(explorer)
     assert explorer.path == str(Path(path).resolve())
     for ly in v.layers:
@@ -322,8 +368,7 @@ def test_time_slider_changes_the_view_and_the_marker(runs, viewer):
     # pixels of the S colour scale with the number of S cells shown
     assert counts[1] / counts[0] == pytest.approx(n_tumor[-1] / n_tumor[0], rel=0.05)
     # the plot carries the run's columns
-    assert np.array_equal(explorer.columns["n_S"],
-                          h5py.File(path, "r")["timeseries/n_S"][:])
+    assert np.array_equal(explorer.columns["n_S"], h5py.File(path, "r")["timeseries/n_S"][:])
     names = {e[1] for e in explorer.events}
     assert {"start"} <= names
 
@@ -402,6 +447,7 @@ def _scenario_with_drug(tmp_path) -> Path:
 
 def test_prefilled_overrides(tmp_path):
     from tmesim_napari._qt.runner import default_overrides, parse_overrides
+
     scen = _scenario_with_drug(tmp_path)
     lines = default_overrides(scen)
     assert lines[:3] == ["run.duration_days=0.1", "run.seed=5", "run.snapshot_every_hours=2.0"]
@@ -409,31 +455,35 @@ def test_prefilled_overrides(tmp_path):
     sc = tmesim.load_scenario(scen, overrides=parse_overrides(text))
     assert sc.run.seed == 9 and sc.run.duration_days == 0.1
     drug = tmp_path / "drug.toml"
-    drug.write_text(tiny_2d(extra=textwrap.dedent("""
+    drug.write_text(
+        tiny_2d(
+            extra=textwrap.dedent("""
         [drugs.erlotinib]
         preset = "egfr_tki"
         schedule = { kind = "intermittent", dose_uM = 2.0, on_days = 1, off_days = 2 }
-    """)))
+    """)
+        )
+    )
     try:
         drug_lines = default_overrides(drug)
     except tmesim.ScenarioError as exc:
         if "no such key" not in str(exc):
             raise
         pytest.skip(f"this tmesim has no [drugs] section yet ({exc})")
-    assert "drugs.erlotinib.schedule.kind=\"intermittent\"" in drug_lines
+    assert 'drugs.erlotinib.schedule.kind="intermittent"' in drug_lines
     assert "drugs.erlotinib.schedule.dose_uM=2.0" in drug_lines
 
 
 def test_interactive_run_to_completion(tmp_path, viewer, qtbot):
     from tmesim_napari._qt.runner import ScenarioRunner
+
     v = viewer()
     out = tmp_path / "interactive.h5"
     runner = ScenarioRunner(v, scenario=_scenario_with_drug(tmp_path), output=out)
     text = runner.overrides_edit.toPlainText().replace("run.seed=5", "run.seed=8")
     runner.overrides_edit.setPlainText(text)
     assert runner.start()
-    qtbot.waitUntil(lambda: runner.result is not None or runner.error is not None,
-                    timeout=60000)
+    qtbot.waitUntil(lambda: runner.result is not None or runner.error is not None, timeout=60000)
     assert runner.error is None
     assert runner.result["status"] == "finished" and runner.result["steps"] == 24
     with h5py.File(out, "r") as f:
@@ -441,7 +491,7 @@ def test_interactive_run_to_completion(tmp_path, viewer, qtbot):
         assert f.attrs["seed"] == 8
         T = f["snapshots/kind"].shape[0]
         last = f["snapshots/kind"][-1]
-    assert T == 3                                  # 0, 2 and 2.4 h (the end)
+    assert T == 3  # 0, 2 and 2.4 h (the end)
     assert v.layers["kind"].data.shape[0] == T
     assert np.array_equal(v.layers["kind"].data[-1].compute(), last)
     assert runner.updates >= 2, "the layers were updated while the run went on"
@@ -450,6 +500,7 @@ def test_interactive_run_to_completion(tmp_path, viewer, qtbot):
 
 def test_interactive_pause_and_stop(tmp_path, viewer, qtbot):
     from tmesim_napari._qt.runner import STOP_REASON, ScenarioRunner
+
     v = viewer()
     out = tmp_path / "stopped.h5"
     scen = tmp_path / "long.toml"
@@ -466,8 +517,7 @@ def test_interactive_pause_and_stop(tmp_path, viewer, qtbot):
     runner.toggle_pause()
     qtbot.waitUntil(lambda: runner.link.paused_at_step is None, timeout=10000)
     runner.stop()
-    qtbot.waitUntil(lambda: runner.result is not None or runner.error is not None,
-                    timeout=30000)
+    qtbot.waitUntil(lambda: runner.result is not None or runner.error is not None, timeout=30000)
     assert runner.error is None
     assert runner.result["status"] == "stopped" and runner.result["steps"] < 4800
     with h5py.File(out, "r") as f:
@@ -478,6 +528,7 @@ def test_interactive_pause_and_stop(tmp_path, viewer, qtbot):
 
 def test_interactive_bad_override_is_reported(tmp_path, viewer):
     from tmesim_napari._qt.runner import ScenarioRunner
+
     v = viewer()
     runner = ScenarioRunner(v, scenario=_scenario_with_drug(tmp_path), output=tmp_path / "x.h5")
     runner.overrides_edit.setPlainText("grid.dx_um=-5")

@@ -58,6 +58,7 @@ EXTRA_INDEX_BYTES = 8192
 @dataclass
 class Checkpoint:
     """One checkpoint as read back from a run file (host numpy arrays)."""
+
     slot: int
     step: int
     time_min: float
@@ -70,6 +71,7 @@ class Checkpoint:
 
 
 # ------------------------------------------------------------------------------ creating
+
 
 def create_slots(f: h5py.File, arrays: dict, scenario_base_dir: str = ".") -> None:
     """Create ``/checkpoint`` for a state whose arrays are ``arrays`` ({name: array}).
@@ -100,6 +102,7 @@ def create_slots(f: h5py.File, arrays: dict, scenario_base_dir: str = ".") -> No
 
 # ------------------------------------------------------------------------------ writing
 
+
 def _write_array(ds: h5py.Dataset, a: np.ndarray) -> None:
     """Write one state array into its slot dataset (a separate function so tests can cut a
     checkpoint short at a chosen array)."""
@@ -125,11 +128,14 @@ def pack_extra(extra: dict) -> tuple[np.ndarray, str]:
     for name in sorted(extra):
         a = np.ascontiguousarray(np.asarray(extra[name]))
         if a.dtype.hasobject or a.dtype.kind not in "biufcSU":
-            raise TypeError(f"extra state {name!r}: dtype {a.dtype} cannot be checkpointed "
-                            "(numbers, booleans and fixed-size strings only)")
+            raise TypeError(
+                f"extra state {name!r}: dtype {a.dtype} cannot be checkpointed "
+                "(numbers, booleans and fixed-size strings only)"
+            )
         b = a.view(np.uint8).reshape(-1) if a.size else np.zeros(0, np.uint8)
-        index.append({"name": str(name), "dtype": a.dtype.str, "shape": list(a.shape),
-                      "offset": offset})
+        index.append(
+            {"name": str(name), "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset}
+        )
         parts.append(b)
         offset += b.size
     buf = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
@@ -142,7 +148,7 @@ def unpack_extra(buf: np.ndarray, index_json: str) -> dict:
         dt = np.dtype(e["dtype"])
         shape = tuple(e["shape"])
         n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        raw = np.asarray(buf[e["offset"]: e["offset"] + n], dtype=np.uint8)
+        raw = np.asarray(buf[e["offset"] : e["offset"] + n], dtype=np.uint8)
         out[e["name"]] = raw.view(dt).reshape(shape).copy() if n else np.zeros(shape, dt)
     return out
 
@@ -167,8 +173,10 @@ def write(f: h5py.File, arrays: dict, time_min: float, counts: dict, extra: dict
     st = s["state"]
     missing = set(arrays) ^ set(st)
     if missing:
-        raise RunFileError(f"checkpoint: state arrays {sorted(missing)} differ from the run "
-                           "file's checkpoint slots")
+        raise RunFileError(
+            f"checkpoint: state arrays {sorted(missing)} differ from the run "
+            "file's checkpoint slots"
+        )
     for name, a in arrays.items():
         _write_array(st[name], np.asarray(a))
     buf, index = pack_extra(extra)
@@ -178,12 +186,23 @@ def write(f: h5py.File, arrays: dict, time_min: float, counts: dict, extra: dict
         s["extra"][: buf.size] = buf
     raw = index.encode()
     if len(raw) > EXTRA_INDEX_BYTES:
-        raise RunFileError(f"checkpoint: the index of the extra state takes {len(raw)} bytes, "
-                           f"more than the {EXTRA_INDEX_BYTES} its slot holds (too many arrays)")
+        raise RunFileError(
+            f"checkpoint: the index of the extra state takes {len(raw)} bytes, "
+            f"more than the {EXTRA_INDEX_BYTES} its slot holds (too many arrays)"
+        )
     s["extra_index"][0] = raw
     s["time_min"][()] = float(time_min)
-    s["counts"][:] = np.array([counts["step"], counts["n_snapshots"], counts["n_rows"],
-                               counts["n_events"], buf.size, generation], dtype=np.int64)
+    s["counts"][:] = np.array(
+        [
+            counts["step"],
+            counts["n_snapshots"],
+            counts["n_rows"],
+            counts["n_events"],
+            buf.size,
+            generation,
+        ],
+        dtype=np.int64,
+    )
     # the slot must be on disk before the record that names it
     f.flush()
     _fsync(f)
@@ -194,6 +213,7 @@ def write(f: h5py.File, arrays: dict, time_min: float, counts: dict, extra: dict
 
 
 # ------------------------------------------------------------------------------ reading
+
 
 def has_slots(f: h5py.File) -> bool:
     return GROUP in f and "valid_slot" in f[GROUP]
@@ -206,8 +226,9 @@ def read(f: h5py.File) -> Checkpoint | None:
     g = f[GROUP]
     lv = int(g.attrs.get("layout_version", 0))
     if lv != LAYOUT_VERSION:
-        raise RunFileError(f"{f.filename}: checkpoint layout {lv}; this tmesim reads layout "
-                           f"{LAYOUT_VERSION} only")
+        raise RunFileError(
+            f"{f.filename}: checkpoint layout {lv}; this tmesim reads layout {LAYOUT_VERSION} only"
+        )
     valid = int(g["valid_slot"][()])
     if valid < 0:
         return None
@@ -215,12 +236,21 @@ def read(f: h5py.File) -> Checkpoint | None:
     c = dict(zip(COUNTS, (int(x) for x in s["counts"][:])))
     arrays = {name: ds[()] for name, ds in s["state"].items()}
     extra = unpack_extra(s["extra"][: c["extra_nbytes"]], to_str(s["extra_index"][0]))
-    return Checkpoint(slot=valid, step=c["step"], time_min=float(s["time_min"][()]),
-                      n_snapshots=c["n_snapshots"], n_rows=c["n_rows"], n_events=c["n_events"],
-                      generation=c["generation"], arrays=arrays, extra=extra)
+    return Checkpoint(
+        slot=valid,
+        step=c["step"],
+        time_min=float(s["time_min"][()]),
+        n_snapshots=c["n_snapshots"],
+        n_rows=c["n_rows"],
+        n_events=c["n_events"],
+        generation=c["generation"],
+        arrays=arrays,
+        extra=extra,
+    )
 
 
 # ------------------------------------------------------------------------------ reopening
+
 
 def lookup3(data: bytes, initval: int = 0) -> int:
     """Bob Jenkins' lookup3 ``hashlittle``: HDF5's metadata checksum (H5_checksum_lookup3)."""
@@ -233,15 +263,27 @@ def lookup3(data: bytes, initval: int = 0) -> int:
     a = b = c = (0xDEADBEEF + n + initval) & M
     i = 0
     while n > 12:
-        a = (a + int.from_bytes(data[i:i + 4], "little")) & M
-        b = (b + int.from_bytes(data[i + 4:i + 8], "little")) & M
-        c = (c + int.from_bytes(data[i + 8:i + 12], "little")) & M
-        a = (a - c) & M; a ^= rot(c, 4); c = (c + b) & M     # noqa: E702 - lookup3's mix()
-        b = (b - a) & M; b ^= rot(a, 6); a = (a + c) & M     # noqa: E702
-        c = (c - b) & M; c ^= rot(b, 8); b = (b + a) & M     # noqa: E702
-        a = (a - c) & M; a ^= rot(c, 16); c = (c + b) & M    # noqa: E702
-        b = (b - a) & M; b ^= rot(a, 19); a = (a + c) & M    # noqa: E702
-        c = (c - b) & M; c ^= rot(b, 4); b = (b + a) & M     # noqa: E702
+        a = (a + int.from_bytes(data[i : i + 4], "little")) & M
+        b = (b + int.from_bytes(data[i + 4 : i + 8], "little")) & M
+        c = (c + int.from_bytes(data[i + 8 : i + 12], "little")) & M
+        a = (a - c) & M
+        a ^= rot(c, 4)
+        c = (c + b) & M  # lookup3's mix()
+        b = (b - a) & M
+        b ^= rot(a, 6)
+        a = (a + c) & M
+        c = (c - b) & M
+        c ^= rot(b, 8)
+        b = (b + a) & M
+        a = (a - c) & M
+        a ^= rot(c, 16)
+        c = (c + b) & M
+        b = (b - a) & M
+        b ^= rot(a, 19)
+        a = (a + c) & M
+        c = (c - b) & M
+        c ^= rot(b, 4)
+        b = (b + a) & M
         n -= 12
         i += 12
     if n == 0:
@@ -250,13 +292,20 @@ def lookup3(data: bytes, initval: int = 0) -> int:
     a = (a + int.from_bytes(tail[0:4], "little")) & M
     b = (b + int.from_bytes(tail[4:8], "little")) & M
     c = (c + int.from_bytes(tail[8:12], "little")) & M
-    c ^= b; c = (c - rot(b, 14)) & M     # noqa: E702 - lookup3's final()
-    a ^= c; a = (a - rot(c, 11)) & M     # noqa: E702
-    b ^= a; b = (b - rot(a, 25)) & M     # noqa: E702
-    c ^= b; c = (c - rot(b, 16)) & M     # noqa: E702
-    a ^= c; a = (a - rot(c, 4)) & M      # noqa: E702
-    b ^= a; b = (b - rot(a, 14)) & M     # noqa: E702
-    c ^= b; c = (c - rot(b, 24)) & M     # noqa: E702
+    c ^= b
+    c = (c - rot(b, 14)) & M  # lookup3's final()
+    a ^= c
+    a = (a - rot(c, 11)) & M
+    b ^= a
+    b = (b - rot(a, 25)) & M
+    c ^= b
+    c = (c - rot(b, 16)) & M
+    a ^= c
+    a = (a - rot(c, 4)) & M
+    b ^= a
+    b = (b - rot(a, 14)) & M
+    c ^= b
+    c = (c - rot(b, 24)) & M
     return c
 
 
@@ -273,18 +322,18 @@ def repair_after_kill(path) -> bool:
     with open(path, "r+b") as fh:
         head = fh.read(64)
         if head[:8] != HDF5_SIGNATURE or len(head) < 12 or head[8] < 2:
-            return False       # not a v2/v3 superblock at offset 0: no flags to clear
-        so = head[9]           # size of offsets (8)
-        end = 12 + 4 * so      # signature..root object header address
-        sb = bytearray(head[:end + 4])
+            return False  # not a v2/v3 superblock at offset 0: no flags to clear
+        so = head[9]  # size of offsets (8)
+        end = 12 + 4 * so  # signature..root object header address
+        sb = bytearray(head[: end + 4])
         changed = False
         if sb[11] != 0:
             sb[11] = 0
-            sb[end:end + 4] = lookup3(bytes(sb[:end])).to_bytes(4, "little")
+            sb[end : end + 4] = lookup3(bytes(sb[:end])).to_bytes(4, "little")
             fh.seek(0)
             fh.write(bytes(sb))
             changed = True
-        eof = int.from_bytes(sb[12 + 2 * so: 12 + 3 * so], "little")
+        eof = int.from_bytes(sb[12 + 2 * so : 12 + 3 * so], "little")
         size = os.fstat(fh.fileno()).st_size
         if eof > size and eof < (1 << 62):
             fh.truncate(eof)
@@ -317,15 +366,17 @@ class WriterLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.release()
-            raise RunLockedError(f"{self.path}: another process is writing this run file; "
-                               "wait for it to end (or end it) before resuming") from None
+            raise RunLockedError(
+                f"{self.path}: another process is writing this run file; "
+                "wait for it to end (or end it) before resuming"
+            ) from None
 
     def shared(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)       # closing the descriptor drops the flock
+            os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = -1
 
 
@@ -347,9 +398,11 @@ def open_for_append(path) -> tuple[h5py.File, WriterLock]:
         try:
             f = h5py.File(p, "r+", libver="latest", locking=False)
         except OSError as exc:
-            raise RunFileError(f"{path}: cannot be reopened to resume ({short_error(exc)}); it "
-                               "was probably killed while being created -- run the scenario "
-                               "again") from None
+            raise RunFileError(
+                f"{path}: cannot be reopened to resume ({short_error(exc)}); it "
+                "was probably killed while being created -- run the scenario "
+                "again"
+            ) from None
         try:
             # before SWMR mode starts: that rewrites the superblock of whatever file this is
             check_format(f, str(path), resume=True)

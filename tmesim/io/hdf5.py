@@ -55,9 +55,18 @@ class RunWriter:
     #: the checkpoint a reopened run continues from (see :meth:`reopen`); None otherwise
     resumed_checkpoint: checkpoint.Checkpoint | None
 
-    def __init__(self, path, scenario, grid, columns: dict, backend: str = "cpu",
-                 device: str = "", flush_every_steps: int = 50, xdmf: bool = True,
-                 checkpoint_arrays: dict | None = None):
+    def __init__(
+        self,
+        path,
+        scenario,
+        grid,
+        columns: dict,
+        backend: str = "cpu",
+        device: str = "",
+        flush_every_steps: int = 50,
+        xdmf: bool = True,
+        checkpoint_arrays: dict | None = None,
+    ):
         self._setup(path, scenario, grid, columns, flush_every_steps, xdmf)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         part = self.path.with_name(self.path.name + ".part")
@@ -74,7 +83,7 @@ class RunWriter:
         a["name"] = scenario.run.name
         a["dx_um"] = float(grid.dx_um)
         a["dt_min"] = float(scenario.run.dt_min)
-        a["axes"] = ["z", "y", "x"][3 - grid.ndim:]
+        a["axes"] = ["z", "y", "x"][3 - grid.ndim :]
         a["grid_shape"] = np.asarray(grid.shape, dtype=np.int64)
         a["kind_names"] = list(codes.KIND_NAMES)
         a["tumor_state_names"] = list(codes.TUMOR_STATE_NAMES)
@@ -86,8 +95,13 @@ class RunWriter:
         snaps["time"].attrs["units"] = "min"
         snaps.create_dataset("step", (0,), maxshape=(None,), dtype="i8", chunks=(256,))
         chunks = _snapshot_chunks(shape)
-        opts = dict(maxshape=(None,) + shape, chunks=chunks, compression="gzip",
-                    compression_opts=4, shuffle=True)
+        opts = dict(
+            maxshape=(None,) + shape,
+            chunks=chunks,
+            compression="gzip",
+            compression_opts=4,
+            shuffle=True,
+        )
         k = snaps.create_dataset("kind", (0,) + shape, dtype="u1", **opts)
         k.attrs["names"] = list(codes.KIND_NAMES)
         s = snaps.create_dataset("tumor_state", (0,) + shape, dtype="u1", **opts)
@@ -104,10 +118,18 @@ class RunWriter:
             d.attrs["units"] = units
         ev = f.create_group(schema.EVENTS)
         ev.create_dataset("time_min", (0,), maxshape=(None,), dtype="f8", chunks=(64,))
-        ev.create_dataset("kind", (0,), maxshape=(None,), dtype=f"S{schema.EVENT_KIND_BYTES}",
-                          chunks=(64,))
-        ev.create_dataset("detail", (0,), maxshape=(None,), dtype=f"S{schema.EVENT_DETAIL_BYTES}",
-                          chunks=(64,), compression="gzip", compression_opts=1)
+        ev.create_dataset(
+            "kind", (0,), maxshape=(None,), dtype=f"S{schema.EVENT_KIND_BYTES}", chunks=(64,)
+        )
+        ev.create_dataset(
+            "detail",
+            (0,),
+            maxshape=(None,),
+            dtype=f"S{schema.EVENT_DETAIL_BYTES}",
+            chunks=(64,),
+            compression="gzip",
+            compression_opts=1,
+        )
         if checkpoint_arrays is not None:
             checkpoint.create_slots(f, checkpoint_arrays, getattr(scenario, "base_dir", "."))
         f.swmr_mode = True
@@ -130,8 +152,9 @@ class RunWriter:
         self.resumed_checkpoint = None
 
     @classmethod
-    def reopen(cls, path, scenario, grid, columns: dict, flush_every_steps: int = 50,
-               xdmf: bool = True) -> RunWriter:
+    def reopen(
+        cls, path, scenario, grid, columns: dict, flush_every_steps: int = 50, xdmf: bool = True
+    ) -> RunWriter:
         """Open an existing run for appending, cut back to its committed checkpoint.
 
         The checkpoint is read under the writer lock and kept as ``self.resumed_checkpoint``
@@ -145,22 +168,31 @@ class RunWriter:
         try:
             f = self.f
             if not checkpoint.has_slots(f):
-                raise RunFileError(f"{path}: has no checkpoint slots (written before tmesim "
-                                   "had checkpoints); run the scenario again")
+                raise RunFileError(
+                    f"{path}: has no checkpoint slots (written before tmesim "
+                    "had checkpoints); run the scenario again"
+                )
             self.resumed_checkpoint = ck = checkpoint.read(f)
             ts = f[schema.TIMESERIES]
             if set(ts) != set(self.columns):
-                raise RunFileError(f"{path}: time-series columns {sorted(ts)} differ from this "
-                                   f"scenario's {sorted(self.columns)}")
+                raise RunFileError(
+                    f"{path}: time-series columns {sorted(ts)} differ from this "
+                    f"scenario's {sorted(self.columns)}"
+                )
             n_snap = ck.n_snapshots if ck else 0
             n_rows = ck.n_rows if ck else 0
             n_ev = ck.n_events if ck else 0
-            have = (f[schema.SNAPSHOTS]["time"].shape[0], ts["time_min"].shape[0],
-                    f[schema.EVENTS]["time_min"].shape[0])
+            have = (
+                f[schema.SNAPSHOTS]["time"].shape[0],
+                ts["time_min"].shape[0],
+                f[schema.EVENTS]["time_min"].shape[0],
+            )
             if any(h < n for h, n in zip(have, (n_snap, n_rows, n_ev))):
-                raise RunFileError(f"{path}: holds fewer rows (snapshots, time series, events = "
-                                   f"{have}) than its checkpoint recorded {(n_snap, n_rows, n_ev)}"
-                                   "; the file is damaged")
+                raise RunFileError(
+                    f"{path}: holds fewer rows (snapshots, time series, events = "
+                    f"{have}) than its checkpoint recorded {(n_snap, n_rows, n_ev)}"
+                    "; the file is damaged"
+                )
             snaps = f[schema.SNAPSHOTS]
             for ds in snaps.values():
                 if isinstance(ds, h5py.Dataset):
@@ -193,8 +225,12 @@ class RunWriter:
         n_rows = f[schema.TIMESERIES][self.columns[0]].shape[0]
         if n_rows != step + 1:
             raise RuntimeError(f"checkpoint at step {step} but the file holds {n_rows} rows")
-        counts = {"step": int(step), "n_snapshots": f[schema.SNAPSHOTS]["time"].shape[0],
-                  "n_rows": n_rows, "n_events": f[schema.EVENTS]["time_min"].shape[0]}
+        counts = {
+            "step": int(step),
+            "n_snapshots": f[schema.SNAPSHOTS]["time"].shape[0],
+            "n_rows": n_rows,
+            "n_events": f[schema.EVENTS]["time_min"].shape[0],
+        }
         return checkpoint.write(f, state_arrays, time_min, counts, extra)
 
     # ------------------------------------------------------------------ writing
@@ -221,11 +257,12 @@ class RunWriter:
             self._write_xdmf()
 
     def _write_xdmf(self) -> None:
-        arrays = [("kind", f"{schema.SNAPSHOTS}/kind", "uint8"),
-                  ("tumor_state", f"{schema.SNAPSHOTS}/tumor_state", "uint8"),
-                  ("memory", f"{schema.SNAPSHOTS}/memory", "float32")]
-        arrays += [(fc.name, f"{schema.FIELDS}/{fc.name}", "float32")
-                   for fc in self.sc.fields]
+        arrays = [
+            ("kind", f"{schema.SNAPSHOTS}/kind", "uint8"),
+            ("tumor_state", f"{schema.SNAPSHOTS}/tumor_state", "uint8"),
+            ("memory", f"{schema.SNAPSHOTS}/memory", "float32"),
+        ]
+        arrays += [(fc.name, f"{schema.FIELDS}/{fc.name}", "float32") for fc in self.sc.fields]
         write_xdmf(self.path, self.grid.shape, self.grid.dx_um, self._snap_times, arrays)
 
     def last_row(self) -> dict:
@@ -259,7 +296,7 @@ class RunWriter:
         detail_b = text.encode("utf-8")
         if len(detail_b) > schema.EVENT_DETAIL_BYTES:
             room = schema.EVENT_DETAIL_BYTES - 64
-            while True:   # cut on whole characters, then re-escape, until the JSON fits
+            while True:  # cut on whole characters, then re-escape, until the JSON fits
                 cut = json.dumps({"truncated": True, "text": text[:room]}, sort_keys=True)
                 detail_b = cut.encode("utf-8")
                 if len(detail_b) <= schema.EVENT_DETAIL_BYTES:

@@ -33,9 +33,9 @@ class _H5Array(BackendArray):
         self.lock = lock
 
     def __getitem__(self, key):
-        return indexing.explicit_indexing_adapter(key, self.shape,
-                                                  indexing.IndexingSupport.OUTER_1VECTOR,
-                                                  self._getitem)
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.OUTER_1VECTOR, self._getitem
+        )
 
     def _getitem(self, key):
         with self.lock:
@@ -47,7 +47,7 @@ def open_run(path) -> xr.Dataset:
     f = open_run_file(path)
     lock = threading.Lock()
     shape = tuple(int(s) for s in f.attrs["grid_shape"])
-    dims = ("z", "y", "x")[3 - len(shape):]
+    dims = ("z", "y", "x")[3 - len(shape) :]
     dx = float(f.attrs["dx_um"])
     snaps = f[schema.SNAPSHOTS]
     T = snaps["kind"].shape[0]  # rows of the arrays all agree: snapshot() writes them together
@@ -62,27 +62,47 @@ def open_run(path) -> xr.Dataset:
     for name in ("kind", "tumor_state"):
         ds = snaps[name]
         names = code_names(ds, f"{name}_names") or []
-        data_vars[name] = xr.Variable(("time",) + dims, lazy(ds, T),
-                                      {"names": names, "flag_values": list(range(len(names)))})
+        data_vars[name] = xr.Variable(
+            ("time",) + dims, lazy(ds, T), {"names": names, "flag_values": list(range(len(names)))}
+        )
     if "memory" in snaps:
-        data_vars["memory"] = xr.Variable(("time",) + dims, lazy(snaps["memory"], T),
-                                          {"units": "1"})
+        data_vars["memory"] = xr.Variable(
+            ("time",) + dims, lazy(snaps["memory"], T), {"units": "1"}
+        )
     for name, ds in f[schema.FIELDS].items():
-        data_vars[name] = xr.Variable(("time",) + dims, lazy(ds, T),
-                                      {"units": attr_str(ds, "units")})
+        data_vars[name] = xr.Variable(
+            ("time",) + dims, lazy(ds, T), {"units": attr_str(ds, "units")}
+        )
     ts = f[schema.TIMESERIES]
     N = min(ts[c].shape[0] for c in ts) if len(ts) else 0
     if N:
         coords["step_time_h"] = ("step", np.asarray(ts["time_min"][:N]) / 60.0, {"units": "h"})
         for col, ds in ts.items():
-            data_vars[col] = xr.Variable(("step",), np.asarray(ds[:N]),
-                                         {"units": attr_str(ds, "units")})
+            data_vars[col] = xr.Variable(
+                ("step",), np.asarray(ds[:N]), {"units": attr_str(ds, "units")}
+            )
     events = event_rows(f)
-    attrs: dict[str, object] = {k: attr_str(f, k) for k in (
-        "format", "format_version", "tmesim_version", "backend", "device", "created", "scenario",
-        "name")}
-    attrs.update(seed=int(f.attrs["seed"]), dx_um=dx, dt_min=float(f.attrs["dt_min"]),
-                 status=attr_str(f, "status").strip(), events=events, path=str(path))
+    attrs: dict[str, object] = {
+        k: attr_str(f, k)
+        for k in (
+            "format",
+            "format_version",
+            "tmesim_version",
+            "backend",
+            "device",
+            "created",
+            "scenario",
+            "name",
+        )
+    }
+    attrs.update(
+        seed=int(f.attrs["seed"]),
+        dx_um=dx,
+        dt_min=float(f.attrs["dt_min"]),
+        status=attr_str(f, "status").strip(),
+        events=events,
+        path=str(path),
+    )
     out = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     out.set_close(f.close)
     return out

@@ -85,8 +85,7 @@ def event_rows(f: h5py.File) -> list[tuple[float, str, dict]]:
             detail = json.loads(text)
         except ValueError:
             detail = {"text": text}
-        out.append((float(t), to_str(k), detail if isinstance(detail, dict) else
-                    {"value": detail}))
+        out.append((float(t), to_str(k), detail if isinstance(detail, dict) else {"value": detail}))
     return out
 
 
@@ -94,8 +93,12 @@ def short_error(exc: BaseException) -> str:
     """The first line of an h5py error, without HDF5's error stack and "Unable to ..." prefix."""
     msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
     text = msg.splitlines()[0] if msg else type(exc).__name__
-    for prefix in ("Unable to synchronously open file ", "Unable to synchronously open object ",
-                   "Can't synchronously read data ", "Unable to open file "):
+    for prefix in (
+        "Unable to synchronously open file ",
+        "Unable to synchronously open object ",
+        "Can't synchronously read data ",
+        "Unable to open file ",
+    ):
         text = text.replace(prefix, "")
     return text.strip("() ") or type(exc).__name__
 
@@ -111,23 +114,31 @@ def check_format(f: h5py.File, where: str, *, resume: bool = False) -> None:
         fmt = f.attrs.get("format")
         ver = attr_str(f, "format_version", "0.0")
     except (KeyError, OSError, RuntimeError) as exc:
-        raise RunFileError(f"{where}: incomplete or damaged run file, its root attributes cannot "
-                           f"be read ({short_error(exc)})") from None
+        raise RunFileError(
+            f"{where}: incomplete or damaged run file, its root attributes cannot "
+            f"be read ({short_error(exc)})"
+        ) from None
     fmt = None if fmt is None else to_str(fmt)
     if fmt != schema.FORMAT:
         raise RunFileError(f"{where}: not a tmesim run file (format attribute {fmt!r})")
     try:
         major, _ = schema.parse_version(ver)
     except ValueError:
-        raise RunFileError(f"{where}: unreadable format version {ver!r} (expected "
-                           f"major.minor, e.g. {schema.FORMAT_VERSION})") from None
+        raise RunFileError(
+            f"{where}: unreadable format version {ver!r} (expected "
+            f"major.minor, e.g. {schema.FORMAT_VERSION})"
+        ) from None
     if resume and major != schema.MAJOR:
-        raise RunFileError(f"{where}: its checkpoint was written by tmesim file format {ver}; this "
-                           f"tmesim resumes format {schema.MAJOR}.x only -- resume it with the "
-                           f"tmesim version that wrote it ({attr_str(f, 'tmesim_version', '?')})")
+        raise RunFileError(
+            f"{where}: its checkpoint was written by tmesim file format {ver}; this "
+            f"tmesim resumes format {schema.MAJOR}.x only -- resume it with the "
+            f"tmesim version that wrote it ({attr_str(f, 'tmesim_version', '?')})"
+        )
     if major > schema.MAJOR:
-        raise RunFileError(f"{where}: written by a newer tmesim (file format {ver}); this tmesim "
-                           f"reads format {schema.MAJOR}.x -- upgrade tmesim to open it")
+        raise RunFileError(
+            f"{where}: written by a newer tmesim (file format {ver}); this tmesim "
+            f"reads format {schema.MAJOR}.x -- upgrade tmesim to open it"
+        )
 
 
 # ------------------------------------------------------------------------------------ opening
@@ -151,11 +162,11 @@ def _superblock_size(head: bytes) -> int | None:
     if len(head) < 9:
         return None
     version = head[8]
-    if version >= 2:       # signature, version, sizes, flags; 4 addresses; checksum
+    if version >= 2:  # signature, version, sizes, flags; 4 addresses; checksum
         return None if len(head) < 10 else 12 + 4 * head[9] + 4
     if len(head) < 14:
         return None
-    so = head[13]          # v0/v1: ... 4 addresses, then the root group's symbol table entry
+    so = head[13]  # v0/v1: ... 4 addresses, then the root group's symbol table entry
     return 24 + (4 if version == 1 else 0) + 4 * so + (2 * so + 24)
 
 
@@ -200,9 +211,11 @@ def open_run_file(path, *, swmr: bool = True, check: bool = True) -> h5py.File:
         raise RunFileError(f"{p}: not an HDF5 file, so not a tmesim run file")
     need = _superblock_size(head)
     if need is None or len(head) < need:
-        raise RunFileError(f"{p}: truncated file, cannot be opened ({os.path.getsize(p)} bytes, "
-                           "shorter than its HDF5 superblock); was it copied before the copy "
-                           "finished?")
+        raise RunFileError(
+            f"{p}: truncated file, cannot be opened ({os.path.getsize(p)} bytes, "
+            "shorter than its HDF5 superblock); was it copied before the copy "
+            "finished?"
+        )
     f = _open(p, swmr)
     if check:
         try:
@@ -225,20 +238,24 @@ def _open(p: str, swmr: bool) -> h5py.File:
             if _is_open_for_write(reason):
                 if swmr:
                     break
-                raise RunFileError(f"{p}: is open for writing, by a run in progress or one that "
-                                   f"was killed ({reason})") from None
+                raise RunFileError(
+                    f"{p}: is open for writing, by a run in progress or one that "
+                    f"was killed ({reason})"
+                ) from None
             if "truncated" in reason:
-                raise RunFileError(f"{p}: truncated file, cannot be opened ({reason}); was it "
-                                   "copied before the copy finished?") from None
+                raise RunFileError(
+                    f"{p}: truncated file, cannot be opened ({reason}); was it "
+                    "copied before the copy finished?"
+                ) from None
             if "checksum" in reason and attempt + 1 < _CHECKSUM_TRIES:
                 time.sleep(_CHECKSUM_WAIT_S)
                 continue
             if not swmr or any(s in reason for s in _HOPELESS):
-                raise RunFileError(f"{p}: damaged HDF5 file, cannot be opened ({reason})"
-                                   ) from None
+                raise RunFileError(f"{p}: damaged HDF5 file, cannot be opened ({reason})") from None
             break
     try:
         return h5py.File(p, "r", swmr=True)
     except (OSError, RuntimeError) as exc:
-        raise RunFileError(f"{p}: damaged HDF5 file, cannot be opened ({short_error(exc)})"
-                           ) from None
+        raise RunFileError(
+            f"{p}: damaged HDF5 file, cannot be opened ({short_error(exc)})"
+        ) from None

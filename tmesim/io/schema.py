@@ -26,7 +26,7 @@ any moment leaves a file that opens, holding everything flushed before the kill.
 """
 
 FORMAT = "tmesim"
-FORMAT_VERSION = "1.1"          # major.minor: readers refuse a newer major version
+FORMAT_VERSION = "1.1"  # major.minor: readers refuse a newer major version
 MAJOR = 1
 
 SNAPSHOTS = "snapshots"
@@ -41,17 +41,33 @@ EVENT_DETAIL_BYTES = 2048
 # Time-series columns every run has, with units; then mean_<field> and mean_<field>_tumor per field.
 BASE_COLUMNS = {
     "time_min": "min",
-    "n_S": "cells", "n_P": "cells", "n_R": "cells",
-    "n_caf": "cells", "n_tam": "cells", "n_necrotic": "voxels", "n_vessel": "voxels",
+    "n_S": "cells",
+    "n_P": "cells",
+    "n_R": "cells",
+    "n_caf": "cells",
+    "n_tam": "cells",
+    "n_necrotic": "voxels",
+    "n_vessel": "voxels",
     "burden": "cells",
-    "persister_fraction": "1", "resistant_fraction": "1", "hypoxic_fraction": "1",
-    "divisions": "cells/step", "necroses": "cells/step", "cleared": "voxels/step",
+    "persister_fraction": "1",
+    "resistant_fraction": "1",
+    "hypoxic_fraction": "1",
+    "divisions": "cells/step",
+    "necroses": "cells/step",
+    "cleared": "voxels/step",
     "field_sweeps": "iterations/step",
-    "killed": "cells/step", "killed_S": "cells/step", "killed_P": "cells/step",
-    "entered_P": "cells/step", "exited_P": "cells/step", "became_R": "cells/step",
-    "tam_recruited": "cells/step", "tam_died": "cells/step",
-    "mean_memory": "1", "mean_time_in_P_h": "h",
-    "tumor_near_caf_fraction": "1", "persisters_near_caf_fraction": "1",
+    "killed": "cells/step",
+    "killed_S": "cells/step",
+    "killed_P": "cells/step",
+    "entered_P": "cells/step",
+    "exited_P": "cells/step",
+    "became_R": "cells/step",
+    "tam_recruited": "cells/step",
+    "tam_died": "cells/step",
+    "mean_memory": "1",
+    "mean_time_in_P_h": "h",
+    "tumor_near_caf_fraction": "1",
+    "persisters_near_caf_fraction": "1",
 }
 
 # Distance within which a tumor cell counts as near a CAF (tumor_near_caf_fraction,

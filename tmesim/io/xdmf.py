@@ -24,11 +24,15 @@ def write_xdmf(h5_path: str | os.PathLike, shape, dx_um: float, times_min, array
     out = h5_path.with_suffix(".xdmf")
     T = len(times_min)
     dims3 = list(shape) if len(shape) == 3 else [1] + list(shape)
-    dstr = " ".join(map(str, dims3))             # cell data
+    dstr = " ".join(map(str, dims3))  # cell data
     nodes = " ".join(str(d + 1) for d in dims3)  # the mesh counts nodes
     topo = "3DCoRectMesh"
-    lines = ['<?xml version="1.0" ?>', '<Xdmf Version="3.0">', "<Domain>",
-             '<Grid Name="snapshots" GridType="Collection" CollectionType="Temporal">']
+    lines = [
+        '<?xml version="1.0" ?>',
+        '<Xdmf Version="3.0">',
+        "<Domain>",
+        '<Grid Name="snapshots" GridType="Collection" CollectionType="Temporal">',
+    ]
     for t in range(T):
         lines.append(f'<Grid Name="t{t}" GridType="Uniform">')
         lines.append(f'<Time Value="{times_min[t] / 60.0:.6g}"/>')
@@ -45,11 +49,15 @@ def write_xdmf(h5_path: str | os.PathLike, shape, dx_um: float, times_min, array
             start = " ".join([str(t)] + ["0"] * len(shape))
             stride = " ".join(["1"] * (len(shape) + 1))
             count = " ".join(["1"] + [str(s) for s in shape])
-            lines.append(f'<DataItem Dimensions="3 {len(shape) + 1}" Format="XML">'
-                         f"{start} {stride} {count}</DataItem>")
-            lines.append(f'<DataItem Format="HDF" NumberType="{nt}" Precision="{prec}" '
-                         f'Dimensions="{" ".join(map(str, full))}">'
-                         f"{h5_path.name}:/{dpath}</DataItem>")
+            lines.append(
+                f'<DataItem Dimensions="3 {len(shape) + 1}" Format="XML">'
+                f"{start} {stride} {count}</DataItem>"
+            )
+            lines.append(
+                f'<DataItem Format="HDF" NumberType="{nt}" Precision="{prec}" '
+                f'Dimensions="{" ".join(map(str, full))}">'
+                f"{h5_path.name}:/{dpath}</DataItem>"
+            )
             lines.append("</DataItem>")
             lines.append("</Attribute>")
         lines.append("</Grid>")

@@ -100,13 +100,15 @@ class ThomasCoefficients:
     Shapes (m, n_fields, 1, ..., 1) so that row i broadcasts over a slice of all lines.
     inv[i] = 1/(b_i - a c'_{i-1}), kinv[i] = k inv[i] (k = tau D / h^2), cp[i] = c'_i.
     """
+
     inv: np.ndarray
     kinv: np.ndarray
     cp: np.ndarray
 
 
-def line_diagonal(k: np.ndarray, m: int, dirichlet_lo: np.ndarray,
-                  dirichlet_hi: np.ndarray) -> np.ndarray:
+def line_diagonal(
+    k: np.ndarray, m: int, dirichlet_lo: np.ndarray, dirichlet_hi: np.ndarray
+) -> np.ndarray:
     """Diagonal (m, F) of I - tau L along a line: 1 + k x (neighbours counted in the line), where a
     Dirichlet end's ghost voxel counts as a neighbour and a no-flux end's does not."""
     F = k.shape[0]
@@ -118,9 +120,15 @@ def line_diagonal(k: np.ndarray, m: int, dirichlet_lo: np.ndarray,
     return 1.0 + nbrs * k[None, :]
 
 
-def thomas_coefficients(k: np.ndarray, m: int, dirichlet_lo: np.ndarray,
-                        dirichlet_hi: np.ndarray, diag_extra: np.ndarray, ndim: int,
-                        dtype=np.float64) -> ThomasCoefficients:
+def thomas_coefficients(
+    k: np.ndarray,
+    m: int,
+    dirichlet_lo: np.ndarray,
+    dirichlet_hi: np.ndarray,
+    diag_extra: np.ndarray,
+    ndim: int,
+    dtype=np.float64,
+) -> ThomasCoefficients:
     """Factor the symmetric tridiagonal systems  -k c_{i-1} + (1 + extra + n_i k) c_i - k c_{i+1}.
 
     Args:
@@ -136,16 +144,18 @@ def thomas_coefficients(k: np.ndarray, m: int, dirichlet_lo: np.ndarray,
     diag = line_diagonal(k, m, dirichlet_lo, dirichlet_hi) + diag_extra[None, :]
     inv = np.empty((m, F))
     cp = np.empty((m, F))
-    prev = np.zeros(F)                       # c'_{i-1}; sub- and super-diagonal are both -k
+    prev = np.zeros(F)  # c'_{i-1}; sub- and super-diagonal are both -k
     for i in range(m):
         inv[i] = 1.0 / (diag[i] + k * prev)  # 1 / (b_i - a c'_{i-1})
         cp[i] = -k * inv[i]
         prev = cp[i]
     # forward: d'_i = (d_i + k d'_{i-1}) inv_i ; back: x_i = d'_i - cp_i x_{i+1}
     shape = (m, F) + (1,) * (ndim - 1)
-    return ThomasCoefficients(inv=inv.reshape(shape).astype(dtype),
-                              kinv=(k[None, :] * inv).reshape(shape).astype(dtype),
-                              cp=cp.reshape(shape).astype(dtype))
+    return ThomasCoefficients(
+        inv=inv.reshape(shape).astype(dtype),
+        kinv=(k[None, :] * inv).reshape(shape).astype(dtype),
+        cp=cp.reshape(shape).astype(dtype),
+    )
 
 
 def thomas_solve(x: np.ndarray, axis: int, co: ThomasCoefficients, tmp=None) -> np.ndarray:
@@ -153,7 +163,7 @@ def thomas_solve(x: np.ndarray, axis: int, co: ThomasCoefficients, tmp=None) -> 
 
     numpy twin of the CUDA line solve: one line per thread, rows in order.
     """
-    xa = np.moveaxis(x, axis + 1, 0)          # (m, F, other axes...) view, no copy
+    xa = np.moveaxis(x, axis + 1, 0)  # (m, F, other axes...) view, no copy
     m = xa.shape[0]
     if tmp is None or tmp.shape != xa.shape[1:]:
         tmp = np.empty(xa.shape[1:], dtype=x.dtype)
@@ -168,8 +178,15 @@ def thomas_solve(x: np.ndarray, axis: int, co: ThomasCoefficients, tmp=None) -> 
     return x
 
 
-def thomas_solve_diag(x: np.ndarray, axis: int, k: np.ndarray, base: np.ndarray,
-                      extra: np.ndarray, cp: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+def thomas_solve_diag(
+    x: np.ndarray,
+    axis: int,
+    k: np.ndarray,
+    base: np.ndarray,
+    extra: np.ndarray,
+    cp: np.ndarray,
+    tmp: np.ndarray,
+) -> np.ndarray:
     """Solve  -k x_{i-1} + (base_i + extra_i) x_i - k x_{i+1} = x_i  along grid ``axis``, in place.
 
     The diagonal varies per voxel (``extra``), so the elimination factors are computed in the
@@ -188,21 +205,28 @@ def thomas_solve_diag(x: np.ndarray, axis: int, k: np.ndarray, base: np.ndarray,
     m = xa.shape[0]
     kk = k
     for i in range(m):
-        np.add(ea[i], base[i], out=tmp)           # b_i
+        np.add(ea[i], base[i], out=tmp)  # b_i
         if i:
-            tmp -= kk * ca[i - 1]                 # b_i - a c'_{i-1}, with a = -k, c' <= 0 stored
-        np.reciprocal(tmp, out=tmp)               # 1 / denominator
+            tmp -= kk * ca[i - 1]  # b_i - a c'_{i-1}, with a = -k, c' <= 0 stored
+        np.reciprocal(tmp, out=tmp)  # 1 / denominator
         if i:
             xa[i] += kk * xa[i - 1]
         xa[i] *= tmp
-        np.multiply(tmp, kk, out=ca[i])           # -c'_i = k / denominator (kept positive)
+        np.multiply(tmp, kk, out=ca[i])  # -c'_i = k / denominator (kept positive)
     for i in range(m - 2, -1, -1):
         xa[i] += ca[i] * xa[i + 1]
     return x
 
 
-def thomas_factor_diag(axis: int, k: np.ndarray, base: np.ndarray, extra: np.ndarray,
-                       inv: np.ndarray, cp: np.ndarray, tmp: np.ndarray | None = None) -> None:
+def thomas_factor_diag(
+    axis: int,
+    k: np.ndarray,
+    base: np.ndarray,
+    extra: np.ndarray,
+    inv: np.ndarray,
+    cp: np.ndarray,
+    tmp: np.ndarray | None = None,
+) -> None:
     """Elimination factors of thomas_solve_diag's systems, per voxel, for thomas_solve_factored.
 
     Same system and the same float32 operations as thomas_solve_diag's forward sweep, so that
@@ -230,8 +254,14 @@ def thomas_factor_diag(axis: int, k: np.ndarray, base: np.ndarray, extra: np.nda
         np.multiply(ia[i], k, out=ca[i])
 
 
-def thomas_solve_factored(x: np.ndarray, axis: int, k: np.ndarray, inv: np.ndarray,
-                          cp: np.ndarray, tmp: np.ndarray | None = None) -> np.ndarray:
+def thomas_solve_factored(
+    x: np.ndarray,
+    axis: int,
+    k: np.ndarray,
+    inv: np.ndarray,
+    cp: np.ndarray,
+    tmp: np.ndarray | None = None,
+) -> np.ndarray:
     """Solve along grid ``axis`` of x (F, *grid) in place with per-voxel factors from
     thomas_factor_diag (bit for bit thomas_solve_diag's result): forward x_i = (x_i + k x_{i-1})
     inv_i, back x_i += cp_i x_{i+1}. k: (F, 1, ..., 1); tmp: scratch of one slice's shape
@@ -304,8 +334,15 @@ def laplacian(c: np.ndarray, D_over_h2: np.ndarray, ghosts, out: np.ndarray) -> 
     return out
 
 
-def lod_line_solve(xa: np.ndarray, co: ThomasCoefficients, g: slice, kg, tmp: np.ndarray,
-                   ra: np.ndarray | None = None, rb: np.ndarray | None = None) -> None:
+def lod_line_solve(
+    xa: np.ndarray,
+    co: ThomasCoefficients,
+    g: slice,
+    kg,
+    tmp: np.ndarray,
+    ra: np.ndarray | None = None,
+    rb: np.ndarray | None = None,
+) -> None:
     """One LOD line solve of the rows xa (m, Fc, ...) in place (float64), for the fields g.
 
     thomas_solve's sweep, plus: kg = (lo, hi) Dirichlet terms k g ((F, 1, ...) or None) added to
@@ -336,9 +373,24 @@ def lod_line_solve(xa: np.ndarray, co: ThomasCoefficients, g: slice, kg, tmp: np
         xa[0] += rb[0]
 
 
-def lod_sweep(x: np.ndarray, axis: int, f: int, inv, kinv, cp, kg_lo: float, kg_hi: float,
-              kind: np.ndarray, vessel: float, react: bool, tumor_state: np.ndarray, U_table,
-              S_table, decay: float, dt: float) -> np.ndarray:
+def lod_sweep(
+    x: np.ndarray,
+    axis: int,
+    f: int,
+    inv,
+    kinv,
+    cp,
+    kg_lo: float,
+    kg_hi: float,
+    kind: np.ndarray,
+    vessel: float,
+    react: bool,
+    tumor_state: np.ndarray,
+    U_table,
+    S_table,
+    decay: float,
+    dt: float,
+) -> np.ndarray:
     """One LOD line solve of field ``f`` along grid ``axis``, with the vessel reset and (``react``)
     the reaction update: the operations of FieldSolver._lod_run for one field and one axis, in
     place on x (*grid) float64. Twin of :func:`tmesim.steps.fields_kernel.lod_sweep` (same
@@ -357,11 +409,11 @@ def lod_sweep(x: np.ndarray, axis: int, f: int, inv, kinv, cp, kg_lo: float, kg_
     nd = x.ndim
     m = x.shape[axis]
     bshape = (m, 1) + (1,) * (nd - 1)
-    co = ThomasCoefficients(inv=inv[:, f].reshape(bshape), kinv=kinv[:, f].reshape(bshape),
-                            cp=cp[:, f].reshape(bshape))
+    co = ThomasCoefficients(
+        inv=inv[:, f].reshape(bshape), kinv=kinv[:, f].reshape(bshape), cp=cp[:, f].reshape(bshape)
+    )
     one = (1,) + (1,) * (nd - 1)
-    kg = tuple(None if np.isnan(v) else np.full(one, v, dtype=np.float64)
-               for v in (kg_lo, kg_hi))
+    kg = tuple(None if np.isnan(v) else np.full(one, v, dtype=np.float64) for v in (kg_lo, kg_hi))
     xa = np.moveaxis(x[None], axis + 1, 0)
     lod_line_solve(xa, co, slice(None), kg, np.empty(xa.shape[1:], np.float64))
     flat = x.reshape(-1)
@@ -419,9 +471,13 @@ RESIDUAL_ZERO = np.float32(1e-30)
 def warn_max_iterations(it: int, rmax: float, r0: float) -> None:
     """The once-per-solver warning of a CG solve that reached solver.max_iterations (shown at
     the caller of the solver's step)."""
-    warnings.warn(f"field solve stopped at solver.max_iterations = {it} with residual "
-                  f"{rmax:.3g} (start {r0:.3g}); raise solver.max_iterations or "
-                  "solver.tolerance", RuntimeWarning, stacklevel=4)
+    warnings.warn(
+        f"field solve stopped at solver.max_iterations = {it} with residual "
+        f"{rmax:.3g} (start {r0:.3g}); raise solver.max_iterations or "
+        "solver.tolerance",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 class FieldSolverError(UserError):
@@ -440,7 +496,7 @@ class FieldSolver:
             do not depend on this number (tests/steps/test_fields.py checks them bit for bit).
     """
 
-    _swap_y = True     # CG: solve 3D y lines in the z/y-swapped layout (see _line_layout)
+    _swap_y = True  # CG: solve 3D y lines in the z/y-swapped layout (see _line_layout)
 
     def __init__(self, sc: Scenario, grid: Grid, threads: int | None = None):
         self.sc = sc
@@ -453,7 +509,7 @@ class FieldSolver:
         h = grid.dx_um
         self.D = np.array([f.diffusion_um2_per_min for f in fcs], dtype=np.float64)
         self.decay = np.array([f.decay_per_min for f in fcs], dtype=np.float64)
-        self.D_over_h2 = (self.D / h ** 2).reshape(bshape).astype(self.dtype)
+        self.D_over_h2 = (self.D / h**2).reshape(bshape).astype(self.dtype)
         # rate tables by (field, kind, tumor state): uptake and decay in 1/min, secretion in
         # units/min; a tumor cell's rate is its state's entry if the scenario names the state
         # ("sensitive", "persister", "resistant"), else the "tumor" entry
@@ -462,8 +518,10 @@ class FieldSolver:
         self.S_table = np.zeros((F, nk, ns))
         for i, f in enumerate(fcs):
             self.U_table[i] += f.decay_per_min
-            for table, spec in ((self.U_table, f.uptake_per_min),
-                                (self.S_table, f.secretion_per_min)):
+            for table, spec in (
+                (self.U_table, f.uptake_per_min),
+                (self.S_table, f.secretion_per_min),
+            ):
                 for kname, rate in spec.items():
                     if kname in codes.KIND_CODES:
                         table[i, codes.KIND_CODES[kname]] += rate
@@ -472,7 +530,7 @@ class FieldSolver:
                         table[i, codes.TUMOR, code] += spec[sname] - spec.get("tumor", 0.0)
         self.vessel_value = np.array([f.vessel_value for f in fcs], dtype=self.dtype)[:, None]
         # boundaries: per axis (lo, hi) ghost arrays; NaN marks a no-flux face for that field
-        self.dirichlet = []     # per axis: (lo bool (F,), hi bool (F,))
+        self.dirichlet = []  # per axis: (lo bool (F,), hi bool (F,))
         self.ghosts = []
         faces = FACE_NAMES[self.ndim]
         conds = [face_conditions(f, self.ndim) for f in fcs]
@@ -480,8 +538,7 @@ class FieldSolver:
             pair_d, pair_g = [], []
             for name in (lo_name, hi_name):
                 is_d = np.array([c[name][0] == "dirichlet" for c in conds])
-                val = np.array([c[name][1] if c[name][0] == "dirichlet" else np.nan
-                                for c in conds])
+                val = np.array([c[name][1] if c[name][0] == "dirichlet" else np.nan for c in conds])
                 pair_d.append(is_d)
                 pair_g.append(val.reshape(bshape).astype(self.dtype) if is_d.any() else None)
             self.dirichlet.append(tuple(pair_d))
@@ -493,12 +550,12 @@ class FieldSolver:
         self.method = sc.solver.method
         self.threads = default_threads() if threads is None else max(1, int(threads))
         self._ws: dict[str, np.ndarray] = {}  # work arrays, kept between steps (see _buf)
-        self._warned = False      # max_iterations reached (warned once per solver)
+        self._warned = False  # max_iterations reached (warned once per solver)
         if self.method == "adi":
             self._setup_adi()
         else:
             self._setup_lod()
-        self.last_sweeps = 0      # CG iterations (adi) or LOD substeps of the last step
+        self.last_sweeps = 0  # CG iterations (adi) or LOD substeps of the last step
 
     # ----------------------------------------------------------------------------- coefficients
     def _setup_adi(self):
@@ -509,7 +566,7 @@ class FieldSolver:
         # middle, because warm-started steps leave mostly local (high-frequency) error: on the 3D
         # spheroid (48^3) 0.3x the middle took 12 iterations per step, 1x took 52, 3x took 195
         a_min = 1.0 / self.dt + self.decay + self.D * (math.pi / L) ** 2
-        a_max = 1.0 / self.dt + U_max + 4.0 * self.ndim * self.D / h ** 2
+        a_max = 1.0 / self.dt + U_max + 4.0 * self.ndim * self.D / h**2
         self.tau = 0.3 / np.sqrt(a_min * a_max)
         # symmetric product of line factors: x/2, y/2, ..., z, ..., y/2, x/2 (2 ndim - 1 factors);
         # each entry: (axis, share of tau, (k, base) for that share)
@@ -518,23 +575,37 @@ class FieldSolver:
         self.adi_factors = []
         for a in order:
             share = 1.0 if a == self.ndim - 1 else 0.5
-            k = share * self.tau * self.D / h ** 2
+            k = share * self.tau * self.D / h**2
             lo, hi = self.dirichlet[a]
             base = line_diagonal(k, self.grid.shape[a], lo, hi)
-            self.adi_factors.append((a, share / self.ndim,
-                                     k.reshape(sl).astype(self.dtype),
-                                     base.reshape((-1,) + sl).astype(self.dtype)))
+            self.adi_factors.append(
+                (
+                    a,
+                    share / self.ndim,
+                    k.reshape(sl).astype(self.dtype),
+                    base.reshape((-1,) + sl).astype(self.dtype),
+                )
+            )
         # homogeneous boundary values (for products with corrections): Dirichlet ghosts hold 0
-        self.ghosts0 = [tuple(None if g is None else np.where(np.isnan(g), np.nan, 0.0)
-                              .astype(self.dtype) for g in pair) for pair in self.ghosts]
+        self.ghosts0 = [
+            tuple(
+                None if g is None else np.where(np.isnan(g), np.nan, 0.0).astype(self.dtype)
+                for g in pair
+            )
+            for pair in self.ghosts
+        ]
 
     def _setup_lod(self):
-        k = self.dt * self.D / self.grid.dx_um ** 2
+        k = self.dt * self.D / self.grid.dx_um**2
         extra = self.dt * self.decay / self.ndim
         # float64 coefficients: with float32 ones a no-flux solve shifts the line's sum by about
         # 1e-8 each time, always the same way (LOD's mass then drifts 1e-5 in 240 steps)
-        self.lod_coeffs = [thomas_coefficients(k, self.grid.shape[a], *self.dirichlet[a], extra,
-                                               self.ndim, np.float64) for a in range(self.ndim)]
+        self.lod_coeffs = [
+            thomas_coefficients(
+                k, self.grid.shape[a], *self.dirichlet[a], extra, self.ndim, np.float64
+            )
+            for a in range(self.ndim)
+        ]
         self.lod_k = k.reshape((self.F,) + (1,) * self.ndim).astype(self.dtype)
         self.lod_k64 = k
 
@@ -563,8 +634,9 @@ class FieldSolver:
                     if g is not None and np.isfinite(g[i]).all():
                         g[i] = v
 
-    def step(self, fields: np.ndarray, kind: np.ndarray,
-             tumor_state: np.ndarray | None = None) -> np.ndarray:
+    def step(
+        self, fields: np.ndarray, kind: np.ndarray, tumor_state: np.ndarray | None = None
+    ) -> np.ndarray:
         """Advance ``fields`` (F, n_sites) float32 by one agent step in place, given occupants."""
         if self.F == 0:
             return fields
@@ -584,8 +656,9 @@ class FieldSolver:
             sweeps = self.n_sub
         self.last_sweeps = sweeps
         if not np.isfinite(fields).all():
-            bad = [self.sc.fields[i].name for i in range(self.F)
-                   if not np.isfinite(fields[i]).all()]
+            bad = [
+                self.sc.fields[i].name for i in range(self.F) if not np.isfinite(fields[i]).all()
+            ]
             raise FieldSolverError(f"field(s) {', '.join(bad)} became non-finite")
         return fields
 
@@ -683,7 +756,7 @@ class FieldSolver:
             thomas_factor_diag(ax, k, base, extra, inv, cp, tmp)
             factors[key] = (sw, ax, inv, cp)
         for name in [n for n in self._ws if n.startswith("extra")]:
-            del self._ws[name]        # needed again only at the next agent step
+            del self._ws[name]  # needed again only at the next agent step
         return dict(diag=diag, factors=factors, plan=plan)
 
     def _flux_bufs(self, shape):
@@ -719,8 +792,9 @@ class FieldSolver:
             if lo is not None:
                 flux[at(slice(0, 1))] = np.where(np.isnan(lo[g]), 0.0, c[at(slice(0, 1))] - lo[g])
             if hi is not None:
-                flux[at(slice(m, m + 1))] = np.where(np.isnan(hi[g]), 0.0,
-                                                     hi[g] - c[at(slice(m - 1, m))])
+                flux[at(slice(m, m + 1))] = np.where(
+                    np.isnan(hi[g]), 0.0, hi[g] - c[at(slice(m - 1, m))]
+                )
             if a == 0:
                 np.subtract(flux[at(slice(1, None))], flux[at(slice(None, -1))], out=out)
             else:
@@ -767,8 +841,9 @@ class FieldSolver:
         inv_dt = np.float32(1.0 / self.dt)
         diag = prep["diag"]
         shape = c.shape
-        b, r, z, p, q, lap, tmp = (self._buf(n, shape) for n in
-                                   ("b", "r", "z", "p", "q", "lap", "tmp"))
+        b, r, z, p, q, lap, tmp = (
+            self._buf(n, shape) for n in ("b", "r", "z", "p", "q", "lap", "tmp")
+        )
         fluxes, ltmp = self._flux_bufs(shape)
         groups = self._groups(min_sites=_THREAD_MIN_SITES)
         bcast = (1,) * nd
@@ -780,8 +855,10 @@ class FieldSolver:
             work_all[key] = (buf, row)
 
         def work_for(g):
-            return {key: (None if buf is None else buf[g], row[g])
-                    for key, (buf, row) in work_all.items()}
+            return {
+                key: (None if buf is None else buf[g], row[g])
+                for key, (buf, row) in work_all.items()
+            }
 
         def start(f0, f1):
             g = slice(f0, f1)
@@ -876,16 +953,20 @@ class FieldSolver:
         np.copyto(rb, S.swapaxes(-1, -2))
         rb *= dt
         rb *= ra
-        v = self.vessel_value.astype(f64)                # (F, 1)
+        v = self.vessel_value.astype(f64)  # (F, 1)
         pinned_t = self._pinned_t(pinned)
         # Dirichlet ghosts: k g added to the edge rows (0 for a field without one on that face)
         kg = []
         for a in range(nd):
             pair = []
             for gh in self.ghosts[a]:
-                pair.append(None if gh is None else
-                            np.nan_to_num(gh.astype(f64) * self.lod_k64.reshape(bshape), nan=0.0)
-                            .reshape((F,) + (1,) * (nd - 1)))
+                pair.append(
+                    None
+                    if gh is None
+                    else np.nan_to_num(
+                        gh.astype(f64) * self.lod_k64.reshape(bshape), nan=0.0
+                    ).reshape((F,) + (1,) * (nd - 1))
+                )
             kg.append(pair)
         co = self.lod_coeffs
         n_sub = self.n_sub
@@ -941,6 +1022,7 @@ def transported(sc: Scenario) -> tuple[int, ...]:
 def transported_scenario(sc: Scenario) -> Scenario:
     """``sc`` with only the fields that are solved (what a solver of them allocates for)."""
     import dataclasses
+
     keep = transported(sc)
     if len(keep) == len(sc.fields):
         return sc
@@ -978,7 +1060,7 @@ class TransportedFields:
         if self.span is not None:
             self.inner.step(fields[self.span], kind, tumor_state)
             return fields
-        rows = array_module(fields).asarray(self.rows)   # cupy takes no numpy index arrays
+        rows = array_module(fields).asarray(self.rows)  # cupy takes no numpy index arrays
         sub = fields[rows]
         self.inner.step(sub, kind, tumor_state)
         fields[rows] = sub

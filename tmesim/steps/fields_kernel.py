@@ -67,8 +67,19 @@ def laplacian(c, D_over_h2, ghosts, out, *, launcher):
     check_arrays(c, out, dtype=np.float32)
     F = c.shape[0]
     nz, ny, nx, ndim = grid3(c.shape[1:])
-    L("tm_laplacian", c.size, np.int32(F), nz, ny, nx, ndim, c, flat_f32(L.xp, D_over_h2, F),
-      pack_ghosts(L.xp, ghosts, F, int(ndim)), out)
+    L(
+        "tm_laplacian",
+        c.size,
+        np.int32(F),
+        nz,
+        ny,
+        nx,
+        ndim,
+        c,
+        flat_f32(L.xp, D_over_h2, F),
+        pack_ghosts(L.xp, ghosts, F, int(ndim)),
+        out,
+    )
     return out
 
 
@@ -79,8 +90,20 @@ def apply_operator(p, diag, D_over_h2, ghosts, out, *, launcher):
     check_arrays(p, diag, out, dtype=np.float32)
     F = p.shape[0]
     nz, ny, nx, ndim = grid3(p.shape[1:])
-    L("tm_apply_operator", p.size, np.int32(F), nz, ny, nx, ndim, p, diag,
-      flat_f32(L.xp, D_over_h2, F), pack_ghosts(L.xp, ghosts, F, int(ndim)), out)
+    L(
+        "tm_apply_operator",
+        p.size,
+        np.int32(F),
+        nz,
+        ny,
+        nx,
+        ndim,
+        p,
+        diag,
+        flat_f32(L.xp, D_over_h2, F),
+        pack_ghosts(L.xp, ghosts, F, int(ndim)),
+        out,
+    )
     return out
 
 
@@ -99,8 +122,10 @@ def thomas_solve(x, axis: int, co, tmp=None, *, launcher):
     L = launcher
     check_arrays(x, dtype=np.float32)
     F, m = x.shape[0], x.shape[axis + 1]
-    coef = [L.xp.ascontiguousarray(L.xp.asarray(a, dtype=L.xp.float64).reshape(m, F))
-            for a in (co.inv, co.kinv, co.cp)]
+    coef = [
+        L.xp.ascontiguousarray(L.xp.asarray(a, dtype=L.xp.float64).reshape(m, F))
+        for a in (co.inv, co.kinv, co.cp)
+    ]
     L("tm_thomas_solve", *_lines(x, axis), x, *coef)
     return x
 
@@ -112,8 +137,15 @@ def thomas_solve_diag(x, axis: int, k, base, extra, cp, tmp=None, *, launcher):
     L = launcher
     check_arrays(x, extra, cp, dtype=np.float32)
     F, m = x.shape[0], x.shape[axis + 1]
-    L("tm_thomas_solve_diag", *_lines(x, axis), x, extra, cp, flat_f32(L.xp, k, F),
-      flat_f32(L.xp, base, m * F))
+    L(
+        "tm_thomas_solve_diag",
+        *_lines(x, axis),
+        x,
+        extra,
+        cp,
+        flat_f32(L.xp, k, F),
+        flat_f32(L.xp, base, m * F),
+    )
     return x
 
 
@@ -123,8 +155,15 @@ def thomas_factor_diag(axis: int, k, base, extra, inv, cp, tmp=None, *, launcher
     L = launcher
     check_arrays(extra, inv, cp, dtype=np.float32)
     F, m = extra.shape[0], extra.shape[axis + 1]
-    L("tm_thomas_factor_diag", *_lines(extra, axis), extra, flat_f32(L.xp, k, F),
-      flat_f32(L.xp, base, m * F), inv, cp)
+    L(
+        "tm_thomas_factor_diag",
+        *_lines(extra, axis),
+        extra,
+        flat_f32(L.xp, k, F),
+        flat_f32(L.xp, base, m * F),
+        inv,
+        cp,
+    )
 
 
 def thomas_solve_factored(x, axis: int, k, inv, cp, tmp=None, *, launcher):
@@ -145,9 +184,20 @@ def rates(kind, tumor_state, U_table, S_table, *, launcher):
     n = kind.size
     U = xp.empty((F, n), dtype=xp.float32)
     S = xp.empty((F, n), dtype=xp.float32)
-    L("tm_rates", F * n, np.int32(F), np.int64(n), np.int32(nk * ns), np.int32(ns),
-      xp.ascontiguousarray(kind), xp.ascontiguousarray(tumor_state),
-      flat_f32(xp, U_table), flat_f32(xp, S_table), U, S)
+    L(
+        "tm_rates",
+        F * n,
+        np.int32(F),
+        np.int64(n),
+        np.int32(nk * ns),
+        np.int32(ns),
+        xp.ascontiguousarray(kind),
+        xp.ascontiguousarray(tumor_state),
+        flat_f32(xp, U_table),
+        flat_f32(xp, S_table),
+        U,
+        S,
+    )
     return U, S
 
 
@@ -174,8 +224,7 @@ def set_pinned(x, kind, value, *, launcher):
     L = launcher
     check_arrays(x, dtype=np.float32)
     F = x.shape[0]
-    L("tm_set_pinned", x.size, np.int32(F), np.int64(kind.size), x, kind,
-      flat_f32(L.xp, value, F))
+    L("tm_set_pinned", x.size, np.int32(F), np.int64(kind.size), x, kind, flat_f32(L.xp, value, F))
     return x
 
 
@@ -185,8 +234,17 @@ def factor_diag(diag, scale, kind, pin, out, *, launcher):
     L = launcher
     check_arrays(diag, out, dtype=np.float32)
     F = diag.shape[0]
-    L("tm_factor_diag", diag.size, np.int32(F), np.int64(kind.size), diag,
-      flat_f32(L.xp, scale, F), kind, np.float32(pin), out)
+    L(
+        "tm_factor_diag",
+        diag.size,
+        np.int32(F),
+        np.int64(kind.size),
+        diag,
+        flat_f32(L.xp, scale, F),
+        kind,
+        np.float32(pin),
+        out,
+    )
     return out
 
 
@@ -218,9 +276,26 @@ def cg_rhs(c, S, inv_dt, b, *, launcher):
     return b
 
 
-def lod_sweep(x, axis: int, f: int, inv, kinv, cp, kg_lo: float, kg_hi: float, kind,
-              vessel: float, react: bool, tumor_state, U_table, S_table, decay: float,
-              dt: float, *, launcher):
+def lod_sweep(
+    x,
+    axis: int,
+    f: int,
+    inv,
+    kinv,
+    cp,
+    kg_lo: float,
+    kg_hi: float,
+    kind,
+    vessel: float,
+    react: bool,
+    tumor_state,
+    U_table,
+    S_table,
+    decay: float,
+    dt: float,
+    *,
+    launcher,
+):
     """One LOD line solve of field ``f`` along grid ``axis`` of x (*grid) float64, in place, with
     the vessel reset and (``react``) the reaction update fused in: twin of
     :func:`tmesim.steps.fields.lod_sweep` (one ``lod_line_solve`` of ``FieldSolver._lod_run`` and
@@ -242,11 +317,32 @@ def lod_sweep(x, axis: int, f: int, inv, kinv, cp, kg_lo: float, kg_hi: float, k
     nz, ny, nx, ndim = grid3(x.shape)
     m = x.shape[axis]
     F = inv.shape[-1]
-    L("tm_lod_sweep", x.size // m, nz, ny, nx, np.int32(axis + 3 - int(ndim)), np.int32(F),
-      np.int32(f), x, inv, kinv, cp, np.float64(kg_lo), np.float64(kg_hi), kind,
-      np.float64(vessel), np.int32(bool(react)), tumor_state, np.int32(U_table.shape[-1]),
-      np.int32(len(codes.TUMOR_STATE_NAMES)), U_table, S_table, np.float64(decay),
-      np.float64(dt))
+    L(
+        "tm_lod_sweep",
+        x.size // m,
+        nz,
+        ny,
+        nx,
+        np.int32(axis + 3 - int(ndim)),
+        np.int32(F),
+        np.int32(f),
+        x,
+        inv,
+        kinv,
+        cp,
+        np.float64(kg_lo),
+        np.float64(kg_hi),
+        kind,
+        np.float64(vessel),
+        np.int32(bool(react)),
+        tumor_state,
+        np.int32(U_table.shape[-1]),
+        np.int32(len(codes.TUMOR_STATE_NAMES)),
+        U_table,
+        S_table,
+        np.float64(decay),
+        np.float64(dt),
+    )
     return x
 
 
@@ -276,8 +372,11 @@ def _array_specs(method: str, F: int, shape: tuple[int, ...]) -> dict[str, tuple
     nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
     f32, f64 = np.float32, np.float64
     specs: dict[str, tuple[tuple, type]] = {
-        "U_table": ((F, nk * ns), f32), "S_table": ((F, nk * ns), f32),
-        "vessel": ((F,), f32), "zeros": ((F,), f32)}
+        "U_table": ((F, nk * ns), f32),
+        "S_table": ((F, nk * ns), f32),
+        "vessel": ((F,), f32),
+        "zeros": ((F,), f32),
+    }
     if method == "adi":
         full = (F,) + tuple(shape)
         for name in ("U", "S", "diag", "b", "r", "z", "p", "q"):
@@ -331,8 +430,8 @@ class KernelFieldSolver:
         self.sc, self.grid, self.ndim = sc, grid, grid.ndim
         self.F, self.method, self.n_sub, self.dt = ref.F, ref.method, ref.n_sub, ref.dt
         self.last_sweeps = 0
-        self._warned = False           # max_iterations reached (warned once per solver)
-        self._zero_state = None        # tumor_state of a step given none (allocated if needed)
+        self._warned = False  # max_iterations reached (warned once per solver)
+        self._zero_state = None  # tumor_state of a step given none (allocated if needed)
         self._arrays = {}
         if self.F == 0:
             return
@@ -347,7 +446,7 @@ class KernelFieldSolver:
             a["D_over_h2"][...] = xp.asarray(ref.D_over_h2.reshape(F))
             a["ghosts0"][...] = xp.asarray(pack_ghosts(np, ref.ghosts0, F, nd))
             tau = ref.tau.astype(np.float32)
-            self._plan = []                 # per factor of the product: index of its key
+            self._plan = []  # per factor of the product: index of its key
             keys = _factor_keys(nd)
             for axis, share, k, base in ref.adi_factors:
                 j = keys.index((axis, float(share)))
@@ -391,8 +490,13 @@ class KernelFieldSolver:
             tumor_state = self.xp.zeros_like(kind)
         a = self._arrays
         nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
-        return rates(kind, tumor_state, a["U_table"].reshape(self.F, nk, ns),
-                     a["S_table"].reshape(self.F, nk, ns), launcher=self.L)
+        return rates(
+            kind,
+            tumor_state,
+            a["U_table"].reshape(self.F, nk, ns),
+            a["S_table"].reshape(self.F, nk, ns),
+            launcher=self.L,
+        )
 
     def workspace_bytes(self) -> int:
         """Bytes of the device arrays this solver holds now (field_workspace_bytes(sc) plus the
@@ -440,8 +544,20 @@ class KernelFieldSolver:
         F = self.F
         nz, ny, nx, ndim = grid3(self.grid.shape)
         a = self._arrays
-        self.L("tm_apply_operator", p.size, np.int32(F), nz, ny, nx, ndim, p, a["diag"],
-               a["D_over_h2"], ghosts, out)
+        self.L(
+            "tm_apply_operator",
+            p.size,
+            np.int32(F),
+            nz,
+            ny,
+            nx,
+            ndim,
+            p,
+            a["diag"],
+            a["D_over_h2"],
+            ghosts,
+            out,
+        )
         return out
 
     def _adi_prepare(self, c, kind, tumor_state):
@@ -451,16 +567,29 @@ class KernelFieldSolver:
         n = self.grid.n_sites
         U, S = a["U"], a["S"]
         nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
-        L("tm_rates", F * n, np.int32(F), np.int64(n), np.int32(nk * ns), np.int32(ns), kind,
-          tumor_state, a["U_table"], a["S_table"], U, S)
+        L(
+            "tm_rates",
+            F * n,
+            np.int32(F),
+            np.int64(n),
+            np.int32(nk * ns),
+            np.int32(ns),
+            kind,
+            tumor_state,
+            a["U_table"],
+            a["S_table"],
+            U,
+            S,
+        )
         inv_dt = np.float32(1.0 / self.dt)
         # diag = U + 1/dt (b is redone by every field step)
         L("tm_cg_setup", c.size, np.int64(c.size), inv_dt, c, U, S, a["diag"], a["b"])
-        extra = U                   # U is not needed again this agent step
+        extra = U  # U is not needed again this agent step
         for j, (axis, _) in enumerate(_factor_keys(self.ndim)):
             factor_diag(a["diag"], a[f"scale{j}"], kind, F_.PIN, extra, launcher=L)
-            thomas_factor_diag(axis, a[f"k{j}"], a[f"base{j}"], extra, a[f"inv{j}"],
-                               a[f"cp{j}"], launcher=L)
+            thomas_factor_diag(
+                axis, a[f"k{j}"], a[f"base{j}"], extra, a[f"inv{j}"], a[f"cp{j}"], launcher=L
+            )
 
     def _precondition(self, r, out, kind):
         """out = M^-1 r, the symmetric product of line factors: FieldSolver._precondition."""
@@ -468,8 +597,9 @@ class KernelFieldSolver:
         xp.copyto(out, r)
         keys = _factor_keys(self.ndim)
         for j in self._plan:
-            thomas_solve_factored(out, keys[j][0], a[f"k{j}"], a[f"inv{j}"], a[f"cp{j}"],
-                                  launcher=L)
+            thomas_solve_factored(
+                out, keys[j][0], a[f"k{j}"], a[f"inv{j}"], a[f"cp{j}"], launcher=L
+            )
         set_pinned(out, kind, a["zeros"], launcher=L)
         return out
 
@@ -502,8 +632,7 @@ class KernelFieldSolver:
         tol = self.sc.solver.tolerance
         # numpy evaluates tol * r0 with the Python float as a float32 (NEP 50): the same here,
         # spelled with the array first so that a cupy array's operator handles it
-        thresh = xp.maximum(xp.maximum(r0 * f32(tol), bmax * f32(min(tol, 1e-6))),
-                            F_.RESIDUAL_ZERO)
+        thresh = xp.maximum(xp.maximum(r0 * f32(tol), bmax * f32(min(tol, 1e-6))), F_.RESIDUAL_ZERO)
         beta = None
         it = 0
         rmax = r0
@@ -517,7 +646,7 @@ class KernelFieldSolver:
             axpy(c, alpha, p, launcher=L)
             axpy(r, -alpha, q, launcher=L)
             rmax = self._absmax(r)
-            if bool((rmax <= thresh).all()):        # the one host sync of an iteration
+            if bool((rmax <= thresh).all()):  # the one host sync of an iteration
                 break
             self._precondition(r, z, kind)
             rz_new = self._dots(r, z)
@@ -543,10 +672,25 @@ class KernelFieldSolver:
             xp.copyto(w, c[f])
             for _ in range(self.n_sub):
                 for ax in range(nd):
-                    lod_sweep(w, ax, f, a[f"lod_inv{ax}"], a[f"lod_kinv{ax}"], a[f"lod_cp{ax}"],
-                              kg[ax][0][f], kg[ax][1][f], kind, vessel[f], ax == nd - 1,
-                              tumor_state, a["U_table"], a["S_table"], ref.decay[f], ref.dt,
-                              launcher=L)
+                    lod_sweep(
+                        w,
+                        ax,
+                        f,
+                        a[f"lod_inv{ax}"],
+                        a[f"lod_kinv{ax}"],
+                        a[f"lod_cp{ax}"],
+                        kg[ax][0][f],
+                        kg[ax][1][f],
+                        kind,
+                        vessel[f],
+                        ax == nd - 1,
+                        tumor_state,
+                        a["U_table"],
+                        a["S_table"],
+                        ref.decay[f],
+                        ref.dt,
+                        launcher=L,
+                    )
             xp.copyto(c[f], w, casting="same_kind")
 
     def _lod_ghost_terms(self):
@@ -560,8 +704,9 @@ class KernelFieldSolver:
                 if gh is None:
                     terms.append(np.full(F, np.nan))
                 else:
-                    terms.append(np.nan_to_num(gh.astype(np.float64).reshape(F) * ref.lod_k64,
-                                               nan=0.0))
+                    terms.append(
+                        np.nan_to_num(gh.astype(np.float64).reshape(F) * ref.lod_k64, nan=0.0)
+                    )
             out.append(terms)
         return out
 
@@ -581,7 +726,14 @@ def _cupy_dot():
     global _CUPY_DOT
     if _CUPY_DOT is None:
         import cupy
-        _CUPY_DOT = cupy.ReductionKernel("float32 x, float32 y", "float64 out",
-                                         "(double)x * (double)y", "a + b", "out = a", "0",
-                                         "tm_field_dot")
+
+        _CUPY_DOT = cupy.ReductionKernel(
+            "float32 x, float32 y",
+            "float64 out",
+            "(double)x * (double)y",
+            "a + b",
+            "out = a",
+            "0",
+            "tm_field_dot",
+        )
     return _CUPY_DOT

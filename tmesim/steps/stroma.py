@@ -53,8 +53,11 @@ class StromaRules:
 
     def active(self, kind: np.ndarray) -> bool:
         """Whether the step can change anything (stromal cells present or TAMs recruited)."""
-        return bool(self.tam.recruitment_per_h > 0 or self.tam.recruitment_signal_gain > 0
-                    or np.any((kind == codes.CAF) | (kind == codes.TAM)))
+        return bool(
+            self.tam.recruitment_per_h > 0
+            or self.tam.recruitment_signal_gain > 0
+            or np.any((kind == codes.CAF) | (kind == codes.TAM))
+        )
 
     def apply(self, kind: np.ndarray, signal: np.ndarray | None, step: int) -> StromaCounts:
         """One agent step. ``signal``: (n_sites,) recruitment signal, or None without it."""
@@ -70,8 +73,10 @@ class StromaRules:
 
         # who tries to move (or recruit), and where
         movers, chemo = [], []
-        for cells, rate, bias in ((cafs, self.caf.motility_per_h, 0.0),
-                                  (tams, self.tam.motility_per_h, self.tam.chemotaxis)):
+        for cells, rate, bias in (
+            (cafs, self.caf.motility_per_h, 0.0),
+            (tams, self.tam.motility_per_h, self.tam.chemotaxis),
+        ):
             if cells.size and rate > 0:
                 go = rng.uniform_at(seed, step, rng.MOVE, cells) < probability(rate / 60.0, dt)
                 cells = cells[go]
@@ -91,10 +96,16 @@ class StromaRules:
                     rate = rate + gain * s / (s + self.tam.signal_half_max)
                 p = probability(rate / 60.0, dt)
                 vessels = vessels[rng.uniform_at(seed, step, rng.RECRUIT, vessels) < p]
-        sources = np.concatenate(movers + [vessels]) if movers or vessels.size else \
-            np.empty(0, dtype=np.int64)
-        follow = np.concatenate(chemo + [np.zeros(vessels.size, dtype=bool)]) if sources.size \
+        sources = (
+            np.concatenate(movers + [vessels])
+            if movers or vessels.size
+            else np.empty(0, dtype=np.int64)
+        )
+        follow = (
+            np.concatenate(chemo + [np.zeros(vessels.size, dtype=bool)])
+            if sources.size
             else np.zeros(0, dtype=bool)
+        )
         won_src = won_tgt = np.empty(0, dtype=np.int64)
         if sources.size:
             nbr, inside = self.grid.neighbours(sources)

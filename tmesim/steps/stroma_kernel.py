@@ -54,13 +54,14 @@ class KernelStromaRules:
             step's TM_SA_* codes after :meth:`apply`.
     """
 
-    def __init__(self, caf, tam, grid: Grid, seed: int, dt_min: float, *, launcher,
-                 claims=None, action=None):
+    def __init__(
+        self, caf, tam, grid: Grid, seed: int, dt_min: float, *, launcher, claims=None, action=None
+    ):
         self.L = L = launcher
         xp = L.xp
         self.caf, self.tam, self.grid, self.seed, self.dt = caf, tam, grid, seed, dt_min
         n = grid.n_sites
-        if n >= 2 ** 32 - 1:
+        if n >= 2**32 - 1:
             raise ValueError("the claim keys hold a site in 32 bits: at most 2**32 - 2 sites")
         values = {
             "DT_MIN": dt_min,
@@ -71,8 +72,7 @@ class KernelStromaRules:
             "RECRUIT_PER_H": tam.recruitment_per_h,
             "RECRUIT_GAIN_PER_H": tam.recruitment_signal_gain,
             "SIGNAL_HALF_MAX": tam.signal_half_max,
-            "RECRUIT_PROBABILITY": _host_probability(tam.recruitment_per_h, dt_min,
-                                                     as_array=True),
+            "RECRUIT_PROBABILITY": _host_probability(tam.recruitment_per_h, dt_min, as_array=True),
         }
         vec = param_vector(values, "stroma.cu", "TM_SP_", "STROMA_PARAMS", driver=__name__)
         self.codes = kernel_defines("stroma.cu", "TM_SA_")
@@ -99,8 +99,11 @@ class KernelStromaRules:
         """Whether the step can change anything (stromal cells present or TAMs recruited): the
         same test as StromaRules.active, on the launcher's arrays."""
         xp = self.L.xp
-        return bool(self.tam.recruitment_per_h > 0 or self.tam.recruitment_signal_gain > 0
-                    or bool(xp.any((kind == codes.CAF) | (kind == codes.TAM))))
+        return bool(
+            self.tam.recruitment_per_h > 0
+            or self.tam.recruitment_signal_gain > 0
+            or bool(xp.any((kind == codes.CAF) | (kind == codes.TAM)))
+        )
 
     def apply(self, kind, signal, step: int) -> StromaCounts:
         """One agent step, in place.
@@ -124,16 +127,46 @@ class KernelStromaRules:
             if sig.size != n:
                 raise ValueError(f"signal must have {n} sites, got {sig.size}")
         nz, ny, nx, _ = grid3(self.grid.shape)
-        L("tm_stroma_decide", n, np.int64(n), nz, ny, nx, kind, sig, np.int32(has),
-          self.offsets, self.n_offsets, self.params, np.uint64(self.seed), np.uint64(step),
-          self.action, self.claims)
-        L("tm_stroma_apply", n, np.int64(n), nz, ny, nx, kind, self.action, self.offsets,
-          self.n_offsets, self.claims)
+        L(
+            "tm_stroma_decide",
+            n,
+            np.int64(n),
+            nz,
+            ny,
+            nx,
+            kind,
+            sig,
+            np.int32(has),
+            self.offsets,
+            self.n_offsets,
+            self.params,
+            np.uint64(self.seed),
+            np.uint64(step),
+            self.action,
+            self.claims,
+        )
+        L(
+            "tm_stroma_apply",
+            n,
+            np.int64(n),
+            nz,
+            ny,
+            nx,
+            kind,
+            self.action,
+            self.offsets,
+            self.n_offsets,
+            self.claims,
+        )
         L("tm_stroma_finish", n, np.int64(n), self.action, self.claims)
         counts = xp.bincount(self.action, minlength=256)
         c = [int(v) for v in (counts.get() if hasattr(counts, "get") else counts)]
         a = self.codes
         caf, tam, new = c[a["ARRIVED_CAF"]], c[a["ARRIVED_TAM"]], c[a["RECRUITED"]]
-        return StromaCounts(caf_moves=caf, tam_moves=tam, tam_recruited=new,
-                            tam_died=c[a["DIED"]],
-                            lost_conflicts=sum(c[a["CLAIM_CAF"]:]) - caf - tam - new)
+        return StromaCounts(
+            caf_moves=caf,
+            tam_moves=tam,
+            tam_recruited=new,
+            tam_died=c[a["DIED"]],
+            lost_conflicts=sum(c[a["CLAIM_CAF"] :]) - caf - tam - new,
+        )

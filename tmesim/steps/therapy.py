@@ -30,7 +30,8 @@ class Therapy:
         self.field_index = np.array([names.index(d.name) for d in sc.drugs], dtype=np.intp)
         # drug fields in consecutive rows (as scenarios list them): tissue_levels is a view
         self.consecutive = bool(self.field_index.size) and bool(
-            (np.diff(self.field_index) == 1).all())
+            (np.diff(self.field_index) == 1).all()
+        )
         self.unbound = np.array([d.unbound_fraction for d in sc.drugs])
         self.uniform = np.array([d.transport == "uniform" for d in sc.drugs], dtype=bool)
         self.solver = field_solver
@@ -54,8 +55,9 @@ class Therapy:
         for i in controlled:
             self.last_given[i] = ctl.advance(i, state.plasma, state.time_min, self.sc.run.dt_min)
         # cumulative dose: boluses (uM), or the square wave's level over the step (uM h)
-        state.dose_total += np.where(self.square, self.last_given * self.sc.run.dt_min / 60.0,
-                                     self.last_given)
+        state.dose_total += np.where(
+            self.square, self.last_given * self.sc.run.dt_min / 60.0, self.last_given
+        )
         self.solver.set_supply(self.supply(state))
         return self.last_given
 
@@ -79,5 +81,5 @@ class Therapy:
         consecutive drug rows (no copy of a grid per drug each step), else a copy (the index is
         moved to the device: cupy takes no numpy index arrays implicitly)."""
         if self.consecutive:
-            return state.fields[self.field_index[0]:self.field_index[-1] + 1]
+            return state.fields[self.field_index[0] : self.field_index[-1] + 1]
         return state.fields[array_module(state.fields).asarray(self.field_index)]

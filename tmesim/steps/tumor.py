@@ -61,17 +61,18 @@ from ..scenario import TumorConfig
 @dataclass
 class RuleCounts:
     """What one application of the rules did (numbers of cells)."""
+
     divisions: int = 0
     necroses: int = 0
     cleared: int = 0
-    blocked: int = 0      # cells that would divide but had no empty neighbour
+    blocked: int = 0  # cells that would divide but had no empty neighbour
     lost_conflicts: int = 0  # cells that chose a voxel another cell won
-    killed: int = 0       # cells killed by drugs
+    killed: int = 0  # cells killed by drugs
     killed_S: int = 0
     killed_P: int = 0
-    entered_P: int = 0    # S -> P
-    exited_P: int = 0     # P -> S
-    became_R: int = 0     # P -> R
+    entered_P: int = 0  # S -> P
+    exited_P: int = 0  # P -> S
+    became_R: int = 0  # P -> R
 
 
 def oxygen_factor(o2: np.ndarray, p: TumorConfig) -> np.ndarray:
@@ -112,8 +113,9 @@ def choose_target(words: np.ndarray, empty: np.ndarray, nbr: np.ndarray) -> np.n
     return nbr[np.arange(len(nbr)), col]
 
 
-def resolve_claims(claims: np.ndarray, sources: np.ndarray, targets: np.ndarray,
-                   words: np.ndarray) -> np.ndarray:
+def resolve_claims(
+    claims: np.ndarray, sources: np.ndarray, targets: np.ndarray, words: np.ndarray
+) -> np.ndarray:
     """Which claims win: each target voxel goes to the largest key (low 32 bits of the source's
     random word << 32 | source site), the rule a CUDA 64-bit atomicMax applies.
 
@@ -142,10 +144,11 @@ class TumorRules:
         self.grid = grid
         self.seed = seed
         self.dt = dt_min
-        self.r_max = math.log(2.0) / (params.doubling_time_h * 60.0)   # 1/min
+        self.r_max = math.log(2.0) / (params.doubling_time_h * 60.0)  # 1/min
         # division factor by tumor state (none, S, P, R)
-        self.state_factor = np.array([0.0, 1.0, params.persister_cycle_factor,
-                                      1.0 - params.resistance_cost])
+        self.state_factor = np.array(
+            [0.0, 1.0, params.persister_cycle_factor, 1.0 - params.resistance_cost]
+        )
         self.effects = Effects(drugs) if drugs else None
         self.n_drugs = len(drugs)
         self._claim_scratch: np.ndarray | None = None
@@ -172,10 +175,10 @@ class TumorRules:
         """MET and IGF-1R activation in [0, 1] after inhibitors: a_L (1 - E_cancel) (arrays, or
         the scalar 0 without the ligand's field)."""
         sg = self.p.signalling
-        a_met = 0.0 if hgf is None else \
-            hgf.astype(np.float64) / (hgf + sg.hgf_half_max_ng_per_mL)
-        a_igf = 0.0 if igf1 is None else \
-            igf1.astype(np.float64) / (igf1 + sg.igf1_half_max_ng_per_mL)
+        a_met = 0.0 if hgf is None else hgf.astype(np.float64) / (hgf + sg.hgf_half_max_ng_per_mL)
+        a_igf = (
+            0.0 if igf1 is None else igf1.astype(np.float64) / (igf1 + sg.igf1_half_max_ng_per_mL)
+        )
         return a_met * (1.0 - eff["cancel_met"]), a_igf * (1.0 - eff["cancel_igf1r"])
 
     def protection(self, a_met, a_igf):
@@ -185,8 +188,18 @@ class TumorRules:
 
     #: the drug effects without a drug (read only)
     _NO_DRUG: ClassVar[dict[str, float]] = {
-        k: 0.0 for k in ("kill_S", "kill_P", "exit_speedup", "block_entry", "block_division",
-                         "cancel_met", "cancel_igf1r", "target")}
+        k: 0.0
+        for k in (
+            "kill_S",
+            "kill_P",
+            "exit_speedup",
+            "block_entry",
+            "block_division",
+            "cancel_met",
+            "cancel_igf1r",
+            "target",
+        )
+    }
 
     def rates_per_min(self, ts, o2, memory, time_in_P, hgf, igf1, conc):
         """Every rate of the rules for cells with phenotype ``ts`` (1/min, float64 arrays).
@@ -206,9 +219,11 @@ class TumorRules:
         if self.effects is None:
             kill = np.zeros(n)
         else:
-            kill = np.where(S, eff["kill_S"] * (1.0 - self.protection(a_met, a_igf)),
-                            np.where(P, eff["kill_S"] * p.persister_tolerance + eff["kill_P"],
-                                     0.0))
+            kill = np.where(
+                S,
+                eff["kill_S"] * (1.0 - self.protection(a_met, a_igf)),
+                np.where(P, eff["kill_S"] * p.persister_tolerance + eff["kill_P"], 0.0),
+            )
         if p.death_per_h > 0:
             # basal turnover competes with the drug kill as one loss event (stream KILL)
             kill = kill + p.death_per_h
@@ -217,34 +232,47 @@ class TumorRules:
         if tr.pre_existing:
             entry += tr.entry_basal_per_h * (1.0 + tr.hypoxia_weight * h)
         if tr.drug_induced and self.effects is not None:
-            entry += tr.entry_induced_per_h * E * (1.0 + m + sg.entry_weight * (a_met + a_igf)
-                                                   + tr.hypoxia_weight * h)
+            entry += (
+                tr.entry_induced_per_h
+                * E
+                * (1.0 + m + sg.entry_weight * (a_met + a_igf) + tr.hypoxia_weight * h)
+            )
         entry *= (1.0 - eff["block_entry"]) * S
         # persister-only rates, on the persisters alone
         exit_, res = np.zeros(n), np.zeros(n)
         pi = np.flatnonzero(P)
         if pi.size:
+
             def at(x):
                 return x[pi] if isinstance(x, np.ndarray) else x
+
             Ep = at(E)
             # exit_speedup (KDM5/HDAC inhibition) undoes the persister state even under the
             # targeted drug, where the cell, sensitive again, is then killed
-            exit_[pi] = tr.exit_per_h * (1.0 - Ep + at(eff["exit_speedup"])) / (
-                1.0 + tr.memory_exit_slowing * m[pi] + tr.hypoxia_exit_slowing * h[pi])
-            ramp = np.minimum(1.0, time_in_P[pi].astype(np.float64) /
-                              (tr.mutability_ramp_h * 60.0))
+            exit_[pi] = (
+                tr.exit_per_h
+                * (1.0 - Ep + at(eff["exit_speedup"]))
+                / (1.0 + tr.memory_exit_slowing * m[pi] + tr.hypoxia_exit_slowing * h[pi])
+            )
+            ramp = np.minimum(1.0, time_in_P[pi].astype(np.float64) / (tr.mutability_ramp_h * 60.0))
             # stress-induced mutagenesis: raised under the targeted drug only, and more so the
             # longer the cell has been a persister (Russo et al. 2022)
             res[pi] = tr.resistance_per_h * (1.0 + tr.adaptive_mutability * ramp * Ep)
         division = self.r_max * oxygen_factor(o2, p) * self.state_factor[ts] * f_signal
         if self.effects is not None:
             # resistant cells divide through the drugs that stop the others
-            division = division * (1.0 - np.where(ts == codes.RESISTANT, 0.0,
-                                                   eff["block_division"]))
+            division = division * (
+                1.0 - np.where(ts == codes.RESISTANT, 0.0, eff["block_division"])
+            )
         per_min = 1.0 / 60.0
-        return dict(division=division, kill=kill * per_min, entry=entry * per_min,
-                    exit=exit_ * per_min, resistance=res * per_min,
-                    target=np.broadcast_to(np.asarray(E, dtype=np.float64), (n,)))
+        return dict(
+            division=division,
+            kill=kill * per_min,
+            entry=entry * per_min,
+            exit=exit_ * per_min,
+            resistance=res * per_min,
+            target=np.broadcast_to(np.asarray(E, dtype=np.float64), (n,)),
+        )
 
     def relax_memory(self, m: np.ndarray, E: np.ndarray | float) -> np.ndarray:
         """Memory after one step of dm/dt = g E (1 - m) - d (1 - E) m, solved exactly."""
@@ -256,10 +284,18 @@ class TumorRules:
         return (m_eq + (m - m_eq) * np.exp(-k * self.dt)).astype(np.float32)
 
     # ------------------------------------------------------------------ the step
-    def apply(self, kind: np.ndarray, tumor_state: np.ndarray, oxygen: np.ndarray, step: int,
-              memory: np.ndarray | None = None, time_in_P: np.ndarray | None = None,
-              hgf: np.ndarray | None = None, igf1: np.ndarray | None = None,
-              drug_conc: np.ndarray | None = None) -> RuleCounts:
+    def apply(
+        self,
+        kind: np.ndarray,
+        tumor_state: np.ndarray,
+        oxygen: np.ndarray,
+        step: int,
+        memory: np.ndarray | None = None,
+        time_in_P: np.ndarray | None = None,
+        hgf: np.ndarray | None = None,
+        igf1: np.ndarray | None = None,
+        drug_conc: np.ndarray | None = None,
+    ) -> RuleCounts:
         """One agent step of the rules, in place.
 
         Args:
@@ -301,11 +337,20 @@ class TumorRules:
                 alive[np.flatnonzero(low)[die]] = False
                 cells, o2 = cells[alive], o2[alive]
             ts = tumor_state[cells]
-            conc = drug_conc[:, cells] if drug_conc is not None and self.n_drugs else \
-                np.zeros((0, cells.size))
-            r = self.rates_per_min(ts, o2, memory[cells], time_in_P[cells],
-                                   None if hgf is None else hgf[cells],
-                                   None if igf1 is None else igf1[cells], conc)
+            conc = (
+                drug_conc[:, cells]
+                if drug_conc is not None and self.n_drugs
+                else np.zeros((0, cells.size))
+            )
+            r = self.rates_per_min(
+                ts,
+                o2,
+                memory[cells],
+                time_in_P[cells],
+                None if hgf is None else hgf[cells],
+                None if igf1 is None else igf1[cells],
+                conc,
+            )
             # drug kill
             hit = r["kill"] > 0
             if hit.any():

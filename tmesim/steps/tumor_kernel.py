@@ -24,8 +24,17 @@ from ..scenario import EFFECT_TARGETS
 from .tumor import RuleCounts, TumorRules, probability
 
 #: events in the low 4 bits of the tumor kernels' action byte (kernels/tumor.cu TM_ACT_*)
-ACTIONS = {"none": 0, "clear": 1, "necrosis": 2, "claim": 3, "blocked": 4, "born": 5,
-           "killed_S": 6, "killed_P": 7, "killed_R": 8}
+ACTIONS = {
+    "none": 0,
+    "clear": 1,
+    "necrosis": 2,
+    "claim": 3,
+    "blocked": 4,
+    "born": 5,
+    "killed_S": 6,
+    "killed_P": 7,
+    "killed_R": 8,
+}
 #: phenotype transitions in bits 4-5 of the action byte (TM_TRANSITION_*, shifted by
 #: TRANSITION_SHIFT)
 TRANSITIONS = {"none": 0, "to_P": 1, "to_S": 2, "to_R": 3}
@@ -55,7 +64,8 @@ def tumor_param_values(params, dt_min: float, ref: TumorRules) -> dict[str, floa
         "NECROSIS_TOP_PER_MIN": p.necrosis_max_rate_per_h / 60.0,
         # the same numpy call as TumorRules.apply: identical by construction
         "CLEAR_PROBABILITY": float(probability(p.necrotic_clearance_per_h / 60.0, dt_min))
-        if p.necrotic_clearance_per_h > 0 else 0.0,
+        if p.necrotic_clearance_per_h > 0
+        else 0.0,
         "PER_MIN": 1.0 / 60.0,
         "HYPOXIC_MMHG": p.hypoxic_threshold_mmHg,
         "HYPOXIA_SPAN_MMHG": p.hypoxic_threshold_mmHg - p.necrosis_threshold_mmHg,
@@ -95,9 +105,11 @@ def tumor_effect_table(drugs) -> np.ndarray:
     cols = kernel_defines("tumor.cu", "TM_EF_")
     code = {k.lower(): v for k, v in kernel_defines("tumor.cu", "TM_EFFECT_").items()}
     if set(code) != {t.lower() for t in EFFECT_TARGETS}:
-        raise KernelSourceError(f"kernels/tumor.cu effect targets {sorted(code)} and "
-                                f"tmesim.scenario.EFFECT_TARGETS {sorted(EFFECT_TARGETS)} are "
-                                "out of sync")
+        raise KernelSourceError(
+            f"kernels/tumor.cu effect targets {sorted(code)} and "
+            f"tmesim.scenario.EFFECT_TARGETS {sorted(EFFECT_TARGETS)} are "
+            "out of sync"
+        )
     n_cols = kernel_defines("tumor.cu", "TM_N_")["EFFECT_COLUMNS"]
     rows = []
     for i, d in enumerate(drugs):
@@ -108,8 +120,9 @@ def tumor_effect_table(drugs) -> np.ndarray:
             row[cols["EMAX"]] = e.emax
             row[cols["EC50_UM"]] = e.ec50_uM
             row[cols["HILL"]] = e.hill
-            row[cols["COEF"]] = (e.rate_per_h if tgt in KILL_TARGETS else
-                                 e.fold if tgt == "exit_speedup" else 0.0)
+            row[cols["COEF"]] = (
+                e.rate_per_h if tgt in KILL_TARGETS else e.fold if tgt == "exit_speedup" else 0.0
+            )
             rows.append(row)
     return np.array(rows, dtype=np.float64).reshape(len(rows), n_cols)
 
@@ -136,10 +149,15 @@ class KernelTumorRules:
         self.ref = ref = TumorRules(params, grid, seed, dt_min, drugs)
         self.p, self.grid, self.seed, self.dt = params, grid, seed, dt_min
         self.n_drugs = len(drugs)
-        if grid.n_sites >= 2 ** 32 - 1:
+        if grid.n_sites >= 2**32 - 1:
             raise ValueError("the claim keys hold a site in 32 bits: at most 2**32 - 2 sites")
-        vec = param_vector(tumor_param_values(params, dt_min, ref), "tumor.cu", "TM_TP_",
-                           "TUMOR_PARAMS", driver=__name__)
+        vec = param_vector(
+            tumor_param_values(params, dt_min, ref),
+            "tumor.cu",
+            "TM_TP_",
+            "TUMOR_PARAMS",
+            driver=__name__,
+        )
         tables = kernel_defines("tumor.cu", "TM_TS_")
         n_tab = kernel_defines("tumor.cu", "TM_N_")["STATE_TABLES"]
         st = np.zeros((n_tab, len(codes.TUMOR_STATE_NAMES)))
@@ -155,7 +173,7 @@ class KernelTumorRules:
         self.offsets = xp.asarray(offs.reshape(-1))
         self.n_offsets = np.int32(len(offs))
         self._absent = xp.zeros(1, dtype=xp.float32)
-        self._has = kernel_defines("tumor.cu", "TM_HAS_")      # bits of the `fields` argument
+        self._has = kernel_defines("tumor.cu", "TM_HAS_")  # bits of the `fields` argument
         n_sites = grid.n_sites
         # scratch that the stroma kernels may share: claims (all 0 between steps) and action
         self.claims = xp.zeros(n_sites, dtype=xp.uint64)
@@ -171,12 +189,21 @@ class KernelTumorRules:
         xp = self.L.xp
         a = xp.asarray(a)
         if a.dtype != np.float32 or a.shape != shape:
-            raise ValueError(f"{name}: expected float32 of shape {shape}, got {a.dtype} "
-                             f"{a.shape}")
+            raise ValueError(f"{name}: expected float32 of shape {shape}, got {a.dtype} {a.shape}")
         return xp.ascontiguousarray(a)
 
-    def apply(self, kind, tumor_state, oxygen, step: int, memory=None, time_in_P=None,
-              hgf=None, igf1=None, drug_conc=None) -> RuleCounts:
+    def apply(
+        self,
+        kind,
+        tumor_state,
+        oxygen,
+        step: int,
+        memory=None,
+        time_in_P=None,
+        hgf=None,
+        igf1=None,
+        drug_conc=None,
+    ) -> RuleCounts:
         """One agent step of the rules, in place: the arguments of TumorRules.apply, as xp arrays.
 
         Args:
@@ -197,8 +224,9 @@ class KernelTumorRules:
         if time_in_P is None:
             time_in_P = xp.zeros(n, dtype=xp.float32)
         check_arrays(memory, time_in_P, dtype=np.float32)
-        fields = (self._has["HGF"] if hgf is not None else 0) | \
-            (self._has["IGF1"] if igf1 is not None else 0)
+        fields = (self._has["HGF"] if hgf is not None else 0) | (
+            self._has["IGF1"] if igf1 is not None else 0
+        )
         hgf = self._field(hgf, "hgf", (n,))
         igf1 = self._field(igf1, "igf1", (n,))
         if self.n_drugs:
@@ -206,31 +234,68 @@ class KernelTumorRules:
                 raise ValueError("drug_conc (n_drugs, n_sites) is required: the rules have drugs")
             conc = self._field(drug_conc, "drug_conc", (self.n_drugs, n))
         else:
-            conc = self._absent          # numpy ignores drug_conc without drugs
+            conc = self._absent  # numpy ignores drug_conc without drugs
         nz, ny, nx, _ = grid3(self.grid.shape)
-        L("tm_tumor_decide", n, np.int64(n), nz, ny, nx, kind, tumor_state, memory, time_in_P,
-          oxygen, hgf, igf1, np.int32(fields), conc, self.effects, self.n_effects,
-          self.offsets, self.n_offsets, self.params, self.state_table, np.uint64(self.seed),
-          np.uint64(step), self.action, self.target, self.claims)
-        L("tm_tumor_apply", n, np.int64(n), kind, tumor_state, memory, time_in_P, self.action,
-          self.target, self.claims)
+        L(
+            "tm_tumor_decide",
+            n,
+            np.int64(n),
+            nz,
+            ny,
+            nx,
+            kind,
+            tumor_state,
+            memory,
+            time_in_P,
+            oxygen,
+            hgf,
+            igf1,
+            np.int32(fields),
+            conc,
+            self.effects,
+            self.n_effects,
+            self.offsets,
+            self.n_offsets,
+            self.params,
+            self.state_table,
+            np.uint64(self.seed),
+            np.uint64(step),
+            self.action,
+            self.target,
+            self.claims,
+        )
+        L(
+            "tm_tumor_apply",
+            n,
+            np.int64(n),
+            kind,
+            tumor_state,
+            memory,
+            time_in_P,
+            self.action,
+            self.target,
+            self.claims,
+        )
         L("tm_tumor_finish", n, np.int64(n), self.action, self.target, self.claims)
         counts = xp.bincount(self.action, minlength=len(TRANSITIONS) << TRANSITION_SHIFT)
         c = np.asarray(counts.get() if hasattr(counts, "get") else counts, dtype=np.int64)
-        c = c.reshape(len(TRANSITIONS), 1 << TRANSITION_SHIFT)    # [transition, event]
+        c = c.reshape(len(TRANSITIONS), 1 << TRANSITION_SHIFT)  # [transition, event]
         ev, tr = c.sum(axis=0), c.sum(axis=1)
         targets = xp.flatnonzero(self.action == ACTIONS["born"])
         sources = self.target[targets].astype(xp.int64)
-        order = xp.argsort(sources)            # numpy lists divisions by mother, ascending
+        order = xp.argsort(sources)  # numpy lists divisions by mother, ascending
         self.last_division = (sources[order], targets[order].astype(xp.int64))
         killed_S, killed_P = int(ev[ACTIONS["killed_S"]]), int(ev[ACTIONS["killed_P"]])
-        return RuleCounts(divisions=int(ev[ACTIONS["born"]]),
-                          necroses=int(ev[ACTIONS["necrosis"]]),
-                          cleared=int(ev[ACTIONS["clear"]]), blocked=int(ev[ACTIONS["blocked"]]),
-                          lost_conflicts=int(ev[ACTIONS["claim"]] - ev[ACTIONS["born"]]),
-                          killed=killed_S + killed_P + int(ev[ACTIONS["killed_R"]]),
-                          killed_S=killed_S, killed_P=killed_P,
-                          entered_P=int(tr[TRANSITIONS["to_P"]]),
-                          exited_P=int(tr[TRANSITIONS["to_S"]]),
-                          became_R=int(tr[TRANSITIONS["to_R"]]))
-
+        return RuleCounts(
+            divisions=int(ev[ACTIONS["born"]]),
+            necroses=int(ev[ACTIONS["necrosis"]]),
+            cleared=int(ev[ACTIONS["clear"]]),
+            blocked=int(ev[ACTIONS["blocked"]]),
+            lost_conflicts=int(ev[ACTIONS["claim"]] - ev[ACTIONS["born"]]),
+            killed=killed_S + killed_P + int(ev[ACTIONS["killed_R"]]),
+            killed_S=killed_S,
+            killed_P=killed_P,
+            entered_P=int(tr[TRANSITIONS["to_P"]]),
+            exited_P=int(tr[TRANSITIONS["to_S"]]),
+            became_R=int(tr[TRANSITIONS["to_R"]]),
+        )

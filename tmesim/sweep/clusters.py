@@ -21,6 +21,7 @@ from .spec import SweepSpec
 def gpu_count() -> int:
     """GPUs this machine offers to workers: 0 without a usable CUDA device."""
     from ..backend import gpu_available
+
     if not gpu_available():
         return 0
     vis = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -39,18 +40,23 @@ def local_cluster(workers: int | None = None):
     device through CUDA_VISIBLE_DEVICES), else ``workers`` CPU worker processes (default: one per
     core). One thread per worker: one run at a time each, since a run uses a whole device."""
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
     n_gpu = gpu_count()
     if n_gpu and workers is None:
         vis = os.environ.get("CUDA_VISIBLE_DEVICES")
         devices = [d.strip() for d in vis.split(",")] if vis else [str(i) for i in range(n_gpu)]
-        specs = {f"gpu{d}": {"cls": Nanny, "options": {"nthreads": 1,
-                                                       "env": {"CUDA_VISIBLE_DEVICES": d}}}
-                 for d in devices}
-        return SpecCluster(workers=specs, scheduler={"cls": Scheduler,
-                                                     "options": {"dashboard_address": None}})
+        specs = {
+            f"gpu{d}": {
+                "cls": Nanny,
+                "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": d}},
+            }
+            for d in devices
+        }
+        return SpecCluster(
+            workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}
+        )
     n = workers or max(1, os.cpu_count() or 1)
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                        dashboard_address=None)
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
 
 
 def import_slurm_cluster():
@@ -60,13 +66,15 @@ def import_slurm_cluster():
     thread first: signal handlers can only be set there."""
     import signal as _signal
     import threading
+
     main = threading.current_thread() is threading.main_thread()
     before = _signal.getsignal(_signal.SIGINT) if main else None
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
-        raise UserError("--cluster slurm needs dask-jobqueue: pip install 'tmesim[cluster]'") \
-            from None
+        raise UserError(
+            "--cluster slurm needs dask-jobqueue: pip install 'tmesim[cluster]'"
+        ) from None
     finally:
         if main and before is not None:
             _signal.signal(_signal.SIGINT, before)
@@ -84,21 +92,29 @@ def slurm_cluster(spec: SweepSpec):
     wall = sl.walltime_s
     margin = int(sl.checkpoint_margin_minutes * 60)
     if margin >= wall:
-        raise UserError(f"slurm.checkpoint_margin_minutes ({sl.checkpoint_margin_minutes}) must "
-                        f"be shorter than slurm.walltime ({sl.walltime})")
+        raise UserError(
+            f"slurm.checkpoint_margin_minutes ({sl.checkpoint_margin_minutes}) must "
+            f"be shorter than slurm.walltime ({sl.walltime})"
+        )
     extra = ([f"--gres=gpu:{sl.gpus}"] if sl.gpus else []) + list(sl.job_extra)
-    prologue = list(sl.prologue) + [
-        f"export TMESIM_DEADLINE=$(( $(date +%s) + {wall - margin} ))"]
+    prologue = list(sl.prologue) + [f"export TMESIM_DEADLINE=$(( $(date +%s) + {wall - margin} ))"]
     logs = spec.out_dir / "slurm_logs"
     logs.mkdir(parents=True, exist_ok=True)
     cluster = SLURMCluster(
-        queue=sl.queue or None, account=sl.account or None, cores=sl.cores, processes=1,
-        memory=sl.memory, walltime=sl.walltime, job_extra_directives=extra,
-        job_script_prologue=prologue, log_directory=str(logs), python=sys.executable,
+        queue=sl.queue or None,
+        account=sl.account or None,
+        cores=sl.cores,
+        processes=1,
+        memory=sl.memory,
+        walltime=sl.walltime,
+        job_extra_directives=extra,
+        job_script_prologue=prologue,
+        log_directory=str(logs),
+        python=sys.executable,
         job_name=f"tmesim-{spec.name}",
-        worker_extra_args=["--resources", "run=1",
-                           "--lifetime", f"{max(60, wall - margin + 60)}s"],
-        scheduler_options={"dashboard_address": None})
+        worker_extra_args=["--resources", "run=1", "--lifetime", f"{max(60, wall - margin + 60)}s"],
+        scheduler_options={"dashboard_address": None},
+    )
     cluster.adapt(minimum_jobs=0, maximum_jobs=sl.jobs)
     return cluster
 
@@ -108,12 +124,19 @@ class SweepResult:
     total: int
     done: int
     failed: int
-    ran: int               # runs started in this invocation
+    ran: int  # runs started in this invocation
     summary: Path
 
 
-def run_sweep(spec: SweepSpec, cluster="local", client=None, workers: int | None = None,
-              retry_failed: bool = False, progress: bool = True, log=None) -> SweepResult:
+def run_sweep(
+    spec: SweepSpec,
+    cluster="local",
+    client=None,
+    workers: int | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    log=None,
+) -> SweepResult:
     """Run every run of ``spec`` that is not done yet; returns the counts and the summary path.
 
     Args:
@@ -141,6 +164,7 @@ def run_sweep(spec: SweepSpec, cluster="local", client=None, workers: int | None
 
     import dask
     from distributed import Client, wait
+
     own = []
     if client is None:
         # a worker takes a run only when it starts it (nothing queued on a worker that may be
@@ -158,14 +182,26 @@ def run_sweep(spec: SweepSpec, cluster="local", client=None, workers: int | None
         own.insert(0, client)
     resources = {"run": 1} if cluster == "slurm" else None
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, initial=n_done + n_failed, unit="run", disable=not progress,
-               dynamic_ncols=True, mininterval=1.0)
+
+    bar = tqdm(
+        total=total,
+        initial=n_done + n_failed,
+        unit="run",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     pending = {}
     interrupted_n: dict[str, int] = {}
 
     def submit(task, attempt):
-        fut = client.submit(execute_run, task, key=f"tmesim-{spec.name}-{task['id']}-{attempt}",
-                            pure=False, resources=resources)
+        fut = client.submit(
+            execute_run,
+            task,
+            key=f"tmesim-{spec.name}-{task['id']}-{attempt}",
+            pure=False,
+            resources=resources,
+        )
         pending[fut] = (task, attempt)
 
     try:
@@ -181,9 +217,16 @@ def run_sweep(spec: SweepSpec, cluster="local", client=None, workers: int | None
                 try:
                     rec = fut.result()
                 except Exception as exc:  # e.g. KilledWorker: record, go on
-                    rec = {"run": task["id"], "key": task["key"], "params": task["params"],
-                           "file": task["h5"], "status": "failed", "host": "",
-                           "error": f"{type(exc).__name__}: {exc}", "wall_s": 0.0}
+                    rec = {
+                        "run": task["id"],
+                        "key": task["key"],
+                        "params": task["params"],
+                        "file": task["h5"],
+                        "status": "failed",
+                        "host": "",
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "wall_s": 0.0,
+                    }
                     write_json(Path(task["record"]), rec)
                 if rec["status"] == "interrupted":
                     # handed back before its job's end: continue it in a fresh job
@@ -207,8 +250,9 @@ def run_sweep(spec: SweepSpec, cluster="local", client=None, workers: int | None
                     running = sum(len(set(v) & keys) for v in client.processing().values())
                 except Exception:  # progress is cosmetic
                     running = 0
-                bar.set_postfix_str(f"done {n_done}, running {running}, failed {n_failed}",
-                                    refresh=True)
+                bar.set_postfix_str(
+                    f"done {n_done}, running {running}, failed {n_failed}", refresh=True
+                )
     finally:
         bar.close()
         for obj in own:

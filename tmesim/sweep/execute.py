@@ -14,7 +14,7 @@ from .planning import make_task
 from .records import DONE, observe_run, read_record, run_end, scenario_key, write_json
 from .spec import SweepSpec
 
-EXIT_INTERRUPTED = 3                  # --task: interrupted with a checkpoint, run it again
+EXIT_INTERRUPTED = 3  # --task: interrupted with a checkpoint, run it again
 
 
 def _deadline_from_env() -> float | None:
@@ -39,19 +39,26 @@ def execute_run(task: dict) -> dict:
 
     t0 = time.monotonic()
     h5 = Path(task["h5"])
-    rec = {"run": task["id"], "key": task["key"], "params": task["params"],
-           "file": str(h5), "host": socket.gethostname(), "error": ""}
+    rec = {
+        "run": task["id"],
+        "key": task["key"],
+        "params": task["params"],
+        "file": str(h5),
+        "host": socket.gethostname(),
+        "error": "",
+    }
     deadline = _deadline_from_env()
     if deadline is not None and time.time() >= deadline:
-        time.sleep(2.0)     # this job is about to end: hand the run back (not in a hot loop)
+        time.sleep(2.0)  # this job is about to end: hand the run back (not in a hot loop)
         rec.update(status="interrupted", error="job deadline reached before the run started")
         return rec
     try:
         sc = load_scenario(task["scenario"], overrides=task["overrides"])
 
         def run(resume: bool):
-            return run_scenario(sc, out=h5, backend=task["backend"], resume=resume,
-                                wall_deadline=deadline).simulation
+            return run_scenario(
+                sc, out=h5, backend=task["backend"], resume=resume, wall_deadline=deadline
+            ).simulation
 
         try:
             sim = run(resume=True)
@@ -66,8 +73,11 @@ def execute_run(task: dict) -> dict:
             rec.update(run_end(h5))
             rec.update(observe_run(h5, task["final"], task["at"], task["at_hours"]))
     except Exception as exc:  # any failure of one run is recorded, not raised
-        rec.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                   traceback=traceback.format_exc(limit=20))
+        rec.update(
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(limit=20),
+        )
     rec["wall_s"] = round(time.monotonic() - t0, 3)
     write_json(Path(task["record"]), rec)
     return rec
@@ -82,11 +92,20 @@ def run_task(spec: SweepSpec, index: int) -> dict:
     r = runs[index]
     from ..errors import ScenarioError
     from ..scenario import load_scenario
+
     try:
         sc = load_scenario(spec.scenario, overrides=r.overrides)
     except ScenarioError as exc:
-        rec = {"run": r.id, "key": "", "params": r.params, "file": str(r.h5), "status": "failed",
-               "error": f"ScenarioError: {exc}", "host": socket.gethostname(), "wall_s": 0.0}
+        rec = {
+            "run": r.id,
+            "key": "",
+            "params": r.params,
+            "file": str(r.h5),
+            "status": "failed",
+            "error": f"ScenarioError: {exc}",
+            "host": socket.gethostname(),
+            "wall_s": 0.0,
+        }
         write_json(r.record, rec)
         return rec
     key = scenario_key(sc.text)

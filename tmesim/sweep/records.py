@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import UserError
 from .spec import SweepSpec, fmt_hours
 
-DONE = ("finished", "stopped")       # a run with one of these statuses has nothing left to do
+DONE = ("finished", "stopped")  # a run with one of these statuses has nothing left to do
 
 
 def scenario_key(text: str) -> str:
@@ -32,7 +32,7 @@ def read_record(path: Path) -> dict | None:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
-        return None        # missing, or torn by a kill (records are replaced atomically, but
+        return None  # missing, or torn by a kill (records are replaced atomically, but
         # a copy made by hand may not be)
 
 
@@ -58,6 +58,7 @@ def observe_run(h5, final, at, at_hours) -> dict:
     The value at ``t`` hours is that of the last agent step at or before ``t`` (with the
     schedules' tolerance of a millionth of a step); NaN when the run ended before ``t``."""
     from ..io.runfile import open_run_file
+
     out = {}
     with open_run_file(h5) as f:
         ts = f["timeseries"]
@@ -65,22 +66,24 @@ def observe_run(h5, final, at, at_hours) -> dict:
         dt = float(f.attrs["dt_min"])
         for c in list(final) + list(at):
             if c not in ts:
-                raise UserError(f"observable {c!r}: no such time-series column; columns are "
-                                f"{', '.join(sorted(ts))}")
+                raise UserError(
+                    f"observable {c!r}: no such time-series column; columns are "
+                    f"{', '.join(sorted(ts))}"
+                )
         for c in final:
             out[f"final_{c}"] = float(ts[c][t.size - 1]) if t.size else math.nan
         for h in at_hours:
             i = int(np.searchsorted(t, h * 60.0 + 1e-6 * dt, side="right")) - 1
             ended = t.size == 0 or t[-1] + 1e-6 * dt < h * 60.0
             for c in at:
-                out[f"{c}_at_{fmt_hours(h)}h"] = (math.nan if ended or i < 0
-                                                   else float(ts[c][i]))
+                out[f"{c}_at_{fmt_hours(h)}h"] = math.nan if ended or i < 0 else float(ts[c][i])
     return out
 
 
 def run_end(h5) -> dict:
     """Steps, final simulated time (h) and stop reason of an ended run, from its file."""
     from ..io.runfile import open_run_file
+
     with open_run_file(h5) as f:
         t = f["timeseries/time_min"]
         n = t.shape[0]
@@ -89,8 +92,11 @@ def run_end(h5) -> dict:
         if "stop" in kinds:
             d = f["events/detail"][len(kinds) - 1 - kinds[::-1].index("stop")]
             reason = json.loads(d.decode() if isinstance(d, bytes) else d).get("reason", "")
-        return {"steps": n - 1, "final_time_h": float(t[n - 1]) / 60.0 if n else 0.0,
-                "stop_reason": reason}
+        return {
+            "steps": n - 1,
+            "final_time_h": float(t[n - 1]) / 60.0 if n else 0.0,
+            "stop_reason": reason,
+        }
 
 
 def summary_rows(spec: SweepSpec) -> list[dict]:
@@ -116,18 +122,27 @@ def write_summary(spec: SweepSpec) -> Path:
     rows = summary_rows(spec)
     runs = spec.runs()
     cols = ["run", "status"] + (list(runs[0].params) if runs else [])
-    cols += spec.observable_columns() + ["steps", "final_time_h", "stop_reason", "wall_s",
-                                         "error", "file"]
+    cols += spec.observable_columns() + [
+        "steps",
+        "final_time_h",
+        "stop_reason",
+        "wall_s",
+        "error",
+        "file",
+    ]
     out = spec.summary
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     if out.suffix == ".parquet":
         try:
             import pandas as pd
+
             pd.DataFrame(rows, columns=cols).to_parquet(tmp, index=False)
         except ImportError as exc:
-            raise UserError(f"{out.name}: writing Parquet needs pandas and pyarrow ({exc}); "
-                            "pip install pyarrow, or name the summary .csv") from None
+            raise UserError(
+                f"{out.name}: writing Parquet needs pandas and pyarrow ({exc}); "
+                "pip install pyarrow, or name the summary .csv"
+            ) from None
     else:
         with open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
@@ -140,7 +155,7 @@ def write_summary(spec: SweepSpec) -> Path:
 
 def _csv_value(v):
     if isinstance(v, float):
-        return repr(v)          # every digit, so the table is as exact as the run file
+        return repr(v)  # every digit, so the table is as exact as the run file
     if isinstance(v, list):
         return json.dumps(v)
     return v

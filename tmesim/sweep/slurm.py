@@ -22,15 +22,17 @@ def slurm_array_script(spec: SweepSpec, sweep_arg: str | None = None) -> str:
     margin = int(sl.checkpoint_margin_minutes * 60)
     sweep_arg = sweep_arg or str(spec.path)
     logs = spec.out_dir / "slurm_logs"
-    lines = ["#!/bin/bash",
-             f"#SBATCH --job-name=tmesim-{spec.name}",
-             f"#SBATCH --array=0-{n - 1}%{max(1, sl.jobs)}",
-             f"#SBATCH --time={sl.walltime}",
-             f"#SBATCH --mem={sl.memory}",
-             f"#SBATCH --cpus-per-task={sl.cores}",
-             f"#SBATCH --output={logs}/%A_%a.out",
-             f"#SBATCH --signal=B:USR1@{margin}",
-             "#SBATCH --requeue"]
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=tmesim-{spec.name}",
+        f"#SBATCH --array=0-{n - 1}%{max(1, sl.jobs)}",
+        f"#SBATCH --time={sl.walltime}",
+        f"#SBATCH --mem={sl.memory}",
+        f"#SBATCH --cpus-per-task={sl.cores}",
+        f"#SBATCH --output={logs}/%A_%a.out",
+        f"#SBATCH --signal=B:USR1@{margin}",
+        "#SBATCH --requeue",
+    ]
     if sl.gpus:
         lines.append(f"#SBATCH --gres=gpu:{sl.gpus}")
     if sl.queue:
@@ -38,25 +40,28 @@ def slurm_array_script(spec: SweepSpec, sweep_arg: str | None = None) -> str:
     if sl.account:
         lines.append(f"#SBATCH --account={sl.account}")
     lines += [f"#SBATCH {x}" for x in sl.job_extra]
-    lines += ["",
-              f"# {n} runs of sweep {spec.name}; submit with: sbatch {logs.parent}/slurm_array.sh",
-              "# afterwards: tmesim sweep <sweep file> --collect   (writes the summary table)",
-              "set -u"]
+    lines += [
+        "",
+        f"# {n} runs of sweep {spec.name}; submit with: sbatch {logs.parent}/slurm_array.sh",
+        "# afterwards: tmesim sweep <sweep file> --collect   (writes the summary table)",
+        "set -u",
+    ]
     lines += list(sl.prologue)
-    lines += [f"export TMESIM_DEADLINE=$(( $(date +%s) + {sl.walltime_s - margin} ))",
-              f"{shlex.quote(sys.executable)} -m tmesim sweep {shlex.quote(sweep_arg)} "
-              "--task \"$SLURM_ARRAY_TASK_ID\" &",
-              "child=$!",
-              "# Slurm's warning goes to this shell (B:): pass it on, "
-              "tmesim checkpoints and exits 3",
-              "trap 'kill -USR1 \"$child\" 2>/dev/null' USR1 TERM",
-              "while true; do",
-              "  wait \"$child\"; rc=$?",
-              "  kill -0 \"$child\" 2>/dev/null || break   # a trapped signal ends wait early",
-              "done",
-              f"if [ \"$rc\" -eq {EXIT_INTERRUPTED} ]; then",
-              "  scontrol requeue \"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\" && exit 0",
-              "fi",
-              "exit \"$rc\"",
-              ""]
+    lines += [
+        f"export TMESIM_DEADLINE=$(( $(date +%s) + {sl.walltime_s - margin} ))",
+        f"{shlex.quote(sys.executable)} -m tmesim sweep {shlex.quote(sweep_arg)} "
+        '--task "$SLURM_ARRAY_TASK_ID" &',
+        "child=$!",
+        "# Slurm's warning goes to this shell (B:): pass it on, tmesim checkpoints and exits 3",
+        "trap 'kill -USR1 \"$child\" 2>/dev/null' USR1 TERM",
+        "while true; do",
+        '  wait "$child"; rc=$?',
+        '  kill -0 "$child" 2>/dev/null || break   # a trapped signal ends wait early',
+        "done",
+        f'if [ "$rc" -eq {EXIT_INTERRUPTED} ]; then',
+        '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" && exit 0',
+        "fi",
+        'exit "$rc"',
+        "",
+    ]
     return "\n".join(lines)

@@ -73,6 +73,7 @@ class SweepError(UserError):
 @dataclass
 class SlurmConfig:
     """Where and how Slurm jobs run (sweep file section [slurm])."""
+
     queue: str = ""
     account: str = ""
     memory: str = "16GB"
@@ -92,10 +93,11 @@ class SlurmConfig:
 @dataclass
 class RunSpec:
     """One run of a sweep: its id, overrides of the base scenario and where its files go."""
+
     index: int
     id: str
-    params: dict            # the varied values (and "seed")
-    overrides: dict         # everything set on the base scenario
+    params: dict  # the varied values (and "seed")
+    overrides: dict  # everything set on the base scenario
     h5: Path
     record: Path
 
@@ -124,8 +126,10 @@ class SweepSpec:
     def points(self) -> list[dict]:
         """The parameter points (grid x Latin hypercube), in run order, before seeds."""
         grid_keys = list(self.grid)
-        grid_pts = [dict(zip(grid_keys, vals))
-                    for vals in itertools.product(*(self.grid[k] for k in grid_keys))]
+        grid_pts = [
+            dict(zip(grid_keys, vals))
+            for vals in itertools.product(*(self.grid[k] for k in grid_keys))
+        ]
         lhs_pts = latin_hypercube(self.lhs, self.lhs_samples, self.lhs_seed) if self.lhs else [{}]
         return [{**g, **s} for g in grid_pts for s in lhs_pts]
 
@@ -136,11 +140,17 @@ class SweepSpec:
         out = []
         for i, (p, seed) in enumerate(itertools.product(pts, self.seeds)):
             rid = f"r{i:0{width}d}"
-            over = {**self.fixed, **p, "run.seed": int(seed),
-                    "run.name": f"{self.name}_{rid}"}
-            out.append(RunSpec(i, rid, {**p, "seed": int(seed)}, over,
-                               self.out_dir / "runs" / f"{rid}.h5",
-                               self.out_dir / "runs" / f"{rid}.json"))
+            over = {**self.fixed, **p, "run.seed": int(seed), "run.name": f"{self.name}_{rid}"}
+            out.append(
+                RunSpec(
+                    i,
+                    rid,
+                    {**p, "seed": int(seed)},
+                    over,
+                    self.out_dir / "runs" / f"{rid}.h5",
+                    self.out_dir / "runs" / f"{rid}.json",
+                )
+            )
         return out
 
     def observable_columns(self) -> list[str]:
@@ -239,8 +249,16 @@ def load_sweep(path, out_dir=None) -> SweepSpec:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
-    known = {"sweep", "set", "grid", "latin_hypercube", "replicates", "observables", "local",
-             "slurm"}
+    known = {
+        "sweep",
+        "set",
+        "grid",
+        "latin_hypercube",
+        "replicates",
+        "observables",
+        "local",
+        "slurm",
+    }
     for k in data:
         if k not in known:
             raise SweepError(where, k, data[k], f"one of the sections {', '.join(sorted(known))}")
@@ -248,14 +266,19 @@ def load_sweep(path, out_dir=None) -> SweepSpec:
     sw = data.get("sweep", {})
     for k in sw:
         if k not in ("name", "scenario", "out_dir", "summary", "backend"):
-            raise SweepError(where, f"sweep.{k}", sw[k],
-                             "one of name, scenario, out_dir, summary, backend")
+            raise SweepError(
+                where, f"sweep.{k}", sw[k], "one of name, scenario, out_dir, summary, backend"
+            )
     if "scenario" not in sw:
         raise SweepError(where, "sweep.scenario", None, "the base scenario file")
     scen = base / sw["scenario"]
     if not scen.is_file():
-        raise SweepError(where, "sweep.scenario", sw["scenario"], "an existing scenario file "
-                         f"(looked for {scen})")
+        raise SweepError(
+            where,
+            "sweep.scenario",
+            sw["scenario"],
+            f"an existing scenario file (looked for {scen})",
+        )
     name = str(sw.get("name", p.stem))
     out = Path(out_dir) if out_dir else base / sw.get("out_dir", name)
     summary = out / sw.get("summary", "summary.csv")
@@ -276,8 +299,11 @@ def load_sweep(path, out_dir=None) -> SweepSpec:
         raise SweepError(where, "latin_hypercube.seed", lhs_seed, "an integer >= 0")
     lhs = {}
     for k, v in lh.items():
-        if not isinstance(v, dict) or not {"min", "max"} <= set(v) or set(v) - {"min", "max",
-                                                                               "scale"}:
+        if (
+            not isinstance(v, dict)
+            or not {"min", "max"} <= set(v)
+            or set(v) - {"min", "max", "scale"}
+        ):
             raise SweepError(where, f"latin_hypercube.{k}", v, "{min, max[, scale]}")
         lo, hi, scale = v["min"], v["max"], v.get("scale", "linear")
         if scale not in ("linear", "log"):
@@ -296,8 +322,11 @@ def load_sweep(path, out_dir=None) -> SweepSpec:
     rep = data.get("replicates", {})
     if "seeds" in rep:
         seeds = rep["seeds"]
-        if (not isinstance(seeds, list) or not seeds
-                or not all(isinstance(s, int) and s >= 0 for s in seeds)):
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or not all(isinstance(s, int) and s >= 0 for s in seeds)
+        ):
             raise SweepError(where, "replicates.seeds", seeds, "a list of integers >= 0")
     else:
         n = rep.get("n", 1)
@@ -329,10 +358,25 @@ def load_sweep(path, out_dir=None) -> SweepSpec:
             raise SweepError(where, f"slurm.{k}", sl[k], f"one of {', '.join(sorted(valid))}")
     slurm = SlurmConfig(**sl)
     try:
-        _ = slurm.walltime_s      # parsing it checks the format
+        _ = slurm.walltime_s  # parsing it checks the format
     except ValueError:
         raise SweepError(where, "slurm.walltime", slurm.walltime, "[D-]HH:MM:SS") from None
-    return SweepSpec(path=p.resolve(), name=name, scenario=scen, out_dir=out, summary=summary,
-                     backend=backend, fixed=fixed, grid=grid, lhs=lhs, lhs_samples=lhs_samples,
-                     lhs_seed=lhs_seed, seeds=seeds, final=list(final), at=list(at),
-                     at_hours=at_hours, local_workers=workers, slurm=slurm)
+    return SweepSpec(
+        path=p.resolve(),
+        name=name,
+        scenario=scen,
+        out_dir=out,
+        summary=summary,
+        backend=backend,
+        fixed=fixed,
+        grid=grid,
+        lhs=lhs,
+        lhs_samples=lhs_samples,
+        lhs_seed=lhs_seed,
+        seeds=seeds,
+        final=list(final),
+        at=list(at),
+        at_hours=at_hours,
+        local_workers=workers,
+        slurm=slurm,
+    )

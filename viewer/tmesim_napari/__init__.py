@@ -12,11 +12,19 @@ Importing this package does not import napari or Qt (the reader's ``get_reader``
 
 from ._reader import get_reader, read_events, read_info, read_run, read_timeseries, sniff
 
-__all__ = ["get_reader", "read_events", "read_info", "read_run", "read_timeseries", "sniff",
-           "view_run"]
+__all__ = [
+    "get_reader",
+    "read_events",
+    "read_info",
+    "read_run",
+    "read_timeseries",
+    "sniff",
+    "view_run",
+]
 
 
 def view_run(*args, **kwargs):
     """Open napari with a run (see :func:`tmesim_napari.view.view_run`)."""
     from .view import view_run as _view_run
+
     return _view_run(*args, **kwargs)

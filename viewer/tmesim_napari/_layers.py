@@ -63,7 +63,7 @@ def refresh_layers(viewer, path) -> bool:
     meta = first.metadata[META_KEY]
     old_T = len(meta["times_min"])
     same_file = meta.get("created", info.created) == info.created
-    changed = (old_T != info.n_snapshots or meta.get("status") != info.status or not same_file)
+    changed = old_T != info.n_snapshots or meta.get("status") != info.status or not same_file
     missing = [k for k in info.datasets if k not in layers]
     if not changed and not missing:
         return False
@@ -73,8 +73,13 @@ def refresh_layers(viewer, path) -> bool:
         if key not in info.datasets:
             continue
         m = layer.metadata[META_KEY]
-        m.update(times_min=info.times_min.tolist(), status=info.status,
-                 interval_h=info.interval_h, t0_h=info.t0_h, created=info.created)
+        m.update(
+            times_min=info.times_min.tolist(),
+            status=info.status,
+            interval_h=info.interval_h,
+            t0_h=info.t0_h,
+            created=info.created,
+        )
         # the time scale is only known once there are two snapshots
         layer.scale = (info.interval_h,) + tuple(layer.scale[1:])
         layer.translate = (info.t0_h,) + tuple(layer.translate[1:])

@@ -47,7 +47,7 @@ from . import _style
 # a damaged file is claimed only if its first bytes hold the format string: the writer stores the
 # root attributes (format, scenario text, ...) when it creates the file, so they sit near the start
 _SNIFF_BYTES = 1 << 20
-META_KEY = "tmesim"          # layer.metadata[META_KEY] describes where a layer came from
+META_KEY = "tmesim"  # layer.metadata[META_KEY] describes where a layer came from
 # code names as README's schema documents them, for a file whose datasets lack attrs["names"]
 DEFAULT_KIND_NAMES = ("empty", "tumor", "caf", "tam", "vessel", "necrotic")
 DEFAULT_TUMOR_STATE_NAMES = ("none", "S", "P", "R")
@@ -100,25 +100,26 @@ def get_reader(path):
 class FieldInfo:
     name: str
     units: str
-    role: str          # "oxygen", "growth_factor", "signal", "drug" or "unknown"
-    dataset: str       # HDF5 path
+    role: str  # "oxygen", "growth_factor", "signal", "drug" or "unknown"
+    dataset: str  # HDF5 path
 
 
 @dataclass
 class RunInfo:
     """What :func:`read_info` found in a run file (plain values; the file is closed again)."""
+
     path: str
     name: str
     status: str
     created: str
     shape: tuple[int, ...]
     dx_um: float
-    times_min: np.ndarray                 # (T,) snapshot times, minutes
+    times_min: np.ndarray  # (T,) snapshot times, minutes
     kind_names: list[str]
     tumor_state_names: list[str]
     fields: list[FieldInfo]
     has_memory: bool
-    datasets: dict[str, str] = field(default_factory=dict)   # key -> HDF5 path of the snapshots
+    datasets: dict[str, str] = field(default_factory=dict)  # key -> HDF5 path of the snapshots
 
     @property
     def ndim(self) -> int:
@@ -171,8 +172,7 @@ def _info(f, p) -> RunInfo:
     fields = []
     if schema.FIELDS in f:
         for name, ds in f[schema.FIELDS].items():
-            fields.append(FieldInfo(name, attr_str(ds, "units"),
-                                    _role(name, ds), ds.name))
+            fields.append(FieldInfo(name, attr_str(ds, "units"), _role(name, ds), ds.name))
             datasets[f"field/{name}"] = ds.name
             lengths.append(ds.shape[0])
     # the writer appends time, kind, state, memory and fields one after the other: a reader
@@ -181,17 +181,23 @@ def _info(f, p) -> RunInfo:
     times = np.asarray(snaps["time"][:T], dtype=float)
     for dsp in datasets.values():
         if tuple(f[dsp].shape[1:]) != shape:
-            raise RunFileError(f"{p}: {dsp} has shape {f[dsp].shape[1:]}, the grid is "
-                               f"{shape}: damaged file")
-    info = RunInfo(path=str(Path(p).resolve()), name=attr_str(f, "name"),
-                   status=attr_str(f, "status").strip(),
-                   created=attr_str(f, "created"), shape=shape, dx_um=dx,
-                   times_min=times,
-                   kind_names=_names(kind, "kind_names", DEFAULT_KIND_NAMES),
-                   tumor_state_names=_names(state, "tumor_state_names",
-                                            DEFAULT_TUMOR_STATE_NAMES),
-                   fields=fields,
-                   has_memory=has_memory, datasets=datasets)
+            raise RunFileError(
+                f"{p}: {dsp} has shape {f[dsp].shape[1:]}, the grid is {shape}: damaged file"
+            )
+    info = RunInfo(
+        path=str(Path(p).resolve()),
+        name=attr_str(f, "name"),
+        status=attr_str(f, "status").strip(),
+        created=attr_str(f, "created"),
+        shape=shape,
+        dx_um=dx,
+        times_min=times,
+        kind_names=_names(kind, "kind_names", DEFAULT_KIND_NAMES),
+        tumor_state_names=_names(state, "tumor_state_names", DEFAULT_TUMOR_STATE_NAMES),
+        fields=fields,
+        has_memory=has_memory,
+        datasets=datasets,
+    )
     return info
 
 
@@ -205,11 +211,14 @@ def read_info(path) -> RunInfo:
         except RunFileError:
             raise
         except (KeyError, OSError, ValueError, TypeError) as exc:
-            raise RunFileError(f"{p}: incomplete or damaged tmesim run file "
-                               f"({short_error(exc)})") from None
+            raise RunFileError(
+                f"{p}: incomplete or damaged tmesim run file ({short_error(exc)})"
+            ) from None
     if info.n_snapshots == 0:
-        raise RunFileError(f"{p}: holds no snapshot yet (status {info.status!r}); "
-                           "a run writes its first one when it starts, try again")
+        raise RunFileError(
+            f"{p}: holds no snapshot yet (status {info.status!r}); "
+            "a run writes its first one when it starts, try again"
+        )
     return info
 
 
@@ -253,13 +262,15 @@ class _Snapshots:
             with _open(self.path) as f:
                 return np.asarray(f[self.dataset][key])
         except (OSError, KeyError) as exc:
-            raise RunFileError(f"{self.path}: cannot read {self.dataset} "
-                               f"({short_error(exc)})") from None
+            raise RunFileError(
+                f"{self.path}: cannot read {self.dataset} ({short_error(exc)})"
+            ) from None
 
 
 def lazy_snapshots(info: RunInfo, key: str):
     """(T, [Z,] Y, X) dask array of ``info.datasets[key]``, one chunk per snapshot."""
     import dask.array as da
+
     dsp = info.datasets[key]
     with _open(info.path) as f:
         dtype = f[dsp].dtype
@@ -267,13 +278,20 @@ def lazy_snapshots(info: RunInfo, key: str):
     # the name identifies the content (file identity + rows), so napari's dask cache is reused
     # across refreshes of a growing run but never serves a replaced file's data
     token = f"tmesim-{info.path}-{info.created}-{dsp}-{info.n_snapshots}"
-    return da.from_array(arr, chunks=(1,) + info.shape, name=token, asarray=False, fancy=False,
-                         meta=np.empty((0,) * arr.ndim, dtype=dtype))
+    return da.from_array(
+        arr,
+        chunks=(1,) + info.shape,
+        name=token,
+        asarray=False,
+        fancy=False,
+        meta=np.empty((0,) * arr.ndim, dtype=dtype),
+    )
 
 
 # --------------------------------------------------------------------------------- the layers
 def _label_colormap(colors: dict):
     from napari.utils.colormaps import DirectLabelColormap
+
     cmap = {None: "transparent"}
     for code, c in colors.items():
         cmap[code] = c if c is not None else "transparent"
@@ -305,12 +323,20 @@ def _common(info: RunInfo, key: str) -> dict:
     return dict(
         scale=(info.interval_h,) + (info.dx_um,) * nd,
         translate=(info.t0_h,) + (info.dx_um / 2,) * nd,
-        axis_labels=("time",) + ("z", "y", "x")[3 - nd:],
+        axis_labels=("time",) + ("z", "y", "x")[3 - nd :],
         units=("hour",) + ("micrometer",) * nd,
-        metadata={META_KEY: {"path": info.path, "key": key, "run": info.name,
-                             "status": info.status, "created": info.created,
-                             "times_min": np.asarray(info.times_min).tolist(),
-                             "interval_h": info.interval_h, "t0_h": info.t0_h}},
+        metadata={
+            META_KEY: {
+                "path": info.path,
+                "key": key,
+                "run": info.name,
+                "status": info.status,
+                "created": info.created,
+                "times_min": np.asarray(info.times_min).tolist(),
+                "interval_h": info.interval_h,
+                "t0_h": info.t0_h,
+            }
+        },
     )
 
 
@@ -322,8 +348,7 @@ def layer_data(info: RunInfo) -> list[tuple]:
     first_drug = next((fi.name for fi in fields if fi.role == "drug"), None)
     with _open(info.path) as f:
         try:
-            limits = {fi.name: _contrast(f, fi.dataset, info.n_snapshots, fi.role)
-                      for fi in fields}
+            limits = {fi.name: _contrast(f, fi.dataset, info.n_snapshots, fi.role) for fi in fields}
         except (OSError, KeyError) as exc:
             raise RunFileError(f"{info.path}: damaged snapshot data ({short_error(exc)})") from None
     for fi in fields:
@@ -344,21 +369,30 @@ def layer_data(info: RunInfo) -> list[tuple]:
         out.append((lazy_snapshots(info, key), kw, "image"))
     if info.has_memory:
         kw = _common(info, "memory")
-        kw.update(name="epigenetic memory", colormap="viridis", contrast_limits=(0.0, 1.0),
-                  visible=False, blending="additive")
+        kw.update(
+            name="epigenetic memory",
+            colormap="viridis",
+            contrast_limits=(0.0, 1.0),
+            visible=False,
+            blending="additive",
+        )
         if three_d:
             kw["rendering"] = "mip"
         out.append((lazy_snapshots(info, "memory"), kw, "image"))
     for key, names, table, label in (
-            ("kind", info.kind_names, _style.KIND_COLORS, "kind"),
-            ("tumor_state", info.tumor_state_names, _style.TUMOR_STATE_COLORS, "tumor state")):
+        ("kind", info.kind_names, _style.KIND_COLORS, "kind"),
+        ("tumor_state", info.tumor_state_names, _style.TUMOR_STATE_COLORS, "tumor state"),
+    ):
         colors = _style.colors_for(names, table)
         kw = _common(info, key)
-        kw["metadata"][META_KEY].update(names=list(names),
-                                        colors={i: c for i, c in colors.items()})
-        kw.update(name=label, colormap=_label_colormap(colors), opacity=1.0,
-                  # napari shows a label's features in the status bar under the cursor
-                  features={"index": list(range(len(names))), "name": list(names)})
+        kw["metadata"][META_KEY].update(names=list(names), colors={i: c for i, c in colors.items()})
+        kw.update(
+            name=label,
+            colormap=_label_colormap(colors),
+            opacity=1.0,
+            # napari shows a label's features in the status bar under the cursor
+            features={"index": list(range(len(names))), "name": list(names)},
+        )
         if three_d:
             kw["rendering"] = "iso_categorical"
         out.append((lazy_snapshots(info, key), kw, "labels"))

@@ -11,19 +11,19 @@ from __future__ import annotations
 # occupant kind of a voxel; "empty" is transparent so the field below shows through
 KIND_COLORS = {
     "empty": None,
-    "tumor": "#e69f00",      # orange (hidden under the tumor-state layer where that is shown)
-    "caf": "#009e73",        # bluish green
-    "tam": "#9467bd",        # purple
-    "vessel": "#d62728",     # red
-    "necrotic": "#7f7f7f",   # grey
+    "tumor": "#e69f00",  # orange (hidden under the tumor-state layer where that is shown)
+    "caf": "#009e73",  # bluish green
+    "tam": "#9467bd",  # purple
+    "vessel": "#d62728",  # red
+    "necrotic": "#7f7f7f",  # grey
 }
 
 # phenotypic state of a tumor cell; "none" (no tumor cell) is transparent
 TUMOR_STATE_COLORS = {
     "none": None,
-    "S": "#56b4e9",          # sky blue: sensitive
-    "P": "#f0e442",          # yellow: drug-tolerant persister
-    "R": "#e7298a",          # magenta: resistant
+    "S": "#56b4e9",  # sky blue: sensitive
+    "P": "#f0e442",  # yellow: drug-tolerant persister
+    "R": "#e7298a",  # magenta: resistant
 }
 
 TUMOR_STATE_LABELS = {"S": "sensitive", "P": "persister", "R": "resistant"}
@@ -33,7 +33,7 @@ EXTRA_COLORS = ("#17becf", "#bcbd22", "#8c564b", "#ff7f0e", "#1f77b4", "#2ca02c"
 
 # Image colormap per field role (the dataset attribute ``role``; missing means unknown)
 ROLE_COLORMAPS = {
-    "oxygen": "magma",           # dark = hypoxic, bright = well oxygenated
+    "oxygen": "magma",  # dark = hypoxic, bright = well oxygenated
     "growth_factor": "green",
     "signal": "magenta",
     "drug": "cyan",

@@ -26,11 +26,12 @@ def render(run_path, out, size=(1400, 860)) -> Path:
     from qtpy.QtWidgets import QApplication
 
     from .view import view_run
+
     viewer = view_run(run_path, show=True, block=False, follow=False)
     try:
         viewer.window.resize(*size)
         viewer.reset_view()
-        for _ in range(3):          # let Qt lay out the docks and the plot before grabbing
+        for _ in range(3):  # let Qt lay out the docks and the plot before grabbing
             QApplication.processEvents()
         img = viewer.screenshot(canvas_only=False, flash=False)
     finally:
@@ -42,23 +43,35 @@ def render(run_path, out, size=(1400, 860)) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tmesim_napari.screenshot",
-                                description="Screenshot of napari showing a tmesim run.")
-    p.add_argument("--scenario", default="scenarios/quickstart_2d.toml",
-                   help="scenario to run (default: scenarios/quickstart_2d.toml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="scenario override (repeatable)")
+    p = argparse.ArgumentParser(
+        prog="python -m tmesim_napari.screenshot",
+        description="Screenshot of napari showing a tmesim run.",
+    )
+    p.add_argument(
+        "--scenario",
+        default="scenarios/quickstart_2d.toml",
+        help="scenario to run (default: scenarios/quickstart_2d.toml)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="scenario override (repeatable)",
+    )
     p.add_argument("--run", help="use this run file instead of running the scenario")
     p.add_argument("-o", "--output", default="docs/viewer.png", help="PNG to write")
     p.add_argument("--size", default="1400x860", help="window size WIDTHxHEIGHT in pixels")
     args = p.parse_args(argv)
     import tmesim
     from tmesim.errors import UserError
+
     display = None
     try:
         w, h = (int(v) for v in args.size.lower().split("x"))
         if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
             from pyvirtualdisplay import Display
+
             display = Display(backend="xvfb", size=(w + 200, h + 200), color_depth=24)
             display.start()
         with tempfile.TemporaryDirectory() as tmp:

@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def view_run(path=None, *, scenario=None, follow: bool | None = None, refresh_s: float = 2.0,
-             show: bool = True, block: bool = True):
+def view_run(
+    path=None,
+    *,
+    scenario=None,
+    follow: bool | None = None,
+    refresh_s: float = 2.0,
+    show: bool = True,
+    block: bool = True,
+):
     """Open napari with the run at ``path`` and its explorer dock; returns the viewer.
 
     Args:
@@ -21,6 +28,7 @@ def view_run(path=None, *, scenario=None, follow: bool | None = None, refresh_s:
     A file that cannot be opened raises ``tmesim.RunFileError`` before any window opens.
     """
     from ._reader import read_info
+
     info = read_info(path) if path is not None else None
     import napari
 

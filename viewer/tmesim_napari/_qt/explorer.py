@@ -55,7 +55,7 @@ class Legend(QWidget):
         self._grid = QGridLayout(self)
         self._grid.setContentsMargins(0, 0, 0, 0)
         self._grid.setHorizontalSpacing(6)
-        self.entries: list[tuple[str, str, str]] = []   # (layer, name, colour) shown
+        self.entries: list[tuple[str, str, str]] = []  # (layer, name, colour) shown
 
     def set_layers(self, layers) -> None:
         while self._grid.count():
@@ -75,14 +75,15 @@ class Legend(QWidget):
             for code, name in enumerate(meta["names"]):
                 color = meta["colors"].get(code)
                 if color is None:
-                    continue                # transparent: empty voxel / no tumor cell
+                    continue  # transparent: empty voxel / no tumor cell
                 text = _style.TUMOR_STATE_LABELS.get(name, name)
                 swatch = QLabel()
                 swatch.setFixedSize(14, 14)
                 swatch.setStyleSheet(f"background-color: {color}; border: 1px solid #444;")
                 self._grid.addWidget(swatch, row, col)
-                self._grid.addWidget(QLabel(f"{name}" + (f" ({text})" if text != name else "")),
-                                     row, col + 1)
+                self._grid.addWidget(
+                    QLabel(f"{name}" + (f" ({text})" if text != name else "")), row, col + 1
+                )
                 self.entries.append((layer.name, name, color))
                 row += 1
             col += 2
@@ -137,12 +138,14 @@ class RunExplorer(QWidget):
         lay.addLayout(buttons)
 
         self._axes: list[Axes] = []
-        self._markers: list[Line2D] = []     # the time marker of each of _axes
+        self._markers: list[Line2D] = []  # the time marker of each of _axes
         viewer.dims.events.current_step.connect(self._on_step)
         viewer.layers.events.inserted.connect(self._on_inserted)
         # no callbacks into a deleted widget (a lambda: the bound method may be gone by then)
-        hooks = ((viewer.dims.events.current_step, self._on_step),
-                 (viewer.layers.events.inserted, self._on_inserted))
+        hooks = (
+            (viewer.dims.events.current_step, self._on_step),
+            (viewer.layers.events.inserted, self._on_inserted),
+        )
         self.destroyed.connect(lambda *_: _disconnect(hooks))
         if path is not None:
             self.open_run(path)
@@ -196,8 +199,10 @@ class RunExplorer(QWidget):
             self.header.setText("no tmesim run in the viewer")
             return
         n = len(meta["times_min"])
-        self.header.setText(f"<b>{meta.get('run') or 'run'}</b> — {meta.get('status') or '?'}, "
-                            f"{n} snapshot{'s' * (n != 1)}<br><small>{meta['path']}</small>")
+        self.header.setText(
+            f"<b>{meta.get('run') or 'run'}</b> — {meta.get('status') or '?'}, "
+            f"{n} snapshot{'s' * (n != 1)}<br><small>{meta['path']}</small>"
+        )
         self.legend.set_layers([ly for ly in self._layers() if "names" in ly.metadata[META_KEY]])
 
     def _load_series(self) -> None:
@@ -235,16 +240,24 @@ class RunExplorer(QWidget):
         for a in self._axes:
             for t, _, _ in shown:
                 a.axvline(t / 60.0, color="0.5", ls=":", lw=1)
-        for t, kind, _ in shown[:12]:    # more labels than that would only clutter
-            ax.annotate(kind, (t / 60.0, 1.0), xycoords=("data", "axes fraction"),
-                        rotation=90, va="top", ha="right", fontsize="x-small", color="0.3")
+        for t, kind, _ in shown[:12]:  # more labels than that would only clutter
+            ax.annotate(
+                kind,
+                (t / 60.0, 1.0),
+                xycoords=("data", "axes fraction"),
+                rotation=90,
+                va="top",
+                ha="right",
+                fontsize="x-small",
+                color="0.3",
+            )
         for a in self._axes:
             self._markers.append(a.axvline(0.0, color="k", lw=1.2))
         self.canvas.draw_idle()
 
     def _on_step(self, event=None) -> None:
         """Move the time marker to the snapshot the slider shows."""
-        with contextlib.suppress(RuntimeError):     # the widget's Qt side is already deleted
+        with contextlib.suppress(RuntimeError):  # the widget's Qt side is already deleted
             self._move_marker()
 
     def _move_marker(self) -> None:
@@ -262,8 +275,10 @@ class RunExplorer(QWidget):
         idx = min(max(idx, 0), len(times) - 1)
         self.snapshot_index = idx
         self.marker_time_h = times[idx] / 60.0
-        text = (f"t = {self.marker_time_h:.1f} h ({self.marker_time_h / 24:.2f} d), "
-                f"snapshot {idx + 1} of {len(times)}")
+        text = (
+            f"t = {self.marker_time_h:.1f} h ({self.marker_time_h / 24:.2f} d), "
+            f"snapshot {idx + 1} of {len(times)}"
+        )
         self.time_label.setText(text)
         overlay = _text_overlay(self.viewer)
         overlay.text = f"t = {self.marker_time_h:.1f} h"
@@ -286,7 +301,7 @@ class RunExplorer(QWidget):
         self.refresh()
         meta = self._meta()
         if meta is not None and meta.get("status") not in ("running", ""):
-            self.follow_box.setChecked(False)     # finished, stopped, failed: nothing will come
+            self.follow_box.setChecked(False)  # finished, stopped, failed: nothing will come
 
 
 def _text_overlay(viewer):

@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 from .._layers import remove_run, run_layers
 from .explorer import RunExplorer
 
-if TYPE_CHECKING:   # napari is imported when a run starts, not when the plugin loads
+if TYPE_CHECKING:  # napari is imported when a run starts, not when the plugin loads
     from napari.qt.threading import FunctionWorker, GeneratorWorker
 
 STOP_REASON = "stopped in the viewer"
@@ -62,10 +62,13 @@ def default_overrides(scenario_path) -> list[str]:
     Raises ``tmesim.ScenarioError`` (a UserError) for a scenario that does not validate."""
     import tmesim
     from tmesim.scenario import toml_value
+
     sc = tmesim.load_scenario(scenario_path)
-    lines = [f"run.duration_days={toml_value(sc.run.duration_days)}",
-             f"run.seed={toml_value(sc.run.seed)}",
-             f"run.snapshot_every_hours={toml_value(sc.run.snapshot_every_hours)}"]
+    lines = [
+        f"run.duration_days={toml_value(sc.run.duration_days)}",
+        f"run.seed={toml_value(sc.run.seed)}",
+        f"run.snapshot_every_hours={toml_value(sc.run.snapshot_every_hours)}",
+    ]
     with open(scenario_path, "rb") as fh:
         raw = tomllib.load(fh)
     drugs = raw.get("drugs")
@@ -89,6 +92,7 @@ def parse_overrides(text: str) -> list[str]:
 class _Bridge(QObject):
     """Lives in the GUI thread: a signal emitted from the worker is queued to it (Qt delivers
     cross-thread signals in the receiver's thread)."""
+
     progress = Signal(object)
 
 
@@ -103,10 +107,12 @@ class ViewerLink:
         min_interval_s: least wall time between progress reports without a new snapshot.
     """
 
-    def __init__(self, bridge: _Bridge, snapshot_every_min: float, n_steps: int,
-                 min_interval_s: float = 0.5):
+    def __init__(
+        self, bridge: _Bridge, snapshot_every_min: float, n_steps: int, min_interval_s: float = 0.5
+    ):
         from tmesim.schedules import IterationInterval, TimeInterval
-        self.schedule = IterationInterval(1)        # every step: pause and stop act at once
+
+        self.schedule = IterationInterval(1)  # every step: pause and stop act at once
         self._snap = TimeInterval(snapshot_every_min, first=False)
         self.bridge = bridge
         self.n_steps = n_steps
@@ -148,10 +154,16 @@ class ViewerLink:
             sim.stop(STOP_REASON)
 
     def _emit(self, sim, snapshot: bool, paused: bool = False) -> None:
-        self.bridge.progress.emit(dict(step=sim.state.step, n_steps=self.n_steps,
-                                       time_min=float(sim.state.time_min),
-                                       burden=sim.last_row.get("burden"), snapshot=snapshot,
-                                       paused=paused))
+        self.bridge.progress.emit(
+            dict(
+                step=sim.state.step,
+                n_steps=self.n_steps,
+                time_min=float(sim.state.time_min),
+                burden=sim.last_row.get("burden"),
+                snapshot=snapshot,
+                paused=paused,
+            )
+        )
 
 
 class ScenarioRunner(QWidget):
@@ -171,7 +183,7 @@ class ScenarioRunner(QWidget):
         self.link: ViewerLink | None = None
         self.result: dict | None = None
         self.error: str | None = None
-        self.updates = 0                  # progress reports handled (how "live" it was)
+        self.updates = 0  # progress reports handled (how "live" it was)
         self._bridge = _Bridge()
         self._bridge.progress.connect(self._on_progress)
         self._out_path: str | None = None
@@ -223,6 +235,7 @@ class ScenarioRunner(QWidget):
     def load(self, path) -> bool:
         """Load a scenario and prefill the overrides; False (and a message) if it is invalid."""
         from tmesim.errors import UserError
+
         path = str(path).strip()
         self.scenario_edit.setText(path)
         if not path or not Path(path).is_file():
@@ -242,12 +255,14 @@ class ScenarioRunner(QWidget):
         from napari.qt.threading import create_worker
 
         import tmesim
+
         if self.running:
             return False
         path = self.scenario_edit.text().strip()
         try:
-            sc = tmesim.load_scenario(path, overrides=parse_overrides(
-                self.overrides_edit.toPlainText()))
+            sc = tmesim.load_scenario(
+                path, overrides=parse_overrides(self.overrides_edit.toPlainText())
+            )
         except (tmesim.UserError, tomllib.TOMLDecodeError, OSError, ValueError) as exc:
             self._say(str(exc), error=True)
             return False
@@ -293,8 +308,9 @@ class ScenarioRunner(QWidget):
         self.updates += 1
         days = p["time_min"] / 1440.0
         state = "paused" if p["paused"] else "running"
-        self._say(f"{state}: step {p['step']} of {p['n_steps']}, {days:.2f} d, "
-                  f"burden {p['burden']}")
+        self._say(
+            f"{state}: step {p['step']} of {p['n_steps']}, {days:.2f} d, burden {p['burden']}"
+        )
         # a new snapshot brings new layer data; in between, the time series grows
         self._show()
 
@@ -317,17 +333,22 @@ class ScenarioRunner(QWidget):
         self.result = result
         self._show()
         reason = f" ({result['stop_reason']})" if result["stop_reason"] else ""
-        self._say(f"{result['status']}{reason}: {result['steps']} steps, "
-                  f"{result['time_min'] / 1440:.2f} d, burden {result['burden']} -> "
-                  f"{result['path']}")
+        self._say(
+            f"{result['status']}{reason}: {result['steps']} steps, "
+            f"{result['time_min'] / 1440:.2f} d, burden {result['burden']} -> "
+            f"{result['path']}"
+        )
 
     def _on_error(self, exc: BaseException) -> None:
         from tmesim.errors import UserError
+
         self.error = f"{type(exc).__name__}: {exc}"
-        self._say(str(exc) if isinstance(exc, UserError) else f"run failed: {self.error}",
-                  error=True)
+        self._say(
+            str(exc) if isinstance(exc, UserError) else f"run failed: {self.error}", error=True
+        )
         if not isinstance(exc, UserError):
             from napari.utils.notifications import show_error
+
             show_error(f"tmesim run failed: {self.error}")
 
     # ----------------------------------------------------------------------------- helpers
@@ -352,9 +373,15 @@ class ScenarioRunner(QWidget):
 def _run(sc, out: Path, link: ViewerLink) -> dict:
     """The worker: one simulation to the end, a stop, or an error (runs off the GUI thread)."""
     import tmesim
+
     sim = tmesim.Simulation(sc, backend="auto")
     sim.callbacks.append(link)
     sim.run(out, progress=False)
-    return dict(path=str(out), steps=sim.state.step, time_min=float(sim.state.time_min),
-                burden=sim.last_row.get("burden"), stop_reason=sim.stop_reason,
-                status="stopped" if sim.stop_reason else "finished")
+    return dict(
+        path=str(out),
+        steps=sim.state.step,
+        time_min=float(sim.state.time_min),
+        burden=sim.last_row.get("burden"),
+        stop_reason=sim.stop_reason,
+        status="stopped" if sim.stop_reason else "finished",
+    )
