@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import h5py
@@ -235,7 +236,7 @@ def test_resume_refusals_and_nothing_to_do(tiny, tmp_path, capsys):
     lock = checkpoint.WriterLock(out)
     lock.shared()
     try:
-        with pytest.raises(checkpoint.RunLockedError, match="another process is writing"):
+        with pytest.raises(checkpoint.RunLockedError, match="another process has this run file"):
             tmesim.Simulation.resume(out, backend="cpu")
     finally:
         lock.release()
@@ -262,6 +263,23 @@ def test_resume_refusals_and_nothing_to_do(tiny, tmp_path, capsys):
     assert "already finished; nothing to do" in capsys.readouterr().out
     assert out.read_bytes() == before
     assert main(["resume", str(tmp_path / "missing.h5")]) == 2
+
+
+def test_resume_waits_for_a_reader_to_close_the_file(tiny, tmp_path):
+    """A reader holding the file open for a moment (HDF5 readers take a shared flock, like a
+    live writer's) delays a resume instead of refusing it; the resumed file is the reference."""
+    scen, ref = tiny
+    out = tmp_path / "r.h5"
+    sim = tmesim.Simulation(tmesim.load_scenario(scen), "cpu")
+    sim.callbacks.append(At(30, lambda s: setattr(s, "_signal", "test")))
+    sim.run(out)
+    reader = h5py.File(out, "r", swmr=True)
+    threading.Timer(0.3, reader.close).start()
+    t0 = time.monotonic()
+    resumed = tmesim.Simulation.resume(out, backend="cpu")
+    assert 0.3 <= time.monotonic() - t0 < checkpoint.WriterLock.WAIT_S + 1
+    assert resumed.status == "finished"
+    assert_same_run(ref, out)
 
 
 def test_no_checkpoint_yet_restarts_from_the_start(tiny, tmp_path):

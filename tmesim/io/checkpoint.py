@@ -36,6 +36,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -361,15 +362,25 @@ class WriterLock:
         self.path = Path(path)
         self.fd = os.open(self.path, os.O_RDONLY)
 
+    #: how long :meth:`exclusive` keeps trying: HDF5 readers hold a shared flock on the file
+    #: while they have it open (a report, a ``rows`` poll), which is not a writer
+    WAIT_S = 2.0
+
     def exclusive(self) -> None:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.release()
-            raise RunLockedError(
-                f"{self.path}: another process is writing this run file; "
-                "wait for it to end (or end it) before resuming"
-            ) from None
+        deadline = time.monotonic() + self.WAIT_S
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.02)
+        self.release()
+        raise RunLockedError(
+            f"{self.path}: another process has this run file open (a writer, or a reader "
+            "such as the viewer); wait for it to end (or close it) before resuming"
+        ) from None
 
     def shared(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_SH)
