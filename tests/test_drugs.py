@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import tmesim
-from tmesim.drugs import DRUG_PRESETS, Effects, Pharmacokinetics, hill
+from tmesim.drug_presets import DRUG_PRESETS
+from tmesim.drugs import Effects, Pharmacokinetics, hill
 from tmesim.scenario import DrugConfig, EffectConfig, ScheduleConfig
 
 DT = 6.0

@@ -6,7 +6,10 @@
 - each step family's numpy reference ``tmesim/steps/<family>.py`` has its CUDA driver
   ``tmesim/steps/<family>_kernel.py`` beside it, and the reference imports neither the driver
   nor the launch layer (the CPU path never loads them);
-- nothing imports the modules the kernel code used to live in.
+- the data flow one way: the scenario layer (``tmesim/scenario.py``) imports nothing
+  downstream of it (no model, backend, run or file code), and the viewer's reader and layers read
+  run files through ``tmesim.io`` only (the documented schema), never the simulator;
+- nothing imports the removed kernel modules.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ LAUNCH_LAYER = ("launch.py",)
 LAUNCH_MAY_IMPORT = {"tmesim.errors"}
 #: step families with a numpy reference and a kernel driver
 FAMILIES = ("fields", "tumor", "stroma")
-#: modules that no longer exist (their contents moved to tmesim.launch and
-#: tmesim.steps.<family>_kernel); ``tmesim.kernels`` is now only the package data of kernels/
+#: modules that must not exist (their contents are in tmesim.launch and
+#: tmesim.steps.<family>_kernel); ``tmesim.kernels`` names only the package data of kernels/
 REMOVED = {"tmesim.kernels", "tmesim.kernel_fields", "tmesim.kernel_stroma"}
 
 
@@ -61,6 +64,45 @@ def imports(path: Path, name: str | None = None) -> list[tuple[str, int, bool]]:
             out.append((mod, node.lineno, id(node) in top))
             out += [(f"{mod}.{a.name}", node.lineno, id(node) in top) for a in node.names]
     return out
+
+
+#: of tmesim, what each upstream module may import (the rest of the package is downstream)
+UPSTREAM_MAY_IMPORT = {
+    PKG / "scenario.py": {
+        "tmesim.codes",
+        "tmesim.errors",
+        "tmesim.drug_presets",
+        "tmesim.rules_text",
+    },
+    PKG / "drug_presets.py": set(),
+    PKG.parent / "viewer/tmesim_napari/_reader.py": {"tmesim.errors", "tmesim.io"},
+    PKG.parent / "viewer/tmesim_napari/_layers.py": {"tmesim.errors", "tmesim.io"},
+    PKG.parent / "viewer/tmesim_napari/_style.py": set(),
+}
+
+
+def tmesim_imports_outside(path: Path, allowed: set[str], name: str) -> list[str]:
+    """The tmesim modules ``path`` imports that are not in ``allowed`` (or below one)."""
+    return [
+        f"{path.name}:{line} imports {mod}"
+        for mod, line, _ in imports(path, name)
+        if mod.split(".")[0] == "tmesim"
+        and mod != "tmesim"
+        and not any(mod == m or mod.startswith(m + ".") for m in allowed)
+    ]
+
+
+@pytest.mark.parametrize("path", sorted(UPSTREAM_MAY_IMPORT), ids=lambda p: p.name)
+def test_upstream_modules_import_nothing_downstream(path):
+    name = "tmesim_napari." + path.stem if "viewer" in path.parts else module_name(path)
+    assert tmesim_imports_outside(path, UPSTREAM_MAY_IMPORT[path], name) == []
+
+
+def test_the_upstream_check_sees_a_downstream_import(tmp_path):
+    f = tmp_path / "scenario.py"
+    f.write_text("from .drugs import Pharmacokinetics\nfrom . import simulation\n")
+    allowed = UPSTREAM_MAY_IMPORT[PKG / "scenario.py"]
+    assert len(tmesim_imports_outside(f, allowed, "tmesim.scenario")) == 3
 
 
 def launch_layer_problems(path: Path, name: str | None = None) -> list[str]:

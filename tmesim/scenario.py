@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .codes import KIND_NAMES, STATE_KEYS
+from .drug_presets import DRUG_PRESETS
 from .errors import _MISSING, ScenarioError
 
 # keys of per-kind rate tables: occupant kinds, and tumor states that override "tumor"
@@ -910,8 +911,6 @@ def _build_fields(data, path="fields") -> tuple[FieldConfig, ...]:
 
 
 def _build_drugs(data, path="drugs") -> tuple[DrugConfig, ...]:
-    from .drugs import DRUG_PRESETS
-
     if not isinstance(data, dict):
         raise ScenarioError(path, data, "a table of drugs, e.g. [drugs.erlotinib]")
     out = []

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from tmesim import codes, launch
-from tmesim.drugs import DRUG_PRESETS
+from tmesim.drug_presets import DRUG_PRESETS
 from tmesim.grid import Grid
 from tmesim.scenario import (
     DrugConfig,
@@ -185,7 +185,7 @@ def test_tumor_kernels_take_every_rule(launcher):
 
 # ------------------------------------------------------------------------ persister biology: inputs
 def preset(name, **overrides):
-    """A DrugConfig from tmesim.drugs.DRUG_PRESETS, effect fields overridden per target."""
+    """A DrugConfig from tmesim.drug_presets.DRUG_PRESETS, effect fields overridden per target."""
     effects = {
         t: EffectConfig(**{**e, **overrides.get(t, {})})
         for t, e in DRUG_PRESETS[name]["effects"].items()
