@@ -8,8 +8,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def _sites(L, sites):
-    return L.xp.ascontiguousarray(L.xp.asarray(sites, dtype=L.xp.int64).reshape(-1))
+def _at(kernel: str, dtype, seed: int, step: int, stream: int, sites, launcher):
+    """One value of ``dtype`` per site from ``kernel`` (tm_rng_raw_at or tm_rng_uniform_at)."""
+    xp = launcher.xp
+    sites = xp.ascontiguousarray(xp.asarray(sites, dtype=xp.int64).reshape(-1))
+    out = xp.empty(sites.size, dtype=dtype)
+    if sites.size:
+        counters = (np.uint64(seed), np.uint64(step), np.uint64(stream))
+        launcher(kernel, sites.size, np.int64(sites.size), *counters, sites, out)
+    return out
 
 
 def raw_at(seed: int, step: int, stream: int, sites, *, launcher):
@@ -19,21 +26,7 @@ def raw_at(seed: int, step: int, stream: int, sites, *, launcher):
         launcher: a launcher of tmesim.launch; ``sites`` and the result are ``launcher.xp``
             arrays.
     """
-    L = launcher
-    sites = _sites(L, sites)
-    out = L.xp.empty(sites.size, dtype=L.xp.uint64)
-    if sites.size:
-        L(
-            "tm_rng_raw_at",
-            sites.size,
-            np.int64(sites.size),
-            np.uint64(seed),
-            np.uint64(step),
-            np.uint64(stream),
-            sites,
-            out,
-        )
-    return out
+    return _at("tm_rng_raw_at", np.uint64, seed, step, stream, sites, launcher)
 
 
 def uniform_at(seed: int, step: int, stream: int, sites, *, launcher):
@@ -43,18 +36,4 @@ def uniform_at(seed: int, step: int, stream: int, sites, *, launcher):
         launcher: a launcher of tmesim.launch; ``sites`` and the result are ``launcher.xp``
             arrays.
     """
-    L = launcher
-    sites = _sites(L, sites)
-    out = L.xp.empty(sites.size, dtype=L.xp.float64)
-    if sites.size:
-        L(
-            "tm_rng_uniform_at",
-            sites.size,
-            np.int64(sites.size),
-            np.uint64(seed),
-            np.uint64(step),
-            np.uint64(stream),
-            sites,
-            out,
-        )
-    return out
+    return _at("tm_rng_uniform_at", np.float64, seed, step, stream, sites, launcher)
