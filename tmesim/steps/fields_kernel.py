@@ -58,52 +58,32 @@ def pack_ghosts(xp, ghosts, F: int, ndim: int):
     return g
 
 
+def _stencil(L, c, D_over_h2, ghosts):
+    """The grid arguments (F, nz, ny, nx, ndim) of a 7-point-stencil kernel over c (F, *grid),
+    and its per-field D/h^2 and packed ghost values."""
+    F = c.shape[0]
+    nz, ny, nx, ndim = grid3(c.shape[1:])
+    head = (np.int32(F), nz, ny, nx, ndim)
+    return head, flat_f32(L.xp, D_over_h2, F), pack_ghosts(L.xp, ghosts, F, int(ndim))
+
+
 def laplacian(c, D_over_h2, ghosts, out, *, launcher):
     """out = D lap(c) with ghost values per face: twin of :func:`tmesim.steps.fields.laplacian`.
 
     Args: as the numpy function; c and out (F, *grid) float32, C-contiguous.
     """
-    L = launcher
     check_arrays(c, out, dtype=np.float32)
-    F = c.shape[0]
-    nz, ny, nx, ndim = grid3(c.shape[1:])
-    L(
-        "tm_laplacian",
-        c.size,
-        np.int32(F),
-        nz,
-        ny,
-        nx,
-        ndim,
-        c,
-        flat_f32(L.xp, D_over_h2, F),
-        pack_ghosts(L.xp, ghosts, F, int(ndim)),
-        out,
-    )
+    head, D, g = _stencil(launcher, c, D_over_h2, ghosts)
+    launcher("tm_laplacian", c.size, *head, c, D, g, out)
     return out
 
 
 def apply_operator(p, diag, D_over_h2, ghosts, out, *, launcher):
     """out = diag * p - D lap(p): twin of ``FieldSolver._apply(p, diag, out, lap, ghosts)``
     (the fused kernel needs no ``lap`` scratch)."""
-    L = launcher
     check_arrays(p, diag, out, dtype=np.float32)
-    F = p.shape[0]
-    nz, ny, nx, ndim = grid3(p.shape[1:])
-    L(
-        "tm_apply_operator",
-        p.size,
-        np.int32(F),
-        nz,
-        ny,
-        nx,
-        ndim,
-        p,
-        diag,
-        flat_f32(L.xp, D_over_h2, F),
-        pack_ghosts(L.xp, ghosts, F, int(ndim)),
-        out,
-    )
+    head, D, g = _stencil(launcher, p, D_over_h2, ghosts)
+    launcher("tm_apply_operator", p.size, *head, p, diag, D, g, out)
     return out
 
 
