@@ -47,6 +47,9 @@ RATE_KEYS = KIND_NAMES + tuple(STATE_KEYS)
 
 FACES = ("z-", "z+", "y-", "y+", "x-", "x+")
 
+#: longest push reach in voxel edges ([tumor.mechanics]; keeps lattice distances in 16 bits)
+MAX_PUSH_REACH_VOXELS = 1000
+
 
 def param(default, unit: str = "", doc: str = "", *, lo=None, hi=None, lo_open=False, choices=None):
     """A scenario parameter: default, unit, a sentence of documentation and its accepted range.
@@ -327,6 +330,33 @@ class SignallingConfig:
 
 
 @dataclass(frozen=True)
+class MechanicsConfig:
+    """Bounded displacement at division (tmesim/steps/mechanics.py): a tumor cell due to divide
+    with no empty neighbour pushes a chain of cells one voxel along the shortest path to the
+    nearest free voxel, if the chain spans at most ``push_reach_um``, and its daughter takes the
+    freed neighbour. Distances are chamfer lengths on the lattice (a step along an axis is one
+    voxel edge, a diagonal step 1.4 or 1.7 of it), so the reach is a length in um and the rim of
+    dividing cells is about push_reach_um + dx thick on any lattice. 0 (or less than half a voxel
+    edge) is pure contact inhibition: a cell divides only into an empty neighbour (HAL's and
+    Strobl et al.'s on-lattice rule)."""
+
+    push_reach_um: float = param(
+        0.0,
+        "um",
+        "longest chain of cells a division may push, as a length "
+        "(chosen from spheroid growth, see scenarios/validation/README.md)",
+        lo=0,
+        hi=2000,
+    )
+    pushable: tuple[str, ...] = param(
+        ("tumor", "necrotic"),
+        "",
+        "occupant kinds a push may displace (vessels never move)",
+        choices=("tumor", "necrotic", "caf", "tam"),
+    )
+
+
+@dataclass(frozen=True)
 class TumorConfig:
     """Growth, hypoxia and necrosis of tumor cells (MODEL.md section 3)."""
 
@@ -384,6 +414,7 @@ class TumorConfig:
     )
     transitions: TransitionConfig = field(default_factory=TransitionConfig)
     signalling: SignallingConfig = field(default_factory=SignallingConfig)
+    mechanics: MechanicsConfig = field(default_factory=MechanicsConfig)
 
 
 @dataclass(frozen=True)
@@ -1000,6 +1031,13 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
         if lo_v > hi_v or (strict and lo_v == hi_v):
             rel = "below" if strict else "at or below"
             raise ScenarioError(f"tumor.{low}", lo_v, f"a value {rel} tumor.{high} ({hi_v} mmHg)")
+    reach_voxels = t.mechanics.push_reach_um / g.dx_um
+    if reach_voxels > MAX_PUSH_REACH_VOXELS:
+        raise ScenarioError(
+            "tumor.mechanics.push_reach_um",
+            t.mechanics.push_reach_um,
+            f"at most {MAX_PUSH_REACH_VOXELS} voxel edges (grid.dx_um = {g.dx_um:g} um)",
+        )
     if t.doubling_time_h * 60 < sc.run.dt_min:
         raise ScenarioError(
             "tumor.doubling_time_h",

@@ -56,6 +56,7 @@ from .. import codes, rng
 from ..drugs import Effects
 from ..grid import Grid
 from ..scenario import TumorConfig
+from .mechanics import Pushing
 
 
 @dataclass
@@ -65,8 +66,10 @@ class RuleCounts:
     divisions: int = 0
     necroses: int = 0
     cleared: int = 0
-    blocked: int = 0  # cells that would divide but had no empty neighbour
-    lost_conflicts: int = 0  # cells that chose a voxel another cell won
+    blocked: int = 0  # cells that would divide but had no empty neighbour (nor, with pushing,
+    # free space within the push reach)
+    lost_conflicts: int = 0  # cells that chose a voxel or push path another cell won
+    pushes: int = 0  # divisions made by pushing (included in divisions)
     killed: int = 0  # cells killed by drugs
     killed_S: int = 0
     killed_P: int = 0
@@ -152,6 +155,8 @@ class TumorRules:
         self.effects = Effects(drugs) if drugs else None
         self.n_drugs = len(drugs)
         self._claim_scratch: np.ndarray | None = None
+        mech = params.mechanics
+        self.pushing = Pushing(mech.push_reach_um, mech.pushable, grid, seed)
         self.last_division = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
 
     @property
@@ -227,17 +232,20 @@ class TumorRules:
         if p.death_per_h > 0:
             # basal turnover competes with the drug kill as one loss event (stream KILL)
             kill = kill + p.death_per_h
-        m = memory.astype(np.float64)
+        # (the arrays below are built only where a term exists: 0 + x and 1.0 * x are x exactly)
+        induced = tr.drug_induced and self.effects is not None
         entry = np.zeros(n)
         if tr.pre_existing:
-            entry += tr.entry_basal_per_h * (1.0 + tr.hypoxia_weight * h)
-        if tr.drug_induced and self.effects is not None:
-            entry += (
+            entry = tr.entry_basal_per_h * (1.0 + tr.hypoxia_weight * h)
+        if induced:
+            m = memory.astype(np.float64)
+            entry = entry + (
                 tr.entry_induced_per_h
                 * E
                 * (1.0 + m + sg.entry_weight * (a_met + a_igf) + tr.hypoxia_weight * h)
             )
         entry *= (1.0 - eff["block_entry"]) * S
+        per_min = 1.0 / 60.0
         # persister-only rates, on the persisters alone
         exit_, res = np.zeros(n), np.zeros(n)
         pi = np.flatnonzero(P)
@@ -247,30 +255,32 @@ class TumorRules:
                 return x[pi] if isinstance(x, np.ndarray) else x
 
             Ep = at(E)
+            m_p = memory[pi].astype(np.float64)
             # exit_speedup (KDM5/HDAC inhibition) undoes the persister state even under the
             # targeted drug, where the cell, sensitive again, is then killed
             exit_[pi] = (
                 tr.exit_per_h
                 * (1.0 - Ep + at(eff["exit_speedup"]))
-                / (1.0 + tr.memory_exit_slowing * m[pi] + tr.hypoxia_exit_slowing * h[pi])
-            )
+                / (1.0 + tr.memory_exit_slowing * m_p + tr.hypoxia_exit_slowing * h[pi])
+            ) * per_min
             ramp = np.minimum(1.0, time_in_P[pi].astype(np.float64) / (tr.mutability_ramp_h * 60.0))
             # stress-induced mutagenesis: raised under the targeted drug only, and more so the
             # longer the cell has been a persister (Russo et al. 2022)
-            res[pi] = tr.resistance_per_h * (1.0 + tr.adaptive_mutability * ramp * Ep)
-        division = self.r_max * oxygen_factor(o2, p) * self.state_factor[ts] * f_signal
+            res[pi] = tr.resistance_per_h * (1.0 + tr.adaptive_mutability * ramp * Ep) * per_min
+        division = self.r_max * oxygen_factor(o2, p) * self.state_factor[ts]
+        if not (isinstance(f_signal, float) and f_signal == 1.0):
+            division = division * f_signal
         if self.effects is not None:
             # resistant cells divide through the drugs that stop the others
             division = division * (
                 1.0 - np.where(ts == codes.RESISTANT, 0.0, eff["block_division"])
             )
-        per_min = 1.0 / 60.0
         return dict(
             division=division,
             kill=kill * per_min,
             entry=entry * per_min,
-            exit=exit_ * per_min,
-            resistance=res * per_min,
+            exit=exit_,
+            resistance=res,
             target=np.broadcast_to(np.asarray(E, dtype=np.float64), (n,)),
         )
 
@@ -323,7 +333,7 @@ class TumorRules:
             cleared = necrotic[rng.uniform_at(seed, step, rng.CLEARANCE, necrotic) < p_clear]
 
         dying = killed = np.empty(0, dtype=np.int64)
-        sources = targets = np.empty(0, dtype=np.int64)
+        sources = targets = pushers = np.empty(0, dtype=np.int64)
         to_P = to_S = to_R = np.empty(0, dtype=np.int64)
         if cells.size:
             o2 = oxygen[cells]
@@ -398,6 +408,7 @@ class TumorRules:
             empty = inside & (kind[nbr] == codes.EMPTY)
             has_room = empty.any(axis=1)
             out.blocked = int((~has_room).sum())
+            pushers = sources[~has_room]
             sources, nbr, empty = sources[has_room], nbr[has_room], empty[has_room]
             words = rng.raw_at(seed, step, rng.DIRECTION, sources)
             targets = choose_target(words, empty, nbr)
@@ -428,5 +439,17 @@ class TumorRules:
         out.entered_P = int(to_P.size)
         out.exited_P = int(to_S.size)
         out.became_R = int(to_R.size)
+        if self.pushing.on and pushers.size:
+            # blocked mothers push on the lattice these changes left (tmesim.steps.mechanics)
+            pc, mothers, daughters = self.pushing.apply(
+                kind, tumor_state, memory, time_in_P, pushers, step, self._claims
+            )
+            out.blocked = pc.far
+            out.lost_conflicts += pc.lost
+            out.divisions += pc.pushes
+            out.pushes = pc.pushes
+            order = np.argsort(np.concatenate([sources, mothers]), kind="stable")
+            sources = np.concatenate([sources, mothers])[order]
+            targets = np.concatenate([targets, daughters])[order]
         self.last_division = (sources, targets)
         return out
