@@ -140,19 +140,21 @@ class Pushing:
         w = [np.uint16(x) for x in STEP_WEIGHTS]
         for _ in range(self.passes):
             if moore:
-                m = [d] + [None] * nd  # m[k]: min over offsets with k non-zero components
+                # m[k]: min over the offsets with k non-zero components among the axes so far
+                m = [d]
                 for a in axes:
-                    for k in range(min(a - axes[0] + 1, nd), 0, -1):
+                    nm = [d]
+                    for k in range(1, len(m) + 1):
                         shifted = _neighbour_min(m[k - 1], a)
-                        m[k] = shifted if m[k] is None else np.minimum(m[k], shifted)
+                        nm.append(shifted if k == len(m) else np.minimum(m[k], shifted))
+                    m = nm
                 nxt = d.copy()
                 for k in range(1, nd + 1):
                     np.minimum(nxt, m[k] + w[k - 1], out=nxt)  # INF + w does not wrap
             else:
-                best = None
-                for a in axes:
-                    shifted = _neighbour_min(d, a)
-                    best = shifted if best is None else np.minimum(best, shifted)
+                best = _neighbour_min(d, axes[0])
+                for a in axes[1:]:
+                    np.minimum(best, _neighbour_min(d, a), out=best)
                 nxt = np.minimum(d, best + w[0])
             np.copyto(nxt, d, where=fixed)
             np.putmask(nxt, nxt > self.cap, INF)
