@@ -4,10 +4,12 @@
  * a 128-bit key to four 64-bit words. tmesim fixes (tmesim/rng.py)
  *
  *     key     = (seed, 0)
- *     counter = (site / 4 + 1, step, stream, 0)     the "+ 1": numpy increments before each block
+ *     counter = (site / 4 + 1, step, stream, lane)  the "+ 1": numpy increments before each block
  *     word    = output[site % 4]
  *
- * so a site's number depends on (seed, step, site, stream) only: not on threads, launch shape or
+ * lane is 0 for every decision but those a cell takes several of in one step and stream (the hops
+ * of a push path, mechanics.cu: lane j is the j-th; tm_rng_word_lane), so a site's number depends
+ * on (seed, step, site, stream, lane) only: not on threads, launch shape or
  * which other sites asked. Uniform doubles take the top 53 bits: u = (word >> 11) * 2^-53, in
  * [0, 1), exact in double on every platform (no rounding happens: a 53-bit integer times a power
  * of two). Every function is __host__ __device__ so this header also compiles as plain C++
@@ -37,6 +39,7 @@
 #define TM_STREAM_RECRUIT 19           /* TAM recruitment at vessels */
 #define TM_STREAM_STROMA_DEATH 20      /* TAM turnover */
 #define TM_STREAM_CHEMOTAXIS 21        /* a TAM's step follows the signal or is random */
+#define TM_STREAM_PUSH_PATH 22         /* the neighbour each push-path hop takes (lane = hop) */
 
 /* Philox4x64-10 on counter c (in place) under key (k0, k1): rng.philox4x64_reference. */
 TM_HD void tm_philox4x64_10(u64 c[4], u64 k0, u64 k1) {
@@ -58,13 +61,20 @@ TM_HD void tm_philox4x64_10(u64 c[4], u64 k0, u64 k1) {
     }
 }
 
-/* The 64-bit word of (seed, step, site, stream): tmesim.rng.raw_at(seed, step, stream, [site]). */
-TM_HD u64 tm_rng_word(u64 seed, u64 step, u64 site, u64 stream) {
-    u64 c[4] = {site / 4 + 1, step, stream, 0};
+/* The 64-bit word of (seed, step, site, stream, lane):
+ * tmesim.rng.raw_at(seed, step, stream, [site], lane=lane). */
+TM_HD u64 tm_rng_word_lane(u64 seed, u64 step, u64 site, u64 stream, u64 lane) {
+    u64 c[4] = {site / 4 + 1, step, stream, lane};
     tm_philox4x64_10(c, seed, 0);
     /* select without dynamic indexing so the array stays in registers on the GPU */
     const u64 q = site % 4;
     return q == 0 ? c[0] : q == 1 ? c[1] : q == 2 ? c[2] : c[3];
+}
+
+/* The 64-bit word of (seed, step, site, stream) at lane 0: tmesim.rng.raw_at(seed, step, stream,
+ * [site]). */
+TM_HD u64 tm_rng_word(u64 seed, u64 step, u64 site, u64 stream) {
+    return tm_rng_word_lane(seed, step, site, stream, 0);
 }
 
 /* Uniform double in [0, 1) from a word: tmesim.rng.to_uniform. */
