@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tmesim import rng, rng_kernel
+from tmesim.steps import mechanics_kernel
 
 SEEDS = [0, 1, 11, 20101, 2**32 + 5, 2**63 + 12345, 2**64 - 1]
 
@@ -51,3 +52,30 @@ def test_rng_repeats_and_empty(launcher):
         rng_kernel.raw_at(1, 2, 3, sites, launcher=launcher), rng.raw_at(1, 2, 3, sites)
     )
     assert rng_kernel.raw_at(1, 2, 3, [], launcher=launcher).size == 0
+
+
+@pytest.mark.parametrize("seed", [0, 20101, 2**64 - 1])
+def test_rng_lane_words_bit_exact(launcher, seed):
+    """The words of the fourth counter word, lane (kernels/rng.cuh tm_rng_word_lane, drawn by the
+    push walks of kernels/mechanics.cu), against rng.raw_at(..., lane=...): clustered and
+    sparse sites (numpy's two paths), lanes from 0 to 2**64 - 1; lane 0 is the plain word."""
+    g = np.random.default_rng(seed % 977)
+    for lane in [0, 1, 2, 7, 1000, 2**32 + 3, 2**64 - 1]:
+        step = int(g.integers(0, 2**40))
+        for sites in (
+            int(g.integers(0, 2**40)) + g.permutation(131)[:100],  # clustered
+            g.integers(0, 2**44, 50),  # sparse: rng.philox_at
+        ):
+            want = rng.raw_at(seed, step, rng.PUSH_PATH, sites, lane=lane)
+            got = mechanics_kernel.raw_at_lane(
+                seed, step, rng.PUSH_PATH, sites, lane, launcher=launcher
+            )
+            np.testing.assert_array_equal(got, want)
+        if lane == 0:
+            np.testing.assert_array_equal(
+                got, rng_kernel.raw_at(seed, step, rng.PUSH_PATH, sites, launcher=launcher)
+            )
+    # one whole block against the integer spelling of Philox, lane in the fourth counter word
+    got = mechanics_kernel.raw_at_lane(seed, 9, 22, np.arange(8, 12), 5, launcher=launcher)
+    assert [int(w) for w in got] == list(rng.philox4x64_reference((3, 9, 22, 5), (seed, 0)))
+    assert mechanics_kernel.raw_at_lane(seed, 9, 22, [], 5, launcher=launcher).size == 0

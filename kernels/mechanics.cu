@@ -1,0 +1,351 @@
+/* mechanics.cu -- bounded displacement at division (tmesim/steps/mechanics.py, the specification):
+ * a tumor cell that decided to divide but found no empty neighbour (a "blocked" cell of the tumor
+ * rules) pushes a chain of cells one voxel along the shortest path to the nearest empty voxel
+ * within the push reach, and her daughter takes the freed neighbour. Driver:
+ * tmesim/steps/mechanics_kernel.py (KernelPushing), called by KernelTumorRules.apply after the
+ * three tumor launches (tumor.cu), on the lattice they left, as numpy's TumorRules.apply calls
+ * Pushing.apply after its other rules.
+ *
+ * Launches of one step (only when the reach is at least one voxel edge, cap >= TM_PUSH_UNIT):
+ *   tm_push_distance  `passes` = cap / 10 Jacobi passes of the distance field D (uint16 per site,
+ *                     two ping-pong buffers): at a pushable occupied voxel
+ *                     D_out = min(D_in, min over in-grid neighbours j of D_in[nb_j] + w_j), then
+ *                     INF where it exceeds cap; empty voxels 0, every other kind INF. The first
+ *                     pass reads no D_in: the initial field (0 at empty voxels, INF elsewhere) is
+ *                     read off `kind`. A pass reads only D_in and writes only D_out[s]: the result
+ *                     does not depend on any order. numpy's Pushing computes the same field (it
+ *                     stops at a fixed point, and only in windows around the mothers: the same
+ *                     values wherever a walk reads, tests/steps/test_mechanics.py);
+ *   tm_push_claim     every blocked mother (action event TM_ACT_BLOCKED) walks her path
+ *                     (tm_push_first / tm_push_next below, Pushing.paths hop for hop) and claims
+ *                     every voxel on it, her own included, by an integer atomicMax of
+ *                     key = (low 32 bits of her DIRECTION word << 32) | her site, the key of
+ *                     tumor.resolve_claims; bits 6-7 of her action byte record TM_PUSH_FAR (no
+ *                     empty voxel within reach) or TM_PUSH_LOST ("has a path", until
+ *                     tm_push_apply finds it won);
+ *   tm_push_apply     every mother with a path walks it again (the walk reads only D and the
+ *                     random words: the same path) and checks claims[v] == key on every voxel. A
+ *                     winner shifts her path: carry = her own cell (kind, tumor_state, memory,
+ *                     time_in_P), and at each voxel n1, ..., e in turn the carry and the voxel's
+ *                     cell swap places, so n1 gets the copy of the mother (the daughter), n2 the
+ *                     old occupant of n1, ..., e (the empty voxel) that of the last pushed cell,
+ *                     numpy's "column j takes column j - 1's occupant"; she records
+ *                     target[s] = n1 and TM_PUSH_WON. Losers keep TM_PUSH_LOST;
+ *   tm_push_finish    every mother with a path walks it a third time and resets claims on it to 0
+ *                     (the claims array is shared with tumor.cu and stroma.cu: all 0 between
+ *                     launches of theirs).
+ * The walk, written once (tm_push_first, tm_push_next), is the twin of Pushing.paths: the first
+ * hop goes to a neighbour with the least D[nb] + w if that is at most cap + 10 (else "far"), each
+ * further hop to a neighbour with D[nb] + w == D[cur], until D == 0; among tied neighbours the k-th
+ * in Grid.offsets order, k = tm_pick_index(word, n_tied) with the word of (seed, step, mother,
+ * TM_STREAM_PUSH_PATH, lane = hop: 0 for the first hop, 1, 2, ... after). A single candidate needs
+ * no word (k = 0 whatever the word), so none is drawn. D falls by at least 10 per hop after the
+ * first, so a path has at most cap / 10 + 2 voxels and never visits one twice (the mother's own D,
+ * if finite, equals the first hop's D[n1] + w, above every D along the path).
+ *
+ * Races, launch by launch. tm_push_distance: reads kind and D_in, writes its own D_out[s] only.
+ * tm_push_claim: writes claims only through atomicMax (associative and commutative: the largest
+ * key wins whatever the order, as np.maximum.at), and its own action[s]; reads D, which nobody
+ * writes. tm_push_apply: no thread writes claims or D, so every check sees the final claims of
+ * tm_push_claim; a winner writes kind, tumor_state, memory and time_in_P only at the voxels of
+ * her path (her own included, which she won too), and winning paths are disjoint (each voxel has
+ * one largest key), so no two threads write one voxel and no thread reads a voxel another writes
+ * (losers read only D and claims); action[s] and target[s] are the thread's own. tm_push_finish:
+ * threads whose paths share a voxel all store 0 there, the same value (the final state does not
+ * depend on which store lands last); claims is not read in this launch. Every voxel ever claimed
+ * lies on the path of a mother with TM_PUSH_WON or TM_PUSH_LOST, so claims are all 0 afterwards.
+ *
+ * Codes: the push outcome is bits 6-7 of the action byte of tumor.cu (low 4 bits: event,
+ * bits 4-5: phenotype transition), TM_PUSH_* below; the host counts them with the tumor rules'
+ * bincount of `action` (256 values). Pushable kinds come as a bit mask `pushable` (bit k: kind
+ * code k may be pushed; tmesim.steps.mechanics.pushable_mask). Distances are integers in tenths
+ * of a voxel edge (chamfer weights 10, 14, 17 for a step across 1, 2, 3 axes), cap =
+ * round(10 reach / dx) (mechanics.reach_units).
+ *
+ * Memory: D is two (n_sites,) uint16 buffers, 4 B per site, allocated only when the rule is on;
+ * claims (uint64), action (uint8) and target (uint32) are the tumor rules'. Bytes moved per site
+ * (DRAM, neighbours' D and kind served from cache): tm_push_distance 3 B on the first pass (kind
+ * read, D_out written) and 5 B on each further one (kind, D_in read, D_out written): 5 passes - 2
+ * in all; tm_push_claim, tm_push_apply and tm_push_finish 1 B each (the action byte) plus, per
+ * blocked mother, the D values around her path (each launch), 8 B of claims per path voxel
+ * (atomicMax, then read, then reset) and for a winner 10 B read and 10 B written per path voxel
+ * (kind, tumor_state, memory, time_in_P): at the reach of 60 um on a 20 um lattice (3 passes),
+ * 16 B per site plus the paths. (benchmarks/bench_gpu.py counts the launches' array arguments
+ * densely instead, an upper bound.)
+ */
+#include "common.cuh"
+#include "rng.cuh"
+#include "lattice.cuh"
+
+typedef unsigned short u16;
+
+/* The tumor rules' action byte (tumor.cu): the same definitions, so the translation unit (every
+ * .cu in one, tmesim.launch) refuses to build if the two ever differ. */
+#define TM_ACT_BLOCKED 4     /* tumor cell would divide but has no empty neighbour */
+#define TM_ACT_EVENT_MASK 15
+
+/* Push outcome of a blocked mother, bits 6-7 of her action byte. */
+#define TM_PUSH_SHIFT 6
+#define TM_PUSH_NONE 0       /* not a blocked mother (or the rule is off) */
+#define TM_PUSH_WON 1        /* her path won every voxel: she divided by pushing */
+#define TM_PUSH_LOST 2       /* she has a path (tm_push_claim) that lost a voxel (tm_push_apply) */
+#define TM_PUSH_FAR 3        /* no empty voxel within reach: she does not divide */
+
+/* Distances (tmesim.steps.mechanics): tenths of a voxel edge. */
+#define TM_PUSH_UNIT 10      /* a step along one axis */
+#define TM_PUSH_W2 14        /* a diagonal step across two axes */
+#define TM_PUSH_W3 17        /* across three */
+#define TM_PUSH_INF 32767    /* not pushable, or beyond the reach; INF + w does not wrap */
+
+/* Chamfer length of neighbour offset j (mechanics.step_weights). */
+TM_HD int tm_push_weight(const int* offsets, int j) {
+    const int axes = (offsets[3 * j] != 0) + (offsets[3 * j + 1] != 0) + (offsets[3 * j + 2] != 0);
+    return axes == 1 ? TM_PUSH_UNIT : axes == 2 ? TM_PUSH_W2 : TM_PUSH_W3;
+}
+
+/* Where a walk stands: the current voxel, its coordinates and D, and the lane of the next draw. */
+struct TmPushWalk {
+    long long site;
+    int z, y, x;
+    int d;
+    u64 lane;
+};
+
+/* The lattice and field a walk reads (read only while any walk runs). */
+struct TmPushLattice {
+    int nz, ny, nx;
+    const int* offsets;
+    int n_offsets;
+    const u16* D;
+    u64 seed, step;
+};
+
+/* Move the walk to neighbour j of its current voxel (j in the grid). */
+TM_HD long long tm_push_move(TmPushWalk* w, const TmPushLattice& g, int j) {
+    w->z += g.offsets[3 * j];
+    w->y += g.offsets[3 * j + 1];
+    w->x += g.offsets[3 * j + 2];
+    w->site = ((long long)w->z * g.ny + w->y) * g.nx + w->x;
+    w->d = g.D[w->site];
+    ++w->lane;
+    return w->site;
+}
+
+/* Among the in-grid neighbours j of the walk's voxel with D[nb] + w_j == want (n of them, n >= 1),
+ * the one the mother's word at the walk's lane picks (k-th in offsets order; no draw for n = 1). */
+TM_HD int tm_push_pick(const TmPushWalk* w, const TmPushLattice& g, long long mother, int want,
+                       u64 n) {
+    const u64 k = n > 1 ? tm_pick_index(tm_rng_word_lane(g.seed, g.step, (u64)mother,
+                                                         TM_STREAM_PUSH_PATH, w->lane), n)
+                        : 0;
+    u64 seen = 0;
+    for (int j = 0; j < g.n_offsets; ++j) {
+        const long long nb = tm_neighbour(w->z, w->y, w->x, g.offsets, j, g.nz, g.ny, g.nx);
+        if (nb == TM_OUTSIDE || (int)g.D[nb] + tm_push_weight(g.offsets, j) != want) continue;
+        if (seen == k) return j;
+        ++seen;
+    }
+    return -1;   /* not reached: n candidates exist */
+}
+
+/* First hop of mother s's path (Pushing.paths): the walk stands at s, moves to n1 and returns it;
+ * TM_OUTSIDE when the least D[nb] + w exceeds cap + 10 (free space beyond reach: "far"). */
+TM_HD long long tm_push_first(TmPushWalk* w, const TmPushLattice& g, long long s, int cap) {
+    w->site = s;
+    w->lane = 0;
+    tm_site_coords(s, g.ny, g.nx, &w->z, &w->y, &w->x);
+    int best = TM_PUSH_INF + TM_PUSH_W3 + 1;
+    u64 n = 0;
+    for (int j = 0; j < g.n_offsets; ++j) {
+        const long long nb = tm_neighbour(w->z, w->y, w->x, g.offsets, j, g.nz, g.ny, g.nx);
+        if (nb == TM_OUTSIDE) continue;
+        const int t = (int)g.D[nb] + tm_push_weight(g.offsets, j);
+        if (t < best) {
+            best = t;
+            n = 1;
+        } else if (t == best) {
+            ++n;
+        }
+    }
+    if (n == 0 || best > cap + TM_PUSH_UNIT) return TM_OUTSIDE;
+    return tm_push_move(w, g, tm_push_pick(w, g, s, best, n));
+}
+
+/* Next hop of mother s's walk: a neighbour with D[nb] + w == D[cur]; TM_OUTSIDE once the walk
+ * stands on the empty voxel (D == 0), the end of the path. */
+TM_HD long long tm_push_next(TmPushWalk* w, const TmPushLattice& g, long long s) {
+    if (w->d == 0) return TM_OUTSIDE;
+    u64 n = 0;
+    for (int j = 0; j < g.n_offsets; ++j) {
+        const long long nb = tm_neighbour(w->z, w->y, w->x, g.offsets, j, g.nz, g.ny, g.nx);
+        n += nb != TM_OUTSIDE && (int)g.D[nb] + tm_push_weight(g.offsets, j) == w->d;
+    }
+    if (n == 0) return TM_OUTSIDE;   /* not reached: a finite D > 0 is some neighbour's D + w */
+    return tm_push_move(w, g, tm_push_pick(w, g, s, w->d, n));
+}
+
+/* The claim key of mother s: tumor.resolve_claims with her DIRECTION word. */
+TM_HD u64 tm_push_key(const TmPushLattice& g, long long s) {
+    return tm_claim_key(tm_rng_word(g.seed, g.step, (u64)s, TM_STREAM_DIRECTION), s);
+}
+
+/* Push outcome in an action byte, and the byte with outcome o. */
+TM_HD int tm_push_outcome(u8 a) { return a >> TM_PUSH_SHIFT; }
+TM_HD u8 tm_push_with(u8 a, int o) {
+    return (u8)((a & ((1 << TM_PUSH_SHIFT) - 1)) | (o << TM_PUSH_SHIFT));
+}
+
+/* Whether site s is a blocked mother whose outcome is o (after tm_push_claim: LOST or FAR). */
+TM_HD bool tm_push_is(u8 a, int o) {
+    return (a & TM_ACT_EVENT_MASK) == TM_ACT_BLOCKED && tm_push_outcome(a) == o;
+}
+
+/* tm_push_distance: one Jacobi pass of the distance field (Pushing.relax on the whole lattice).
+ *   n_sites, nz, ny, nx  the grid (2D: nz = 1)
+ *   kind                 (n_sites,) uint8, the lattice after the tumor rules (read only)
+ *   pushable             bit k set: kind code k may be pushed
+ *   offsets, n_offsets   (n_offsets, 3) int32 (dz, dy, dx) in Grid.offsets' order
+ *   cap                  the reach in tenths of a voxel edge (>= 10)
+ *   first                1 on the first pass: D_in is not read, the initial field (0 at empty
+ *                        voxels, INF elsewhere) comes from `kind`
+ *   D_in                 (n_sites,) uint16, the previous pass's field (a 1-element stand-in on
+ *                        the first pass)
+ *   D_out                (n_sites,) uint16 out, this pass's field
+ * One work item per site; it writes D_out[s] only. */
+TM_KERNEL void tm_push_distance(long long n_sites, int nz, int ny, int nx,
+                                const u8* __restrict__ kind, int pushable,
+                                const int* __restrict__ offsets, int n_offsets, int cap, int first,
+                                const u16* __restrict__ D_in, u16* __restrict__ D_out) {
+    TM_FOR_EACH(s, n_sites) {
+        const u8 k = kind[s];
+        int out = TM_PUSH_INF;
+        if (k == TM_EMPTY) {
+            out = 0;
+        } else if (k < 8 && ((pushable >> k) & 1)) {
+            int best = first ? TM_PUSH_INF : (int)D_in[s];
+            int z, y, x;
+            tm_site_coords(s, ny, nx, &z, &y, &x);
+            for (int j = 0; j < n_offsets; ++j) {
+                const long long nb = tm_neighbour(z, y, x, offsets, j, nz, ny, nx);
+                if (nb == TM_OUTSIDE) continue;
+                const int d = first ? (kind[nb] == TM_EMPTY ? 0 : TM_PUSH_INF) : (int)D_in[nb];
+                const int t = d + tm_push_weight(offsets, j);
+                best = t < best ? t : best;
+            }
+            out = best > cap ? TM_PUSH_INF : best;
+        }
+        D_out[s] = (u16)out;
+    }
+}
+
+/* tm_push_claim: every blocked mother walks her path and claims each voxel of it.
+ *   n_sites, nz, ny, nx, offsets, n_offsets, cap  as tm_push_distance
+ *   D                    (n_sites,) uint16, the final distance field (read only)
+ *   seed, step           the generator's key and counter (rng.cuh)
+ *   action               (n_sites,) uint8 from the tumor launches: at a blocked mother, bits 6-7
+ *                        become TM_PUSH_FAR or TM_PUSH_LOST (has a path)
+ *   claims               (n_sites,) uint64, all 0 on entry: the largest key claiming each voxel
+ * One work item per site. */
+TM_KERNEL void tm_push_claim(long long n_sites, int nz, int ny, int nx,
+                             const int* __restrict__ offsets, int n_offsets, int cap,
+                             const u16* __restrict__ D, u64 seed, u64 step,
+                             u8* __restrict__ action, u64* __restrict__ claims) {
+    const TmPushLattice g = {nz, ny, nx, offsets, n_offsets, D, seed, step};
+    TM_FOR_EACH(s, n_sites) {
+        const u8 a = action[s];
+        if ((a & TM_ACT_EVENT_MASK) == TM_ACT_BLOCKED) {
+            TmPushWalk w;
+            long long v = tm_push_first(&w, g, s, cap);
+            if (v == TM_OUTSIDE) {
+                action[s] = tm_push_with(a, TM_PUSH_FAR);
+            } else {
+                const u64 key = tm_push_key(g, s);
+                atomicMax(&claims[s], key);
+                for (; v != TM_OUTSIDE; v = tm_push_next(&w, g, s)) atomicMax(&claims[v], key);
+                action[s] = tm_push_with(a, TM_PUSH_LOST);
+            }
+        }
+    }
+}
+
+/* tm_push_apply: mothers whose path won every voxel shift it; see the file comment.
+ *   n_sites, nz, ny, nx, offsets, n_offsets, cap, D, seed, step  as tm_push_claim
+ *   kind, tumor_state, memory, time_in_P  (n_sites,) uint8, uint8, float32, float32: along a
+ *                        winning path each cell moves one voxel on and the mother's copy takes n1
+ *   action               (n_sites,) uint8: a winner's bits 6-7 become TM_PUSH_WON
+ *   target               (n_sites,) uint32: target[s] = n1 (her daughter's voxel) at a winner
+ *   claims               (n_sites,) uint64 from tm_push_claim (read only)
+ * One work item per site. */
+TM_KERNEL void tm_push_apply(long long n_sites, int nz, int ny, int nx,
+                             const int* __restrict__ offsets, int n_offsets, int cap,
+                             const u16* __restrict__ D, u64 seed, u64 step,
+                             u8* __restrict__ kind, u8* __restrict__ tumor_state,
+                             float* __restrict__ memory, float* __restrict__ time_in_P,
+                             u8* __restrict__ action, u32* __restrict__ target,
+                             const u64* __restrict__ claims) {
+    const TmPushLattice g = {nz, ny, nx, offsets, n_offsets, D, seed, step};
+    TM_FOR_EACH(s, n_sites) {
+        const u8 a = action[s];
+        if (tm_push_is(a, TM_PUSH_LOST)) {
+            const u64 key = tm_push_key(g, s);
+            bool won = claims[s] == key;
+            TmPushWalk w;
+            for (long long v = tm_push_first(&w, g, s, cap); won && v != TM_OUTSIDE;
+                 v = tm_push_next(&w, g, s))
+                won = claims[v] == key;
+            if (won) {
+                u8 c_kind = kind[s], c_state = tumor_state[s];
+                float c_memory = memory[s], c_time = time_in_P[s];
+                long long v = tm_push_first(&w, g, s, cap);
+                target[s] = (u32)v;
+                for (; v != TM_OUTSIDE; v = tm_push_next(&w, g, s)) {
+                    const u8 k = kind[v], t = tumor_state[v];
+                    const float m = memory[v], p = time_in_P[v];
+                    kind[v] = c_kind;
+                    tumor_state[v] = c_state;
+                    memory[v] = c_memory;
+                    time_in_P[v] = c_time;
+                    c_kind = k;
+                    c_state = t;
+                    c_memory = m;
+                    c_time = p;
+                }
+                action[s] = tm_push_with(a, TM_PUSH_WON);
+            }
+        }
+    }
+}
+
+/* tm_push_finish: every mother with a path (won or lost) resets claims on it to 0.
+ *   n_sites, nz, ny, nx, offsets, n_offsets, cap, D, seed, step  as tm_push_claim
+ *   action               (n_sites,) uint8 (read only)
+ *   claims               (n_sites,) uint64: all 0 afterwards
+ * One work item per site. */
+TM_KERNEL void tm_push_finish(long long n_sites, int nz, int ny, int nx,
+                              const int* __restrict__ offsets, int n_offsets, int cap,
+                              const u16* __restrict__ D, u64 seed, u64 step,
+                              const u8* __restrict__ action, u64* __restrict__ claims) {
+    const TmPushLattice g = {nz, ny, nx, offsets, n_offsets, D, seed, step};
+    TM_FOR_EACH(s, n_sites) {
+        const u8 a = action[s];
+        if (tm_push_is(a, TM_PUSH_WON) || tm_push_is(a, TM_PUSH_LOST)) {
+            claims[s] = 0;
+            TmPushWalk w;
+            for (long long v = tm_push_first(&w, g, s, cap); v != TM_OUTSIDE;
+                 v = tm_push_next(&w, g, s))
+                claims[v] = 0;
+        }
+    }
+}
+
+/* tm_rng_raw_at_lane: out[i] = word of (seed, step, sites[i], stream, lane), the words the walks
+ * draw (stream TM_STREAM_PUSH_PATH, lane = hop): tmesim.rng.raw_at(..., lane=lane), checked by
+ * tests/test_rng_kernel.py. (It belongs beside tm_rng_raw_at in rng.cu; it sits here until that
+ * file takes a lane.)
+ *   n        number of sites (work items)
+ *   sites    (n,) int64 flat site indices, any order, repeats allowed
+ *   out      (n,) uint64 Philox words */
+TM_KERNEL void tm_rng_raw_at_lane(long long n, u64 seed, u64 step, u64 stream, u64 lane,
+                                  const long long* __restrict__ sites, u64* __restrict__ out) {
+    TM_FOR_EACH(i, n) { out[i] = tm_rng_word_lane(seed, step, (u64)sites[i], stream, lane); }
+}

@@ -1,0 +1,164 @@
+"""The push rule on the kernels (``kernels/mechanics.cu``): :class:`KernelPushing`, the twin of
+:class:`tmesim.steps.mechanics.Pushing`, run by :class:`tmesim.steps.tumor_kernel.KernelTumorRules`
+after its own launches, on its action, target and claims arrays; and :func:`raw_at_lane`, the
+random words the walks draw.
+
+Launches per step: ``passes`` of the distance field (``tm_push_distance``, ping-pong between two
+uint16 buffers), then ``tm_push_claim``, ``tm_push_apply`` and ``tm_push_finish`` (see the file
+comment of ``mechanics.cu``). The outcome of each blocked mother is written to bits 6-7 of her
+action byte (:data:`OUTCOMES`), which the tumor rules' bincount counts. With a reach under one
+voxel edge the rule is off: no buffer, no launch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..launch import KernelSourceError, grid3, kernel_defines, offsets3
+from . import mechanics
+from .mechanics import Pushing
+
+#: outcome of a blocked mother in bits 6-7 of the action byte (kernels/mechanics.cu TM_PUSH_*)
+OUTCOMES = {"none": 0, "won": 1, "lost": 2, "far": 3}
+#: the outcome's shift in the action byte (TM_PUSH_SHIFT)
+OUTCOME_SHIFT = 6
+
+
+class KernelPushing:
+    """The push rule on the kernels: twin of :class:`tmesim.steps.mechanics.Pushing`, same
+    result bit for bit (tests/steps/test_mechanics_kernel.py).
+
+    Its numbers (the reach in distance units, the passes, the pushable kinds) are the numpy
+    rule's own (``ref``), so the two cannot drift apart; the distance constants of the kernels
+    are checked against numpy's when the rule is on.
+
+    Args:
+        ref: the numpy rule (``TumorRules.pushing``), for its parameters.
+        launcher: where to run; the arrays given to :meth:`apply` are ``launcher.xp`` arrays.
+    """
+
+    def __init__(self, ref: Pushing, *, launcher):
+        self.L = launcher
+        self.ref = ref
+        self.on = ref.on
+        self.cap = np.int32(ref.cap)
+        self.passes = ref.passes
+        self.pushable = np.int32(ref.bits)
+        self.grid = ref.grid
+        #: the two ping-pong buffers of the distance field (uint16), only when the rule is on
+        self.D = None
+        if not self.on:
+            return
+        xp = launcher.xp
+        consts = kernel_defines("mechanics.cu", "TM_PUSH_")
+        want = {
+            "UNIT": mechanics.STEP_WEIGHTS[0],
+            "W2": mechanics.STEP_WEIGHTS[1],
+            "W3": mechanics.STEP_WEIGHTS[2],
+            "INF": mechanics.INF,
+            "SHIFT": OUTCOME_SHIFT,
+            **{k.upper(): v for k, v in OUTCOMES.items()},
+        }
+        if consts != want:
+            raise KernelSourceError(
+                f"kernels/mechanics.cu constants {consts} and {__name__}'s {want} differ"
+            )
+        n = ref.grid.n_sites
+        self.D = (xp.zeros(n, dtype=xp.uint16), xp.zeros(n, dtype=xp.uint16))
+        offs = offsets3(ref.grid.offsets)
+        self.offsets = xp.asarray(offs.reshape(-1))
+        self.n_offsets = np.int32(len(offs))
+        # the first pass reads no previous field; a 1-element stand-in keeps the pointer valid
+        self._no_field = xp.zeros(1, dtype=xp.uint16)
+
+    def distance(self, kind):
+        """The distance field D (n_sites,) uint16 of the lattice ``kind`` after ``passes``
+        launches of ``tm_push_distance`` (one of the two buffers: overwritten by the next call).
+        The values of :meth:`Pushing.distance`."""
+        L = self.L
+        n = self.grid.n_sites
+        nz, ny, nx, _ = grid3(self.grid.shape)
+        src, dst = self._no_field, self.D[0]
+        for p in range(self.passes):
+            L(
+                "tm_push_distance",
+                n,
+                np.int64(n),
+                nz,
+                ny,
+                nx,
+                kind,
+                self.pushable,
+                self.offsets,
+                self.n_offsets,
+                self.cap,
+                np.int32(p == 0),
+                src,
+                dst,
+            )
+            src, dst = dst, self.D[1] if dst is self.D[0] else self.D[0]
+        return src
+
+    def apply(self, kind, tumor_state, memory, time_in_P, action, target, claims, step: int):
+        """Push for every blocked mother of this step, in place (Pushing.apply for the mothers
+        whose action event is ``blocked``), on the lattice the tumor launches left.
+
+        Args:
+            kind, tumor_state: (n_sites,) uint8; memory, time_in_P: (n_sites,) float32.
+            action: (n_sites,) uint8 of the tumor launches: bits 6-7 get each blocked mother's
+                outcome (:data:`OUTCOMES`).
+            target: (n_sites,) uint32: a winning mother's entry becomes her daughter's voxel.
+            claims: (n_sites,) uint64, all 0; left all 0.
+            step: the agent step (a counter of the random numbers).
+        """
+        if not self.on:
+            return
+        L = self.L
+        n = self.grid.n_sites
+        nz, ny, nx, _ = grid3(self.grid.shape)
+        D = self.distance(kind)
+        walk = (nz, ny, nx, self.offsets, self.n_offsets, self.cap, D)
+        key = (np.uint64(self.ref.seed), np.uint64(step))
+        L("tm_push_claim", n, np.int64(n), *walk, *key, action, claims)
+        L(
+            "tm_push_apply",
+            n,
+            np.int64(n),
+            *walk,
+            *key,
+            kind,
+            tumor_state,
+            memory,
+            time_in_P,
+            action,
+            target,
+            claims,
+        )
+        L("tm_push_finish", n, np.int64(n), *walk, *key, action, claims)
+
+
+def raw_at_lane(seed: int, step: int, stream: int, sites, lane: int, *, launcher):
+    """Philox words (uint64) at ``sites`` and ``lane``: twin of
+    ``tmesim.rng.raw_at(seed, step, stream, sites, lane=lane)`` (kernels/mechanics.cu
+    ``tm_rng_raw_at_lane``, the words of the push walks).
+
+    Args:
+        launcher: a launcher of tmesim.launch; ``sites`` and the result are ``launcher.xp``
+            arrays.
+    """
+    xp = launcher.xp
+    sites = xp.ascontiguousarray(xp.asarray(sites, dtype=xp.int64).reshape(-1))
+    out = xp.empty(sites.size, dtype=xp.uint64)
+    if sites.size:
+        launcher(
+            "tm_rng_raw_at_lane",
+            sites.size,
+            np.int64(sites.size),
+            np.uint64(seed),
+            np.uint64(step),
+            np.uint64(stream),
+            np.uint64(lane),
+            sites,
+            out,
+        )
+    return out
