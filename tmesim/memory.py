@@ -8,8 +8,9 @@ whole run and the largest temporaries it makes within a step:
   (``tmesim.steps.fields_kernel.field_workspace_bytes(sc)``) for the kernel backends, else the
   estimate of :func:`field_workspace_estimate` (documented per method);
 - ``rules``: the rules' scratch per site (:data:`KERNEL_RULE_BYTES_PER_SITE`: the tumor kernels'
-  claims, action and target arrays, kernels/tumor.cu, which the stroma kernels share); on the
-  CPU, numpy's claim arrays;
+  claims, action and target arrays, kernels/tumor.cu, which the stroma kernels share, and with
+  the push rule on, :data:`KERNEL_PUSH_BYTES_PER_SITE`); on the CPU, numpy's claim arrays (its
+  push rule keeps no per-site array: its distance windows around the mothers are temporaries);
 - ``observables``: the peak of the temporaries of one row (tmesim.observables): masks and a
   masked copy, or the distance transform's arrays when the scenario places CAFs (the largest
   temporaries of a step);
@@ -32,6 +33,10 @@ from .state import State
 #: claims and action only, and tmesim.simulation.Model hands them the tumor rules' (0 of their
 #: own)
 KERNEL_RULE_BYTES_PER_SITE = {"tumor": 8 + 1 + 4, "stroma": 0}
+#: per-site bytes of the push rule's scratch on the kernels (kernels/mechanics.cu): the distance
+#: field's two uint16 ping-pong buffers, allocated only when the rule is on (a push reach of at
+#: least one voxel edge, tmesim.steps.mechanics)
+KERNEL_PUSH_BYTES_PER_SITE = 2 + 2
 #: per-site bytes of numpy's rules' scratch: TumorRules' claims uint64 (StromaRules has its own)
 CPU_RULE_BYTES_PER_SITE = {"tumor": 8, "stroma": 8}
 
@@ -129,6 +134,13 @@ def _drug_copy_bytes(sc) -> int:
     return 0 if consecutive else 4 * len(idx) * n_sites(sc)
 
 
+def pushes(sc) -> bool:
+    """Whether the scenario's push rule is on (tmesim.steps.mechanics.Pushing.on)."""
+    from .steps.mechanics import UNIT, reach_units
+
+    return reach_units(sc.tumor.mechanics.push_reach_um, sc.grid.dx_um) >= UNIT
+
+
 def bytes_needed(sc, backend_name: str = "gpu") -> dict:
     """Estimated bytes of a run of ``sc`` on ``backend_name`` ("cpu", "gpu" or "portable"), by
     part (see the module docstring): {"state", "fields", "rules", "observables", "persistent",
@@ -138,6 +150,8 @@ def bytes_needed(sc, backend_name: str = "gpu") -> dict:
     fields, source = _field_workspace(sc, backend_name)
     per = CPU_RULE_BYTES_PER_SITE if backend_name == "cpu" else KERNEL_RULE_BYTES_PER_SITE
     rules = n * (per["tumor"] + per["stroma"])  # the rules allocate when they are built
+    if backend_name != "cpu" and pushes(sc):
+        rules += n * KERNEL_PUSH_BYTES_PER_SITE
     obs = observables_bytes(sc, backend_name)
     persistent = state + fields + rules
     return {

@@ -6,7 +6,9 @@ to run on, same result bit for bit), and the tables that configure the kernels f
 
 Three launches per step (decide, apply, finish; see the file comment of ``tumor.cu``) on the
 launcher's arrays (numpy with :class:`tmesim.launch.PortableLauncher`, cupy with
-:class:`tmesim.launch.CupyLauncher`). Counts come from one bincount of the action byte: no
+:class:`tmesim.launch.CupyLauncher`), then, when the push rule is on (``[tumor.mechanics]``), the
+push launches of :class:`tmesim.steps.mechanics_kernel.KernelPushing` on the lattice they left.
+Counts come from one bincount of the action byte (event, transition, push outcome): no
 floating-point atomics.
 """
 
@@ -21,6 +23,7 @@ from ..drugs import KILL_TARGETS
 from ..grid import Grid
 from ..launch import KernelSourceError, check_arrays, grid3, kernel_defines, offsets3, param_vector
 from ..scenario import EFFECT_TARGETS
+from .mechanics_kernel import OUTCOME_SHIFT, OUTCOMES, KernelPushing
 from .tumor import RuleCounts, TumorRules, probability
 
 #: events in the low 4 bits of the tumor kernels' action byte (kernels/tumor.cu TM_ACT_*)
@@ -179,6 +182,8 @@ class KernelTumorRules:
         self.claims = xp.zeros(n_sites, dtype=xp.uint64)
         self.action = xp.zeros(n_sites, dtype=xp.uint8)
         self.target = xp.zeros(n_sites, dtype=xp.uint32)
+        # the push rule (its distance buffers exist only when it is on)
+        self.pushing = KernelPushing(ref.pushing, launcher=L)
         self.last_division = (np.empty(0, np.int64), np.empty(0, np.int64))
 
     def _field(self, a, name: str, shape):
@@ -277,21 +282,43 @@ class KernelTumorRules:
             self.claims,
         )
         L("tm_tumor_finish", n, np.int64(n), self.action, self.target, self.claims)
-        counts = xp.bincount(self.action, minlength=len(TRANSITIONS) << TRANSITION_SHIFT)
+        push = self.pushing
+        if push.on:
+            # blocked mothers push on the lattice these launches left (tmesim.steps.mechanics)
+            push.apply(
+                kind, tumor_state, memory, time_in_P, self.action, self.target, self.claims, step
+            )
+        counts = xp.bincount(self.action, minlength=len(OUTCOMES) << OUTCOME_SHIFT)
         c = np.asarray(counts.get() if hasattr(counts, "get") else counts, dtype=np.int64)
-        c = c.reshape(len(TRANSITIONS), 1 << TRANSITION_SHIFT)  # [transition, event]
-        ev, tr = c.sum(axis=0), c.sum(axis=1)
+        # [push outcome, transition, event]
+        c = c.reshape(len(OUTCOMES), len(TRANSITIONS), 1 << TRANSITION_SHIFT)
+        ev, tr, po = c.sum(axis=(0, 1)), c.sum(axis=(0, 2)), c.sum(axis=(1, 2))
         targets = xp.flatnonzero(self.action == ACTIONS["born"])
         sources = self.target[targets].astype(xp.int64)
+        targets = targets.astype(xp.int64)
+        pushes = int(po[OUTCOMES["won"]])
+        if pushes:
+            # a winning mother's daughter is at target[mother] (tm_push_apply)
+            won = xp.flatnonzero((self.action >> OUTCOME_SHIFT) == OUTCOMES["won"])
+            sources = xp.concatenate([sources, won.astype(xp.int64)])
+            targets = xp.concatenate([targets, self.target[won].astype(xp.int64)])
         order = xp.argsort(sources)  # numpy lists divisions by mother, ascending
-        self.last_division = (sources[order], targets[order].astype(xp.int64))
+        self.last_division = (sources[order], targets[order])
         killed_S, killed_P = int(ev[ACTIONS["killed_S"]]), int(ev[ACTIONS["killed_P"]])
+        born = int(ev[ACTIONS["born"]])
+        lost = int(ev[ACTIONS["claim"]]) - born
+        blocked = int(ev[ACTIONS["blocked"]])
+        if push.on:
+            # TumorRules.apply: blocked = far; lost paths are conflicts, pushes are divisions
+            blocked = int(po[OUTCOMES["far"]])
+            lost += int(po[OUTCOMES["lost"]])
         return RuleCounts(
-            divisions=int(ev[ACTIONS["born"]]),
+            divisions=born + pushes,
             necroses=int(ev[ACTIONS["necrosis"]]),
             cleared=int(ev[ACTIONS["clear"]]),
-            blocked=int(ev[ACTIONS["blocked"]]),
-            lost_conflicts=int(ev[ACTIONS["claim"]] - ev[ACTIONS["born"]]),
+            blocked=blocked,
+            lost_conflicts=lost,
+            pushes=pushes,
             killed=killed_S + killed_P + int(ev[ACTIONS["killed_R"]]),
             killed_S=killed_S,
             killed_P=killed_P,
