@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""GPU benchmark of tmesim's kernels: the field solver (both methods) and the tumor rules per
-agent step, against the device's measured copy bandwidth, and a whole 3D run.
+"""GPU benchmark of tmesim's kernels: the field solver (both methods) and the tumor rules (without
+and with the push rule) per agent step, against the device's measured copy bandwidth, and a whole
+3D run.
 
     python benchmarks/bench_gpu.py                              # all sizes, whole run (GPU)
     python benchmarks/bench_gpu.py --sizes 3d-128 3d-256        # some sizes only
@@ -12,10 +13,13 @@ What is measured (benchmarks/README.md has the details):
 
 * copy bandwidth: ``dst[...] = src`` of a large float32 array (1 GiB on a GPU), best of N, timed
   with CUDA events, counting bytes read plus bytes written. The reference of "% of copy BW";
-* per part (field solver ADI, field solver LOD, tumor rules) and size (2D 4096^2, 3D 128^3,
-  256^3, 512^3): the time of one agent step (median of the repeats after a warm-up step), the
-  bytes that step moves (:func:`launch_bytes`, summed over the launches of one step), and from
-  them GB/s and the fraction of the copy bandwidth;
+* per part (field solver ADI, field solver LOD, tumor rules, tumor rules + push) and size (2D
+  4096^2, 3D 128^3, 256^3, 512^3): the time of one agent step (median of the repeats after a
+  warm-up step), the bytes that step moves (:func:`launch_bytes`, summed over the launches of one
+  step), and from them GB/s and the fraction of the copy bandwidth. "tumor rules + push" is the
+  same step with the push rule on (``[tumor.mechanics]`` push_reach_um = :data:`PUSH_REACH_UM`;
+  off in the bench scenario): the tumor launches plus the distance passes and the claim, apply
+  and finish launches of kernels/mechanics.cu;
 * a whole run of ``scenarios/bench_3d_256.toml`` (256^3, five fields, 14 days) with
   ``Simulation.run``: wall time (snapshots included) and time per agent step.
 
@@ -28,7 +32,9 @@ run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import functools
 import platform
 import re
 import statistics
@@ -50,6 +56,8 @@ SIZES = {
     "tiny": (((32, 32), 8), ((16, 16, 16), 5)),  # two grids: the script's own check
 }
 DEFAULT_SIZES = ("2d-4096", "3d-128", "3d-256", "3d-512")
+#: push reach of the "tumor rules + push" rows (um): 3 voxel edges at the bench's 20 um, 3 passes
+PUSH_REACH_UM = 60.0
 COLUMNS = (
     "part",
     "grid",
@@ -76,6 +84,9 @@ WRITE_ONLY = {
     "tm_factor_diag": {"out"},
     "tm_thomas_factor_diag": {"inv", "cp"},
     "tm_tumor_decide": {"action", "target"},
+    "tm_push_distance": {"D_out"},
+    "tm_push_apply": {"target"},
+    "tm_rng_raw_at_lane": {"out"},
 }
 
 
@@ -205,7 +216,8 @@ def bench_scenario(shape, radius_vox, *extra):
 
 
 def measure_parts(backend, shape, radius_vox, repeats: int, warm: int, log) -> list[dict]:
-    """Rows for the field solver (adi, lod) and the tumor rules at one grid size."""
+    """Rows for the field solver (adi, lod) and the tumor rules (without and with the push rule)
+    at one grid size."""
     from tmesim.simulation import Model
 
     rows = []
@@ -261,6 +273,21 @@ def measure_parts(backend, shape, radius_vox, repeats: int, warm: int, log) -> l
             n_l, nbytes = counter.count(rules_step)
             times = [clock(rules_step) for _ in range(repeats)]
             rows.append(_row("tumor rules", grid_name, statistics.median(times), n_l, nbytes))
+            # the same step with the push rule on, by rules of the model's class built with it
+            mech = dataclasses.replace(sc.tumor.mechanics, push_reach_um=PUSH_REACH_UM)
+            pushing = type(tr)(
+                dataclasses.replace(sc.tumor, mechanics=mech),
+                m.grid,
+                sc.run.seed,
+                sc.run.dt_min,
+                sc.drugs,
+                launcher=counter,
+            )
+            push_step = functools.partial(rules_step, tr=pushing)
+            n_l, nbytes = counter.count(push_step)
+            times = [clock(push_step) for _ in range(repeats)]
+            label = f"tumor rules + push ({PUSH_REACH_UM:g} um, {pushing.pushing.passes} passes)"
+            rows.append(_row(label, grid_name, statistics.median(times), n_l, nbytes))
     return rows
 
 

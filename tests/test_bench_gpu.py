@@ -1,6 +1,6 @@
 """benchmarks/bench_gpu.py, checked without a GPU: run through the portable kernels on tiny grids
-(its table has the documented columns and rows), and its byte count of the tumor rules equals a
-count by hand from kernels/tumor.cu's arguments."""
+(its table has the documented columns and rows), and its byte counts of the tumor rules and of the
+push rule equal counts by hand from the arguments of kernels/tumor.cu and kernels/mechanics.cu."""
 
 from __future__ import annotations
 
@@ -79,6 +79,47 @@ def test_tumor_rules_bytes_equal_the_hand_count():
     assert nbytes == _tumor_rules_bytes_by_hand(32 * 32, 1, small)
 
 
+def _push_bytes_by_hand(n: int, passes: int, small: int) -> int:
+    """The dense count of the push launches of one step (kernels/mechanics.cu), per site: the
+    first distance pass reads kind and writes D_out (its D_in is a 1-element stand-in, counted
+    in ``small``), each further pass also reads D_in; claim reads D, updates action and claims;
+    apply reads D and claims, updates kind, tumor_state, memory, time_in_P and action, writes
+    target; finish reads D and action, updates claims."""
+    first = 1 + 2
+    further = 1 + 2 + 2
+    claim = 2 + 2 * 1 + 2 * 8
+    apply = 2 + 2 * (1 + 1 + 4 + 4) + 2 * 1 + 4 + 8
+    finish = 2 + 1 + 2 * 8
+    return n * (first + (passes - 1) * further + claim + apply + finish) + small
+
+
+@pytest.mark.parametrize("reach_um,passes", [(20.0, 1), (60.0, 3), (100.0, 5)])
+def test_push_rule_bytes_equal_the_hand_count(reach_um, passes):
+    bench = _bench()
+    from tmesim.backend import Portable
+    from tmesim.simulation import Model
+
+    sc = bench.bench_scenario(
+        (32, 32), 8, "solver.method=lod", f"tumor.mechanics.push_reach_um={reach_um}"
+    )
+    m = Model(sc, Portable())
+    counter = bench.CountingLauncher(m.classes.launcher)
+    tr, st = m.tumor_rules, m.state
+    tr.L = tr.pushing.L = counter
+    kind = st.kind.copy()
+    n = 32 * 32
+    n_launches, nbytes = counter.count(
+        lambda: tr.pushing.apply(
+            kind, st.tumor_state, st.memory, st.time_in_P_min, tr.action, tr.target, tr.claims, 0
+        )
+    )
+    p = tr.pushing
+    assert p.passes == passes and n_launches == passes + 3
+    # the offsets each launch reads, and the first pass's stand-in D_in
+    small = (passes + 3) * p.offsets.nbytes + p._no_field.nbytes
+    assert nbytes == _push_bytes_by_hand(n, passes, small)
+
+
 def test_launch_bytes_roles():
     """A field kernel by hand: tm_laplacian reads c and the small tables, writes out."""
     bench = _bench()
@@ -135,8 +176,15 @@ def test_script_runs_on_the_portable_kernels(tmp_path):
     assert parts == [
         (p, g)
         for g in ("32x32", "16x16x16")
-        for p in ("field solver adi", "tumor rules", "field solver lod")
+        for p in ("field solver adi", "tumor rules", "tumor rules + push", "field solver lod")
     ]
+    push_rows = [row for row in rows if row[0].startswith("tumor rules + push")]
+    assert all("(60 um, 3 passes)" in row[0] for row in push_rows)
+    # the same tumor step plus 3 distance passes and the claim, apply and finish launches
+    tumor_rows = [row for row in rows if row[0] == "tumor rules"]
+    for t, p in zip(tumor_rows, push_rows):
+        assert float(p[3]) == float(t[3]) + 6
+        assert float(p[4]) > float(t[4])
     for row in rows:
         ms, launches, mb, gbs, pct = map(float, row[2:])
         assert ms > 0 and launches >= 3 and mb > 0 and gbs > 0 and pct > 0
