@@ -276,3 +276,20 @@ def test_reach_zero_is_contact_inhibition():
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     assert runs[2][1] > 0
     assert (runs[2][0] == codes.TUMOR).sum() > (runs[0][0] == codes.TUMOR).sum()
+
+
+def test_windows_in_chunks_change_nothing(monkeypatch):
+    """The numpy rule's windows come in chunks of WINDOW_BUDGET distances: any chunk size gives
+    the same lattice and counts."""
+    g = np.random.default_rng(1)
+    grid = Grid((12, 13, 11), 20.0, "moore")
+    kind0 = np.where(g.random(grid.n_sites) < 0.06, codes.EMPTY, codes.TUMOR).astype(np.uint8)
+    runs = []
+    for budget in (mechanics.WINDOW_BUDGET, 3000):
+        monkeypatch.setattr(mechanics, "WINDOW_BUDGET", budget)
+        _, (k1, tag1), c, mothers, daughters, _ = push_once(kind0.copy(), grid, 60.0, seed=3)
+        runs.append((k1, tag1, c, mothers, daughters))
+    assert runs[0][2].pushes > 10
+    for i in (0, 1, 3, 4):  # lattice, tags, mothers, daughters
+        np.testing.assert_array_equal(runs[0][i], runs[1][i])
+    assert runs[0][2] == runs[1][2]

@@ -47,6 +47,7 @@ one cell fits, which is the contact-inhibited rule exactly. The CUDA twin is
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,8 @@ UNIT = STEP_WEIGHTS[0]
 INF = 0x7FFF
 #: the kind code of voxels beyond the lattice in the numpy windows (never empty, never pushed)
 OUTSIDE = 255
+#: distances held at once in the numpy windows (uint16; a few copies of this are made)
+WINDOW_BUDGET = 1 << 22
 #: longest reach in voxel edges (keeps every distance below INF)
 MAX_REACH_VOXELS = MAX_PUSH_REACH_VOXELS
 #: pushable kinds the scenario may name, and their codes
@@ -82,8 +85,8 @@ def step_weights(offsets: np.ndarray) -> np.ndarray:
 
 
 def reach_units(reach_um: float, dx_um: float) -> int:
-    """The push reach in distance units (tenths of dx), rounded to the nearest."""
-    return int(round(UNIT * reach_um / dx_um))
+    """The push reach in distance units (tenths of dx), rounded to the nearest (halves up)."""
+    return int(math.floor(UNIT * reach_um / dx_um + 0.5))
 
 
 def pushable_mask(names) -> int:
@@ -269,7 +272,18 @@ class Pushing:
         if not self.on or sources.size == 0:
             out.far = int(sources.size)
             return out, none, none
-        movers, path, far = self.paths(sources, self.windows(kind, sources), step)
+        # windows in chunks: each holds (2 passes + 3)^ndim distances per mother
+        chunk = max(1, WINDOW_BUDGET // (2 * self.passes + 3) ** self.grid.ndim)
+        parts = [
+            self.paths(sources[i : i + chunk], self.windows(kind, sources[i : i + chunk]), step)
+            for i in range(0, sources.size, chunk)
+        ]
+        movers = np.concatenate([p[0] for p in parts])
+        far = np.concatenate([p[2] for p in parts])
+        width = max(p[1].shape[1] for p in parts)
+        path = np.concatenate(
+            [np.pad(p[1], ((0, 0), (0, width - p[1].shape[1])), constant_values=-1) for p in parts]
+        )
         out.far = int(far.size)
         if movers.size == 0:
             return out, none, none
