@@ -22,7 +22,8 @@ What is measured (benchmarks/README.md explains every column):
   and from (b) and (c) the time per 6-min agent step at comparable accuracy (600 LOD substeps,
   tmesim's and BioFVM's, against one ADI step);
 * tumor rules: ``TumorRules.apply`` on a lattice mostly filled with tumor cells under a radial
-  oxygen profile (normoxic rim, hypoxic and necrotic core), so every branch runs;
+  oxygen profile (normoxic rim, hypoxic and necrotic core), so every branch runs, with the
+  default push reach (about half the dividing cells have no empty neighbour and push);
 * bytes: the state per voxel (``State.bytes_per_voxel``) and the bytes the numpy code reads and
   writes per update, counted operation by operation from tmesim/steps/fields.py and
   tmesim/steps/tumor.py (see ``pcg_sweep_bytes``, ``lod_step_bytes``, ``rules_bytes``), and from
@@ -659,6 +660,8 @@ def bench_rules(shape, quick: bool) -> dict:
         necrotic_frac=necrotic.size / n,
         low_frac=low.size / n,
         divisions=mean("divisions"),
+        pushes=mean("pushes"),
+        reach_um=sc.tumor.mechanics.push_reach_um,
         necroses=mean("necroses"),
         cleared=mean("cleared"),
     )
@@ -876,7 +879,9 @@ def render(info, bw1, bw2, copy_mb, probes, solver, rules, peak, command, elapse
         out.append("")
         out.append(
             f"Target (2D) >= {e(RULES_TARGET_2D)} site updates/s; HAL on-lattice model: "
-            f"{e(HAL_STEPS_PER_S[0])}-{e(HAL_STEPS_PER_S[1])} agent steps/s."
+            f"{e(HAL_STEPS_PER_S[0])}-{e(HAL_STEPS_PER_S[1])} agent steps/s. Blocked cells "
+            f"push within the default reach ({rules[0]['reach_um']:g} um, "
+            "tmesim.steps.mechanics); B/site counts the rules without the push."
         )
         out.append("")
         rows = []
@@ -890,7 +895,8 @@ def render(info, bw1, bw2, copy_mb, probes, solver, rules, peak, command, elapse
                     e(r["rate"]),
                     f"{100 * r['tumor_frac']:.0f} / {100 * r['hypoxic_frac']:.0f} / "
                     f"{100 * r['necrotic_frac']:.1f}",
-                    f"{r['divisions']:.0f} / {r['necroses']:.0f} / {r['cleared']:.0f}",
+                    f"{r['divisions']:.0f} ({r['pushes']:.0f}) / {r['necroses']:.0f} / "
+                    f"{r['cleared']:.0f}",
                     f"{r['b_site']:.0f}",
                     f"{gb:.1f}",
                     f"{100 * gb / bw1:.0f}%",
@@ -903,7 +909,7 @@ def render(info, bw1, bw2, copy_mb, probes, solver, rules, peak, command, elapse
                 "ms/step",
                 "site upd/s",
                 "tumor % / hypoxic % of tumor / necrotic %",
-                "divisions / necroses / cleared per step",
+                "divisions (by pushing) / necroses / cleared per step",
                 "B/site",
                 "GB/s",
                 "% of copy BW",

@@ -341,10 +341,12 @@ class MechanicsConfig:
     Strobl et al.'s on-lattice rule)."""
 
     push_reach_um: float = param(
-        0.0,
+        60.0,
         "um",
-        "longest chain of cells a division may push, as a length "
-        "(chosen from spheroid growth, see scenarios/validation/README.md)",
+        "longest chain of cells a division may push, as a length: cells within about reach + dx "
+        "of free space divide; 0: contact inhibition [chosen: three cell diameters, the least "
+        "that gives a colony the same speed on 20 and 10 um lattices within 20 %, "
+        "scenarios/validation/colony_growth.toml]",
         lo=0,
         hi=2000,
     )

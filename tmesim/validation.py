@@ -200,6 +200,159 @@ def judge_resistance(r):
     return rows, long_ >= 5 and long_ > 2 * short
 
 
+# ----------------------------------------------------------------------------- growth
+#: the contact-inhibited arm of the growth experiments (division into empty neighbours only)
+NO_PUSH = ["tumor.mechanics.push_reach_um=0"]
+#: the colony on a lattice twice as fine (the same 2 mm square)
+COLONY_FINE = ["grid.dx_um=10", "grid.shape=[200, 200]"]
+
+
+def equivalent_radius_um(n_voxels, dx_um: float, ndim: int):
+    """Radius (um) of the disk (2D) or sphere (3D) of ``n_voxels`` voxels of edge ``dx_um``."""
+    n = np.asarray(n_voxels, dtype=np.float64)
+    if ndim == 2:
+        return np.sqrt(n / math.pi) * dx_um
+    return np.cbrt(3.0 * n / (4.0 * math.pi)) * dx_um
+
+
+def doubling_time_h(day, n) -> float:
+    """Doubling time (h) of a least-squares exponential fit of ``n`` over ``day``."""
+    slope = np.polyfit(np.asarray(day) * 24.0, np.log(np.asarray(n, dtype=np.float64)), 1)[0]
+    return math.log(2.0) / slope if slope > 0 else math.inf
+
+
+def linear_speed(day, radius):
+    """(speed in um/day, R^2) of a least-squares line through ``radius`` over ``day``."""
+    day, radius = np.asarray(day), np.asarray(radius)
+    if day.size < 3:
+        return math.nan, math.nan
+    coef = np.polyfit(day, radius, 1)
+    resid = radius - np.polyval(coef, day)
+    ss = float(np.sum((radius - radius.mean()) ** 2))
+    return float(coef[0]), 1.0 - float(np.sum(resid**2)) / ss if ss > 0 else math.nan
+
+
+def spheroid_figures(s, dx_um=20.0, doubling_h=18.0) -> dict:
+    """The spheroid's growth figures, each (value, holds): the doubling time while the diameter
+    is under 200 um (within 15 % of the set one), the radial speed once it is over 400 um
+    (15-40 um/day, on a straight line: R^2 >= 0.98 over at least 3 days), the diameter at which
+    necrosis starts (shown, 400-500 um expected, not judged: it is what the uptake was chosen for)
+    and the viable rim over the necrotic core at the end (100-250 um, diameter >= 450 um)."""
+    day = np.asarray(s["day"])
+    total = np.asarray(s["burden"]) + np.asarray(s["n_necrotic"])
+    r = equivalent_radius_um(total, dx_um, 3)
+    r_nec = equivalent_radius_um(s["n_necrotic"], dx_um, 3)
+    small = 2 * r < 200.0
+    td = doubling_time_h(day[small], total[small]) if small.sum() >= 3 else math.nan
+    big = 2 * r >= 400.0
+    v, r2 = linear_speed(day[big], r[big])
+    span = float(day[big][-1] - day[big][0]) if big.any() else 0.0
+    nec = np.flatnonzero(np.asarray(s["n_necrotic"]) > 0)
+    onset = float(2 * r[nec[0]]) if nec.size else math.nan
+    rim = float(r[-1] - r_nec[-1])
+    return {
+        "doubling": (td, abs(td / doubling_h - 1.0) <= 0.15),
+        "speed": (v, 15.0 <= v <= 40.0 and r2 >= 0.98 and span >= 3.0),
+        "r2": (r2, r2 >= 0.98),
+        "onset": (onset, True),
+        "rim": (rim, nec.size > 0 and 2 * r[-1] >= 450.0 and 100.0 <= rim <= 250.0),
+        "diameter": (float(2 * r[-1]), True),
+    }
+
+
+def judge_spheroid(r):
+    f = spheroid_figures(r["pushing (default)"])
+    g = spheroid_figures(r["contact inhibition (reach 0)"])
+
+    def both(key, fmt):
+        return f"{fmt.format(f[key][0])} (reach 0: {fmt.format(g[key][0])})"
+
+    rows = [
+        (
+            "doubling time while the diameter is under 200 um",
+            "the set 18 h: exponential (Freyer & Sutherland 1986)",
+            both("doubling", "{:.1f} h"),
+        ),
+        (
+            "radial speed once the diameter is over 400 um",
+            "linear, 15-40 um/day (Freyer & Sutherland 1986)",
+            both("speed", "{:.1f} um/day") + f", R^2 {f['r2'][0]:.3f}",
+        ),
+        (
+            "diameter at necrosis onset",
+            "about 400-500 um (the uptake is set for this)",
+            both("onset", "{:.0f} um"),
+        ),
+        (
+            f"viable rim over the necrotic core at {f['diameter'][0]:.0f} um",
+            "100-250 um (Freyer & Sutherland 1986)",
+            both("rim", "{:.0f} um"),
+        ),
+    ]
+    return rows, all(ok for _, ok in f.values())
+
+
+def colony_figures(s, dx_um: float, doubling_h=24.0) -> dict:
+    """The colony's figures, each (value, holds): the doubling time over the first 2 days
+    (within 15 % of the set one), the radial speed over the second half of the run on a straight
+    line (R^2 >= 0.99) and the speed of its last quarter relative to its third (within 15 %:
+    linear, not accelerating)."""
+    day = np.asarray(s["day"])
+    n = np.asarray(s["burden"], dtype=np.float64)
+    r = equivalent_radius_um(n, dx_um, 2)
+    early = day <= 2.0
+    td = doubling_time_h(day[early], n[early])
+    end = float(day[-1])
+    late = day >= end / 2
+    v, r2 = linear_speed(day[late], r[late])
+    v3, _ = linear_speed(day[late & (day < 0.75 * end)], r[late & (day < 0.75 * end)])
+    v4, _ = linear_speed(day[day >= 0.75 * end], r[day >= 0.75 * end])
+    return {
+        "doubling": (td, abs(td / doubling_h - 1.0) <= 0.15),
+        "speed": (v, r2 >= 0.99),
+        "r2": (r2, r2 >= 0.99),
+        "steady": (v4 / v3, abs(v4 / v3 - 1.0) <= 0.15),
+    }
+
+
+def lattice_ratio(coarse: dict, fine: dict) -> tuple[float, bool]:
+    """Speed on the fine lattice over the speed on the coarse one: within 20 % of 1."""
+    q = fine["speed"][0] / coarse["speed"][0]
+    return q, abs(q - 1.0) <= 0.2
+
+
+def judge_colony(r):
+    f20 = colony_figures(r["dx 20 um"], 20.0)
+    f10 = colony_figures(r["dx 10 um"], 10.0)
+    g20 = colony_figures(r["dx 20 um, reach 0"], 20.0)
+    g10 = colony_figures(r["dx 10 um, reach 0"], 10.0)
+    q, q_ok = lattice_ratio(f20, f10)
+    q0, _ = lattice_ratio(g20, g10)
+    rows = [
+        (
+            "doubling time over the first 2 days, dx = 10 um (20 um)",
+            "the set 24 h: exponential start (Bru 1998)",
+            f"{f10['doubling'][0]:.1f} h ({f20['doubling'][0]:.1f} h; reach 0: "
+            f"{g10['doubling'][0]:.1f} h)",
+        ),
+        (
+            "radial speed, second half of the run",
+            "constant: linear growth (Bru 1998)",
+            f"{f20['speed'][0]:.1f} um/day, R^2 {f20['r2'][0]:.4f}, last quarter / third "
+            f"{f20['steady'][0]:.2f} (reach 0: {g20['speed'][0]:.1f} um/day)",
+        ),
+        (
+            "speed at dx = 10 um / at dx = 20 um",
+            "1 (within 20 %): a model in physical units",
+            f"{q:.2f} (reach 0: {q0:.2f})",
+        ),
+    ]
+    # the early doubling is judged on the fine lattice (80 founders; 16 on the coarse one are too
+    # few for a 15 % band), the linear growth on both
+    ok = f10["doubling"][1] and all(f[k][1] for f in (f20, f10) for k in ("speed", "steady"))
+    return rows, ok and q_ok
+
+
 def _hdac_arm():
     return [
         "drugs.kdm5i.schedule.kind=none",
@@ -210,6 +363,30 @@ def _hdac_arm():
 
 
 EXPERIMENTS = [
+    Experiment(
+        "spheroid",
+        "A spheroid grows exponentially, then linearly, over a necrotic core",
+        "Freyer & Sutherland 1986; Drasdo & Hoehme 2005",
+        [
+            Arm("pushing (default)", "spheroid_growth.toml"),
+            Arm("contact inhibition (reach 0)", "spheroid_growth.toml", NO_PUSH),
+        ],
+        judge_spheroid,
+        quick=["grid.shape=[48, 48, 48]", "run.duration_days=10"],
+    ),
+    Experiment(
+        "colony",
+        "A monolayer colony's radius grows linearly, the same on any lattice",
+        "Bru et al. 1998",
+        [
+            Arm("dx 20 um", "colony_growth.toml"),
+            Arm("dx 10 um", "colony_growth.toml", COLONY_FINE),
+            Arm("dx 20 um, reach 0", "colony_growth.toml", NO_PUSH),
+            Arm("dx 10 um, reach 0", "colony_growth.toml", COLONY_FINE + NO_PUSH),
+        ],
+        judge_colony,
+        quick=[],
+    ),
     Experiment(
         "biphasic",
         "Biphasic kill under continuous EGFR TKI",

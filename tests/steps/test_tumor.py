@@ -12,7 +12,7 @@ from scipy import stats
 
 from tmesim import codes, rng
 from tmesim.grid import Grid
-from tmesim.scenario import TransitionConfig
+from tmesim.scenario import MechanicsConfig, TransitionConfig
 from tmesim.scenario import TumorConfig as _TumorConfig
 from tmesim.steps.tumor import TumorRules
 
@@ -21,8 +21,10 @@ DT = 6.0
 
 def TumorConfig(**kw):
     """Growth, necrosis and clearance alone: no phenotype transitions (tested in
-    tests/steps/test_persisters.py)."""
+    tests/steps/test_persisters.py), division into empty neighbours only (the push rule is tested
+    in tests/steps/test_mechanics.py)."""
     kw.setdefault("transitions", TransitionConfig(pre_existing=False, drug_induced=False))
+    kw.setdefault("mechanics", MechanicsConfig(push_reach_um=0.0))
     return _TumorConfig(**kw)
 
 

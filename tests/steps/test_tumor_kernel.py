@@ -31,6 +31,7 @@ from tmesim.grid import Grid
 from tmesim.scenario import (
     DrugConfig,
     EffectConfig,
+    MechanicsConfig,
     SignallingConfig,
     TransitionConfig,
     TumorConfig,
@@ -44,8 +45,9 @@ DT_MIN = 6.0
 
 # ------------------------------------------------------------------------------------- growth
 def tumor_config(**kw) -> TumorConfig:
-    """A TumorConfig with the persister transitions off: the growth rules alone (the persister
-    biology has its own parity tests below)."""
+    """A TumorConfig with the persister transitions off and contact inhibition: the growth rules
+    alone (the persister biology and the push rule have their own parity tests)."""
+    kw.setdefault("mechanics", MechanicsConfig(push_reach_um=0.0))
     cfg = TumorConfig(**kw)
     if hasattr(cfg, "transitions"):
         from tmesim.scenario import TransitionConfig
@@ -222,6 +224,9 @@ DRUGS = {
 }
 
 HIGH_RATES = dict(
+    # contact inhibition: blocked cells and lost claims happen often (the push rule has its own
+    # parity tests, tests/steps/test_mechanics_kernel.py, the "default" config below runs both)
+    mechanics=MechanicsConfig(push_reach_um=0.0),
     doubling_time_h=0.5,
     necrosis_max_rate_per_h=3.0,
     necrotic_clearance_per_h=3.0,

@@ -14,11 +14,13 @@ be longer by a fraction r dt (0.29 % at 24 h and 6 min), which the growth test d
 Division: rate ``r = ln2 / doubling_time * f_O2 * f_state``, with ``f_O2`` zero at or below the
 proliferation threshold, rising linearly to one at saturation (PhysiCell's standard O2-based
 model), and ``f_state`` one for sensitive cells (persister and resistant factors arrive with the
-persister biology). The daughter goes to a uniformly chosen empty neighbour; a cell with no empty
-neighbour does not divide (contact inhibition). When several cells choose the same voxel, the one
-with the largest key ``(32-bit random priority << 32) | source site`` wins -- the rule a CUDA
-``atomicMax`` on 64-bit keys applies, mirrored here by ``np.maximum.at``; the losers do not divide
-this step.
+persister biology). The daughter goes to a uniformly chosen empty neighbour. When several cells
+choose the same voxel, the one with the largest key ``(32-bit random priority << 32) | source
+site`` wins -- the rule a CUDA ``atomicMax`` on 64-bit keys applies, mirrored here by
+``np.maximum.at``; the losers do not divide this step. A cell with no empty neighbour pushes a
+chain of cells toward free space within the push reach, after the rest of the step has been
+applied (tmesim.steps.mechanics, the scenario's [tumor.mechanics]); with a reach of 0 it does not
+divide (contact inhibition).
 
 Necrosis: rate rising linearly from zero at the necrosis threshold to its maximum at
 ``necrosis_max_mmHg`` and below. Necrotic voxels become empty at the clearance rate; a voxel
