@@ -7,10 +7,12 @@ Simulation.run(): step, record a time-series row, fire schedules (snapshots, pro
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -496,12 +498,20 @@ def stored_scenario(path) -> Scenario:
     try:
         check_format(f, str(path), resume=True)
         text = attr_str(f, "scenario")
+        version = schema.parse_version(attr_str(f, "format_version"))
         base = "."
         if ckpt.GROUP in f:
             base = attr_str(f[ckpt.GROUP], "scenario_base_dir", ".")
     finally:
         f.close()
-    return loads_scenario(text, base_dir=base)
+    sc = loads_scenario(text, base_dir=base)
+    if version < schema.PUSH_DEFAULT_SINCE and "push_reach_um" not in (
+        tomllib.loads(text).get("tumor", {}).get("mechanics", {})
+    ):
+        # written before cells pushed by default: the run went on without pushing, and goes on so
+        mech = dataclasses.replace(sc.tumor.mechanics, push_reach_um=0.0)
+        sc = dataclasses.replace(sc, tumor=dataclasses.replace(sc.tumor, mechanics=mech))
+    return sc
 
 
 # ------------------------------------------------------------------ one scenario, many runs

@@ -32,6 +32,7 @@ from ..helpers import (
     assert_same_run,
     event_kinds,
     rows_in,
+    run_contents,
     scenario_text,
     signal_after_rows,
 )
@@ -360,3 +361,33 @@ def test_resume_with_drugs_stroma_and_persisters_is_identical(tmp_path):
     sim = tmesim.Simulation.resume(out, backend="cpu")
     assert sim.resumed_from == 301 and sim.status == "finished"
     assert_same_run(ref, out)
+
+
+def test_a_file_from_before_pushing_resumes_without_it(tiny, tmp_path):
+    """A run file of format 1.1 (before cells pushed by default) whose scenario names no push
+    reach ran with none: `tmesim resume` continues it with none, and the finished file's data
+    are those of an uninterrupted run with push_reach_um = 0. A 1.2 file with the same text
+    resumes with the default reach."""
+    scen, _ = tiny
+    text = scen.read_text()
+    no_push = text + "\n[tumor.mechanics]\npush_reach_um = 0\n"
+    ref = tmp_path / "ref0.h5"
+    tmesim.Simulation(tmesim.loads_scenario(no_push), "cpu").run(ref)
+    out = tmp_path / "old.h5"
+    sim = tmesim.Simulation(tmesim.loads_scenario(no_push), "cpu")
+    sim.callbacks.append(At(130, lambda s: (_ for _ in ()).throw(KeyboardInterrupt)))
+    with pytest.raises(KeyboardInterrupt):
+        sim.run(out)
+    with h5py.File(out, "r+") as f:  # what tmesim 1.1 wrote: the text without the key
+        f.attrs["scenario"] = text
+        f.attrs["format_version"] = "1.1"
+    assert tmesim.simulation.stored_scenario(out).tumor.mechanics.push_reach_um == 0.0
+    sim = tmesim.Simulation.resume(out, backend="cpu")
+    assert sim.resumed_from == 120 and sim.status == "finished"
+    a, b = run_contents(ref), run_contents(out)
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not np.array_equal(np.asarray(a[k]), np.asarray(b[k]))]
+    assert differ == ["@format_version", "@scenario"]
+    with h5py.File(out, "r+") as f:
+        f.attrs["format_version"] = schema.FORMAT_VERSION
+    assert tmesim.simulation.stored_scenario(out).tumor.mechanics.push_reach_um == 60.0

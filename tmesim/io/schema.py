@@ -26,7 +26,11 @@ any moment leaves a file that opens, holding everything flushed before the kill.
 """
 
 FORMAT = "tmesim"
-FORMAT_VERSION = "1.1"  # major.minor: readers refuse a newer major version
+FORMAT_VERSION = "1.2"  # major.minor: readers refuse a newer major version
+#: the first format written by a tmesim whose tumor cells push at division by default: a
+#: scenario stored in an older file that names no push reach ran with none
+#: (tmesim.simulation.stored_scenario)
+PUSH_DEFAULT_SINCE = (1, 2)
 MAJOR = 1
 
 SNAPSHOTS = "snapshots"
