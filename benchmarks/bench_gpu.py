@@ -76,6 +76,7 @@ _KERNEL = re.compile(r"TM_KERNEL\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
 #: other non-const pointer is updated in place (read and written back): counted twice
 WRITE_ONLY = {
     "tm_rng_raw_at": {"out"},
+    "tm_rng_raw_at_lane": {"out"},
     "tm_rng_uniform_at": {"out"},
     "tm_laplacian": {"out"},
     "tm_apply_operator": {"out"},
@@ -86,7 +87,6 @@ WRITE_ONLY = {
     "tm_tumor_decide": {"action", "target"},
     "tm_push_distance": {"D_out"},
     "tm_push_apply": {"target"},
-    "tm_rng_raw_at_lane": {"out"},
 }
 
 

@@ -337,15 +337,3 @@ TM_KERNEL void tm_push_finish(long long n_sites, int nz, int ny, int nx,
         }
     }
 }
-
-/* tm_rng_raw_at_lane: out[i] = word of (seed, step, sites[i], stream, lane), the words the walks
- * draw (stream TM_STREAM_PUSH_PATH, lane = hop): tmesim.rng.raw_at(..., lane=lane), checked by
- * tests/test_rng_kernel.py. (It belongs beside tm_rng_raw_at in rng.cu; it sits here until that
- * file takes a lane.)
- *   n        number of sites (work items)
- *   sites    (n,) int64 flat site indices, any order, repeats allowed
- *   out      (n,) uint64 Philox words */
-TM_KERNEL void tm_rng_raw_at_lane(long long n, u64 seed, u64 step, u64 stream, u64 lane,
-                                  const long long* __restrict__ sites, u64* __restrict__ out) {
-    TM_FOR_EACH(i, n) { out[i] = tm_rng_word_lane(seed, step, (u64)sites[i], stream, lane); }
-}

@@ -1,5 +1,6 @@
 /* rng.cu -- batch access to the counter-based generator (rng.cuh) at arbitrary sites.
- * GPU twins of tmesim.rng.raw_at and tmesim.rng.uniform_at; the rules call rng.cuh inline instead.
+ * GPU twins of tmesim.rng.raw_at (lane 0 and any lane) and tmesim.rng.uniform_at; the rules call
+ * rng.cuh inline instead. Driver: tmesim/rng_kernel.py.
  */
 #include "common.cuh"
 #include "rng.cuh"
@@ -14,6 +15,19 @@ TM_KERNEL void tm_rng_raw_at(long long n, u64 seed, u64 step, u64 stream,
                              const long long* __restrict__ sites,
                              u64* __restrict__ out) {
     TM_FOR_EACH(i, n) { out[i] = tm_rng_word(seed, step, (u64)sites[i], stream); }
+}
+
+/* tm_rng_raw_at_lane: out[i] = word of (seed, step, sites[i], stream, lane), the fourth counter
+ * word set to lane (tm_rng_word_lane: the words the push walks of mechanics.cu draw, stream
+ * TM_STREAM_PUSH_PATH, lane = hop).
+ *   n, sites, out as tm_rng_raw_at
+ * One work item per entry of sites. Twin of tmesim.rng.raw_at(..., lane=lane); lane 0 gives
+ * tm_rng_raw_at's words.
+ */
+TM_KERNEL void tm_rng_raw_at_lane(long long n, u64 seed, u64 step, u64 stream, u64 lane,
+                                  const long long* __restrict__ sites,
+                                  u64* __restrict__ out) {
+    TM_FOR_EACH(i, n) { out[i] = tm_rng_word_lane(seed, step, (u64)sites[i], stream, lane); }
 }
 
 /* tm_rng_uniform_at: out[i] = uniform double in [0, 1) of (seed, step, sites[i], stream).

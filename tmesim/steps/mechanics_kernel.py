@@ -1,7 +1,7 @@
 """The push rule on the kernels (``kernels/mechanics.cu``): :class:`KernelPushing`, the twin of
 :class:`tmesim.steps.mechanics.Pushing`, run by :class:`tmesim.steps.tumor_kernel.KernelTumorRules`
-after its own launches, on its action, target and claims arrays; and :func:`raw_at_lane`, the
-random words the walks draw.
+after its own launches, on its action, target and claims arrays. (The random words the walks
+draw, at lane = hop, are :func:`tmesim.rng_kernel.raw_at` with ``lane``.)
 
 Launches per step: ``passes`` of the distance field (``tm_push_distance``, ping-pong between two
 uint16 buffers), then ``tm_push_claim``, ``tm_push_apply`` and ``tm_push_finish`` (see the file
@@ -135,30 +135,3 @@ class KernelPushing:
             claims,
         )
         L("tm_push_finish", n, np.int64(n), *walk, *key, action, claims)
-
-
-def raw_at_lane(seed: int, step: int, stream: int, sites, lane: int, *, launcher):
-    """Philox words (uint64) at ``sites`` and ``lane``: twin of
-    ``tmesim.rng.raw_at(seed, step, stream, sites, lane=lane)`` (kernels/mechanics.cu
-    ``tm_rng_raw_at_lane``, the words of the push walks).
-
-    Args:
-        launcher: a launcher of tmesim.launch; ``sites`` and the result are ``launcher.xp``
-            arrays.
-    """
-    xp = launcher.xp
-    sites = xp.ascontiguousarray(xp.asarray(sites, dtype=xp.int64).reshape(-1))
-    out = xp.empty(sites.size, dtype=xp.uint64)
-    if sites.size:
-        launcher(
-            "tm_rng_raw_at_lane",
-            sites.size,
-            np.int64(sites.size),
-            np.uint64(seed),
-            np.uint64(step),
-            np.uint64(stream),
-            np.uint64(lane),
-            sites,
-            out,
-        )
-    return out
