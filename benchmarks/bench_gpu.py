@@ -18,8 +18,8 @@ What is measured (benchmarks/README.md has the details):
   warm-up step), the bytes that step moves (:func:`launch_bytes`, summed over the launches of one
   step), and from them GB/s and the fraction of the copy bandwidth. "tumor rules + push" is the
   same step with the push rule on (``[tumor.mechanics]`` push_reach_um = :data:`PUSH_REACH_UM`;
-  off in the bench scenario): the tumor launches plus the distance passes and the claim, apply
-  and finish launches of kernels/mechanics.cu;
+  off in the bench scenario): the tumor launches plus the distance passes (in place in one
+  uint16 buffer) and the claim, apply and finish launches of kernels/mechanics.cu;
 * a whole run of ``scenarios/bench_3d_256.toml`` (256^3, five fields, 14 days) with
   ``Simulation.run``: wall time (snapshots included) and time per agent step.
 
@@ -73,7 +73,9 @@ COLUMNS = (
 _KERNEL = re.compile(r"TM_KERNEL\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
 
 #: non-const pointer parameters that a kernel only writes (pure outputs): counted once. Every
-#: other non-const pointer is updated in place (read and written back): counted twice
+#: other non-const pointer is updated in place (read and written back): counted twice, as the
+#: push rule's distance field D in tm_push_distance (its first pass, tm_push_distance_first, only
+#: writes it)
 WRITE_ONLY = {
     "tm_rng_raw_at": {"out"},
     "tm_rng_raw_at_lane": {"out"},
@@ -85,7 +87,7 @@ WRITE_ONLY = {
     "tm_factor_diag": {"out"},
     "tm_thomas_factor_diag": {"inv", "cp"},
     "tm_tumor_decide": {"action", "target"},
-    "tm_push_distance": {"D_out"},
+    "tm_push_distance_first": {"D"},
     "tm_push_apply": {"target"},
 }
 

@@ -7,15 +7,21 @@
  * Pushing.apply after its other rules.
  *
  * Launches of one step (only when the reach is at least one voxel edge, cap >= TM_PUSH_UNIT):
- *   tm_push_distance  `passes` = cap / 10 Jacobi passes of the distance field D (uint16 per site,
- *                     two ping-pong buffers): at a pushable occupied voxel
- *                     D_out = min(D_in, min over in-grid neighbours j of D_in[nb_j] + w_j), then
- *                     INF where it exceeds cap; empty voxels 0, every other kind INF. The first
- *                     pass reads no D_in: the initial field (0 at empty voxels, INF elsewhere) is
- *                     read off `kind`. A pass reads only D_in and writes only D_out[s]: the result
- *                     does not depend on any order. numpy's Pushing computes the same field (it
- *                     stops at a fixed point, and only in windows around the mothers: the same
- *                     values wherever a walk reads, tests/steps/test_mechanics.py);
+ *   tm_push_distance_first, then tm_push_distance `passes` - 1 times: `passes` = cap / 10 passes
+ *                     of the distance field D (uint16 per site), in place in ONE buffer. The
+ *                     first pass reads only `kind`: 0 at empty voxels, INF at every voxel that
+ *                     is not pushable, and at a pushable occupied voxel min over its in-grid
+ *                     empty neighbours j of w_j (INF if none, or if it exceeds cap): the first
+ *                     Jacobi pass from the initial field (0 at empty voxels, INF elsewhere). Each
+ *                     further pass relaxes in place: at a pushable occupied voxel
+ *                     D[s] = min(D[s], min over in-grid neighbours j of D[nb_j] + w_j), stored
+ *                     only when that is below D[s] and at most cap (the capped Jacobi update:
+ *                     a value above cap can only replace INF, by INF); other voxels are left as
+ *                     the first pass set them. The final field is exactly the Jacobi field of
+ *                     `passes` passes whatever the order of the work items (see "Races" below).
+ *                     numpy's Pushing computes the same field (Jacobi passes until a fixed point,
+ *                     and only in windows around the mothers: the same values wherever a walk
+ *                     reads, tests/steps/test_mechanics.py);
  *   tm_push_claim     every blocked mother (action event TM_ACT_BLOCKED) walks her path
  *                     (tm_push_first / tm_push_next below, Pushing.paths hop for hop) and claims
  *                     every voxel on it, her own included, by an integer atomicMax of
@@ -43,7 +49,34 @@
  * first, so a path has at most cap / 10 + 2 voxels and never visits one twice (the mother's own D,
  * if finite, equals the first hop's D[n1] + w, above every D along the path).
  *
- * Races, launch by launch. tm_push_distance: reads kind and D_in, writes its own D_out[s] only.
+ * Races, launch by launch. tm_push_distance_first: reads kind, writes its own D[s] only (D is
+ * not read). tm_push_distance: reads kind, its own D[s] (which only it writes) and its
+ * neighbours' D[nb], which their own work items may be lowering at the same moment; it writes
+ * D[s] only, and only to lower it. Those neighbour reads race with the writes on the GPU, and the
+ * races are benign: they change intermediate values, never the final field, which is unique. Why:
+ *   (a) every value ever stored is the length of a real path through pushable voxels to an empty
+ *       voxel (0 at an empty voxel; a neighbour's stored value + w otherwise), or INF; so every
+ *       value, at any moment and in any order, is >= T, the true distance (T = INF beyond cap);
+ *   (b) values only fall: within a launch any read of D[nb] returns the value it held when the
+ *       launch began or one stored since (a 16-bit aligned load or store does not tear on the
+ *       GPU, and launches are ordered on the stream, so a launch starts on all of the previous
+ *       one's stores), i.e. a value <= the one it held when the launch began;
+ *   (c) so by induction on the passes, after p passes the in-place field is <= J_p, the Jacobi
+ *       field after p passes (two buffers, each pass reading only the previous one's field):
+ *       after the first pass they are equal (it reads only kind); in pass p + 1 at a pushable
+ *       voxel, D[s] at the start is <= J_p[s] and every D[nb] read is <= J_p[nb] by (b), so the
+ *       minimum is <= Jacobi's, and the cap (x -> x if x <= cap, else INF) is monotone, so the
+ *       update keeps D[s] <= J_p+1[s] (storing only a value below D[s] and at most cap is that
+ *       capped update, since D[s] is INF or at most cap);
+ *   (d) J_passes = T: a distance d <= cap is a path of at most d / 10 <= passes hops (each at
+ *       least 10), found by the passes one hop each. With (a): T <= D <= J_passes = T.
+ * Hence after `passes` passes every site whose true distance is <= cap holds exactly that
+ * distance and every other site holds INF, whatever the order in which threads update and read
+ * (the portable build's forward, reverse and scrambled orders in
+ * tests/steps/test_mechanics_kernel.py all give numpy's field; the GPU's order is its own). So
+ * these are benign races, not data races on the result: the final field is unique, and no later
+ * launch can tell which of the racing values a thread saw. (The claim, apply and finish
+ * launches read only that final field.)
  * tm_push_claim: writes claims only through atomicMax (associative and commutative: the largest
  * key wins whatever the order, as np.maximum.at), and its own action[s]; reads D, which nobody
  * writes. tm_push_apply: no thread writes claims or D, so every check sees the final claims of
@@ -62,16 +95,17 @@
  * of a voxel edge (chamfer weights 10, 14, 17 for a step across 1, 2, 3 axes), cap =
  * round(10 reach / dx) (mechanics.reach_units).
  *
- * Memory: D is two (n_sites,) uint16 buffers, 4 B per site, allocated only when the rule is on;
+ * Memory: D is one (n_sites,) uint16 buffer, 2 B per site, allocated only when the rule is on;
  * claims (uint64), action (uint8) and target (uint32) are the tumor rules'. Bytes moved per site
- * (DRAM, neighbours' D and kind served from cache): tm_push_distance 3 B on the first pass (kind
- * read, D_out written) and 5 B on each further one (kind, D_in read, D_out written): 5 passes - 2
- * in all; tm_push_claim, tm_push_apply and tm_push_finish 1 B each (the action byte) plus, per
- * blocked mother, the D values around her path (each launch), 8 B of claims per path voxel
+ * (DRAM, neighbours' D and kind served from cache): tm_push_distance_first 3 B (kind read, D
+ * written) and tm_push_distance at most 5 B per pass (kind and D read, D written where it falls;
+ * 1 B at a site that is empty or not pushable: kind only): at most 5 passes - 2 in all;
+ * tm_push_claim, tm_push_apply and tm_push_finish 1 B each (the action byte) plus, per blocked
+ * mother, the D values around her path (each launch), 8 B of claims per path voxel
  * (atomicMax, then read, then reset) and for a winner 10 B read and 10 B written per path voxel
  * (kind, tumor_state, memory, time_in_P): at the reach of 60 um on a 20 um lattice (3 passes),
- * 16 B per site plus the paths. (benchmarks/bench_gpu.py counts the launches' array arguments
- * densely instead, an upper bound.)
+ * at most 16 B per site plus the paths. (benchmarks/bench_gpu.py counts the launches' array
+ * arguments densely instead, an upper bound.)
  */
 #include "common.cuh"
 #include "rng.cuh"
@@ -200,41 +234,69 @@ TM_HD bool tm_push_is(u8 a, int o) {
     return (a & TM_ACT_EVENT_MASK) == TM_ACT_BLOCKED && tm_push_outcome(a) == o;
 }
 
-/* tm_push_distance: one Jacobi pass of the distance field (Pushing.relax on the whole lattice).
+/* tm_push_distance_first: the first pass of the distance field, from `kind` alone (the first
+ * Jacobi pass of Pushing.relax on the whole lattice from 0 at empty voxels, INF elsewhere).
  *   n_sites, nz, ny, nx  the grid (2D: nz = 1)
  *   kind                 (n_sites,) uint8, the lattice after the tumor rules (read only)
  *   pushable             bit k set: kind code k may be pushed
  *   offsets, n_offsets   (n_offsets, 3) int32 (dz, dy, dx) in Grid.offsets' order
  *   cap                  the reach in tenths of a voxel edge (>= 10)
- *   first                1 on the first pass: D_in is not read, the initial field (0 at empty
- *                        voxels, INF elsewhere) comes from `kind`
- *   D_in                 (n_sites,) uint16, the previous pass's field (a 1-element stand-in on
- *                        the first pass)
- *   D_out                (n_sites,) uint16 out, this pass's field
- * One work item per site; it writes D_out[s] only. */
-TM_KERNEL void tm_push_distance(long long n_sites, int nz, int ny, int nx,
-                                const u8* __restrict__ kind, int pushable,
-                                const int* __restrict__ offsets, int n_offsets, int cap, int first,
-                                const u16* __restrict__ D_in, u16* __restrict__ D_out) {
+ *   D                    (n_sites,) uint16 out (not read): 0 at empty voxels, the least w of an
+ *                        in-grid empty neighbour at a pushable occupied voxel (INF if none or
+ *                        above cap), INF elsewhere
+ * One work item per site; it writes D[s] only. */
+TM_KERNEL void tm_push_distance_first(long long n_sites, int nz, int ny, int nx,
+                                      const u8* __restrict__ kind, int pushable,
+                                      const int* __restrict__ offsets, int n_offsets, int cap,
+                                      u16* __restrict__ D) {
     TM_FOR_EACH(s, n_sites) {
         const u8 k = kind[s];
         int out = TM_PUSH_INF;
         if (k == TM_EMPTY) {
             out = 0;
         } else if (k < 8 && ((pushable >> k) & 1)) {
-            int best = first ? TM_PUSH_INF : (int)D_in[s];
+            int z, y, x;
+            tm_site_coords(s, ny, nx, &z, &y, &x);
+            for (int j = 0; j < n_offsets; ++j) {
+                const long long nb = tm_neighbour(z, y, x, offsets, j, nz, ny, nx);
+                if (nb == TM_OUTSIDE || kind[nb] != TM_EMPTY) continue;
+                const int t = tm_push_weight(offsets, j);
+                out = t < out ? t : out;
+            }
+            out = out > cap ? TM_PUSH_INF : out;
+        }
+        D[s] = (u16)out;
+    }
+}
+
+/* tm_push_distance: a further pass of the distance field, in place (Pushing.relax on the whole
+ * lattice; each value it leaves is at most the Jacobi pass's: "Races" in the file comment).
+ *   n_sites, nz, ny, nx, kind, pushable, offsets, n_offsets, cap  as tm_push_distance_first
+ *   D                    (n_sites,) uint16, updated in place: at a pushable occupied voxel s,
+ *                        D[s] = min(D[s], min over in-grid neighbours j of D[nb_j] + w_j) where
+ *                        that is at most cap; every other voxel is left as it is
+ * One work item per site; it writes D[s] only, and only to lower it. It reads its neighbours' D
+ * while their own work items may be lowering them: benign races (file comment). */
+TM_KERNEL void tm_push_distance(long long n_sites, int nz, int ny, int nx,
+                                const u8* __restrict__ kind, int pushable,
+                                const int* __restrict__ offsets, int n_offsets, int cap,
+                                u16* __restrict__ D) {
+    TM_FOR_EACH(s, n_sites) {
+        const u8 k = kind[s];
+        if (k != TM_EMPTY && k < 8 && ((pushable >> k) & 1)) {
+            const int old = D[s];
+            int best = old;
             int z, y, x;
             tm_site_coords(s, ny, nx, &z, &y, &x);
             for (int j = 0; j < n_offsets; ++j) {
                 const long long nb = tm_neighbour(z, y, x, offsets, j, nz, ny, nx);
                 if (nb == TM_OUTSIDE) continue;
-                const int d = first ? (kind[nb] == TM_EMPTY ? 0 : TM_PUSH_INF) : (int)D_in[nb];
-                const int t = d + tm_push_weight(offsets, j);
+                const int t = (int)D[nb] + tm_push_weight(offsets, j);
                 best = t < best ? t : best;
             }
-            out = best > cap ? TM_PUSH_INF : best;
+            /* the capped update: above cap it could only replace INF, by INF */
+            if (best < old && best <= cap) D[s] = (u16)best;
         }
-        D_out[s] = (u16)out;
     }
 }
 

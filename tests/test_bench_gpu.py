@@ -81,12 +81,13 @@ def test_tumor_rules_bytes_equal_the_hand_count():
 
 def _push_bytes_by_hand(n: int, passes: int, small: int) -> int:
     """The dense count of the push launches of one step (kernels/mechanics.cu), per site: the
-    first distance pass reads kind and writes D_out (its D_in is a 1-element stand-in, counted
-    in ``small``), each further pass also reads D_in; claim reads D, updates action and claims;
-    apply reads D and claims, updates kind, tumor_state, memory, time_in_P and action, writes
-    target; finish reads D and action, updates claims."""
+    first distance pass (tm_push_distance_first) reads kind and writes D, each further one
+    (tm_push_distance) reads kind and updates D in place (read, written back: the one buffer);
+    claim reads D, updates action and claims; apply reads D and claims, updates kind,
+    tumor_state, memory, time_in_P and action, writes target; finish reads D and action, updates
+    claims."""
     first = 1 + 2
-    further = 1 + 2 + 2
+    further = 1 + 2 * 2
     claim = 2 + 2 * 1 + 2 * 8
     apply = 2 + 2 * (1 + 1 + 4 + 4) + 2 * 1 + 4 + 8
     finish = 2 + 1 + 2 * 8
@@ -115,8 +116,8 @@ def test_push_rule_bytes_equal_the_hand_count(reach_um, passes):
     )
     p = tr.pushing
     assert p.passes == passes and n_launches == passes + 3
-    # the offsets each launch reads, and the first pass's stand-in D_in
-    small = (passes + 3) * p.offsets.nbytes + p._no_field.nbytes
+    # the offsets each launch reads
+    small = (passes + 3) * p.offsets.nbytes
     assert nbytes == _push_bytes_by_hand(n, passes, small)
 
 

@@ -34,9 +34,9 @@ from .state import State
 #: own)
 KERNEL_RULE_BYTES_PER_SITE = {"tumor": 8 + 1 + 4, "stroma": 0}
 #: per-site bytes of the push rule's scratch on the kernels (kernels/mechanics.cu): the distance
-#: field's two uint16 ping-pong buffers, allocated only when the rule is on (a push reach of at
-#: least one voxel edge, tmesim.steps.mechanics)
-KERNEL_PUSH_BYTES_PER_SITE = 2 + 2
+#: field, one uint16 buffer updated in place by the distance passes, allocated only when the rule
+#: is on (a push reach of at least one voxel edge, tmesim.steps.mechanics)
+KERNEL_PUSH_BYTES_PER_SITE = 2
 #: per-site bytes of numpy's rules' scratch: TumorRules' claims uint64 (StromaRules has its own)
 CPU_RULE_BYTES_PER_SITE = {"tumor": 8, "stroma": 8}
 

@@ -8,8 +8,9 @@ with every field of RuleCounts and the division list the same, and the claims al
 Moore and von Neumann, at reaches of 1, 2.25, 3 and 5 voxel edges, with and without CAFs and TAMs
 pushable, with the persister biology off and on, and in forward, reverse and scrambled work-item
 order. The tests assert that pushes, lost paths and far cells all happened. The kernels' distance
-field equals numpy's whole-lattice field; with a reach under one voxel edge nothing new is
-allocated or launched.
+field, computed in place in one buffer, equals numpy's whole-lattice field in every work-item
+order (the argument of kernels/mechanics.cu that the in-place passes end on the Jacobi field
+whatever the order); with a reach under one voxel edge nothing new is allocated or launched.
 
 The kernels run compiled as C++ behind kernels/portable.h (PortableLauncher), and on a GPU when
 one is present (the ``gpu`` parameter of the launcher fixture; skipped without one).
@@ -184,20 +185,64 @@ def test_push_rule_does_not_depend_on_thread_order(launcher, shape, neighbourhoo
 @pytest.mark.parametrize("reach_um", REACHES_UM)
 @pytest.mark.parametrize("shape,neighbourhood", GEOMETRIES)
 def test_distance_field_is_numpys(launcher, shape, neighbourhood, reach_um):
-    """The passes of tm_push_distance give Pushing.distance (the whole-lattice field) exactly,
-    on a lattice with empty voxels everywhere (so that distances of every size occur)."""
+    """The in-place passes (tm_push_distance_first, then tm_push_distance on the same buffer)
+    give Pushing.distance (the whole-lattice field) exactly, with the work items of every launch
+    in forward, reverse and scrambled order, on a lattice with empty voxels everywhere (so that
+    distances of every size occur)."""
     g = np.random.default_rng(int(reach_um) + len(shape))
     grid = Grid(shape, DX_UM, neighbourhood)
     kind, *_ = dense_lattice(g, shape)
     kind[g.random(grid.n_sites) < 0.03] = codes.EMPTY
-    for pushable in PUSHABLE.values():
-        ref = Pushing(reach_um, pushable, grid, seed=1)
-        ker = KernelPushing(ref, launcher=launcher)
-        want = ref.distance(kind)
-        got = ker.distance(kind)
-        np.testing.assert_array_equal(got, want)
-        assert ((want > 0) & (want < mechanics.INF)).sum() > 10  # finite distances seen
+    try:
+        for pushable in PUSHABLE.values():
+            ref = Pushing(reach_um, pushable, grid, seed=1)
+            ker = KernelPushing(ref, launcher=launcher)
+            want = ref.distance(kind)
+            assert ((want > 0) & (want < mechanics.INF)).sum() > 10  # finite distances seen
+            for order in (0, 1, 2):
+                launcher.set_order(order)
+                ker.D[...] = 12345  # whatever the buffer held before: the first pass sets it
+                got = ker.distance(kind)
+                assert got is ker.D  # the one buffer, in place
+                np.testing.assert_array_equal(got, want, err_msg=f"order {order}")
+    finally:
+        launcher.set_order(0)
     assert ker.passes == ref.passes == round(reach_um / DX_UM * 10) // 10
+
+
+def test_distance_passes_in_place_differ_midway_by_order(portable):
+    """What the order test above exercises: stopped after two of five passes, the in-place field
+    depends on the work-item order (a forward sweep carries a distance many voxels in one pass,
+    a reverse sweep the other way), and lies between numpy's final field and the two-pass Jacobi
+    field (numpy's Pushing.relax stopped after two passes); all five passes end on the same
+    field."""
+    L = portable.launcher()
+    g = np.random.default_rng(4)
+    grid = Grid((30, 32), DX_UM, "moore")
+    kind, *_ = dense_lattice(g, grid.shape)
+    kind[g.random(grid.n_sites) < 0.03] = codes.EMPTY
+    ref = Pushing(100.0, PUSHABLE["all"], grid, seed=1)
+    ker = KernelPushing(ref, launcher=L)
+    assert ker.passes == 5
+    final = ref.distance(kind)
+    two = Pushing(100.0, PUSHABLE["all"], grid, seed=1)
+    two.passes = 2
+    jacobi = two.distance(kind)
+    assert (jacobi > final).any()  # two passes are not enough here
+    midway = {}
+    try:
+        for order in (0, 1, 2):
+            L.set_order(order)
+            ker.passes = 2
+            midway[order] = ker.distance(kind).copy()
+            ker.passes = 5
+            np.testing.assert_array_equal(ker.distance(kind), final)
+    finally:
+        L.set_order(0)
+    for order, d in midway.items():
+        assert (d >= final).all() and (d <= jacobi).all(), order
+    assert not np.array_equal(midway[0], midway[1])
+    assert (midway[0] < jacobi).any() and (midway[1] < jacobi).any()
 
 
 # ------------------------------------------------------------------------------------- off
@@ -217,7 +262,7 @@ class CountingLauncher:
 
 @pytest.mark.parametrize("reach_um", [0.0, 9.0])
 def test_reach_under_one_voxel_allocates_and_launches_nothing(launcher, reach_um):
-    """Under one voxel edge (cap < 10) the rule is off: no distance buffers, the three tumor
+    """Under one voxel edge (cap < 10) the rule is off: no distance buffer, the three tumor
     launches only, and the numpy rule's result (contact inhibition: blocked cells stay)."""
     cfg = config(reach_um, PUSHABLE["all"], biology=False)
     counting = CountingLauncher(launcher)
@@ -245,7 +290,8 @@ def test_reach_under_one_voxel_allocates_and_launches_nothing(launcher, reach_um
 
 
 def test_push_launches_per_step(launcher):
-    """With the rule on: the tumor launches, cap / 10 distance passes, claim, apply, finish."""
+    """With the rule on: the tumor launches, cap / 10 distance passes (the first from the
+    lattice, the others in place), claim, apply, finish; one uint16 distance buffer."""
     cfg = config(60.0, PUSHABLE["all"], biology=False)
     counting = CountingLauncher(launcher)
     grid = Grid((20, 20), DX_UM, "moore")
@@ -256,12 +302,14 @@ def test_push_launches_per_step(launcher):
         "tm_tumor_decide",
         "tm_tumor_apply",
         "tm_tumor_finish",
-        *["tm_push_distance"] * 3,
+        "tm_push_distance_first",
+        *["tm_push_distance"] * 2,
         "tm_push_claim",
         "tm_push_apply",
         "tm_push_finish",
     ]
-    assert [d.dtype for d in ker.pushing.D] == [np.uint16, np.uint16]
+    D = ker.pushing.D
+    assert D.dtype == np.uint16 and D.shape == (grid.n_sites,)
 
 
 # ------------------------------------------------------------------------------------- codes
@@ -282,14 +330,14 @@ def test_outcome_codes_and_distance_constants_match_the_kernel():
 
 # ------------------------------------------------------------------------------------- memory
 def test_memory_estimate_counts_the_distance_buffers():
-    """4 B per voxel more on the kernel backends with the rule on (two uint16 buffers), none on
+    """2 B per voxel more on the kernel backends with the rule on (one uint16 buffer), none on
     the CPU (numpy's windows are temporaries) or with the rule off."""
-    off = model_scenario("2d-adi")
+    off = model_scenario("2d-adi", "tumor.mechanics.push_reach_um=0")
     on = model_scenario("2d-adi", "tumor.mechanics.push_reach_um=60")
     n = 24 * 24
     for backend in ("gpu", "portable"):
         assert memory.bytes_needed(on, backend)["rules"] == (
-            memory.bytes_needed(off, backend)["rules"] + n * 4
+            memory.bytes_needed(off, backend)["rules"] + n * 2
         )
     assert memory.bytes_needed(on, "cpu")["rules"] == memory.bytes_needed(off, "cpu")["rules"]
     tiny = model_scenario("2d-adi", "tumor.mechanics.push_reach_um=9")  # under one voxel
@@ -297,8 +345,8 @@ def test_memory_estimate_counts_the_distance_buffers():
 
 
 def test_model_holds_the_estimated_push_buffers(portable):
-    """A whole model with the push rule on holds exactly the estimate's 4 B per voxel more than
-    the same model without it."""
+    """A whole model with the push rule on holds exactly the estimate's 2 B per voxel more than
+    the same model without it (memory.KERNEL_PUSH_BYTES_PER_SITE: the one distance buffer)."""
     from tmesim.simulation import Model
 
     from ..test_memory import held_arrays
@@ -335,9 +383,9 @@ def test_every_mechanics_field_reaches_the_kernels():
         3,
         1 << codes.TUMOR | 1 << codes.NECROTIC,
     )
-    # 22.5 tenths: Python's round, half to even (mechanics.reach_units)
+    # 22.5 tenths: halves round up (mechanics.reach_units)
     assert numbers(45.0, ("tumor", "caf", "tam")) == (
-        22,
+        23,
         2,
         1 << codes.TUMOR | 1 << codes.CAF | 1 << codes.TAM,
     )

@@ -3,11 +3,12 @@
 after its own launches, on its action, target and claims arrays. (The random words the walks
 draw, at lane = hop, are :func:`tmesim.rng_kernel.raw_at` with ``lane``.)
 
-Launches per step: ``passes`` of the distance field (``tm_push_distance``, ping-pong between two
-uint16 buffers), then ``tm_push_claim``, ``tm_push_apply`` and ``tm_push_finish`` (see the file
-comment of ``mechanics.cu``). The outcome of each blocked mother is written to bits 6-7 of her
-action byte (:data:`OUTCOMES`), which the tumor rules' bincount counts. With a reach under one
-voxel edge the rule is off: no buffer, no launch.
+Launches per step: ``passes`` of the distance field in one uint16 buffer, in place
+(``tm_push_distance_first`` from the lattice, then ``passes - 1`` of ``tm_push_distance``; the
+result does not depend on the order of the work items, see the file comment of ``mechanics.cu``),
+then ``tm_push_claim``, ``tm_push_apply`` and ``tm_push_finish``. The outcome of each blocked
+mother is written to bits 6-7 of her action byte (:data:`OUTCOMES`), which the tumor rules'
+bincount counts. With a reach under one voxel edge the rule is off: no buffer, no launch.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class KernelPushing:
         self.passes = ref.passes
         self.pushable = np.int32(ref.bits)
         self.grid = ref.grid
-        #: the two ping-pong buffers of the distance field (uint16), only when the rule is on
+        #: the distance field (n_sites,) uint16, one buffer updated in place (2 B per site), only
+        #: when the rule is on
         self.D = None
         if not self.on:
             return
@@ -64,40 +66,22 @@ class KernelPushing:
                 f"kernels/mechanics.cu constants {consts} and {__name__}'s {want} differ"
             )
         n = ref.grid.n_sites
-        self.D = (xp.zeros(n, dtype=xp.uint16), xp.zeros(n, dtype=xp.uint16))
+        self.D = xp.zeros(n, dtype=xp.uint16)
         offs = offsets3(ref.grid.offsets)
         self.offsets = xp.asarray(offs.reshape(-1))
         self.n_offsets = np.int32(len(offs))
-        # the first pass reads no previous field; a 1-element stand-in keeps the pointer valid
-        self._no_field = xp.zeros(1, dtype=xp.uint16)
 
     def distance(self, kind):
         """The distance field D (n_sites,) uint16 of the lattice ``kind`` after ``passes``
-        launches of ``tm_push_distance`` (one of the two buffers: overwritten by the next call).
-        The values of :meth:`Pushing.distance`."""
-        L = self.L
+        launches (``tm_push_distance_first``, then ``tm_push_distance`` in place): the buffer
+        :attr:`D` itself, overwritten by the next call. The values of :meth:`Pushing.distance`."""
         n = self.grid.n_sites
         nz, ny, nx, _ = grid3(self.grid.shape)
-        src, dst = self._no_field, self.D[0]
-        for p in range(self.passes):
-            L(
-                "tm_push_distance",
-                n,
-                np.int64(n),
-                nz,
-                ny,
-                nx,
-                kind,
-                self.pushable,
-                self.offsets,
-                self.n_offsets,
-                self.cap,
-                np.int32(p == 0),
-                src,
-                dst,
-            )
-            src, dst = dst, self.D[1] if dst is self.D[0] else self.D[0]
-        return src
+        lattice = (nz, ny, nx, kind, self.pushable, self.offsets, self.n_offsets, self.cap)
+        self.L("tm_push_distance_first", n, np.int64(n), *lattice, self.D)
+        for _ in range(1, self.passes):
+            self.L("tm_push_distance", n, np.int64(n), *lattice, self.D)
+        return self.D
 
     def apply(self, kind, tumor_state, memory, time_in_P, action, target, claims, step: int):
         """Push for every blocked mother of this step, in place (Pushing.apply for the mothers
