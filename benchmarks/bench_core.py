@@ -605,12 +605,13 @@ def span(idx: np.ndarray) -> int:
     return int(idx.max() - idx.min() + 1) if idx.size else 0
 
 
-def bench_rules(shape, quick: bool) -> dict:
+def bench_rules(shape, quick: bool, reach_um: float | None = None) -> dict:
     reps = repeats(int(np.prod(shape)), quick)["rules"]
     ndim = len(shape)
     sc = tmesim.loads_scenario(
         f"[grid]\nshape = {list(shape)}\ndx_um = {DX_UM}\n"
         f'[init.tumor]\nshape = "{"sphere" if ndim == 3 else "disk"}"\n'
+        + ("" if reach_um is None else f"[tumor.mechanics]\npush_reach_um = {reach_um}\n")
     )
     grid = make_grid(sc)
     rules = TumorRules(sc.tumor, grid, seed=1, dt_min=sc.run.dt_min)
@@ -1007,12 +1008,22 @@ def main(argv=None) -> int:
         help="FieldSolver threads (default: TMESIM_THREADS or the usable cores)",
     )
     ap.add_argument("--skip-rules", action="store_true", help="measure the field solver only")
+    ap.add_argument("--skip-solver", action="store_true", help="measure the tumor rules only")
+    ap.add_argument(
+        "--push-reach",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="the rules' push reach (default: the scenario default; 0: contact inhibition)",
+    )
     args = ap.parse_args(argv)
     command = (
         "python benchmarks/bench_core.py"
         + (" --quick" if args.quick else "")
         + (f" --threads {args.threads}" if args.threads else "")
         + (" --skip-rules" if args.skip_rules else "")
+        + (" --skip-solver" if args.skip_solver else "")
+        + (f" --push-reach {args.push_reach:g}" if args.push_reach is not None else "")
         + (f" --out {args.out}" if args.out else "")
     )
     t_start = time.perf_counter()
@@ -1027,7 +1038,7 @@ def main(argv=None) -> int:
 
     sizes = (QUICK_2D + QUICK_3D) if args.quick else (FULL_2D + FULL_3D)
     solver = []
-    for shape in sizes:
+    for shape in [] if args.skip_solver else sizes:
         t0 = time.perf_counter()
         s = bench_solver(shape, args.quick, args.threads)
         solver.append(s)
@@ -1041,7 +1052,7 @@ def main(argv=None) -> int:
     rsizes = (RULES_QUICK_2D + RULES_QUICK_3D) if args.quick else (RULES_FULL_2D + RULES_FULL_3D)
     rules = []
     for shape in [] if args.skip_rules else rsizes:
-        r = bench_rules(shape, args.quick)
+        r = bench_rules(shape, args.quick, args.push_reach)
         rules.append(r)
         log(f"rules {fmt_shape(shape)}: {r['t'] * 1e3:.1f} ms/step, {e(r['rate'])} site upd/s")
 

@@ -88,3 +88,22 @@ def test_streams_steps_and_seeds_are_independent(other):
     # pairs are uniform on the unit square (2D chi-square on a 10 x 10 grid)
     h = np.histogram2d(a, b, bins=10, range=[[0, 1], [0, 1]])[0].ravel()
     assert stats.chisquare(h).pvalue > 1e-4
+
+
+@pytest.mark.parametrize("lane", [0, 1, 7, 2**64 - 1])
+def test_sparse_sites_get_the_words_of_their_counters(rng_np, lane):
+    """philox_at (the rounds on each site's own counter, what raw_at takes for sparse sites) gives
+    the words of numpy's Philox over the whole range, in every lane (the fourth counter word),
+    and of the specification itself."""
+    sites = np.unique(rng_np.integers(0, 4 * 10**6, size=300))
+    sites = np.concatenate([sites, sites[:5]])  # repeats too
+    seed, step, stream = int(rng_np.integers(0, 2**63)), 12345, rng.PUSH_PATH
+    sparse = rng.philox_at(seed, step, stream, sites, lane)
+    dense = rng.raw_range(seed, step, stream, 0, 4 * 10**6, lane)[sites]
+    np.testing.assert_array_equal(sparse, dense)
+    np.testing.assert_array_equal(rng.raw_at(seed, step, stream, sites, lane=lane), dense)
+    for s, w in zip(sites[:10], sparse[:10]):
+        ref = rng.philox4x64_reference([s // 4 + 1, step, stream, lane], [seed, 0])
+        assert int(w) == ref[s % 4]
+    if lane:
+        assert not np.array_equal(sparse, rng.philox_at(seed, step, stream, sites, 0))

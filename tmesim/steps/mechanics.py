@@ -228,10 +228,7 @@ class Pushing:
             return movers, np.empty((0, 2), dtype=np.int64), far
         pos = centre[ok]
         cols = [movers]
-        from .tumor import choose_target
-
-        words = rng.raw_at(seed, step, rng.PUSH_PATH, movers, lane=0)
-        k = choose_target(words, total == best[:, None], np.arange(len(offs))[None, :].repeat(m, 0))
+        k = _pick(seed, step, movers, 0, total == best[:, None])
         pos = pos + offs[k]
         cols.append(movers + (offs[k] * strides).sum(axis=1))
         active = at(rows, pos) > 0
@@ -240,8 +237,7 @@ class Pushing:
             a = np.flatnonzero(active)
             here = at(rows[a], pos[a])
             down = around(rows[a], pos[a]) + w[None, :] == here[:, None]
-            words = rng.raw_at(seed, step, rng.PUSH_PATH, movers[a], lane=hop)
-            k = choose_target(words, down, np.arange(len(offs))[None, :].repeat(a.size, 0))
+            k = _pick(seed, step, movers[a], hop, down)
             pos[a] += offs[k]
             col = np.full(m, -1, dtype=np.int64)
             col[a] = cols[-1][a] + (offs[k] * strides).sum(axis=1)
@@ -306,6 +302,23 @@ class Pushing:
             if j >= 2:
                 out.displaced += int(r.sum())
         return out, movers[win], path[win, 1]
+
+
+def _pick(seed: int, step: int, mothers: np.ndarray, hop: int, tied: np.ndarray) -> np.ndarray:
+    """Which of each row's tied neighbours (``tied`` (n, K) bool, at least one True per row) the
+    hop takes: the k-th True, k from the word (seed, step, mother, PUSH_PATH, lane = hop) as
+    tumor.choose_target picks. A row with one candidate takes it whatever the word (k = 0), so
+    words are drawn for the rows with several only (the kernels do the same)."""
+    n_tied = tied.sum(axis=1)
+    k = np.argmax(tied, axis=1)  # the first True: the pick of a single candidate
+    several = np.flatnonzero(n_tied > 1)
+    if several.size:
+        words = rng.raw_at(seed, step, rng.PUSH_PATH, mothers[several], lane=hop)
+        n = n_tied[several].astype(np.uint64)
+        pick = ((words >> np.uint64(32)) * n) >> np.uint64(32)
+        rank = np.cumsum(tied[several], axis=1) - 1
+        k[several] = np.argmax(tied[several] & (rank == pick[:, None].astype(np.int64)), axis=1)
+    return k
 
 
 def _neighbour_min(x: np.ndarray, axis: int) -> np.ndarray:

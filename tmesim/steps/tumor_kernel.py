@@ -182,7 +182,7 @@ class KernelTumorRules:
         self.claims = xp.zeros(n_sites, dtype=xp.uint64)
         self.action = xp.zeros(n_sites, dtype=xp.uint8)
         self.target = xp.zeros(n_sites, dtype=xp.uint32)
-        # the push rule (its distance buffers exist only when it is on)
+        # the push rule (its distance buffer exists only when it is on)
         self.pushing = KernelPushing(ref.pushing, launcher=L)
         self.last_division = (np.empty(0, np.int64), np.empty(0, np.int64))
 
