@@ -3,8 +3,10 @@
 Each experiment runs one or more arms (a scenario under scenarios/validation/ with overrides) and
 prints, for each quantity, what the literature reports beside what tmesim produced, then whether
 the behaviour holds by a stated criterion. ``tmesim validate-model`` runs them all (about
-5 minutes on 2 CPU cores); ``--quick`` runs smaller dishes (about a quarter of the cells, for CI),
-whose criteria are the same but whose figures are noisier.
+10 minutes on 2 CPU cores); ``--quick`` runs smaller dishes (about a quarter of the cells, for CI)
+and a smaller spheroid, whose criteria are the same but whose figures are noisier. The growth
+experiments (spheroid, colony) run each scenario with the default push reach and with none, and
+show both; only the default is judged.
 
 Calibration: the persister rates of tmesim.scenario.TransitionConfig (basal and induced entry)
 and the EGFR TKI's kill rate were chosen so that ``biphasic`` reproduces Sharma et al.'s 0.3 %
