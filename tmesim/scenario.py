@@ -336,9 +336,9 @@ class MechanicsConfig:
     nearest free voxel, if the chain spans at most ``push_reach_um``, and its daughter takes the
     freed neighbour. Distances are chamfer lengths on the lattice (a step along an axis is one
     voxel edge, a diagonal step 1.4 or 1.7 of it), so the reach is a length in um and the rim of
-    dividing cells is about push_reach_um + dx thick on any lattice. 0 (or less than half a voxel
-    edge) is pure contact inhibition: a cell divides only into an empty neighbour (HAL's and
-    Strobl et al.'s on-lattice rule)."""
+    dividing cells is about push_reach_um + dx thick on any lattice. 0 (or under 0.95 of a voxel
+    edge, where not even one cell fits) is pure contact inhibition: a cell divides only into an
+    empty neighbour (HAL's and Strobl et al.'s on-lattice rule)."""
 
     push_reach_um: float = param(
         60.0,
@@ -1398,11 +1398,20 @@ def summary(sc: Scenario) -> str:
         lines.append(f"Vessels: straight along {vi.axis}, every {vi.spacing_um:g} um.")
     elif vi.placement == "mask":
         lines.append(f"Vessels: from mask {vi.mask}.")
+    mech = t.mechanics
+    # on when a chain of one cell fits the reach (tmesim.steps.mechanics.reach_units >= 10)
+    if math.floor(10 * mech.push_reach_um / g.dx_um + 0.5) >= 10:
+        crowded = (
+            f"none empty: the cell pushes a chain of {', '.join(mech.pushable)} cells spanning "
+            f"at most {mech.push_reach_um:g} um toward the nearest free voxel, else waits"
+        )
+    else:
+        crowded = "none empty: no division"
     lines.append(
         f"Tumor cells divide every {t.doubling_time_h:g} h at full oxygen; the rate falls "
         f"linearly from {t.proliferation_saturation_mmHg:g} mmHg to zero at "
         f"{t.proliferation_threshold_mmHg:g} mmHg; the daughter goes to a random empty "
-        "neighbour (none empty: no division)."
+        f"neighbour ({crowded})."
     )
     lines.append(
         f"Below {t.necrosis_threshold_mmHg:g} mmHg cells become necrotic, at up to "

@@ -251,8 +251,8 @@ def test_competing_paths_leave_each_voxel_to_one():
 
 
 def test_reach_zero_is_contact_inhibition():
-    """With a reach of 0 (or under half a voxel) nothing is pushed: TumorRules gives the same
-    lattice as with the push rule's Pushing switched off by hand."""
+    """With a reach of 0, or one under 0.95 of a voxel edge (no cell fits), the rule is off and
+    nothing is pushed: the same lattice either way; a 60 um reach pushes and grows more."""
     grid = Grid((40, 40), 20.0, "moore")
     base = TumorConfig(
         transitions=TransitionConfig(pre_existing=False, drug_induced=False),
