@@ -169,13 +169,13 @@ class Pushing:
     def distance(self, kind: np.ndarray) -> np.ndarray:
         """D (n_sites,) uint16 on the whole lattice, exact wherever it is at most ``cap`` and
         INF elsewhere (the field the kernels compute; see the module doc)."""
-        kg = kind.reshape(self.grid.shape)
-        d = np.where(kg == codes.EMPTY, 0, INF).astype(np.uint16)
-        return self.relax(d, self._fixed(kg)).reshape(-1)
+        return self._relaxed(kind.reshape(self.grid.shape)).reshape(-1)
 
-    def _fixed(self, k: np.ndarray) -> np.ndarray:
-        """Voxels whose distance the passes never change: empty (0) and not pushable (INF)."""
-        return (k == codes.EMPTY) | ~self.can_push[k]
+    def _relaxed(self, k: np.ndarray) -> np.ndarray:
+        """The passes on the kinds ``k`` (spatial axes last): D starts at 0 at empty voxels and
+        INF elsewhere; empty and non-pushable voxels never change."""
+        d = np.where(k == codes.EMPTY, 0, INF).astype(np.uint16)
+        return self.relax(d, (k == codes.EMPTY) | ~self.can_push[k])
 
     def windows(self, kind: np.ndarray, sources: np.ndarray) -> np.ndarray:
         """D on the window of radius ``passes + 1`` around each source, (m, W, ...) uint16 with
@@ -193,8 +193,7 @@ class Pushing:
         centre = (g.coords(sources) + r) @ pstrides
         flat = centre[:, None] + (local @ pstrides)[None, :]
         kw = kp.reshape(-1)[flat].reshape((len(sources),) + (2 * r + 1,) * g.ndim)
-        d = np.where(kw == codes.EMPTY, 0, INF).astype(np.uint16)
-        return self.relax(d, self._fixed(kw))
+        return self._relaxed(kw)
 
     # ------------------------------------------------------------------------------- paths
     def paths(self, sources: np.ndarray, Dw: np.ndarray, step: int):
@@ -206,7 +205,7 @@ class Pushing:
         g, seed = self.grid, self.seed
         nd, r = g.ndim, self.passes + 1
         offs = g.offsets
-        strides = np.asarray(g.strides)
+        flat_offs = offs @ np.asarray(g.strides)  # the flat-index step of each neighbour
         w = self.weights
 
         def at(rows, pos):  # D at local positions pos (n, nd) of the windows rows (n,)
@@ -230,7 +229,7 @@ class Pushing:
         cols = [movers]
         k = _pick(seed, step, movers, 0, total == best[:, None])
         pos = pos + offs[k]
-        cols.append(movers + (offs[k] * strides).sum(axis=1))
+        cols.append(movers + flat_offs[k])
         active = at(rows, pos) > 0
         hop = 1
         while active.any():
@@ -240,7 +239,7 @@ class Pushing:
             k = _pick(seed, step, movers[a], hop, down)
             pos[a] += offs[k]
             col = np.full(m, -1, dtype=np.int64)
-            col[a] = cols[-1][a] + (offs[k] * strides).sum(axis=1)
+            col[a] = cols[-1][a] + flat_offs[k]
             cols.append(col)
             active[a] = at(rows[a], pos[a]) > 0
             hop += 1
@@ -309,15 +308,14 @@ def _pick(seed: int, step: int, mothers: np.ndarray, hop: int, tied: np.ndarray)
     hop takes: the k-th True, k from the word (seed, step, mother, PUSH_PATH, lane = hop) as
     tumor.choose_target picks. A row with one candidate takes it whatever the word (k = 0), so
     words are drawn for the rows with several only (the kernels do the same)."""
-    n_tied = tied.sum(axis=1)
+    from .tumor import choose_target
+
     k = np.argmax(tied, axis=1)  # the first True: the pick of a single candidate
-    several = np.flatnonzero(n_tied > 1)
+    several = np.flatnonzero(tied.sum(axis=1) > 1)
     if several.size:
         words = rng.raw_at(seed, step, rng.PUSH_PATH, mothers[several], lane=hop)
-        n = n_tied[several].astype(np.uint64)
-        pick = ((words >> np.uint64(32)) * n) >> np.uint64(32)
-        rank = np.cumsum(tied[several], axis=1) - 1
-        k[several] = np.argmax(tied[several] & (rank == pick[:, None].astype(np.int64)), axis=1)
+        columns = np.broadcast_to(np.arange(tied.shape[1]), (several.size, tied.shape[1]))
+        k[several] = choose_target(words, tied[several], columns)
     return k
 
 
