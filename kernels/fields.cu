@@ -15,6 +15,17 @@
  * line-solve coefficients dimensionless.
  */
 #include "common.cuh"
+#include "lattice.cuh"
+
+typedef unsigned short u16;
+
+/* Pin code of a voxel a stirred bath holds (tmesim.steps.medium.BATH): the field kernels that
+ * pin voxels read a "pin code" array, the occupant kind with this code at held medium voxels
+ * (the kind itself when the medium is not stirred). No occupant kind uses the code. */
+#define TM_PIN_BATH 255
+
+/* Whether a voxel of pin code k is a Dirichlet node: a vessel, or medium held by the bath. */
+TM_HD bool tm_pinned(u8 k) { return k == TM_VESSEL || k == TM_PIN_BATH; }
 
 /* Number of lines along kernel axis `axis` in F fields: the work items of a line solve. */
 TM_HD long long tm_n_lines(int F, int nz, int ny, int nx, int axis) {
@@ -161,42 +172,48 @@ TM_KERNEL void tm_cg_setup(long long n_total, float inv_dt,
     }
 }
 
-/* tm_residual: r = b - r, then 0 at pinned (vessel) voxels.
+/* tm_residual: r = b - r, then 0 at pinned voxels (vessels, held bath).
  * Twin of "np.subtract(b, r, out=r); r[:, pinned] = 0" in FieldSolver._adi_step.
  *   b, r       (F, n) float32 (units/min); r holds A c on entry, the residual on exit
- *   kind       (n,) uint8; vessel voxels are pinned
+ *   pin        (n,) uint8 pin codes (kind, TM_PIN_BATH at held medium); tm_pinned voxels are
+ *              pinned
  * One work item per (field, site). */
 TM_KERNEL void tm_residual(int F, long long n, const float* __restrict__ b,
-                           float* __restrict__ r, const u8* __restrict__ kind) {
+                           float* __restrict__ r, const u8* __restrict__ pin) {
     TM_FOR_EACH(i, (long long)F * n) {
-        r[i] = kind[i % n] == TM_VESSEL ? 0.0f : __fsub_rn(b[i], r[i]);
+        r[i] = tm_pinned(pin[i % n]) ? 0.0f : __fsub_rn(b[i], r[i]);
     }
 }
 
-/* tm_set_pinned: x[f, s] = value[f] at vessel voxels, untouched elsewhere.
- * Twin of "x[:, pinned] = value" (vessel values, or 0 for residuals and search directions).
- *   x (F, n) float32; kind (n,) uint8; value (F,) float32 in the field's units
+/* tm_set_pinned: x[f, s] = value[f] at vessel voxels and bath[f] at held bath voxels, untouched
+ * elsewhere. Twin of "x[:, pinned] = values" (FieldSolver.pins: vessel and bath values; or 0 for
+ * residuals and search directions, both arrays zero).
+ *   x (F, n) float32; pin (n,) uint8 pin codes; value, bath (F,) float32 in the field's units
  * One work item per (field, site). */
 TM_KERNEL void tm_set_pinned(int F, long long n, float* __restrict__ x,
-                             const u8* __restrict__ kind,
-                             const float* __restrict__ value) {
+                             const u8* __restrict__ pin,
+                             const float* __restrict__ value,
+                             const float* __restrict__ bath) {
     TM_FOR_EACH(i, (long long)F * n) {
-        if (kind[i % n] == TM_VESSEL) x[i] = value[i / n];
+        const u8 k = pin[i % n];
+        if (k == TM_VESSEL) x[i] = value[i / n];
+        else if (k == TM_PIN_BATH) x[i] = bath[i / n];
     }
 }
 
-/* tm_factor_diag: out = diag * scale[f], and `pin` at vessel voxels: the per-voxel diagonal of an
- * ADI line factor (scale = tau * share, float32, computed by the caller exactly as numpy does).
- * Twin of "np.multiply(diag, tau * share, out=extra); extra[:, pinned] = _PIN".
- *   diag (F, n) float32 1/min; scale (F,) float32 min; pin the pinned diagonal (1e20)
+/* tm_factor_diag: out = diag * scale[f], and `pin_diag` at pinned voxels: the per-voxel diagonal
+ * of an ADI line factor (scale = tau * share, float32, computed by the caller exactly as numpy
+ * does). Twin of "np.multiply(diag, tau * share, out=extra); extra[:, pinned] = _PIN".
+ *   diag (F, n) float32 1/min; scale (F,) float32 min; pin (n,) uint8 pin codes;
+ *   pin_diag the pinned diagonal (1e20)
  *   out  (F, n) float32, dimensionless
  * One work item per (field, site). */
 TM_KERNEL void tm_factor_diag(int F, long long n, const float* __restrict__ diag,
                               const float* __restrict__ scale,
-                              const u8* __restrict__ kind, float pin,
+                              const u8* __restrict__ pin, float pin_diag,
                               float* __restrict__ out) {
     TM_FOR_EACH(i, (long long)F * n) {
-        out[i] = kind[i % n] == TM_VESSEL ? pin : __fmul_rn(diag[i], scale[i / n]);
+        out[i] = tm_pinned(pin[i % n]) ? pin_diag : __fmul_rn(diag[i], scale[i / n]);
     }
 }
 
@@ -410,8 +427,9 @@ TM_HD double tm_lod_react(double x, float u, float s, double decay, double dt) {
  *   kg_lo, kg_hi k g, the Dirichlet ghost terms added to the first / last row's right-hand side
  *                (0 for a field without a bath on that face); NaN: the face is no-flux for every
  *                field and numpy adds nothing (bit-exact even for a -0.0 value)
- *   kind         (n_sites,) uint8; vessel voxels are reset to `vessel` once their line is solved
- *   vessel       this field's vessel value (float32 value widened, field units)
+ *   kind         (n_sites,) uint8 pin codes: vessel voxels are reset to `vessel` and held bath
+ *                voxels (TM_PIN_BATH) to `bath` once their line is solved
+ *   vessel, bath this field's vessel and bath values (float32 values widened, field units)
  *   react        nonzero: non-vessel voxels get the reaction tm_lod_react (the last axis)
  *   tumor_state  (n_sites,) uint8; U_table, S_table (F, n_codes) float32 as tm_rates
  *                (uptake + decay in 1/min; secretion in units/min), n_codes = n_kinds * n_states
@@ -427,7 +445,8 @@ TM_KERNEL void tm_lod_sweep(int nz, int ny, int nx, int axis, int F, int f,
                             const double* __restrict__ kinv,
                             const double* __restrict__ cp,
                             double kg_lo, double kg_hi,
-                            const u8* __restrict__ kind, double vessel, int react,
+                            const u8* __restrict__ kind, double vessel, double bath,
+                            int react,
                             const u8* __restrict__ tumor_state, int n_codes, int n_states,
                             const float* __restrict__ U_table,
                             const float* __restrict__ S_table,
@@ -462,11 +481,145 @@ TM_KERNEL void tm_lod_sweep(int nz, int ny, int nx, int axis, int F, int f,
             double out = prev;
             if (kind[at] == TM_VESSEL) {
                 out = vessel;
+            } else if (kind[at] == TM_PIN_BATH) {
+                out = bath;
             } else if (react) {
                 const int idx = (int)kind[at] * n_states + (int)tumor_state[at];
                 out = tm_lod_react(prev, Uf[idx], Sf[idx], decay, dt);
             }
             x[at] = out;
         }
+    }
+}
+
+/* ---------------------------------------------------------------------------- the stirred bath
+ * Which empty voxels a stirred bath holds (tmesim.steps.medium, the specification; driver
+ * tmesim.steps.fields_kernel.medium_pins), once per agent step, into a pin code array `pin`
+ * (n_sites,) uint8 with the help of a distance buffer D (n_sites,) uint16:
+ *   tm_medium_exterior   once per grid axis (the first with first = 1): pin[s] = 1 where the
+ *                        voxel and every voxel from it to the lo or hi face along that axis are
+ *                        empty, OR-ed over the axes (the ray test, medium.exterior);
+ *   tm_medium_distance_first, then tm_medium_distance medium.n_passes(cap) - 1 times: the
+ *                        capped chamfer distance from the occupied voxels, in place in D
+ *                        (medium.distance; weights 10, 14, 17 over the full Moore
+ *                        neighbourhood, whatever grid.neighbourhood says);
+ *   tm_medium_pins       pin[s] = TM_PIN_BATH where kind[s] is empty, pin[s] (the ray flag) is
+ *                        set and D[s] > cap; else pin[s] = kind[s].
+ * Races. tm_medium_exterior: a work item reads kind along its own line and writes pin only
+ * there; the lines of one axis are disjoint, and launches are ordered, so each OR reads the
+ * previous launch's value. tm_medium_distance_first writes its own D[s] only (D not read).
+ * tm_medium_distance lowers its own D[s] only, reading neighbours' D while their work items may
+ * be lowering them: the benign races of kernels/mechanics.cu's tm_push_distance, with the same
+ * argument ("Races" there, with "empty" for "pushable occupied"): every stored value is a real
+ * path length <= cap or INF, values only fall, so the in-place field is bounded by the Jacobi
+ * field pass by pass and after n_passes(cap) passes equals the true capped distance, whatever
+ * the order (tests/steps/test_medium.py runs forward, reverse and scrambled orders).
+ * tm_medium_pins reads and writes its own site only.
+ * Memory: D 2 B and pin 1 B per site, allocated only when the medium is stirred. */
+
+#define TM_MEDIUM_INF 0xFFFF
+
+/* Chamfer weight of a Moore step across `n` axes (1, 2 or 3): 10, 14, 17 tenths of an edge. */
+TM_HD int tm_medium_weight(int n) { return n == 1 ? 10 : (n == 2 ? 14 : 17); }
+
+/* tm_medium_exterior: the ray test along kernel axis `axis`, one work item per line.
+ *   nz, ny, nx   grid (2D: nz = 1; launch only the grid's axes, 1 and 2 in 2D)
+ *   first        1: write the flag (the first axis); 0: OR it into pin
+ *   kind         (n_sites,) uint8 occupants
+ *   pin          (n_sites,) uint8: 1 where the voxel is empty and so is every voxel between it
+ *                and the line's lo end, or its hi end; 0 elsewhere (OR-ed with the value there
+ *                unless first) */
+TM_KERNEL void tm_medium_exterior(int nz, int ny, int nx, int axis, int first,
+                                  const u8* __restrict__ kind, u8* __restrict__ pin) {
+    TM_FOR_EACH(l, tm_n_lines(1, nz, ny, nx, axis)) {
+        long long base, stride;
+        int m, f0;
+        tm_line(l, nz, ny, nx, axis, &base, &stride, &m, &f0);
+        int lo = 0;                 /* the first occupied voxel (m: none) */
+        while (lo < m && kind[base + lo * stride] == TM_EMPTY) ++lo;
+        int hi = m - 1;             /* the last occupied voxel (-1: none) */
+        while (hi >= 0 && kind[base + hi * stride] == TM_EMPTY) --hi;
+        for (int i = 0; i < m; ++i) {
+            const long long at = base + i * stride;
+            const u8 v = (u8)(i < lo || i > hi);
+            pin[at] = first ? v : (u8)(pin[at] | v);
+        }
+    }
+}
+
+/* tm_medium_distance_first: the first Jacobi pass of the capped distance from the occupied
+ * voxels (medium.distance's first pass from 0 at occupied voxels, INF at empty ones).
+ *   n_sites, nz, ny, nx  the grid (2D: nz = 1)
+ *   kind                 (n_sites,) uint8 occupants (read only)
+ *   cap                  the unstirred layer in tenths of a voxel edge (medium.layer_units)
+ *   D                    (n_sites,) uint16 out (not read): 0 at occupied voxels; at an empty
+ *                        voxel the least weight of a step to an occupied in-grid neighbour if
+ *                        that is at most cap, else INF
+ * One work item per site; it writes D[s] only. */
+TM_KERNEL void tm_medium_distance_first(long long n_sites, int nz, int ny, int nx,
+                                        const u8* __restrict__ kind, int cap,
+                                        u16* __restrict__ D) {
+    TM_FOR_EACH(s, n_sites) {
+        int out = 0;
+        if (kind[s] == TM_EMPTY) {
+            out = TM_MEDIUM_INF;
+            int z, y, x;
+            tm_site_coords(s, ny, nx, &z, &y, &x);
+            for (int dz = -1; dz <= 1; ++dz)
+                for (int dy = -1; dy <= 1; ++dy)
+                    for (int dx = -1; dx <= 1; ++dx) {
+                        const int zz = z + dz, yy = y + dy, xx = x + dx;
+                        if (zz < 0 || zz >= nz || yy < 0 || yy >= ny || xx < 0 || xx >= nx)
+                            continue;  /* also the (0, 0, 0) step: it is empty, s itself */
+                        if (kind[((long long)zz * ny + yy) * nx + xx] == TM_EMPTY) continue;
+                        const int w = tm_medium_weight((dz != 0) + (dy != 0) + (dx != 0));
+                        out = w < out ? w : out;
+                    }
+            out = out > cap ? TM_MEDIUM_INF : out;
+        }
+        D[s] = (u16)out;
+    }
+}
+
+/* tm_medium_distance: a further pass, in place: at an empty voxel s,
+ * D[s] = min(D[s], min over in-grid Moore neighbours of D[nb] + w), stored only when that is
+ * below D[s] and at most cap (the capped Jacobi update); occupied voxels keep 0.
+ *   n_sites, nz, ny, nx, kind, cap  as tm_medium_distance_first; D (n_sites,) uint16 in place
+ * One work item per site; it writes D[s] only, and only to lower it (benign races: see above). */
+TM_KERNEL void tm_medium_distance(long long n_sites, int nz, int ny, int nx,
+                                  const u8* __restrict__ kind, int cap,
+                                  u16* __restrict__ D) {
+    TM_FOR_EACH(s, n_sites) {
+        if (kind[s] != TM_EMPTY) continue;
+        const int old = D[s];
+        int best = old;
+        int z, y, x;
+        tm_site_coords(s, ny, nx, &z, &y, &x);
+        for (int dz = -1; dz <= 1; ++dz)
+            for (int dy = -1; dy <= 1; ++dy)
+                for (int dx = -1; dx <= 1; ++dx) {
+                    const int zz = z + dz, yy = y + dy, xx = x + dx;
+                    if (zz < 0 || zz >= nz || yy < 0 || yy >= ny || xx < 0 || xx >= nx) continue;
+                    const int n_axes = (dz != 0) + (dy != 0) + (dx != 0);
+                    if (n_axes == 0) continue;
+                    const int t = (int)D[((long long)zz * ny + yy) * nx + xx] +
+                                  tm_medium_weight(n_axes);
+                    best = t < best ? t : best;
+                }
+        if (best < old && best <= cap) D[s] = (u16)best;
+    }
+}
+
+/* tm_medium_pins: the pin codes: TM_PIN_BATH at an empty voxel open to a face (pin[s] set by
+ * tm_medium_exterior) farther than cap from every occupied voxel (D[s] > cap); kind[s] elsewhere.
+ * Twin of medium.pin_codes.
+ *   n_sites; kind (n_sites,) uint8; D (n_sites,) uint16 final distances; cap as above
+ *   pin (n_sites,) uint8: the ray flags on entry, the pin codes on exit
+ * One work item per site (its own site only). */
+TM_KERNEL void tm_medium_pins(long long n_sites, const u8* __restrict__ kind,
+                              const u16* __restrict__ D, int cap, u8* __restrict__ pin) {
+    TM_FOR_EACH(s, n_sites) {
+        const u8 k = kind[s];
+        pin[s] = (k == TM_EMPTY && pin[s] != 0 && (int)D[s] > cap) ? (u8)TM_PIN_BATH : k;
     }
 }

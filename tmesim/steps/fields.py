@@ -9,6 +9,20 @@ as in BioFVM): they are the sources of oxygen (and later of drugs). A face is ei
 (ghost voxel = edge voxel) or Dirichlet: the domain sits in a bath at the boundary value, i.e. the
 ghost voxel just outside the face holds the value.
 
+Where decay acts (``[fields.X] decay_in``): "everywhere" (the default) adds the decay to every
+entry of the rate table and keeps it as the uniform part ``decay`` too (LOD splits it among its
+line solves; the CG spectrum bound reads it); "tissue" adds it only to the entries of occupied
+kinds (every kind but empty), so the medium around the cells loses nothing, and the uniform part
+is 0 (both integrators then see the decay only through the per-voxel rate U, which they handle
+exactly as uptake). Units: 1/min.
+
+The stirred bath (``[medium] stirred``, tmesim.steps.medium): every agent step the held medium
+voxels -- empty, open to a face along an axis, farther than the unstirred layer from every
+occupied voxel -- are Dirichlet nodes like vessel voxels, held at each field's bath value (the
+one value of its Dirichlet faces; set_supply moves it with a drug's plasma level). The mask is
+recomputed from the occupants at each step (:meth:`FieldSolver.pins`); the kernels read the same
+set as pin codes (the kind, or medium.BATH at a held voxel).
+
 Two time integrators, both built on line-wise tridiagonal (Thomas) solves with coefficients that
 are precomputed once, vectorized over all lines and all fields:
 
@@ -83,6 +97,8 @@ from ..backend import array_module
 from ..errors import UserError
 from ..grid import Grid
 from ..scenario import Scenario, face_conditions
+from . import medium
+from .medium import layer_units
 
 #: diagonal of a pinned (vessel) voxel in the line solves: fixes it to 0
 PIN = np.float32(1e20)
@@ -390,21 +406,24 @@ def lod_sweep(
     S_table,
     decay: float,
     dt: float,
+    bath: float = math.nan,
 ) -> np.ndarray:
     """One LOD line solve of field ``f`` along grid ``axis``, with the vessel reset and (``react``)
     the reaction update: the operations of FieldSolver._lod_run for one field and one axis, in
     place on x (*grid) float64. Twin of :func:`tmesim.steps.fields_kernel.lod_sweep` (same
-    arguments): lod_line_solve, then ``x[pinned] = vessel``, and with ``react`` the reaction
-    ``x = x ra + rb`` with ra, rb built as _lod_run builds them, then ``x[pinned] = vessel`` again.
+    arguments): lod_line_solve, then ``x[pinned] = value``, and with ``react`` the reaction
+    ``x = x ra + rb`` with ra, rb built as _lod_run builds them, then ``x[pinned] = value`` again.
 
     Args:
         x: (*grid) float64 work array of one field.
         inv, kinv, cp: (m, F) float64 ThomasCoefficients of that axis.
         kg_lo, kg_hi: Dirichlet terms k g of this field (0.0 without a bath on the face; NaN when
             the face is no-flux for every field, i.e. the solver's ghost is None).
-        kind, tumor_state: (n_sites,) uint8.
+        kind: (n_sites,) uint8 pin codes (FieldSolver.pins): the occupant kind, or medium.BATH at
+            a voxel the stirred bath holds; tumor_state: (n_sites,) uint8.
         vessel: the field's vessel value; U_table, S_table: (F, n_codes) float32 rate tables
-            indexed by kind * n_states + tumor_state; decay: 1/min; dt: the field step, min.
+            indexed by kind * n_states + tumor_state; decay: 1/min; dt: the field step, min;
+            bath: the field's bath value (held at BATH voxels).
     """
     nd = x.ndim
     m = x.shape[axis]
@@ -417,10 +436,14 @@ def lod_sweep(
     xa = np.moveaxis(x[None], axis + 1, 0)
     lod_line_solve(xa, co, slice(None), kg, np.empty(xa.shape[1:], np.float64))
     flat = x.reshape(-1)
-    pinned = np.flatnonzero(kind == codes.VESSEL)
-    flat[pinned] = vessel
+    at_bath = kind == medium.BATH
+    pinned = np.flatnonzero((kind == codes.VESSEL) | at_bath)
+    value = np.where(at_bath[pinned], bath, vessel)
+    flat[pinned] = value
     if react:
-        idx = kind.astype(np.intp) * len(codes.TUMOR_STATE_NAMES) + tumor_state
+        # a held voxel's rates are never used (it is reset next): read the empty voxel's entry
+        k = np.where(at_bath, codes.EMPTY, kind)
+        idx = k.astype(np.intp) * len(codes.TUMOR_STATE_NAMES) + tumor_state
         ra = U_table[f][idx].astype(np.float64)
         ra -= decay
         ra *= dt
@@ -431,7 +454,7 @@ def lod_sweep(
         rb *= ra
         flat *= ra
         flat += rb
-        flat[pinned] = vessel
+        flat[pinned] = value
     return x
 
 
@@ -512,12 +535,20 @@ class FieldSolver:
         self.D_over_h2 = (self.D / h**2).reshape(bshape).astype(self.dtype)
         # rate tables by (field, kind, tumor state): uptake and decay in 1/min, secretion in
         # units/min; a tumor cell's rate is its state's entry if the scenario names the state
-        # ("sensitive", "persister", "resistant"), else the "tumor" entry
+        # ("sensitive", "persister", "resistant", "expanded"; an expanded persister takes the
+        # "persister" entry unless "expanded" is named: codes.state_rate), else the "tumor" entry
         nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
         self.U_table = np.zeros((F, nk, ns))
         self.S_table = np.zeros((F, nk, ns))
         for i, f in enumerate(fcs):
-            self.U_table[i] += f.decay_per_min
+            if f.decay_in == "tissue":
+                # decay only where there is an occupant: in the table, not in the uniform part
+                # (self.decay, which LOD splits among its line solves and the CG spectrum bound
+                # reads), so the medium loses nothing
+                self.U_table[i, codes.EMPTY + 1 :] += f.decay_per_min
+                self.decay[i] = 0.0
+            else:
+                self.U_table[i] += f.decay_per_min
             for table, spec in (
                 (self.U_table, f.uptake_per_min),
                 (self.S_table, f.secretion_per_min),
@@ -525,9 +556,10 @@ class FieldSolver:
                 for kname, rate in spec.items():
                     if kname in codes.KIND_CODES:
                         table[i, codes.KIND_CODES[kname]] += rate
-                for sname, code in codes.STATE_KEYS.items():
-                    if sname in spec:
-                        table[i, codes.TUMOR, code] += spec[sname] - spec.get("tumor", 0.0)
+                for code in codes.STATE_KEY_CHAIN:
+                    table[i, codes.TUMOR, code] += codes.state_rate(spec, code) - spec.get(
+                        "tumor", 0.0
+                    )
         self.vessel_value = np.array([f.vessel_value for f in fcs], dtype=self.dtype)[:, None]
         # boundaries: per axis (lo, hi) ghost arrays; NaN marks a no-flux face for that field
         self.dirichlet = []  # per axis: (lo bool (F,), hi bool (F,))
@@ -543,6 +575,12 @@ class FieldSolver:
                 pair_g.append(val.reshape(bshape).astype(self.dtype) if is_d.any() else None)
             self.dirichlet.append(tuple(pair_d))
             self.ghosts.append(tuple(pair_g))
+        # the stirred bath (tmesim.steps.medium): each field's bath value is the one value of
+        # its Dirichlet faces (the scenario checks there is one when the medium is stirred)
+        self.stirred = sc.medium.stirred
+        self.bath_cap = layer_units(sc.medium.boundary_layer_um, grid.dx_um)
+        bath = [next((v for k, v in c.values() if k == "dirichlet"), np.nan) for c in conds]
+        self.bath_value = np.array(bath, dtype=self.dtype)[:, None]
         dt_agent = sc.run.dt_min
         dt_f = sc.solver.dt_min or dt_agent
         self.n_sub = max(1, int(math.ceil(dt_agent / dt_f - 1e-9)))
@@ -629,10 +667,24 @@ class FieldSolver:
             if not np.isfinite(v):
                 continue
             self.vessel_value[i] = v
+            if np.isfinite(self.bath_value[i, 0]):
+                self.bath_value[i] = v
             for pair in self.ghosts:
                 for g in pair:
                     if g is not None and np.isfinite(g[i]).all():
                         g[i] = v
+
+    def pins(self, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The Dirichlet nodes of this agent step: flat indices of the pinned voxels (vessels,
+        and with a stirred medium the held bath voxels, tmesim.steps.medium) and the values they
+        hold, (F, 1) (vessels only: the vessel values) or (F, n_pinned) (vessel or bath value per
+        voxel), float32."""
+        if not self.stirred:
+            return np.flatnonzero(kind == codes.VESSEL), self.vessel_value
+        pin = medium.pin_codes(kind, self.grid.shape, self.bath_cap)
+        pinned = np.flatnonzero((pin == codes.VESSEL) | (pin == medium.BATH))
+        at_bath = pin[pinned] == medium.BATH
+        return pinned, np.where(at_bath[None, :], self.bath_value, self.vessel_value)
 
     def step(
         self, fields: np.ndarray, kind: np.ndarray, tumor_state: np.ndarray | None = None
@@ -644,15 +696,15 @@ class FieldSolver:
         U, S = self.rates(kind, tumor_state)
         U = U.reshape(c.shape)
         S = S.reshape(c.shape)
-        pinned = np.flatnonzero(kind == codes.VESSEL)
-        fields[:, pinned] = self.vessel_value
+        pinned, pin_value = self.pins(kind)
+        fields[:, pinned] = pin_value
         if self.method == "adi":
             prep = self._adi_prepare(U, pinned)
             sweeps = 0
             for _ in range(self.n_sub):
                 sweeps += self._adi_step(c, S, pinned, prep)
         else:
-            self._lod_run(c, U, S, pinned)
+            self._lod_run(c, U, S, pinned, pin_value)
             sweeps = self.n_sub
         self.last_sweeps = sweeps
         if not np.isfinite(fields).all():
@@ -923,7 +975,7 @@ class FieldSolver:
         return it
 
     # ----------------------------------------------------------------------------- lod
-    def _lod_run(self, c, U, S, pinned):
+    def _lod_run(self, c, U, S, pinned, pin_value):
         """All n_sub LOD substeps of an agent step, in float64 (BioFVM's precision, and what
         keeps a no-flux solve from drifting the total: see _setup_lod).
 
@@ -953,8 +1005,8 @@ class FieldSolver:
         np.copyto(rb, S.swapaxes(-1, -2))
         rb *= dt
         rb *= ra
-        v = self.vessel_value.astype(f64)  # (F, 1)
-        pinned_t = self._pinned_t(pinned)
+        v = pin_value.astype(f64)  # (F, 1), or (F, n_pinned) with a stirred bath
+        pinned_t = self._pinned_t(pinned)  # the same order: v's columns serve both
         # Dirichlet ghosts: k g added to the edge rows (0 for a field without one on that face)
         kg = []
         for a in range(nd):

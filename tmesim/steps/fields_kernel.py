@@ -25,6 +25,11 @@ voxel), with the line solves (tm_lod_sweep) taking the vessel reset and, on the 
 implicit reaction fused in; the reaction reads the float32 rate tables per voxel instead of
 numpy's two float64 coefficient arrays per field. Bit for bit numpy's result.
 
+Stirred medium (tmesim.steps.medium): once per agent step :func:`medium_pins` (the ray launches,
+the in-place distance passes and tm_medium_pins) turns the kinds into pin codes, which every
+pinning kernel then reads instead of the kinds (tm_rates still reads the kinds); bit for bit
+medium.pin_codes, whatever the work order.
+
 Memory: :func:`field_workspace_bytes` counts every array the solver allocates (the same list
 that allocates them, so the count is exact); the fields themselves (4 B per field per voxel) and
 the cell state are not included.
@@ -41,6 +46,7 @@ from ..grid import Grid
 from ..launch import check_arrays, flat_f32, grid3
 from ..scenario import Scenario
 from . import fields as F_
+from . import medium
 from .fields import FieldSolver, FieldSolverError
 
 __all__ = ["FieldSolverError", "KernelFieldSolver", "field_workspace_bytes"]
@@ -192,25 +198,85 @@ def cg_setup(c, U, S, inv_dt, *, launcher):
 
 
 def residual(b, r, kind, *, launcher):
-    """r = b - r, 0 at vessel voxels (in place): ``np.subtract(b, r, out=r); r[:, pinned] = 0``."""
+    """r = b - r, 0 at pinned voxels (in place): ``np.subtract(b, r, out=r); r[:, pinned] = 0``.
+    ``kind``: (n,) uint8 pin codes (FieldSolver.pins: vessels and held bath voxels are pinned)."""
     L = launcher
     check_arrays(b, r, dtype=np.float32)
     L("tm_residual", r.size, np.int32(r.shape[0]), np.int64(kind.size), b, r, kind)
     return r
 
 
-def set_pinned(x, kind, value, *, launcher):
-    """x[:, vessel voxels] = value (F,) in place: ``x[:, pinned] = value``."""
+def set_pinned(x, kind, value, bath, *, launcher):
+    """x[:, vessel voxels] = value (F,) and x[:, held bath voxels] = bath (F,) in place (``kind``
+    the pin codes): ``x[:, pinned] = pin_value`` of FieldSolver.pins."""
     L = launcher
     check_arrays(x, dtype=np.float32)
     F = x.shape[0]
-    L("tm_set_pinned", x.size, np.int32(F), np.int64(kind.size), x, kind, flat_f32(L.xp, value, F))
+    L(
+        "tm_set_pinned",
+        x.size,
+        np.int32(F),
+        np.int64(kind.size),
+        x,
+        kind,
+        flat_f32(L.xp, value, F),
+        flat_f32(L.xp, bath, F),
+    )
     return x
 
 
+def medium_exterior(kind, shape, axis: int, first: bool, pin, *, launcher):
+    """The ray test along grid ``axis`` (tm_medium_exterior): pin = 1 where the voxel and every
+    voxel to the lo or hi face along the axis are empty (OR-ed into pin unless ``first``); over
+    every axis, :func:`tmesim.steps.medium.exterior`."""
+    L = launcher
+    check_arrays(kind, pin, dtype=np.uint8)
+    nz, ny, nx, ndim = grid3(shape)
+    m = shape[axis]
+    L(
+        "tm_medium_exterior",
+        kind.size // m,
+        nz,
+        ny,
+        nx,
+        np.int32(axis + 3 - int(ndim)),
+        np.int32(bool(first)),
+        kind,
+        pin,
+    )
+    return pin
+
+
+def medium_distance(kind, shape, cap: int, D, *, launcher):
+    """The capped chamfer distance from the occupied voxels into D ((n,) uint16, in place):
+    tm_medium_distance_first, then tm_medium_distance n_passes(cap) - 1 times; twin of
+    :func:`tmesim.steps.medium.distance`."""
+    L = launcher
+    check_arrays(kind, dtype=np.uint8)
+    check_arrays(D, dtype=np.uint16)
+    nz, ny, nx, _ = grid3(shape)
+    n = np.int64(kind.size)
+    L("tm_medium_distance_first", kind.size, n, nz, ny, nx, kind, np.int32(cap), D)
+    for _ in range(medium.n_passes(cap) - 1):
+        L("tm_medium_distance", kind.size, n, nz, ny, nx, kind, np.int32(cap), D)
+    return D
+
+
+def medium_pins(kind, shape, cap: int, D, pin, *, launcher):
+    """The pin codes of a stirred bath into pin ((n,) uint8; D (n,) uint16 scratch): the ray test
+    on every grid axis, the distance passes, then tm_medium_pins; twin of
+    :func:`tmesim.steps.medium.pin_codes`."""
+    for axis in range(len(shape)):
+        medium_exterior(kind, shape, axis, axis == 0, pin, launcher=launcher)
+    medium_distance(kind, shape, cap, D, launcher=launcher)
+    launcher("tm_medium_pins", kind.size, np.int64(kind.size), kind, D, np.int32(cap), pin)
+    return pin
+
+
 def factor_diag(diag, scale, kind, pin, out, *, launcher):
-    """out = diag * scale[f], ``pin`` at vessel voxels: ``np.multiply(diag, tau * share,
-    out=extra); extra[:, pinned] = PIN`` (pass scale = the float32 ``tau * np.float32(share)``)."""
+    """out = diag * scale[f], ``pin`` at pinned voxels (``kind``: pin codes):
+    ``np.multiply(diag, tau * share, out=extra); extra[:, pinned] = PIN`` (pass scale = the
+    float32 ``tau * np.float32(share)``)."""
     L = launcher
     check_arrays(diag, out, dtype=np.float32)
     F = diag.shape[0]
@@ -273,6 +339,7 @@ def lod_sweep(
     S_table,
     decay: float,
     dt: float,
+    bath: float = float("nan"),
     *,
     launcher,
 ):
@@ -286,9 +353,9 @@ def lod_sweep(
         inv, kinv, cp: (m, F) float64 ThomasCoefficients of that axis (device arrays).
         kg_lo, kg_hi: Dirichlet terms k g of this field (0.0 without a bath on the face; NaN when
             the face is no-flux for every field, i.e. numpy's ghost is None).
-        kind, tumor_state: (n_sites,) uint8.
+        kind: (n_sites,) uint8 pin codes; tumor_state: (n_sites,) uint8.
         vessel: the field's vessel value; U_table, S_table: (F, n_codes) float32 rate tables;
-        decay: 1/min; dt: the field step, min.
+        decay: 1/min; dt: the field step, min; bath: the field's bath value (held voxels).
     """
     L = launcher
     check_arrays(x, inv, kinv, cp, dtype=np.float64)
@@ -314,6 +381,7 @@ def lod_sweep(
         np.float64(kg_hi),
         kind,
         np.float64(vessel),
+        np.float64(bath),
         np.int32(bool(react)),
         tumor_state,
         np.int32(U_table.shape[-1]),
@@ -339,7 +407,9 @@ def _factor_keys(ndim: int) -> list[tuple[int, float]]:
     return keys
 
 
-def _array_specs(method: str, F: int, shape: tuple[int, ...]) -> dict[str, tuple[tuple, type]]:
+def _array_specs(
+    method: str, F: int, shape: tuple[int, ...], stirred: bool = False
+) -> dict[str, tuple[tuple, type]]:
     """Every device array a KernelFieldSolver holds, name -> (shape, dtype): the one list that
     both allocates them and counts them (field_workspace_bytes).
 
@@ -347,6 +417,8 @@ def _array_specs(method: str, F: int, shape: tuple[int, ...]) -> dict[str, tuple
     diagonal scratch once the operator's diagonal is built; S, diag, b, r, z, p, q) and two per
     distinct line factor (inv, cp; 2 in 2D, 3 in 3D), i.e. 4 F (8 + 2 ndim) B per voxel.
     lod: one float64 work array of one field, 8 B per voxel.
+    A stirred medium (tmesim.steps.medium): the pin codes (uint8) and the distance buffer
+    (uint16), 3 B per voxel.
     Both: small tables (rates, per-field constants, ghosts, LOD coefficients)."""
     ndim = len(shape)
     nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
@@ -355,8 +427,12 @@ def _array_specs(method: str, F: int, shape: tuple[int, ...]) -> dict[str, tuple
         "U_table": ((F, nk * ns), f32),
         "S_table": ((F, nk * ns), f32),
         "vessel": ((F,), f32),
+        "bath": ((F,), f32),
         "zeros": ((F,), f32),
     }
+    if stirred:
+        specs["pin"] = ((math.prod(shape),), np.uint8)
+        specs["bath_dist"] = ((math.prod(shape),), np.uint16)
     if method == "adi":
         full = (F,) + tuple(shape)
         for name in ("U", "S", "diag", "b", "r", "z", "p", "q"):
@@ -381,13 +457,14 @@ def _array_specs(method: str, F: int, shape: tuple[int, ...]) -> dict[str, tuple
 def field_workspace_bytes(sc: Scenario) -> int:
     """Bytes of device memory a KernelFieldSolver for ``sc`` allocates, beyond the fields array
     (F, n_sites) float32 and the cell state it is given: for lod 8 B per voxel (one field's
-    float64 work array), for adi 4 F (8 + 2 ndim) B per voxel, plus small tables. Exact for a
+    float64 work array), for adi 4 F (8 + 2 ndim) B per voxel, plus 3 B per voxel with a stirred
+    medium (pin codes and distances) and small tables. Exact for a
     step given a tumor_state (a step without one adds a zero state array, 1 B per voxel) and not
     counting the few-element temporaries of the reductions."""
     F = len(sc.fields)
     if F == 0:
         return 0
-    specs = _array_specs(sc.solver.method, F, tuple(sc.grid.shape))
+    specs = _array_specs(sc.solver.method, F, tuple(sc.grid.shape), sc.medium.stirred)
     return int(sum(math.prod(shp) * np.dtype(dt).itemsize for shp, dt in specs.values()))
 
 
@@ -415,7 +492,9 @@ class KernelFieldSolver:
         self._arrays = {}
         if self.F == 0:
             return
-        for name, (shape, dtype) in _array_specs(self.method, self.F, grid.shape).items():
+        self.stirred, self.bath_cap = ref.stirred, ref.bath_cap
+        specs = _array_specs(self.method, self.F, grid.shape, self.stirred)
+        for name, (shape, dtype) in specs.items():
             self._arrays[name] = xp.zeros(shape, dtype=dtype)
         a = self._arrays
         F, nd = self.F, self.ndim
@@ -452,6 +531,7 @@ class KernelFieldSolver:
         """Device copies of what set_supply changes: vessel values and (adi) packed ghosts."""
         xp, a = self.xp, self._arrays
         a["vessel"][...] = xp.asarray(self.ref.vessel_value.reshape(self.F))
+        a["bath"][...] = xp.asarray(self.ref.bath_value.reshape(self.F))
         if self.method == "adi":
             a["ghosts"][...] = xp.asarray(pack_ghosts(np, self.ref.ghosts, self.F, self.ndim))
 
@@ -498,14 +578,22 @@ class KernelFieldSolver:
             tumor_state = self._zero_state
         check_arrays(kind, tumor_state, dtype=np.uint8)
         c = fields.reshape((self.F,) + self.grid.shape)
-        set_pinned(c, kind, self._arrays["vessel"], launcher=self.L)
+        a = self._arrays
+        # pin codes: the kinds, or with a stirred medium the kinds with held voxels marked
+        # (FieldSolver.pins); the rates read the true kinds
+        pin = kind
+        if self.stirred:
+            pin = medium_pins(
+                kind, self.grid.shape, self.bath_cap, a["bath_dist"], a["pin"], launcher=self.L
+            )
+        set_pinned(c, pin, a["vessel"], a["bath"], launcher=self.L)
         if self.method == "adi":
-            self._adi_prepare(c, kind, tumor_state)
+            self._adi_prepare(c, kind, tumor_state, pin)
             sweeps = 0
             for _ in range(self.n_sub):
-                sweeps += self._adi_step(c, kind)
+                sweeps += self._adi_step(c, pin)
         else:
-            self._lod_run(c, kind, tumor_state)
+            self._lod_run(c, pin, tumor_state)
             sweeps = self.n_sub
         self.last_sweeps = sweeps
         # largest and smallest value per field: NaN propagates through both and an infinity
@@ -540,9 +628,10 @@ class KernelFieldSolver:
         )
         return out
 
-    def _adi_prepare(self, c, kind, tumor_state):
-        """Once per agent step: rates, the operator's diagonal, and every distinct line factor's
-        elimination factors (FieldSolver._adi_prepare)."""
+    def _adi_prepare(self, c, kind, tumor_state, pin):
+        """Once per agent step: rates (from the kinds), the operator's diagonal, and every
+        distinct line factor's elimination factors, pinned where ``pin`` says
+        (FieldSolver._adi_prepare)."""
         a, L, F = self._arrays, self.L, self.F
         n = self.grid.n_sites
         U, S = a["U"], a["S"]
@@ -566,7 +655,7 @@ class KernelFieldSolver:
         L("tm_cg_setup", c.size, np.int64(c.size), inv_dt, c, U, S, a["diag"], a["b"])
         extra = U  # U is not needed again this agent step
         for j, (axis, _) in enumerate(_factor_keys(self.ndim)):
-            factor_diag(a["diag"], a[f"scale{j}"], kind, F_.PIN, extra, launcher=L)
+            factor_diag(a["diag"], a[f"scale{j}"], pin, F_.PIN, extra, launcher=L)
             thomas_factor_diag(
                 axis, a[f"k{j}"], a[f"base{j}"], extra, a[f"inv{j}"], a[f"cp{j}"], launcher=L
             )
@@ -580,7 +669,7 @@ class KernelFieldSolver:
             thomas_solve_factored(
                 out, keys[j][0], a[f"k{j}"], a[f"inv{j}"], a[f"cp{j}"], launcher=L
             )
-        set_pinned(out, kind, a["zeros"], launcher=L)
+        set_pinned(out, kind, a["zeros"], a["zeros"], launcher=L)
         return out
 
     def _dots(self, x, y):
@@ -620,7 +709,7 @@ class KernelFieldSolver:
             if beta is not None:
                 scale_add(p, beta, z, launcher=L)
             self._apply(p, a["ghosts0"], q)
-            set_pinned(q, kind, a["zeros"], launcher=L)
+            set_pinned(q, kind, a["zeros"], a["zeros"], launcher=L)
             pq = self._dots(p, q)
             alpha = xp.where(pq > 0, rz / xp.where(pq > 0, pq, 1.0), 0.0).astype(f32)
             axpy(c, alpha, p, launcher=L)
@@ -648,6 +737,7 @@ class KernelFieldSolver:
         w = a["w"]
         kg = self._lod_ghost_terms()
         vessel = ref.vessel_value.astype(np.float64).reshape(F)
+        bath = ref.bath_value.astype(np.float64).reshape(F)
         for f in range(F):
             xp.copyto(w, c[f])
             for _ in range(self.n_sub):
@@ -669,6 +759,7 @@ class KernelFieldSolver:
                         a["S_table"],
                         ref.decay[f],
                         ref.dt,
+                        bath[f],
                         launcher=L,
                     )
             xp.copyto(c[f], w, casting="same_kind")
