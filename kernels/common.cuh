@@ -32,7 +32,8 @@ typedef unsigned char u8;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-/* Occupant kinds and tumor states: tmesim/codes.py (part of the file format, never renumbered). */
+/* Occupant kinds and tumor states: tmesim/codes.py (part of the file format, never renumbered).
+ * TM_N_STATES counts the tumor states none, S, P, R, E (tmesim.codes.TUMOR_STATE_NAMES). */
 #define TM_EMPTY 0
 #define TM_TUMOR 1
 #define TM_CAF 2
@@ -40,7 +41,7 @@ typedef unsigned long long u64;
 #define TM_VESSEL 4
 #define TM_NECROTIC 5
 #define TM_STATE_NONE 0
-#define TM_N_STATES 4
+#define TM_N_STATES 5
 
 /* NaN test that no compiler option turns into "false" (x != x is IEEE's definition). */
 TM_HD bool tm_isnan(float x) { return x != x; }

@@ -26,8 +26,8 @@
  *                     (tm_push_first / tm_push_next below, Pushing.paths hop for hop) and claims
  *                     every voxel on it, her own included, by an integer atomicMax of
  *                     key = (low 32 bits of her DIRECTION word << 32) | her site, the key of
- *                     tumor.resolve_claims; bits 6-7 of her action byte record TM_PUSH_FAR (no
- *                     empty voxel within reach) or TM_PUSH_LOST ("has a path", until
+ *                     tumor.resolve_claims; her action event becomes TM_ACT_PUSH_FAR (no
+ *                     empty voxel within reach) or TM_ACT_PUSH_LOST ("has a path", until
  *                     tm_push_apply finds it won);
  *   tm_push_apply     every mother with a path walks it again (the walk reads only D and the
  *                     random words: the same path) and checks claims[v] == key on every voxel. A
@@ -36,7 +36,7 @@
  *                     cell swap places, so n1 gets the copy of the mother (the daughter), n2 the
  *                     old occupant of n1, ..., e (the empty voxel) that of the last pushed cell,
  *                     numpy's "column j takes column j - 1's occupant"; she records
- *                     target[s] = n1 and TM_PUSH_WON. Losers keep TM_PUSH_LOST;
+ *                     target[s] = n1 and TM_ACT_PUSH_WON. Losers keep TM_ACT_PUSH_LOST;
  *   tm_push_finish    every mother with a path walks it a third time and resets claims on it to 0
  *                     (the claims array is shared with tumor.cu and stroma.cu: all 0 between
  *                     launches of theirs).
@@ -86,14 +86,16 @@
  * (losers read only D and claims); action[s] and target[s] are the thread's own. tm_push_finish:
  * threads whose paths share a voxel all store 0 there, the same value (the final state does not
  * depend on which store lands last); claims is not read in this launch. Every voxel ever claimed
- * lies on the path of a mother with TM_PUSH_WON or TM_PUSH_LOST, so claims are all 0 afterwards.
+ * lies on the path of a mother with TM_ACT_PUSH_WON or TM_ACT_PUSH_LOST, so claims are all 0
+ * afterwards.
  *
- * Codes: the push outcome is bits 6-7 of the action byte of tumor.cu (low 4 bits: event,
- * bits 4-5: phenotype transition), TM_PUSH_* below; the host counts them with the tumor rules'
- * bincount of `action` (256 values). Pushable kinds come as a bit mask `pushable` (bit k: kind
- * code k may be pushed; tmesim.steps.mechanics.pushable_mask). Distances are integers in tenths
- * of a voxel edge (chamfer weights 10, 14, 17 for a step across 1, 2, 3 axes), cap =
- * round(10 reach / dx) (mechanics.reach_units).
+ * Codes: the push outcome is the event (low 4 bits) of a blocked mother's action byte of
+ * tumor.cu, TM_ACT_PUSH_* written over TM_ACT_BLOCKED (bits 4-6, her phenotype transition,
+ * kept); the host counts them with the tumor rules' one bincount of `action` (256 values).
+ * Pushable kinds come as a bit mask `pushable` (bit k: kind code k may be pushed;
+ * tmesim.steps.mechanics.pushable_mask). Distances are integers in tenths of a voxel edge
+ * (chamfer weights 10, 14, 17 for a step across 1, 2, 3 axes), cap = round(10 reach / dx)
+ * (mechanics.reach_units).
  *
  * Memory: D is one (n_sites,) uint16 buffer, 2 B per site, allocated only when the rule is on;
  * claims (uint64), action (uint8) and target (uint32) are the tumor rules'. Bytes moved per site
@@ -114,16 +116,13 @@
 typedef unsigned short u16;
 
 /* The tumor rules' action byte (tumor.cu): the same definitions, so the translation unit (every
- * .cu in one, tmesim.launch) refuses to build if the two ever differ. */
+ * .cu in one, tmesim.launch) refuses to build if the two ever differ. The push outcome of a
+ * blocked mother replaces her event TM_ACT_BLOCKED (the rule off: she stays BLOCKED). */
 #define TM_ACT_BLOCKED 4     /* tumor cell would divide but has no empty neighbour */
+#define TM_ACT_PUSH_WON 9    /* her path won every voxel: she divided by pushing */
+#define TM_ACT_PUSH_LOST 10  /* she has a path (tm_push_claim) that lost a voxel (tm_push_apply) */
+#define TM_ACT_PUSH_FAR 11   /* no empty voxel within reach: she does not divide */
 #define TM_ACT_EVENT_MASK 15
-
-/* Push outcome of a blocked mother, bits 6-7 of her action byte. */
-#define TM_PUSH_SHIFT 6
-#define TM_PUSH_NONE 0       /* not a blocked mother (or the rule is off) */
-#define TM_PUSH_WON 1        /* her path won every voxel: she divided by pushing */
-#define TM_PUSH_LOST 2       /* she has a path (tm_push_claim) that lost a voxel (tm_push_apply) */
-#define TM_PUSH_FAR 3        /* no empty voxel within reach: she does not divide */
 
 /* Distances (tmesim.steps.mechanics): tenths of a voxel edge. */
 #define TM_PUSH_UNIT 10      /* a step along one axis */
@@ -223,16 +222,12 @@ TM_HD u64 tm_push_key(const TmPushLattice& g, long long s) {
     return tm_claim_key(tm_rng_word(g.seed, g.step, (u64)s, TM_STREAM_DIRECTION), s);
 }
 
-/* Push outcome in an action byte, and the byte with outcome o. */
-TM_HD int tm_push_outcome(u8 a) { return a >> TM_PUSH_SHIFT; }
-TM_HD u8 tm_push_with(u8 a, int o) {
-    return (u8)((a & ((1 << TM_PUSH_SHIFT) - 1)) | (o << TM_PUSH_SHIFT));
-}
+/* The action byte with its event replaced by the push outcome o (TM_ACT_PUSH_*), the other bits
+ * (the phenotype transition) kept. */
+TM_HD u8 tm_push_with(u8 a, int o) { return (u8)((a & ~TM_ACT_EVENT_MASK) | o); }
 
 /* Whether site s is a blocked mother whose outcome is o (after tm_push_claim: LOST or FAR). */
-TM_HD bool tm_push_is(u8 a, int o) {
-    return (a & TM_ACT_EVENT_MASK) == TM_ACT_BLOCKED && tm_push_outcome(a) == o;
-}
+TM_HD bool tm_push_is(u8 a, int o) { return (a & TM_ACT_EVENT_MASK) == o; }
 
 /* tm_push_distance_first: the first pass of the distance field, from `kind` alone (the first
  * Jacobi pass of Pushing.relax on the whole lattice from 0 at empty voxels, INF elsewhere).
@@ -304,8 +299,8 @@ TM_KERNEL void tm_push_distance(long long n_sites, int nz, int ny, int nx,
  *   n_sites, nz, ny, nx, offsets, n_offsets, cap  as tm_push_distance
  *   D                    (n_sites,) uint16, the final distance field (read only)
  *   seed, step           the generator's key and counter (rng.cuh)
- *   action               (n_sites,) uint8 from the tumor launches: at a blocked mother, bits 6-7
- *                        become TM_PUSH_FAR or TM_PUSH_LOST (has a path)
+ *   action               (n_sites,) uint8 from the tumor launches: a blocked mother's event
+ *                        becomes TM_ACT_PUSH_FAR or TM_ACT_PUSH_LOST (has a path)
  *   claims               (n_sites,) uint64, all 0 on entry: the largest key claiming each voxel
  * One work item per site. */
 TM_KERNEL void tm_push_claim(long long n_sites, int nz, int ny, int nx,
@@ -319,12 +314,12 @@ TM_KERNEL void tm_push_claim(long long n_sites, int nz, int ny, int nx,
             TmPushWalk w;
             long long v = tm_push_first(&w, g, s, cap);
             if (v == TM_OUTSIDE) {
-                action[s] = tm_push_with(a, TM_PUSH_FAR);
+                action[s] = tm_push_with(a, TM_ACT_PUSH_FAR);
             } else {
                 const u64 key = tm_push_key(g, s);
                 atomicMax(&claims[s], key);
                 for (; v != TM_OUTSIDE; v = tm_push_next(&w, g, s)) atomicMax(&claims[v], key);
-                action[s] = tm_push_with(a, TM_PUSH_LOST);
+                action[s] = tm_push_with(a, TM_ACT_PUSH_LOST);
             }
         }
     }
@@ -334,7 +329,7 @@ TM_KERNEL void tm_push_claim(long long n_sites, int nz, int ny, int nx,
  *   n_sites, nz, ny, nx, offsets, n_offsets, cap, D, seed, step  as tm_push_claim
  *   kind, tumor_state, memory, time_in_P  (n_sites,) uint8, uint8, float32, float32: along a
  *                        winning path each cell moves one voxel on and the mother's copy takes n1
- *   action               (n_sites,) uint8: a winner's bits 6-7 become TM_PUSH_WON
+ *   action               (n_sites,) uint8: a winner's event becomes TM_ACT_PUSH_WON
  *   target               (n_sites,) uint32: target[s] = n1 (her daughter's voxel) at a winner
  *   claims               (n_sites,) uint64 from tm_push_claim (read only)
  * One work item per site. */
@@ -348,7 +343,7 @@ TM_KERNEL void tm_push_apply(long long n_sites, int nz, int ny, int nx,
     const TmPushLattice g = {nz, ny, nx, offsets, n_offsets, D, seed, step};
     TM_FOR_EACH(s, n_sites) {
         const u8 a = action[s];
-        if (tm_push_is(a, TM_PUSH_LOST)) {
+        if (tm_push_is(a, TM_ACT_PUSH_LOST)) {
             const u64 key = tm_push_key(g, s);
             bool won = claims[s] == key;
             TmPushWalk w;
@@ -372,7 +367,7 @@ TM_KERNEL void tm_push_apply(long long n_sites, int nz, int ny, int nx,
                     c_memory = m;
                     c_time = p;
                 }
-                action[s] = tm_push_with(a, TM_PUSH_WON);
+                action[s] = tm_push_with(a, TM_ACT_PUSH_WON);
             }
         }
     }
@@ -390,7 +385,7 @@ TM_KERNEL void tm_push_finish(long long n_sites, int nz, int ny, int nx,
     const TmPushLattice g = {nz, ny, nx, offsets, n_offsets, D, seed, step};
     TM_FOR_EACH(s, n_sites) {
         const u8 a = action[s];
-        if (tm_push_is(a, TM_PUSH_WON) || tm_push_is(a, TM_PUSH_LOST)) {
+        if (tm_push_is(a, TM_ACT_PUSH_WON) || tm_push_is(a, TM_ACT_PUSH_LOST)) {
             claims[s] = 0;
             TmPushWalk w;
             for (long long v = tm_push_first(&w, g, s, cap); v != TM_OUTSIDE;

@@ -2,6 +2,11 @@
  * transitions of drug-tolerant persisters, memory, division with deterministic claims, applied
  * all at once.
  *
+ * Tumor states (tmesim/codes.py): S sensitive, P drug-tolerant persister, R resistant, E the
+ * drug-tolerant expanded persister (DTEP): killed as P, reverts to S (at its own exit rate) or
+ * becomes R as P does, divides at its own state factor through division-blocking drugs (as R);
+ * P -> E at expansion E_target min(1, time_in_P / ramp). time_in_P counts P and E alike.
+ *
  * A step is three launches over all sites, each reading the state at the start of the step:
  *   tm_tumor_decide  every cell and necrotic voxel takes its decisions from (seed, step, site,
  *                    stream): necrosis, else drug kill, else a phenotype transition, division
@@ -25,14 +30,18 @@
  * and igf1 are rows of the (F, n_sites) float32 fields (mmHg, ng/mL), drug_conc the drugs' rows
  * (n_drugs, n_sites) float32 uM. Scalars that configure the rules are one float64 array `params`
  * indexed by TM_TP_* below, per-tumor-state factors are rows of `state_table`
- * (TM_N_STATE_TABLES, TM_N_STATES), indexed by tmesim.codes' state (none, S, P, R), and the drugs'
- * pharmacodynamic effects are rows of `effects` (n_effects, TM_N_EFFECT_COLUMNS) float64, one per
- * (drug, effect) in the order of tmesim.drugs.Effects.at (drug by drug, each drug's effects in
- * their table order: the order of the Bliss products and kill sums). tmesim/steps/tumor_kernel.py
- * reads these #defines from this file to fill the arrays by name.
+ * (TM_N_STATE_TABLES, TM_N_STATES), indexed by tmesim.codes' state (none, S, P, R, E), and the
+ * drugs' pharmacodynamic effects are rows of `effects` (n_effects, TM_N_EFFECT_COLUMNS) float64,
+ * one per (drug, effect) in the order of tmesim.drugs.Effects.at (drug by drug, each drug's
+ * effects in their table order: the order of the Bliss products and kill sums).
+ * tmesim/steps/tumor_kernel.py reads these #defines from this file to fill the arrays by name.
  *
  * `action` (uint8, per site): the event in the low 4 bits (TM_ACT_*), the phenotype transition in
- * bits 4-5 (TM_TRANSITION_*), read back by the host to count events (no counters, no atomics).
+ * bits 4-6 (TM_TRANSITION_*), bit 7 unused; read back by the host to count events with one
+ * bincount (no counters, no atomics). A blocked mother's push outcome (mechanics.cu) is an event
+ * of its own, TM_ACT_PUSH_*, written over TM_ACT_BLOCKED (its transition bits kept): a push
+ * outcome exists only for a blocked mother, so it needs no bits beside the event's, and the
+ * action stays one byte (the stroma kernels share this array as their uint8 action).
  * Per-site memory: kind, tumor_state, action (1 byte each), memory, time_in_P (float32), target
  * (uint32), claims (uint64); the persister biology added no scratch.
  */
@@ -47,13 +56,17 @@
 #define TM_ACT_BLOCKED 4     /* tumor cell would divide but has no empty neighbour */
 #define TM_ACT_BORN 5        /* empty voxel received a daughter (set by tm_tumor_apply) */
 #define TM_ACT_KILLED_S 6    /* sensitive cell killed by drugs: the voxel becomes empty */
-#define TM_ACT_KILLED_P 7    /* persister killed by drugs: the voxel becomes empty */
+#define TM_ACT_KILLED_P 7    /* persister (P or E) killed by drugs or turnover: voxel empty */
 #define TM_ACT_KILLED_R 8    /* resistant cell dead of basal turnover: the voxel becomes empty */
+#define TM_ACT_PUSH_WON 9    /* blocked mother whose push path won every voxel (mechanics.cu) */
+#define TM_ACT_PUSH_LOST 10  /* blocked mother with a push path that lost a voxel */
+#define TM_ACT_PUSH_FAR 11   /* blocked mother with no empty voxel within the push reach */
 #define TM_ACT_EVENT_MASK 15
 #define TM_TRANSITION_SHIFT 4
 #define TM_TRANSITION_TO_P 1 /* S -> P */
-#define TM_TRANSITION_TO_S 2 /* P -> S */
-#define TM_TRANSITION_TO_R 3 /* P -> R */
+#define TM_TRANSITION_TO_S 2 /* P -> S or E -> S */
+#define TM_TRANSITION_TO_R 3 /* P -> R or E -> R */
+#define TM_TRANSITION_TO_E 4 /* P -> E */
 
 #define TM_NO_TARGET 0xFFFFFFFFu
 
@@ -61,6 +74,7 @@
 #define TM_SENSITIVE 1
 #define TM_PERSISTER 2
 #define TM_RESISTANT 3
+#define TM_EXPANDED 4
 
 /* `fields` bits: which optional signalling fields the launch passes. */
 #define TM_HAS_HGF 1
@@ -107,9 +121,12 @@
 #define TM_TP_IGF1_GROWTH_GAIN 37
 #define TM_TP_ENTRY_WEIGHT 38             /* signalling.entry_weight */
 #define TM_TP_DEATH_PER_H 39              /* basal turnover of every tumor cell (1/h) */
-#define TM_N_TUMOR_PARAMS 40
+#define TM_TP_EXPANSION_PER_H 40          /* P -> E at full targeted-drug effect (1/h) */
+#define TM_TP_EXPANSION_RAMP_MIN 41       /* expansion_ramp_h * 60.0 (host) */
+#define TM_TP_EXPANDED_EXIT_PER_H 42      /* E -> S off drug without memory (1/h) */
+#define TM_N_TUMOR_PARAMS 43
 
-/* state_table rows: one factor per tumor state (none, S, P, R). */
+/* state_table rows: one factor per tumor state (none, S, P, R, E). */
 #define TM_TS_DIVISION 0                  /* f_state of the division rate */
 #define TM_N_STATE_TABLES 1
 
@@ -230,7 +247,7 @@ TM_HD TmEffects tm_drug_effects(long long s, long long n_sites, const float* dru
  *                        order (the order picks the k-th empty neighbour: it is reproducibility)
  *   params, state_table  see the file comment
  *   seed, step           the generator's key and counter (rng.cuh)
- *   action               (n_sites,) uint8 out: TM_ACT_* | transition << TM_TRANSITION_SHIFT
+ *   action               (n_sites,) uint8 out: TM_ACT_* | TM_TRANSITION_* << TM_TRANSITION_SHIFT
  *   target               (n_sites,) uint32 out: claimed voxel of a CLAIM, TM_NO_TARGET otherwise
  *   claims               (n_sites,) uint64, all 0 on entry; the largest key claiming each voxel
  * One work item per site. Shared between threads: `claims`, through integer atomicMax only, and
@@ -287,7 +304,8 @@ TM_KERNEL void tm_tumor_decide(long long n_sites, int nz, int ny, int nx,
                 if (fields & TM_HAS_IGF1)
                     a_igf = __dmul_rn(tm_activation(igf1[s], params[TM_TP_IGF1_HALF_MAX]),
                                       __dadd_rn(1.0, -eff.cancel_igf1r));
-                /* drug kill: S at kill_S (1 - protection), P at kill_S tolerance + kill_P */
+                /* drug kill: S at kill_S (1 - protection), P and E at kill_S tolerance + kill_P */
+                const bool tolerant = ts == TM_PERSISTER || ts == TM_EXPANDED;
                 double kill = 0.0;
                 if (drugs && ts == TM_SENSITIVE) {
                     const double keep_met =
@@ -296,7 +314,7 @@ TM_KERNEL void tm_tumor_decide(long long n_sites, int nz, int ny, int nx,
                         __dadd_rn(1.0, -__dmul_rn(params[TM_TP_IGF1R_PROTECTION_MAX], a_igf));
                     const double protection = __dadd_rn(1.0, -__dmul_rn(keep_met, keep_igf));
                     kill = __dmul_rn(eff.kill_S, __dadd_rn(1.0, -protection));
-                } else if (drugs && ts == TM_PERSISTER) {
+                } else if (drugs && tolerant) {
                     kill = __dadd_rn(__dmul_rn(eff.kill_S, params[TM_TP_PERSISTER_TOLERANCE]),
                                      eff.kill_P);
                 }
@@ -307,7 +325,7 @@ TM_KERNEL void tm_tumor_decide(long long n_sites, int nz, int ny, int nx,
                 if (kill > 0.0 && tm_rng_uniform(seed, step, (u64)s, TM_STREAM_KILL) <
                                       tm_probability(kill, dt))
                     act = ts == TM_SENSITIVE ? TM_ACT_KILLED_S
-                        : (ts == TM_PERSISTER ? TM_ACT_KILLED_P : TM_ACT_KILLED_R);
+                        : (tolerant ? TM_ACT_KILLED_P : TM_ACT_KILLED_R);
             }
             if (act != TM_ACT_NONE) {
                 /* necrotic or killed: numpy clears the cell's variables */
@@ -318,7 +336,7 @@ TM_KERNEL void tm_tumor_decide(long long n_sites, int nz, int ny, int nx,
                 const double m = (double)memory[s];
                 const double E = eff.target;
                 /* transition rates (1/h), then per minute, as rates_per_min */
-                double entry = 0.0, exit_ = 0.0, res = 0.0;
+                double entry = 0.0, exit_ = 0.0, expand = 0.0, res = 0.0;
                 if (ts == TM_SENSITIVE) {
                     const double h = tm_hypoxia_level(o2, params);
                     const double hw_h = __dmul_rn(params[TM_TP_HYPOXIA_WEIGHT], h);
@@ -334,15 +352,24 @@ TM_KERNEL void tm_tumor_decide(long long n_sites, int nz, int ny, int nx,
                             __dmul_rn(params[TM_TP_ENTRY_INDUCED_PER_H], E), f));
                     }
                     entry = __dmul_rn(entry, __dadd_rn(1.0, -eff.block_entry));
-                } else if (ts == TM_PERSISTER) {
+                } else if (ts == TM_PERSISTER || ts == TM_EXPANDED) {
+                    /* P and E alike but for the exit rate constant and P -> E (E: 0) */
+                    const bool is_P = ts == TM_PERSISTER;
                     const double h = tm_hypoxia_level(o2, params);
-                    const double num = __dmul_rn(params[TM_TP_EXIT_PER_H],
-                                                 __dadd_rn(__dadd_rn(1.0, -E), eff.exit_speedup));
+                    const double num = __dmul_rn(
+                        params[is_P ? TM_TP_EXIT_PER_H : TM_TP_EXPANDED_EXIT_PER_H],
+                        __dadd_rn(__dadd_rn(1.0, -E), eff.exit_speedup));
                     double den = __dadd_rn(1.0, __dmul_rn(params[TM_TP_MEMORY_EXIT_SLOWING], m));
                     den = __dadd_rn(den, __dmul_rn(params[TM_TP_HYPOXIA_EXIT_SLOWING], h));
                     exit_ = __ddiv_rn(num, den);
-                    double ramp = __ddiv_rn((double)time_in_P[s],
-                                            params[TM_TP_MUTABILITY_RAMP_MIN]);
+                    const double tip = (double)time_in_P[s];
+                    if (is_P) {
+                        /* (expansion E) min(1, tip / ramp), numpy's order */
+                        double ramp_e = __ddiv_rn(tip, params[TM_TP_EXPANSION_RAMP_MIN]);
+                        ramp_e = ramp_e >= 1.0 ? 1.0 : ramp_e;   /* np.minimum(1.0, ramp) */
+                        expand = __dmul_rn(__dmul_rn(params[TM_TP_EXPANSION_PER_H], E), ramp_e);
+                    }
+                    double ramp = __ddiv_rn(tip, params[TM_TP_MUTABILITY_RAMP_MIN]);
                     ramp = ramp >= 1.0 ? 1.0 : ramp;      /* np.minimum(1.0, ramp) */
                     res = __dmul_rn(params[TM_TP_RESISTANCE_PER_H],
                                     __dadd_rn(1.0, __dmul_rn(__dmul_rn(
@@ -350,11 +377,14 @@ TM_KERNEL void tm_tumor_decide(long long n_sites, int nz, int ny, int nx,
                 }
                 entry = __dmul_rn(entry, per_min);
                 exit_ = __dmul_rn(exit_, per_min);
+                expand = __dmul_rn(expand, per_min);
                 res = __dmul_rn(res, per_min);
                 /* one TRANSITION draw: whether any transition fires, and which, splitting
-                 * [0, p_any) in proportion to the rates (P -> S below p_any exit / k_tot) */
+                 * [0, p_any) in proportion to the rates in the order exit, expansion,
+                 * resistance: -> S below p_any exit / k_tot, -> E below
+                 * p_any (exit + expansion) / k_tot (never for E: its expansion is 0), else -> R */
                 int tr = 0;
-                const double k_tot = __dadd_rn(__dadd_rn(entry, exit_), res);
+                const double k_tot = __dadd_rn(__dadd_rn(__dadd_rn(entry, exit_), expand), res);
                 if (k_tot > 0.0) {
                     const double u = tm_rng_uniform(seed, step, (u64)s, TM_STREAM_TRANSITION);
                     const double p_any = tm_probability(k_tot, dt);
@@ -362,18 +392,20 @@ TM_KERNEL void tm_tumor_decide(long long n_sites, int nz, int ny, int nx,
                         if (ts == TM_SENSITIVE) tr = TM_TRANSITION_TO_P;
                         else if (u < __ddiv_rn(__dmul_rn(p_any, exit_), k_tot))
                             tr = TM_TRANSITION_TO_S;
+                        else if (u < __ddiv_rn(__dmul_rn(p_any, __dadd_rn(exit_, expand)), k_tot))
+                            tr = TM_TRANSITION_TO_E;
                         else tr = TM_TRANSITION_TO_R;
                     }
                 }
                 /* division at r_max f_O2 f_state(start phenotype) f_signal (1 - block), the
-                 * resistant cells unblocked */
+                 * resistant cells and expanded persisters unblocked */
                 double rate = tm_division_rate(o2, ts, params, state_table);
                 const double f_signal =
                     __dadd_rn(__dadd_rn(1.0, __dmul_rn(params[TM_TP_HGF_GROWTH_GAIN], a_met)),
                               __dmul_rn(params[TM_TP_IGF1_GROWTH_GAIN], a_igf));
                 rate = __dmul_rn(rate, f_signal);
                 if (drugs)
-                    rate = __dmul_rn(rate, __dadd_rn(1.0, ts == TM_RESISTANT
+                    rate = __dmul_rn(rate, __dadd_rn(1.0, ts == TM_RESISTANT || ts == TM_EXPANDED
                                                               ? -0.0 : -eff.block_division));
                 if (rate > 0.0 &&
                     tm_rng_uniform(seed, step, (u64)s, TM_STREAM_DIVIDE) <
@@ -426,13 +458,16 @@ TM_KERNEL void tm_tumor_decide(long long n_sites, int nz, int ny, int nx,
                     memory[s] = tm_relax_memory(m, 0.0, params[TM_TP_NODRUG_MEMORY_K_PER_MIN],
                                                 params[TM_TP_NODRUG_MEMORY_FACTOR]);
                 }
-                /* time in P: += dt (float32) for cells that were P, then 0 on entry into P and on
-                 * reversion (numpy zeroes to_P and to_S after the +=; to_R keeps it) */
-                if (ts == TM_PERSISTER) time_in_P[s] = __fadd_rn(time_in_P[s], (float)dt);
+                /* time in P: += dt (float32) for cells that were P or E, then 0 on entry into P
+                 * and on reversion (numpy zeroes to_P and to_S after the +=; to_R and to_E keep
+                 * it) */
+                if (ts == TM_PERSISTER || ts == TM_EXPANDED)
+                    time_in_P[s] = __fadd_rn(time_in_P[s], (float)dt);
                 if (tr == TM_TRANSITION_TO_P || tr == TM_TRANSITION_TO_S) time_in_P[s] = 0.0f;
                 if (tr == TM_TRANSITION_TO_P) tumor_state[s] = TM_PERSISTER;
                 else if (tr == TM_TRANSITION_TO_S) tumor_state[s] = TM_SENSITIVE;
                 else if (tr == TM_TRANSITION_TO_R) tumor_state[s] = TM_RESISTANT;
+                else if (tr == TM_TRANSITION_TO_E) tumor_state[s] = TM_EXPANDED;
                 act = (u8)(act | (tr << TM_TRANSITION_SHIFT));
             }
         }

@@ -28,7 +28,7 @@ from tmesim.grid import Grid
 from tmesim.scenario import MechanicsConfig, TransitionConfig, TumorConfig
 from tmesim.steps import mechanics, mechanics_kernel
 from tmesim.steps.mechanics import Pushing
-from tmesim.steps.mechanics_kernel import OUTCOME_SHIFT, OUTCOMES, KernelPushing
+from tmesim.steps.mechanics_kernel import EVENT_MASK, OUTCOMES, KernelPushing
 from tmesim.steps.tumor import RuleCounts, TumorRules
 from tmesim.steps.tumor_kernel import KernelTumorRules
 
@@ -144,7 +144,7 @@ def run_both(launcher, cfg, shape, neighbourhood, seed, steps, order=0):
                 assert x.dtype == y.dtype
                 np.testing.assert_array_equal(x, y)
             assert not ker.claims.any()  # left all 0 for the next step and the stroma rules
-            lost_paths += int(((ker.action >> OUTCOME_SHIFT) == OUTCOMES["lost"]).sum())
+            lost_paths += int(((ker.action & EVENT_MASK) == OUTCOMES["lost"]).sum())
             for f in dataclasses.fields(RuleCounts):
                 setattr(total, f.name, getattr(total, f.name) + getattr(c1, f.name))
     finally:
@@ -284,7 +284,7 @@ def test_reach_under_one_voxel_allocates_and_launches_nothing(launcher, reach_um
         assert c1 == c2 and c2.pushes == 0
         for x, y in zip(a, b):
             assert same_bits(x, y)
-        assert not (ker.action >> OUTCOME_SHIFT).any()
+        assert not np.isin(ker.action & EVENT_MASK, list(OUTCOMES.values())).any()
         blocked += c2.blocked
     assert blocked > 0
 
@@ -315,16 +315,21 @@ def test_push_launches_per_step(launcher):
 # ------------------------------------------------------------------------------------- codes
 def test_outcome_codes_and_distance_constants_match_the_kernel():
     consts = launch.kernel_defines("mechanics.cu", "TM_PUSH_")
-    assert consts["SHIFT"] == OUTCOME_SHIFT
-    assert {k: consts[k.upper()] for k in OUTCOMES} == OUTCOMES
     assert (consts["UNIT"], consts["W2"], consts["W3"]) == mechanics.STEP_WEIGHTS
     assert consts["INF"] == mechanics.INF
     # the action byte's codes that mechanics.cu repeats are tumor.cu's
     mine = launch.kernel_defines("mechanics.cu", "TM_ACT_")
     theirs = launch.kernel_defines("tumor.cu", "TM_ACT_")
-    assert mine == {k: theirs[k] for k in ("BLOCKED", "EVENT_MASK")}
-    trans = launch.kernel_defines("tumor.cu", "TM_TRANSITION_")
-    assert trans["SHIFT"] + 2 == OUTCOME_SHIFT  # transitions use bits 4-5, outcomes 6-7
+    assert mine == {
+        k: theirs[k] for k in ("BLOCKED", "PUSH_WON", "PUSH_LOST", "PUSH_FAR", "EVENT_MASK")
+    }
+    assert {k: mine["PUSH_" + k.upper()] for k in OUTCOMES} == OUTCOMES
+    assert mine["EVENT_MASK"] == EVENT_MASK
+    # an outcome is an event of its own, distinct from every other event, within the event bits
+    others = {v for k, v in theirs.items() if not k.startswith("PUSH_") and k != "EVENT_MASK"}
+    assert not others & set(OUTCOMES.values())
+    assert max(OUTCOMES.values()) <= EVENT_MASK
+    assert 1 << launch.kernel_defines("tumor.cu", "TM_TRANSITION_")["SHIFT"] == EVENT_MASK + 1
     assert launch.kernel_defines("rng.cuh", "TM_STREAM_")["PUSH_PATH"] == rng.PUSH_PATH
 
 

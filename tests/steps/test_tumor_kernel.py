@@ -7,10 +7,12 @@ end; both skip without one). The growth rules alone (transitions off) give an id
 state, identical counts and identical division lists on random lattices, over several steps. With
 the persister biology, every step must leave kind, tumor_state, memory and time_in_P
 identical bit for bit to numpy's (float32 compared as bits), with the same RuleCounts in every
-field and the same division list, on random 2D and 3D lattices of S, P and R cells with random
+field and the same division list, on random 2D and 3D lattices of S, P, R and E cells with random
 memory, time in P, oxygen, HGF and IGF-1 and one to four drugs whose concentrations span their
 EC50s; and the same in forward, reverse and scrambled work-item order. The parameter sets make
-every branch fire often (the tests assert that it did).
+every branch fire often (the tests assert that it did), the expanded persister's (E) included:
+P -> E, E -> S, E -> R, E killed and E dividing through a division-blocking drug, each counted
+from the lattice and checked against the counts.
 
 Per-cell pow and exp are not correctly rounded and numpy's loops (SVML on AVX-512) differ from
 glibc's in the last bit of a few % of their results; kernels/decisions.cuh explains why that
@@ -236,6 +238,9 @@ HIGH_RATES = dict(
         entry_basal_per_h=0.6,
         entry_induced_per_h=3.0,
         exit_per_h=1.5,
+        expansion_per_h=3.0,
+        expansion_ramp_h=0.7,
+        expanded_exit_per_h=1.2,
         resistance_per_h=0.6,
         adaptive_mutability=4.0,
         mutability_ramp_h=1.0,
@@ -274,8 +279,9 @@ CONFIGS = {
 }
 
 
-def random_inputs(g, shape, drugs, cfg):
-    """A lattice of S/P/R cells, necrotic and empty voxels, and every per-site input."""
+def random_inputs(g, shape, drugs, cfg, decades=(-2, 2)):
+    """A lattice of S/P/R/E cells, necrotic and empty voxels, and every per-site input; drug
+    concentrations span 10**decades times each drug's first EC50."""
     n = int(np.prod(shape))
     u = g.random(n)
     kind = np.zeros(n, dtype=np.uint8)
@@ -286,14 +292,18 @@ def random_inputs(g, shape, drugs, cfg):
     state = np.zeros(n, dtype=np.uint8)
     t = kind == codes.TUMOR
     state[t] = g.choice(
-        [codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT], t.sum(), p=[0.5, 0.35, 0.15]
+        [codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT, codes.EXPANDED],
+        t.sum(),
+        p=[0.45, 0.3, 0.12, 0.13],
     )
     memory = g.random(n).astype(np.float32)
     memory[g.random(n) < 0.2] = 0.0
     memory[g.random(n) < 0.03] = -0.25  # not physical: pins numpy's "memory > 0" gate
     ramp = np.float32(cfg.transitions.mutability_ramp_h * 60.0)
+    ramp_e = np.float32(cfg.transitions.expansion_ramp_h * 60.0)
     time_in_P = g.uniform(0, 2.5 * ramp, n).astype(np.float32)
     time_in_P[g.random(n) < 0.1] = ramp
+    time_in_P[g.random(n) < 0.05] = ramp_e  # exactly at the end of either ramp
     time_in_P[g.random(n) < 0.1] = 0.0
     o2 = g.uniform(0, 45, n).astype(np.float32)
     edges = np.array(
@@ -314,9 +324,9 @@ def random_inputs(g, shape, drugs, cfg):
     hgf[g.random(n) < 0.1] = 0.0
     conc = None
     if drugs:
-        # each drug's concentrations span 1e-2 to 1e2 times its first effect's EC50
+        # each drug's concentrations span 1e-2 to 1e2 (decades) times its first effect's EC50
         ec50 = np.array([next(iter(d.effects.values())).ec50_uM for d in drugs])
-        conc = (ec50[:, None] * 10.0 ** g.uniform(-2, 2, (len(drugs), n))).astype(np.float32)
+        conc = (ec50[:, None] * 10.0 ** g.uniform(*decades, (len(drugs), n))).astype(np.float32)
         conc[g.random(conc.shape) < 0.08] = 0.0
         conc[g.random(conc.shape) < 0.02] = -1e-3  # solver undershoot: clamped to 0
     return kind, state, memory, time_in_P, o2, hgf, igf1, conc
@@ -326,12 +336,33 @@ def same_bits(a, b):
     return a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
-def run_both(launcher, cfg, drugs, shape, neighbourhood, seed, steps, order=0, fields="both"):
+def lattice_moves(kind0, state0, kind1, state1):
+    """What became of each cell present at the start of a step, read from the lattice alone
+    (without the push rule a cell never moves, and a daughter is born only on a voxel empty at
+    the start): {(state at the start, state at the end or "killed" or "necrotic"): number}."""
+    out = {}
+    for s0 in (codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT, codes.EXPANDED):
+        was = (kind0 == codes.TUMOR) & (state0 == s0)
+        out[s0, "killed"] = int((was & (kind1 == codes.EMPTY)).sum())
+        out[s0, "necrotic"] = int((was & (kind1 == codes.NECROTIC)).sum())
+        for s1 in (codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT, codes.EXPANDED):
+            out[s0, s1] = int((was & (kind1 == codes.TUMOR) & (state1 == s1)).sum())
+    return out
+
+
+def run_both(
+    launcher, cfg, drugs, shape, neighbourhood, seed, steps, order=0, fields="both", **inputs
+):
     """Steps of TumorRules.apply and KernelTumorRules.apply from the same random state, compared
-    after every step. Returns the summed counts and the kernels' final arrays."""
+    after every step. Returns the summed counts and the kernels' final arrays; the summed
+    :func:`lattice_moves` are left in ``run_both.moves`` and the number of divisions of E mothers
+    under a division-blocking drug (block_division > 0 at the mother) in
+    ``run_both.e_blocked_divisions``."""
     g = np.random.default_rng(seed)
     grid = Grid(shape, 20.0, neighbourhood)
-    kind, state, memory, time_in_P, o2, hgf, igf1, conc = random_inputs(g, shape, drugs, cfg)
+    kind, state, memory, time_in_P, o2, hgf, igf1, conc = random_inputs(
+        g, shape, drugs, cfg, **inputs
+    )
     hgf = hgf if fields in ("both", "hgf") else None
     igf1 = igf1 if fields in ("both", "igf1") else None
     ref = TumorRules(cfg, grid, seed, DT_MIN, drugs)
@@ -339,9 +370,15 @@ def run_both(launcher, cfg, drugs, shape, neighbourhood, seed, steps, order=0, f
     a = [x.copy() for x in (kind, state, memory, time_in_P)]
     b = [x.copy() for x in (kind, state, memory, time_in_P)]
     total = RuleCounts()
+    moves: dict = {}
+    e_blocked = 0
+    block = 0.0
+    if ref.effects is not None:
+        block = ref.effects.at(conc)["block_division"]
     launcher.set_order(order)
     try:
         for step in range(steps):
+            kind0, state0 = a[0].copy(), a[1].copy()
             c1 = ref.apply(a[0], a[1], o2, step, a[2], a[3], hgf, igf1, conc)
             c2 = ker.apply(b[0], b[1], o2, step, b[2], b[3], hgf, igf1, conc)
             for name, x, y in zip(("kind", "tumor_state", "memory", "time_in_P"), a, b):
@@ -352,8 +389,24 @@ def run_both(launcher, cfg, drugs, shape, neighbourhood, seed, steps, order=0, f
             assert not ker.claims.any()
             for f in dataclasses.fields(RuleCounts):
                 setattr(total, f.name, getattr(total, f.name) + getattr(c1, f.name))
+            m = lattice_moves(kind0, state0, *a[:2])
+            # the counts, from the lattice (independent of both implementations' bookkeeping)
+            S, P, R, E = codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT, codes.EXPANDED
+            assert c1.became_E == m[P, E], (step, c1, m)
+            assert c1.exited_P == m[P, S] + m[E, S], (step, c1, m)
+            assert c1.became_R == m[P, R] + m[E, R], (step, c1, m)
+            assert c1.entered_P == m[S, P], (step, c1, m)
+            assert c1.killed_P == m[P, "killed"] + m[E, "killed"], (step, c1, m)
+            assert m[E, P] == m[R, E] == m[S, E] == 0, m  # no such transitions
+            for k, v in m.items():
+                moves[k] = moves.get(k, 0) + v
+            mothers = ker.last_division[0]
+            e_mother = state0[mothers] == E
+            if np.ndim(block):
+                e_blocked += int((e_mother & (block[mothers] > 0)).sum())
     finally:
         launcher.set_order(0)
+    run_both.moves, run_both.e_blocked_divisions = moves, e_blocked
     return total, b
 
 
@@ -376,6 +429,14 @@ def test_persister_rules_identical(launcher, drugs, shape, neighbourhood):
     # every branch fired (so a wrong branch cannot hide behind an event that never happens)
     assert total.divisions and total.necroses and total.cleared, total
     assert total.entered_P and total.exited_P and total.became_R, total
+    moves = run_both.moves
+    E = codes.EXPANDED
+    assert moves[E, codes.SENSITIVE] and moves[E, codes.RESISTANT] and moves[E, "killed"], moves
+    if drugs != "none":  # P -> E needs the targeted drug; every drug set blocks division
+        assert total.became_E and run_both.e_blocked_divisions, (
+            total,
+            run_both.e_blocked_divisions,
+        )
     # basal turnover (death_per_h) kills S, P and R with or without drugs; only R deaths are
     # outside killed_S + killed_P
     assert total.killed_S and total.killed_P and total.killed > total.killed_S + total.killed_P, (
@@ -383,6 +444,35 @@ def test_persister_rules_identical(launcher, drugs, shape, neighbourhood):
     )
     if len(shape) == 2 and neighbourhood == "moore":
         assert total.blocked and total.lost_conflicts, total
+
+
+@pytest.mark.parametrize("shape,neighbourhood", [((30, 30), "moore"), ((10, 11, 9), "moore")])
+def test_expanded_persisters_divide_through_a_division_block(launcher, shape, neighbourhood):
+    """The EGFR TKI at 1e4-1e5 x its EC50 blocks division to within 1e-6 (Hill 1.5) and kills
+    sensitive cells: there S and P mothers (practically) never divide, E mothers (like R) do, at
+    expanded_cycle_factor of the sensitive rate, identically on both sides. (A few sites have no
+    drug: random_inputs' zeros and solver undershoots.)"""
+    cfg = dataclasses.replace(CONFIGS["high"], expanded_cycle_factor=0.9)
+    drugs = DRUGS["egfr"]
+    run_both(launcher, cfg, drugs, shape, neighbourhood, seed=11, steps=5, decades=(4, 5))
+    assert run_both.e_blocked_divisions > 0
+    # the same inputs again (same generator seed) to see which mothers divided under the block
+    grid = Grid(shape, 20.0, neighbourhood)
+    ref = TumorRules(cfg, grid, 11, DT_MIN, drugs)
+    g = np.random.default_rng(11)
+    kind, state, memory, time_in_P, o2, hgf, igf1, conc = random_inputs(
+        g, shape, drugs, cfg, decades=(4, 5)
+    )
+    full = ref.effects.at(conc)["block_division"] > 1 - 1e-6
+    assert full.mean() > 0.85
+    by_state = dict.fromkeys(codes.TUMOR_STATE_NAMES[1:], 0)
+    for step in range(5):
+        before = state.copy()
+        ref.apply(kind, state, o2, step, memory, time_in_P, hgf, igf1, conc)
+        mothers = ref.last_division[0]
+        for s in before[mothers[full[mothers]]]:
+            by_state[codes.TUMOR_STATE_NAMES[s]] += 1
+    assert by_state["E"] > 0 and by_state["S"] == by_state["P"] == 0, by_state
 
 
 @pytest.mark.parametrize("config", ["steps_selection", "induced_only", "default"])

@@ -7,8 +7,9 @@ Launches per step: ``passes`` of the distance field in one uint16 buffer, in pla
 (``tm_push_distance_first`` from the lattice, then ``passes - 1`` of ``tm_push_distance``; the
 result does not depend on the order of the work items, see the file comment of ``mechanics.cu``),
 then ``tm_push_claim``, ``tm_push_apply`` and ``tm_push_finish``. The outcome of each blocked
-mother is written to bits 6-7 of her action byte (:data:`OUTCOMES`), which the tumor rules'
-bincount counts. With a reach under one voxel edge the rule is off: no buffer, no launch.
+mother replaces the event ``blocked`` in the low 4 bits of her action byte (:data:`OUTCOMES`,
+her phenotype transition in bits 4-6 kept), which the tumor rules' bincount counts. With a reach
+under one voxel edge the rule is off: no buffer, no launch.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from ..launch import KernelSourceError, grid3, kernel_defines, offsets3
 from . import mechanics
 from .mechanics import Pushing
 
-#: outcome of a blocked mother in bits 6-7 of the action byte (kernels/mechanics.cu TM_PUSH_*)
-OUTCOMES = {"none": 0, "won": 1, "lost": 2, "far": 3}
-#: the outcome's shift in the action byte (TM_PUSH_SHIFT)
-OUTCOME_SHIFT = 6
+#: outcome of a blocked mother: the event (low 4 bits, :data:`EVENT_MASK`) of her action byte,
+#: written over the tumor rules' ``blocked`` (kernels/mechanics.cu and tumor.cu TM_ACT_PUSH_*)
+OUTCOMES = {"won": 9, "lost": 10, "far": 11}
+#: the event bits of the action byte (TM_ACT_EVENT_MASK)
+EVENT_MASK = 15
 
 
 class KernelPushing:
@@ -58,12 +60,13 @@ class KernelPushing:
             "W2": mechanics.STEP_WEIGHTS[1],
             "W3": mechanics.STEP_WEIGHTS[2],
             "INF": mechanics.INF,
-            "SHIFT": OUTCOME_SHIFT,
-            **{k.upper(): v for k, v in OUTCOMES.items()},
         }
-        if consts != want:
+        acts = kernel_defines("mechanics.cu", "TM_ACT_")
+        outcomes = {k: acts.get("PUSH_" + k.upper()) for k in OUTCOMES}
+        if consts != want or outcomes != OUTCOMES or acts.get("EVENT_MASK") != EVENT_MASK:
             raise KernelSourceError(
-                f"kernels/mechanics.cu constants {consts} and {__name__}'s {want} differ"
+                f"kernels/mechanics.cu constants {consts}, {acts} and {__name__}'s {want}, "
+                f"{OUTCOMES}, EVENT_MASK {EVENT_MASK} differ"
             )
         n = ref.grid.n_sites
         self.D = xp.zeros(n, dtype=xp.uint16)
@@ -89,8 +92,8 @@ class KernelPushing:
 
         Args:
             kind, tumor_state: (n_sites,) uint8; memory, time_in_P: (n_sites,) float32.
-            action: (n_sites,) uint8 of the tumor launches: bits 6-7 get each blocked mother's
-                outcome (:data:`OUTCOMES`).
+            action: (n_sites,) uint8 of the tumor launches: each blocked mother's event becomes
+                her outcome (:data:`OUTCOMES`).
             target: (n_sites,) uint32: a winning mother's entry becomes her daughter's voxel.
             claims: (n_sites,) uint64, all 0; left all 0.
             step: the agent step (a counter of the random numbers).

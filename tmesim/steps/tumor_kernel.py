@@ -8,8 +8,8 @@ Three launches per step (decide, apply, finish; see the file comment of ``tumor.
 launcher's arrays (numpy with :class:`tmesim.launch.PortableLauncher`, cupy with
 :class:`tmesim.launch.CupyLauncher`), then, when the push rule is on (``[tumor.mechanics]``), the
 push launches of :class:`tmesim.steps.mechanics_kernel.KernelPushing` on the lattice they left.
-Counts come from one bincount of the action byte (event, transition, push outcome): no
-floating-point atomics.
+Counts come from one bincount of the action byte (event in bits 0-3, a blocked mother's push
+outcome being an event of its own, phenotype transition in bits 4-6): no floating-point atomics.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from ..drugs import KILL_TARGETS
 from ..grid import Grid
 from ..launch import KernelSourceError, check_arrays, grid3, kernel_defines, offsets3, param_vector
 from ..scenario import EFFECT_TARGETS
-from .mechanics_kernel import OUTCOME_SHIFT, OUTCOMES, KernelPushing
+from .mechanics_kernel import EVENT_MASK, OUTCOMES, KernelPushing
 from .tumor import RuleCounts, TumorRules, probability
 
-#: events in the low 4 bits of the tumor kernels' action byte (kernels/tumor.cu TM_ACT_*)
+#: events in the low 4 bits of the tumor kernels' action byte (kernels/tumor.cu TM_ACT_*); the
+#: push rule writes a blocked mother's outcome over ``blocked`` (push_won, push_lost, push_far:
+#: tmesim.steps.mechanics_kernel.OUTCOMES)
 ACTIONS = {
     "none": 0,
     "clear": 1,
@@ -35,12 +37,13 @@ ACTIONS = {
     "blocked": 4,
     "born": 5,
     "killed_S": 6,
-    "killed_P": 7,
+    "killed_P": 7,  # P or E
     "killed_R": 8,
+    **{f"push_{k}": v for k, v in OUTCOMES.items()},
 }
-#: phenotype transitions in bits 4-5 of the action byte (TM_TRANSITION_*, shifted by
-#: TRANSITION_SHIFT)
-TRANSITIONS = {"none": 0, "to_P": 1, "to_S": 2, "to_R": 3}
+#: phenotype transitions in bits 4-6 of the action byte (TM_TRANSITION_*, shifted by
+#: TRANSITION_SHIFT); to_S and to_R from P or E, to_E from P
+TRANSITIONS = {"none": 0, "to_P": 1, "to_S": 2, "to_R": 3, "to_E": 4}
 TRANSITION_SHIFT = 4
 
 
@@ -82,6 +85,9 @@ def tumor_param_values(params, dt_min: float, ref: TumorRules) -> dict[str, floa
         "ENTRY_INDUCED_PER_H": tr.entry_induced_per_h,
         "HYPOXIA_WEIGHT": tr.hypoxia_weight,
         "EXIT_PER_H": tr.exit_per_h,
+        "EXPANDED_EXIT_PER_H": tr.expanded_exit_per_h,
+        "EXPANSION_PER_H": tr.expansion_per_h,
+        "EXPANSION_RAMP_MIN": tr.expansion_ramp_h * 60.0,
         "MEMORY_EXIT_SLOWING": tr.memory_exit_slowing,
         "HYPOXIA_EXIT_SLOWING": tr.hypoxia_exit_slowing,
         "RESISTANCE_PER_H": tr.resistance_per_h,
@@ -163,7 +169,13 @@ class KernelTumorRules:
         )
         tables = kernel_defines("tumor.cu", "TM_TS_")
         n_tab = kernel_defines("tumor.cu", "TM_N_")["STATE_TABLES"]
-        st = np.zeros((n_tab, len(codes.TUMOR_STATE_NAMES)))
+        n_states = kernel_defines("common.cuh", "TM_N_")["STATES"]
+        if n_states != len(codes.TUMOR_STATE_NAMES):
+            raise KernelSourceError(
+                f"kernels/common.cuh TM_N_STATES = {n_states}, but tmesim.codes has "
+                f"{len(codes.TUMOR_STATE_NAMES)} tumor states"
+            )
+        st = np.zeros((n_tab, n_states))
         st[tables["DIVISION"]] = ref.state_factor
         offs = offsets3(grid.offsets)
         eff = tumor_effect_table(drugs)
@@ -288,18 +300,18 @@ class KernelTumorRules:
             push.apply(
                 kind, tumor_state, memory, time_in_P, self.action, self.target, self.claims, step
             )
-        counts = xp.bincount(self.action, minlength=len(OUTCOMES) << OUTCOME_SHIFT)
+        counts = xp.bincount(self.action, minlength=256)
         c = np.asarray(counts.get() if hasattr(counts, "get") else counts, dtype=np.int64)
-        # [push outcome, transition, event]
-        c = c.reshape(len(OUTCOMES), len(TRANSITIONS), 1 << TRANSITION_SHIFT)
-        ev, tr, po = c.sum(axis=(0, 1)), c.sum(axis=(0, 2)), c.sum(axis=(1, 2))
+        # [transition (bits 4-7), event (bits 0-3)]
+        c = c.reshape(256 >> TRANSITION_SHIFT, 1 << TRANSITION_SHIFT)
+        ev, tr = c.sum(axis=0), c.sum(axis=1)
         targets = xp.flatnonzero(self.action == ACTIONS["born"])
         sources = self.target[targets].astype(xp.int64)
         targets = targets.astype(xp.int64)
-        pushes = int(po[OUTCOMES["won"]])
+        pushes = int(ev[ACTIONS["push_won"]])
         if pushes:
             # a winning mother's daughter is at target[mother] (tm_push_apply)
-            won = xp.flatnonzero((self.action >> OUTCOME_SHIFT) == OUTCOMES["won"])
+            won = xp.flatnonzero((self.action & EVENT_MASK) == ACTIONS["push_won"])
             sources = xp.concatenate([sources, won.astype(xp.int64)])
             targets = xp.concatenate([targets, self.target[won].astype(xp.int64)])
         order = xp.argsort(sources)  # numpy lists divisions by mother, ascending
@@ -310,8 +322,8 @@ class KernelTumorRules:
         blocked = int(ev[ACTIONS["blocked"]])
         if push.on:
             # TumorRules.apply: blocked = far; lost paths are conflicts, pushes are divisions
-            blocked = int(po[OUTCOMES["far"]])
-            lost += int(po[OUTCOMES["lost"]])
+            blocked = int(ev[ACTIONS["push_far"]])
+            lost += int(ev[ACTIONS["push_lost"]])
         return RuleCounts(
             divisions=born + pushes,
             necroses=int(ev[ACTIONS["necrosis"]]),
@@ -325,4 +337,5 @@ class KernelTumorRules:
             entered_P=int(tr[TRANSITIONS["to_P"]]),
             exited_P=int(tr[TRANSITIONS["to_S"]]),
             became_R=int(tr[TRANSITIONS["to_R"]]),
+            became_E=int(tr[TRANSITIONS["to_E"]]),
         )
