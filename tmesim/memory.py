@@ -65,17 +65,23 @@ def field_workspace_estimate(sc, backend_name: str) -> int:
       "adi": U, S, diag, b, r, z, p, q, lap, tmp (10), a flux array per axis (ndim), the
       factors (2 ndim), a swapped-layout buffer (1): 11 + 3 ndim words.
     Plus the rates' index array (intp, 8 bytes per voxel) on the CPU.
+    A stirred medium (tmesim.steps.medium) adds, on the kernels, the pin codes and the distance
+    buffer (uint8 + uint16: 3 bytes per voxel); on the CPU the temporaries of its mask: the int32
+    distance field, its padded copy and the next pass (12 bytes), the pin codes and a few boolean
+    masks (4 bytes): 16 bytes per voxel.
     """
     n, F, nd = n_sites(sc), len(sc.fields), sc.ndim
     if F == 0:
         return 0
     method = sc.solver.method
+    stirred = sc.medium.stirred
     if backend_name == "cpu":
         words = 12 if method == "lod" else 11 + 3 * nd
-        return n * (4 * F * words + 8)
+        return n * (4 * F * words + 8 + (16 if stirred else 0))
+    bath = 3 if stirred else 0
     if method == "lod":
-        return n * 8
-    return n * 4 * F * (8 + 2 * nd)
+        return n * (8 + bath)
+    return n * (4 * F * (8 + 2 * nd) + bath)
 
 
 def _field_workspace(sc, backend_name: str) -> tuple[int, str]:

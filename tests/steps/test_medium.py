@@ -500,3 +500,16 @@ def test_summary_says_where_decay_acts_and_what_the_bath_holds():
     assert "Medium: stirred" in text and "40 um" in text
     plain = tmesim.scenario.summary(tmesim.loads_scenario(solver_text((8, 8))))
     assert "Medium" not in plain and "tissue only" not in plain
+
+
+def test_memory_counts_the_bath_buffers():
+    """tmesim.memory: 3 B per voxel more on the kernels with a stirred medium (pin codes and
+    distances), 16 B on the CPU (the numpy mask's temporaries)."""
+    from tmesim import memory
+
+    stirred = tmesim.loads_scenario(stirred_text((30, 40), 20.0, 20.0))
+    plain = tmesim.loads_scenario(stirred_text((30, 40), 20.0, 20.0, stirred=False))
+    for backend, per_voxel in (("gpu", 3), ("portable", 3), ("cpu", 16)):
+        diff = memory.bytes_needed(stirred, backend)["fields"]
+        diff -= memory.bytes_needed(plain, backend)["fields"]
+        assert diff == per_voxel * 1200, backend
