@@ -195,7 +195,7 @@ class Controllers:
         keys = rng.raw_at(self.sc.run.seed, step, BIOPSY, cells)
         order = np.argsort(keys, kind="stable")[:k]
         states = as_host(state.tumor_state.reshape(g.shape)[box])[local]
-        frac = float(np.mean(states[order] == codes.PERSISTER))
+        frac = float(np.mean(np.isin(states[order], codes.TOLERANT_STATES)))
         return frac, k
 
     def _user(self, i, name, row, t):

@@ -61,7 +61,8 @@ def observe(state, sc, counts=None, sweeps: int = 0, doses=None, stroma=None) ->
     nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
     names = sc.field_names
     tumor = state.kind == codes.TUMOR
-    pers = tumor & (state.tumor_state == codes.PERSISTER)
+    # persisters: slow-cycling (P) and expanded (E), the drug-tolerant states
+    pers = tumor & ((state.tumor_state == codes.PERSISTER) | (state.tumor_state == codes.EXPANDED))
     o2 = names.index("oxygen") if "oxygen" in names else None
 
     def one(a):  # a device (or numpy) scalar as a float64 vector of one
@@ -84,37 +85,49 @@ def observe(state, sc, counts=None, sweeps: int = 0, doses=None, stroma=None) ->
     kinds, states = v[:nk].astype(np.int64), v[nk : nk + ns].astype(np.int64)
     mem_sum, tip_sum, n_hypoxic = v[nk + ns : nk + ns + 3]
     field_sums = v[nk + ns + 3 :]
-    n_S, n_P, n_R = (int(states[c]) for c in (codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT))
-    burden = n_S + n_P + n_R
+    n_S, n_P, n_R, n_E = (
+        int(states[c]) for c in (codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT, codes.EXPANDED)
+    )
+    burden = n_S + n_P + n_R + n_E
+    n_tol = n_P + n_E
     n_tumor = int(kinds[codes.TUMOR])  # what a mean over kind == TUMOR divides by
     row = {
         "time_min": float(state.time_min),
         "n_S": n_S,
         "n_P": n_P,
         "n_R": n_R,
+        "n_E": n_E,
         "n_caf": int(kinds[codes.CAF]),
         "n_tam": int(kinds[codes.TAM]),
         "n_necrotic": int(kinds[codes.NECROTIC]),
         "n_vessel": int(kinds[codes.VESSEL]),
         "burden": burden,
-        "persister_fraction": n_P / burden if burden else 0.0,
+        "persister_fraction": n_tol / burden if burden else 0.0,
         "resistant_fraction": n_R / burden if burden else 0.0,
         "divisions": counts.divisions if counts else 0,
         "necroses": counts.necroses if counts else 0,
         "cleared": counts.cleared if counts else 0,
         "field_sweeps": sweeps,
     }
-    for key in ("killed", "killed_S", "killed_P", "entered_P", "exited_P", "became_R"):
+    for key in (
+        "killed",
+        "killed_S",
+        "killed_P",
+        "entered_P",
+        "exited_P",
+        "became_R",
+        "became_E",
+    ):
         row[key] = getattr(counts, key) if counts else 0
     row["tam_recruited"] = stroma.tam_recruited if stroma else 0
     row["tam_died"] = stroma.tam_died if stroma else 0
     row["mean_memory"] = float(mem_sum / n_tumor) if burden else 0.0
-    row["mean_time_in_P_h"] = float(tip_sum / n_P / 60) if n_P else 0.0
+    row["mean_time_in_P_h"] = float(tip_sum / n_tol / 60) if n_tol else 0.0
     if kinds[codes.CAF] and burden:
         near = near_caf(state.kind, sc.grid.shape, sc.grid.dx_um)
         n_near = as_host(xp.stack([xp.count_nonzero(near & tumor), xp.count_nonzero(near & pers)]))
         row["tumor_near_caf_fraction"] = float(int(n_near[0]) / burden)
-        row["persisters_near_caf_fraction"] = float(int(n_near[1]) / n_P) if n_P else 0.0
+        row["persisters_near_caf_fraction"] = float(int(n_near[1]) / n_tol) if n_tol else 0.0
     else:
         row["tumor_near_caf_fraction"] = row["persisters_near_caf_fraction"] = 0.0
     for i, name in enumerate(sc.drug_names):

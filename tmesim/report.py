@@ -25,7 +25,7 @@ def _mid_slice(a: np.ndarray) -> np.ndarray:
 
 
 # phenotype map colours: sensitive, persister, resistant; CAFs, TAMs and vessels as in KIND_COLOURS
-STATE_COLOURS = {"S": "#f4a6a6", "P": "#ff7f0e", "R": "#000080"}
+STATE_COLOURS = {"S": "#f4a6a6", "P": "#ff7f0e", "R": "#000080", "E": "#8c510a"}
 DRUG_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -56,12 +56,14 @@ def persister_maps(ds, idx, out: Path, extent, where: str) -> Path:
 
     times = ds["time"].values
     fig, axes = plt.subplots(1, len(idx), figsize=(4.6 * len(idx), 4.4), squeeze=False)
-    # one code per map colour: 0 empty/necrotic, 1 S, 2 P, 3 R, 4 CAF, 5 TAM, 6 vessel
+    # one code per map colour: 0 empty/necrotic, 1 S, 2 P, 3 R, 4 E (tumor states), 5 CAF,
+    # 6 TAM, 7 vessel
     colours = [
         "#ffffff",
         STATE_COLOURS["S"],
         STATE_COLOURS["P"],
         STATE_COLOURS["R"],
+        STATE_COLOURS["E"],
         KIND_COLOURS["caf"],
         KIND_COLOURS["tam"],
         KIND_COLOURS["vessel"],
@@ -73,15 +75,15 @@ def persister_maps(ds, idx, out: Path, extent, where: str) -> Path:
         m = np.zeros(kind.shape, dtype=np.int8)
         tumor = kind == codes.TUMOR
         m[tumor] = state[tumor]
-        m[kind == codes.CAF] = 4
-        m[kind == codes.TAM] = 5
-        m[kind == codes.VESSEL] = 6
+        m[kind == codes.CAF] = 5
+        m[kind == codes.TAM] = 6
+        m[kind == codes.VESSEL] = 7
         a = axes[0, j]
         a.imshow(
             m,
             cmap=cmap,
             vmin=-0.5,
-            vmax=6.5,
+            vmax=7.5,
             interpolation="nearest",
             origin="lower",
             extent=extent,
@@ -105,7 +107,12 @@ def persister_maps(ds, idx, out: Path, extent, where: str) -> Path:
     axes[0, -1].legend(
         handles=[
             Patch(color=STATE_COLOURS[k], label=lbl)
-            for k, lbl in (("S", "sensitive"), ("P", "persister (circled)"), ("R", "resistant"))
+            for k, lbl in (
+                ("S", "sensitive"),
+                ("P", "persister (circled)"),
+                ("E", "expanded persister"),
+                ("R", "resistant"),
+            )
         ]
         + [Patch(color=KIND_COLOURS[k], label=k) for k in ("caf", "tam", "vessel")],
         loc="upper right",
@@ -124,6 +131,7 @@ def summary_table(ds) -> str:
         ("tumor cells (burden)", "cells", "burden"),
         ("sensitive", "cells", "n_S"),
         ("persisters", "cells", "n_P"),
+        ("expanded persisters", "cells", "n_E"),
         ("resistant", "cells", "n_R"),
         ("persister fraction", "1", "persister_fraction"),
         ("CAFs", "cells", "n_caf"),
@@ -188,8 +196,11 @@ def make_report(path, out_dir=None, times_h=None) -> tuple[list[Path], str]:
             ("n_necrotic", "necrotic"),
             ("n_S", "sensitive"),
             ("n_P", "persister"),
+            ("n_E", "expanded persister"),
             ("n_R", "resistant"),
         ):
+            if col not in ds:  # n_E: files from before format 1.3
+                continue
             v = ds[col].values
             if v.max() > 0:
                 ax.plot(t_days, v, label=label)

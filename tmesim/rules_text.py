@@ -137,8 +137,16 @@ def tumor_sentences(sc) -> list[str]:
         f"memory rises at {_g(tr.memory_gain_per_h)} /h under drug and relaxes at "
         f"{_g(tr.memory_decay_per_h)} /h without."
     )
+    if tr.expansion_per_h > 0:
+        out.append(
+            f"P -> E (expanded persisters, DTEPs) at up to {_g(tr.expansion_per_h)} /h x drug "
+            f"effect, reached after {_g(tr.expansion_ramp_h)} h as a persister; E cells divide "
+            f"at {_g(100 * t.expanded_cycle_factor)} % of the sensitive rate through "
+            f"division-blocking drugs, are as tolerant as P, and revert (E -> S) at "
+            f"{_g(tr.expanded_exit_per_h)} /h off drug."
+        )
     out.append(
-        f"P -> R at {_g(tr.resistance_per_h)} /h, up to "
+        f"P -> R (and E -> R) at {_g(tr.resistance_per_h)} /h, up to "
         f"{_g(1 + tr.adaptive_mutability)}x under drug after {_g(tr.mutability_ramp_h)} h "
         "as a persister."
     )

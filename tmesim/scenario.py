@@ -215,11 +215,17 @@ class TransitionConfig:
     P -> S at  exit (1 - E_target + F_speedup) / (1 + memory_exit_slowing m
                                                    + hypoxia_exit_slowing h)
                with F_speedup the summed fold x E of exit_speedup drugs
-    P -> R at  resistance (1 + adaptive_mutability min(1, time_in_P / mutability_ramp_h) E_target)
+    P -> E at  expansion E_target min(1, time_in_P / expansion_ramp_h)
+    E -> S at  expanded_exit (1 - E_target + F_speedup) / (the same slowing as P -> S)
+    P -> R and E -> R at  resistance (1 + adaptive_mutability min(1, time_in_P / mutability_ramp_h)
+               E_target)
     dm/dt  =   memory_gain E_target (1 - m) - memory_decay (1 - E_target) m
     where h in [0, 1] is the hypoxia level (0 at or above the hypoxic threshold, 1 at or below the
-    necrosis threshold), m the cell's memory and E_target the combined effect of the drugs that
-    kill sensitive cells.
+    necrosis threshold), m the cell's memory, E_target the combined effect of the drugs that
+    kill sensitive cells, and time_in_P the time the cell's lineage has spent as a persister (P
+    or E). E is the drug-tolerant expanded persister (DTEP, Sharma et al. 2010): a persister that
+    has regained cycling in drug (TumorConfig.expanded_cycle_factor, not slowed by division-
+    blocking drugs), as drug-tolerant as P, heritable, and reversible off drug.
     """
 
     pre_existing: bool = param(
@@ -249,11 +255,34 @@ class TransitionConfig:
         "9 days with the memory of a long exposure [Sharma]",
         lo=0,
     )
-    resistance_per_h: float = param(
-        5e-6,
+    expansion_per_h: float = param(
+        5e-4,
         "1/h",
-        "P -> R, basal [chosen: a few resistant "
-        "founders per thousand persisters per month on drug]",
+        "P -> E (the persister resumes cycling in drug) at full targeted-drug effect, once "
+        "expansion_ramp_h in P [calibrated: about 20 % of 9-day persisters found expanding "
+        "colonies by day 30-40, Sharma]",
+        lo=0,
+    )
+    expansion_ramp_h: float = param(
+        336.0,
+        "h",
+        "time in P over which P -> E rises to its full rate (DTEP colonies appear after weeks "
+        "in drug [Sharma; Ramirez]) [chosen]",
+        lo=0,
+        lo_open=True,
+    )
+    expanded_exit_per_h: float = param(
+        0.0025,
+        "1/h",
+        "E -> S off drug without memory (mean about 17 days: DTEPs re-sensitise more slowly "
+        "than DTPs [Sharma]) [chosen]",
+        lo=0,
+    )
+    resistance_per_h: float = param(
+        1e-7,
+        "1/h",
+        "P -> R and E -> R, basal [calibrated: under 5 % of 9-day survivors resistant; "
+        "resistant clones from persisters after months in drug, Hata 2016; Ramirez 2016]",
         lo=0,
     )
     adaptive_mutability: float = param(
@@ -396,6 +425,14 @@ class TumorConfig:
         lo=0,
         hi=1,
     )
+    expanded_cycle_factor: float = param(
+        0.5,
+        "",
+        "division of expanded persisters (DTEPs) relative to sensitive cells; drugs that block "
+        "division do not slow it (DTEPs proliferate in drug [Sharma]) [chosen]",
+        lo=0,
+        hi=1,
+    )
     resistance_cost: float = param(
         0.1, "", "fitness cost: resistant cells divide at 1 - cost [MODEL.md]", lo=0, hi=1
     )
@@ -481,7 +518,14 @@ class FieldConfig:
     name: str = ""
     units: str = param("", "", "units of the concentration, e.g. mmHg, ng/mL, uM")
     diffusion_um2_per_min: float = param(0.0, "um^2/min", "diffusion coefficient", lo=0)
-    decay_per_min: float = param(0.0, "1/min", "first-order decay everywhere", lo=0)
+    decay_per_min: float = param(0.0, "1/min", "first-order decay (where decay_in says)", lo=0)
+    decay_in: str = param(
+        "everywhere",
+        "",
+        "where decay acts: everywhere, or tissue (voxels with an occupant of any kind, not the "
+        "empty medium around the cells)",
+        choices=("everywhere", "tissue"),
+    )
     initial: float = param(0.0, "field units", "initial value everywhere", lo=0)
     vessel_value: float = param(0.0, "field units", "value that vessels hold the field at", lo=0)
     uptake_per_min: dict[str, float] = param({}, "1/min", "first-order uptake by occupant kind")
@@ -685,6 +729,26 @@ class SolverConfig:
 
 
 @dataclass(frozen=True)
+class MediumConfig:
+    """The culture medium: the empty voxels around the cells (tmesim.steps.medium)."""
+
+    stirred: bool = param(
+        False,
+        "",
+        "a stirred (well-mixed) bath: every empty voxel farther than boundary_layer_um from "
+        "every occupied voxel, and open to a domain face along a grid axis, is held at each "
+        "field's bath value (its Dirichlet face value)",
+    )
+    boundary_layer_um: float = param(
+        0.0,
+        "um",
+        "thickness of the unstirred layer of medium around the cells, in which fields diffuse "
+        "(stirred only; 0: the bath reaches the cells)",
+        lo=0,
+    )
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A validated, frozen scenario. Build it with :func:`load_scenario` or
     :func:`parse_scenario`."""
@@ -698,6 +762,7 @@ class Scenario:
     fields: tuple[FieldConfig, ...] = ()
     drugs: tuple[DrugConfig, ...] = ()
     solver: SolverConfig = field(default_factory=SolverConfig)
+    medium: MediumConfig = field(default_factory=MediumConfig)
     text: str = ""  # the TOML text it came from, overrides applied (stored in run files)
     base_dir: str = "."  # where relative paths in the scenario (masks) are resolved
 
@@ -1094,6 +1159,7 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
                             f"each face named once; {f} is already set by boundary[{seen[f]}]",
                         )
                     seen[f] = i
+    _check_medium(sc)
     for d in sc.drugs:
         sch = d.schedule
         where = f"drugs.{d.name}.schedule"
@@ -1172,6 +1238,53 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
             sc.run.duration_days,
             f"at least one agent step ({sc.run.dt_min} min)",
         )
+
+
+#: thickest unstirred layer in voxel edges ([medium]; keeps lattice distances in 16 bits)
+MAX_BOUNDARY_LAYER_VOXELS = 1000
+
+
+def _check_medium(sc: Scenario) -> None:
+    """A stirred bath holds each solved field at its bath value, the one value of its Dirichlet
+    faces: every such field needs one (well-mixed drugs are not solved and need none)."""
+    m = sc.medium
+    if not m.stirred:
+        return
+    if m.boundary_layer_um / sc.grid.dx_um > MAX_BOUNDARY_LAYER_VOXELS:
+        raise ScenarioError(
+            "medium.boundary_layer_um",
+            m.boundary_layer_um,
+            f"at most {MAX_BOUNDARY_LAYER_VOXELS} voxel edges (grid.dx_um = {sc.grid.dx_um:g} um)",
+        )
+    drugs = {d.name: d for d in sc.drugs}
+    for fc in sc.fields:
+        d = drugs.get(fc.name)
+        if d is not None and d.transport == "uniform":
+            continue
+        bc = face_conditions(fc, sc.ndim)
+        values = sorted({v for kind, v in bc.values() if kind == "dirichlet"})
+        if d is not None and not values:
+            raise ScenarioError(
+                f"drugs.{d.name}.transport",
+                d.transport,
+                '"bath" or "uniform" when medium.stirred = true (the stirred bath holds the '
+                "medium at the drug's bath level)",
+            )
+        if not values:
+            raise ScenarioError(
+                f"fields.{fc.name}.boundary",
+                _MISSING,
+                "a Dirichlet face when medium.stirred = true: the stirred bath holds the medium "
+                'at the value of the field\'s Dirichlet faces (e.g. boundary = { faces = "all", '
+                'kind = "dirichlet", value = 0 } for a field the medium washes out)',
+            )
+        if len(values) > 1:
+            raise ScenarioError(
+                f"fields.{fc.name}.boundary",
+                [v for v in values],
+                "one value on every Dirichlet face when medium.stirred = true (it is the value "
+                "the stirred bath holds)",
+            )
 
 
 def _axes(ndim):
@@ -1427,7 +1540,9 @@ def summary(sc: Scenario) -> str:
         )
         s = (
             f"Field {fc.name} ({fc.units}): D = {fc.diffusion_um2_per_min:g} um^2/min, decay "
-            f"{fc.decay_per_min:g} /min (diffusion length {ell:.0f} um), starts at "
+            f"{fc.decay_per_min:g} /min"
+            f"{' in tissue only (not in the medium)' if fc.decay_in == 'tissue' else ''} "
+            f"(diffusion length {ell:.0f} um), starts at "
             f"{fc.initial:g}"
         )
         if fc.uptake_per_min:
@@ -1448,6 +1563,17 @@ def summary(sc: Scenario) -> str:
             )
         s += f"; vessels hold it at {fc.vessel_value:g}." if vi.placement != "none" else "."
         lines.append(s)
+    if sc.medium.stirred:
+        layer = sc.medium.boundary_layer_um
+        where = (
+            f"farther than {layer:g} um (the unstirred layer) from every occupied voxel "
+            if layer > 0
+            else ""
+        )
+        lines.append(
+            f"Medium: stirred; every empty voxel {where}open to a domain face along a grid axis "
+            "is held at each field's bath value (its Dirichlet face value)."
+        )
     from .rules_text import rule_sentences
 
     lines.extend(rule_sentences(sc))

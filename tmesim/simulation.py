@@ -511,6 +511,14 @@ def stored_scenario(path) -> Scenario:
         # written before cells pushed by default: the run went on without pushing, and goes on so
         mech = dataclasses.replace(sc.tumor.mechanics, push_reach_um=0.0)
         sc = dataclasses.replace(sc, tumor=dataclasses.replace(sc.tumor, mechanics=mech))
+    if version < schema.DTEP_SINCE:
+        # written before expanded persisters and the recalibrated P -> R rate: the run went on
+        # without P -> E and with the old rate where its scenario named none, and goes on so
+        named = tomllib.loads(text).get("tumor", {}).get("transitions", {})
+        tr = dataclasses.replace(sc.tumor.transitions, expansion_per_h=0.0)
+        if "resistance_per_h" not in named:
+            tr = dataclasses.replace(tr, resistance_per_h=schema.OLD_RESISTANCE_PER_H)
+        sc = dataclasses.replace(sc, tumor=dataclasses.replace(sc.tumor, transitions=tr))
     return sc
 
 

@@ -50,6 +50,42 @@ class Experiment:
     arms: list[Arm]
     judge: Callable
     quick: list[str] = field(default_factory=lambda: list(DISH_QUICK))
+    #: run every arm once per seed (labels "<arm> | seed <n>", see by_seed); () runs each arm
+    #: once with its scenario's seed. ``quick_seeds``: the seeds of a --quick run.
+    seeds: tuple[int, ...] = ()
+    quick_seeds: tuple[int, ...] = ()
+    #: how an arm is run: a module-level ``runner(path, overrides) -> series`` (None: run_arm;
+    #: the spheroid's adds per-step oxygen figures that the time series does not hold)
+    runner: Callable | None = None
+
+    def arm_runs(self, quick: bool) -> list[tuple[str, str, list[str]]]:
+        """(label, scenario file, overrides) of every run of this experiment."""
+        extra = self.quick if quick else []
+        seeds = (self.quick_seeds or self.seeds) if quick else self.seeds
+        if not seeds:
+            return [(a.label, a.file, a.overrides + extra) for a in self.arms]
+        return [
+            (f"{a.label} | seed {sd}", a.file, a.overrides + extra + [f"run.seed={sd}"])
+            for sd in seeds
+            for a in self.arms
+        ]
+
+
+def by_seed(r: dict) -> dict[int, dict]:
+    """{seed: {arm label: series}} from the results of an experiment with seeds."""
+    out: dict[int, dict] = {}
+    for label, series in r.items():
+        arm, seed = label.rsplit(" | seed ", 1)
+        out.setdefault(int(seed), {})[arm] = series
+    return out
+
+
+def spread(values, fmt=None) -> str:
+    """Mean and range of per-seed values: "mean m (a to b, n seeds)", as percentages unless
+    ``fmt`` formats them."""
+    fmt = fmt or pct
+    v = list(values)
+    return f"mean {fmt(float(np.mean(v)))} ({fmt(min(v))} to {fmt(max(v))}, {len(v)} seeds)"
 
 
 def at_day(s: dict, col: str, day: float) -> float:
@@ -63,58 +99,191 @@ def pct(x: float) -> str:
 
 
 # ----------------------------------------------------------------------------------- judges
-def judge_biphasic(r):
-    s = r["erlotinib"]
+def biphasic_figures(s) -> dict:
+    """One dish's figures of the biphasic kill (drug from day 1): survival over 9 days, the
+    decline rate (1/day) over days 1-3 and 7-10, and the tolerant (P + E) and resistant
+    fractions of the day-10 survivors."""
     n0 = at_day(s, "burden", 1.0)
-    surv = at_day(s, "burden", 10.0) / n0
-    early = -math.log(max(at_day(s, "burden", 3.0), 1) / n0) / 2.0
-    late = -math.log(max(at_day(s, "burden", 10.0), 1) / max(at_day(s, "burden", 7.0), 1)) / 3.0
-    pf = at_day(s, "persister_fraction", 10.0)
+    return dict(
+        surv=at_day(s, "burden", 10.0) / n0,
+        early=-math.log(max(at_day(s, "burden", 3.0), 1) / n0) / 2.0,
+        late=-math.log(max(at_day(s, "burden", 10.0), 1) / max(at_day(s, "burden", 7.0), 1)) / 3.0,
+        tolerant=at_day(s, "persister_fraction", 10.0),
+        resistant=at_day(s, "resistant_fraction", 10.0),
+    )
+
+
+def judge_biphasic(r):
+    f = [biphasic_figures(runs["erlotinib"]) for runs in by_seed(r).values()]
+
+    def rate(x):
+        return f"{x:.2f} /day"
+
     rows = [
-        ("cells surviving 9 days of 2 uM erlotinib", "about 0.3 % (Sharma 2010)", pct(surv)),
         (
-            "decline rate, days 1-3 vs days 7-10",
-            "fast, then a plateau",
-            f"{early:.2f} /day vs {late:.2f} /day",
+            "cells surviving 9 days of 2 uM erlotinib",
+            "about 0.3 % (Sharma 2010)",
+            spread(x["surv"] for x in f),
         ),
-        ("persisters among survivors at day 10", "most", pct(pf)),
+        ("decline rate, days 1-3", "fast", spread((x["early"] for x in f), rate)),
+        ("decline rate, days 7-10", "a plateau (near 0)", spread((x["late"] for x in f), rate)),
+        (
+            "persisters (P + E) among survivors at day 10",
+            "most",
+            spread(x["tolerant"] for x in f),
+        ),
+        (
+            "resistant (R) among survivors at day 10",
+            "under 5 % on average (resistance takes months: Hata 2016, Ramirez 2016)",
+            spread(x["resistant"] for x in f),
+        ),
     ]
-    ok = 0.001 <= surv <= 0.01 and early > 5 * max(late, 0.02) and pf >= 0.5
+    ok = (
+        all(
+            0.001 <= x["surv"] <= 0.01
+            and x["early"] > 5 * max(x["late"], 0.02)
+            and x["tolerant"] >= 0.5
+            for x in f
+        )
+        and float(np.mean([x["resistant"] for x in f])) < 0.05
+    )
     return rows, ok
 
 
 def judge_reversibility(r):
-    rows, ok = [], True
-    out = {}
-    for label, s in r.items():
-        s1 = at_day(s, "burden", 5.0) / at_day(s, "burden", 1.0)
-        s2 = at_day(s, "burden", 28.0) / max(at_day(s, "burden", 24.0), 1)
-        out[label] = (s1, s2, at_day(s, "persister_fraction", 24.0))
-    s1, s2, pf = out["reverting"]
-    _, c2, cpf = out["no reversion (control)"]
-    base = at_day(r["reverting"], "persister_fraction", 1.0)
-    rows.append(
+    f = []
+    for runs in by_seed(r).values():
+        fig = {}
+        for label, s in runs.items():
+            s1 = at_day(s, "burden", 5.0) / at_day(s, "burden", 1.0)
+            s2 = at_day(s, "burden", 28.0) / max(at_day(s, "burden", 24.0), 1)
+            fig[label] = (s1, s2, at_day(s, "persister_fraction", 24.0))
+        s1, s2, pf = fig["reverting"]
+        _, c2, cpf = fig["no reversion (control)"]
+        base = at_day(runs["reverting"], "persister_fraction", 1.0)
+        f.append(dict(s1=s1, s2=s2, ratio=s2 / s1, pf=pf, base=base, c2=c2, cpf=cpf))
+
+    def times(x):
+        return f"{x:.2g}x"
+
+    rows = [
+        ("4-day survival, first challenge", "", spread(x["s1"] for x in f)),
+        ("4-day survival, re-challenge", "", spread(x["s2"] for x in f)),
         (
-            "4-day survival: first challenge vs re-challenge",
-            "the same (Sharma 2010: re-sensitised)",
-            f"{pct(s1)} vs {pct(s2)}",
-        )
-    )
-    rows.append(
+            "re-challenge / first challenge survival",
+            "about 1 (Sharma 2010: re-sensitised)",
+            spread((x["ratio"] for x in f), times),
+        ),
         (
-            "persister fraction before re-challenge (baseline before drug)",
+            "persister fraction before re-challenge",
             "back near baseline",
-            f"{pct(pf)} ({pct(base)})",
-        )
-    )
-    rows.append(
+            spread(x["pf"] for x in f),
+        ),
+        ("  (baseline before drug)", "", spread(x["base"] for x in f)),
         (
             "control without reversion: re-challenge survival",
             "stays tolerant",
-            f"{pct(c2)} (persisters {pct(cpf)})",
-        )
+            spread(x["c2"] for x in f),
+        ),
+    ]
+    ok = all(1 / 3 <= x["ratio"] <= 3 and x["c2"] > 10 * x["s2"] for x in f)
+    return rows, ok
+
+
+#: the DTEP experiment's holiday arm: erlotinib from day 1 to day 35, none to day 65, then again
+DTEP_HOLIDAY = [
+    "run.duration_days=69",
+    "drugs.erlotinib.schedule.kind=doses",
+    "drugs.erlotinib.schedule.times_h=[24, 840, 1560]",
+    "drugs.erlotinib.schedule.doses_uM=[2.0, 0.0, 2.0]",
+]
+
+
+def dtep_figures(s, day: float) -> dict:
+    """Figures of a dish on continuous erlotinib from day 1: DTEP founders (P -> E events) up to
+    ``day`` per persister (P + E) at day 10, the expanded cells then, and the burden at ``day``
+    relative to day 10."""
+    i10 = int(np.argmin(np.abs(s["day"] - 10.0)))
+    i = int(np.argmin(np.abs(s["day"] - day)))
+    tol10 = float(s["n_P"][i10] + s["n_E"][i10])
+    return dict(
+        founders=float(np.sum(s["became_E"][: i + 1])),
+        tolerant10=tol10,
+        n_E=float(s["n_E"][i]),
+        regrowth=float(s["burden"][i]) / max(float(s["burden"][i10]), 1.0),
+        resistant=float(s["resistant_fraction"][i]),
     )
-    ok = (1 / 3 <= s2 / s1 <= 3) and c2 > 10 * s2
+
+
+def judge_dtep(r):
+    seeds = by_seed(r)
+    d31 = [dtep_figures(x["continuous erlotinib"], 31.0) for x in seeds.values()]
+    d41 = [dtep_figures(x["continuous erlotinib"], 40.0) for x in seeds.values()]
+    frac31 = [x["founders"] / max(x["tolerant10"], 1.0) for x in d31]
+    frac41 = [x["founders"] / max(x["tolerant10"], 1.0) for x in d41]
+    pooled31 = sum(x["founders"] for x in d31) / max(sum(x["tolerant10"] for x in d31), 1.0)
+    colony = sum(x["n_E"] for x in d41) / max(sum(x["founders"] for x in d41), 1.0)
+    hol = []
+    for x in seeds.values():
+        h = x["holiday"]
+        hol.append(
+            dict(
+                tol35=at_day(h, "persister_fraction", 35.0),
+                tol65=at_day(h, "persister_fraction", 65.0),
+                s1=at_day(h, "burden", 5.0) / at_day(h, "burden", 1.0),
+                s2=at_day(h, "burden", 69.0) / max(at_day(h, "burden", 65.0), 1.0),
+            )
+        )
+
+    def times(v):
+        return f"{v:.2g}x"
+
+    rows = [
+        (
+            "persisters at day 10 founding DTEPs by day 31 (30 days of drug)",
+            "about 20 % (Sharma 2010)",
+            f"{pct(pooled31)} pooled; per dish {spread(frac31)}",
+        ),
+        ("  the same by day 40", "", spread(frac41)),
+        (
+            "expanded cells per DTEP founder at day 40",
+            "colonies: DTEPs proliferate in drug",
+            f"{colony:.3g}",
+        ),
+        (
+            "burden at day 40 / at day 10, in drug",
+            "regrowth in drug (> 1)",
+            spread((x["regrowth"] for x in d41), times),
+        ),
+        ("resistant (R) fraction at day 40", "", spread(x["resistant"] for x in d41)),
+        (
+            "holiday: persister (P + E) fraction at day 35, in drug",
+            "",
+            spread(x["tol35"] for x in hol),
+        ),
+        (
+            "  after 30 days off drug (day 65)",
+            "falls (DTEPs revert, Sharma 2010)",
+            spread(x["tol65"] for x in hol),
+        ),
+        (
+            "4-day survival: first challenge vs re-challenge at day 65",
+            "the same: re-sensitised",
+            f"{spread(x['s1'] for x in hol)} vs {spread(x['s2'] for x in hol)}",
+        ),
+        (
+            "  re-challenge / first",
+            "about 1",
+            spread((x["s2"] / x["s1"] for x in hol), times),
+        ),
+    ]
+    ok = (
+        0.10 <= pooled31 <= 0.35
+        and colony >= 4
+        and all(x["regrowth"] > 1 for x in d41)
+        and all(x["tol65"] < x["tol35"] / 3 for x in hol)
+        and all(1 / 3 <= x["s2"] / x["s1"] <= 3 for x in hol)
+    )
     return rows, ok
 
 
@@ -234,12 +403,87 @@ def linear_speed(day, radius):
     return float(coef[0]), 1.0 - float(np.sum(resid**2)) / ss if ss > 0 else math.nan
 
 
+def spheroid_oxygen(state, sc) -> dict:
+    """Oxygen figures (mmHg) of a spheroid (tumor and necrotic voxels) in one state:
+    ``o2_outer`` the mean over its outer voxels (those with an empty face neighbour: their
+    centres lie half a voxel inside the surface), ``o2_surface`` the mean over its surface faces
+    of the two voxels' mean (the value at the surface between the outer voxel and the medium),
+    ``o2_centre`` the value at the voxel nearest its centre of mass, and the scenario's bath
+    value (oxygen's Dirichlet face value) and hypoxic and necrosis thresholds beside them."""
+    from . import codes
+
+    shape = tuple(sc.grid.shape)
+    o2 = np.asarray(state.fields[sc.field_names.index("oxygen")]).reshape(shape)
+    kind = np.asarray(state.kind).reshape(shape)
+    cells = (kind == codes.TUMOR) | (kind == codes.NECROTIC)
+    empty = kind == codes.EMPTY
+    outer = np.zeros(shape, dtype=bool)
+    faces = []
+    for ax in range(len(shape)):
+        for side in (1, -1):  # the neighbour below (1) or above (-1) along the axis
+            nb_empty = np.roll(empty, side, axis=ax)
+            edge: list = [slice(None)] * len(shape)
+            edge[ax] = 0 if side == 1 else -1
+            nb_empty[tuple(edge)] = False  # no neighbour across the domain's face
+            pair = cells & nb_empty
+            outer |= pair
+            faces.append(0.5 * (o2[pair].astype(np.float64) + np.roll(o2, side, axis=ax)[pair]))
+    face = np.concatenate(faces)
+    bath = [v for k, v in face_values(sc, "oxygen") if k == "dirichlet"]
+    out = dict(
+        o2_bath=float(bath[0]) if bath else math.nan,
+        o2_hypoxic_threshold=sc.tumor.hypoxic_threshold_mmHg,
+        o2_necrosis_threshold=sc.tumor.necrosis_threshold_mmHg,
+        o2_outer=float(o2[outer].mean(dtype=np.float64)) if outer.any() else math.nan,
+        o2_surface=float(face.mean()) if face.size else math.nan,
+        o2_centre=math.nan,
+    )
+    if cells.any():
+        centre = np.rint(np.argwhere(cells).mean(axis=0)).astype(int)
+        out["o2_centre"] = float(o2[tuple(centre)])
+    return out
+
+
+def face_values(sc, field: str):
+    """(kind, value) of the field's condition on each domain face."""
+    from .scenario import face_conditions
+
+    return list(face_conditions(sc.field(field), sc.ndim).values())
+
+
+def run_spheroid_arm(path: str, overrides: list[str]) -> dict:
+    """:func:`run_arm` with the oxygen columns of :func:`spheroid_oxygen` added to every row
+    (the first that of the initial state)."""
+    from .scenario import load_scenario
+    from .simulation import Simulation
+    from .writers import InMemoryWriter
+
+    class OxygenRows(InMemoryWriter):
+        def start(self, sim, fresh):
+            super().start(sim, fresh)
+            self.rows = [dict(sim.last_row, **spheroid_oxygen(sim.state, sim.sc))]
+
+        def write(self, sim):
+            self.rows.append(dict(sim.last_row, **spheroid_oxygen(sim.state, sim.sc)))
+
+    sim = Simulation(load_scenario(path, overrides=overrides), backend="cpu")
+    mem = OxygenRows()
+    sim.output_writers = {"in_memory": mem}
+    sim.callbacks = []
+    sim.run()
+    return mem.series()
+
+
 def spheroid_figures(s, dx_um=20.0, doubling_h=18.0) -> dict:
-    """The spheroid's growth figures, each (value, holds): the doubling time while the diameter
-    is under 200 um (within 15 % of the set one), the radial speed once it is over 400 um
-    (15-40 um/day, on a straight line: R^2 >= 0.98 over at least 3 days), the diameter at which
-    necrosis starts (shown, 400-500 um expected, not judged: it is what the uptake was chosen for)
-    and the viable rim over the necrotic core at the end (100-250 um, diameter >= 450 um)."""
+    """The spheroid's figures, each (value, holds): the doubling time while the diameter is under
+    200 um (within 15 % of the set one), the radial speed once it is over 400 um (15-40 um/day,
+    on a straight line: R^2 >= 0.98 over at least 3 days), the viable rim over the necrotic core
+    at the end (100-250 um, diameter >= 450 um); the oxygen at the spheroid's surface relative to
+    the bath, its lowest over the run after the first day (at least 0.8: a stirred bath), and the
+    outer voxels' mean beside it (shown); the diameters at hypoxic onset (the centre below the
+    hypoxic threshold; judged: before necrotic onset), at the centre below the necrosis
+    threshold and at the first necrotic voxel (shown, 400-600 um expected, not judged: it is what
+    the uptake was chosen for)."""
     day = np.asarray(s["day"])
     total = np.asarray(s["burden"]) + np.asarray(s["n_necrotic"])
     r = equivalent_radius_um(total, dx_um, 3)
@@ -252,6 +496,18 @@ def spheroid_figures(s, dx_um=20.0, doubling_h=18.0) -> dict:
     nec = np.flatnonzero(np.asarray(s["n_necrotic"]) > 0)
     onset = float(2 * r[nec[0]]) if nec.size else math.nan
     rim = float(r[-1] - r_nec[-1])
+
+    def first_diameter(mask):
+        i = np.flatnonzero(mask)
+        return float(2 * r[i[0]]) if i.size else math.nan
+
+    centre = np.asarray(s["o2_centre"])
+    hypoxic = first_diameter(centre < np.asarray(s["o2_hypoxic_threshold"]))
+    anoxic = first_diameter(centre < np.asarray(s["o2_necrosis_threshold"]))
+    late = day >= 1.0
+    bath = np.asarray(s["o2_bath"])
+    surface = float(np.min(np.asarray(s["o2_surface"])[late] / bath[late]))
+    outer = float(np.min(np.asarray(s["o2_outer"])[late] / bath[late]))
     return {
         "doubling": (td, abs(td / doubling_h - 1.0) <= 0.15),
         "speed": (v, 15.0 <= v <= 40.0 and r2 >= 0.98 and span >= 3.0),
@@ -259,6 +515,11 @@ def spheroid_figures(s, dx_um=20.0, doubling_h=18.0) -> dict:
         "onset": (onset, True),
         "rim": (rim, nec.size > 0 and 2 * r[-1] >= 450.0 and 100.0 <= rim <= 250.0),
         "diameter": (float(2 * r[-1]), True),
+        "surface": (surface, surface >= 0.8),
+        "outer": (outer, True),
+        "bath": (float(bath[0]), True),
+        "hypoxic": (hypoxic, hypoxic < onset),
+        "anoxic": (anoxic, True),
     }
 
 
@@ -281,9 +542,19 @@ def judge_spheroid(r):
             both("speed", "{:.1f} um/day") + f", R^2 {f['r2'][0]:.3f}",
         ),
         (
-            "diameter at necrosis onset",
-            "about 400-500 um (the uptake is set for this)",
-            both("onset", "{:.0f} um"),
+            f"surface oxygen / bath ({f['bath'][0]:g} mmHg), lowest after day 1",
+            "near the bath (stirred culture): >= 0.8",
+            both("surface", "{:.2f}") + f"; outer voxels' mean {both('outer', '{:.2f}')}",
+        ),
+        (
+            "diameter at hypoxic onset (centre below the hypoxic threshold)",
+            "before necrosis (Freyer & Sutherland 1986)",
+            both("hypoxic", "{:.0f} um"),
+        ),
+        (
+            "diameter at necrotic onset: centre below the necrosis threshold; first necrotic voxel",
+            "about 400-600 um (the uptake is set for this)",
+            f"{f['anoxic'][0]:.0f} um; " + both("onset", "{:.0f} um"),
         ),
         (
             f"viable rim over the necrotic core at {f['diameter'][0]:.0f} um",
@@ -375,6 +646,7 @@ EXPERIMENTS = [
         ],
         judge_spheroid,
         quick=["grid.shape=[48, 48, 48]", "run.duration_days=10"],
+        runner=run_spheroid_arm,
     ),
     Experiment(
         "colony",
@@ -395,6 +667,20 @@ EXPERIMENTS = [
         "Sharma et al. 2010",
         [Arm("erlotinib", "sharma_biphasic.toml")],
         judge_biphasic,
+        seeds=(2010, 2012, 2013, 2014, 2015),
+        quick_seeds=(2010, 2012),
+    ),
+    Experiment(
+        "dtep",
+        "Some persisters resume proliferation in drug (DTEPs), reversibly",
+        "Sharma et al. 2010; Ramirez et al. 2016",
+        [
+            Arm("continuous erlotinib", "sharma_dtep.toml"),
+            Arm("holiday", "sharma_dtep.toml", DTEP_HOLIDAY),
+        ],
+        judge_dtep,
+        seeds=(2030, 2031, 2032),
+        quick_seeds=(2030,),
     ),
     Experiment(
         "reversibility",
@@ -410,6 +696,8 @@ EXPERIMENTS = [
         ],
         judge_reversibility,
         quick=["grid.shape=[100, 100]", "init.tumor.size_um=[2000, 2000]"],
+        seeds=(2011, 2016, 2017, 2018, 2019),
+        quick_seeds=(2011, 2016),
     ),
     Experiment(
         "cotreatment",
@@ -495,6 +783,22 @@ def run_arm(path: str, overrides: list[str], stop=None) -> dict:
     return run_in_memory(path, overrides, stop)
 
 
+def _run_task(runner, path: str, overrides: list[str]) -> dict:
+    return runner(path, overrides)
+
+
+def run_arms(tasks, jobs: int = 1) -> list[dict]:
+    """``runner(path, overrides)`` of each task (runner, path, overrides), in task order: in
+    this process, or in ``jobs`` worker processes (runners must be module-level functions)."""
+    tasks = list(tasks)
+    if jobs > 1 and len(tasks) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            return list(pool.map(_run_task, *zip(*tasks)))
+    return [_run_task(*t) for t in tasks]
+
+
 def run(names=None, quick: bool = False, jobs: int = 1, echo=print) -> bool:
     """Run the experiments (all, or those named), print the comparison; True if all hold."""
     chosen = [e for e in EXPERIMENTS if not names or e.name in names]
@@ -507,14 +811,13 @@ def run(names=None, quick: bool = False, jobs: int = 1, echo=print) -> bool:
             f"experiments: {', '.join(e.name for e in EXPERIMENTS)}"
         )
     tasks = [
-        (e.name, a.label, str(SCENARIOS / a.file), a.overrides + (e.quick if quick else []))
+        (e.name, label, str(SCENARIOS / f), overrides)
         for e in chosen
-        for a in e.arms
+        for label, f, overrides in e.arm_runs(quick)
     ]
     t0 = time.monotonic()
-    from .simulation import run_series
-
-    series = run_series([(t[2], t[3], None) for t in tasks], jobs)
+    runners = {e.name: e.runner or run_arm for e in chosen}
+    series = run_arms([(runners[t[0]], t[2], t[3]) for t in tasks], jobs)
     results: dict[str, dict] = {}
     for (name, label, _, _), s in zip(tasks, series):
         results.setdefault(name, {})[label] = s

@@ -391,3 +391,44 @@ def test_a_file_from_before_pushing_resumes_without_it(tiny, tmp_path):
     with h5py.File(out, "r+") as f:
         f.attrs["format_version"] = schema.FORMAT_VERSION
     assert tmesim.simulation.stored_scenario(out).tumor.mechanics.push_reach_um == 60.0
+
+
+def test_a_file_from_before_expanded_persisters_resumes_as_it_ran(tiny, tmp_path):
+    """A run file of format 1.2 ran without expanded persisters (no P -> E) and with the old
+    P -> R default (5e-6 /h) where its scenario named no rate; its time series has no n_E or
+    became_E. `tmesim resume` continues it so: the finished file's data are those of an
+    uninterrupted run whose scenario states those two rates, without the two columns."""
+    scen, _ = tiny
+    text = scen.read_text()
+    old_rates = text + "\n[tumor.transitions]\nexpansion_per_h = 0\nresistance_per_h = 5e-6\n"
+    ref = tmp_path / "ref12.h5"
+    tmesim.Simulation(tmesim.loads_scenario(old_rates), "cpu").run(ref)
+    out = tmp_path / "old12.h5"
+    sim = tmesim.Simulation(tmesim.loads_scenario(old_rates), "cpu")
+    sim.callbacks.append(At(130, lambda s: (_ for _ in ()).throw(KeyboardInterrupt)))
+    with pytest.raises(KeyboardInterrupt):
+        sim.run(out)
+    with h5py.File(out, "r+") as f:  # what tmesim 1.2 wrote
+        f.attrs["scenario"] = text
+        f.attrs["format_version"] = "1.2"
+        for col in schema.DTEP_COLUMNS:
+            del f[schema.TIMESERIES][col]
+    tr = tmesim.simulation.stored_scenario(out).tumor.transitions
+    assert tr.expansion_per_h == 0.0 and tr.resistance_per_h == schema.OLD_RESISTANCE_PER_H
+    sim = tmesim.Simulation.resume(out, backend="cpu")
+    assert sim.resumed_from == 120 and sim.status == "finished"
+    a, b = run_contents(ref), run_contents(out)
+    gone = {k for k in a if k.split("@")[0] in {f"timeseries/{c}" for c in schema.DTEP_COLUMNS}}
+    assert len(gone) >= 2 and not gone & b.keys()
+    assert set(a) - gone == set(b)
+    differ = [k for k in b if not np.array_equal(np.asarray(a[k]), np.asarray(b[k]))]
+    assert differ == ["@format_version", "@scenario"]
+    # a rate the old scenario named is kept; a 1.3 file takes the defaults of its version
+    with h5py.File(out, "r+") as f:
+        f.attrs["scenario"] = text + "\n[tumor.transitions]\nresistance_per_h = 3e-5\n"
+    assert tmesim.simulation.stored_scenario(out).tumor.transitions.resistance_per_h == 3e-5
+    with h5py.File(out, "r+") as f:
+        f.attrs["scenario"] = text
+        f.attrs["format_version"] = schema.FORMAT_VERSION
+    tr = tmesim.simulation.stored_scenario(out).tumor.transitions
+    assert tr.expansion_per_h == 5e-4 and tr.resistance_per_h == 1e-7

@@ -34,6 +34,7 @@ from ..helpers import assert_binomial, sparse_cells
 
 DT = 6.0
 S, P, R = codes.SENSITIVE, codes.PERSISTER, codes.RESISTANT
+DTEP = codes.EXPANDED  # (E is the drug effect below)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -50,6 +51,8 @@ def transitions(**kw):
         entry_basal_per_h=0.0,
         entry_induced_per_h=0.0,
         exit_per_h=0.0,
+        expansion_per_h=0.0,
+        expanded_exit_per_h=0.0,
         resistance_per_h=0.0,
         memory_gain_per_h=0.0,
         memory_decay_per_h=0.0,
@@ -379,6 +382,160 @@ def test_competing_exit_and_resistance_split_in_proportion(with_drug):
     assert_binomial(nS, nS + nR, kS / (kS + kR), "split")
 
 
+# ---------------------------------------------------------------------------------- P -> E
+@pytest.mark.parametrize("ramp_h,tip0_min", [(2.0, 180.0), (10.0, 0.0)])
+def test_expansion_rate_ramp_and_only_under_drug(ramp_h, tip0_min):
+    """P -> E (a persister resumes cycling: DTEP) at k_E E_target min(1, time_in_P / ramp), with
+    k_E = 0.3 /h; groups without drug (E = 0: no expansion at all) and with the targeted drug at
+    E = 0.75. time_in_P starts beyond the ramp (constant rate) or at 0 with a 10 h ramp, rising
+    by dt per step (survival in P exp(-dt sum_j k_j)). Exit and resistance off. Binomial bound;
+    the count became_E equals the E cells, and E cells keep counting their time in P."""
+    shape = (200, 100)
+    n = shape[0] * shape[1]
+    kind, ts = full_lattice(shape, np.full(n, P))
+    g = groups(n, 2)
+    conc = np.where(g == 1, 3.0, 0.0)[None, :]
+    tr = transitions(expansion_per_h=0.3, expansion_ramp_h=ramp_h)
+    rules = TumorRules(still_tumor(tr), Grid(shape, 20.0), seed=135, dt_min=DT, drugs=(tki(),))
+    tip = np.full(n, tip0_min, np.float32)
+    steps = 20
+    tot = run(rules, kind, ts, np.full(n, 38.0, np.float32), steps, time_in_P=tip, drug_conc=conc)
+    assert (ts[g == 0] == DTEP).sum() == 0
+    t_j = tip0_min + DT * np.arange(steps)
+    k = 0.3 * 0.75 * np.minimum(1.0, t_j / (ramp_h * 60))
+    assert_binomial((ts[g == 1] == DTEP).sum(), (g == 1).sum(), -math.expm1(-np.sum(k) * DT / 60))
+    assert tot["became_E"] == (ts == DTEP).sum() and tot["exited_P"] == tot["became_R"] == 0
+    assert np.all(tip == tip0_min + steps * DT)
+
+
+def test_competing_exit_expansion_and_resistance_split_in_proportion():
+    """Under the targeted drug (E = 0.5, time in P beyond both ramps) a persister leaves P at
+    k_S + k_E + k_R per hour, k_S = 0.6 (1 - E), k_E = 0.8 E, k_R = 0.4 (1 + 3 E), and goes to
+    each state in proportion to its rate; after 10 steps (S, P, E, R) is multinomial: each
+    marginal is checked with its binomial bound. Expanded cells do not expand again, and with
+    their own exit 0 here they only go on to R, at k_R: the E -> R share is bounded too."""
+    shape = (100, 100)
+    n = shape[0] * shape[1]
+    kind, ts = full_lattice(shape, np.full(n, P))
+    tr = transitions(
+        exit_per_h=0.6,
+        expansion_per_h=0.8,
+        expansion_ramp_h=1.0,
+        resistance_per_h=0.4,
+        adaptive_mutability=3.0,
+        mutability_ramp_h=1.0,
+    )
+    rules = TumorRules(still_tumor(tr), Grid(shape, 20.0), seed=136, dt_min=DT, drugs=(tki(),))
+    steps = 10
+    run(
+        rules,
+        kind,
+        ts,
+        np.full(n, 38.0, np.float32),
+        steps,
+        time_in_P=np.full(n, 120.0, np.float32),
+        drug_conc=np.ones((1, n)),
+    )
+    E_ = hill(1.0, 1, 1, 1)
+    kS, kE, kR = 0.6 * (1 - E_), 0.8 * E_, 0.4 * (1 + 3.0 * E_)
+    k = kS + kE + kR
+    T = steps * DT / 60
+    stay = math.exp(-k * T)
+    # E cells: entered at rate kE from P, left only to R at kR (closed form of the chain)
+    in_E = kE / (k - kR) * (math.exp(-kR * T) - math.exp(-k * T))
+    counts = {st: (ts == st).sum() for st in (S, P, DTEP, R)}
+    assert sum(counts.values()) == n
+    assert_binomial(counts[P], n, stay, "P")
+    assert_binomial(counts[S], n, (1 - stay) * kS / k, "S")
+    assert_binomial(counts[DTEP], n, in_E, "E")
+    assert_binomial(counts[R], n, 1 - stay - (1 - stay) * kS / k - in_E, "R")
+
+
+@pytest.mark.parametrize("with_drug", [False, True])
+def test_expanded_persisters_revert_or_become_resistant(with_drug):
+    """E -> S at k_X (1 - E) / (1 + s_m m) with its own rate k_X = expanded_exit_per_h (1.2 /h;
+    the P rate exit_per_h, 0.05 /h, must not be used), competing with E -> R at k_R = 0.4
+    (1 + 3 E); memory 0.5 with slowing 1 (factor 1/1.5). Off drug and under drug at E = 0.5.
+    Multinomial marginals with binomial bounds; an E cell never becomes P, time in P restarts on
+    reversion and goes on counting otherwise."""
+    shape = (100, 100)
+    n = shape[0] * shape[1]
+    kind, ts = full_lattice(shape, np.full(n, DTEP))
+    tr = transitions(
+        exit_per_h=0.05,
+        expanded_exit_per_h=1.2,
+        expansion_per_h=5.0,
+        resistance_per_h=0.4,
+        adaptive_mutability=3.0,
+        mutability_ramp_h=1.0,
+        memory_exit_slowing=1.0,
+    )
+    rules = TumorRules(still_tumor(tr), Grid(shape, 20.0), seed=137, dt_min=DT, drugs=(tki(),))
+    c = 1.0 if with_drug else 0.0
+    steps = 10
+    tip = np.full(n, 120.0, np.float32)
+    tot = run(
+        rules,
+        kind,
+        ts,
+        np.full(n, 38.0, np.float32),
+        steps,
+        memory=np.full(n, 0.5, np.float32),
+        time_in_P=tip,
+        drug_conc=np.full((1, n), c),
+    )
+    E_ = hill(c, 1, 1, 1)
+    kS, kR = 1.2 * (1 - E_) / 1.5, 0.4 * (1 + 3.0 * E_)
+    stay = math.exp(-(kS + kR) * steps * DT / 60)
+    nS, nE, nR = (ts == S).sum(), (ts == DTEP).sum(), (ts == R).sum()
+    assert nS + nE + nR == n and (ts == P).sum() == 0
+    assert_binomial(nE, n, stay, "E")
+    assert_binomial(nS, n, (1 - stay) * kS / (kS + kR), "S")
+    assert tot["exited_P"] == nS and tot["became_R"] == nR and tot["became_E"] == 0
+    assert np.all(tip[ts == DTEP] == 120.0 + steps * DT)
+
+
+def test_expanded_daughters_are_expanded_and_grow_under_drug():
+    """A DTEP colony: one E cell under a saturating cytostatic targeted drug (block_division at
+    1 - 1e-12, which stops S and P) divides at r_max f_E and its daughters are E with the
+    mother's time in P, so the colony grows as a branching process: mean size after t is
+    exp(r t) exactly per step of the exp(r dt) - 1 rule ((1 + p)^n). 400 isolated founders,
+    doubling 6 h, f_E = 0.5, 12 steps of 1 h; the mean colony size is checked against (1 + p)^n
+    with a bound of 6 standard errors of the sample mean, and every cell of the colonies is E."""
+    shape = (100, 100)
+    grid = Grid(shape, 20.0)
+    dt = 60.0
+    p = growing_tumor(doubling_time_h=6.0, expanded_cycle_factor=0.5)
+    drugs = (drug("tki", block_division=dict(emax=1.0, ec50_uM=1.0, hill=1.0)),)
+    rules = TumorRules(p, grid, seed=139, dt_min=dt, drugs=drugs)
+    sites = sparse_cells(shape, 5)[:400]
+    kind = np.zeros(grid.n_sites, np.uint8)
+    ts = np.zeros(grid.n_sites, np.uint8)
+    kind[sites], ts[sites] = codes.TUMOR, DTEP
+    tip = np.zeros(grid.n_sites, np.float32)
+    tip[sites] = 5000.0
+    conc = np.full((1, grid.n_sites), 1e12)
+    steps = 12
+    run(
+        rules,
+        kind,
+        ts,
+        np.full(grid.n_sites, 38.0, np.float32),
+        steps,
+        time_in_P=tip,
+        drug_conc=conc,
+    )
+    tumor = kind == codes.TUMOR
+    assert np.all(ts[tumor] == DTEP) and np.all(tip[tumor] == np.float32(5000.0 + steps * dt))
+    pdiv = math.expm1(math.log(2) / (6.0 * 60) * 0.5 * dt)
+    mean = (1 + pdiv) ** steps
+    # Galton-Watson with offspring 1 + Bernoulli(p): var = s2 m^(n-1) (m^n - 1) / (m - 1)
+    m = 1 + pdiv
+    var = pdiv * (1 - pdiv) * m ** (steps - 1) * (m**steps - 1) / pdiv
+    got = tumor.sum() / sites.size
+    assert abs(got - mean) < 6 * math.sqrt(var / sites.size), (got, mean)
+
+
 # ---------------------------------------------------------------------------------- kill
 KILL_CASES = [  # (state, hgf, igf1, C_met_inhibitor)
     (S, 0.0, 0.0, 0.0),
@@ -387,6 +544,7 @@ KILL_CASES = [  # (state, hgf, igf1, C_met_inhibitor)
     (S, 5.0, 10.0, 0.0),  # + IGF-1 a = 0.5: protection 1 - 0.6 x 0.75 = 0.55
     (P, 5.0, 10.0, 0.0),  # persisters: no protection term
     (P, 0.0, 0.0, 0.0),
+    (DTEP, 5.0, 10.0, 0.0),  # expanded persisters: as tolerant as P
     (R, 5.0, 0.0, 0.0),  # resistant: never killed
 ]
 
@@ -436,7 +594,7 @@ def test_drug_kill_rates_protection_and_cleanup():
         a_met = hg / (hg + 5.0) * (1 - hill(cm, 1, 0.02, 1))
         a_igf = ig / (ig + 10.0)
         prot = 1 - (1 - 0.8 * a_met) * (1 - 0.5 * a_igf)
-        k = {S: kS * (1 - prot), P: kP, R: 0.0}[st]
+        k = {S: kS * (1 - prot), P: kP, DTEP: kP, R: 0.0}[st]
         sel = g == gi
         assert_binomial(
             (kind[sel] == codes.TUMOR).sum(),
@@ -447,7 +605,7 @@ def test_drug_kill_rates_protection_and_cleanup():
     dead = kind == codes.EMPTY
     assert tot["killed"] == dead.sum() and np.all(kind[~dead] == codes.TUMOR)
     assert tot["killed_S"] == (dead & (ts0 == S)).sum()
-    assert tot["killed_P"] == (dead & (ts0 == P)).sum()
+    assert tot["killed_P"] == (dead & ((ts0 == P) | (ts0 == DTEP))).sum()
     assert np.all(ts[dead] == codes.NONE) and np.all(memory[dead] == 0) and np.all(tip[dead] == 0)
     assert np.all(memory[~dead] == np.float32(0.7))
     np.testing.assert_array_equal(ts[~dead], ts0[~dead])
@@ -499,19 +657,25 @@ def test_block_division_spares_resistant_cells(c_tki):
     and P, r_max f_R for R (resistant cells divide through the cytostatic drug). Doubling 0.5 h,
     f_P = 0.5, f_R = 1 - 0.3; E_block = C/(C + 1): 0.5, or 1 - 1e-12 (saturating: expected S and
     P divisions 1e-9, so none). Isolated cells (neighbourhoods disjoint, no conflicts), the same
-    lattice stepped once at 60 different steps: divisions per state are Binomial(1200 cells x
-    60, p). Daughters copy the mother's phenotype."""
+    lattice stepped once at 60 different steps: divisions per state are Binomial(cells x 60, p).
+    Expanded persisters (E, f_E = 0.4) divide through the drug like R (DTEPs proliferate in
+    drug). Daughters copy the mother's phenotype."""
     shape = (180, 180)
     grid = Grid(shape, 20.0)
     sites = sparse_cells(shape, 3)
-    states = np.array([S, P, R])[np.arange(sites.size) % 3]
-    p = growing_tumor(doubling_time_h=0.5, persister_cycle_factor=0.5, resistance_cost=0.3)
+    states = np.array([S, P, R, DTEP])[np.arange(sites.size) % 4]
+    p = growing_tumor(
+        doubling_time_h=0.5,
+        persister_cycle_factor=0.5,
+        resistance_cost=0.3,
+        expanded_cycle_factor=0.4,
+    )
     drugs = (drug("tki", block_division=dict(emax=1.0, ec50_uM=1.0, hill=1.0)),)
     rules = TumorRules(p, grid, seed=38, dt_min=DT, drugs=drugs)
     o2 = np.full(grid.n_sites, 38.0, np.float32)
     conc = np.full((1, grid.n_sites), c_tki)
     trials = 60
-    by_state = {S: 0, P: 0, R: 0}
+    by_state = {S: 0, P: 0, R: 0, DTEP: 0}
     for step in range(trials):
         kind = np.zeros(grid.n_sites, np.uint8)
         ts = np.zeros(grid.n_sites, np.uint8)
@@ -523,8 +687,8 @@ def test_block_division_spares_resistant_cells(c_tki):
             by_state[st] += int((ts[src] == st).sum())
         np.testing.assert_array_equal(ts[tgt], ts[src])
     r_max = math.log(2) / 30.0
-    E = hill(c_tki, 1, 1, 1)
-    for st, f in ((S, 1.0 * (1 - E)), (P, 0.5 * (1 - E)), (R, 0.7)):
+    Eb = hill(c_tki, 1, 1, 1)
+    for st, f in ((S, 1.0 * (1 - Eb)), (P, 0.5 * (1 - Eb)), (R, 0.7), (DTEP, 0.4)):
         n_cells = int((states == st).sum()) * trials
         assert_binomial(by_state[st], n_cells, math.expm1(r_max * f * DT), f"state {st}")
     if c_tki > 1e6:

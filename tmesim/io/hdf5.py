@@ -174,6 +174,11 @@ class RunWriter:
                 )
             self.resumed_checkpoint = ck = checkpoint.read(f)
             ts = f[schema.TIMESERIES]
+            missing = set(self.columns) - set(ts)
+            if missing and missing <= set(schema.DTEP_COLUMNS):
+                # written before expanded persisters: the columns were 0 throughout, and the
+                # run goes on without them (stored_scenario resumes it without P -> E)
+                self.columns = [c for c in self.columns if c in ts]
             if set(ts) != set(self.columns):
                 raise RunFileError(
                     f"{path}: time-series columns {sorted(ts)} differ from this "

@@ -26,11 +26,19 @@ any moment leaves a file that opens, holding everything flushed before the kill.
 """
 
 FORMAT = "tmesim"
-FORMAT_VERSION = "1.2"  # major.minor: readers refuse a newer major version
+FORMAT_VERSION = "1.3"  # major.minor: readers refuse a newer major version
 #: the first format written by a tmesim whose tumor cells push at division by default: a
 #: scenario stored in an older file that names no push reach ran with none
 #: (tmesim.simulation.stored_scenario)
 PUSH_DEFAULT_SINCE = (1, 2)
+#: the first format with expanded persisters (tumor state E) and the recalibrated P -> R rate: a
+#: scenario stored in an older file ran without P -> E and, where it names no rate, with the old
+#: P -> R default (tmesim.simulation.stored_scenario); its time series lacks these columns,
+#: which were 0 throughout, and a resumed run goes on without them (tmesim.io.hdf5.RunWriter)
+DTEP_SINCE = (1, 3)
+DTEP_COLUMNS = ("n_E", "became_E")
+#: P -> R per hour before format 1.3
+OLD_RESISTANCE_PER_H = 5e-6
 MAJOR = 1
 
 SNAPSHOTS = "snapshots"
@@ -48,6 +56,7 @@ BASE_COLUMNS = {
     "n_S": "cells",
     "n_P": "cells",
     "n_R": "cells",
+    "n_E": "cells",
     "n_caf": "cells",
     "n_tam": "cells",
     "n_necrotic": "voxels",
@@ -66,6 +75,7 @@ BASE_COLUMNS = {
     "entered_P": "cells/step",
     "exited_P": "cells/step",
     "became_R": "cells/step",
+    "became_E": "cells/step",
     "tam_recruited": "cells/step",
     "tam_died": "cells/step",
     "mean_memory": "1",

@@ -31,19 +31,22 @@ SignallingConfig). One step, for every tumor cell, from the state at the start o
 this step's fields:
 1. necrosis (stream NECROSIS); a cell that does not become necrotic may be killed by drugs
    or die of basal turnover (one loss event, stream KILL): sensitive cells at
-   kill_S (1 - protection) + death, persisters at kill_S persister_tolerance + kill_P + death,
-   resistant cells at death; killed cells leave an empty voxel (apoptotic cells are cleared
-   within the step), which a neighbour may fill from the next step on. The counts killed,
-   killed_S and killed_P include turnover deaths.
-2. survivors change phenotype (stream TRANSITION): S -> P; P -> S or P -> R, competing (one draw
-   decides whether either happens, with 1 - exp(-(k_exit + k_res) dt), and which, in proportion to
-   the rates).
+   kill_S (1 - protection) + death, persisters (P and E) at kill_S persister_tolerance + kill_P
+   + death, resistant cells at death; killed cells leave an empty voxel (apoptotic cells are
+   cleared within the step), which a neighbour may fill from the next step on. The counts killed,
+   killed_S and killed_P (P and E) include turnover deaths.
+2. survivors change phenotype (stream TRANSITION): S -> P; P -> S, P -> E or P -> R; E -> S or
+   E -> R, competing (one draw decides whether any happens, with 1 - exp(-k_tot dt), k_tot the
+   sum of the cell's rates, and which, splitting [0, p_any) in proportion to the rates in the
+   order exit, expansion, resistance). E, the drug-tolerant expanded persister (DTEP), divides
+   at expanded_cycle_factor of the sensitive rate through division-blocking drugs; its
+   daughters are E.
 3. survivors divide (stream DIVIDE) at r_max f_O2 f_state f_signal, f_state by the phenotype at
    the start of the step; the daughter copies the mother's phenotype, memory and time in P after
    this step's transition and memory update.
 4. memory relaxes exactly over the step towards memory_gain E / (memory_gain E + memory_decay
-   (1 - E)); time in P grows by dt for cells that were and stay persisters, restarts at 0 on
-   entry into P and on reversion.
+   (1 - E)); time in P grows by dt for cells that were and stay persisters (P or E), restarts at
+   0 on entry into P and on reversion.
 """
 
 from __future__ import annotations
@@ -76,8 +79,9 @@ class RuleCounts:
     killed_S: int = 0
     killed_P: int = 0
     entered_P: int = 0  # S -> P
-    exited_P: int = 0  # P -> S
-    became_R: int = 0  # P -> R
+    exited_P: int = 0  # P or E -> S
+    became_R: int = 0  # P or E -> R
+    became_E: int = 0  # P -> E (a persister resumes cycling in drug: DTEP founders)
 
 
 def oxygen_factor(o2: np.ndarray, p: TumorConfig) -> np.ndarray:
@@ -150,9 +154,15 @@ class TumorRules:
         self.seed = seed
         self.dt = dt_min
         self.r_max = math.log(2.0) / (params.doubling_time_h * 60.0)  # 1/min
-        # division factor by tumor state (none, S, P, R)
+        # division factor by tumor state (none, S, P, R, E)
         self.state_factor = np.array(
-            [0.0, 1.0, params.persister_cycle_factor, 1.0 - params.resistance_cost]
+            [
+                0.0,
+                1.0,
+                params.persister_cycle_factor,
+                1.0 - params.resistance_cost,
+                params.expanded_cycle_factor,
+            ]
         )
         self.effects = Effects(drugs) if drugs else None
         self.n_drugs = len(drugs)
@@ -211,7 +221,8 @@ class TumorRules:
     def rates_per_min(self, ts, o2, memory, time_in_P, hgf, igf1, conc):
         """Every rate of the rules for cells with phenotype ``ts`` (1/min, float64 arrays).
 
-        Returns a dict: division, kill, entry (S -> P), exit (P -> S), resistance (P -> R), and
+        Returns a dict: division, kill, entry (S -> P), exit (P or E -> S), expansion (P -> E),
+        resistance (P or E -> R), and
         the targeted-drug effect E_target (for the memory). Terms that cannot matter (no drugs,
         no ligand fields, no persisters) are skipped as scalars: the values are the same."""
         p, tr = self.p, self.p.transitions
@@ -222,6 +233,8 @@ class TumorRules:
         sg = p.signalling
         f_signal = 1.0 + sg.hgf_growth_gain * a_met + sg.igf1_growth_gain * a_igf
         S, P = ts == codes.SENSITIVE, ts == codes.PERSISTER
+        # P or E: the drug-tolerant states, alike in kill, reversion slowing and resistance
+        tol = P | (ts == codes.EXPANDED)
         E = eff["target"]
         if self.effects is None:
             kill = np.zeros(n)
@@ -229,7 +242,7 @@ class TumorRules:
             kill = np.where(
                 S,
                 eff["kill_S"] * (1.0 - self.protection(a_met, a_igf)),
-                np.where(P, eff["kill_S"] * p.persister_tolerance + eff["kill_P"], 0.0),
+                np.where(tol, eff["kill_S"] * p.persister_tolerance + eff["kill_P"], 0.0),
             )
         if p.death_per_h > 0:
             # basal turnover competes with the drug kill as one loss event (stream KILL)
@@ -248,9 +261,9 @@ class TumorRules:
             )
         entry *= (1.0 - eff["block_entry"]) * S
         per_min = 1.0 / 60.0
-        # persister-only rates, on the persisters alone
-        exit_, res = np.zeros(n), np.zeros(n)
-        pi = np.flatnonzero(P)
+        # persister-only rates, on the persisters (P and E) alone
+        exit_, res, expand = np.zeros(n), np.zeros(n), np.zeros(n)
+        pi = np.flatnonzero(tol)
         if pi.size:
 
             def at(x):
@@ -258,14 +271,26 @@ class TumorRules:
 
             Ep = at(E)
             m_p = memory[pi].astype(np.float64)
+            is_P = P[pi]
+            k_exit = np.where(is_P, tr.exit_per_h, tr.expanded_exit_per_h)
             # exit_speedup (KDM5/HDAC inhibition) undoes the persister state even under the
             # targeted drug, where the cell, sensitive again, is then killed
             exit_[pi] = (
-                tr.exit_per_h
+                k_exit
                 * (1.0 - Ep + at(eff["exit_speedup"]))
                 / (1.0 + tr.memory_exit_slowing * m_p + tr.hypoxia_exit_slowing * h[pi])
             ) * per_min
-            ramp = np.minimum(1.0, time_in_P[pi].astype(np.float64) / (tr.mutability_ramp_h * 60.0))
+            tip = time_in_P[pi].astype(np.float64)
+            # a persister long in drug may resume cycling (DTEP), the later the likelier
+            expand[pi] = (
+                np.where(
+                    is_P,
+                    tr.expansion_per_h * Ep * np.minimum(1.0, tip / (tr.expansion_ramp_h * 60.0)),
+                    0.0,
+                )
+                * per_min
+            )
+            ramp = np.minimum(1.0, tip / (tr.mutability_ramp_h * 60.0))
             # stress-induced mutagenesis: raised under the targeted drug only, and more so the
             # longer the cell has been a persister (Russo et al. 2022)
             res[pi] = tr.resistance_per_h * (1.0 + tr.adaptive_mutability * ramp * Ep) * per_min
@@ -273,15 +298,16 @@ class TumorRules:
         if not (isinstance(f_signal, float) and f_signal == 1.0):
             division = division * f_signal
         if self.effects is not None:
-            # resistant cells divide through the drugs that stop the others
-            division = division * (
-                1.0 - np.where(ts == codes.RESISTANT, 0.0, eff["block_division"])
-            )
+            # resistant cells and expanded persisters divide through the drugs that stop the
+            # others
+            free = (ts == codes.RESISTANT) | (ts == codes.EXPANDED)
+            division = division * (1.0 - np.where(free, 0.0, eff["block_division"]))
         return dict(
             division=division,
             kill=kill * per_min,
             entry=entry * per_min,
             exit=exit_,
+            expansion=expand,
             resistance=res,
             target=np.broadcast_to(np.asarray(E, dtype=np.float64), (n,)),
         )
@@ -336,7 +362,7 @@ class TumorRules:
 
         dying = killed = np.empty(0, dtype=np.int64)
         sources = targets = pushers = np.empty(0, dtype=np.int64)
-        to_P = to_S = to_R = np.empty(0, dtype=np.int64)
+        to_P = to_S = to_R = to_E = np.empty(0, dtype=np.int64)
         if cells.size:
             o2 = oxygen[cells]
             low = o2 < self.p.necrosis_threshold_mmHg
@@ -370,13 +396,13 @@ class TumorRules:
                 die = rng.uniform_at(seed, step, rng.KILL, cand) < probability(r["kill"][hit], dt)
                 killed = cand[die]
                 out.killed_S = int((ts[hit][die] == codes.SENSITIVE).sum())
-                out.killed_P = int((ts[hit][die] == codes.PERSISTER).sum())
+                out.killed_P = int(np.isin(ts[hit][die], codes.TOLERANT_STATES).sum())
                 alive = np.ones(cells.size, dtype=bool)
                 alive[np.flatnonzero(hit)[die]] = False
                 cells, ts, o2 = cells[alive], ts[alive], o2[alive]
                 r = {k: v[alive] for k, v in r.items()}
-            # phenotype transitions: S -> P; P -> S or R (competing)
-            k_tot = r["entry"] + r["exit"] + r["resistance"]
+            # phenotype transitions: S -> P; P -> S, E or R; E -> S or R (competing)
+            k_tot = r["entry"] + r["exit"] + r["expansion"] + r["resistance"]
             moving = k_tot > 0
             if moving.any():
                 cand = cells[moving]
@@ -386,10 +412,13 @@ class TumorRules:
                 fire = u < p_any
                 # which transition: split [0, p_any) in proportion to the rates
                 is_S = ts[moving] == codes.SENSITIVE
-                go_S = ~is_S & (u < p_any * r["exit"][moving] / kt)
+                ex = r["exit"][moving]
+                go_S = ~is_S & (u < p_any * ex / kt)
+                go_E = ~is_S & ~go_S & (u < p_any * (ex + r["expansion"][moving]) / kt)
                 to_P = cand[fire & is_S]
                 to_S = cand[fire & go_S]
-                to_R = cand[fire & ~is_S & ~go_S]
+                to_E = cand[fire & go_E]
+                to_R = cand[fire & ~is_S & ~go_S & ~go_E]
             rate = r["division"]
             grow = rate > 0
             cand = cells[grow]
@@ -403,7 +432,7 @@ class TumorRules:
                     memory[held] = self.relax_memory(memory[held].astype(np.float64), 0.0)
             else:
                 memory[cells] = self.relax_memory(memory[cells].astype(np.float64), r["target"])
-            stay_P = cells[ts == codes.PERSISTER]
+            stay_P = cells[(ts == codes.PERSISTER) | (ts == codes.EXPANDED)]
             time_in_P[stay_P] += np.float32(dt)
         if sources.size:
             nbr, inside = self.grid.neighbours(sources)
@@ -430,6 +459,7 @@ class TumorRules:
         tumor_state[to_S] = codes.SENSITIVE
         time_in_P[to_S] = 0
         tumor_state[to_R] = codes.RESISTANT
+        tumor_state[to_E] = codes.EXPANDED
         kind[targets] = codes.TUMOR
         tumor_state[targets] = tumor_state[sources]
         memory[targets] = memory[sources]
@@ -441,6 +471,7 @@ class TumorRules:
         out.entered_P = int(to_P.size)
         out.exited_P = int(to_S.size)
         out.became_R = int(to_R.size)
+        out.became_E = int(to_E.size)
         if self.pushing.on and pushers.size:
             # blocked mothers push on the lattice these changes left (tmesim.steps.mechanics)
             pc, mothers, daughters = self.pushing.apply(

@@ -24,9 +24,15 @@ TUMOR_STATE_COLORS = {
     "S": "#56b4e9",  # sky blue: sensitive
     "P": "#f0e442",  # yellow: drug-tolerant persister
     "R": "#e7298a",  # magenta: resistant
+    "E": "#d55e00",  # vermillion: expanded persister (DTEP), cycling in drug
 }
 
-TUMOR_STATE_LABELS = {"S": "sensitive", "P": "persister", "R": "resistant"}
+TUMOR_STATE_LABELS = {
+    "S": "sensitive",
+    "P": "persister",
+    "R": "resistant",
+    "E": "expanded persister",
+}
 
 # for codes a future schema adds
 EXTRA_COLORS = ("#17becf", "#bcbd22", "#8c564b", "#ff7f0e", "#1f77b4", "#2ca02c")

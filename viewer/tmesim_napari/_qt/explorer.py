@@ -35,6 +35,7 @@ COUNT_COLUMNS = {  # column -> (label, colour); colours match the label layers
     "n_S": ("S (sensitive)", _style.TUMOR_STATE_COLORS["S"]),
     "n_P": ("P (persister)", _style.TUMOR_STATE_COLORS["P"]),
     "n_R": ("R (resistant)", _style.TUMOR_STATE_COLORS["R"]),
+    "n_E": ("E (expanded persister)", _style.TUMOR_STATE_COLORS["E"]),
     "n_caf": ("CAF", _style.KIND_COLORS["caf"]),
     "n_tam": ("TAM", _style.KIND_COLORS["tam"]),
 }
