@@ -5,7 +5,8 @@
  * Tumor states (tmesim/codes.py): S sensitive, P drug-tolerant persister, R resistant, E the
  * drug-tolerant expanded persister (DTEP): killed as P, reverts to S (at its own exit rate) or
  * becomes R as P does, divides at its own state factor through division-blocking drugs (as R);
- * P -> E at expansion E_target min(1, time_in_P / ramp). time_in_P counts P and E alike.
+ * P -> E at expansion E_target clip((time_in_P - delay) / ramp, 0, 1). time_in_P counts P and E
+ * alike.
  *
  * A step is three launches over all sites, each reading the state at the start of the step:
  *   tm_tumor_decide  every cell and necrotic voxel takes its decisions from (seed, step, site,
@@ -124,7 +125,8 @@
 #define TM_TP_EXPANSION_PER_H 40          /* P -> E at full targeted-drug effect (1/h) */
 #define TM_TP_EXPANSION_RAMP_MIN 41       /* expansion_ramp_h * 60.0 (host) */
 #define TM_TP_EXPANDED_EXIT_PER_H 42      /* E -> S off drug without memory (1/h) */
-#define TM_N_TUMOR_PARAMS 43
+#define TM_TP_EXPANSION_DELAY_MIN 43      /* expansion_delay_h * 60.0 (host) */
+#define TM_N_TUMOR_PARAMS 44
 
 /* state_table rows: one factor per tumor state (none, S, P, R, E). */
 #define TM_TS_DIVISION 0                  /* f_state of the division rate */
@@ -364,9 +366,10 @@ TM_KERNEL void tm_tumor_decide(long long n_sites, int nz, int ny, int nx,
                     exit_ = __ddiv_rn(num, den);
                     const double tip = (double)time_in_P[s];
                     if (is_P) {
-                        /* (expansion E) min(1, tip / ramp), numpy's order */
-                        double ramp_e = __ddiv_rn(tip, params[TM_TP_EXPANSION_RAMP_MIN]);
-                        ramp_e = ramp_e >= 1.0 ? 1.0 : ramp_e;   /* np.minimum(1.0, ramp) */
+                        /* (expansion E) clip((tip - delay) / ramp, 0, 1), numpy's order */
+                        const double ramp_e = tm_clip01d(
+                            __ddiv_rn(__dadd_rn(tip, -params[TM_TP_EXPANSION_DELAY_MIN]),
+                                      params[TM_TP_EXPANSION_RAMP_MIN]));
                         expand = __dmul_rn(__dmul_rn(params[TM_TP_EXPANSION_PER_H], E), ramp_e);
                     }
                     double ramp = __ddiv_rn(tip, params[TM_TP_MUTABILITY_RAMP_MIN]);

@@ -140,7 +140,8 @@ def tumor_sentences(sc) -> list[str]:
     if tr.expansion_per_h > 0:
         out.append(
             f"P -> E (expanded persisters, DTEPs) at up to {_g(tr.expansion_per_h)} /h x drug "
-            f"effect, reached after {_g(tr.expansion_ramp_h)} h as a persister; E cells divide "
+            f"effect, none in a persister's first {_g(tr.expansion_delay_h)} h, then rising to "
+            f"the full rate over {_g(tr.expansion_ramp_h)} h; E cells divide "
             f"at {_g(100 * t.expanded_cycle_factor)} % of the sensitive rate through "
             f"division-blocking drugs, are as tolerant as P, and revert (E -> S) at "
             f"{_g(tr.expanded_exit_per_h)} /h off drug."

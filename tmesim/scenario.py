@@ -215,7 +215,7 @@ class TransitionConfig:
     P -> S at  exit (1 - E_target + F_speedup) / (1 + memory_exit_slowing m
                                                    + hypoxia_exit_slowing h)
                with F_speedup the summed fold x E of exit_speedup drugs
-    P -> E at  expansion E_target min(1, time_in_P / expansion_ramp_h)
+    P -> E at  expansion E_target clip((time_in_P - expansion_delay_h) / expansion_ramp_h, 0, 1)
     E -> S at  expanded_exit (1 - E_target + F_speedup) / (the same slowing as P -> S)
     P -> R and E -> R at  resistance (1 + adaptive_mutability min(1, time_in_P / mutability_ramp_h)
                E_target)
@@ -256,26 +256,33 @@ class TransitionConfig:
         lo=0,
     )
     expansion_per_h: float = param(
-        5e-4,
+        7.5e-4,
         "1/h",
         "P -> E (the persister resumes cycling in drug) at full targeted-drug effect, once "
-        "expansion_ramp_h in P [calibrated: about 20 % of 9-day persisters found expanding "
-        "colonies by day 30-40, Sharma]",
+        "expansion_delay_h + expansion_ramp_h in P [calibrated: about 20 % of the persisters "
+        "of day 10 found expanding colonies by day 31 of continuous erlotinib, Sharma]",
+        lo=0,
+    )
+    expansion_delay_h: float = param(
+        168.0,
+        "h",
+        "no P -> E in a persister's first week: the DTPs of 9 days are not proliferating "
+        "[Sharma] [chosen]",
         lo=0,
     )
     expansion_ramp_h: float = param(
         336.0,
         "h",
-        "time in P over which P -> E rises to its full rate (DTEP colonies appear after weeks "
-        "in drug [Sharma; Ramirez]) [chosen]",
+        "time in P, after the delay, over which P -> E rises to its full rate (DTEP colonies "
+        "appear after weeks in drug [Sharma; Ramirez]) [chosen]",
         lo=0,
         lo_open=True,
     )
     expanded_exit_per_h: float = param(
-        0.0025,
+        0.005,
         "1/h",
-        "E -> S off drug without memory (mean about 17 days: DTEPs re-sensitise more slowly "
-        "than DTPs [Sharma]) [chosen]",
+        "E -> S off drug without memory (mean about 8 days, twice the DTPs': DTEPs "
+        "re-sensitise off drug, more slowly than DTPs [Sharma]) [chosen]",
         lo=0,
     )
     resistance_per_h: float = param(

@@ -52,6 +52,7 @@ def transitions(**kw):
         entry_induced_per_h=0.0,
         exit_per_h=0.0,
         expansion_per_h=0.0,
+        expansion_delay_h=0.0,
         expanded_exit_per_h=0.0,
         resistance_per_h=0.0,
         memory_gain_per_h=0.0,
@@ -383,26 +384,29 @@ def test_competing_exit_and_resistance_split_in_proportion(with_drug):
 
 
 # ---------------------------------------------------------------------------------- P -> E
-@pytest.mark.parametrize("ramp_h,tip0_min", [(2.0, 180.0), (10.0, 0.0)])
-def test_expansion_rate_ramp_and_only_under_drug(ramp_h, tip0_min):
-    """P -> E (a persister resumes cycling: DTEP) at k_E E_target min(1, time_in_P / ramp), with
-    k_E = 0.3 /h; groups without drug (E = 0: no expansion at all) and with the targeted drug at
-    E = 0.75. time_in_P starts beyond the ramp (constant rate) or at 0 with a 10 h ramp, rising
-    by dt per step (survival in P exp(-dt sum_j k_j)). Exit and resistance off. Binomial bound;
-    the count became_E equals the E cells, and E cells keep counting their time in P."""
+@pytest.mark.parametrize(
+    "delay_h,ramp_h,tip0_min", [(0.0, 2.0, 180.0), (0.0, 10.0, 0.0), (0.5, 1.0, 0.0)]
+)
+def test_expansion_rate_ramp_and_only_under_drug(delay_h, ramp_h, tip0_min):
+    """P -> E (a persister resumes cycling: DTEP) at k_E E_target clip((time_in_P - delay) /
+    ramp, 0, 1), with k_E = 0.3 /h; groups without drug (E = 0: no expansion at all) and with
+    the targeted drug at E = 0.75. time_in_P starts beyond the ramp (constant rate), or at 0 with
+    a 10 h ramp, or at 0 with a 30 min delay (no expansion in the first 5 steps) and a 1 h ramp,
+    rising by dt per step (survival in P exp(-dt sum_j k_j)). Exit and resistance off. Binomial
+    bound; the count became_E equals the E cells, and E cells keep counting their time in P."""
     shape = (200, 100)
     n = shape[0] * shape[1]
     kind, ts = full_lattice(shape, np.full(n, P))
     g = groups(n, 2)
     conc = np.where(g == 1, 3.0, 0.0)[None, :]
-    tr = transitions(expansion_per_h=0.3, expansion_ramp_h=ramp_h)
+    tr = transitions(expansion_per_h=0.3, expansion_ramp_h=ramp_h, expansion_delay_h=delay_h)
     rules = TumorRules(still_tumor(tr), Grid(shape, 20.0), seed=135, dt_min=DT, drugs=(tki(),))
     tip = np.full(n, tip0_min, np.float32)
     steps = 20
     tot = run(rules, kind, ts, np.full(n, 38.0, np.float32), steps, time_in_P=tip, drug_conc=conc)
     assert (ts[g == 0] == DTEP).sum() == 0
     t_j = tip0_min + DT * np.arange(steps)
-    k = 0.3 * 0.75 * np.minimum(1.0, t_j / (ramp_h * 60))
+    k = 0.3 * 0.75 * np.clip((t_j - delay_h * 60) / (ramp_h * 60), 0.0, 1.0)
     assert_binomial((ts[g == 1] == DTEP).sum(), (g == 1).sum(), -math.expm1(-np.sum(k) * DT / 60))
     assert tot["became_E"] == (ts == DTEP).sum() and tot["exited_P"] == tot["became_R"] == 0
     assert np.all(tip == tip0_min + steps * DT)

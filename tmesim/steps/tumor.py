@@ -281,15 +281,12 @@ class TumorRules:
                 / (1.0 + tr.memory_exit_slowing * m_p + tr.hypoxia_exit_slowing * h[pi])
             ) * per_min
             tip = time_in_P[pi].astype(np.float64)
-            # a persister long in drug may resume cycling (DTEP), the later the likelier
-            expand[pi] = (
-                np.where(
-                    is_P,
-                    tr.expansion_per_h * Ep * np.minimum(1.0, tip / (tr.expansion_ramp_h * 60.0)),
-                    0.0,
-                )
-                * per_min
+            # a persister long in drug may resume cycling (DTEP): not in its first
+            # expansion_delay_h as a persister, then the later the likelier
+            onset = np.clip(
+                (tip - tr.expansion_delay_h * 60.0) / (tr.expansion_ramp_h * 60.0), 0.0, 1.0
             )
+            expand[pi] = np.where(is_P, tr.expansion_per_h * Ep * onset, 0.0) * per_min
             ramp = np.minimum(1.0, tip / (tr.mutability_ramp_h * 60.0))
             # stress-induced mutagenesis: raised under the targeted drug only, and more so the
             # longer the cell has been a persister (Russo et al. 2022)

@@ -88,6 +88,7 @@ def tumor_param_values(params, dt_min: float, ref: TumorRules) -> dict[str, floa
         "EXPANDED_EXIT_PER_H": tr.expanded_exit_per_h,
         "EXPANSION_PER_H": tr.expansion_per_h,
         "EXPANSION_RAMP_MIN": tr.expansion_ramp_h * 60.0,
+        "EXPANSION_DELAY_MIN": tr.expansion_delay_h * 60.0,
         "MEMORY_EXIT_SLOWING": tr.memory_exit_slowing,
         "HYPOXIA_EXIT_SLOWING": tr.hypoxia_exit_slowing,
         "RESISTANCE_PER_H": tr.resistance_per_h,
