@@ -431,4 +431,4 @@ def test_a_file_from_before_expanded_persisters_resumes_as_it_ran(tiny, tmp_path
         f.attrs["scenario"] = text
         f.attrs["format_version"] = schema.FORMAT_VERSION
     tr = tmesim.simulation.stored_scenario(out).tumor.transitions
-    assert tr.expansion_per_h == 5e-4 and tr.resistance_per_h == 1e-7
+    assert tr.expansion_per_h == 7.5e-4 and tr.resistance_per_h == 1e-7
