@@ -3,15 +3,18 @@
 Each experiment runs one or more arms (a scenario under scenarios/validation/ with overrides) and
 prints, for each quantity, what the literature reports beside what tmesim produced, then whether
 the behaviour holds by a stated criterion. ``tmesim validate-model`` runs them all (about
-10 minutes on 2 CPU cores); ``--quick`` runs smaller dishes (about a quarter of the cells, for CI)
-and a smaller spheroid, whose criteria are the same but whose figures are noisier. The growth
+40 minutes on 2 CPU cores); ``--quick`` runs smaller dishes (about a quarter of the cells, for CI)
+and fewer seeds, whose criteria are the same but whose figures are noisier. The growth
 experiments (spheroid, colony) run each scenario with the default push reach and with none, and
-show both; only the default is judged.
+show both; only the default is judged. The persister experiments of Sharma et al. run over
+several seeds (Experiment.seeds) and report the spread; each seed must hold.
 
 Calibration: the persister rates of tmesim.scenario.TransitionConfig (basal and induced entry)
 and the EGFR TKI's kill rate were chosen so that ``biphasic`` reproduces Sharma et al.'s 0.3 %
-survivors of 9 days of erlotinib; the other experiments use the same defaults unchanged (apart
-from what each scenario file states, e.g. the accelerated P -> R rate of resistance_exposure).
+survivors of 9 days of erlotinib, and the P -> E rate so that ``dtep`` gives Sharma's 20 % of
+persisters founding DTEP colonies by about 30 days; the other experiments use the same defaults
+unchanged (apart from what each scenario file states, e.g. the accelerated P -> R rate of
+resistance_exposure).
 """
 
 from __future__ import annotations
