@@ -41,24 +41,23 @@ Units: lengths in um; distances in tenths of a voxel edge.
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 
 from .. import codes
+from .mechanics import STEP_WEIGHTS, UNIT, reach_units
 
 #: pin code of a held medium voxel (kernels/fields.cu TM_PIN_BATH; no occupant kind uses it)
 BATH = 255
-#: chamfer length of one step across one, two and three axes (tenths of a voxel edge)
-UNIT, W2, W3 = 10, 14, 17
 #: distance of a voxel farther than the cap from every occupied voxel (uint16)
 INF = 0xFFFF
 
 
 def layer_units(boundary_layer_um: float, dx_um: float) -> int:
     """The unstirred layer in distance units (tenths of a voxel edge), rounded to the nearest
-    (halves up): a held voxel is farther than this from every occupied voxel."""
-    return int(math.floor(10.0 * boundary_layer_um / dx_um + 0.5))
+    (halves up): a held voxel is farther than this from every occupied voxel. The same
+    rounding as the push reach (mechanics.reach_units)."""
+    return reach_units(boundary_layer_um, dx_um)
 
 
 def n_passes(cap: int) -> int:
@@ -69,10 +68,9 @@ def n_passes(cap: int) -> int:
 
 def moore(ndim: int) -> list[tuple[tuple[int, ...], int]]:
     """Every neighbour offset of the full Moore neighbourhood (8 in 2D, 26 in 3D) with its
-    chamfer weight (10, 14, 17 for a step across 1, 2, 3 axes)."""
-    weights = {1: UNIT, 2: W2, 3: W3}
+    chamfer weight (mechanics.STEP_WEIGHTS: 10, 14, 17 for a step across 1, 2, 3 axes)."""
     return [
-        (off, weights[sum(1 for o in off if o)])
+        (off, STEP_WEIGHTS[sum(1 for o in off if o) - 1])
         for off in itertools.product((-1, 0, 1), repeat=ndim)
         if any(off)
     ]
