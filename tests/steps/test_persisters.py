@@ -496,7 +496,7 @@ def test_expanded_persisters_revert_or_become_resistant(with_drug):
     assert_binomial(nE, n, stay, "E")
     assert_binomial(nS, n, (1 - stay) * kS / (kS + kR), "S")
     assert tot["exited_P"] == nS and tot["became_R"] == nR and tot["became_E"] == 0
-    assert np.all(tip[ts == DTEP] == 120.0 + steps * DT)
+    assert np.all(tip[ts == DTEP] == 120.0 + steps * DT) and np.all(tip[ts == S] == 0.0)
 
 
 def test_expanded_daughters_are_expanded_and_grow_under_drug():
