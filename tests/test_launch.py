@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,85 @@ def test_kernels_ship_with_the_package():
     for f in (root / "kernels").iterdir():
         if f.suffix in (".cu", ".cuh", ".h"):
             assert any(fnmatch.fnmatch(f.name, p) for p in patterns), f.name
+
+
+# ------------------------------------------------------------------------------- planted library
+_PLANTED = r"""
+#include <cstdio>
+#include <cstdlib>
+extern "C" __attribute__((constructor)) void planted() {
+    const char *p = std::getenv("TM_PLANTED_MARKER");
+    if (p) { FILE *f = std::fopen(p, "w"); if (f) { std::fputs("ran", f); std::fclose(f); } }
+}
+"""
+
+
+def _plant(folder: Path, tmp_path: Path, cxx: str) -> None:
+    """A library at the exact name the portable build would load from ``folder``; loading it
+    writes the marker file (what a real attacker's library would do instead is worse)."""
+    src = tmp_path / "planted.cpp"
+    src.write_text(_PLANTED)
+    folder.mkdir(parents=True, exist_ok=True)
+    lib = folder / launch.portable_library_name(cxx)
+    subprocess.run([cxx, "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
+
+
+def _load_in_child(tmp_path: Path, cache: Path, tmp: Path):
+    """``PortableLauncher()`` in a fresh process whose cache and temporary folders are given."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), TMPDIR=str(tmp))
+    env["TM_PLANTED_MARKER"] = str(tmp_path / "marker")
+    code = "from tmesim.launch import PortableLauncher; PortableLauncher()"
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize("how", ["private", "other_owner", "open_to_all"])
+def test_a_library_planted_by_another_user_is_never_loaded(tmp_path, how):
+    """A library planted where the portable build looks, under the name anyone can compute, runs
+    only from a folder private to this user ("private", the control showing the planted library
+    would run if found). Another user's folder, or one that others can write to, is passed over
+    for every candidate (here both are the attacker's), so the build refuses and loads nothing."""
+    cxx = launch.find_cxx()
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    cache, tmp = tmp_path / "cache", tmp_path / "tmp"
+    tmp.mkdir()
+    folders = [cache / "tmesim" / "portable", tmp / f"tmesim-portable-{os.getuid()}"]
+    for folder in folders:
+        _plant(folder, tmp_path, cxx)
+        if how == "private":
+            folder.chmod(0o700)
+        elif how == "open_to_all":
+            folder.chmod(0o777)
+        else:
+            if os.getuid() != 0:
+                pytest.skip("making a folder another user's needs root")
+            os.chown(folder, 12345, 12345)
+            folder.chmod(0o755)
+    r = _load_in_child(tmp_path, cache, tmp)
+    ran = (tmp_path / "marker").exists()
+    if how == "private":
+        assert r.returncode == 0 and ran, r.stderr
+    else:
+        assert not ran, "the planted library was loaded"
+        assert r.returncode != 0 and "no private folder for the portable kernel build" in r.stderr
+
+
+def test_a_library_file_writable_by_others_is_rebuilt_not_loaded(tmp_path):
+    """In this user's private folder, a cached library that others may write to (or that is a
+    symbolic link) is not trusted: the build replaces it with a fresh one."""
+    cxx = launch.find_cxx()
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    folder = tmp_path / "cache" / "tmesim" / "portable"
+    _plant(folder, tmp_path, cxx)
+    folder.chmod(0o700)
+    lib = folder / launch.portable_library_name(cxx)
+    lib.chmod(0o666)
+    assert launch._private_file_problem(lib) == "mode 0666, writable by others"
+    link = tmp_path / "link.so"
+    link.symlink_to(lib)
+    assert launch._private_file_problem(link) == "not a plain file"
+    lib.chmod(0o755)
+    assert launch._private_file_problem(lib) is None

@@ -219,6 +219,21 @@ def _private_dir_problem(path: Path) -> str | None:
     return None
 
 
+def _private_file_problem(path: Path) -> str | None:
+    """Why the file ``path`` may not be loaded as this user's own build (None: it may): not a
+    plain file (a symbolic link, say), another user's, or writable by others. A file that fails
+    is rebuilt and replaced, never loaded."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a plain file"
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    if uid is not None and st.st_uid != uid:
+        return f"owned by uid {st.st_uid}"
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        return f"mode {stat.S_IMODE(st.st_mode):04o}, writable by others"
+    return None
+
+
 def portable_cache_dir() -> Path:
     """The per-user folder of portable builds, created with mode 0700 and checked to be this
     user's and closed to others (a library found there is loaded and run, so nobody else may be
@@ -256,6 +271,22 @@ def portable_cache_dir() -> Path:
     )
 
 
+def portable_library_name(cxx: str) -> str:
+    """The file name of the portable library: a hash of the kernel sources, the compiler (its
+    path and ``--version``) and the flags, so a changed source or compiler never loads a stale
+    build. Anyone can compute it, which is why the folder it lives in must be private."""
+    d = find_kernel_dir()
+    files = sorted(p for p in d.iterdir() if p.suffix in (".cu", ".cuh", ".h"))
+    h = hashlib.sha256()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    for part in (cxx, version, " ".join(PORTABLE_FLAGS)):
+        h.update(part.encode())
+    for p in files:
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return f"libtmesim_kernels-{h.hexdigest()[:16]}.so"
+
+
 def build_portable(build_dir: str | os.PathLike | None = None, cxx: str | None = None) -> Path:
     """Compile every kernel as plain C++ (through ``kernels/portable.h``) into a shared library.
 
@@ -272,21 +303,13 @@ def build_portable(build_dir: str | os.PathLike | None = None, cxx: str | None =
             "no C++ compiler found for the portable kernel build (set $CXX, or install g++)"
         )
     d = find_kernel_dir()
-    files = sorted(p for p in d.iterdir() if p.suffix in (".cu", ".cuh", ".h"))
-    h = hashlib.sha256()
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    for part in (cxx, version, " ".join(PORTABLE_FLAGS)):
-        h.update(part.encode())
-    for p in files:
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
     if build_dir:
         out_dir = Path(build_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
     else:
         out_dir = portable_cache_dir()
-    lib = out_dir / f"libtmesim_kernels-{h.hexdigest()[:16]}.so"
-    if lib.exists():
+    lib = out_dir / portable_library_name(cxx)
+    if lib.exists() and _private_file_problem(lib) is None:
         return lib
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         unit = Path(tmp) / "all_kernels.cpp"
