@@ -14,14 +14,15 @@ What is measured (benchmarks/README.md has the details):
 * copy bandwidth: ``dst[...] = src`` of a large float32 array (1 GiB on a GPU), best of N, timed
   with CUDA events, counting bytes read plus bytes written. The reference of "% of copy BW";
 * per part (field solver ADI, field solver LOD, tumor rules, tumor rules + push) and size (2D
-  4096^2, 3D 128^3, 256^3, 512^3): the time of one agent step (median of the repeats after a
-  warm-up step), the bytes that step moves (:func:`launch_bytes`, summed over the launches of one
-  step), and from them GB/s and the fraction of the copy bandwidth. "tumor rules + push" is the
-  same step with the push rule on (``[tumor.mechanics]`` push_reach_um = :data:`PUSH_REACH_UM`;
-  off in the bench scenario): the tumor launches plus the distance passes (in place in one
-  uint16 buffer) and the claim, apply and finish launches of kernels/mechanics.cu;
+  4096^2, 3D 128^3, 256^3, 512^3), over ``--repeats`` timed agent steps after ``--warm`` model
+  steps: per step the mean time, the launches and the bytes those very steps moved (every
+  launch of a timed step recorded, :func:`launch_bytes` summed over them), and from them GB/s
+  (their bytes over their time) and the fraction of the copy bandwidth. "tumor rules" is the
+  step with the push rule off (push_reach_um = 0: contact inhibition, 3 launches), "tumor rules +
+  push" with it on (:data:`PUSH_REACH_UM`): the tumor launches plus the distance passes (in place
+  in one uint16 buffer) and the claim, apply and finish launches of kernels/mechanics.cu;
 * a whole run of ``scenarios/bench_3d_256.toml`` (256^3, five fields, 14 days) with
-  ``Simulation.run``: wall time (snapshots included) and time per agent step.
+  ``Simulation.run``: wall time (snapshots included), time and kernel launches per agent step.
 
 The workload of the per-part rows is the bench scenario's own: its initial state at that grid
 size (tumor sphere/disk scaled to the grid, vessels, CAFs, TAMs, five fields), fields and rules
@@ -32,6 +33,7 @@ run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -61,6 +63,7 @@ PUSH_REACH_UM = 60.0
 COLUMNS = (
     "part",
     "grid",
+    "steps",
     "time/step (ms)",
     "launches/step",
     "bytes/step (MB)",
@@ -144,29 +147,68 @@ def launch_bytes(name: str, args, signatures) -> int:
 
 
 class CountingLauncher:
-    """Wraps a launcher; while :attr:`counting`, records every launch's name and bytes."""
+    """Wraps a launcher: counts every launch (:attr:`total`, since it was made) and, inside
+    :meth:`record`, keeps each launch's name and arguments, whose bytes :meth:`tally` counts
+    afterwards (so that a timed call pays one list append per launch, not the byte count)."""
 
     def __init__(self, inner):
         self.inner = inner
         self.xp = inner.xp
         self.signatures = kernel_signatures()
-        self.counting = False
-        self.launches: list[tuple[str, int]] = []
+        self.total = 0
+        self.recording = False
+        self.calls: list[tuple[str, tuple]] = []
 
     def __call__(self, name, n_work, *args):
-        if self.counting:
-            self.launches.append((name, launch_bytes(name, args, self.signatures)))
+        self.total += 1
+        if self.recording:
+            self.calls.append((name, args))
         return self.inner(name, n_work, *args)
+
+    @contextlib.contextmanager
+    def record(self):
+        """Record the launches made inside the block (forgetting earlier ones)."""
+        self.calls = []
+        self.recording = True
+        try:
+            yield self
+        finally:
+            self.recording = False
+
+    def tally(self) -> tuple[int, int]:
+        """(launches, bytes) of the launches recorded by the last :meth:`record` block; then lets
+        go of their arguments."""
+        n = len(self.calls)
+        nbytes = sum(launch_bytes(name, args, self.signatures) for name, args in self.calls)
+        self.calls = []
+        return n, nbytes
 
     def count(self, fn):
         """Run fn() once, returning (launches, bytes) of that call."""
-        self.launches = []
-        self.counting = True
-        try:
+        with self.record():
             fn()
-        finally:
-            self.counting = False
-        return len(self.launches), sum(b for _, b in self.launches)
+        return self.tally()
+
+
+class CountingBackend:
+    """A backend whose kernels launch through ``counter``, everything else being ``inner``'s:
+    every step object of a Model or Simulation built on it (field solver, tumor rules and their
+    push rule, stroma rules) launches through the counter."""
+
+    def __init__(self, inner, counter: CountingLauncher):
+        self.inner = inner
+        self.counter = counter
+
+    def launcher(self):
+        return self.counter
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def counting_backend(backend) -> CountingBackend:
+    """``backend`` with a fresh :class:`CountingLauncher` around its launcher."""
+    return CountingBackend(backend, CountingLauncher(backend.launcher()))
 
 
 # ------------------------------------------------------------------------------- timing
@@ -203,6 +245,17 @@ def copy_bandwidth(backend, nbytes: int, repeats: int) -> float:
     return 2 * nbytes / best
 
 
+def timed_steps(clock: Clock, counter: CountingLauncher, fn, repeats: int) -> list[tuple]:
+    """Call fn() ``repeats`` times, each timed by ``clock`` with its launches recorded: per call
+    (seconds, launches, bytes), the counts being those of the very call that was timed."""
+    out = []
+    for _ in range(repeats):
+        with counter.record():
+            seconds = clock(fn)
+        out.append((seconds, *counter.tally()))
+    return out
+
+
 # ------------------------------------------------------------------------------- workloads
 def bench_scenario(shape, radius_vox, *extra):
     import tmesim
@@ -219,7 +272,7 @@ def bench_scenario(shape, radius_vox, *extra):
 
 def measure_parts(backend, shape, radius_vox, repeats: int, warm: int, log) -> list[dict]:
     """Rows for the field solver (adi, lod) and the tumor rules (without and with the push rule)
-    at one grid size."""
+    at one grid size; each row's time, launches and bytes from the same ``repeats`` steps."""
     from tmesim.simulation import Model
 
     rows = []
@@ -227,38 +280,29 @@ def measure_parts(backend, shape, radius_vox, repeats: int, warm: int, log) -> l
     clock = Clock(backend)
     for method in ("adi", "lod"):
         sc = bench_scenario(shape, radius_vox, f"solver.method={method}")
-        m = Model(sc, backend)
-        counter = CountingLauncher(m.classes.launcher)
-        # every step class holds its launcher as .L: route them through the counter (the field
-        # solver behind the wrapper that skips well-mixed drug fields)
-        for obj in (m.field_solver.inner, m.tumor_rules, m.stroma_rules):
-            obj.L = counter
+        counting = counting_backend(backend)
+        counter = counting.counter
+        m = Model(sc, counting)
         log(f"  {grid_name} {method}: {warm} warm-up steps")
         for _ in range(warm):
             m.step()
         st, fs = m.state, m.field_solver
+        sweeps: list[int] = []
 
         # the closures are timed within this iteration; the defaults bind its model
-        def fields_step(fs=fs, st=st):
+        def fields_step(fs=fs, st=st, sweeps=sweeps):
             fs.step(st.fields, st.kind, st.tumor_state)
+            sweeps.append(fs.last_sweeps)
 
-        n_l, nbytes = counter.count(fields_step)
-        times = [clock(fields_step) for _ in range(repeats)]
-        rows.append(
-            _row(
-                f"field solver {method} ({fs.last_sweeps} sweeps)",
-                grid_name,
-                statistics.median(times),
-                n_l,
-                nbytes,
-            )
-        )
+        steps = timed_steps(clock, counter, fields_step, repeats)
+        lo, hi = min(sweeps), max(sweeps)
+        label = f"field solver {method} ({lo}{'' if lo == hi else f'-{hi}'} sweeps)"
+        rows.append(_row(label, grid_name, steps))
         if method == "adi":
-            tr = m.tumor_rules
             drugs = m.therapy.tissue_levels(st) if sc.drugs else None
             step = [st.step]
 
-            def rules_step(tr=tr, st=st, m=m, drugs=drugs, step=step):
+            def rules_step(tr, st=st, m=m, drugs=drugs, step=step):
                 tr.apply(
                     st.kind,
                     st.tumor_state,
@@ -272,40 +316,48 @@ def measure_parts(backend, shape, radius_vox, repeats: int, warm: int, log) -> l
                 )
                 step[0] += 1
 
-            n_l, nbytes = counter.count(rules_step)
-            times = [clock(rules_step) for _ in range(repeats)]
-            rows.append(_row("tumor rules", grid_name, statistics.median(times), n_l, nbytes))
-            # the same step with the push rule on, by rules of the model's class built with it
-            mech = dataclasses.replace(sc.tumor.mechanics, push_reach_um=PUSH_REACH_UM)
-            pushing = type(tr)(
-                dataclasses.replace(sc.tumor, mechanics=mech),
-                m.grid,
-                sc.run.seed,
-                sc.run.dt_min,
-                sc.drugs,
-                launcher=counter,
-            )
-            push_step = functools.partial(rules_step, tr=pushing)
-            n_l, nbytes = counter.count(push_step)
-            times = [clock(push_step) for _ in range(repeats)]
-            label = f"tumor rules + push ({PUSH_REACH_UM:g} um, {pushing.pushing.passes} passes)"
-            rows.append(_row(label, grid_name, statistics.median(times), n_l, nbytes))
+            # rules of the model's class built with the push rule off (0 um: contact
+            # inhibition), then on, whatever the scenario says, on the model's lattice
+            for reach in (0.0, PUSH_REACH_UM):
+                mech = dataclasses.replace(sc.tumor.mechanics, push_reach_um=reach)
+                rules = type(m.tumor_rules)(
+                    dataclasses.replace(sc.tumor, mechanics=mech),
+                    m.grid,
+                    sc.run.seed,
+                    sc.run.dt_min,
+                    sc.drugs,
+                    launcher=counter,
+                )
+                label = "tumor rules"
+                if reach:
+                    label += f" + push ({reach:g} um, {rules.pushing.passes} passes)"
+                steps = timed_steps(clock, counter, functools.partial(rules_step, rules), repeats)
+                rows.append(_row(label, grid_name, steps))
     return rows
 
 
-def _row(part, grid, seconds, launches, nbytes) -> dict:
+def _row(part, grid, steps: list[tuple]) -> dict:
+    """A table row from timed steps [(seconds, launches, bytes)]: per step the mean time,
+    launches and bytes of those steps, and their bytes over their time."""
+    k = len(steps)
+    seconds = sum(s[0] for s in steps)
+    launches = sum(s[1] for s in steps)
+    nbytes = sum(s[2] for s in steps)
     return {
         "part": part,
         "grid": grid,
-        "seconds": seconds,
-        "launches": launches,
-        "bytes": nbytes,
+        "steps": k,
+        "seconds": seconds / k,
+        "launches": launches / k,
+        "bytes": nbytes / k,
         "bandwidth": nbytes / seconds if seconds > 0 else float("nan"),
+        "median_seconds": statistics.median(s[0] for s in steps),
     }
 
 
 def whole_run(backend, tiny: bool, out_dir: Path, log) -> dict:
-    """Simulation.run of the bench scenario (a 16^3, 0.02-day stand-in with --sizes tiny)."""
+    """Simulation.run of the bench scenario (a 16^3, 0.02-day stand-in with --sizes tiny): its
+    wall time and the kernel launches of that run."""
     import tmesim
     from tmesim.simulation import Simulation
 
@@ -320,7 +372,8 @@ def whole_run(backend, tiny: bool, out_dir: Path, log) -> dict:
         else []
     )
     sc = tmesim.load_scenario(SCENARIO, overrides=over)
-    sim = Simulation(sc, backend=backend)
+    counting = counting_backend(backend)
+    sim = Simulation(sc, backend=counting)
     log(f"  whole run: {sc.n_steps} steps on {'x'.join(map(str, sc.grid.shape))}")
     path = out_dir / f"{sc.run.name}.h5"
     t = time.perf_counter()
@@ -334,12 +387,18 @@ def whole_run(backend, tiny: bool, out_dir: Path, log) -> dict:
         "days": sc.run.duration_days,
         "steps": sim.state.step,
         "wall_s": wall,
+        "launches": counting.counter.total,
         "status": sim.status,
         "burden": sim.last_row["burden"],
     }
 
 
 # ------------------------------------------------------------------------------- table
+def _count(x: float) -> str:
+    """A mean count: an integer as one, else to one decimal."""
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
+
+
 def table(copy_bw: float, rows: list[dict], run: dict | None, header: dict) -> str:
     lines = [f"# tmesim GPU benchmark, {header['date']}", ""]
     for k in ("device", "backend", "command", "tmesim"):
@@ -355,20 +414,20 @@ def table(copy_bw: float, rows: list[dict], run: dict | None, header: dict) -> s
     for r in rows:
         bw = r["bandwidth"]
         lines.append(
-            f"| {r['part']} | {r['grid']} | {r['seconds'] * 1e3:.3f} | "
-            f"{r['launches']} | {r['bytes'] / 1e6:.3f} | {bw / 1e9:.2f} | "
+            f"| {r['part']} | {r['grid']} | {r['steps']} | {r['seconds'] * 1e3:.3f} | "
+            f"{_count(r['launches'])} | {r['bytes'] / 1e6:.3f} | {bw / 1e9:.2f} | "
             f"{100 * bw / copy_bw:.1f} |"
         )
     if run is not None:
+        n = max(run["steps"], 1)
         lines += [
             "",
-            "| whole run | grid | fields | days | steps | wall (s) | ms/step | "
+            "| whole run | grid | fields | days | steps | wall (s) | ms/step | launches/step | "
             "status | final burden |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
             f"| {run['scenario']} | {run['grid']} | {run['fields']} | {run['days']:g} | "
-            f"{run['steps']} | {run['wall_s']:.1f} | "
-            f"{1e3 * run['wall_s'] / max(run['steps'], 1):.2f} | {run['status']} | "
-            f"{run['burden']} |",
+            f"{run['steps']} | {run['wall_s']:.1f} | {1e3 * run['wall_s'] / n:.2f} | "
+            f"{_count(run['launches'] / n)} | {run['status']} | {run['burden']} |",
         ]
     return "\n".join(lines) + "\n"
 

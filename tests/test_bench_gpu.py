@@ -49,34 +49,96 @@ def _tumor_rules_bytes_by_hand(n: int, n_drugs: int, small: int) -> int:
     return n * (decide + apply + finish) + small
 
 
+def _apply_rules(m, rules, step):
+    st = m.state
+    return rules.apply(
+        st.kind,
+        st.tumor_state,
+        st.fields[m.oxygen],
+        step,
+        st.memory,
+        st.time_in_P_min,
+        m._field("hgf"),
+        m._field("igf1"),
+        m.therapy.tissue_levels(st),
+    )
+
+
 def test_tumor_rules_bytes_equal_the_hand_count():
+    """Three timed steps of the contact-inhibited rules: each reports its own 3 launches and the
+    hand count of their bytes."""
     bench = _bench()
     from tmesim.backend import Portable
     from tmesim.simulation import Model
 
-    sc = bench.bench_scenario((32, 32), 8, "solver.method=lod")
-    m = Model(sc, Portable())
-    counter = bench.CountingLauncher(m.classes.launcher)
-    tr, st = m.tumor_rules, m.state
-    tr.L = counter
-    n_launches, nbytes = counter.count(
-        lambda: tr.apply(
-            st.kind,
-            st.tumor_state,
-            st.fields[m.oxygen],
-            0,
-            st.memory,
-            st.time_in_P_min,
-            m._field("hgf"),
-            m._field("igf1"),
-            m.therapy.tissue_levels(st),
-        )
+    sc = bench.bench_scenario((32, 32), 8, "solver.method=lod", "tumor.mechanics.push_reach_um=0")
+    counting = bench.counting_backend(Portable())
+    m = Model(sc, counting)
+    tr = m.tumor_rules
+    step = iter(range(100))
+    steps = bench.timed_steps(
+        bench.Clock(counting), counting.counter, lambda: _apply_rules(m, tr, next(step)), 3
     )
     # the small tables each launch of decide reads (parameters, effects, offsets, state table)
     small = sum(a.nbytes for a in (tr.effects, tr.offsets, tr.params, tr.state_table))
     assert sc.field_names == ("oxygen", "hgf", "igf1", "signal", "erlotinib")
-    assert n_launches == 3
-    assert nbytes == _tumor_rules_bytes_by_hand(32 * 32, 1, small)
+    hand = _tumor_rules_bytes_by_hand(32 * 32, 1, small)
+    assert [s[1:] for s in steps] == [(3, hand)] * 3
+    assert all(s[0] > 0 for s in steps)
+    row = bench._row("tumor rules", "32x32", steps)
+    assert (row["steps"], row["launches"], row["bytes"]) == (3, 3, hand)
+    assert row["bandwidth"] == pytest.approx(3 * hand / sum(s[0] for s in steps))
+
+
+def test_a_model_on_the_counting_backend_counts_the_push_launches():
+    """Every step object of a Model built on the counting backend launches through its counter:
+    the rules' push launches (their own KernelPushing's launcher) too, 3 tumor launches plus 3
+    distance passes and claim, apply, finish per step at 60 um; and the field solver's."""
+    bench = _bench()
+    from tmesim.backend import Portable
+    from tmesim.simulation import Model
+
+    sc = bench.bench_scenario((32, 32), 8, "tumor.mechanics.push_reach_um=60")
+    counting = bench.counting_backend(Portable())
+    m = Model(sc, counting)
+    assert m.tumor_rules.pushing.passes == 3
+    n, nbytes = counting.counter.count(lambda: _apply_rules(m, m.tumor_rules, 0))
+    assert n == 9 and nbytes > 0
+    before = counting.counter.total
+    st = m.state
+    n_fields, _ = counting.counter.count(
+        lambda: m.field_solver.step(st.fields, st.kind, st.tumor_state)
+    )
+    assert n_fields > 0 and counting.counter.total == before + n_fields
+
+
+def test_timed_steps_count_the_steps_they_time():
+    """A step whose i-th call launches tm_axpy i times: each timed step reports its own i
+    launches and i times one launch's bytes (a count taken from another call than the timed one
+    would not), and the row their means."""
+    bench = _bench()
+    from tmesim.backend import Portable
+    from tmesim.steps.fields_kernel import axpy
+
+    counting = bench.counting_backend(Portable())
+    F, n = 2, 300
+    y = np.zeros((F, n), np.float32)
+    x = np.ones((F, n), np.float32)
+    alpha = np.array([1, 2], np.float32)
+    calls = [0]
+
+    def step():
+        calls[0] += 1
+        for _ in range(calls[0]):
+            axpy(y, alpha, x, launcher=counting.counter)
+
+    one = 2 * y.nbytes + x.nbytes + alpha.nbytes  # y updated in place; x, alpha read
+    steps = bench.timed_steps(bench.Clock(counting), counting.counter, step, 4)
+    assert [s[1:] for s in steps] == [(i, i * one) for i in (1, 2, 3, 4)]
+    np.testing.assert_array_equal(y, np.outer(alpha, np.ones(n)) * 10)  # 10 launches ran
+    row = bench._row("axpy", "2x300", steps)
+    assert (row["steps"], row["launches"], row["bytes"]) == (4, 2.5, 2.5 * one)
+    assert counting.counter.total == 10
 
 
 def _push_bytes_by_hand(n: int, passes: int, small: int) -> int:
@@ -103,10 +165,10 @@ def test_push_rule_bytes_equal_the_hand_count(reach_um, passes):
     sc = bench.bench_scenario(
         (32, 32), 8, "solver.method=lod", f"tumor.mechanics.push_reach_um={reach_um}"
     )
-    m = Model(sc, Portable())
-    counter = bench.CountingLauncher(m.classes.launcher)
+    counting = bench.counting_backend(Portable())
+    counter = counting.counter
+    m = Model(sc, counting)
     tr, st = m.tumor_rules, m.state
-    tr.L = tr.pushing.L = counter
     kind = st.kind.copy()
     n = 32 * 32
     n_launches, nbytes = counter.count(
@@ -181,15 +243,24 @@ def test_script_runs_on_the_portable_kernels(tmp_path):
     ]
     push_rows = [row for row in rows if row[0].startswith("tumor rules + push")]
     assert all("(60 um, 3 passes)" in row[0] for row in push_rows)
-    # the same tumor step plus 3 distance passes and the claim, apply and finish launches
+    # the contact-inhibited rules launch decide, apply, finish; with the push rule also 3
+    # distance passes and the claim, apply and finish launches, in every timed step
     tumor_rows = [row for row in rows if row[0] == "tumor rules"]
+    assert [row[4] for row in tumor_rows] == ["3", "3"]
+    assert [row[4] for row in push_rows] == ["9", "9"]
     for t, p in zip(tumor_rows, push_rows):
-        assert float(p[3]) == float(t[3]) + 6
-        assert float(p[4]) > float(t[4])
+        assert float(p[5]) > float(t[5])  # MB per step
     for row in rows:
-        ms, launches, mb, gbs, pct = map(float, row[2:])
+        steps, ms, launches, mb, gbs, pct = map(float, row[2:])
+        assert steps == 2  # --repeats
         assert ms > 0 and launches >= 3 and mb > 0 and gbs > 0 and pct > 0
         assert abs(gbs - mb / ms) <= 0.01 * gbs + 0.01  # GB/s = MB / ms
+    # an LOD step of one substep: tm_set_pinned, then per field one tm_lod_sweep per axis (the
+    # copies in and out of the float64 work array are the array library's), 5 fields
+    lod = [row[4] for row in rows if row[0].startswith("field solver lod")]
+    assert lod == [str(1 + 5 * 2), str(1 + 5 * 3)]
     assert "Copy bandwidth" in text
     run = next(s for s in lines if "tiny stand-in" in s)
-    assert "| 16x16x16 | 5 |" in run and "finished" in run
+    cells = [c.strip() for c in run.strip("|").split("|")]
+    assert cells[1:5] == ["16x16x16", "5", "0.02", "5"] and cells[8] == "finished"
+    assert float(cells[7]) >= 3  # launches per step of the whole run
