@@ -43,6 +43,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios" / "bench_3d_256.toml"
 
 #: grid sizes by name: (shape, tumor radius in voxels)
-SIZES = {
+SIZES: dict[str, Any] = {
     "2d-4096": ((4096, 4096), 1200),
     "3d-128": ((128, 128, 128), 40),
     "3d-256": ((256, 256, 256), 80),
@@ -195,7 +196,7 @@ class CountingBackend:
     every step object of a Model or Simulation built on it (field solver, tumor rules and their
     push rule, stroma rules) launches through the counter."""
 
-    def __init__(self, inner, counter: CountingLauncher):
+    def __init__(self, inner, counter):
         self.inner = inner
         self.counter = counter
 

@@ -45,6 +45,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,8 @@ class Probe:
         out.mkdir(parents=True, exist_ok=True)
         self.md_path = out / "probe.md"
         what = "portable CPU dry run" if portable else "GPU"
+        self.backend: Any
+        self.xp: Any
         self.md_path.write_text(
             f"# tmesim GPU probe ({what}, {size}^3), {time.strftime('%Y-%m-%d %H:%M')}\n"
         )

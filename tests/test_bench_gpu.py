@@ -5,6 +5,8 @@ push rule equal counts by hand from the arguments of kernels/tumor.cu and kernel
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -264,3 +266,83 @@ def test_script_runs_on_the_portable_kernels(tmp_path):
     cells = [c.strip() for c in run.strip("|").split("|")]
     assert cells[1:5] == ["16x16x16", "5", "0.02", "5"] and cells[8] == "finished"
     assert float(cells[7]) >= 3  # launches per step of the whole run
+
+
+PROBE = ROOT / "benchmarks" / "gpu_probe.py"
+
+
+def test_probe_timeline_holds_every_launch_of_the_step(tmp_path):
+    """benchmarks/gpu_probe.py on the portable kernels at 16^3: no section fails, and its
+    timelines hold each launch of the step, per kernel as the solver and rules make them: a CG
+    step of s sweeps (3D, 5 fields, converged) applies the operator s + 1 times, preconditions s
+    times with 5 line solves each, updates c and r by axpy 2 s times; the rules launch the three
+    tumor kernels and, at the bench scenario's 60 um on 20 um voxels, 3 distance passes and the
+    push's claim, apply and finish; an LOD step sweeps each of 5 fields along 3 axes."""
+    r = subprocess.run(
+        [sys.executable, str(PROBE), str(tmp_path), "--portable", "--size", "16"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    p = json.loads((tmp_path / "probe.json").read_text())
+    assert p["failures"] == [] and "skipped" not in p
+    fields = p["timeline_field solver"]
+    s = fields["sweeps"]
+    calls = {k: v["calls"] for k, v in fields["parts"].items()}
+    assert s >= 2
+    assert calls["tm_apply_operator"] == s + 1
+    assert calls["tm_thomas_solve_factored"] == 5 * s
+    assert calls["tm_axpy"] == 2 * s and calls["tm_scale_add"] == s - 1
+    assert calls["tm_set_pinned"] == 1 + 2 * s
+    assert calls["tm_rates"] == calls["tm_cg_setup"] == calls["tm_residual"] == 1
+    assert {k: v["calls"] for k, v in p["timeline_tumor rules"]["parts"].items()} == {
+        "tm_tumor_decide": 1,
+        "tm_tumor_apply": 1,
+        "tm_tumor_finish": 1,
+        "tm_push_distance_first": 1,
+        "tm_push_distance": 2,
+        "tm_push_claim": 1,
+        "tm_push_apply": 1,
+        "tm_push_finish": 1,
+    }
+    assert {k: v["calls"] for k, v in p["lod"]["parts"].items()} == {
+        "tm_set_pinned": 1,
+        "tm_lod_sweep": 15,
+    }
+    md = (tmp_path / "probe.md").read_text()
+    assert "| tm_apply_operator | " in md and "failures: []" in md
+
+
+@pytest.mark.slow
+def test_device_check_dry_run(tmp_path):
+    """benchmarks/device_check.sh with DC_DRY=1: every stage ends ok (memcheck, without
+    compute-sanitizer, only finds its tests: 'skipped'), the smoke runs hold both claims, and
+    summary.md is printed last. Catches a renamed test, scenario key or function the script
+    calls."""
+    env = dict(
+        os.environ, DC_DRY="1", OUT=str(tmp_path / "out"), BUDGET_S="400", PYTHON=sys.executable
+    )
+    env.pop("DC_ONLY", None)
+    r = subprocess.run(
+        ["bash", "benchmarks/device_check.sh"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    rows = {}
+    for line in summary.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 3 and cells[0] not in ("stage", "---"):
+            rows[cells[0]] = cells[1]
+    expected = ["env", "pytest", "smoke", "memcheck", "probe", "bench-3d-128", "bench-3d-256"]
+    assert list(rows) == expected
+    assert rows["memcheck"] == "skipped (see the log)"
+    assert all(rows[k] == "ok" for k in expected if k != "memcheck"), rows
+    assert summary.count("AS CLAIMED") == 2
+    assert r.stdout.rstrip().endswith(summary.rstrip().splitlines()[-1])
