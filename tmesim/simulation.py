@@ -7,6 +7,7 @@ Simulation.run(): step, record a time-series row, fire schedules (snapshots, pro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -28,6 +29,7 @@ from .grid import Grid
 from .initial import initial_state
 from .io import checkpoint as ckpt
 from .io import schema
+from .io.diskspace import DiskFullError
 from .io.hdf5 import RunWriter, last_row
 from .io.runfile import attr_str, check_format, open_run_file
 from .scenario import Scenario, load_scenario, loads_scenario
@@ -200,7 +202,8 @@ class Simulation:
             their schedules fire; it starts with the scenario's stop conditions
             (``[run.stop]``: extinction, maximum burden).
         status: how the last :meth:`run` ended: "finished", "stopped" (a stop condition),
-            "interrupted" (signal, wall time or Ctrl-C: resume it) or "failed"; None before.
+            "interrupted" (signal, wall time, Ctrl-C or a full disk: resume it) or "failed";
+            None before.
         wall_deadline: optional absolute wall-clock time (``time.time()`` seconds) at which to
             checkpoint and end as "interrupted", e.g. the end of a cluster job minus the time a
             checkpoint takes.
@@ -261,7 +264,14 @@ class Simulation:
         it from its checkpoint instead (see :meth:`resume`); a run already "finished" or
         "stopped" is left as it is. Returns the path of the run file; :attr:`status` says how it
         ended. A KeyboardInterrupt closes the file cleanly (status "interrupted") and is
-        re-raised; the run can be resumed from its last scheduled checkpoint.
+        re-raised; the run can be resumed from its last scheduled checkpoint. So does a full
+        disk: the writer claims the room of each write first (tmesim.io.diskspace), and where
+        there is none the run stops before writing (status "interrupted") and raises
+        :class:`~tmesim.io.diskspace.DiskFullError`, which says where the run stopped; once
+        space is freed, :meth:`resume` continues it as if it had never stopped. A ``path`` that
+        another live process is writing is refused
+        (:class:`~tmesim.io.checkpoint.RunLockedError`); a finished or abandoned run there is
+        replaced.
 
         When no output writer needs a run file (only :class:`tmesim.writers.InMemoryWriter`),
         nothing is written and None is returned; ``path`` and ``resume`` must then be left out.
@@ -422,6 +432,7 @@ class Simulation:
         hours = sc.run.stop.wall_time_hours
         wall_end = t0 + hours * 3600.0 if hours > 0 else float("inf")
         status = "finished"
+        raising = False
         self.stop_reason = self.interrupt_reason = self._signal = None
         handlers = self._install_signal_handlers() if interruptible else {}
         try:
@@ -474,12 +485,23 @@ class Simulation:
                     "interrupted",
                     {"reason": self.interrupt_reason, "checkpoint_step": self.state.step},
                 )
+        except DiskFullError as exc:
+            # nothing of the write that found no room was written: the file stands as its last
+            # flush left it, resumable from its last checkpoint once space is freed
+            status = "interrupted"
+            raising = True
+            self.interrupt_reason = exc.reason
+            with contextlib.suppress(DiskFullError):
+                self._event(self.state.time_min, "interrupted", {"reason": exc.reason})
+            raise self._disk_full(exc) from None
         except KeyboardInterrupt:
             status = "interrupted"
+            raising = True
             self._event(self.state.time_min, "interrupted", {"reason": "KeyboardInterrupt"})
             raise
         except BaseException:
             status = "failed"
+            raising = True
             raise
         finally:
             for sig, h in handlers.items():
@@ -488,7 +510,33 @@ class Simulation:
             self.status = status
             bar.close()
             if self.writer is not None:
-                self.writer.close(status)
+                try:
+                    self.writer.close(status)
+                except DiskFullError as exc:
+                    # no room for the last rows or the status: the file closed as its last flush
+                    # left it; said here unless an exception on its way out says more
+                    if not raising:
+                        self.status = "interrupted"
+                        self.interrupt_reason = exc.reason
+                        raise self._disk_full(exc) from None
+
+    def _disk_full(self, exc: DiskFullError) -> DiskFullError:
+        """``exc`` saying where the run stopped and how to continue it."""
+        w = self.writer
+        if w is None:
+            return exc
+        step = self.state.step
+        if w.checkpoint_step is None:
+            after = (
+                f"the run stopped at step {step}, before its first checkpoint; once space is "
+                f"freed, `tmesim resume {w.path}` runs it again from the start"
+            )
+        else:
+            after = (
+                f"the run stopped at step {step}; once space is freed, `tmesim resume {w.path}` "
+                f"continues it from its checkpoint of step {w.checkpoint_step}"
+            )
+        return exc.with_after(after)
 
 
 def stored_scenario(path) -> Scenario:

@@ -73,12 +73,13 @@ def test_run_file_schema(tmp_path):
 
 def test_event_details_round_trip_and_an_oversized_one_is_kept_truncated(tmp_path):
     """Events are fixed-length; a detail too long for its slot is kept as valid JSON, marked."""
-    _sc, _, path = run_small(tmp_path)
+    sc, _, path = run_small(tmp_path)
     big = {"note": "é" * 3 * schema.EVENT_DETAIL_BYTES, "x": 1}
     small = {"drug": "erlotinib", "dose_uM": 2.0, "why": "burden ≥ baseline"}
     with h5py.File(path, "r+", libver="latest") as f:
         n = f["events/kind"].shape[0]
-        w = RunWriter.__new__(RunWriter)
+        w = RunWriter.__new__(RunWriter)  # a writer of this open file, to append events only
+        w._setup(path, sc, None, {}, 50, False)
         w.f = f
         w.event(5.0, "note", small)
         w.event(6.0, "note", big)

@@ -5,18 +5,31 @@ write is followed by a flush, so a reader can follow the run live, and a process
 SIGKILL leaves a file that opens with everything flushed before the kill. Time-series rows are
 buffered and flushed every ``flush_every_steps`` steps, at every snapshot, and at the end.
 
-The file is built under a temporary name (``run.h5.part``) and renamed once SWMR mode is on, so a
-process killed while creating it never leaves a half-made file under the run's name. When given
-the state's arrays the writer also creates the checkpoint slots (tmesim.io.checkpoint);
-:meth:`RunWriter.reopen` opens a run for appending after its writer ended, cut back to its
-checkpoint.
+The file is built under a temporary name of its own (``run.h5.<pid>.<random>.part``) and put in
+place once SWMR mode is on, so a process killed while creating it never leaves a half-made file
+under the run's name. It is put in place only when no live process holds the file already there:
+two runs given one output path do not both write it (the second one is refused,
+:class:`tmesim.io.checkpoint.RunLockedError`), and a finished or abandoned run there is replaced.
+When given the state's arrays the writer also creates the checkpoint slots
+(tmesim.io.checkpoint); :meth:`RunWriter.reopen` opens a run for appending after its writer
+ended, cut back to its checkpoint.
+
+Before each write (the file's creation, a snapshot, a flush of rows, an event, a checkpoint) the
+writer claims the room it needs (tmesim.io.diskspace): when the disk is full it raises
+:class:`~tmesim.io.diskspace.DiskFullError` before writing anything, and the file stays as its
+last flush left it, resumable from its last checkpoint once space is freed. Every chunked dataset
+carries a Fletcher-32 checksum per chunk, so a flipped bit fails the read instead of being read
+as data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import json
 import os
+import secrets
 from pathlib import Path
 
 import h5py
@@ -24,8 +37,13 @@ import numpy as np
 
 from .. import __version__, codes
 from ..errors import RunFileError
-from . import checkpoint, schema
+from . import checkpoint, diskspace, schema
+from .diskspace import DiskFullError
 from .xdmf import write_xdmf
+
+#: the datasets of /snapshots (beside the fields) and of /events, each one row per snapshot / event
+SNAPSHOT_ARRAYS = ("time", "step", "kind", "tumor_state", "memory")
+EVENT_ARRAYS = ("time_min", "kind", "detail")
 
 
 def _snapshot_chunks(shape) -> tuple[int, ...]:
@@ -69,8 +87,37 @@ class RunWriter:
     ):
         self._setup(path, scenario, grid, columns, flush_every_steps, xdmf)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        part = self.path.with_name(self.path.name + ".part")
-        f = self.f = h5py.File(part, "w", libver="latest")
+        need = creation_bytes(scenario, columns, checkpoint_arrays)
+        # before there is a file to claim room in: a disk too full to create it refuses here
+        try:
+            diskspace.make_room(
+                self.path, None, 0, need + diskspace.METADATA_MARGIN, "creating the run file"
+            )
+        except DiskFullError as exc:
+            raise exc.with_after("no run file was made") from None
+        # a name of its own: another run creating the same path never truncates this one
+        part = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(3)}.part")
+        self.f = h5py.File(part, "w-", libver="latest")
+        try:
+            self._room(need, "creating the run file")
+            self._build(scenario, grid, columns, backend, device, checkpoint_arrays)
+            self.f.swmr_mode = True
+            self.f.flush()
+            # HDF5 dropped its own lock when SWMR started; ours says a writer is alive from now on
+            self._lock = checkpoint.WriterLock(part)
+            self._lock.shared()
+            self._publish(part)
+        except BaseException:
+            with contextlib.suppress(Exception):  # a half-made temporary file, removed below
+                self.f.close()
+            if self._lock is not None:
+                self._lock.release()
+            part.unlink(missing_ok=True)
+            raise
+
+    def _build(self, scenario, grid, columns, backend, device, checkpoint_arrays) -> None:
+        """Create the attributes and the (empty) datasets of a new run file."""
+        f = self.f
         a = f.attrs
         a["format"] = schema.FORMAT
         a["format_version"] = schema.FORMAT_VERSION
@@ -91,9 +138,11 @@ class RunWriter:
         a.create("status", "running".ljust(64), dtype=h5py.string_dtype("ascii", 64))
         shape = grid.shape
         snaps = f.create_group(schema.SNAPSHOTS)
-        snaps.create_dataset("time", (0,), maxshape=(None,), dtype="f8", chunks=(256,))
+        # every chunk checksummed: a flipped bit fails the read instead of being read as data
+        grow = dict(maxshape=(None,), fletcher32=True)
+        snaps.create_dataset("time", (0,), dtype="f8", chunks=(256,), **grow)
         snaps["time"].attrs["units"] = "min"
-        snaps.create_dataset("step", (0,), maxshape=(None,), dtype="i8", chunks=(256,))
+        snaps.create_dataset("step", (0,), dtype="i8", chunks=(256,), **grow)
         chunks = _snapshot_chunks(shape)
         opts = dict(
             maxshape=(None,) + shape,
@@ -101,6 +150,7 @@ class RunWriter:
             compression="gzip",
             compression_opts=4,
             shuffle=True,
+            fletcher32=True,
         )
         k = snaps.create_dataset("kind", (0,) + shape, dtype="u1", **opts)
         k.attrs["names"] = list(codes.KIND_NAMES)
@@ -114,30 +164,68 @@ class RunWriter:
             d.attrs["units"] = fc.units
         ts = f.create_group(schema.TIMESERIES)
         for col, units in columns.items():
-            d = ts.create_dataset(col, (0,), maxshape=(None,), dtype="f8", chunks=(1024,))
+            d = ts.create_dataset(col, (0,), dtype="f8", chunks=(1024,), **grow)
             d.attrs["units"] = units
         ev = f.create_group(schema.EVENTS)
-        ev.create_dataset("time_min", (0,), maxshape=(None,), dtype="f8", chunks=(64,))
-        ev.create_dataset(
-            "kind", (0,), maxshape=(None,), dtype=f"S{schema.EVENT_KIND_BYTES}", chunks=(64,)
-        )
+        ev.create_dataset("time_min", (0,), dtype="f8", chunks=(64,), **grow)
+        ev.create_dataset("kind", (0,), dtype=f"S{schema.EVENT_KIND_BYTES}", chunks=(64,), **grow)
         ev.create_dataset(
             "detail",
             (0,),
-            maxshape=(None,),
             dtype=f"S{schema.EVENT_DETAIL_BYTES}",
             chunks=(64,),
             compression="gzip",
             compression_opts=1,
+            **grow,
         )
         if checkpoint_arrays is not None:
             checkpoint.create_slots(f, checkpoint_arrays, getattr(scenario, "base_dir", "."))
-        f.swmr_mode = True
-        f.flush()
-        # HDF5 dropped its own lock when SWMR started; ours says a writer is alive from now on
-        self._lock = checkpoint.WriterLock(part)
-        self._lock.shared()
-        os.replace(part, self.path)
+
+    def _publish(self, part: Path) -> None:
+        """Put the new file ``part`` (held by our shared lock) in place under the run's name.
+
+        Where nothing is there, a hard link puts it there only if nothing came first. A file
+        there is replaced only while we hold its exclusive lock and it is still the one there: a
+        live writer (or a reader) holds a shared lock, and the run is refused."""
+        while True:
+            try:
+                os.link(part, self.path)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+                    raise
+                # no hard links on this file system: replace, under the lock if a file is there
+                if not self.path.exists():
+                    os.replace(part, self.path)
+                    break
+            else:
+                part.unlink()
+                break
+            try:
+                there = checkpoint.WriterLock(self.path)
+            except FileNotFoundError:
+                continue  # removed meanwhile: link again
+            try:
+                try:
+                    there.exclusive()
+                except checkpoint.RunLockedError:
+                    raise checkpoint.RunLockedError(
+                        f"{self.path}: another process is writing this run file (or has it "
+                        "open, e.g. the viewer); give this run another output path, or wait "
+                        "for that one to end"
+                    ) from None
+                try:
+                    same = os.path.samestat(os.fstat(there.fd), os.stat(self.path))
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    os.replace(part, self.path)
+                    break
+            finally:
+                there.release()
+        assert self._lock is not None
+        self._lock.path = self.path
 
     def _setup(self, path, scenario, grid, columns, flush_every_steps, xdmf) -> None:
         self.path = Path(path)
@@ -150,6 +238,9 @@ class RunWriter:
         self._snap_times: list[float] = []
         self._lock = None
         self.resumed_checkpoint = None
+        self.checkpoint_step = None
+        self._layouts: dict[str, diskspace.Layout] = {}
+        self._claims = 0
 
     @classmethod
     def reopen(
@@ -173,6 +264,7 @@ class RunWriter:
                     "had checkpoints); run the scenario again"
                 )
             self.resumed_checkpoint = ck = checkpoint.read(f)
+            self.checkpoint_step = ck.step if ck is not None else None
             ts = f[schema.TIMESERIES]
             missing = set(self.columns) - set(ts)
             if missing and missing <= set(schema.DTEP_COLUMNS):
@@ -198,6 +290,10 @@ class RunWriter:
                     f"{have}) than its checkpoint recorded {(n_snap, n_rows, n_ev)}"
                     "; the file is damaged"
                 )
+            # cutting back rewrites metadata only, and the status: a margin's worth of room
+            self._room(0, "reopening the run file")
+            if self.xdmf:
+                self._xdmf_room("reopening the run file")
             snaps = f[schema.SNAPSHOTS]
             for ds in snaps.values():
                 if isinstance(ds, h5py.Dataset):
@@ -225,18 +321,22 @@ class RunWriter:
 
         Returns the slot written. Counts of snapshots, rows and events are taken from the file as
         it stands, which is what a resume cuts back to."""
-        self.flush_rows()
-        f = self.f
-        n_rows = f[schema.TIMESERIES][self.columns[0]].shape[0]
-        if n_rows != step + 1:
-            raise RuntimeError(f"checkpoint at step {step} but the file holds {n_rows} rows")
-        counts = {
-            "step": int(step),
-            "n_snapshots": f[schema.SNAPSHOTS]["time"].shape[0],
-            "n_rows": n_rows,
-            "n_events": f[schema.EVENTS]["time_min"].shape[0],
-        }
-        return checkpoint.write(f, state_arrays, time_min, counts, extra)
+        need = self._rows_bytes() + checkpoint_bytes(self.f, extra)
+        with self._claim(need, f"the checkpoint at step {step}"):
+            self.flush_rows()
+            f = self.f
+            n_rows = f[schema.TIMESERIES][self.columns[0]].shape[0]
+            if n_rows != step + 1:
+                raise RuntimeError(f"checkpoint at step {step} but the file holds {n_rows} rows")
+            counts = {
+                "step": int(step),
+                "n_snapshots": f[schema.SNAPSHOTS]["time"].shape[0],
+                "n_rows": n_rows,
+                "n_events": f[schema.EVENTS]["time_min"].shape[0],
+            }
+            slot = checkpoint.write(f, state_arrays, time_min, counts, extra)
+        self.checkpoint_step = int(step)
+        return slot
 
     # ------------------------------------------------------------------ writing
     @staticmethod
@@ -245,19 +345,94 @@ class RunWriter:
         ds.resize(n + len(values), axis=0)
         ds[n:] = values
 
+    def _fd(self) -> int | None:
+        """The file descriptor HDF5 writes through (None for a driver without one)."""
+        try:
+            fd = self.f.id.get_vfd_handle()
+        except Exception:
+            return None
+        return fd if isinstance(fd, int) and fd >= 0 else None
+
+    def _room(self, nbytes: int, what: str) -> None:
+        """Claim room for a write adding up to ``nbytes`` of data to the file (and a margin
+        for the metadata it changes); DiskFullError, before anything is written, when there is
+        none."""
+        diskspace.make_room(
+            self.path,
+            self._fd(),
+            self.f.id.get_filesize(),
+            nbytes + diskspace.METADATA_MARGIN,
+            what,
+        )
+
+    @contextlib.contextmanager
+    def _claim(self, nbytes: int, what: str):
+        """Around one write: claim its room first (:meth:`_room`), and give back what it did not
+        use once it is flushed (the outermost of nested writes does)."""
+        self._room(nbytes, what)
+        self._claims += 1
+        try:
+            yield
+        finally:
+            self._claims -= 1
+            fd = self._fd()
+            if self._claims == 0 and fd is not None:
+                diskspace.give_back(fd)
+
+    def _xdmf_bytes(self) -> int:
+        """Bytes of the ParaView sidecar's next version, written beside the current one (to a
+        temporary file, then renamed), at most."""
+        sidecar = self.path.with_suffix(".xdmf")
+        size = sidecar.stat().st_size if sidecar.exists() else 0
+        return size + size // max(1, len(self._snap_times)) + (16 << 10)
+
+    def _xdmf_room(self, what: str) -> None:
+        need = self._xdmf_bytes()
+        free = diskspace.free_bytes(self.path)
+        if free < need:
+            raise DiskFullError(self.path, f"{what} (its ParaView sidecar)", need, free)
+
+    def _growth(self, group: str, names, n: int) -> int:
+        """Bytes appending ``n`` rows to each of the datasets ``names`` of ``group`` (all as long
+        as the first) adds to the file, at most."""
+        names = list(names)
+        if n <= 0 or not names:
+            return 0
+        g = self.f[group]
+        old = g[names[0]].shape[0]
+        total = 0
+        for name in names:
+            key = f"{group}/{name}"
+            layout = self._layouts.get(key)
+            if layout is None:  # asked once: HDF5's answer costs more than the write
+                layout = self._layouts[key] = diskspace.Layout.of(g[name])
+            total += layout.append_bytes(old, n)
+        return total
+
+    def _rows_bytes(self) -> int:
+        """Bytes a flush of the buffered rows adds to the file, at most."""
+        return self._growth(schema.TIMESERIES, self.columns, len(self._rows))
+
     def snapshot(self, state) -> None:
         """Append the lattice and fields of ``state`` (host arrays) as one snapshot."""
         snaps = self.f[schema.SNAPSHOTS]
         shape = self.grid.shape
-        self._append(snaps["time"], [state.time_min])
-        self._append(snaps["step"], [state.step])
-        self._append(snaps["kind"], state.kind.reshape((1,) + shape))
-        self._append(snaps["tumor_state"], state.tumor_state.reshape((1,) + shape))
-        self._append(snaps["memory"], state.memory.reshape((1,) + shape))
-        for i, fc in enumerate(self.sc.fields):
-            self._append(self.f[schema.FIELDS][fc.name], state.fields[i].reshape((1,) + shape))
-        self._snap_times.append(float(state.time_min))
-        self.flush_rows()
+        what = f"the snapshot at step {state.step}"
+        need = self._growth(schema.SNAPSHOTS, SNAPSHOT_ARRAYS, 1)
+        need += self._growth(schema.FIELDS, [fc.name for fc in self.sc.fields], 1)
+        with self._claim(need + self._rows_bytes(), what):
+            if self.xdmf:
+                self._xdmf_room(what)
+            self._append(snaps["time"], [state.time_min])
+            self._append(snaps["step"], [state.step])
+            self._append(snaps["kind"], state.kind.reshape((1,) + shape))
+            self._append(snaps["tumor_state"], state.tumor_state.reshape((1,) + shape))
+            self._append(snaps["memory"], state.memory.reshape((1,) + shape))
+            fields = self.f[schema.FIELDS]
+            for i, fc in enumerate(self.sc.fields):
+                self._append(fields[fc.name], state.fields[i].reshape((1,) + shape))
+            self._snap_times.append(float(state.time_min))
+            self.flush_rows()
         if self.xdmf:
             self._write_xdmf()
 
@@ -268,7 +443,15 @@ class RunWriter:
             ("memory", f"{schema.SNAPSHOTS}/memory", "float32"),
         ]
         arrays += [(fc.name, f"{schema.FIELDS}/{fc.name}", "float32") for fc in self.sc.fields]
-        write_xdmf(self.path, self.grid.shape, self.grid.dx_um, self._snap_times, arrays)
+        try:
+            write_xdmf(self.path, self.grid.shape, self.grid.dx_um, self._snap_times, arrays)
+        except OSError as exc:
+            if not diskspace.is_no_space(exc):
+                raise
+            # another process took the room meanwhile: the run file itself is flushed and whole
+            self.path.with_suffix(".xdmf.tmp").unlink(missing_ok=True)
+            need, free = self._xdmf_bytes(), diskspace.free_bytes(self.path)
+            raise DiskFullError(self.path, "the ParaView sidecar", need, free) from None
 
     def last_row(self) -> dict:
         """The last time-series row on disk (see :func:`last_row`)."""
@@ -281,12 +464,16 @@ class RunWriter:
             self.flush_rows()
 
     def flush_rows(self) -> None:
-        if self._rows:
+        """Write the buffered time-series rows, and flush the file."""
+        if not self._rows:
+            self.f.flush()
+            return
+        with self._claim(self._rows_bytes(), f"{len(self._rows)} time-series rows"):
             ts = self.f[schema.TIMESERIES]
             for col in self.columns:
                 self._append(ts[col], [r[col] for r in self._rows])
             self._rows = []
-        self.f.flush()
+            self.f.flush()
 
     def event(self, time_min: float, kind: str, detail: dict | None = None) -> None:
         """Record an event (treatment decision, stop, checkpoint, ...); detail is stored as JSON.
@@ -308,25 +495,72 @@ class RunWriter:
                     break
                 room -= max(1, len(detail_b) - schema.EVENT_DETAIL_BYTES)
         ev = self.f[schema.EVENTS]
-        self._append(ev["time_min"], [time_min])
-        self._append(ev["kind"], np.array([kind_b], dtype=f"S{schema.EVENT_KIND_BYTES}"))
-        self._append(ev["detail"], np.array([detail_b], dtype=f"S{schema.EVENT_DETAIL_BYTES}"))
-        self.f.flush()
+        with self._claim(self._growth(schema.EVENTS, EVENT_ARRAYS, 1), f"the {kind} event"):
+            self._append(ev["time_min"], [time_min])
+            self._append(ev["kind"], np.array([kind_b], dtype=f"S{schema.EVENT_KIND_BYTES}"))
+            detail_a = np.array([detail_b], dtype=f"S{schema.EVENT_DETAIL_BYTES}")
+            self._append(ev["detail"], detail_a)
+            self.f.flush()
 
     def close(self, status: str = "finished") -> None:
-        if self.f.id.valid:
-            self.flush_rows()
-            self.f.attrs["status"] = status.ljust(64)[:64]
-            self.f.flush()
-            self.f.close()
-        if self._lock is not None:
-            self._lock.release()
+        """Flush the buffered rows, set the status attribute, close the file and release it.
+
+        When the disk has no room for the rows or the status, the file is closed as its last
+        flush left it (status "running", resumable from its last checkpoint) and the
+        DiskFullError is raised after."""
+        full = None
+        try:
+            if self.f.id.valid:
+                try:
+                    self.flush_rows()
+                    with self._claim(0, "closing the run file"):
+                        self.f.attrs["status"] = status.ljust(64)[:64]
+                        self.f.flush()
+                except DiskFullError as exc:
+                    full = exc
+                finally:
+                    self.f.close()
+                    diskspace.release_claim(self.path)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+        if full is not None:
+            raise full
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close("finished" if exc[0] is None else "failed")
+
+
+def creation_bytes(scenario, columns, checkpoint_arrays) -> int:
+    """Bytes a new run file takes before its first snapshot, at most: the metadata of its
+    attributes and datasets (about 1 KiB a dataset, the scenario's text twice) and the
+    checkpoint slots' fixed-size datasets."""
+    n = 2 + 3 + len(scenario.fields) + len(columns) + 3
+    extra = 0
+    if checkpoint_arrays is not None:
+        n += 1 + checkpoint.N_SLOTS * (len(checkpoint_arrays) + 4)
+        extra = checkpoint.N_SLOTS * checkpoint.EXTRA_INDEX_BYTES
+    return (16 << 10) + n * 1024 + 2 * len(scenario.text.encode()) + extra
+
+
+def checkpoint_bytes(f: h5py.File, extra: dict) -> int:
+    """Bytes writing a checkpoint adds to the open run file ``f``, at most: the state's arrays
+    where the slot written next has not held them yet (each slot is written in place once it
+    has), and the growth of its extra state."""
+    g = f[checkpoint.GROUP]
+    buf, _ = checkpoint.pack_extra(extra)
+    most = 0
+    for k in range(checkpoint.N_SLOTS):
+        s = g[f"slot{k}"]
+        n = sum(diskspace.unallocated_bytes(d) for d in s["state"].values())
+        grow = buf.size - s["extra"].shape[0]
+        if grow > 0:
+            n += diskspace.append_bytes(s["extra"], grow)
+        most = max(most, n)
+    return most
 
 
 def last_row(f: h5py.File, columns) -> dict:
