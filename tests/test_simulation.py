@@ -1,10 +1,12 @@
 """Whole runs (tmesim.simulation): determinism, a killed run, stop conditions, the CLI run with its
-report, and the shipped scenarios' expected biology (slow)."""
+report, two runs given one output path, and the shipped scenarios' expected biology (slow)."""
 
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -13,9 +15,13 @@ import pytest
 import tmesim
 from tmesim import codes
 from tmesim.cli import main
+from tmesim.io import checkpoint
+from tmesim.io.runfile import attr_str
 from tmesim.simulation import Model
 
-from .helpers import SMALL_2D, h5_contents, make_scenario, run_small, scenario_text
+from .helpers import SMALL_2D, h5_contents, make_scenario, rows_in, run_small, scenario_text
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_same_seed_same_file_other_seed_differs(tmp_path):
@@ -59,6 +65,78 @@ def test_killed_run_leaves_a_readable_file(tmp_path):
         kind = ds["kind"].values
         assert kind.shape[0] == T and (kind[-1] == codes.TUMOR).sum() > 0
         assert ds["burden"].size >= 1
+
+
+def _tmesim(*args) -> subprocess.Popen:
+    path = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tmesim", *args, "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(path)),
+    )
+
+
+def test_a_second_run_given_the_path_of_a_live_run_is_refused(tmp_path):
+    """Two `tmesim run` processes, one output path: the second, started while the first runs,
+    is refused with one line (it used to replace the file, both reported success and the first
+    run's output was lost); the first goes on writing the file under that name."""
+    long = tmp_path / "long.toml"
+    long.write_text(scenario_text("run.duration_days=30", "run.checkpoint_every_hours=1"))
+    short = tmp_path / "short.toml"
+    short.write_text(scenario_text("run.duration_days=0.1", "run.seed=99"))
+    out = tmp_path / "run.h5"
+    first = _tmesim("run", str(long), "-o", str(out))
+    try:
+        deadline = time.monotonic() + 60
+        while rows_in(out) < 2 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert rows_in(out) >= 2, "the first run did not get going"
+        second = _tmesim("run", str(short), "-o", str(out))
+        _, err = second.communicate(timeout=120)
+        assert first.poll() is None, "the first run ended before the second was refused"
+        rows = rows_in(out)
+        first.send_signal(signal.SIGTERM)  # checkpoint and end "interrupted"
+        _, err1 = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert second.returncode == 2, err
+    assert err.count("\n") == 1 and err.startswith("tmesim run: error: ")
+    assert f"{out}: another process is writing this run file" in err
+    assert first.returncode == 3, err1
+    # the file under the name is the first run's, and it went on after the refusal
+    with h5py.File(out, "r") as f:
+        assert f.attrs["seed"] == 11 and attr_str(f, "status").strip() == "interrupted"
+        assert f["timeseries/time_min"].shape[0] >= rows
+        assert checkpoint.read(f).step > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "long.toml",
+        "run.h5",
+        "run.xdmf",
+        "short.toml",
+    ]
+
+
+def test_a_path_held_open_is_refused_and_a_finished_run_is_replaced(tmp_path):
+    """In one process: a file at the output path that another writer holds (its shared lock) is
+    refused, after the 2 s a reader gets to close it; a finished run there is replaced; no
+    temporary file is left either way."""
+    _, _, path = run_small(tmp_path, "a.h5", **{"run.duration_days": 0.1})
+    held = checkpoint.WriterLock(path)
+    held.shared()
+    try:
+        before = path.read_bytes()
+        with pytest.raises(checkpoint.RunLockedError, match="another process is writing"):
+            run_small(tmp_path, "a.h5", **{"run.duration_days": 0.2})
+        assert path.read_bytes() == before
+    finally:
+        held.release()
+    _, sim, path = run_small(tmp_path, "a.h5", **{"run.duration_days": 0.2})
+    with h5py.File(path, "r") as f:
+        assert f["timeseries/time_min"].shape[0] == sim.state.step + 1 == 49
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "a.xdmf"]
 
 
 def test_stop_at_burden_is_an_event(tmp_path):

@@ -29,7 +29,7 @@ from .grid import Grid
 from .initial import initial_state
 from .io import checkpoint as ckpt
 from .io import schema
-from .io.diskspace import DiskFullError
+from .io.diskspace import DiskFilledError, DiskFullError
 from .io.hdf5 import RunWriter, last_row
 from .io.runfile import attr_str, check_format, open_run_file
 from .scenario import Scenario, load_scenario, loads_scenario
@@ -526,6 +526,11 @@ class Simulation:
         if w is None:
             return exc
         step = self.state.step
+        if isinstance(exc, DiskFilledError):
+            return exc.with_after(
+                f"the run stopped at step {step}, and its file may be damaged past its last "
+                f"checkpoint; once space is freed, try `tmesim resume {w.path}`"
+            )
         if w.checkpoint_step is None:
             after = (
                 f"the run stopped at step {step}, before its first checkpoint; once space is "

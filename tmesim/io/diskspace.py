@@ -79,7 +79,20 @@ class DiskFullError(UserError):
 
     def with_after(self, after: str) -> DiskFullError:
         """The same error, saying ``after`` at its end."""
-        return DiskFullError(self.path, self.what, self.need, self.free, after)
+        return type(self)(self.path, self.what, self.need, self.free, after)
+
+
+class DiskFilledError(DiskFullError):
+    """A write of a run file failed for want of space although its room was checked: the file
+    system could not claim it and another process took it, or HDF5 needed more than claimed.
+    HDF5 may have left the file damaged past its last checkpoint."""
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"disk full: {self.what} failed for want of space ({mib(self.free)} free on "
+            f"{self.path.parent})"
+        )
 
 
 def mib(n: int) -> str:

@@ -41,6 +41,8 @@ from . import checkpoint, diskspace, schema
 from .diskspace import DiskFullError
 from .xdmf import write_xdmf
 
+#: room claimed to rewrite the status attribute at the end (in place: HDF5 flushes little else)
+STATUS_MARGIN = 16 << 10
 #: the datasets of /snapshots (beside the fields) and of /events, each one row per snapshot / event
 SNAPSHOT_ARRAYS = ("time", "step", "kind", "tumor_state", "memory")
 EVENT_ARRAYS = ("time_min", "kind", "detail")
@@ -72,6 +74,8 @@ class RunWriter:
     _lock: checkpoint.WriterLock | None
     #: the checkpoint a reopened run continues from (see :meth:`reopen`); None otherwise
     resumed_checkpoint: checkpoint.Checkpoint | None
+    #: the step of the last checkpoint committed in the file (None before the first)
+    checkpoint_step: int | None
 
     def __init__(
         self,
@@ -240,7 +244,9 @@ class RunWriter:
         self.resumed_checkpoint = None
         self.checkpoint_step = None
         self._layouts: dict[str, diskspace.Layout] = {}
+        self._datasets: dict[str, h5py.Dataset] = {}
         self._claims = 0
+        self._broken = False
 
     @classmethod
     def reopen(
@@ -291,9 +297,14 @@ class RunWriter:
                     "; the file is damaged"
                 )
             # cutting back rewrites metadata only, and the status: a margin's worth of room
-            self._room(0, "reopening the run file")
-            if self.xdmf:
-                self._xdmf_room("reopening the run file")
+            try:
+                self._room(0, "reopening the run file")
+                if self.xdmf:
+                    self._xdmf_room("reopening the run file")
+            except DiskFullError as exc:
+                raise exc.with_after(
+                    f"nothing was changed; once space is freed, `tmesim resume {path}` continues it"
+                ) from None
             snaps = f[schema.SNAPSHOTS]
             for ds in snaps.values():
                 if isinstance(ds, h5py.Dataset):
@@ -304,7 +315,7 @@ class RunWriter:
                 ds.resize(n_rows, axis=0)
             for ds in f[schema.EVENTS].values():
                 ds.resize(n_ev, axis=0)
-            f.attrs["status"] = "running".ljust(64)
+            self._set_status("running")
             f.flush()
             self._snap_times = [float(t) for t in snaps["time"][:]]
             if self.xdmf:
@@ -334,6 +345,14 @@ class RunWriter:
                 "n_rows": n_rows,
                 "n_events": f[schema.EVENTS]["time_min"].shape[0],
             }
+            # held open across the write, so that a slot's data HDF5 fails to write fails the
+            # flush before the commit instead of being dropped as its dataset closes
+            for k in range(checkpoint.N_SLOTS):
+                g = f"{checkpoint.GROUP}/slot{k}"
+                for name in state_arrays:
+                    self._ds(f"{g}/state/{name}")
+                for name in ("time_min", "counts", "extra", "extra_index"):
+                    self._ds(f"{g}/{name}")
             slot = checkpoint.write(f, state_arrays, time_min, counts, extra)
         self.checkpoint_step = int(step)
         return slot
@@ -353,26 +372,29 @@ class RunWriter:
             return None
         return fd if isinstance(fd, int) and fd >= 0 else None
 
-    def _room(self, nbytes: int, what: str) -> None:
-        """Claim room for a write adding up to ``nbytes`` of data to the file (and a margin
-        for the metadata it changes); DiskFullError, before anything is written, when there is
+    def _room(self, nbytes: int, what: str, margin: int = diskspace.METADATA_MARGIN) -> None:
+        """Claim room for a write adding up to ``nbytes`` of data to the file, and ``margin``
+        for the metadata it changes; DiskFullError, before anything is written, when there is
         none."""
-        diskspace.make_room(
-            self.path,
-            self._fd(),
-            self.f.id.get_filesize(),
-            nbytes + diskspace.METADATA_MARGIN,
-            what,
-        )
+        diskspace.make_room(self.path, self._fd(), self.f.id.get_filesize(), nbytes + margin, what)
 
     @contextlib.contextmanager
-    def _claim(self, nbytes: int, what: str):
+    def _claim(self, nbytes: int, what: str, margin: int = diskspace.METADATA_MARGIN):
         """Around one write: claim its room first (:meth:`_room`), and give back what it did not
         use once it is flushed (the outermost of nested writes does)."""
-        self._room(nbytes, what)
+        self._room(nbytes, what, margin)
         self._claims += 1
         try:
             yield
+        except Exception as exc:
+            if isinstance(exc, DiskFullError) or not diskspace.is_no_space(exc):
+                raise
+            # the room claimed was not enough (or could not be claimed, and another process took
+            # it): HDF5 has left the file as it could, and is asked for nothing more
+            self._broken = True
+            raise diskspace.DiskFilledError(
+                self.path, what, nbytes + margin, diskspace.free_bytes(self.path)
+            ) from None
         finally:
             self._claims -= 1
             fd = self._fd()
@@ -392,20 +414,28 @@ class RunWriter:
         if free < need:
             raise DiskFullError(self.path, f"{what} (its ParaView sidecar)", need, free)
 
+    def _ds(self, name: str) -> h5py.Dataset:
+        """The dataset ``name`` (a path in the file), kept open from its first use on: a write
+        that fails when HDF5 flushes it then fails the flush that follows, where h5py would
+        only print the failure of a dataset closed as the statement ends."""
+        ds = self._datasets.get(name)
+        if ds is None:
+            ds = self._datasets[name] = self.f[name]
+        return ds
+
     def _growth(self, group: str, names, n: int) -> int:
         """Bytes appending ``n`` rows to each of the datasets ``names`` of ``group`` (all as long
         as the first) adds to the file, at most."""
         names = list(names)
         if n <= 0 or not names:
             return 0
-        g = self.f[group]
-        old = g[names[0]].shape[0]
+        old = self._ds(f"{group}/{names[0]}").shape[0]
         total = 0
         for name in names:
             key = f"{group}/{name}"
             layout = self._layouts.get(key)
             if layout is None:  # asked once: HDF5's answer costs more than the write
-                layout = self._layouts[key] = diskspace.Layout.of(g[name])
+                layout = self._layouts[key] = diskspace.Layout.of(self._ds(key))
             total += layout.append_bytes(old, n)
         return total
 
@@ -415,7 +445,7 @@ class RunWriter:
 
     def snapshot(self, state) -> None:
         """Append the lattice and fields of ``state`` (host arrays) as one snapshot."""
-        snaps = self.f[schema.SNAPSHOTS]
+        S, F = schema.SNAPSHOTS, schema.FIELDS
         shape = self.grid.shape
         what = f"the snapshot at step {state.step}"
         need = self._growth(schema.SNAPSHOTS, SNAPSHOT_ARRAYS, 1)
@@ -423,14 +453,13 @@ class RunWriter:
         with self._claim(need + self._rows_bytes(), what):
             if self.xdmf:
                 self._xdmf_room(what)
-            self._append(snaps["time"], [state.time_min])
-            self._append(snaps["step"], [state.step])
-            self._append(snaps["kind"], state.kind.reshape((1,) + shape))
-            self._append(snaps["tumor_state"], state.tumor_state.reshape((1,) + shape))
-            self._append(snaps["memory"], state.memory.reshape((1,) + shape))
-            fields = self.f[schema.FIELDS]
+            self._append(self._ds(f"{S}/time"), [state.time_min])
+            self._append(self._ds(f"{S}/step"), [state.step])
+            self._append(self._ds(f"{S}/kind"), state.kind.reshape((1,) + shape))
+            self._append(self._ds(f"{S}/tumor_state"), state.tumor_state.reshape((1,) + shape))
+            self._append(self._ds(f"{S}/memory"), state.memory.reshape((1,) + shape))
             for i, fc in enumerate(self.sc.fields):
-                self._append(fields[fc.name], state.fields[i].reshape((1,) + shape))
+                self._append(self._ds(f"{F}/{fc.name}"), state.fields[i].reshape((1,) + shape))
             self._snap_times.append(float(state.time_min))
             self.flush_rows()
         if self.xdmf:
@@ -469,9 +498,8 @@ class RunWriter:
             self.f.flush()
             return
         with self._claim(self._rows_bytes(), f"{len(self._rows)} time-series rows"):
-            ts = self.f[schema.TIMESERIES]
             for col in self.columns:
-                self._append(ts[col], [r[col] for r in self._rows])
+                self._append(self._ds(f"{schema.TIMESERIES}/{col}"), [r[col] for r in self._rows])
             self._rows = []
             self.f.flush()
 
@@ -494,13 +522,22 @@ class RunWriter:
                 if len(detail_b) <= schema.EVENT_DETAIL_BYTES:
                     break
                 room -= max(1, len(detail_b) - schema.EVENT_DETAIL_BYTES)
-        ev = self.f[schema.EVENTS]
-        with self._claim(self._growth(schema.EVENTS, EVENT_ARRAYS, 1), f"the {kind} event"):
-            self._append(ev["time_min"], [time_min])
-            self._append(ev["kind"], np.array([kind_b], dtype=f"S{schema.EVENT_KIND_BYTES}"))
+        E = schema.EVENTS
+        with self._claim(self._growth(E, EVENT_ARRAYS, 1), f"the {kind} event"):
+            self._append(self._ds(f"{E}/time_min"), [time_min])
+            kind_a = np.array([kind_b], dtype=f"S{schema.EVENT_KIND_BYTES}")
+            self._append(self._ds(f"{E}/kind"), kind_a)
             detail_a = np.array([detail_b], dtype=f"S{schema.EVENT_DETAIL_BYTES}")
-            self._append(ev["detail"], detail_a)
+            self._append(self._ds(f"{E}/detail"), detail_a)
             self.f.flush()
+
+    def _set_status(self, status: str) -> None:
+        """Set the status attribute (padded to its 64 characters).
+
+        ``attrs[...] =`` replaces the fixed-length string it was created as by a variable-length
+        one; ``attrs.modify`` would rewrite it in place, but readers of the attribute with plain
+        h5py then get bytes, where they got a str (the change is left to a format revision)."""
+        self.f.attrs["status"] = status.ljust(64)[:64]
 
     def close(self, status: str = "finished") -> None:
         """Flush the buffered rows, set the status attribute, close the file and release it.
@@ -510,11 +547,15 @@ class RunWriter:
         DiskFullError is raised after."""
         full = None
         try:
-            if self.f.id.valid:
+            if self._broken:
+                with contextlib.suppress(Exception):
+                    self.f.close()
+            elif self.f.id.valid:
                 try:
                     self.flush_rows()
-                    with self._claim(0, "closing the run file"):
-                        self.f.attrs["status"] = status.ljust(64)[:64]
+                    # the status is rewritten in place: a little room for the metadata flushed
+                    with self._claim(0, "closing the run file", STATUS_MARGIN):
+                        self._set_status(status)
                         self.f.flush()
                 except DiskFullError as exc:
                     full = exc
