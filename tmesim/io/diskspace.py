@@ -70,7 +70,7 @@ class DiskFullError(UserError):
     def reason(self) -> str:
         """The short reason, for the run file's ``interrupted`` event."""
         return (
-            f"disk full: {self.what} needs {mib(self.need)}, {mib(self.free)} free "
+            f"disk full: {self.what} needs up to {mib(self.need)}, {mib(self.free)} free "
             f"on {self.path.parent}"
         )
 

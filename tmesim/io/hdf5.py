@@ -25,11 +25,13 @@ as data.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as _dt
 import errno
 import json
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import h5py
@@ -188,28 +190,17 @@ class RunWriter:
     def _publish(self, part: Path) -> None:
         """Put the new file ``part`` (held by our shared lock) in place under the run's name.
 
-        Where nothing is there, a hard link puts it there only if nothing came first. A file
-        there is replaced only while we hold its exclusive lock and it is still the one there: a
-        live writer (or a reader) holds a shared lock, and the run is refused."""
+        Where nothing is there, it is renamed there only if nothing came first (a rename that
+        does not replace, else a hard link). A file there is replaced only while we hold its
+        exclusive lock and it is still the one there: a live writer (or a reader) holds a shared
+        lock, and the run is refused."""
         while True:
-            try:
-                os.link(part, self.path)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
-                    raise
-                # no hard links on this file system: replace, under the lock if a file is there
-                if not self.path.exists():
-                    os.replace(part, self.path)
-                    break
-            else:
-                part.unlink()
+            if _put_if_absent(part, self.path):
                 break
             try:
                 there = checkpoint.WriterLock(self.path)
             except FileNotFoundError:
-                continue  # removed meanwhile: link again
+                continue  # removed meanwhile: try again
             try:
                 try:
                     there.exclusive()
@@ -573,6 +564,54 @@ class RunWriter:
 
     def __exit__(self, *exc):
         self.close("finished" if exc[0] is None else "failed")
+
+
+def _renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _renameat2()
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _put_if_absent(src: Path, dst: Path) -> bool:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (then False), atomically where the system
+    can: ``renameat2(RENAME_NOREPLACE)`` (Linux), else a hard link then the old name removed
+    (the file keeps its new name only, but a process holding it open sees it as deleted), else a
+    check then a rename (another process may come between the two)."""
+    if _RENAMEAT2 is not None:
+        if (
+            _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+            == 0
+        ):
+            return True
+        e = ctypes.get_errno()
+        if e == errno.EEXIST:
+            return False
+        if e not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(e, os.strerror(e), str(dst))
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+        if dst.exists():
+            return False
+        os.replace(src, dst)
+        return True
+    src.unlink()
+    return True
 
 
 def creation_bytes(scenario, columns, checkpoint_arrays) -> int:
