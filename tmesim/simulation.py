@@ -497,7 +497,8 @@ class Simulation:
         except KeyboardInterrupt:
             status = "interrupted"
             raising = True
-            self._event(self.state.time_min, "interrupted", {"reason": "KeyboardInterrupt"})
+            with contextlib.suppress(DiskFullError):
+                self._event(self.state.time_min, "interrupted", {"reason": "KeyboardInterrupt"})
             raise
         except BaseException:
             status = "failed"

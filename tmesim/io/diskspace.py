@@ -166,14 +166,15 @@ def claim(fd: int, start: int, length: int) -> bool:
 
 def give_back(fd: int) -> None:
     """Give back the blocks claimed past the end of the open file ``fd`` and not used
-    (truncating a file to its own size frees them on tmpfs, ext4 and XFS; elsewhere a no-op)."""
+    (truncating a file to its own size frees them on tmpfs and ext4; elsewhere they may stay
+    until the file is truncated or removed)."""
     with contextlib.suppress(OSError):
         os.ftruncate(fd, os.fstat(fd).st_size)
 
 
 def release_claim(path) -> None:
     """Give back the blocks claimed past the end of the closed file ``path`` and not used
-    (truncating a file to its own size frees them on tmpfs, ext4 and XFS; elsewhere a no-op)."""
+    (see :func:`give_back`)."""
     with contextlib.suppress(OSError):  # gone, or read-only: nothing claimed there to give back
         os.truncate(path, os.path.getsize(path))
 

@@ -43,7 +43,8 @@ from . import checkpoint, diskspace, schema
 from .diskspace import DiskFullError
 from .xdmf import write_xdmf
 
-#: room claimed to rewrite the status attribute at the end (in place: HDF5 flushes little else)
+#: room claimed to rewrite the status attribute at the end (a new string in HDF5's global heap:
+#: 4 KiB measured)
 STATUS_MARGIN = 16 << 10
 #: the datasets of /snapshots (beside the fields) and of /events, each one row per snapshot / event
 SNAPSHOT_ARRAYS = ("time", "step", "kind", "tumor_state", "memory")
@@ -103,7 +104,16 @@ class RunWriter:
             raise exc.with_after("no run file was made") from None
         # a name of its own: another run creating the same path never truncates this one
         part = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(3)}.part")
-        self.f = h5py.File(part, "w-", libver="latest")
+        try:
+            self.f = h5py.File(part, "w-", libver="latest")
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            if diskspace.is_no_space(exc):  # another process took the room meanwhile
+                free = diskspace.free_bytes(self.path)
+                raise DiskFullError(
+                    self.path, "creating the run file", need, free, "no run file was made"
+                ) from None
+            raise
         try:
             self._room(need, "creating the run file")
             self._build(scenario, grid, columns, backend, device, checkpoint_arrays)
@@ -113,12 +123,17 @@ class RunWriter:
             self._lock = checkpoint.WriterLock(part)
             self._lock.shared()
             self._publish(part)
-        except BaseException:
+        except BaseException as err:
             with contextlib.suppress(Exception):  # a half-made temporary file, removed below
                 self.f.close()
             if self._lock is not None:
                 self._lock.release()
             part.unlink(missing_ok=True)
+            if not isinstance(err, DiskFullError) and diskspace.is_no_space(err):
+                free = diskspace.free_bytes(self.path)
+                raise DiskFullError(
+                    self.path, "creating the run file", need, free, "no run file was made"
+                ) from None
             raise
 
     def _build(self, scenario, grid, columns, backend, device, checkpoint_arrays) -> None:
