@@ -252,12 +252,12 @@ def test_presets_load_and_user_values_override(preset):
     eff = DRUG_PRESETS[preset]["effects"]
     target = sorted(eff)[0]
     sc = tmesim.loads_scenario(
-        f"[drugs.x]\npreset = '{preset}'\n[drugs.x.effects.{target}]\nec50_uM = 123.0\n"
+        f"[drugs.d]\npreset = '{preset}'\n[drugs.d.effects.{target}]\nec50_uM = 123.0\n"
     )
-    d = sc.drug("x")
+    d = sc.drug("d")
     assert set(d.effects) == set(eff)
     assert d.effects[target].ec50_uM == 123.0
     for k, v in eff[target].items():
         if k != "ec50_uM":
             assert getattr(d.effects[target], k) == v
-    assert "x" in sc.field_names and sc.field("x").role == "drug"
+    assert "d" in sc.field_names and sc.field("d").role == "drug"

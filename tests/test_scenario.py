@@ -3,13 +3,16 @@
 import subprocess
 import sys
 import textwrap
+import tomllib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tmesim
 from tmesim.cli import main
-from tmesim.scenario import summary
+from tmesim.scenario import summary, toml_value
 
 GOOD = """
 [run]
@@ -121,36 +124,36 @@ BAD = [
         "init.tumor.radius_um",
         "finite",
     ),
-    ("unknown drug preset", GOOD + '[drugs.x]\npreset = "nope"\n', "drugs.x.preset", "egfr_tki"),
+    ("unknown drug preset", GOOD + '[drugs.d]\npreset = "nope"\n', "drugs.d.preset", "egfr_tki"),
     (
         "drug without effects",
-        GOOD + "[drugs.x]\nschedule = { dose_uM = 1 }\n",
-        "drugs.x.effects",
+        GOOD + "[drugs.d]\nschedule = { dose_uM = 1 }\n",
+        "drugs.d.effects",
         "at least one effect",
     ),
     (
         "unknown effect target",
-        GOOD + '[drugs.x]\npreset = "egfr_tki"\neffects = { kill_Q = {} }\n',
-        "drugs.x.effects.kill_Q",
+        GOOD + '[drugs.d]\npreset = "egfr_tki"\neffects = { kill_Q = {} }\n',
+        "drugs.d.effects.kill_Q",
         "an effect target",
     ),
     (
         "negative EC50",
-        GOOD + '[drugs.x]\npreset = "egfr_tki"\neffects = { kill_S = { ec50_uM = -1 } }\n',
-        "drugs.x.effects.kill_S.ec50_uM",
+        GOOD + '[drugs.d]\npreset = "egfr_tki"\neffects = { kill_S = { ec50_uM = -1 } }\n',
+        "drugs.d.effects.kill_S.ec50_uM",
         "> 0",
     ),
     (
         "doses and times differ",
-        GOOD + '[drugs.x]\npreset = "egfr_tki"\nschedule = { kind = '
+        GOOD + '[drugs.d]\npreset = "egfr_tki"\nschedule = { kind = '
         '"doses", times_h = [1, 2], doses_uM = [1] }\n',
-        "drugs.x.schedule.doses_uM",
+        "drugs.d.schedule.doses_uM",
         "2 doses",
     ),
     (
         "vessel transport without vessels",
-        GOOD + '[drugs.x]\npreset = "egfr_tki"\ntransport = "vessels"\n',
-        "drugs.x.transport",
+        GOOD + '[drugs.d]\npreset = "egfr_tki"\ntransport = "vessels"\n',
+        "drugs.d.transport",
         "no vessels",
     ),
     (
@@ -172,6 +175,214 @@ BAD = [
         "persister",
     ),
 ]
+
+# What a key's type and range alone accepted before, and the whole scenario does not: careless and
+# hostile values found by fuzzing (issue 18; tests/test_scenario_fuzz.py)
+TUMOR = GOOD.replace("radius_um = 100", "radius_um = 100\n{}")
+DRUG = GOOD + '[drugs.d]\npreset = "egfr_tki"\n{}\n'
+SEMANTIC = [
+    (
+        "persister and resistant fractions above 1",
+        TUMOR.format("persister_fraction = 0.7\nresistant_fraction = 0.4"),
+        "init.tumor.resistant_fraction",
+        "at most 1 - init.tumor.persister_fraction (0.3)",
+    ),
+    (
+        "a disk of radius 0",
+        GOOD.replace("radius_um = 100", "radius_um = 0"),
+        "init.tumor.radius_um",
+        "> 0",
+    ),
+    (
+        "a negative rectangle",
+        GOOD.replace('"disk"', '"rectangle"\nsize_um = [200, -100]'),
+        "init.tumor.size_um[1]",
+        "> 0",
+    ),
+    (
+        "a tumor outside the grid",
+        TUMOR.format("center_um = [5000, 320]"),
+        "init.tumor.radius_um",
+        "at least one voxel centre",
+    ),
+    (
+        "a disk smaller than a voxel between voxel centres",
+        GOOD.replace("radius_um = 100", "radius_um = 5"),
+        "init.tumor.radius_um",
+        "at least one voxel centre",
+    ),
+    (
+        "a controller stopping before it starts",
+        DRUG.format('controller = { kind = "adaptive", start_day = 5, stop_day = 2 }'),
+        "drugs.d.controller.stop_day",
+        "after the controller's start_day (5)",
+    ),
+    (
+        "a controller stopping as it starts",
+        DRUG.format('controller = { kind = "biomarker", start_day = 3, stop_day = 3 }'),
+        "drugs.d.controller.stop_day",
+        "after the controller's start_day (3)",
+    ),
+    (
+        "a schedule stopping before it starts",
+        DRUG.format("schedule = { dose_uM = 1, start_day = 4, stop_day = 1 }"),
+        "drugs.d.schedule.stop_day",
+        "after start_day (4)",
+    ),
+    (
+        "a continuous schedule stopping as it starts",
+        DRUG.format("schedule = { dose_uM = 1, start_day = 4, stop_day = 4 }"),
+        "drugs.d.schedule.stop_day",
+        'kind = "none" gives no dose',
+    ),
+    (
+        "a bolus every 3.6 ms",
+        DRUG.format("half_life_h = 24\nschedule = { dose_uM = 1, interval_h = 1e-6 }"),
+        "drugs.d.schedule.interval_h",
+        "at least 0.00169 h: every 1e-06 h gives 1.69e+08 boluses",
+    ),
+    (
+        "a 1e308-day run",
+        GOOD.replace('name = "t"', 'name = "t"\nduration_days = 1e308'),
+        "run.duration_days",
+        "at most 1e+15",
+    ),
+    (
+        "a run of 1e12 steps",
+        GOOD.replace('name = "t"', 'name = "t"\nduration_days = 1e9\ndt_min = 1'),
+        "run.duration_days",
+        "at most 1e+08 agent steps of run.dt_min (1 min): at most 6.944e+04 days",
+    ),
+    (
+        "an integer beyond float64",
+        GOOD.replace("radius_um = 100", "radius_um = 1" + "0" * 400),
+        "init.tumor.radius_um",
+        "a finite number",
+    ),
+    (
+        "5000 digits",
+        GOOD.replace('name = "t"', 'name = "t"\nseed = ' + "7" * 5000),
+        "(file)",
+        "4300",
+    ),
+    ("preset as a table", GOOD + "[drugs.d.preset]\na = 1\n", "drugs.d.preset", "egfr_tki"),
+    ("preset as a list", GOOD + "[drugs.d]\npreset = [1]\n", "drugs.d.preset", "egfr_tki"),
+    (
+        "lists nested 40 deep",
+        GOOD + "[caf]\nx = " + "[" * 40 + "]" * 40,
+        "caf.x" + "[0]" * 15,
+        "16 deep",
+    ),
+    ("lists nested 5000 deep", GOOD + "[caf]\nx = " + "[" * 5000 + "]" * 5000, "(file)", "16 deep"),
+    (
+        "tables nested 2000 deep",
+        GOOD + "[caf]\nx = " + "{a=" * 2000 + "1" + "}" * 2000,
+        "(file)",
+        "16 deep",
+    ),
+    ("a dotted key 30 deep", GOOD + "[caf]\n" + "a." * 30 + "b = 1", "(file)", "16 deep"),
+    (
+        "a NUL in the units",
+        GOOD + '[fields.oxygen]\nunits = "mm\\u0000Hg"\n',
+        "fields.oxygen.units",
+        "'\\x00' is at position 2",
+    ),
+    (
+        "an escape in the units",
+        GOOD + '[fields.oxygen]\nunits = "\\u001b[31m"\n',
+        "fields.oxygen.units",
+        "control characters",
+    ),
+]
+# names of the run file's own datasets, coordinates and columns, taken by a field or a drug
+for _name, _where in [
+    ("kind", "fields"),
+    ("tumor_state", "fields"),
+    ("memory", "fields"),
+    ("burden", "fields"),
+    ("time", "fields"),
+    ("time_min", "drugs"),
+    ("step", "fields"),
+    ("x", "drugs"),
+    ("y", "fields"),
+    ("z", "drugs"),
+    ("day", "fields"),
+    ("n_S", "drugs"),
+]:
+    _table = (
+        '\nunits = "a.u."\ndiffusion_um2_per_min = 10\n'
+        if _where == "fields"
+        else '\npreset = "egfr_tki"\n'
+    )
+    SEMANTIC.append(
+        (
+            f"{_where} named {_name}",
+            GOOD + f"[{_where}.{_name}]{_table}",
+            f"{_where}.{_name}",
+            "the run file's own names",
+        )
+    )
+for _name, _prefix in [
+    ("plasma_erl", "plasma_"),
+    ("mean_o2", "mean_"),
+    ("dose_a", "dose_"),
+    ("cumulative_dose_a", "cumulative_dose_"),
+]:
+    SEMANTIC.append(
+        (
+            f"a field named {_name}",
+            GOOD + f'[fields.{_name}]\nunits = "a"\ndiffusion_um2_per_min = 1\n',
+            f"fields.{_name}",
+            f"does not start with {_prefix}",
+        )
+    )
+SEMANTIC += [
+    (
+        "a field whose column is another field's",
+        GOOD + '[fields.oxygen_tumor]\nunits = "a"\ndiffusion_um2_per_min = 1\n',
+        "fields.oxygen_tumor",
+        "mean_oxygen_tumor is not also made for fields.oxygen",
+    ),
+    (
+        "a field whose column is a column of every run",
+        GOOD + '[fields.time_in_P_h]\nunits = "h"\ndiffusion_um2_per_min = 1\n',
+        "fields.time_in_P_h",
+        "mean_time_in_P_h is not also a column of every run",
+    ),
+    ("a non-ASCII field name", GOOD + '[fields."\u00e9"]\nunits = "a"\n', "fields.\u00e9", "a-z"),
+]
+# run.name is the default run file, <run.name>.h5 in the working folder
+for _bad in [
+    "../../x",
+    "/tmp/abs",
+    "a/b",
+    "a\\\\b",
+    "",
+    "-rf",
+    ".hidden",
+    "..",
+    "a..b",
+    " lead",
+    "n" * 201,
+]:
+    SEMANTIC.append(
+        (
+            f"run.name {_bad[:20]!r}",
+            GOOD.replace('name = "t"', f'name = "{_bad}"'),
+            "run.name",
+            "letters, digits",
+        )
+    )
+for _bad in ["a\\u0000b", "a\\nb", "a\\u001bb"]:
+    SEMANTIC.append(
+        (
+            f"run.name {_bad!r}",
+            GOOD.replace('name = "t"', f'name = "{_bad}"'),
+            "run.name",
+            "control characters",
+        )
+    )
+BAD += SEMANTIC
 
 
 @pytest.mark.parametrize("what,text,path,expected", BAD, ids=[b[0] for b in BAD])
@@ -280,3 +491,67 @@ def test_validate_prints_memory(tmp_path, capsys):
         sum(a.nbytes for k, a in st.arrays().items() if k not in ("plasma", "dose_total")) // 16
     )
     assert f"{per_voxel} bytes/voxel" in out and "OK" in out
+
+
+def test_a_5000_digit_override_names_its_key(tmp_path, capsys):
+    f = tmp_path / "s.toml"
+    f.write_text(GOOD)
+    assert main(["validate", str(f), "--set", "run.seed=" + "7" * 5000]) == 2
+    err = capsys.readouterr().err
+    assert "'run.seed'" in err and "4300 digits" in err and "(5000 characters)" in err, err
+    assert err.count("\n") == 1 and len(err) < 300
+
+
+def test_messages_echo_values_and_keys_cut_short():
+    """A value of 50 MB, an integer of 5000 digits (beyond what Python writes out) and a key of
+    100,000 characters are shown cut to about 80 characters, with their sizes."""
+    cases = [
+        ({"run": {"name": "n" * 50_000_000}}, "(50000000 characters)"),
+        ({"run": {"seed": 10**5000}}, "an integer of about 5001 digits"),
+        ({"run": {"k" * 100_000: 1}}, "(100004 characters)"),
+        ({"grid": {"shape": [[1] * 10**6]}}, "got [1, 1, 1, 1, 1, 1, ...], expected an integer"),
+    ]
+    for data, shown in cases:
+        with pytest.raises(tmesim.ScenarioError) as e:
+            tmesim.scenario.parse_scenario(data)
+        msg = str(e.value)
+        assert shown in msg and len(msg) < 400 and "\n" not in msg, msg[:500]
+
+
+@pytest.mark.parametrize(
+    "name", ["quickstart_2d", "run 1", "a.b", "x-1", "caf\u00e9", "pc9+erl=2,a@b(c)", "n" * 200]
+)
+def test_run_names_that_stay_in_the_working_folder_are_accepted(name):
+    sc = tmesim.loads_scenario(GOOD, overrides={"run.name": name})
+    assert sc.run.name == name
+
+
+def test_fractions_summing_to_one_and_a_tumor_at_the_edge_are_accepted():
+    sc = tmesim.loads_scenario(
+        TUMOR.format("persister_fraction = 0.6\nresistant_fraction = 0.4\ncenter_um = [0, 0]")
+    )
+    assert sc.init.tumor.persister_fraction + sc.init.tumor.resistant_fraction == 1.0
+    # a quarter disk in the corner holds voxels; so does a disk of half a diagonal on a centre
+    model = tmesim.Model(sc)
+    assert (model.state.kind == 1).sum() > 0
+    at_centre = tmesim.loads_scenario(
+        GOOD.replace("radius_um = 100", "radius_um = 14.2\ncenter_um = [330, 330]")
+    )
+    assert (tmesim.Model(at_centre).state.kind == 1).sum() == 1
+
+
+@given(st.text(st.characters(codec="utf-8")))
+@settings(derandomize=True, max_examples=300, deadline=None)
+def test_toml_value_writes_every_string_back(s):
+    """Overrides are stored as TOML text (Scenario.text): every string, control characters
+    included, is written so that TOML reads it back unchanged."""
+    assert tomllib.loads("v = " + toml_value(s))["v"] == s
+
+
+def test_a_description_with_newlines_is_stored_as_valid_toml():
+    sc = tmesim.loads_scenario(
+        GOOD + '[drugs.d]\npreset = "egfr_tki"\n',
+        overrides=['drugs.d.description="two\\nlines\\tand a tab"'],
+    )
+    assert sc.drug("d").description == "two\nlines\tand a tab"
+    assert tmesim.loads_scenario(sc.text).drug("d").description == "two\nlines\tand a tab"

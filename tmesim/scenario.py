@@ -31,8 +31,10 @@ command `tmesim validate-model` reproduces the calibration targets.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from pathlib import Path
 from .codes import KIND_NAMES, STATE_KEYS
 from .drug_presets import DRUG_PRESETS
 from .errors import _MISSING, ScenarioError
+from .io import schema as run_schema
 
 # keys of per-kind rate tables: occupant kinds, and tumor states that override "tumor"
 RATE_KEYS = KIND_NAMES + tuple(STATE_KEYS)
@@ -50,14 +53,52 @@ FACES = ("z-", "z+", "y-", "y+", "x-", "x+")
 #: longest push reach in voxel edges ([tumor.mechanics]; keeps lattice distances in 16 bits)
 MAX_PUSH_REACH_VOXELS = 1000
 
+# Bounds on what a scenario may ask for, so that a careless or hostile file is refused with a
+# message instead of ending in an overflow, a hang or an allocation of terabytes.
+#: largest scenario file: a scenario is a few kB of text; TOML takes seconds a few MB
+MAX_SCENARIO_BYTES = 1 << 20
+#: deepest nesting of tables and lists (the schema's deepest key, fields.NAME.boundary[i].faces[j],
+#: is 6 levels down); Python's TOML reader recurses per level and slows quadratically with the
+#: length of a dotted key
+MAX_DEPTH = 16
+#: largest magnitude of a number: every quantity of the model is far below it, and products of
+#: a few such values stay finite in float64 (1e308 days overflow the step count)
+MAX_NUMBER = 1e15
+#: longest string value: file paths (masks) are the longest the schema has
+MAX_STRING = 4096
+#: most agent steps in one run: 1.1e8 steps of 6 minutes are 1,300 years of simulated time;
+#: the time series alone would hold a row per step
+MAX_AGENT_STEPS = 10**8
+#: most boluses of one drug over a run (one-compartment PK keeps their times and amounts in
+#: memory and scans them every step): one every 6 minutes for more than a year
+MAX_BOLUSES = 10**5
+#: longest field or drug name: it names HDF5 datasets and time-series columns
+MAX_NAME = 64
+#: longest run name in UTF-8 bytes: the run file <run.name>.h5 (and the writer's .h5.part)
+#: stays under the 255 bytes a file name may have
+MAX_RUN_NAME_BYTES = 200
 
-def param(default, unit: str = "", doc: str = "", *, lo=None, hi=None, lo_open=False, choices=None):
+
+def param(
+    default,
+    unit: str = "",
+    doc: str = "",
+    *,
+    lo=None,
+    hi=None,
+    lo_open=False,
+    choices=None,
+    multiline=False,
+):
     """A scenario parameter: default, unit, a sentence of documentation and its accepted range.
 
     ``lo``/``hi`` are inclusive bounds (``lo_open`` makes the lower one exclusive); ``choices``
-    lists accepted strings.
+    lists accepted strings; ``multiline`` lets a string hold newlines and tabs (other control
+    characters are refused in every string).
     """
-    meta = dict(unit=unit, doc=doc, lo=lo, hi=hi, lo_open=lo_open, choices=choices)
+    meta = dict(
+        unit=unit, doc=doc, lo=lo, hi=hi, lo_open=lo_open, choices=choices, multiline=multiline
+    )
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -666,7 +707,7 @@ class DrugConfig:
 
     name: str = ""
     preset: str | None = param(None, "", "a drug class whose values fill what is left out")
-    description: str = param("", "", "what the drug stands for")
+    description: str = param("", "", "what the drug stands for", multiline=True)
     half_life_h: float = param(
         0.0,
         "h",
@@ -906,14 +947,18 @@ def _convert(path: str, value, tp, meta):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ScenarioError(path, value, _type_name(tp))
-        value = float(value)
-        if not math.isfinite(value):
-            raise ScenarioError(path, value, "a finite number")
-        _check_range(path, value, meta)
-        return value
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float64
+            number = math.inf
+        if not math.isfinite(number) or abs(number) > MAX_NUMBER:
+            raise ScenarioError(path, value, f"a finite number of at most {MAX_NUMBER:g} in size")
+        _check_range(path, number, meta)
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ScenarioError(path, value, _type_name(tp))
+        _check_text(path, value, meta.get("multiline", False))
         choices = meta.get("choices")
         if choices and value not in choices:
             raise ScenarioError(path, value, "one of " + ", ".join(repr(c) for c in choices))
@@ -958,15 +1003,47 @@ def _convert(path: str, value, tp, meta):
     raise TypeError(f"unsupported schema type {tp!r} at {path}")  # a bug in the schema
 
 
+#: characters a string value may not hold: C0 controls (NUL, escape, ...) and DEL; a multi-line
+#: text (a drug's description) may hold newlines and tabs
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _check_text(path: str, value: str, multiline: bool = False) -> None:
+    """A string value: printable text of at most MAX_STRING characters, encodable as UTF-8
+    (HDF5 attributes and the stored scenario text hold it; a NUL ends a C string early)."""
+    if len(value) > MAX_STRING:
+        raise ScenarioError(path, value, f"a string of at most {MAX_STRING} characters")
+    bad = (_CONTROL_BUT_LINES if multiline else _CONTROL).search(value)
+    if bad:
+        allowed = " (newlines and tabs are allowed)" if multiline else ""
+        raise ScenarioError(
+            path,
+            value,
+            f"text without control characters{allowed}; "
+            f"{bad.group()!r} is at position {bad.start()}",
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (from Python, TOML cannot hold one)
+        raise ScenarioError(path, value, "valid Unicode text") from None
+
+
+def _no_such_key(where: str, value, names) -> ScenarioError:
+    key = where.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(key, sorted(names), n=1) if len(key) < 100 else []
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ScenarioError(
+        where, value, f"no such key{hint}; keys here are: {', '.join(sorted(names))}"
+    )
+
+
 def _build(cls, data: dict, path: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in names:
-            where = f"{path}.{key}" if path else key
-            raise ScenarioError(
-                where, data[key], f"no such key; keys here are: {', '.join(sorted(names))}"
-            )
+            raise _no_such_key(f"{path}.{key}" if path else str(key), data[key], names)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
@@ -975,12 +1052,74 @@ def _build(cls, data: dict, path: str):
     return cls(**kwargs)
 
 
+#: names of the run file's own datasets, coordinates and dimensions (tmesim.io.hdf5,
+#: tmesim.io.reader.open_run: kind, tumor_state and memory are data variables beside the fields,
+#: time, step, step_time_h and the axes are coordinates) and of the in-memory series ("day"),
+#: and its time-series columns: a field or drug of one of these names would shadow it
+RESERVED_NAMES = frozenset(
+    {"kind", "tumor_state", "memory", "time", "step", "step_time_h", "day", "x", "y", "z"}
+    | set(run_schema.BASE_COLUMNS)
+)
+#: the prefixes of the columns made for each field (mean_) and drug (plasma_, dose_,
+#: cumulative_dose_; tmesim.io.schema): a name that starts with one could be another's column
+RESERVED_PREFIXES = ("mean_", "plasma_", "dose_", "cumulative_dose_")
+
+
+def _check_name(where: str, name, what: str) -> None:
+    """A field or drug name: it names an HDF5 dataset, time-series columns and an xarray
+    variable, so it is a short ASCII identifier that is none of the run file's own names."""
+    if not isinstance(name, str) or not (name.isidentifier() and name.isascii()):
+        raise ScenarioError(where, name, f"a {what} name made of letters (a-z, A-Z), digits and _")
+    if len(name) > MAX_NAME:
+        raise ScenarioError(where, name, f"a {what} name of at most {MAX_NAME} characters")
+    if name in RESERVED_NAMES:
+        raise ScenarioError(
+            where,
+            name,
+            f"a {what} name that is not one of the run file's own names (kind, tumor_state, "
+            "memory, time, step, x, y, z, day and the time-series columns such as burden)",
+        )
+    for prefix in RESERVED_PREFIXES:
+        if name.startswith(prefix):
+            raise ScenarioError(
+                where,
+                name,
+                f"a {what} name that does not start with {prefix} (the run file's columns are "
+                "mean_<field>, plasma_<drug>, dose_<drug> and cumulative_dose_<drug>)",
+            )
+
+
+def _check_columns(fields, drugs) -> None:
+    """Every time-series column and data variable of a run is named once (a field named
+    ``oxygen_tumor`` would make a second mean_oxygen_tumor beside oxygen's own)."""
+    seen: dict[str, str] = {}
+    owners = [("base", c) for c in run_schema.BASE_COLUMNS]
+    drug_names = {d.name for d in drugs}
+    for f in fields:
+        where = f"drugs.{f.name}" if f.name in drug_names else f"fields.{f.name}"
+        owners += [(where, f.name)]
+        owners += [(where, c) for c in run_schema.field_columns([f.name], [f.units])]
+    for d in drugs:
+        owners += [(f"drugs.{d.name}", c) for c in run_schema.drug_columns([d.name])]
+    for where, col in owners:
+        if col in seen and seen[col] != where:
+            other = seen[col]
+            if where == "base":
+                where, other = other, where
+            raise ScenarioError(
+                where,
+                where.split(".", 1)[1],
+                f"a name whose run-file column {col} is not also "
+                + ("a column of every run" if other == "base" else f"made for {other}"),
+            )
+        seen[col] = where
+
+
 def _named_tables(data: dict, path: str, what: str):
     """(name, table, key path) of each [path.NAME] table, checking the name and the table."""
     for name, spec in data.items():
         where = f"{path}.{name}"
-        if not name.isidentifier():
-            raise ScenarioError(where, name, f"a {what} name made of letters, digits and _")
+        _check_name(where, name, what)
         if not isinstance(spec, dict):
             raise ScenarioError(where, spec, f"a table of {what} parameters")
         if "name" in spec:
@@ -1023,7 +1162,7 @@ def _build_drugs(data, path="drugs") -> tuple[DrugConfig, ...]:
         values = dict(spec)
         preset = values.get("preset")
         if preset is not None:
-            if preset not in DRUG_PRESETS:
+            if not isinstance(preset, str) or preset not in DRUG_PRESETS:
                 raise ScenarioError(
                     f"{where}.preset", preset, "one of " + ", ".join(sorted(DRUG_PRESETS))
                 )
@@ -1082,9 +1221,129 @@ def _drug_field(d: DrugConfig) -> FieldConfig:
     )
 
 
+#: what a run name may hold: it names the run file <run.name>.h5 in the working folder
+_RUN_NAME = re.compile(r"[\w+=,@() .-]+")
+RUN_NAME_RULE = (
+    f"a file name of 1 to {MAX_RUN_NAME_BYTES} bytes: letters, digits, spaces and _ - . + = , @ "
+    "( ), not starting with '.', '-' or a space, without '..' (the run file is <run.name>.h5 in "
+    "the working folder; tmesim run -o PATH writes elsewhere)"
+)
+
+
+def _check_run_name(name: str) -> None:
+    """The run name becomes the default run file, ``<run.name>.h5`` in the working folder: no
+    separator, parent reference, option-like or hidden name, or character a shell or a file
+    system treats specially."""
+    ok = (
+        bool(name)
+        and _RUN_NAME.fullmatch(name) is not None
+        and name[0] not in ".- "
+        and not name.endswith(" ")
+        and ".." not in name
+        and len(name.encode("utf-8")) <= MAX_RUN_NAME_BYTES
+    )
+    if not ok:
+        raise ScenarioError("run.name", name, RUN_NAME_RULE)
+
+
+def _check_tumor_init(sc: Scenario) -> None:
+    """The initial tumor: fractions that fit in one population, a size that is positive, and a
+    region that holds at least one voxel centre (else the run starts without a tumor)."""
+    ti, g = sc.init.tumor, sc.grid
+    if ti.persister_fraction + ti.resistant_fraction > 1 + 1e-12:
+        raise ScenarioError(
+            "init.tumor.resistant_fraction",
+            ti.resistant_fraction,
+            f"at most 1 - init.tumor.persister_fraction ({1 - ti.persister_fraction:g}): the two "
+            "are fractions of the same initial cells",
+        )
+    if ti.size_um is not None:
+        for i, s in enumerate(ti.size_um):
+            if s <= 0:
+                raise ScenarioError(f"init.tumor.size_um[{i}]", s, "an extent > 0 um")
+    if ti.shape in ("disk", "sphere") and ti.radius_um <= 0:
+        raise ScenarioError(
+            "init.tumor.radius_um", ti.radius_um, 'a radius > 0 um (shape = "none" for no tumor)'
+        )
+    if ti.shape not in ("disk", "sphere", "rectangle"):
+        return
+    centre = ti.center_um or tuple(n * g.dx_um / 2 for n in g.shape)
+    # the voxel centre nearest to the region's centre, axis by axis (tmesim.initial's centres,
+    # (i + 0.5) dx): the region holds a voxel if and only if it holds this one
+    gaps = []
+    value: object
+    for n, c in zip(g.shape, centre):
+        i = min(max(round(min(max(c / g.dx_um - 0.5, 0.0), n - 1.0)), 0), n - 1)
+        gaps.append(abs((i + 0.5) * g.dx_um - c))
+    if ti.shape == "rectangle":
+        assert ti.size_um is not None, "checked before: a rectangle has size_um"
+        empty = any(gap > s / 2 for gap, s in zip(gaps, ti.size_um))
+        key, value = "init.tumor.size_um", list(ti.size_um)
+    else:
+        empty = sum(gap**2 for gap in gaps) > ti.radius_um**2
+        key, value = "init.tumor.radius_um", ti.radius_um
+    if empty:
+        raise ScenarioError(
+            key,
+            value,
+            "a region that holds at least one voxel centre of the grid (the nearest is "
+            f"{math.sqrt(sum(x * x for x in gaps)):.4g} um from the region's centre "
+            f'{[float(c) for c in centre]}); shape = "none" for no tumor',
+        )
+
+
+def _check_run_length(sc: Scenario) -> None:
+    """A runnable number of agent steps: the duration over the step, at most MAX_AGENT_STEPS
+    (1e308 days would overflow the step count)."""
+    r = sc.run
+    steps = r.duration_days * 1440.0 / r.dt_min
+    if not steps <= MAX_AGENT_STEPS:
+        raise ScenarioError(
+            "run.duration_days",
+            r.duration_days,
+            f"at most {MAX_AGENT_STEPS:.0e} agent steps of run.dt_min ({r.dt_min:g} min): "
+            f"at most {MAX_AGENT_STEPS * r.dt_min / 1440.0:.4g} days",
+        )
+
+
+def _check_dosing(sc: Scenario, d: DrugConfig) -> None:
+    """Start and stop days in order, and a number of boluses that fits in memory."""
+    sch, c = d.schedule, d.controller
+    where = f"drugs.{d.name}.schedule"
+    if sch.stop_day < sch.start_day or (
+        sch.stop_day == sch.start_day and sch.kind in ("continuous", "intermittent")
+    ):
+        raise ScenarioError(
+            f"{where}.stop_day",
+            sch.stop_day,
+            f'a day after start_day ({sch.start_day:g}); kind = "none" gives no dose',
+        )
+    if c.kind != "none" and c.stop_day <= c.start_day:
+        raise ScenarioError(
+            f"drugs.{d.name}.controller.stop_day",
+            c.stop_day,
+            f'a day after the controller\'s start_day ({c.start_day:g}); kind = "none" for no '
+            "controller",
+        )
+    if d.half_life_h > 0 and sch.kind in ("continuous", "intermittent"):
+        # tmesim.drugs.Pharmacokinetics lists the bolus times up to the stop or the run's end
+        end_h = min(sch.stop_day * 24.0, sc.run.duration_days * 24.0 + 1.0)
+        n = (end_h - sch.start_day * 24.0) / sch.interval_h
+        if n > MAX_BOLUSES:
+            shortest = (end_h - sch.start_day * 24.0) / MAX_BOLUSES
+            raise ScenarioError(
+                f"{where}.interval_h",
+                sch.interval_h,
+                f"at least {shortest:.3g} h: every {sch.interval_h:g} h gives {n:.3g} boluses "
+                f"over the run, and at most {MAX_BOLUSES:.0e} are kept (a drug given this "
+                "often is a constant infusion: half_life_h = 0 holds the plasma at dose_uM)",
+            )
+
+
 def _validate_whole(sc: Scenario, base_dir: Path) -> None:
     """Checks that involve more than one key."""
     g = sc.grid
+    _check_run_name(sc.run.name)
     if len(g.shape) not in (2, 3):
         raise ScenarioError("grid.shape", list(g.shape), "2 entries (y, x) or 3 entries (z, y, x)")
     for i, n in enumerate(g.shape):
@@ -1092,6 +1351,7 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
             raise ScenarioError(f"grid.shape[{i}]", n, "a positive number of voxels")
     if math.prod(g.shape) > 2**31 - 1:
         raise ScenarioError("grid.shape", list(g.shape), "fewer than 2**31 voxels in all")
+    _check_run_length(sc)
     ndim = len(g.shape)
     t = sc.tumor
     # oxygen thresholds in order: (lower key, upper key, must the lower be strictly below?)
@@ -1140,6 +1400,7 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
             )
     if ti.shape == "rectangle" and ti.size_um is None:
         raise ScenarioError("init.tumor.size_um", _MISSING, f"{ndim} extents in um for a rectangle")
+    _check_tumor_init(sc)
     if ti.shape == "mask":
         _check_mask("init.tumor.mask", ti.mask, g.shape, base_dir)
     vi = sc.init.vessels
@@ -1185,12 +1446,7 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
                 raise ScenarioError(f"{where}.times_h", list(sch.times_h), "times >= 0 h")
             if any(x < 0 for x in sch.doses_uM):
                 raise ScenarioError(f"{where}.doses_uM", list(sch.doses_uM), "doses >= 0 uM")
-        if sch.stop_day < sch.start_day:
-            raise ScenarioError(
-                f"{where}.stop_day",
-                sch.stop_day,
-                f"a day at or after start_day ({sch.start_day:g})",
-            )
+        _check_dosing(sc, d)
         c = d.controller
         if c.kind == "adaptive" and c.upper_fraction <= c.lower_fraction:
             raise ScenarioError(
@@ -1329,12 +1585,56 @@ def resolve_path(sc: Scenario, p: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_value(text: str):
-    """A ``--set`` value: TOML syntax (numbers, true/false, [lists], "strings"), else a string."""
+def _toml_loads(text: str, where: str, value) -> dict:
+    """Parse TOML text, refusing what Python's reader cannot take as a one-line ScenarioError at
+    ``where`` (showing ``value``): bad syntax, integers of over 4300 digits (Python's limit on
+    converting text to int), nesting deeper than its recursion, and dotted keys so long that
+    reading them takes quadratic time."""
+    deep = _DEEP_KEY.search(text)
+    if deep:
+        line = text.count("\n", 0, deep.start()) + 1
+        raise ScenarioError(
+            where,
+            value,
+            f"keys nested at most {MAX_DEPTH} deep (the key {deep.group()[:40]}... on line "
+            f"{line} is deeper)",
+        )
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(where, value, f"valid TOML ({str(exc)[:120]})") from None
+    except RecursionError:
+        raise ScenarioError(
+            where, value, f"valid TOML with lists and tables nested at most {MAX_DEPTH} deep"
+        ) from None
+    except ValueError as exc:  # int(): "Exceeds the limit (4300 digits) ..."
+        raise ScenarioError(
+            where, value, f"valid TOML with numbers of at most 4300 digits ({str(exc)[:60]})"
+        ) from None
+
+
+#: a key of more than MAX_DEPTH dotted parts (bare or quoted): the TOML reader's time grows
+#: with the square of its length (50,000 parts take minutes), so it is refused before reading
+# (possessive quantifiers and the look-behind keep the search linear in the text's length)
+_KEY_PART = r"""(?:[A-Za-z0-9_-]++|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*+')"""
+_DEEP_KEY = re.compile(
+    rf"(?<![A-Za-z0-9_-])(?:{_KEY_PART}[ \t]*+\.[ \t]*+){{{MAX_DEPTH},}}{_KEY_PART}"
+)
+
+
+def parse_value(text: str, key: str = "(--set)"):
+    """A ``--set`` value: TOML syntax (numbers, true/false, [lists], "strings"), else a string.
+
+    Raises:
+        ScenarioError: at ``key`` for TOML that is valid but beyond the reader (numbers of over
+            4300 digits, nesting deeper than its recursion).
+    """
+    try:
+        return _toml_loads(f"v = {text}", key, text)["v"]
+    except ScenarioError as exc:
+        if exc.expected.startswith("valid TOML ("):  # a syntax error: the text is a string
+            return text
+        raise
 
 
 def apply_overrides(data: dict, overrides) -> dict:
@@ -1348,12 +1648,17 @@ def apply_overrides(data: dict, overrides) -> dict:
             if "=" not in item:
                 raise ScenarioError(item, _MISSING, "an override of the form key.path=value")
             key, text = item.split("=", 1)
-            parsed.append((key.strip(), parse_value(text.strip())))
+            key = key.strip()
+            parsed.append((key, parse_value(text.strip(), key)))
         items = parsed
     for key, value in items:
+        if not isinstance(key, str):
+            raise ScenarioError(str(key), value, "a dotted key path such as grid.dx_um")
         parts = key.split(".")
         if not all(parts):
             raise ScenarioError(key, value, "a dotted key path such as grid.dx_um")
+        if len(parts) > MAX_DEPTH:
+            raise ScenarioError(key, value, f"a key path of at most {MAX_DEPTH} parts")
         node = data
         for i, part in enumerate(parts[:-1]):
             nxt = node.setdefault(part, {})
@@ -1368,15 +1673,26 @@ def toml_value(v) -> str:
     """A plain value as TOML text (what ``--set key=value`` and TOML files parse back)."""
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # a TOML basic string holds no raw control character: they go as \uXXXX escapes
+        return '"' + _TOML_ESCAPE.sub(_toml_escape, v) + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
         return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(type(v))
+
+
+_TOML_ESCAPE = re.compile(r'[\x00-\x1f\x7f"\\]')
+
+
+def _toml_escape(m: re.Match) -> str:
+    ch = m.group()
+    return "\\" + ch if ch in '"\\' else f"\\u{ord(ch):04X}"
 
 
 def _to_toml(data: dict) -> str:
@@ -1404,7 +1720,9 @@ def parse_scenario(
     """Validate plain nested data (as from TOML) into a :class:`Scenario`."""
     if not isinstance(data, dict):
         raise ScenarioError("(top level)", data, "a table")
+    _check_depth(data)
     data = apply_overrides(_deepcopy(data), overrides)
+    _check_depth(data)
     top = {f.name for f in dataclasses.fields(Scenario) if f.name not in ("text", "base_dir")}
     for key in data:
         if key not in top:
@@ -1432,11 +1750,31 @@ def parse_scenario(
                 "field name (each drug gets a field of its own name)",
             )
     fields = fields + tuple(_drug_field(d) for d in drugs)
+    _check_columns(fields, drugs)
     if overrides or text is None:
         text = _to_toml(data)
     sc = dataclasses.replace(sc, fields=fields, drugs=drugs, text=text, base_dir=str(base_dir))
     _validate_whole(sc, Path(base_dir))
     return sc
+
+
+def _check_depth(data: dict) -> None:
+    """Refuse tables and lists nested deeper than MAX_DEPTH (walked without recursion: the data
+    may come from Python as deep as memory allows)."""
+    stack: list[tuple[object, str, int]] = [(data, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ScenarioError(
+                path,
+                node,
+                f"tables and lists nested at most {MAX_DEPTH} deep (the deepest key of a "
+                "scenario is 6 levels down)",
+            )
+        if isinstance(node, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
 
 
 def _deepcopy(d):
@@ -1457,20 +1795,39 @@ def load_scenario(path: str | os.PathLike, overrides=None) -> Scenario:
     p = Path(path)
     if not p.is_file():
         raise ScenarioError("(file)", str(path), "an existing scenario file")
-    text = p.read_text(encoding="utf-8")
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError("(file)", str(path), f"valid TOML ({exc})") from None
+        with open(p, "rb") as f:
+            raw = f.read(MAX_SCENARIO_BYTES + 1)
+    except OSError as exc:
+        raise ScenarioError("(file)", str(path), f"a readable file ({exc.strerror})") from None
+    if len(raw) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(
+            "(file)",
+            str(path),
+            f"a scenario file of at most {MAX_SCENARIO_BYTES >> 20} MiB "
+            f"(this one is {p.stat().st_size} bytes)",
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ScenarioError(
+            "(file)",
+            str(path),
+            f"UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line} is not UTF-8; "
+            "save the file as UTF-8)",
+        ) from None
+    data = _toml_loads(text, "(file)", str(path))
     return parse_scenario(data, text=text, base_dir=p.resolve().parent, overrides=overrides)
 
 
 def loads_scenario(text: str, overrides=None, base_dir=".") -> Scenario:
     """Like :func:`load_scenario`, from TOML text."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError("(text)", text[:40], f"valid TOML ({exc})") from None
+    if len(text) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(
+            "(text)", text, f"a scenario of at most {MAX_SCENARIO_BYTES >> 20} MiB of text"
+        )
+    data = _toml_loads(text, "(text)", text[:40])
     return parse_scenario(data, text=text, base_dir=base_dir, overrides=overrides)
 
 
