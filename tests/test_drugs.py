@@ -204,6 +204,51 @@ def test_hill_curve():
     assert got[-1] == pytest.approx(0.8, rel=1e-12)
 
 
+def plain_hill(c, emax, ec50, h):
+    """The Emax/Hill formula as written, in float64 (NaN where (c / EC50)^h overflows)."""
+    c = np.maximum(np.asarray(c, dtype=np.float64), 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = (c / ec50) ** h
+        return emax * x / (1.0 + x)
+
+
+@pytest.mark.parametrize(
+    "c,emax,ec50,h",
+    [
+        (1e30, 0.9, 1e-300, 1.0),  # c / EC50 overflows
+        (3.4e38, 1.0, 1e-6, 10.0),  # float32's largest level, steep curve: x overflows
+        (1e31, 0.7, 1.0, 10.0),  # x = 1e310
+        (np.inf, 0.5, 2.0, 1.0),  # an infinite level (the float32 field overflowed)
+        (1e-290, 0.8, 1e-300, 10.0),  # tiny both, ratio 1e10, x = 1e100: finite, emax
+    ],
+)
+def test_hill_of_a_very_potent_drug_is_emax_not_nan(c, emax, ec50, h):
+    """Where (c / EC50)^h overflows, the plain formula gives inf / inf = NaN and a cell's kill
+    probability NaN; the effect is its limit, emax, exactly."""
+    got = hill(np.array([c, c]), emax, ec50, h)
+    assert np.all(got == emax), got
+    assert hill(c, emax, ec50, h) == emax and np.ndim(hill(c, emax, ec50, h)) == 0
+    with np.errstate(all="ignore"):
+        assert np.isnan(plain_hill(c, emax, ec50, h)) or c == 1e-290  # what the fix is for
+
+
+def test_hill_is_the_plain_formula_wherever_that_is_finite():
+    """Bit for bit equal to the plain formula over concentrations from 1e-30 to float32's
+    largest, EC50 from 1e-300 to 1e6 and Hill exponents up to 10 (the kernels mirror the plain
+    formula operation for operation: a changed value here would break CPU/GPU parity)."""
+    rng = np.random.default_rng(18)
+    c = np.concatenate([[0.0, -1.0], 10.0 ** rng.uniform(-30, 38.5, 4000)])
+    for ec50 in (1e-300, 1e-9, 0.37, 1.0, 1e6):
+        for h in (0.5, 1.0, 1.7, 2.0, 10.0):
+            want = plain_hill(c, 0.85, ec50, h)
+            got = hill(c, 0.85, ec50, h)
+            finite = np.isfinite(want)
+            assert np.array_equal(got[finite], want[finite])
+            assert np.all(got[~finite] == 0.85)
+            # in [0, emax] up to the rounding of emax x / (1 + x) (one ulp above emax)
+            assert np.all((got >= 0) & (got <= np.nextafter(0.85, 1.0)))
+
+
 def test_effects_combine_by_bliss_and_kill_rates_add():
     """Two drugs on the same fraction target (block_entry, cancel_met) combine by Bliss
     independence, 1 - (1 - E1)(1 - E2); kill rates add (rate_i E_i); E_target is the Bliss

@@ -28,10 +28,19 @@ KILL_TARGETS = ("kill_S", "kill_P")
 
 
 def hill(c, emax: float, ec50: float, h: float):
-    """Emax/Hill effect of concentration ``c`` (uM), in [0, emax]. Float64 on every backend."""
+    """Emax/Hill effect of concentration ``c`` (uM), in [0, emax]. Float64 on every backend.
+
+    ``x = (c / EC50)^h`` overflows to inf for a potent drug (EC50 of 1e-300 uM, or c / EC50 of
+    1e31 with h = 10), and ``emax x / (1 + x)`` is then inf / inf = NaN: there the effect is its
+    limit, ``emax`` exactly. Everywhere x is finite the formula is the plain one, operation for
+    operation (the kernels' tm_hill, kernels/decisions.cuh, computes the same; with x finite,
+    emax x never overflows, emax <= 1, and 1 + x rounds to x before x does).
+    """
     c = np.maximum(np.asarray(c, dtype=np.float64), 0.0)
-    x = (c / ec50) ** h
-    return emax * x / (1.0 + x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = (c / ec50) ** h
+        e = np.where(np.isinf(x), emax, emax * x / (1.0 + x))
+    return e[()]  # a scalar for a scalar c, as the plain formula gives
 
 
 # ------------------------------------------------------------------------------ pharmacokinetics
