@@ -1,9 +1,11 @@
 """Scenarios: defaults, overrides, and bad input rejected with a named key path and exit code 2."""
 
+import os
 import subprocess
 import sys
 import textwrap
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from hypothesis import strategies as st
 import tmesim
 from tmesim.cli import main
 from tmesim.scenario import summary, toml_value
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GOOD = """
 [run]
@@ -245,7 +249,7 @@ SEMANTIC = [
         "a 1e308-day run",
         GOOD.replace('name = "t"', 'name = "t"\nduration_days = 1e308'),
         "run.duration_days",
-        "at most 1e+15",
+        "at most 1e+08 agent steps of run.dt_min (6 min): at most 4.167e+05 days",
     ),
     (
         "a run of 1e12 steps",
@@ -555,3 +559,89 @@ def test_a_description_with_newlines_is_stored_as_valid_toml():
     )
     assert sc.drug("d").description == "two\nlines\tand a tab"
     assert tmesim.loads_scenario(sc.text).drug("d").description == "two\nlines\tand a tab"
+
+
+# ------------------------------------------------------------------ tmesim run's output path
+TINY = GOOD.replace('name = "t"', 'name = "t"\nduration_days = 0.02').replace(
+    "[32, 32]", "[16, 16]"
+)
+
+
+def _run(tmp_path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tmesim", "run", *args, "-q"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+
+
+def _refused(p, *words):
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    for w in words:
+        assert w in p.stderr, p.stderr
+
+
+def test_run_output_onto_its_own_scenario_is_refused_untouched(tmp_path):
+    """``tmesim run s.toml -o s.toml`` (or through a link, or with the scenario named where the
+    ParaView sidecar goes) exits 2 and leaves the scenario as it was, with nothing beside it."""
+    s = tmp_path / "s.toml"
+    s.write_text(TINY)
+    before = (s.read_bytes(), s.stat().st_mtime_ns)
+    (tmp_path / "link.h5").symlink_to(s)
+    _refused(_run(tmp_path, "s.toml", "-o", "s.toml"), "would overwrite the scenario")
+    _refused(_run(tmp_path, "s.toml", "-o", str(s)), "would overwrite the scenario")
+    _refused(_run(tmp_path, "s.toml", "-o", "link.h5"), "would overwrite the scenario")
+    x = tmp_path / "x.xdmf"
+    x.write_text(TINY)
+    _refused(_run(tmp_path, "x.xdmf", "-o", "x.h5"), "ParaView sidecar would overwrite")
+    _refused(_run(tmp_path, "s.toml", "-o", "r.xdmf"), "cannot end in .xdmf")
+    assert (s.read_bytes(), s.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.h5", "s.toml", "x.xdmf"]
+
+
+def test_run_output_onto_other_files_and_folders_is_refused(tmp_path):
+    """An existing file that is not HDF5, a folder, a device, and a name too long for the file
+    system: one line each, nothing written."""
+    (tmp_path / "s.toml").write_text(TINY)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("three weeks of notes")
+    _refused(_run(tmp_path, "s.toml", "-o", "notes.txt"), "output notes.txt", "not HDF5")
+    assert notes.read_text() == "three weeks of notes"
+    (tmp_path / "runs").mkdir()
+    _refused(_run(tmp_path, "s.toml", "-o", "runs"), "a folder")
+    _refused(_run(tmp_path, "s.toml", "-o", "."), "a folder")
+    _refused(_run(tmp_path, "s.toml", "-o", "/dev/null"), "not a regular file")
+    _refused(_run(tmp_path, "s.toml", "-o", "n" * 300 + ".h5"), "File name too long")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "runs", "s.toml"]
+
+
+def test_run_names_cannot_write_outside_the_working_folder(tmp_path):
+    """Without -o the run file is <run.name>.h5 in the working folder: a name that climbs out
+    of it, or is absolute, is refused before anything is written."""
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    (work / "s.toml").write_text(TINY)
+    for name in ("../../x", str(tmp_path / "abs"), "sub/x"):
+        _refused(_run(work, "s.toml", "--set", f'run.name="{name}"'), "'run.name'")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "a",
+        "a/b",
+        "a/b/s.toml",
+    ]
+
+
+def test_run_replaces_a_finished_run_file_and_writes_into_an_empty_file(tmp_path):
+    """Run files are replaced (the writer's rule, tmesim.io.hdf5.RunWriter), and an empty file
+    (made by ``mktemp``) holds nothing to lose: the checks above refuse neither."""
+    (tmp_path / "s.toml").write_text(TINY)
+    assert _run(tmp_path, "s.toml", "-o", "r.h5").returncode == 0
+    p = _run(tmp_path, "s.toml", "-o", "r.h5")
+    assert p.returncode == 0, p.stderr
+    (tmp_path / "empty.h5").touch()
+    p = _run(tmp_path, "s.toml", "-o", "empty.h5")
+    assert p.returncode == 0, p.stderr
+    assert tmesim.open_run(tmp_path / "empty.h5").attrs["status"] == "finished"

@@ -61,9 +61,6 @@ MAX_SCENARIO_BYTES = 1 << 20
 #: is 6 levels down); Python's TOML reader recurses per level and slows quadratically with the
 #: length of a dotted key
 MAX_DEPTH = 16
-#: largest magnitude of a number: every quantity of the model is far below it, and products of
-#: a few such values stay finite in float64 (1e308 days overflow the step count)
-MAX_NUMBER = 1e15
 #: longest string value: file paths (masks) are the longest the schema has
 MAX_STRING = 4096
 #: most agent steps in one run: 1.1e8 steps of 6 minutes are 1,300 years of simulated time;
@@ -951,8 +948,8 @@ def _convert(path: str, value, tp, meta):
             number = float(value)
         except OverflowError:  # an integer beyond float64
             number = math.inf
-        if not math.isfinite(number) or abs(number) > MAX_NUMBER:
-            raise ScenarioError(path, value, f"a finite number of at most {MAX_NUMBER:g} in size")
+        if not math.isfinite(number):
+            raise ScenarioError(path, value, "a finite number")
         _check_range(path, number, meta)
         return number
     if tp is str:
