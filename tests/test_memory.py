@@ -5,7 +5,10 @@ is allocated."""
 from __future__ import annotations
 
 import gc
+import os
+import tracemalloc
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from tmesim.backend import CPU
 from tmesim.simulation import Model
 
 from .helpers import MODEL_CASES, model_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def held_arrays(root, n_sites: int) -> dict[int, np.ndarray]:
@@ -165,3 +170,115 @@ def test_gpu_memory_check_reads_the_device(gpu_backend):
     free = b.free_memory()
     assert free > 0
     assert memory.check_fits(model_scenario("2d-adi"), b)["total"] < free
+
+
+# ------------------------------------------------------------------------- the host's memory
+def over_the_host(backend_name: str):
+    """A 1024^3 scenario of five fields whose estimate on ``backend_name`` exceeds this host's
+    available memory (skip on a host that has that much: the run would then be allowed)."""
+    sc = lod_1024()
+    avail = memory.host_available_bytes()
+    need = memory.bytes_needed(sc, backend_name)["total"]
+    if avail is None or avail >= need:
+        pytest.skip(f"the host has {avail} bytes available, the test needs less than {need}")
+    return sc, need, avail
+
+
+@pytest.mark.parametrize("backend", ["cpu", "portable"])
+def test_a_grid_bigger_than_the_host_is_refused_before_allocating(backend):
+    """On the CPU and Portable backends (host memory) a run whose estimate exceeds the host's
+    available memory (MemAvailable, this machine's 24 GiB) is refused in one line that gives
+    the need and what is available, before the model allocates anything (tracemalloc sees
+    numpy's allocations: the peak stays under 16 MiB, where the state alone is 30 GiB)."""
+    from tmesim.backend import Portable
+
+    sc, need, avail = over_the_host(backend)
+    b = CPU() if backend == "cpu" else Portable()
+    tracemalloc.start()
+    try:
+        with pytest.raises(memory.OutOfHostMemory) as e:
+            Model(sc, b)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak
+    msg = str(e.value)
+    assert "\n" not in msg
+    for word in (
+        f"needs about {need / 2**30:.2f} GiB of host memory ({backend} backend)",
+        "is available",
+        "state",
+        "field solver",
+        "a smaller grid (grid.shape [1024, 1024, 1024])",
+        "fewer fields (it has 5)",
+    ):
+        assert word in msg, msg
+    # the figure it gives is what the host says (within what other processes change meanwhile)
+    shown = float(msg.split(" but ")[1].split(" GiB")[0])
+    assert abs(shown * 2**30 - avail) < 0.5 * 2**30, (shown, avail)
+
+
+def test_tmesim_run_refuses_a_grid_bigger_than_the_host_in_one_line(tmp_path):
+    """Through the console: exit 2, one line, no traceback, quickly, and no run file, in a
+    process whose address space is capped at 4 GiB (an allocation of the 300 GB the run needs
+    would fail there with a MemoryError: the check comes first)."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    over_the_host("cpu")
+    scen = tmp_path / "big.toml"
+    scen.write_text(lod_1024().text)
+    cap = 4 * 2**30
+
+    def limit():  # in the child, before it runs tmesim
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "tmesim", "run", str(scen), "--backend", "cpu", "-o", "big.h5"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=limit,
+        timeout=120,
+    )
+    took = time.monotonic() - t0
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr and "MemoryError" not in p.stderr
+    assert p.stderr.count("\n") == 1 and "of host memory (cpu backend)" in p.stderr, p.stderr
+    assert not (tmp_path / "big.h5").exists()
+    assert took < 60, took
+
+
+def test_validate_says_whether_a_cpu_run_fits_this_host(tmp_path, capsys):
+    from tmesim.cli import main
+
+    f = tmp_path / "s.toml"
+    f.write_text(lod_1024().text)
+    assert main(["validate", str(f)]) == 0
+    out = capsys.readouterr().out
+    avail = memory.host_available_bytes()
+    if avail is not None and avail < memory.bytes_needed(lod_1024(), "cpu")["total"]:
+        assert "of host memory available; a cpu run does NOT fit" in out, out
+    f.write_text(model_scenario("2d-adi").text)
+    assert main(["validate", str(f)]) == 0
+    if avail is not None:
+        assert "a cpu run fits" in capsys.readouterr().out
+
+
+def test_host_available_reads_meminfo_and_a_cgroup_limit(tmp_path):
+    """MemAvailable in kB from /proc/meminfo; a cgroup v2 limit leaves max - current; "max" is no
+    limit (files written here in the formats the kernel writes)."""
+    (tmp_path / "meminfo").write_text(
+        "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n"
+    )
+    assert memory._meminfo_available(str(tmp_path / "meminfo")) == 20000000 * 1024
+    assert memory._meminfo_available(str(tmp_path / "none")) is None
+    (tmp_path / "memory.max").write_text("8589934592\n")
+    (tmp_path / "memory.current").write_text("1073741824\n")
+    assert memory._cgroup_room(str(tmp_path)) == 7 * 2**30
+    (tmp_path / "memory.max").write_text("max\n")
+    assert memory._cgroup_room(str(tmp_path)) is None

@@ -7,23 +7,81 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, shown_path
 
 
 def _memory_estimate(sc) -> str:
-    """The memory a run needs on each backend, by part (tmesim.memory), and a snapshot's size."""
-    from .memory import bytes_needed, describe
+    """The memory a run needs on each backend, by part (tmesim.memory), a snapshot's size, and
+    the host memory this machine has available for a CPU run."""
+    from .memory import _gib, bytes_needed, describe, host_available_bytes
     from .state import State
 
     est = {b: bytes_needed(sc, b) for b in ("cpu", "gpu")}
     snap = est["cpu"]["state"]
+    avail = host_available_bytes()
+    host = ""
+    if avail is not None:
+        fits = "fits" if est["cpu"]["total"] <= avail else "does NOT fit: tmesim run refuses it"
+        host = f"\n  this machine: {_gib(avail)} of host memory available; a cpu run {fits}."
     return (
         f"Memory ({State.bytes_per_voxel(len(sc.fields))} bytes/voxel of state):\n"
         f"  cpu: {describe(est['cpu'])}\n"
         f"  gpu (device memory; the portable backend's host memory alike): "
         f"{describe(est['gpu'])}\n"
-        f"  snapshot {snap / 2**20:.1f} MiB each before compression."
+        f"  snapshot {snap / 2**20:.1f} MiB each before compression.{host}"
     )
+
+
+#: the first bytes of every HDF5 file without a user block (h5py writes none)
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_output_path(out: Path, scenario: Path) -> None:
+    """Refuse a run file path that would destroy something that is not a run file: the
+    scenario itself (``tmesim run x.toml -o x.toml``), the scenario as the run's ParaView
+    sidecar (``<out>.xdmf``), a folder, or any other existing file that is not HDF5 (a run file
+    is written beside the path and then replaces it). An existing run file is the writer's to
+    judge: a finished one is replaced, one another process is writing is refused
+    (tmesim.io.hdf5.RunWriter).
+
+    Raises:
+        UserError: naming the path and why.
+    """
+    shown = shown_path(str(out))
+    try:
+        _check_output_path(out, scenario, shown)
+    except OSError as exc:  # a name too long for the file system, a loop of links, ...
+        raise UserError(f"output {shown}: {exc.strerror or exc}") from None
+
+
+def _check_output_path(out: Path, scenario: Path, shown: str) -> None:
+    if out.name in ("", ".", "..") or out.is_dir():
+        raise UserError(f"output {shown}: a folder; expected the path of a run file (.h5)")
+    if out.suffix == ".xdmf":
+        raise UserError(
+            f"output {shown}: the run's ParaView sidecar is <run>.xdmf beside the run file, so "
+            "the run file cannot end in .xdmf; use .h5"
+        )
+    for path, what in ((out, "the run file"), (out.with_suffix(".xdmf"), "its ParaView sidecar")):
+        if _same_file(path, scenario):
+            raise UserError(
+                f"output {shown}: {what} would overwrite the scenario {shown_path(str(scenario))}"
+                "; give -o another path (the default is <run.name>.h5)"
+            )
+    if out.exists() and not out.is_file():  # a device (/dev/null), a pipe (opening it waits)
+        raise UserError(f"output {shown}: not a regular file; expected the path of a run file")
+    if out.exists():
+        with open(out, "rb") as f:
+            head = f.read(len(HDF5_SIGNATURE))
+        if head and head != HDF5_SIGNATURE:
+            raise UserError(
+                f"output {shown}: an existing file that is not a run file (not HDF5); tmesim run "
+                "replaces the file it writes, so choose another path or remove this one first"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
 def cmd_validate(args) -> int:
@@ -41,7 +99,11 @@ def cmd_run(args) -> int:
     from .simulation import Simulation
 
     sc = load_scenario(args.scenario, overrides=args.set)
+    # run.name is validated to a plain file name, so the default stays in the working folder
     out = Path(args.output) if args.output else Path(f"{sc.run.name}.h5")
+    check_output_path(out, Path(args.scenario))
+    # the model checks that its memory fits (the GPU's, or the host's for cpu and portable:
+    # tmesim.memory.check_fits) before it allocates anything
     sim = Simulation(sc, backend=args.backend)
     if not args.quiet:
         print(

@@ -1,4 +1,9 @@
-"""How much memory a run needs, by part, and the check that refuses a GPU run that will not fit.
+"""How much memory a run needs, by part, and the check that refuses a run that will not fit.
+
+A GPU run is checked against the device's free memory, a CPU or Portable run (numpy arrays in
+host memory) against the host's available memory (:func:`host_available_bytes`), in both cases
+before anything is allocated: a grid too big for the machine ends in one line that says what to
+change, not in a MemoryError (or the kernel's out-of-memory killer) minutes into the setup.
 
 :func:`bytes_needed` adds up, for a scenario and a backend, the arrays the model keeps for the
 whole run and the largest temporaries it makes within a step:
@@ -24,6 +29,8 @@ O(F * edge length), not O(sites).
 from __future__ import annotations
 
 import itertools
+import os
+from pathlib import Path
 
 from .errors import UserError
 from .state import State
@@ -43,6 +50,50 @@ CPU_RULE_BYTES_PER_SITE = {"tumor": 8, "stroma": 8}
 
 class OutOfDeviceMemory(UserError):
     """The run's memory estimate exceeds what the device has free."""
+
+
+class OutOfHostMemory(UserError):
+    """The run's memory estimate exceeds the host memory available (CPU and Portable runs)."""
+
+
+def _meminfo_available(path: str = "/proc/meminfo") -> int | None:
+    """MemAvailable (Linux's estimate of the memory a new process can take without swapping:
+    free memory plus the reclaimable page cache), in bytes; None without it."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
+    """What a cgroup v2 memory limit leaves this process (memory.max - memory.current), in
+    bytes; None without a limit (a container's MemAvailable is the host's, not its own)."""
+    try:
+        limit = Path(root, "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(int(limit) - int(Path(root, "memory.current").read_text()), 0)
+    except (OSError, ValueError):
+        return None
+
+
+def host_available_bytes() -> int | None:
+    """Bytes of host memory a run can allocate now: the smaller of /proc/meminfo's
+    MemAvailable (else the free pages, os.sysconf SC_AVPHYS_PAGES) and the room a cgroup v2
+    memory limit leaves; None where the system says neither."""
+    avail = _meminfo_available()
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = None
+    room = _cgroup_room()
+    if room is not None:
+        avail = room if avail is None else min(avail, room)
+    return avail
 
 
 def n_sites(sc) -> int:
@@ -184,29 +235,59 @@ def describe(est: dict) -> str:
     )
 
 
-def check_fits(sc, backend) -> dict | None:
-    """Refuse a run whose estimate exceeds the device's free memory, before allocating.
+def _lod_hint(sc) -> str:
+    if sc.solver.method == "lod":
+        return ""
+    return 'solver.method = "lod" (fewer work arrays than "adi"), or '
 
-    ``backend.free_memory()`` None (CPU, Portable: host memory) skips the check. Returns the
-    estimate when checked.
+
+def check_fits(sc, backend) -> dict | None:
+    """Refuse a run whose estimate exceeds the memory it will use, before allocating: the
+    device's free memory on a GPU, the host's available memory (:func:`host_available_bytes`)
+    on the CPU and Portable backends (``backend.free_memory()`` None: their arrays are host
+    memory). Returns the estimate when checked (None where the host says nothing of its
+    memory).
+
+    The estimate counts the model's arrays (:func:`bytes_needed`), not the interpreter, the
+    libraries or the run file's buffers: a run that passes may still be tight.
 
     Raises:
-        OutOfDeviceMemory: naming the estimate by part, the free memory and what to change.
+        OutOfDeviceMemory: on a GPU, naming the estimate by part, the free memory and what to
+            change.
+        OutOfHostMemory: on the host, alike.
     """
     free_fn = getattr(backend, "free_memory", None)
     free = free_fn() if free_fn is not None else None
     if free is None:
-        return None
+        return check_host_fits(sc, backend.name)
     est = bytes_needed(sc, backend.name)
     if est["total"] > free:
-        hint = (
-            'solver.method = "lod" (fewer work arrays than "adi"), or '
-            if sc.solver.method != "lod"
-            else ""
-        )
+        hint = _lod_hint(sc)
         raise OutOfDeviceMemory(
             f"the run needs about {_gib(est['total'])} on the GPU but {_gib(free)} is free "
             f"({backend.device}): {describe(est)}. Use {hint}a smaller grid "
             f"(grid.shape {list(sc.grid.shape)}), or fewer fields (it has {len(sc.fields)})."
+        )
+    return est
+
+
+def check_host_fits(sc, backend_name: str = "cpu", available: int | None = None) -> dict | None:
+    """Refuse a CPU or Portable run whose estimate exceeds the host memory available
+    (``available``, default :func:`host_available_bytes`), before allocating. Returns the
+    estimate, or None where the available memory is unknown.
+
+    Raises:
+        OutOfHostMemory: naming the estimate by part, the available memory and what to change.
+    """
+    avail = host_available_bytes() if available is None else available
+    if avail is None:
+        return None
+    est = bytes_needed(sc, backend_name)
+    if est["total"] > avail:
+        raise OutOfHostMemory(
+            f"the run needs about {_gib(est['total'])} of host memory ({backend_name} backend) "
+            f"but {_gib(avail)} is available: {describe(est)}. Use {_lod_hint(sc)}a smaller "
+            f"grid (grid.shape {list(sc.grid.shape)}), fewer fields (it has {len(sc.fields)}), "
+            "or a GPU (--backend gpu)."
         )
     return est
