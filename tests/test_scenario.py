@@ -258,6 +258,18 @@ SEMANTIC = [
         "at most 1e+08 agent steps of run.dt_min (1 min): at most 6.944e+04 days",
     ),
     (
+        "a voxel of 1e308 um (every coordinate infinite)",
+        GOOD.replace("shape = [32, 32]", "shape = [32, 32]\ndx_um = 1e308"),
+        "grid.dx_um",
+        "<= 1000000.0 um",
+    ),
+    (
+        "a tumor 1e308 um away",
+        TUMOR.format("center_um = [1e308, 0]"),
+        "init.tumor.radius_um",
+        "the nearest is inf um",
+    ),
+    (
         "an integer beyond float64",
         GOOD.replace("radius_um = 100", "radius_um = 1" + "0" * 400),
         "init.tumor.radius_um",
@@ -268,6 +280,24 @@ SEMANTIC = [
         GOOD.replace('name = "t"', 'name = "t"\nseed = ' + "7" * 5000),
         "(file)",
         "4300",
+    ),
+    (
+        "CAFs from a mask that is not given (an AssertionError when the model was built)",
+        GOOD + '[init.caf]\nplacement = "mask"\n',
+        "init.caf.mask",
+        "the path of a .npy file",
+    ),
+    (
+        "TAMs from a missing mask file",
+        GOOD + '[init.tam]\nplacement = "mask"\nmask = "nowhere.npy"\n',
+        "init.tam.mask",
+        "an existing .npy file",
+    ),
+    (
+        "effects as a list beside a preset (the preset's effects stood, silently)",
+        DRUG.format("effects = [{}]"),
+        "drugs.d.effects",
+        "a table of effects by target",
     ),
     ("preset as a table", GOOD + "[drugs.d.preset]\na = 1\n", "drugs.d.preset", "egfr_tki"),
     ("preset as a list", GOOD + "[drugs.d]\npreset = [1]\n", "drugs.d.preset", "egfr_tki"),

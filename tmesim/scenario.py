@@ -151,7 +151,15 @@ class GridConfig:
     shape: tuple[int, ...] = param(
         (128, 128), "voxels", "(y, x) or (z, y, x); the number of entries sets the dimension"
     )
-    dx_um: float = param(20.0, "um", "voxel edge", lo=0, lo_open=True)
+    dx_um: float = param(
+        20.0,
+        "um",
+        "voxel edge (one cell per voxel; at most a metre, so that every coordinate of the "
+        "lattice is a finite number)",
+        lo=0,
+        lo_open=True,
+        hi=1e6,
+    )
     neighbourhood: str = param(
         "moore", "", "neighbours a daughter may be placed in", choices=("moore", "von_neumann")
     )
@@ -1166,12 +1174,17 @@ def _build_drugs(data, path="drugs") -> tuple[DrugConfig, ...]:
             base = DRUG_PRESETS[preset]
             merged_effects = {k: dict(v) for k, v in base.get("effects", {}).items()}
             user_effects = values.get("effects", {})
-            if isinstance(user_effects, dict):
-                for k, v in user_effects.items():
-                    if isinstance(v, dict) and k in merged_effects:
-                        merged_effects[k].update(v)
-                    else:
-                        merged_effects[k] = v
+            if not isinstance(user_effects, dict):  # else the preset's would silently stand
+                raise ScenarioError(
+                    f"{where}.effects",
+                    user_effects,
+                    "a table of effects by target: " + ", ".join(EFFECT_TARGETS),
+                )
+            for k, v in user_effects.items():
+                if isinstance(v, dict) and k in merged_effects:
+                    merged_effects[k].update(v)
+                else:
+                    merged_effects[k] = v
             values = {
                 **{k: v for k, v in base.items() if k != "effects"},
                 **values,
@@ -1274,10 +1287,11 @@ def _check_tumor_init(sc: Scenario) -> None:
         gaps.append(abs((i + 0.5) * g.dx_um - c))
     if ti.shape == "rectangle":
         assert ti.size_um is not None, "checked before: a rectangle has size_um"
-        empty = any(gap > s / 2 for gap, s in zip(gaps, ti.size_um))
+        empty = not all(gap <= s / 2 for gap, s in zip(gaps, ti.size_um))
         key, value = "init.tumor.size_um", list(ti.size_um)
     else:
-        empty = sum(gap**2 for gap in gaps) > ti.radius_um**2
+        # (products, not **: a Python float overflows to inf under * but raises under **)
+        empty = not sum(gap * gap for gap in gaps) <= ti.radius_um * ti.radius_um
         key, value = "init.tumor.radius_um", ti.radius_um
     if empty:
         raise ScenarioError(
@@ -1403,6 +1417,10 @@ def _validate_whole(sc: Scenario, base_dir: Path) -> None:
     vi = sc.init.vessels
     if vi.placement == "mask":
         _check_mask("init.vessels.mask", vi.mask, g.shape, base_dir)
+    for kind in ("caf", "tam"):
+        stroma = getattr(sc.init, kind)
+        if stroma.placement == "mask":
+            _check_mask(f"init.{kind}.mask", stroma.mask, g.shape, base_dir)
     if vi.placement == "lines" and vi.axis == "z" and ndim == 2:
         raise ScenarioError("init.vessels.axis", vi.axis, "'x' or 'y' on a 2D grid")
     if vi.placement == "random" and vi.density <= 0:
