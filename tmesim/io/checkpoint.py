@@ -18,23 +18,33 @@ objects later)::
     /checkpoint/slotK/extra         (N,) uint8, Model.extra_state() arrays packed back to back
     /checkpoint/slotK/extra_index   (1,) JSON: [{name, dtype, shape, offset}], plain data only
 
+Every slot dataset but the scalars is chunked with a Fletcher-32 checksum (files from before
+have contiguous ones), so a flipped bit in a checkpoint is an error on resuming, never a
+silently different run. A checkpoint is read only after its counts are checked against the file
+(the rows it names exist, its step is the last time-series row it names, its time is that row's
+time), its arrays are all stored and its extra-state index is plain data that fits its buffer.
+
 Atomicity: a checkpoint is written into the slot that ``valid_slot`` does not name, flushed and
 fsync'ed, and only then is ``valid_slot`` flipped (one 8-byte write, itself flushed and fsync'ed).
 A process killed at any moment leaves ``valid_slot`` naming a complete checkpoint (or -1): the
-half-written slot is simply never named. The slots are uncompressed contiguous datasets, so they
-are rewritten in place and the file does not grow with each checkpoint (it holds two copies of the
-state: 10 + 4 x n_fields bytes per voxel each).
+half-written slot is simply never named. The slots are uncompressed (a checksum adds 4 bytes a
+chunk), so they are rewritten in place and the file does not grow with each checkpoint (it holds
+two copies of the state: 10 + 4 x n_fields bytes per voxel each).
 
 Reopening a file whose writer was killed needs two repairs that HDF5's ``h5clear`` tool would do:
 the superblock still carries the "open for (SWMR) write" flags, and its end-of-file address may
 lie past the bytes that reached the disk. :func:`open_for_append` clears both, under an exclusive
-``flock`` on the file that proves no writer is alive (a live writer holds a shared one).
+``flock`` on the file that proves no writer is alive (a live writer holds a shared one), and only
+in a superblock that passes its checksum; it then checks the whole file read-only
+(tmesim.io.runfile.open_run_file) before HDF5 opens it for writing, so a damaged file is refused
+before a writer's retries on it could go on without end.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -44,7 +54,17 @@ import h5py
 import numpy as np
 
 from ..errors import RunFileError
-from .runfile import HDF5_SIGNATURE, check_format, short_error, to_str
+from . import schema
+from .runfile import (
+    HDF5_SIGNATURE,
+    check_format,
+    open_h5,
+    open_run_file,
+    reading,
+    short_error,
+    to_str,
+)
+from .trust import short
 
 GROUP = "checkpoint"
 LAYOUT_VERSION = 1
@@ -54,6 +74,12 @@ COUNTS = ("step", "n_snapshots", "n_rows", "n_events", "extra_nbytes", "generati
 _STR = h5py.string_dtype("utf-8")
 #: room for the JSON index of the extra (controller) state in a checkpoint slot
 EXTRA_INDEX_BYTES = 8192
+#: bytes of a slot dataset's chunk (each chunk carries a Fletcher-32 checksum)
+CHUNK_BYTES = 4 << 20
+#: how far past its size repair_after_kill extends a killed writer's file (with its own size)
+MAX_EXTEND_BYTES = 1 << 30
+#: dtype kinds the extra state may hold (pack_extra's)
+EXTRA_KINDS = "biufcSU"
 
 
 @dataclass
@@ -91,14 +117,27 @@ def create_slots(f: h5py.File, arrays: dict, scenario_base_dir: str = ".") -> No
         for name, a in arrays.items():
             a = np.asarray(a)
             # fill value written at allocation, so an unwritten slot is zeros, never old disk bytes
-            st.create_dataset(name, shape=a.shape, dtype=a.dtype, fillvalue=0)
+            st.create_dataset(name, shape=a.shape, dtype=a.dtype, fillvalue=0, **_checked(a))
         s.create_dataset("time_min", data=np.float64(0.0))
-        s.create_dataset("counts", data=np.zeros(len(COUNTS), dtype=np.int64))
-        s.create_dataset("extra", (0,), maxshape=(None,), dtype=np.uint8, chunks=(4096,))
+        counts = np.zeros(len(COUNTS), dtype=np.int64)
+        s.create_dataset("counts", data=counts, **_checked(counts))
+        s.create_dataset(
+            "extra", (0,), maxshape=(None,), dtype=np.uint8, chunks=(4096,), fletcher32=True
+        )
         # fixed length: rewritten in place at every checkpoint without touching HDF5's global
         # heap, which also holds the root attributes' strings (a variable-length rewrite torn by
         # a SIGKILL left them unreadable)
-        s.create_dataset("extra_index", data=np.array([b"[]"], dtype=f"S{EXTRA_INDEX_BYTES}"))
+        index = np.array([b"[]"], dtype=f"S{EXTRA_INDEX_BYTES}")
+        s.create_dataset("extra_index", data=index, **_checked(index))
+
+
+def _checked(a: np.ndarray) -> dict:
+    """create_dataset options for a slot array: chunks of at most CHUNK_BYTES along its last
+    axis, each with a Fletcher-32 checksum (an empty or 0-d array: none, it cannot be chunked)."""
+    if a.ndim == 0 or a.size == 0:
+        return {}
+    last = max(1, min(a.shape[-1], CHUNK_BYTES // a.dtype.itemsize))
+    return {"chunks": (1,) * (a.ndim - 1) + (last,), "fletcher32": True}
 
 
 # ------------------------------------------------------------------------------ writing
@@ -143,12 +182,42 @@ def pack_extra(extra: dict) -> tuple[np.ndarray, str]:
     return buf, json.dumps(index, sort_keys=True)
 
 
-def unpack_extra(buf: np.ndarray, index_json: str) -> dict:
+def unpack_extra(buf: np.ndarray, index_json: str, where: str = "checkpoint") -> dict:
+    """{name: array} from pack_extra's buffer and JSON index. The index is checked before any
+    use: a list of {name, dtype, shape, offset} of plain numeric, boolean or fixed-size string
+    dtypes whose bytes lie within ``buf``; anything else is a RunFileError naming ``where``."""
+
+    def bad(what: str):
+        return RunFileError(f"{where}: damaged checkpoint, its extra-state index {what}")
+
+    try:
+        index = json.loads(index_json)
+    except (ValueError, RecursionError):
+        raise bad(f"is not JSON ({short(index_json)})") from None
+    if not isinstance(index, list):
+        raise bad(f"is {short(index)}, expected a list")
     out = {}
-    for e in json.loads(index_json):
-        dt = np.dtype(e["dtype"])
+    for e in index:
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("name"), str)
+            and isinstance(e.get("dtype"), str)
+            and isinstance(e.get("shape"), list)
+            and all(type(n) is int and n >= 0 for n in e["shape"])
+            and type(e.get("offset")) is int
+            and e["offset"] >= 0
+        ):
+            raise bad(f"entry {short(e)} is not {{name, dtype, shape, offset}}")
+        try:
+            dt = np.dtype(e["dtype"])
+        except TypeError:
+            raise bad(f"names dtype {short(e['dtype'])}") from None
+        if dt.kind not in EXTRA_KINDS or dt.hasobject or dt.names or dt.subdtype:
+            raise bad(f"names dtype {short(e['dtype'])}, not plain data")
         shape = tuple(e["shape"])
-        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        n = math.prod(shape) * dt.itemsize
+        if e["offset"] + n > len(buf):
+            raise bad(f"places {e['name']!r} past the end of its {len(buf)} bytes")
         raw = np.asarray(buf[e["offset"] : e["offset"] + n], dtype=np.uint8)
         out[e["name"]] = raw.view(dt).reshape(shape).copy() if n else np.zeros(shape, dt)
     return out
@@ -220,23 +289,58 @@ def has_slots(f: h5py.File) -> bool:
     return GROUP in f and "valid_slot" in f[GROUP]
 
 
-def read(f: h5py.File) -> Checkpoint | None:
-    """The committed checkpoint of an open run file, or None when none was written yet."""
+def read(f: h5py.File, where: str | None = None) -> Checkpoint | None:
+    """The committed checkpoint of an open run file, or None when none was written yet.
+
+    Everything is checked before the state is read (see the module docstring); a checkpoint
+    that is damaged or does not fit the file is a RunFileError naming ``where`` (default: the
+    file's name), never a resume from wrong values."""
+    where = where or f.filename
+    with reading(where, "its checkpoint"):
+        return _read(f, where)
+
+
+def _read(f: h5py.File, where: str) -> Checkpoint | None:
     if not has_slots(f):
         return None
     g = f[GROUP]
-    lv = int(g.attrs.get("layout_version", 0))
-    if lv != LAYOUT_VERSION:
+    lv = g.attrs.get("layout_version", 0)
+    if not (isinstance(lv, (int, np.integer)) and int(lv) == LAYOUT_VERSION):
         raise RunFileError(
-            f"{f.filename}: checkpoint layout {lv}; this tmesim reads layout {LAYOUT_VERSION} only"
+            f"{where}: checkpoint layout {short(lv)}; this tmesim reads layout "
+            f"{LAYOUT_VERSION} only"
         )
-    valid = int(g["valid_slot"][()])
+    v = np.asarray(g["valid_slot"][()])
+    if v.shape != () or v.dtype.kind not in "iu" or not -1 <= int(v) < N_SLOTS:
+        raise RunFileError(
+            f"{where}: damaged checkpoint, valid_slot is {short(v)} (expected -1 to {N_SLOTS - 1})"
+        )
+    valid = int(v)
     if valid < 0:
         return None
+    if f"slot{valid}" not in g:
+        raise RunFileError(f"{where}: damaged checkpoint, its committed slot {valid} is missing")
     s = g[f"slot{valid}"]
-    c = dict(zip(COUNTS, (int(x) for x in s["counts"][:])))
-    arrays = {name: ds[()] for name, ds in s["state"].items()}
-    extra = unpack_extra(s["extra"][: c["extra_nbytes"]], to_str(s["extra_index"][0]))
+    raw = np.asarray(s["counts"][()])
+    if raw.shape != (len(COUNTS),) or raw.dtype.kind not in "iu":
+        raise RunFileError(f"{where}: damaged checkpoint, counts are {short(raw)}")
+    c = dict(zip(COUNTS, (int(x) for x in raw)))
+    time_min = float(s["time_min"][()])
+    _check_counts(f, s, c, time_min, where)
+    arrays = {}
+    for name, ds in s["state"].items():
+        # an array the committed slot never stored would be read as its fill value
+        if ds.size and ds.id.get_storage_size() < ds.nbytes:
+            raise RunFileError(f"{where}: damaged checkpoint, state array {name} is incomplete")
+        with reading(where, f"checkpoint array {name}"):
+            arrays[name] = ds[()]
+    with reading(where, "the checkpoint's extra state"):
+        if s["extra_index"].shape != (1,):
+            raise RunFileError(f"{where}: damaged checkpoint, extra_index is not one string")
+        index = to_str(s["extra_index"][0])
+        buf = s["extra"][: c["extra_nbytes"]]
+    extra = unpack_extra(buf, index, where)
+    _verify_kept(f, c, where)
     return Checkpoint(
         slot=valid,
         step=c["step"],
@@ -248,6 +352,59 @@ def read(f: h5py.File) -> Checkpoint | None:
         arrays=arrays,
         extra=extra,
     )
+
+
+def _verify_kept(f: h5py.File, c: dict, where: str) -> None:
+    """Read what a resume reads next, so that a checksum that fails there is a RunFileError
+    now: the kept snapshots' times, the time-series row it continues from, and each chunk that
+    cutting a dataset back to the checkpoint rewrites (the one the cut goes through)."""
+    cuts = {
+        schema.SNAPSHOTS: c["n_snapshots"],
+        schema.FIELDS: c["n_snapshots"],
+        schema.TIMESERIES: c["n_rows"],
+        schema.EVENTS: c["n_events"],
+    }
+    with reading(where, "the rows its checkpoint keeps"):
+        f[schema.SNAPSHOTS]["time"][: c["n_snapshots"]]
+        for col in f[schema.TIMESERIES].values():
+            col[c["n_rows"] - 1]
+        for group, cut in cuts.items():
+            for ds in f[group].values():
+                if not isinstance(ds, h5py.Dataset) or ds.chunks is None:
+                    continue
+                first = cut - cut % ds.chunks[0]
+                if first < cut < ds.shape[0]:
+                    ds[first : min(ds.shape[0], first + ds.chunks[0])]
+
+
+def _check_counts(f: h5py.File, s: h5py.Group, c: dict, time_min: float, where: str) -> None:
+    """Refuse counts that do not fit the file: rows the checkpoint names must exist, its step
+    must be the last time-series row it names (the writer checkpoints after flushing that row)
+    and its time that row's time."""
+    ts = f[schema.TIMESERIES]
+    rows = {
+        "n_snapshots": f[schema.SNAPSHOTS]["time"].shape[0],
+        "n_rows": min((ts[col].shape[0] for col in ts), default=0),
+        "n_events": f[schema.EVENTS]["time_min"].shape[0],
+        "extra_nbytes": s["extra"].shape[0],
+    }
+    for key, have in rows.items():
+        if not 0 <= c[key] <= have:
+            raise RunFileError(
+                f"{where}: damaged checkpoint, {key} is {c[key]} but the file holds {have}"
+            )
+    if c["step"] < 0 or c["n_rows"] != c["step"] + 1 or c["generation"] < 1:
+        raise RunFileError(
+            f"{where}: damaged checkpoint, step {c['step']}, rows {c['n_rows']} and generation "
+            f"{c['generation']} do not fit together"
+        )
+    if "time_min" in ts:
+        at = float(ts["time_min"][c["step"]])
+        if not math.isfinite(time_min) or time_min != at:
+            raise RunFileError(
+                f"{where}: damaged checkpoint, its time {short(time_min)} min is not that of "
+                f"step {c['step']} in the time series ({at} min)"
+            )
 
 
 # ------------------------------------------------------------------------------ reopening
@@ -319,6 +476,11 @@ def repair_after_kill(path) -> bool:
     reports as a truncated file. Clears the flags (rewriting the superblock checksum) and extends
     the file to the recorded end. Only call this while holding the exclusive lock.
 
+    Changes nothing in a superblock that fails its checksum (rewriting the checksum would make
+    its damage look whole): the open that follows refuses it. The file is extended by at most
+    its own size and :data:`MAX_EXTEND_BYTES` (a crafted end address must not make a huge file;
+    the open that follows calls a file that needed more truncated).
+
     Returns True when something was changed."""
     with open(path, "r+b") as fh:
         head = fh.read(64)
@@ -327,6 +489,8 @@ def repair_after_kill(path) -> bool:
         so = head[9]  # size of offsets (8)
         end = 12 + 4 * so  # signature..root object header address
         sb = bytearray(head[: end + 4])
+        if len(sb) < end + 4 or lookup3(bytes(sb[:end])) != int.from_bytes(sb[end:], "little"):
+            return False
         changed = False
         if sb[11] != 0:
             sb[11] = 0
@@ -336,7 +500,7 @@ def repair_after_kill(path) -> bool:
             changed = True
         eof = int.from_bytes(sb[12 + 2 * so : 12 + 3 * so], "little")
         size = os.fstat(fh.fileno()).st_size
-        if eof > size and eof < (1 << 62):
+        if size < eof <= 2 * size + MAX_EXTEND_BYTES:
             fh.truncate(eof)
             changed = True
         if changed:
@@ -394,21 +558,27 @@ class WriterLock:
 def open_for_append(path) -> tuple[h5py.File, WriterLock]:
     """Open an existing run file for writing after its writer ended (cleanly or killed).
 
-    Takes the exclusive writer lock, repairs what a kill leaves in the superblock, opens the file
-    (HDF5's own locking off: our lock stands for it), checks its format can be resumed
-    (:func:`tmesim.io.runfile.check_format`) and starts SWMR mode at once, so that a kill
-    while the file is being cut back still leaves a file that opens. The caller must switch the
-    lock to shared (``lock.shared()``) and release it when done."""
+    Takes the exclusive writer lock, repairs what a kill leaves in the superblock, checks the
+    whole file read-only as every reader does (:func:`tmesim.io.runfile.open_run_file`, with
+    the format check of a resume), opens it for writing (HDF5's own locking off: our lock
+    stands for it) and starts SWMR mode at once, so that a kill while the file is being cut
+    back still leaves a file that opens. The caller must switch the lock to shared
+    (``lock.shared()``) and release it when done."""
     p = Path(path)
     if not p.is_file():
         raise RunFileError(f"{path}: no such file")
     lock = WriterLock(p)
     lock.exclusive()
     try:
-        repair_after_kill(p)
         try:
-            f = h5py.File(p, "r+", libver="latest", locking=False)
+            repair_after_kill(p)
         except OSError as exc:
+            raise RunFileError(f"{path}: cannot be repaired to resume ({exc})") from None
+        # a damaged file is refused here, before HDF5 writes to it or retries reads of it
+        open_run_file(p, resume=True, locking=False).close()
+        try:
+            f = open_h5(str(p), h5py.h5f.ACC_RDWR, locking=False, latest=True)
+        except (OSError, RuntimeError) as exc:
             raise RunFileError(
                 f"{path}: cannot be reopened to resume ({short_error(exc)}); it "
                 "was probably killed while being created -- run the scenario "

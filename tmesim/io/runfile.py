@@ -9,11 +9,16 @@ event table, whose strings may be stored as bytes or str.
 
 Opening: a plain open first. A file that a SWMR writer holds (or held when it was killed) carries
 "open for write" flags in its superblock and refuses a plain open; it is then opened in SWMR mode,
-which is what lets a reader follow a live run. SWMR mode is not tried for files that cannot
-succeed in it, because a SWMR open retries a metadata checksum that fails without end: a file
+which is what lets a reader follow a live run. SWMR mode is tried for nothing else: a file
 without the HDF5 signature, one shorter than its superblock (a copy cut short), one HDF5 calls
-truncated (shorter than the end its superblock records) and one whose superblock fails its
-checksum.
+truncated or damaged is refused at once. A SWMR reader retries a metadata read that fails its
+checksum (the writer may be rewriting it), with a wait that doubles each time: HDF5's default
+of 100 tries makes one damaged object take longer than anyone waits, so tmesim allows
+:data:`SWMR_READ_ATTEMPTS` (about 0.15 s in all).
+
+Then, before anything is read, the format (:func:`check_format`) and the file's structure
+(tmesim.io.trust: data only, the schema's datasets, dtypes and shapes, nothing read from any
+other file) are checked.
 
 This module imports only h5py, numpy and the file schema (never the simulator), so the viewer
 uses it too.
@@ -21,15 +26,19 @@ uses it too.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import re
 import time
 
 import h5py
+import h5py.h5p
 import numpy as np
 
 from ..errors import RunFileError
-from . import schema
+from . import schema, trust
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # HDF5 looks for its signature at 0, 512, 1024, 2048, ... (a user block comes before it)
@@ -37,6 +46,12 @@ _FIRST_USER_BLOCK = 512
 # a superblock read torn by its writer rewriting it fails its checksum once: tries of a plain open
 _CHECKSUM_TRIES = 3
 _CHECKSUM_WAIT_S = 0.02
+#: metadata reads a SWMR reader tries before it gives up on a failing checksum; HDF5 waits
+#: between tries, doubling the wait: 27 tries take about 0.15 s (HDF5's 100 would take ages)
+SWMR_READ_ATTEMPTS = 27
+_VERSION = re.compile(r"[0-9]{1,6}\.[0-9]{1,6}")
+#: what an h5py read of a damaged file raises
+H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
 
 
 # ----------------------------------------------------------------------------------- decoding
@@ -63,7 +78,13 @@ def code_names(ds, root_attr: str | None = None) -> list[str] | None:
         names = ds.file.attrs.get(root_attr)
     if names is None:
         return None
-    return [to_str(n) for n in names]
+    a = np.asarray(names)
+    if a.ndim != 1 or not all(isinstance(n, (str, bytes)) for n in a.tolist()):
+        raise RunFileError(
+            f"{ds.file.filename}: damaged run file, the code names of {ds.name} are "
+            f"{trust.short(names)}, expected a list of names"
+        )
+    return [to_str(n) for n in a.tolist()]
 
 
 def event_rows(f: h5py.File) -> list[tuple[float, str, dict]]:
@@ -83,10 +104,24 @@ def event_rows(f: h5py.File) -> list[tuple[float, str, dict]]:
         text = to_str(d)
         try:
             detail = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
             detail = {"text": text}
         out.append((float(t), to_str(k), detail if isinstance(detail, dict) else {"value": detail}))
     return out
+
+
+@contextlib.contextmanager
+def reading(where: str, what: str):
+    """Turn what h5py raises on reading a damaged file into a one-line RunFileError: "``where``:
+    damaged run file, ``what`` cannot be read (HDF5's reason)"."""
+    try:
+        yield
+    except RunFileError:
+        raise
+    except H5_ERRORS as exc:
+        raise RunFileError(
+            f"{where}: damaged run file, {what} cannot be read ({short_error(exc)})"
+        ) from None
 
 
 def short_error(exc: BaseException) -> str:
@@ -113,21 +148,20 @@ def check_format(f: h5py.File, where: str, *, resume: bool = False) -> None:
     try:
         fmt = f.attrs.get("format")
         ver = attr_str(f, "format_version", "0.0")
-    except (KeyError, OSError, RuntimeError) as exc:
+    except (KeyError, OSError, RuntimeError, ValueError) as exc:
         raise RunFileError(
             f"{where}: incomplete or damaged run file, its root attributes cannot "
             f"be read ({short_error(exc)})"
         ) from None
     fmt = None if fmt is None else to_str(fmt)
     if fmt != schema.FORMAT:
-        raise RunFileError(f"{where}: not a tmesim run file (format attribute {fmt!r})")
-    try:
-        major, _ = schema.parse_version(ver)
-    except ValueError:
+        raise RunFileError(f"{where}: not a tmesim run file (format attribute {trust.short(fmt)})")
+    if not _VERSION.fullmatch(ver):
         raise RunFileError(
-            f"{where}: unreadable format version {ver!r} (expected "
+            f"{where}: unreadable format version {trust.short(ver)} (expected "
             f"major.minor, e.g. {schema.FORMAT_VERSION})"
-        ) from None
+        )
+    major, _ = schema.parse_version(ver)
     if resume and major != schema.MAJOR:
         raise RunFileError(
             f"{where}: its checkpoint was written by tmesim file format {ver}; this "
@@ -176,11 +210,9 @@ def _is_open_for_write(reason: str) -> bool:
     return "open for write" in reason or "lock file" in reason
 
 
-# what HDF5 says of a file that no SWMR open can read either (SWMR would retry it without end)
-_HOPELESS = ("truncated", "checksum", "signature", "bad byte number", "superblock")
-
-
-def open_run_file(path, *, swmr: bool = True, check: bool = True) -> h5py.File:
+def open_run_file(
+    path, *, swmr: bool = True, check: bool = True, resume: bool = False, locking: bool = True
+) -> h5py.File:
     """Open a run file read-only (see the module docstring); use it as a context manager or
     close it.
 
@@ -188,11 +220,15 @@ def open_run_file(path, *, swmr: bool = True, check: bool = True) -> h5py.File:
         path: the .h5 file.
         swmr: open a file that a writer holds (or held when killed) in SWMR mode; when False
             such a file is refused.
-        check: refuse a file that is not a tmesim run or is from a newer major format version
-            (:func:`check_format`).
+        check: refuse a file that is not a tmesim run, is from a newer major format version
+            (:func:`check_format`) or is not data only in the schema's layout
+            (tmesim.io.trust.check_structure). Only for a look at the root attributes of a
+            file that may be anything (the viewer's sniffing) is this False.
+        resume: check the format as a resume does (this major version only).
+        locking: HDF5's file locking (off for a process that holds its own lock on the file).
     Raises:
-        RunFileError: missing, not a file, not HDF5, truncated, damaged, not a tmesim run, or
-            too new; one line naming the path.
+        RunFileError: missing, not a file, not HDF5, truncated, damaged, not a tmesim run,
+            too new, or holding what a run file does not; one line naming the path.
     """
     p = os.fspath(path)
     if not os.path.exists(p):
@@ -216,24 +252,54 @@ def open_run_file(path, *, swmr: bool = True, check: bool = True) -> h5py.File:
             "shorter than its HDF5 superblock); was it copied before the copy "
             "finished?"
         )
-    f = _open(p, swmr)
+    f = _open(p, swmr, locking)
     if check:
         try:
-            check_format(f, p)
+            check_format(f, p, resume=resume)
+            trust.check_structure(f, p)
         except BaseException:
             f.close()
             raise
     return f
 
 
-def _open(p: str, swmr: bool) -> h5py.File:
+def _hdf5_function(name: str):
+    """A function of the HDF5 library h5py uses, that h5py does not wrap (None if absent)."""
+    try:
+        return getattr(ctypes.CDLL(h5py.h5p.__file__), name)
+    except (OSError, AttributeError):
+        return None
+
+
+def file_access(*, locking: bool = True, latest: bool = False) -> h5py.h5p.PropFAID:
+    """A file-access property list with :data:`SWMR_READ_ATTEMPTS` metadata read attempts."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    if latest:
+        fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    if not locking:
+        fapl.set_file_locking(False, False)  # as h5py.File(..., locking=False)
+    set_attempts = _hdf5_function("H5Pset_metadata_read_attempts")
+    if set_attempts is not None:
+        set_attempts(ctypes.c_int64(fapl.id), ctypes.c_uint(SWMR_READ_ATTEMPTS))
+    return fapl
+
+
+def open_h5(p: str, flags: int, **access) -> h5py.File:
+    """``h5py.File`` of ``p`` opened with HDF5 ``flags`` (h5py.h5f.ACC_*) and
+    :func:`file_access`'s property list."""
+    return h5py.File(h5py.h5f.open(os.fsencode(p), flags, fapl=file_access(**access)))
+
+
+def _open(p: str, swmr: bool, locking: bool = True) -> h5py.File:
     """A plain open, then SWMR for a file a writer holds; RunFileError when neither can work."""
     for attempt in range(_CHECKSUM_TRIES):
         try:
-            return h5py.File(p, "r")
+            # locking None, not True: HDF5 refuses to open a file twice in one process with
+            # other locking settings, and h5py opens with None unless told
+            return h5py.File(p, "r", locking=None if locking else False)
         except FileNotFoundError:
             raise RunFileError(f"{p}: no such file") from None
-        except OSError as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             reason = short_error(exc)
             if _is_open_for_write(reason):
                 if swmr:
@@ -250,11 +316,9 @@ def _open(p: str, swmr: bool) -> h5py.File:
             if "checksum" in reason and attempt + 1 < _CHECKSUM_TRIES:
                 time.sleep(_CHECKSUM_WAIT_S)
                 continue
-            if not swmr or any(s in reason for s in _HOPELESS):
-                raise RunFileError(f"{p}: damaged HDF5 file, cannot be opened ({reason})") from None
-            break
+            raise RunFileError(f"{p}: damaged HDF5 file, cannot be opened ({reason})") from None
     try:
-        return h5py.File(p, "r", swmr=True)
+        return open_h5(p, h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, locking=locking)
     except (OSError, RuntimeError) as exc:
         raise RunFileError(
             f"{p}: damaged HDF5 file, cannot be opened ({short_error(exc)})"

@@ -56,42 +56,53 @@ def observe_run(h5, final, at, at_hours) -> dict:
     """Observables of a run from its /timeseries: final values, and values at chosen times.
 
     The value at ``t`` hours is that of the last agent step at or before ``t`` (with the
-    schedules' tolerance of a millionth of a step); NaN when the run ended before ``t``."""
-    from ..io.runfile import open_run_file
+    schedules' tolerance of a millionth of a step); NaN when the run ended before ``t``. Only
+    the rows every column has count (a run file written by another tmesim, or damaged, may
+    hold columns of other lengths). A damaged or crafted file is a RunFileError."""
+    from ..io.runfile import open_run_file, reading
 
     out = {}
-    with open_run_file(h5) as f:
+    with open_run_file(h5) as f, reading(str(h5), "its time series"):
         ts = f["timeseries"]
-        t = ts["time_min"][:]
-        dt = float(f.attrs["dt_min"])
-        for c in list(final) + list(at):
+        for c in ["time_min", *final, *at]:
             if c not in ts:
                 raise UserError(
                     f"observable {c!r}: no such time-series column; columns are "
                     f"{', '.join(sorted(ts))}"
                 )
+        n = min(ts[c].shape[0] for c in ts)
+        t = ts["time_min"][:n]
+        dt = float(f.attrs["dt_min"])
         for c in final:
-            out[f"final_{c}"] = float(ts[c][t.size - 1]) if t.size else math.nan
+            out[f"final_{c}"] = float(ts[c][n - 1]) if n else math.nan
         for h in at_hours:
             i = int(np.searchsorted(t, h * 60.0 + 1e-6 * dt, side="right")) - 1
-            ended = t.size == 0 or t[-1] + 1e-6 * dt < h * 60.0
+            ended = n == 0 or t[-1] + 1e-6 * dt < h * 60.0
             for c in at:
                 out[f"{c}_at_{fmt_hours(h)}h"] = math.nan if ended or i < 0 else float(ts[c][i])
     return out
 
 
 def run_end(h5) -> dict:
-    """Steps, final simulated time (h) and stop reason of an ended run, from its file."""
-    from ..io.runfile import open_run_file
+    """Steps, final simulated time (h) and stop reason of an ended run, from its file. A stop
+    event whose detail is not a JSON object with a text ``reason`` is a RunFileError (the
+    reason goes into the sweep's records), as is any damaged or crafted file."""
+    from ..errors import RunFileError
+    from ..io.runfile import event_rows, open_run_file, reading
 
-    with open_run_file(h5) as f:
-        t = f["timeseries/time_min"]
-        n = t.shape[0]
+    with open_run_file(h5) as f, reading(str(h5), "its time series and events"):
+        ts = f["timeseries"]
+        n = min((ts[c].shape[0] for c in ts), default=0)
+        t = ts["time_min"]
         reason = ""
-        kinds = [k.decode() if isinstance(k, bytes) else k for k in f["events/kind"][:]]
-        if "stop" in kinds:
-            d = f["events/detail"][len(kinds) - 1 - kinds[::-1].index("stop")]
-            reason = json.loads(d.decode() if isinstance(d, bytes) else d).get("reason", "")
+        stops = [detail for _, kind, detail in event_rows(f) if kind == "stop"]
+        if stops:
+            reason = stops[-1].get("reason")
+            if not isinstance(reason, str):
+                raise RunFileError(
+                    f"{h5}: damaged run file, its stop event's detail {stops[-1]!r:.80} is not "
+                    "a JSON object with a text reason"
+                )
         return {
             "steps": n - 1,
             "final_time_h": float(t[n - 1]) / 60.0 if n else 0.0,

@@ -33,11 +33,13 @@ import numpy as np
 from tmesim.errors import RunFileError
 from tmesim.io import schema
 from tmesim.io.runfile import (
+    H5_ERRORS,
     HDF5_SIGNATURE,
     attr_str,
     code_names,
     event_rows,
     open_run_file,
+    reading,
     short_error,
     to_str,
 )
@@ -55,9 +57,9 @@ DEFAULT_TUMOR_STATE_NAMES = ("none", "S", "P", "R")
 
 # ------------------------------------------------------------------------------------- opening
 def _open(path):
-    """Open a run file that :func:`read_info` has checked (tmesim.io.runfile's opener, without
-    the format check again): the reads that follow it, each of which opens and closes the file."""
-    return open_run_file(path, check=False)
+    """Open a run file for one read (tmesim.io.runfile's opener, with all its checks: the file
+    may have been replaced since :func:`read_info` looked at it)."""
+    return open_run_file(path)
 
 
 def sniff(path) -> str | None:
@@ -73,7 +75,8 @@ def sniff(path) -> str | None:
             if head != HDF5_SIGNATURE:
                 return None
         try:
-            with _open(p) as f:
+            # the format attribute only: whatever else the file holds is read_run's to check
+            with open_run_file(p, check=False) as f:
                 return "tmesim" if attr_str(f, "format") == schema.FORMAT else None
         except Exception:  # whatever HDF5 says, the file cannot be read as is
             with open(p, "rb") as fh:
@@ -210,7 +213,7 @@ def read_info(path) -> RunInfo:
             info = _info(f, p)
         except RunFileError:
             raise
-        except (KeyError, OSError, ValueError, TypeError) as exc:
+        except (*H5_ERRORS, TypeError) as exc:
             raise RunFileError(
                 f"{p}: incomplete or damaged tmesim run file ({short_error(exc)})"
             ) from None
@@ -227,7 +230,7 @@ def read_timeseries(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     array}, {column: units}). Columns differ between runs; take whatever is there."""
     cols: dict[str, np.ndarray] = {}
     units: dict[str, str] = {}
-    with _open(path) as f:
+    with _open(path) as f, reading(os.fspath(path), "its time series"):
         if schema.TIMESERIES not in f:
             return cols, units
         ts = f[schema.TIMESERIES]
@@ -242,7 +245,7 @@ def read_timeseries(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 def read_events(path) -> list[tuple[float, str, dict]]:
     """The run's events as (time_min, kind, detail) with detail parsed from JSON (never
     evaluated: a detail that is not valid JSON is kept as ``{"text": ...}``)."""
-    with _open(path) as f:
+    with _open(path) as f, reading(os.fspath(path), "its events"):
         return event_rows(f)
 
 
@@ -261,7 +264,7 @@ class _Snapshots:
         try:
             with _open(self.path) as f:
                 return np.asarray(f[self.dataset][key])
-        except (OSError, KeyError) as exc:
+        except H5_ERRORS as exc:
             raise RunFileError(
                 f"{self.path}: cannot read {self.dataset} ({short_error(exc)})"
             ) from None
@@ -272,7 +275,7 @@ def lazy_snapshots(info: RunInfo, key: str):
     import dask.array as da
 
     dsp = info.datasets[key]
-    with _open(info.path) as f:
+    with _open(info.path) as f, reading(info.path, dsp):
         dtype = f[dsp].dtype
     arr = _Snapshots(info.path, dsp, info.n_snapshots, info.shape, dtype)
     # the name identifies the content (file identity + rows), so napari's dask cache is reused
@@ -349,7 +352,7 @@ def layer_data(info: RunInfo) -> list[tuple]:
     with _open(info.path) as f:
         try:
             limits = {fi.name: _contrast(f, fi.dataset, info.n_snapshots, fi.role) for fi in fields}
-        except (OSError, KeyError) as exc:
+        except H5_ERRORS as exc:
             raise RunFileError(f"{info.path}: damaged snapshot data ({short_error(exc)})") from None
     for fi in fields:
         key = f"field/{fi.name}"
