@@ -14,16 +14,22 @@ example runs ``tmesim.cli.main(["validate", ...])`` in this process and must
   schema cannot say alone (persister and resistant fractions summing to at most 1, a tumor that
   holds a cell, stops after starts, run names that stay in the working folder, names that are
   not the run file's own, a runnable number of steps and of boluses);
-- take under :data:`SLOW_S` seconds.
+- take under :data:`SLOW_S` seconds;
+- and what it accepts (on grids of up to :data:`MODEL_SITES` voxels) builds a model that takes a
+  step without a traceback.
+
+A few cases run ``python3 -m tmesim validate`` as a process (bytes that are not UTF-8, nesting
+100,000 deep, a 50 MB file), to be sure nothing escapes the console either.
 
 Deterministic in CI (``derandomize=True``, a fixed number of examples, under a minute on two
 cores). A larger campaign, by hand::
 
-    TMESIM_FUZZ_EXAMPLES=3000 TMESIM_FUZZ_TALLY=/tmp/tally.json \\
-        python3 -m pytest -p no:xvfb -q tests/test_scenario_fuzz.py -k mutated
+    TMESIM_FUZZ_EXAMPLES=4000 TMESIM_FUZZ_TALLY=/tmp/tally.json \\
+        python3 -m pytest -p no:xvfb -q tests/test_scenario_fuzz.py -k "mutated or overrides"
 
 ``TMESIM_FUZZ_TALLY`` counts the failures by kind instead of stopping at the first, and writes
-the counts and one example of each to the JSON file named.
+the counts, the exit codes, the slowest validation and one example of each failure to the JSON
+file named (``TMESIM_FUZZ_VERBOSE=1`` prints every example with its time).
 """
 
 from __future__ import annotations
@@ -497,6 +503,7 @@ class Tally:
         self.counts: dict[str, int] = {}
         self.first: dict[str, str] = {}
         self.slowest = 0.0
+        self.outcomes: dict[str, int] = {}  # exit codes, and models built and stepped
 
     def add(self, kind: str, example: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -505,7 +512,13 @@ class Tally:
     def write(self, path: str) -> None:
         Path(path).write_text(
             json.dumps(
-                {"counts": self.counts, "slowest_s": self.slowest, "first": self.first}, indent=1
+                {
+                    "counts": self.counts,
+                    "outcomes": self.outcomes,
+                    "slowest_s": self.slowest,
+                    "first": self.first,
+                },
+                indent=1,
             )
         )
 
@@ -544,6 +557,7 @@ def validate(path: Path, sets: list[str], example: str, *, refuse: str | None = 
         return None
     took = time.monotonic() - t0
     TALLY.slowest = max(TALLY.slowest, took)
+    TALLY.outcomes[f"exit {code}"] = TALLY.outcomes.get(f"exit {code}", 0) + 1
     if os.environ.get("TMESIM_FUZZ_VERBOSE"):
         print(f"{took:.3f} s {code} {example[:150]!r}", file=sys.__stderr__, flush=True)
     if took > SLOW_S:
@@ -771,6 +785,79 @@ def test_mutated_scenarios(workdir, m):
     f = workdir / "s.toml"
     f.write_bytes(raw)
     validate(f, sets, what, refuse=refuse)
+
+
+#: the largest grid the fuzzer builds a model of (the shipped 2D scenarios; not the benchmark's
+#: 256^3, whose one step takes minutes on two cores)
+MODEL_SITES = 50_000
+
+
+def in_range(tp, meta) -> st.SearchStrategy:
+    """Values a key's type and range accept: anywhere in the range, at its edges, extreme."""
+    tp = _union_inner(tp)
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if tp is bool:
+        return st.booleans()
+    if tp is float:
+        low = 0.0 if lo is None else float(lo)
+        high = 1e12 if hi is None else float(hi)
+        edges = [x for x in (low, high, 1e-300, 1e-9, 1e6, 1e300) if low <= x <= high]
+        if meta.get("lo_open"):
+            edges = [x for x in edges if x > low] or [math.nextafter(low, math.inf)]
+        return st.one_of(
+            st.sampled_from(edges),
+            st.floats(low, high, exclude_min=bool(meta.get("lo_open"))),
+        )
+    if tp is int:
+        low = 0 if lo is None else int(lo)
+        return st.integers(low, 10**6 if hi is None else int(hi))
+    if tp is str and meta.get("choices"):
+        return st.sampled_from(list(meta["choices"]))
+    return st.nothing()
+
+
+@st.composite
+def mild_mutations(draw):
+    """A shipped scenario with one to three keys set to values their own range accepts: what
+    validation lets through most often, for the model to build and step."""
+    base_name = draw(st.sampled_from(sorted(BASES)))
+    sets, what = [], [base_name]
+    usable = [x for x in LEAVES[base_name] if not x[0].startswith("fields.tracer")]
+    for _ in range(draw(st.integers(1, 3))):
+        path, tp, meta = draw(st.sampled_from(usable))
+        v = draw(st.one_of(in_range(tp, meta), near_range(tp, meta)))
+        sets.append(f"{path}={toml_val(v)}")
+        what.append(f"set {path} = {v!r:.100}")
+    raw = (ROOT / base_name).read_bytes()
+    return raw, sets, " | ".join(what), None
+
+
+@fuzz(40)
+@given(m=st.one_of(mild_mutations(), mutations()))
+def test_accepted_scenarios_build_and_step(workdir, m):
+    """What validation accepts also builds a model and steps it: no traceback (a user error,
+    such as a field the solver drives non-finite, is one line like any other) and no hang."""
+    raw, sets, what, refuse = m
+    f = workdir / "m.toml"
+    f.write_bytes(raw)
+    if validate(f, sets, what, refuse=refuse) != 0:
+        return
+    sc = tmesim.load_scenario(f, overrides=sets or None)
+    if math.prod(sc.grid.shape) > MODEL_SITES:
+        return
+    TALLY.outcomes["models built"] = TALLY.outcomes.get("models built", 0) + 1
+    t0 = time.monotonic()
+    try:
+        model = tmesim.Model(sc)
+        model.step()
+        model.observe()
+    except tmesim.errors.UserError:
+        pass
+    except Exception as exc:  # a traceback for the user
+        fail(f"traceback at run time {type(exc).__name__}", f"{what}\n{exc!s:.500}")
+    took = time.monotonic() - t0
+    if took > SLOW_S:
+        fail("hang at run time", f"{took:.1f} s: {what}")
 
 
 @fuzz(150)
