@@ -57,7 +57,6 @@ from ..errors import RunFileError
 from . import schema
 from .runfile import (
     HDF5_SIGNATURE,
-    check_format,
     open_h5,
     open_run_file,
     reading,
@@ -356,8 +355,9 @@ def _read(f: h5py.File, where: str) -> Checkpoint | None:
 
 def _verify_kept(f: h5py.File, c: dict, where: str) -> None:
     """Read what a resume reads next, so that a checksum that fails there is a RunFileError
-    now: the kept snapshots' times, the time-series row it continues from, and each chunk that
-    cutting a dataset back to the checkpoint rewrites (the one the cut goes through)."""
+    now: the kept snapshots' times, the time-series row it continues from, each chunk that the
+    cut back and the appends after it rewrite (the one the cut goes through) and the extra
+    state of both slots (the next checkpoint rewrites part of a chunk)."""
     cuts = {
         schema.SNAPSHOTS: c["n_snapshots"],
         schema.FIELDS: c["n_snapshots"],
@@ -373,8 +373,11 @@ def _verify_kept(f: h5py.File, c: dict, where: str) -> None:
                 if not isinstance(ds, h5py.Dataset) or ds.chunks is None:
                     continue
                 first = cut - cut % ds.chunks[0]
-                if first < cut < ds.shape[0]:
+                if first < cut:
                     ds[first : min(ds.shape[0], first + ds.chunks[0])]
+        for k in range(N_SLOTS):
+            if f"slot{k}/extra" in f[GROUP]:
+                f[GROUP][f"slot{k}/extra"][()]
 
 
 def _check_counts(f: h5py.File, s: h5py.Group, c: dict, time_min: float, where: str) -> None:
@@ -560,9 +563,9 @@ def open_for_append(path) -> tuple[h5py.File, WriterLock]:
 
     Takes the exclusive writer lock, repairs what a kill leaves in the superblock, checks the
     whole file read-only as every reader does (:func:`tmesim.io.runfile.open_run_file`, with
-    the format check of a resume), opens it for writing (HDF5's own locking off: our lock
-    stands for it) and starts SWMR mode at once, so that a kill while the file is being cut
-    back still leaves a file that opens. The caller must switch the lock to shared
+    the format check of a resume), and opens it for writing in SWMR mode (HDF5's own locking
+    off: our lock stands for it), so that a kill while the file is being cut back still leaves
+    a file that opens. The caller must switch the lock to shared
     (``lock.shared()``) and release it when done."""
     p = Path(path)
     if not p.is_file():
@@ -577,20 +580,17 @@ def open_for_append(path) -> tuple[h5py.File, WriterLock]:
         # a damaged file is refused here, before HDF5 writes to it or retries reads of it
         open_run_file(p, resume=True, locking=False).close()
         try:
-            f = open_h5(str(p), h5py.h5f.ACC_RDWR, locking=False, latest=True)
+            # SWMR write from the open, not started after it: only then does HDF5 take the
+            # property list's metadata read attempts (after a start it retries without end)
+            f = open_h5(
+                str(p), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE, locking=False, latest=True
+            )
         except (OSError, RuntimeError) as exc:
             raise RunFileError(
                 f"{path}: cannot be reopened to resume ({short_error(exc)}); it "
                 "was probably killed while being created -- run the scenario "
                 "again"
             ) from None
-        try:
-            # before SWMR mode starts: that rewrites the superblock of whatever file this is
-            check_format(f, str(path), resume=True)
-            f.swmr_mode = True
-        except BaseException:
-            f.close()
-            raise
     except BaseException:
         lock.release()
         raise
