@@ -429,8 +429,10 @@ def must_refuse(path: str, tp, meta: dict, v) -> bool:
 #: (tmesim.io.schema, tmesim.io.reader.open_run)
 FILE_NAMES = {"kind", "tumor_state", "memory", "time", "step", "step_time_h", "x", "y", "z", "day"}
 DERIVED_PREFIXES = ("mean_", "plasma_", "dose_", "cumulative_dose_")
-MAX_BOLUSES = getattr(S, "MAX_BOLUSES", 10**6)
-MAX_AGENT_STEPS = getattr(S, "MAX_AGENT_STEPS", 10**9)
+# (read with defaults, so that this file also measures a tmesim from before these bounds)
+MAX_BOLUSES = getattr(S, "MAX_BOLUSES", 10**5)
+MAX_AGENT_STEPS = getattr(S, "MAX_AGENT_STEPS", 10**8)
+MAX_SCENARIO_BYTES = getattr(S, "MAX_SCENARIO_BYTES", 1 << 20)
 RUN_NAME = re.compile(r"^[\w+=,@()][\w+=,@() .-]*$")
 
 
@@ -743,7 +745,7 @@ def mutations(draw):
         raw = raw[:pos] + junk + raw[pos:]
         what.append(f"bytes {junk!r} at {pos}")
         refused_anyway = True
-    refused_anyway |= len(raw) > S.MAX_SCENARIO_BYTES  # the size is refused before reading
+    refused_anyway |= len(raw) > MAX_SCENARIO_BYTES  # the size is refused before reading
     # which bad values are still there: a later mutation of the same key (or a table above it)
     # replaces an earlier one; overrides come after the file
     live: list[str] = []
