@@ -432,3 +432,213 @@ def test_a_file_from_before_expanded_persisters_resumes_as_it_ran(tiny, tmp_path
         f.attrs["format_version"] = schema.FORMAT_VERSION
     tr = tmesim.simulation.stored_scenario(out).tumor.transitions
     assert tr.expansion_per_h == 7.5e-4 and tr.resistance_per_h == 1e-7
+
+
+# ------------------------------------------------------------------------ damaged checkpoints
+def _interrupted(scen, path, step=30):
+    """The tiny run interrupted after ``step`` (its checkpoint is at that step, slot 1)."""
+    sim = tmesim.Simulation(tmesim.load_scenario(scen), "cpu")
+    sim.callbacks.append(At(step, lambda s: setattr(s, "_signal", "test")))
+    sim.run(path)
+    assert sim.status == "interrupted"
+    return path
+
+
+def _flip(path, offset, mask=0x10):
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ mask]))
+
+
+def test_checkpoint_slots_carry_checksums_and_are_rewritten_in_place(tmp_path):
+    """Every slot array but the scalars and empty ones is chunked with a Fletcher-32 checksum;
+    rewriting a slot keeps its chunks where they are (the file does not grow)."""
+    arrays = {
+        "kind": np.zeros(5000, np.uint8),
+        "fields": np.zeros((2, 5000), np.float32),
+        "plasma": np.zeros(0, np.float64),
+    }
+    path = tmp_path / "slots.h5"
+    with h5py.File(path, "w", libver="latest") as f:
+        for k in ("snapshots/fields", "timeseries", "events"):
+            f.create_group(k)
+        f["snapshots/time"] = np.zeros(1)
+        f["timeseries/time_min"] = np.arange(100) * 6.0
+        f["events/time_min"] = np.zeros(1)
+        checkpoint.create_slots(f, arrays)
+        for name in ("state/kind", "state/fields", "counts", "extra", "extra_index"):
+            assert f[f"checkpoint/slot0/{name}"].fletcher32, name
+        assert f["checkpoint/slot0/state/fields"].chunks == (1, 5000)
+        assert f["checkpoint/slot0/state/plasma"].chunks is None  # empty: nothing to protect
+        sizes = []
+        for step in (10, 20, 30, 40):
+            a = {k: v + step for k, v in arrays.items()}
+            counts = {"step": step, "n_snapshots": 1, "n_rows": step + 1, "n_events": 1}
+            checkpoint.write(f, a, step * 6.0, counts, {"doses": np.arange(step)})
+            f.flush()
+            sizes.append(path.stat().st_size)
+        assert sizes[1] == sizes[2] == sizes[3], sizes
+        ck = checkpoint.read(f)
+        assert (ck.step, ck.slot, ck.generation) == (40, 1, 4)
+        np.testing.assert_array_equal(ck.arrays["fields"], arrays["fields"] + 40)
+        np.testing.assert_array_equal(ck.extra["doses"], np.arange(40))
+
+
+def test_a_flipped_bit_in_the_committed_checkpoint_is_refused(tiny, tmp_path, capsys):
+    """A flipped bit in the state the resume would start from: `tmesim resume` refuses in one
+    line (the slots were contiguous and unchecked: the run went on from the wrong state)."""
+    scen, _ = tiny
+    out = _interrupted(scen, tmp_path / "r.h5")
+    with h5py.File(out, "r") as f:
+        assert int(f["checkpoint/valid_slot"][()]) == 1
+        info = f["checkpoint/slot1/state/memory"].id.get_chunk_info(0)
+    _flip(out, info.byte_offset + 100)
+    capsys.readouterr()
+    assert main(["resume", str(out), "-q", "--backend", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"tmesim resume: error: {out}: damaged run file, checkpoint array memory")
+
+
+#: (what is changed in the committed slot, what the refusal says)
+BAD_COUNTS = {
+    "step=-5": "do not fit together",
+    "n_rows=20": "do not fit together",
+    "n_rows=100000": "n_rows is 100000 but the file holds",
+    "n_snapshots=-1": "n_snapshots is -1",
+    "n_snapshots=999": "n_snapshots is 999",
+    "n_events=1000000000000": "n_events is 1000000000000",
+    "extra_nbytes=1000000000000000": "extra_nbytes is 1000000000000000",
+    "generation=0": "do not fit together",
+    "time_min=123.0": "its time 123.0 min is not that of step 30",
+    "time_min=nan": "its time nan min",
+    "valid_slot=5": "valid_slot is array(5)",
+    "layout_version=one": "checkpoint layout 'one'",
+}
+
+
+@pytest.mark.parametrize("edit", list(BAD_COUNTS))
+def test_checkpoint_values_that_do_not_fit_the_file_are_refused(tiny, tmp_path, edit):
+    """Counters out of range or inconsistent, a time that is not the step's, a slot that does
+    not exist: RunFileError naming the file, never a resume from them (a negative row count
+    cut the file wrongly, a wrong time went on from it silently)."""
+    scen, _ = tiny
+    out = _interrupted(scen, tmp_path / "r.h5")
+    key, value = edit.split("=")
+    with h5py.File(out, "r+") as f:
+        g = f["checkpoint"]
+        if key in checkpoint.COUNTS:
+            g["slot1/counts"][checkpoint.COUNTS.index(key)] = int(value)
+        elif key == "time_min":
+            g["slot1/time_min"][()] = float(value)
+        elif key == "valid_slot":
+            g["valid_slot"][()] = int(value)
+        else:
+            g.attrs[key] = value
+    with h5py.File(out, "r") as f, pytest.raises(RunFileError) as exc:
+        checkpoint.read(f)
+    msg = str(exc.value)
+    assert msg.startswith(f"{out}: ") and BAD_COUNTS[edit] in msg, msg
+    assert main(["resume", str(out), "-q", "--backend", "cpu"]) == 2
+
+
+@pytest.mark.parametrize(
+    "index, expected",
+    [
+        ("{not json", "is not JSON"),
+        pytest.param("[" * 5000, "is not JSON", id="nested-5000-deep"),
+        ('{"name": "x"}', "expected a list"),
+        ('[{"name": "x", "dtype": "|O", "shape": [1], "offset": 0}]', "not plain data"),
+        ('[{"name": "x", "dtype": "V8", "shape": [1], "offset": 0}]', "not plain data"),
+        ('[{"name": "x", "dtype": "<f8", "shape": [1], "offset": -8}]', "is not {name"),
+        ('[{"name": "x", "dtype": "<f8", "shape": [1.5], "offset": 0}]', "is not {name"),
+        ('[{"name": "x", "dtype": "<f8", "shape": [10000000000], "offset": 0}]', "past the end"),
+        ('[{"name": "x", "dtype": "nonsense", "shape": [1], "offset": 0}]', "names dtype"),
+    ],
+)
+def test_the_extra_state_index_must_be_plain_data_within_its_buffer(index, expected):
+    """The index is checked before use: no object dtype (an array of pointers made from file
+    bytes), no offset or shape outside the buffer, nothing that is not the writer's JSON."""
+    with pytest.raises(RunFileError, match="damaged checkpoint, its extra-state index") as exc:
+        checkpoint.unpack_extra(np.zeros(64, np.uint8), index, "run.h5")
+    assert expected in str(exc.value) and str(exc.value).startswith("run.h5: ")
+    buf, text = checkpoint.pack_extra({"a": np.arange(3.0), "b": np.array(b"x")})
+    got = checkpoint.unpack_extra(buf, text)
+    np.testing.assert_array_equal(got["a"], np.arange(3.0))
+
+
+def _killed(src, dst):
+    """``dst``: ``src`` as a killed writer leaves it ("open for write" flags set)."""
+    dst.write_bytes(src.read_bytes())
+    kill = "import h5py, os, sys\nf = h5py.File(sys.argv[1], 'r+', libver='latest')\n"
+    kill += "f.swmr_mode = True\nf.flush()\nos._exit(0)\n"
+    subprocess.run([sys.executable, "-c", kill, str(dst)], check=True)
+    return dst
+
+
+def test_repair_after_kill_changes_nothing_in_a_damaged_superblock(tiny, tmp_path):
+    """A killed writer's file whose superblock fails its checksum: the repair leaves it as it
+    is (it rewrote the checksum over the damage) and the resume refuses it; an end address far
+    past the file's size (checksum made valid) does not make a huge file."""
+    scen, _ = tiny
+    out = _killed(_interrupted(scen, tmp_path / "r.h5"), tmp_path / "k.h5")
+    assert out.read_bytes()[11] != 0  # the flags are set
+    _flip(out, 36)  # the root object header's address
+    before = out.read_bytes()
+    assert checkpoint.repair_after_kill(out) is False
+    assert out.read_bytes() == before
+    assert main(["resume", str(out), "-q", "--backend", "cpu"]) == 2
+    # a superblock whose end address is 1 TiB past the file, its checksum valid
+    far = _killed(_interrupted(scen, tmp_path / "r2.h5"), tmp_path / "far.h5")
+    sb = bytearray(far.read_bytes()[:48])
+    sb[28:36] = (far.stat().st_size + (1 << 40)).to_bytes(8, "little")
+    sb[44:48] = checkpoint.lookup3(bytes(sb[:44])).to_bytes(4, "little")
+    with open(far, "r+b") as fh:
+        fh.write(bytes(sb))
+    size = far.stat().st_size
+    checkpoint.repair_after_kill(far)
+    assert far.stat().st_size == size
+    assert main(["resume", str(far), "-q", "--backend", "cpu"]) == 2
+
+
+def test_a_damaged_object_is_refused_before_hdf5_opens_the_file_for_writing(tiny, tmp_path):
+    """A damaged object header the resume reads after reopening the file: refused by the
+    read-only check before HDF5 opens it for writing (in SWMR write mode HDF5 retried the
+    checksum without end: `tmesim resume` hung)."""
+    scen, _ = tiny
+    out = _interrupted(scen, tmp_path / "r.h5")
+    with h5py.File(out, "r") as f:
+        addr = h5py.h5o.get_info(f["snapshots/step"].id).addr
+    _flip(out, addr + 20, 0x5A)
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "tmesim", "resume", str(out), "-q", "--backend", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert (
+        p.stderr.startswith(f"tmesim resume: error: {out}: damaged") and "Traceback" not in p.stderr
+    )
+    assert time.monotonic() - t0 < 30
+
+
+def test_a_file_with_unchecked_contiguous_slots_still_resumes(tiny, tmp_path):
+    """Files written before the slots had checksums (contiguous datasets) resume as before."""
+    scen, ref = tiny
+    out = _interrupted(scen, tmp_path / "r.h5")
+    with h5py.File(out, "r+") as f:
+        for k in range(checkpoint.N_SLOTS):
+            st = f[f"checkpoint/slot{k}/state"]
+            for name in list(st):
+                data = st[name][()]
+                del st[name]
+                st.create_dataset(name, data=data, fillvalue=0)
+                assert st[name].chunks is None
+    sim = tmesim.Simulation.resume(out, backend="cpu")
+    assert sim.resumed_from == 30 and sim.status == "finished"
+    assert_same_run(ref, out)

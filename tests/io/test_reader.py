@@ -76,3 +76,52 @@ def test_a_format_1_0_file_with_variable_length_events_still_reads(tmp_path):
             )
         f.attrs["format_version"] = "1.0"
     assert open_run(path).attrs["events"] == before
+
+
+def test_damaged_snapshot_data_is_a_run_file_error_naming_the_variable(tmp_path):
+    """A flipped byte in one stored snapshot of oxygen (each chunk carries a checksum): the file
+    opens (its metadata is whole), every other snapshot reads, and reading that one is a
+    one-line RunFileError naming the file and the variable, not h5py's OSError."""
+    _, _, path = run_small(tmp_path)
+    with h5py.File(path, "r") as f:
+        chunk = f["snapshots/fields/oxygen"].id.get_chunk_info(2)
+        good = f["snapshots/fields/oxygen"][3]
+    with open(path, "r+b") as fh:
+        fh.seek(chunk.byte_offset + chunk.size // 2)
+        b = fh.read(1)
+        fh.seek(chunk.byte_offset + chunk.size // 2)
+        fh.write(bytes([b[0] ^ 0x10]))
+    with tmesim.open_run(path) as ds:
+        np.testing.assert_array_equal(ds["oxygen"][3].values, good)
+        with pytest.raises(RunFileError) as exc:
+            ds["oxygen"][2].load()
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}: damaged run file, oxygen cannot be read") and "\n" not in msg
+
+
+def test_rows_declared_beyond_what_the_file_holds_are_refused_before_any_read(tmp_path):
+    """A small file declaring 10^9 rows in every time-series column (its chunks unwritten): the
+    open refuses it at once; nothing is allocated for the rows (open_run read them all)."""
+    _, _, path = run_small(tmp_path)
+    with h5py.File(path, "r+") as f:
+        for ds in f["timeseries"].values():
+            ds.resize(10**9, axis=0)
+    t0 = time.monotonic()
+    with pytest.raises(RunFileError, match=r"declares shape \(1000000000,\)"):
+        tmesim.open_run(path)
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_snapshot_arrays_one_row_apart_read_as_the_complete_snapshots(tmp_path):
+    """A reader that comes between the writer's appends sees some snapshot arrays one row longer
+    than others: open_run gives the snapshots every array holds (it took kind's rows and failed
+    to load the shorter ones)."""
+    _, _, path = run_small(tmp_path)
+    with h5py.File(path, "r+") as f:
+        T = f["snapshots/kind"].shape[0]
+        f["snapshots/memory"].resize(T - 1, axis=0)
+        f["snapshots/fields/oxygen"].resize(T - 1, axis=0)
+    with tmesim.open_run(path) as ds:
+        assert ds.sizes["time"] == T - 1
+        ds.load()
+        assert ds["oxygen"].shape[0] == ds["kind"].shape[0] == T - 1

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import h5py
 import numpy as np
@@ -14,6 +15,7 @@ import tmesim
 from tmesim.errors import RunFileError
 from tmesim.io import schema
 from tmesim.io.runfile import (
+    SWMR_READ_ATTEMPTS,
     attr_str,
     check_format,
     code_names,
@@ -184,7 +186,9 @@ def test_another_major_version_is_refused(run_file, tmp_path):
     assert "file format 0.9" in str(exc.value) and tmesim.__version__ in str(exc.value)
 
 
-@pytest.mark.parametrize("version", ["one.two", "1.x", "", b"\xff"])
+@pytest.mark.parametrize(
+    "version", ["one.two", "1.x", "", b"\xff", "-1.3", "1.3.1", " 1.3", "1" * 40 + ".0"]
+)
 def test_an_unreadable_format_version_is_a_run_file_error(run_file, tmp_path, version):
     bad = copy(run_file, tmp_path, "bad_version.h5")
     with h5py.File(bad, "r+") as f:
@@ -192,6 +196,153 @@ def test_an_unreadable_format_version_is_a_run_file_error(run_file, tmp_path, ve
     with pytest.raises(RunFileError, match="unreadable format version") as exc:
         open_run_file(bad)
     assert str(bad) in str(exc.value) and "major.minor" in str(exc.value)
+
+
+def killed_writer_copy(src, dst):
+    """``dst``: a copy of ``src`` whose SWMR writer was killed (its superblock keeps the "open
+    for write" flags, so readers open it in SWMR mode)."""
+    shutil.copy(src, dst)
+    kill = "import h5py, os, sys\nf = h5py.File(sys.argv[1], 'r+', libver='latest')\n"
+    kill += "f.swmr_mode = True\nf.flush()\nos._exit(0)\n"
+    subprocess.run([sys.executable, "-c", kill, str(dst)], check=True)
+    return dst
+
+
+def flip_header(path, name, at=20):
+    """Flip a byte ``at`` bytes into the object header of ``name``: its checksum then fails."""
+    with h5py.File(path, "r", swmr=True) as f:
+        addr = h5py.h5o.get_info(f[name].id).addr
+    with open(path, "r+b") as fh:
+        fh.seek(addr + at)
+        b = fh.read(1)
+        fh.seek(addr + at)
+        fh.write(bytes([b[0] ^ 0x5A]))
+
+
+def test_a_damaged_file_a_killed_writer_held_is_refused_at_once(run_file, tmp_path):
+    """A file opened in SWMR mode (its writer was killed) with a damaged object header: HDF5's
+    SWMR reader retries a failing checksum 100 times with a doubling wait (it used to hang
+    open_run); tmesim allows SWMR_READ_ATTEMPTS and checks every object first, so the open
+    ends in a one-line RunFileError within a second."""
+    live = killed_writer_copy(run_file, tmp_path / "live.h5")
+    assert open_in_child(live)[::2] == ("opened", "True finished")  # read in SWMR mode
+    flip_header(live, "events/detail")
+    what, secs, msg = open_in_child(live, timeout=120)
+    assert what == "RunFileError" and secs < 1.0, (what, secs, msg)
+    assert msg.startswith(f"{live}: damaged") and "checksum" in msg
+    assert 20 <= SWMR_READ_ATTEMPTS <= 30  # about 0.15 s of retries for a live file's torn read
+
+
+def _edit(f, case):
+    """Each edit makes a file that is not data only in the schema's layout."""
+    ox = "snapshots/fields/oxygen"
+    shape = f[ox].shape
+    if case == "external_link":
+        del f[ox]
+        f[ox] = h5py.ExternalLink("/etc/hostname", "/x")
+    elif case == "soft_link":
+        del f[ox]
+        f[ox] = h5py.SoftLink("/snapshots/memory")
+    elif case == "hard_link_twice":
+        f["snapshots/fields/again"] = f[ox]
+    elif case == "external_storage":
+        del f[ox]
+        f.create_dataset(ox, shape=shape, dtype="f4", external=[("/etc/hostname", 0, 1 << 20)])
+    elif case == "virtual":
+        layout = h5py.VirtualLayout(shape=shape, dtype="f4")
+        layout[...] = h5py.VirtualSource(".", "snapshots/memory", shape=shape)
+        del f[ox]
+        f.create_virtual_dataset(ox, layout)
+    elif case == "filter":
+        data = f[ox][()]
+        del f[ox]
+        f.create_dataset(ox, data=data, chunks=(1, *shape[1:]), compression="lzf")
+    elif case == "extra_object":
+        f["notes"] = np.arange(3)
+    elif case == "named_type":
+        f["snapshots/fields/mytype"] = np.dtype("f4")
+    elif case == "wrong_dtype":
+        del f[ox]
+        f[ox] = np.zeros(shape, "S4")
+    elif case == "wrong_grid":
+        del f[ox]
+        f[ox] = np.zeros((shape[0], shape[1], shape[2] - 1), "f4")
+    elif case == "huge_rows":
+        for ds in f["timeseries"].values():
+            ds.resize(10**9, axis=0)
+    elif case == "grid_shape":
+        f.attrs["grid_shape"] = np.array([-48, 48])
+    elif case == "dx_um":
+        f.attrs["dx_um"] = np.nan
+    elif case == "seed":
+        f.attrs["seed"] = "eleven"
+    elif case == "status":
+        f.attrs["status"] = "mine now".ljust(64)
+
+
+STRUCTURE = {
+    "external_link": "snapshots/fields/oxygen is an external link",
+    "soft_link": "snapshots/fields/oxygen is a soft link",
+    "hard_link_twice": "is reached by 2 links",
+    "external_storage": "keeps its data in an external file",
+    "virtual": "is a virtual dataset",
+    "filter": "uses HDF5 filter 32000",
+    "extra_object": "/notes is not part of the run-file schema",
+    "named_type": "/snapshots/fields/mytype is a named datatype",
+    "wrong_dtype": "has dtype dtype('S4'), not the schema's",
+    "wrong_grid": "but the grid is (48, 48)",
+    "huge_rows": "declares shape (1000000000,)",
+    "grid_shape": "grid_shape is array([-48,  48]), expected 2 or 3 positive integers",
+    "dx_um": "dx_um is np.float64(nan), expected a finite positive number",
+    "seed": "seed is 'eleven', expected a number",
+    "status": "status is 'mine now",
+}
+
+
+@pytest.mark.parametrize("case", list(STRUCTURE))
+def test_what_is_not_the_schemas_is_refused_before_reading(run_file, tmp_path, case):
+    """Links, storage, filters, objects, dtypes, shapes and root attributes that are not the
+    schema's: a one-line RunFileError naming the file and the object, before anything is read
+    (an external link or external storage would have read /etc/hostname)."""
+    bad = copy(run_file, tmp_path, f"{case}.h5")
+    with h5py.File(bad, "r+") as f:
+        _edit(f, case)
+    t0 = time.monotonic()
+    with pytest.raises(RunFileError) as exc:
+        open_run_file(bad)
+    assert time.monotonic() - t0 < 0.5
+    msg = str(exc.value)
+    assert msg.startswith(f"{bad}: ") and "\n" not in msg
+    assert STRUCTURE[case] in msg, msg
+    with open_run_file(bad, check=False) as f:  # the viewer's sniffing still looks at it
+        assert attr_str(f, "format") == schema.FORMAT
+
+
+def test_a_newer_minor_version_may_add_objects_that_are_safe(run_file, tmp_path):
+    """A minor version adds what older readers can ignore: objects outside the schema open in a
+    file of a newer minor version (and are never read), but they get the same safety checks."""
+    newer = copy(run_file, tmp_path, "newer_minor.h5")
+    with h5py.File(newer, "r+") as f:
+        f.attrs["format_version"] = f"{schema.MAJOR}.99"
+        f.create_group("lineage")["parents"] = np.arange(10)
+    with open_run_file(newer) as f:
+        assert "lineage" in f
+    with h5py.File(newer, "r+") as f:
+        f["lineage/elsewhere"] = h5py.ExternalLink("/etc/hostname", "/x")
+    with pytest.raises(RunFileError, match="lineage/elsewhere is an external link"):
+        open_run_file(newer)
+
+
+def test_the_structure_check_costs_milliseconds(run_file):
+    from tmesim.io.trust import check_structure
+
+    with open_run_file(run_file) as f:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            check_structure(f, str(run_file))
+            times.append(time.perf_counter() - t0)
+    assert sorted(times)[2] < 0.05, times  # about 8 ms on a shared 2-core machine
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -213,6 +364,10 @@ def test_attributes_decode_from_bytes_and_str(tmp_path):
         assert code_names(f["bare"]) is None
         assert code_names(f["bare"], "kind_names") == ["empty", "tumor"]  # the root's
     assert to_str(np.array(b"abc")) == "abc"  # a 0-d array gives its element
+    with h5py.File(p, "r+") as f:
+        f["kind"].attrs["names"] = 7
+    with h5py.File(p, "r") as f, pytest.raises(RunFileError, match="expected a list of names"):
+        code_names(f["kind"])
     assert to_str(b"\xff") == "\ufffd"  # an invalid byte does not raise
 
 
@@ -232,5 +387,10 @@ def test_event_rows_of_both_layouts(run_file, tmp_path):
         ev.create_dataset("detail", data=['{"a": 1}', "not json"], dtype=s)
     with h5py.File(p, "r") as f:
         assert event_rows(f) == [(0.0, "start", {"a": 1}), (6.0, "dose", {"text": "not json"})]
+    # JSON nested deeper than Python recurses is kept as text too (it raised RecursionError)
+    with h5py.File(p, "r+") as f:
+        f["events/detail"][0] = "[" * 5000
+    with h5py.File(p, "r") as f:
+        assert event_rows(f)[0] == (0.0, "start", {"text": "[" * 5000})
     with h5py.File(tmp_path / "none.h5", "w") as f:
         assert event_rows(f) == []
