@@ -833,6 +833,37 @@ def test_the_cli_in_its_own_process(ci_results, case, argv, tmp_path):
     assert secs < 20, secs  # interpreter start and imports included
 
 
+def test_sweep_records_take_a_stop_reason_only_from_a_json_object(tmp_path):
+    """The stop reason goes into a sweep's records: a stop event whose detail is not a JSON
+    object with a text reason is a RunFileError (json.loads raised, or the record took a
+    wrong value); the observables use the rows every column holds."""
+    import tmesim
+    from tests.helpers import scenario_text
+    from tmesim.errors import RunFileError
+    from tmesim.sweep.records import observe_run, run_end
+
+    sc = tmesim.loads_scenario(scenario_text(*FUZZ_SETS))
+    path = tmesim.Simulation(sc, backend="cpu").run(tmp_path / "run.h5")
+    ref = observe_run(path, *OBSERVE)
+    with h5py.File(path, "r+") as f:
+        ev = f["events"]
+        n = ev["kind"].shape[0]
+        for ds in ev.values():
+            ds.resize(n + 1, axis=0)
+        ev["time_min"][n] = 60.0
+        ev["kind"][n] = b"stop"
+        ev["detail"][n] = b'{"reason": "burden above 1e9"}'
+        f["timeseries/burden"].resize(f["timeseries/burden"].shape[0] + 5, axis=0)
+    assert run_end(path)["stop_reason"] == "burden above 1e9"
+    assert observe_run(path, *OBSERVE) == ref  # the 5 rows only burden has are not taken
+    for detail in (b"not json", b'["burden"]', b'{"reason": 7}', b"[" * 2000):
+        with h5py.File(path, "r+") as f:
+            f["events/detail"][n] = detail
+        with pytest.raises(RunFileError, match="its stop event's detail") as exc:
+            run_end(path)
+        assert str(exc.value).startswith(f"{path}: damaged run file")
+
+
 @pytest.mark.slow
 def test_a_larger_campaign(tmp_path):
     """Eight times the cut and flipped files, every reader on every file (TMESIM_FUZZ_SCALE

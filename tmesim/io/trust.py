@@ -212,8 +212,12 @@ class _Walk:
     def group(self, gid, path: str, spec: Group | None) -> None:
         """Check the members of the group ``gid`` (at ``path``) against ``spec`` (None: a group
         of a newer minor version, checked for safety only)."""
-        names = []
-        gid.links.iterate(lambda n: names.append(n) or None)
+        names: list[bytes] = []
+
+        def add(name: bytes) -> None:  # returning None goes on to the next link
+            names.append(name)
+
+        gid.links.iterate(add)
         if spec is not None:
             missing = [r for r in spec.required if r.encode() not in names]
             if missing:

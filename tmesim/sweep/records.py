@@ -97,12 +97,13 @@ def run_end(h5) -> dict:
         reason = ""
         stops = [detail for _, kind, detail in event_rows(f) if kind == "stop"]
         if stops:
-            reason = stops[-1].get("reason")
-            if not isinstance(reason, str):
+            given = stops[-1].get("reason")
+            if not isinstance(given, str):
                 raise RunFileError(
                     f"{h5}: damaged run file, its stop event's detail {stops[-1]!r:.80} is not "
                     "a JSON object with a text reason"
                 )
+            reason = given
         return {
             "steps": n - 1,
             "final_time_h": float(t[n - 1]) / 60.0 if n else 0.0,
