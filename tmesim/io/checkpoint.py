@@ -18,8 +18,8 @@ objects later)::
     /checkpoint/slotK/extra         (N,) uint8, Model.extra_state() arrays packed back to back
     /checkpoint/slotK/extra_index   (1,) JSON: [{name, dtype, shape, offset}], plain data only
 
-Every slot dataset but the scalars is chunked with a Fletcher-32 checksum (files from before
-have contiguous ones), so a flipped bit in a checkpoint is an error on resuming, never a
+Every slot dataset but the scalars and empty arrays is chunked with a Fletcher-32 checksum (files
+from before have contiguous ones), so a flipped bit in a checkpoint is an error on resuming, never a
 silently different run. A checkpoint is read only after its counts are checked against the file
 (the rows it names exist, its step is the last time-series row it names, its time is that row's
 time), its arrays are all stored and its extra-state index is plain data that fits its buffer.

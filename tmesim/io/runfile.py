@@ -20,14 +20,15 @@ Then, before anything is read, the format (:func:`check_format`) and the file's 
 (tmesim.io.trust: data only, the schema's datasets, dtypes and shapes, nothing read from any
 other file) are checked.
 
-This module imports only h5py, numpy and the file schema (never the simulator), so the viewer
-uses it too.
+This module imports only h5py, numpy, the file schema and tmesim.io.trust (never the simulator),
+so the viewer uses it too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import re
@@ -263,6 +264,7 @@ def open_run_file(
     return f
 
 
+@functools.cache
 def _hdf5_function(name: str):
     """A function of the HDF5 library h5py uses, that h5py does not wrap (None if absent)."""
     try:
