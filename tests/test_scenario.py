@@ -675,3 +675,16 @@ def test_run_replaces_a_finished_run_file_and_writes_into_an_empty_file(tmp_path
     p = _run(tmp_path, "s.toml", "-o", "empty.h5")
     assert p.returncode == 0, p.stderr
     assert tmesim.open_run(tmp_path / "empty.h5").attrs["status"] == "finished"
+
+
+def test_the_reserved_names_are_the_run_files():
+    """The names a field or drug may not take are the run-file schema's: every column of every
+    run, and the columns made for a field and a drug (the scenario layer keeps its own copy, as
+    it imports no file code)."""
+    from tmesim import scenario as S
+    from tmesim.io import schema
+
+    assert tuple(schema.BASE_COLUMNS) == S.RUN_FILE_COLUMNS
+    assert set(S.field_column_names("o2")) == set(schema.field_columns(["o2"], ["mmHg"]))
+    assert set(S.drug_column_names("erl")) == set(schema.drug_columns(["erl"]))
+    assert set(schema.BASE_COLUMNS) <= S.RESERVED_NAMES

@@ -43,7 +43,6 @@ from pathlib import Path
 from .codes import KIND_NAMES, STATE_KEYS
 from .drug_presets import DRUG_PRESETS
 from .errors import _MISSING, ScenarioError
-from .io import schema as run_schema
 
 # keys of per-kind rate tables: occupant kinds, and tumor states that override "tumor"
 RATE_KEYS = KIND_NAMES + tuple(STATE_KEYS)
@@ -1057,16 +1056,64 @@ def _build(cls, data: dict, path: str):
     return cls(**kwargs)
 
 
-#: names of the run file's own datasets, coordinates and dimensions (tmesim.io.hdf5,
-#: tmesim.io.reader.open_run: kind, tumor_state and memory are data variables beside the fields,
-#: time, step, step_time_h and the axes are coordinates) and of the in-memory series ("day"),
-#: and its time-series columns: a field or drug of one of these names would shadow it
+# The run file's names, which a field or drug name must not take. They are the run-file
+# schema's (tmesim.io.schema), written out here because the scenario layer imports nothing of the
+# file code (tests/test_layout.py); tests/test_scenario.py checks that the two agree.
+#: the time-series columns every run has (tmesim.io.schema.BASE_COLUMNS)
+RUN_FILE_COLUMNS = (
+    "time_min",
+    "n_S",
+    "n_P",
+    "n_R",
+    "n_E",
+    "n_caf",
+    "n_tam",
+    "n_necrotic",
+    "n_vessel",
+    "burden",
+    "persister_fraction",
+    "resistant_fraction",
+    "hypoxic_fraction",
+    "divisions",
+    "necroses",
+    "cleared",
+    "field_sweeps",
+    "killed",
+    "killed_S",
+    "killed_P",
+    "entered_P",
+    "exited_P",
+    "became_R",
+    "became_E",
+    "tam_recruited",
+    "tam_died",
+    "mean_memory",
+    "mean_time_in_P_h",
+    "tumor_near_caf_fraction",
+    "persisters_near_caf_fraction",
+)
+
+
+def field_column_names(name: str) -> tuple[str, ...]:
+    """The time-series columns made for a field (tmesim.io.schema.field_columns)."""
+    return (f"mean_{name}", f"mean_{name}_tumor")
+
+
+def drug_column_names(name: str) -> tuple[str, ...]:
+    """The time-series columns made for a drug (tmesim.io.schema.drug_columns)."""
+    return (f"plasma_{name}", f"dose_{name}", f"cumulative_dose_{name}")
+
+
+#: names a field or drug may not take: the run file's own datasets, coordinates and dimensions
+#: (tmesim.io.reader.open_run: kind, tumor_state and memory are data variables beside the
+#: fields; time, step, step_time_h and the axes are coordinates), the in-memory series' "day",
+#: and the time-series columns: a field or drug of one of these names would shadow it
 RESERVED_NAMES = frozenset(
     {"kind", "tumor_state", "memory", "time", "step", "step_time_h", "day", "x", "y", "z"}
-    | set(run_schema.BASE_COLUMNS)
+    | set(RUN_FILE_COLUMNS)
 )
 #: the prefixes of the columns made for each field (mean_) and drug (plasma_, dose_,
-#: cumulative_dose_; tmesim.io.schema): a name that starts with one could be another's column
+#: cumulative_dose_): a name that starts with one could be another's column
 RESERVED_PREFIXES = ("mean_", "plasma_", "dose_", "cumulative_dose_")
 
 
@@ -1098,14 +1145,14 @@ def _check_columns(fields, drugs) -> None:
     """Every time-series column and data variable of a run is named once (a field named
     ``oxygen_tumor`` would make a second mean_oxygen_tumor beside oxygen's own)."""
     seen: dict[str, str] = {}
-    owners = [("base", c) for c in run_schema.BASE_COLUMNS]
+    owners = [("base", c) for c in RUN_FILE_COLUMNS]
     drug_names = {d.name for d in drugs}
     for f in fields:
         where = f"drugs.{f.name}" if f.name in drug_names else f"fields.{f.name}"
         owners += [(where, f.name)]
-        owners += [(where, c) for c in run_schema.field_columns([f.name], [f.units])]
+        owners += [(where, c) for c in field_column_names(f.name)]
     for d in drugs:
-        owners += [(f"drugs.{d.name}", c) for c in run_schema.drug_columns([d.name])]
+        owners += [(f"drugs.{d.name}", c) for c in drug_column_names(d.name)]
     for where, col in owners:
         if col in seen and seen[col] != where:
             other = seen[col]
