@@ -68,6 +68,7 @@ TM_HD double tm_hill(float c_uM, double emax, double ec50_uM, double h) {
     else if (h == 2.0) x = __dmul_rn(r, r);
     else if (h == 0.5) x = sqrt(r);
     else x = pow(r, h);
+    if (isinf(x)) return emax;  /* a potent drug: inf / inf would be NaN; the limit is emax */
     return __ddiv_rn(__dmul_rn(emax, x), __dadd_rn(1.0, x));
 }
 

@@ -506,6 +506,27 @@ def test_without_signalling_fields_identical(launcher, fields):
     )
 
 
+POTENT = (
+    preset("egfr_tki", kill_S=dict(rate_per_h=4.0)),
+    DrugConfig(
+        name="potent",
+        effects={
+            # (c / EC50)^h overflows to inf for any c > 0 (pow and square branches): the effect
+            # is emax exactly on both sides, where the plain formula gives inf / inf = NaN
+            "exit_speedup": EffectConfig(emax=0.8, ec50_uM=1e-300, hill=2.7, fold=3.0),
+            "cancel_met": EffectConfig(emax=0.7, ec50_uM=1e-300, hill=2.0),
+        },
+    ),
+)
+
+
+def test_a_potent_drug_saturates_identically(launcher):
+    """A drug so potent that (c / EC50)^h overflows: the kernels' tm_hill returns emax as
+    drugs.hill does (not NaN), so the rules stay identical to numpy and P still exits."""
+    total, _ = run_both(launcher, CONFIGS["high"], POTENT, (20, 21), "moore", 13, 5)
+    assert total.exited_P and total.entered_P, total
+
+
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("drugs", ["none", "four"])
 def test_persister_rules_do_not_depend_on_thread_order(launcher, order, drugs):
