@@ -677,6 +677,26 @@ def test_run_replaces_a_finished_run_file_and_writes_into_an_empty_file(tmp_path
     assert tmesim.open_run(tmp_path / "empty.h5").attrs["status"] == "finished"
 
 
+@pytest.mark.parametrize("status", ["interrupted", "running"])
+def test_run_keeps_a_run_that_can_be_resumed_unless_told_to_overwrite(tmp_path, status):
+    """A run interrupted (or killed: its status stays "running") can be resumed, so a new run on
+    its path is refused in one line pointing at ``tmesim resume`` and the file is untouched;
+    ``--overwrite`` replaces it."""
+    import h5py
+
+    (tmp_path / "s.toml").write_text(TINY)
+    assert _run(tmp_path, "s.toml", "-o", "r.h5").returncode == 0
+    r = tmp_path / "r.h5"
+    with h5py.File(r, "r+") as f:
+        f.attrs["status"] = status
+    before = r.read_bytes()
+    _refused(_run(tmp_path, "s.toml", "-o", "r.h5"), "can be resumed", "tmesim resume")
+    assert r.read_bytes() == before
+    p = _run(tmp_path, "s.toml", "-o", "r.h5", "--overwrite")
+    assert p.returncode == 0, p.stderr
+    assert tmesim.open_run(r).attrs["status"] == "finished"
+
+
 def test_the_reserved_names_are_the_run_files():
     """The names a field or drug may not take are the run-file schema's: every column of every
     run, and the columns made for a field and a drug (the scenario layer keeps its own copy, as

@@ -80,6 +80,32 @@ def _check_output_path(out: Path, scenario: Path, shown: str) -> None:
             )
 
 
+def check_resumable_kept(out: Path, overwrite: bool) -> None:
+    """Refuse to replace a run that can still be resumed (status "running": killed, or
+    "interrupted") unless ``--overwrite`` was given: ``tmesim resume`` continues it, and a new
+    run on its path would lose it. A file that cannot be read as a run is the writer's to judge.
+
+    Raises:
+        UserError: naming the path, its status and the two ways on.
+    """
+    from .errors import RunFileError
+    from .io.runfile import attr_str, open_run_file
+
+    if overwrite or not out.is_file():
+        return
+    try:
+        with open_run_file(out) as f:
+            status = attr_str(f, "status").strip()
+    except RunFileError:
+        return
+    if status in ("running", "interrupted"):
+        shown = shown_path(str(out))
+        raise UserError(
+            f"output {shown}: a run that can be resumed (status {status!r}); continue it with "
+            f"tmesim resume {shown}, or pass --overwrite to replace it"
+        )
+
+
 def _same_file(a: Path, b: Path) -> bool:
     return a.exists() and b.exists() and os.path.samefile(a, b)
 
@@ -102,6 +128,7 @@ def cmd_run(args) -> int:
     # run.name is validated to a plain file name, so the default stays in the working folder
     out = Path(args.output) if args.output else Path(f"{sc.run.name}.h5")
     check_output_path(out, Path(args.scenario))
+    check_resumable_kept(out, args.overwrite)
     # the model checks that its memory fits (the GPU's, or the host's for cpu and portable:
     # tmesim.memory.check_fits) before it allocates anything
     sim = Simulation(sc, backend=args.backend)
@@ -298,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("scenario", help="scenario TOML file")
     r.add_argument("-o", "--output", help="run file to write (default: <run.name>.h5)")
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run at the output path that could still be resumed",
+    )
     r.add_argument(
         "--backend",
         default="auto",
