@@ -91,8 +91,8 @@ def check_resumable_kept(out: Path, overwrite: bool) -> None:
     from .errors import RunFileError
     from .io.runfile import attr_str, open_run_file
 
-    if overwrite or not out.is_file():
-        return
+    if overwrite or not out.is_file() or _held_by_another(out):
+        return  # a live writer (or reader) holds it: the writer's own refusal says so
     try:
         with open_run_file(out) as f:
             status = attr_str(f, "status").strip()
@@ -104,6 +104,20 @@ def check_resumable_kept(out: Path, overwrite: bool) -> None:
             f"output {shown}: a run that can be resumed (status {status!r}); continue it with "
             f"tmesim resume {shown}, or pass --overwrite to replace it"
         )
+
+
+def _held_by_another(path: Path) -> bool:
+    """Whether another process holds a lock on ``path`` (a live run's writer holds one shared)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock taken
+    return False
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -31,7 +31,7 @@ from .io import checkpoint as ckpt
 from .io import schema
 from .io.diskspace import DiskFilledError, DiskFullError
 from .io.hdf5 import RunWriter, last_row
-from .io.runfile import attr_str, check_format, open_run_file
+from .io.runfile import attr_str, check_format, open_run_file, reading
 from .scenario import Scenario, load_scenario, loads_scenario
 from .steps.fields import TransportedFields
 from .steps.therapy import Therapy
@@ -348,7 +348,7 @@ class Simulation:
             f.close()
         if status not in self.RESUMABLE:
             self.status = status
-            with open_run_file(path) as g:
+            with open_run_file(path) as g, reading(str(path), "its last time-series row"):
                 self.last_row = last_row(g, list(g[schema.TIMESERIES]))
                 # where it ended, for messages (the state's arrays stay the initial ones)
                 self.state.step = g[schema.TIMESERIES]["time_min"].shape[0] - 1

@@ -39,7 +39,7 @@ import numpy as np
 
 from .. import __version__, codes
 from ..errors import RunFileError
-from . import checkpoint, diskspace, schema
+from . import checkpoint, diskspace, runfile, schema
 from .diskspace import DiskFullError
 from .xdmf import write_xdmf
 
@@ -269,64 +269,67 @@ class RunWriter:
         self._setup(path, scenario, grid, columns, flush_every_steps, xdmf)
         self.f, self._lock = checkpoint.open_for_append(self.path)
         try:
-            f = self.f
-            if not checkpoint.has_slots(f):
-                raise RunFileError(
-                    f"{path}: has no checkpoint slots (written before tmesim "
-                    "had checkpoints); run the scenario again"
+            # a damaged file read here is one line, not a traceback (a KeyError, say)
+            with runfile.reading(str(path), "its rows and status"):
+                f = self.f
+                if not checkpoint.has_slots(f):
+                    raise RunFileError(
+                        f"{path}: has no checkpoint slots (written before tmesim "
+                        "had checkpoints); run the scenario again"
+                    )
+                self.resumed_checkpoint = ck = checkpoint.read(f)
+                self.checkpoint_step = ck.step if ck is not None else None
+                ts = f[schema.TIMESERIES]
+                missing = set(self.columns) - set(ts)
+                if missing and missing <= set(schema.DTEP_COLUMNS):
+                    # written before expanded persisters: the columns were 0 throughout, and the
+                    # run goes on without them (stored_scenario resumes it without P -> E)
+                    self.columns = [c for c in self.columns if c in ts]
+                if set(ts) != set(self.columns):
+                    raise RunFileError(
+                        f"{path}: time-series columns {sorted(ts)} differ from this "
+                        f"scenario's {sorted(self.columns)}"
+                    )
+                n_snap = ck.n_snapshots if ck else 0
+                n_rows = ck.n_rows if ck else 0
+                n_ev = ck.n_events if ck else 0
+                have = (
+                    f[schema.SNAPSHOTS]["time"].shape[0],
+                    ts["time_min"].shape[0],
+                    f[schema.EVENTS]["time_min"].shape[0],
                 )
-            self.resumed_checkpoint = ck = checkpoint.read(f)
-            self.checkpoint_step = ck.step if ck is not None else None
-            ts = f[schema.TIMESERIES]
-            missing = set(self.columns) - set(ts)
-            if missing and missing <= set(schema.DTEP_COLUMNS):
-                # written before expanded persisters: the columns were 0 throughout, and the
-                # run goes on without them (stored_scenario resumes it without P -> E)
-                self.columns = [c for c in self.columns if c in ts]
-            if set(ts) != set(self.columns):
-                raise RunFileError(
-                    f"{path}: time-series columns {sorted(ts)} differ from this "
-                    f"scenario's {sorted(self.columns)}"
-                )
-            n_snap = ck.n_snapshots if ck else 0
-            n_rows = ck.n_rows if ck else 0
-            n_ev = ck.n_events if ck else 0
-            have = (
-                f[schema.SNAPSHOTS]["time"].shape[0],
-                ts["time_min"].shape[0],
-                f[schema.EVENTS]["time_min"].shape[0],
-            )
-            if any(h < n for h, n in zip(have, (n_snap, n_rows, n_ev))):
-                raise RunFileError(
-                    f"{path}: holds fewer rows (snapshots, time series, events = "
-                    f"{have}) than its checkpoint recorded {(n_snap, n_rows, n_ev)}"
-                    "; the file is damaged"
-                )
-            # cutting back rewrites metadata only, and the status: a margin's worth of room
-            try:
-                self._room(0, "reopening the run file")
-                if self.xdmf:
-                    self._xdmf_room("reopening the run file")
-            except DiskFullError as exc:
-                raise exc.with_after(
-                    f"nothing was changed; once space is freed, `tmesim resume {path}` continues it"
-                ) from None
-            snaps = f[schema.SNAPSHOTS]
-            for ds in snaps.values():
-                if isinstance(ds, h5py.Dataset):
+                if any(h < n for h, n in zip(have, (n_snap, n_rows, n_ev))):
+                    raise RunFileError(
+                        f"{path}: holds fewer rows (snapshots, time series, events = "
+                        f"{have}) than its checkpoint recorded {(n_snap, n_rows, n_ev)}"
+                        "; the file is damaged"
+                    )
+                # cutting back rewrites metadata only, and the status: a margin's worth of room
+                try:
+                    self._room(0, "reopening the run file")
+                    if self.xdmf:
+                        self._xdmf_room("reopening the run file")
+                except DiskFullError as exc:
+                    raise exc.with_after(
+                        "nothing was changed; once space is freed, "
+                        f"`tmesim resume {path}` continues it"
+                    ) from None
+                snaps = f[schema.SNAPSHOTS]
+                for ds in snaps.values():
+                    if isinstance(ds, h5py.Dataset):
+                        ds.resize(n_snap, axis=0)
+                for ds in f[schema.FIELDS].values():
                     ds.resize(n_snap, axis=0)
-            for ds in f[schema.FIELDS].values():
-                ds.resize(n_snap, axis=0)
-            for ds in ts.values():
-                ds.resize(n_rows, axis=0)
-            for ds in f[schema.EVENTS].values():
-                ds.resize(n_ev, axis=0)
-            self._set_status("running")
-            f.flush()
-            self._snap_times = [float(t) for t in snaps["time"][:]]
-            if self.xdmf:
-                self._write_xdmf()
-            self._lock.shared()
+                for ds in ts.values():
+                    ds.resize(n_rows, axis=0)
+                for ds in f[schema.EVENTS].values():
+                    ds.resize(n_ev, axis=0)
+                self._set_status("running")
+                f.flush()
+                self._snap_times = [float(t) for t in snaps["time"][:]]
+                if self.xdmf:
+                    self._write_xdmf()
+                self._lock.shared()
         except BaseException:
             self.f.close()
             self._lock.release()
