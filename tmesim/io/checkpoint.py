@@ -246,8 +246,12 @@ def write(f: h5py.File, arrays: dict, time_min: float, counts: dict, extra: dict
             f"checkpoint: state arrays {sorted(missing)} differ from the run "
             "file's checkpoint slots"
         )
+    # the slot's datasets stay open until the flush below: a write HDF5 fails for want of space
+    # then fails the flush, before valid_slot names the slot (a dataset closed at once only
+    # prints the error, and the damaged slot would be committed)
+    held = {name: st[name] for name in arrays}
     for name, a in arrays.items():
-        _write_array(st[name], np.asarray(a))
+        _write_array(held[name], np.asarray(a))
     buf, index = pack_extra(extra)
     if s["extra"].shape[0] < buf.size:
         s["extra"].resize((buf.size,))
@@ -275,6 +279,7 @@ def write(f: h5py.File, arrays: dict, time_min: float, counts: dict, extra: dict
     # the slot must be on disk before the record that names it
     f.flush()
     _fsync(f)
+    del held
     g["valid_slot"][()] = np.int64(target)
     f.flush()
     _fsync(f)
