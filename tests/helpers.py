@@ -272,6 +272,12 @@ class At:
             self.fn(sim)
 
 
+def status_in(f: h5py.File) -> str:
+    """The run file's status attribute as text (stored as a 64-byte ASCII string, read as bytes)."""
+    v = f.attrs["status"]
+    return (v.decode("ascii") if isinstance(v, bytes) else v).strip()
+
+
 def rows_in(path) -> int:
     """Time-series rows a run file holds now (0 while it does not exist or cannot be read yet)."""
     try:

@@ -35,6 +35,7 @@ from ..helpers import (
     run_contents,
     scenario_text,
     signal_after_rows,
+    status_in,
 )
 
 
@@ -56,7 +57,7 @@ def test_uninterrupted_run_has_committed_checkpoint(tiny, tmp_path):
         ck = checkpoint.read(f)
         assert ck.step == 460 and ck.generation == 23 and ck.time_min == 460 * 6.0
         assert ck.n_rows == 461 and ck.n_snapshots == 16 and ck.n_events == 1
-        assert f.attrs["status"].strip() == "finished"
+        assert status_in(f) == "finished"
         assert int(f["checkpoint/slot1/counts"][0]) == 440  # the one before, other slot
     # a checkpoint holds the state as it was in memory at that step
     sim = tmesim.Simulation(tmesim.load_scenario(scen), backend="cpu")
@@ -121,7 +122,7 @@ def test_resume_after_sigkill_at_random_moments(tiny, tmp_path):
     # a resume's event stays only if a checkpoint followed it (a later resume cuts it away)
     assert kinds[0] == "start" and 1 <= kinds.count("resume") <= mid_run
     with h5py.File(out, "r") as f:
-        assert f.attrs["status"].strip() == "finished"
+        assert status_in(f) == "finished"
 
 
 def test_checkpoint_killed_mid_write_leaves_previous_one(tiny, tmp_path):
@@ -172,7 +173,7 @@ def test_sigterm_checkpoints_and_exits_3_then_resume(tiny, tmp_path):
     assert p.returncode == 3, err.decode()
     assert "SIGTERM received" in err.decode() and "tmesim resume" in err.decode()
     with h5py.File(out, "r") as f:
-        assert f.attrs["status"].strip() == "interrupted"
+        assert status_in(f) == "interrupted"
         step = checkpoint.read(f).step
         assert f["timeseries/time_min"].shape[0] == step + 1  # checkpoint at the last step
         assert event_kinds(out)[-1] == "interrupted"
@@ -293,7 +294,7 @@ def test_no_checkpoint_yet_restarts_from_the_start(tiny, tmp_path):
         sim.run(out)
     with h5py.File(out, "r") as f:
         assert f["checkpoint/valid_slot"][()] == -1
-        assert f.attrs["status"].strip() == "interrupted"
+        assert status_in(f) == "interrupted"
     sim = tmesim.Simulation.resume(out, backend="cpu")
     assert sim.resumed_from == 0 and sim.status == "finished"
     assert_same_run(ref, out)

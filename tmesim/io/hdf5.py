@@ -43,9 +43,11 @@ from . import checkpoint, diskspace, runfile, schema
 from .diskspace import DiskFullError
 from .xdmf import write_xdmf
 
-#: room claimed to rewrite the status attribute at the end (a new string in HDF5's global heap:
-#: 4 KiB measured)
+#: room claimed to rewrite the status attribute at the end (none for the fixed-length status of
+#: a new file; a new string in HDF5's global heap, 4 KiB measured, for an older file's)
 STATUS_MARGIN = 16 << 10
+#: bytes of the fixed-length status attribute
+STATUS_BYTES = 64
 #: the datasets of /snapshots (beside the fields) and of /events, each one row per snapshot / event
 SNAPSHOT_ARRAYS = ("time", "step", "kind", "tumor_state", "memory")
 EVENT_ARRAYS = ("time_min", "kind", "detail")
@@ -156,7 +158,11 @@ class RunWriter:
         a["kind_names"] = list(codes.KIND_NAMES)
         a["tumor_state_names"] = list(codes.TUMOR_STATE_NAMES)
         # fixed length, so it can be rewritten in place under SWMR at the end
-        a.create("status", "running".ljust(64), dtype=h5py.string_dtype("ascii", 64))
+        a.create(
+            "status",
+            "running".ljust(STATUS_BYTES),
+            dtype=h5py.string_dtype("ascii", STATUS_BYTES),
+        )
         shape = grid.shape
         snaps = f.create_group(schema.SNAPSHOTS)
         # every chunk checksummed: a flipped bit fails the read instead of being read as data
@@ -541,12 +547,19 @@ class RunWriter:
             self.f.flush()
 
     def _set_status(self, status: str) -> None:
-        """Set the status attribute (padded to its 64 characters).
+        """Rewrite the status attribute in place, as the 64-byte ASCII string it was created as.
 
-        ``attrs[...] =`` replaces the fixed-length string it was created as by a variable-length
-        one; ``attrs.modify`` would rewrite it in place, but readers of the attribute with plain
-        h5py then get bytes, where they got a str (the change is left to a format revision)."""
-        self.f.attrs["status"] = status.ljust(64)[:64]
+        Assigning with ``attrs[...] =`` would store a variable-length string instead, whose text
+        lives in a global heap collection apart from the attribute: a writer killed between the
+        two writes leaves an attribute that points at a freed or unwritten collection, and the
+        file cannot be opened again. Written in place, the status is one header message.
+        Files an earlier tmesim left with a variable-length status keep that type."""
+        value = status.ljust(STATUS_BYTES)[:STATUS_BYTES]
+        attr = self.f.attrs.get_id("status")
+        if attr.dtype.kind == "S":
+            attr.write(np.array(value.encode("ascii"), dtype=attr.dtype))
+        else:
+            self.f.attrs["status"] = value
 
     def close(self, status: str = "finished") -> None:
         """Flush the buffered rows, set the status attribute, close the file and release it.
