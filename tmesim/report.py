@@ -1,22 +1,29 @@
-"""``tmesim report``: figures (PNG) and a summary table of a run, from the run file alone."""
+"""``tmesim report``: figures (PNG) and a summary table of a run, from the run file alone.
+
+Figures: ``<run>_population.png`` (populations with drug exposure shaded, hypoxia, field means,
+drugs, and the share of persisters near CAFs), ``<run>_maps.png`` (occupants and every field at
+a few snapshots, one colour scale per field over all of them), ``<run>_persisters.png`` (tumor
+states with the stroma) and, for a run of a validation experiment with published kill data,
+``<run>_kill.png`` (its kill curve beside the published points). A panel whose data is all zero
+(or empty) is left out and the figure's caption says so; legends sit outside the data. Kinds
+and tumor states have the colours of :mod:`tmesim.colors`, the napari viewer's.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import codes
+from .colors import KIND_COLORS, TUMOR_STATE_COLORS, TUMOR_STATE_LABELS, opaque
 from .io.reader import open_run
+from .io.schema import NEAR_CAF_UM
 
-KIND_COLOURS = {  # fixed colours per occupant kind, shared by every figure
-    "empty": "#ffffff",
-    "tumor": "#d62728",
-    "caf": "#2ca02c",
-    "tam": "#9467bd",
-    "vessel": "#1f77b4",
-    "necrotic": "#3a3a3a",
-}
+DRUG_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+#: a legend placed to the right of its axes, outside the data
+OUTSIDE = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7)
 
 
 def _mid_slice(a: np.ndarray) -> np.ndarray:
@@ -24,9 +31,16 @@ def _mid_slice(a: np.ndarray) -> np.ndarray:
     return a[a.shape[0] // 2] if a.ndim == 3 else a
 
 
-# phenotype map colours: sensitive, persister, resistant; CAFs, TAMs and vessels as in KIND_COLOURS
-STATE_COLOURS = {"S": "#f4a6a6", "P": "#ff7f0e", "R": "#000080", "E": "#8c510a"}
-DRUG_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+def _has_data(v) -> bool:
+    """Whether ``v`` holds anything to draw: some finite value other than 0."""
+    v = np.asarray(v, dtype=float)
+    return bool(v.size and np.any(np.isfinite(v) & (v != 0)))
+
+
+def _caption(fig, notes: list[str]) -> None:
+    """Say under the figure which panels were left out and why (text gid "caption")."""
+    if notes:
+        fig.supxlabel("Not shown: " + "; ".join(notes) + ".", fontsize=8, gid="caption")
 
 
 def shade_exposure(ax, ds, t_days, drugs) -> None:
@@ -47,27 +61,261 @@ def shade_exposure(ax, ds, t_days, drugs) -> None:
             )
 
 
-def persister_maps(ds, idx, out: Path, extent, where: str) -> Path:
-    """Maps of tumor phenotypes (S, P, R) with CAFs, TAMs and vessels, at the snapshots ``idx``;
-    persisters drawn enlarged so that the few that survive a drug stay visible."""
+# ------------------------------------------------------------------------------ population
+def population_figure(ds):
+    """The time-series figure of a run (a matplotlib Figure): populations (drug exposure
+    shaded), hypoxic fraction, field means, drugs, and the fractions of persisters (P + E) and
+    of all tumor cells within NEAR_CAF_UM of a CAF. Panels without data are left out (caption)."""
+    import matplotlib.pyplot as plt
+
+    t_days = ds["step_time_h"].values / 24.0
+    drugs = [n[7:] for n in map(str, ds.data_vars) if n.startswith("plasma_")]
+    given = [d for d in drugs if _has_data(ds[f"plasma_{d}"].values)]
+    notes: list[str] = []
+    panels = []  # (draw function, title)
+
+    def populations(ax):
+        shade_exposure(ax, ds, t_days, given)
+        for col, label, colour in (
+            ("burden", "tumor cells", "k"),
+            ("n_necrotic", "necrotic", KIND_COLORS["necrotic"]),
+            ("n_S", TUMOR_STATE_LABELS["S"], TUMOR_STATE_COLORS["S"]),
+            ("n_P", TUMOR_STATE_LABELS["P"], TUMOR_STATE_COLORS["P"]),
+            ("n_E", TUMOR_STATE_LABELS["E"], TUMOR_STATE_COLORS["E"]),
+            ("n_R", TUMOR_STATE_LABELS["R"], TUMOR_STATE_COLORS["R"]),
+        ):
+            if col not in ds:  # n_E: files from before format 1.3
+                continue
+            v = ds[col].values
+            if v.max() > 0:
+                ax.plot(t_days, v, label=label, color=colour, lw=1.6)
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_ylabel("count")
+
+    counts = [c for c in ("burden", "n_necrotic") if c in ds]
+    if any(_has_data(ds[c].values) for c in counts):
+        panels.append((populations, "populations"))
+    else:
+        notes.append("populations (no tumor cells at any time)")
+
+    def hypoxia(ax):
+        ax.plot(t_days, ds["hypoxic_fraction"].values, color="tab:purple", label="hypoxic")
+        ax.set_ylabel("fraction of tumor cells")
+        ax.set_ylim(-0.02, 1.02)
+
+    if "hypoxic_fraction" in ds and _has_data(ds["hypoxic_fraction"].values):
+        panels.append((hypoxia, "hypoxic fraction"))
+    else:
+        notes.append("hypoxic fraction (0 throughout)")
+
+    # the non-drug fields (drugs have their own panel)
+    shown = [
+        n[5:-6]
+        for n in map(str, ds.data_vars)
+        if n.startswith("mean_") and n.endswith("_tumor") and n[5:-6] not in drugs
+    ]
+    zero = [f for f in shown if not _has_data(ds[f"mean_{f}"].values)]
+    shown = [f for f in shown if f not in zero]
+    if zero:
+        notes.append("field means 0 throughout: " + ", ".join(zero))
+
+    def fields(ax):
+        for k, f in enumerate(shown):
+            c = f"C{k}"
+            units = ds[f"mean_{f}"].attrs.get("units", "")
+            ax.plot(
+                t_days, ds[f"mean_{f}_tumor"].values, color=c, label=f"{f} ({units}), tumor mean"
+            )
+            ax.plot(t_days, ds[f"mean_{f}"].values, "--", color=c, label=f"{f}, domain mean")
+
+    if shown:
+        panels.append((fields, "fields"))
+
+    def drug_panel(ax):
+        for k, d in enumerate(given):
+            c = DRUG_COLOURS[k % len(DRUG_COLOURS)]
+            ax.plot(t_days, ds[f"plasma_{d}"].values, color=c, label=f"{d} plasma")
+            if f"mean_{d}_tumor" in ds:
+                ax.plot(
+                    t_days,
+                    ds[f"mean_{d}_tumor"].values,
+                    ":",
+                    color=c,
+                    label=f"{d} at tumor cells",
+                )
+        ax.set_ylabel("uM")
+
+    if given:
+        panels.append((drug_panel, "drugs"))
+    elif drugs:
+        notes.append("drugs (" + ", ".join(drugs) + ": never given)")
+
+    def near_caf(ax):
+        ax.plot(
+            t_days,
+            ds["persisters_near_caf_fraction"].values,
+            color=TUMOR_STATE_COLORS["P"],
+            lw=1.8,
+            label="persisters (P + E)",
+            gid="persisters_near_caf_fraction",
+        )
+        ax.plot(
+            t_days,
+            ds["tumor_near_caf_fraction"].values,
+            color="k",
+            ls="--",
+            lw=1,
+            label="all tumor cells",
+        )
+        ax.set_ylabel("fraction near CAFs")
+        ax.set_ylim(-0.02, 1.02)
+
+    near = ("persisters_near_caf_fraction", "tumor_near_caf_fraction")
+    if all(n in ds for n in near) and any(_has_data(ds[n].values) for n in near):
+        panels.append((near_caf, f"within {NEAR_CAF_UM:g} um of a CAF"))
+    elif all(n in ds for n in near):
+        notes.append("fractions near CAFs (no CAFs, or none near tumor cells)")
+
+    ncol = 1 if len(panels) <= 1 else 2
+    nrow = max(1, -(-len(panels) // ncol))
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(7.5 * ncol, 3.4 * nrow), squeeze=False, layout="constrained"
+    )
+    for a, (draw, title) in zip(axes.flat, panels):
+        draw(a)
+        a.set_title(title)
+        a.set_xlabel("time (days)")
+        if a.get_legend_handles_labels()[0]:
+            a.legend(**OUTSIDE)
+    for a in list(axes.flat)[len(panels) :]:
+        a.remove()
+    fig.suptitle(f"{ds.attrs['name']}  (seed {ds.attrs['seed']})")
+    _caption(fig, notes)
+    return fig
+
+
+# ------------------------------------------------------------------------------------ maps
+def snapshot_fields(ds) -> list[str]:
+    """The per-voxel float arrays of the snapshots (fields, epigenetic memory)."""
+    space = tuple(d for d in ("z", "y", "x") if d in ds.dims)
+    return [
+        str(n)
+        for n in ds.data_vars
+        if ds[n].dims == ("time",) + space and n not in ("kind", "tumor_state")
+    ]
+
+
+def colour_limits(ds, name: str, idx) -> tuple[float, float]:
+    """(vmin, vmax) of field ``name`` over every snapshot ``idx`` shown (their central z plane
+    in 3D), so that a colour means the same value at every time; NaN where all are NaN."""
+    v = np.stack([_mid_slice(ds[name][i].values) for i in idx]).astype(float)
+    if not np.isfinite(v).any():
+        return np.nan, np.nan
+    return float(np.nanmin(v)), float(np.nanmax(v))
+
+
+def _geometry(ds):
+    dims = [d for d in ("z", "y", "x") if d in ds.dims]
+    ext_y = float(ds[dims[-2]].values[-1] + ds.attrs["dx_um"] / 2) / 1000
+    ext_x = float(ds[dims[-1]].values[-1] + ds.attrs["dx_um"] / 2) / 1000
+    return (0, ext_x, 0, ext_y), (" (central z plane)" if len(dims) == 3 else "")
+
+
+def kind_handles():
+    """Legend patches of the occupant kinds (gid "kind:<name>"), colours of tmesim.colors."""
+    from matplotlib.patches import Patch
+
+    return [
+        Patch(color=opaque(KIND_COLORS[k]), label=k, gid=f"kind:{k}")
+        for k in codes.KIND_NAMES
+        if k != "empty"
+    ]
+
+
+def maps_figure(ds, idx):
+    """Occupants, then one row per field, at the snapshots ``idx`` (columns). Each field has
+    one colour scale (:func:`colour_limits`) and one colour bar for its row; a field all zero
+    at every shown time gets no row, and a panel all zero at its time is left blank; the
+    caption names both."""
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
+
+    times = ds["time"].values
+    extent, where = _geometry(ds)
+    notes: list[str] = []
+    rows = []
+    for name in snapshot_fields(ds):
+        vmin, vmax = colour_limits(ds, name, idx)
+        if not (np.isfinite(vmin) and (vmin != 0 or vmax != 0)):
+            notes.append(f"{name} (0 everywhere at every time shown)")
+        else:
+            rows.append((name, vmin, vmax))
+    fig, axes = plt.subplots(
+        1 + len(rows),
+        len(idx),
+        figsize=(3.8 * len(idx) + 1.6, 3.3 * (1 + len(rows))),
+        squeeze=False,
+        layout="constrained",
+    )
+    cmap = ListedColormap([opaque(KIND_COLORS.get(k)) for k in codes.KIND_NAMES])
+    for j, i in enumerate(idx):
+        a = axes[0, j]
+        a.imshow(
+            _mid_slice(ds["kind"][i].values),
+            cmap=cmap,
+            vmin=-0.5,
+            vmax=len(codes.KIND_NAMES) - 0.5,
+            interpolation="nearest",
+            origin="lower",
+            extent=extent,
+        )
+        a.set_title(f"occupants, t = {times[i]:.0f} h{where}", fontsize=9)
+        a.set_xlabel("x (mm)")
+        a.set_ylabel("y (mm)")
+    axes[0, -1].legend(handles=kind_handles(), **OUTSIDE)
+    for r, (name, vmin, vmax) in enumerate(rows, start=1):
+        da = ds[name]
+        units = da.attrs.get("units", "")
+        norm = Normalize(vmin=vmin, vmax=vmax)
+        blank = []
+        for j, i in enumerate(idx):
+            a = axes[r, j]
+            data = _mid_slice(da[i].values)
+            if not _has_data(data):
+                a.set_axis_off()
+                blank.append(f"{times[i]:.0f} h")
+                continue
+            a.imshow(data, cmap="viridis", norm=norm, origin="lower", extent=extent, gid=name)
+            a.set_title(f"{name} ({units}), t = {times[i]:.0f} h", fontsize=9)
+        if blank:
+            notes.append(f"{name} at {', '.join(blank)} (0 everywhere)")
+        fig.colorbar(
+            ScalarMappable(norm=norm, cmap="viridis"),
+            ax=list(axes[r, :]),
+            shrink=0.8,
+            label=f"{name} ({units})" if units else name,
+        )
+    _caption(fig, notes)
+    return fig
+
+
+def persister_figure(ds, idx):
+    """Maps of tumor states (S, P, E, R) with CAFs, TAMs, vessels and necrosis at the snapshots
+    ``idx``; persisters circled so that the few that survive a drug stay visible."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
     times = ds["time"].values
-    fig, axes = plt.subplots(1, len(idx), figsize=(4.6 * len(idx), 4.4), squeeze=False)
-    # one code per map colour: 0 empty/necrotic, 1 S, 2 P, 3 R, 4 E (tumor states), 5 CAF,
-    # 6 TAM, 7 vessel
-    colours = [
-        "#ffffff",
-        STATE_COLOURS["S"],
-        STATE_COLOURS["P"],
-        STATE_COLOURS["R"],
-        STATE_COLOURS["E"],
-        KIND_COLOURS["caf"],
-        KIND_COLOURS["tam"],
-        KIND_COLOURS["vessel"],
-    ]
+    extent, where = _geometry(ds)
+    fig, axes = plt.subplots(
+        1, len(idx), figsize=(4.2 * len(idx) + 1.8, 4.2), squeeze=False, layout="constrained"
+    )
+    # one code per map colour: 0 empty, 1 S, 2 P, 3 R, 4 E (the tumor state codes), 5 CAF,
+    # 6 TAM, 7 vessel, 8 necrotic
+    colours = [opaque(None)] + [opaque(TUMOR_STATE_COLORS[s]) for s in ("S", "P", "R", "E")]
+    colours += [opaque(KIND_COLORS[k]) for k in ("caf", "tam", "vessel", "necrotic")]
     cmap = ListedColormap(colours)
     for j, i in enumerate(idx):
         kind = _mid_slice(ds["kind"][i].values)
@@ -75,15 +323,14 @@ def persister_maps(ds, idx, out: Path, extent, where: str) -> Path:
         m = np.zeros(kind.shape, dtype=np.int8)
         tumor = kind == codes.TUMOR
         m[tumor] = state[tumor]
-        m[kind == codes.CAF] = 5
-        m[kind == codes.TAM] = 6
-        m[kind == codes.VESSEL] = 7
+        for code, k in ((5, codes.CAF), (6, codes.TAM), (7, codes.VESSEL), (8, codes.NECROTIC)):
+            m[kind == k] = code
         a = axes[0, j]
         a.imshow(
             m,
             cmap=cmap,
             vmin=-0.5,
-            vmax=7.5,
+            vmax=len(colours) - 0.5,
             interpolation="nearest",
             origin="lower",
             extent=extent,
@@ -95,35 +342,125 @@ def persister_maps(ds, idx, out: Path, extent, where: str) -> Path:
             (py + 0.5) / ny * extent[3],
             s=10,
             facecolors="none",
-            edgecolors=STATE_COLOURS["P"],
-            linewidths=0.8,
+            edgecolors="k",
+            linewidths=0.6,
         )
         a.set_title(
-            f"S/P/R with stroma, t = {times[i]:.0f} h{where}\nP = {int(py.size)} in this plane",
+            f"tumor states with stroma, t = {times[i]:.0f} h{where}\n"
+            f"P = {int(py.size)} in this plane",
             fontsize=9,
         )
         a.set_xlabel("x (mm)")
         a.set_ylabel("y (mm)")
+    states = [
+        Patch(color=opaque(TUMOR_STATE_COLORS[s]), label=lbl, gid=f"state:{s}")
+        for s, lbl in (
+            ("S", TUMOR_STATE_LABELS["S"]),
+            ("P", TUMOR_STATE_LABELS["P"] + " (circled)"),
+            ("E", TUMOR_STATE_LABELS["E"]),
+            ("R", TUMOR_STATE_LABELS["R"]),
+        )
+    ]
     axes[0, -1].legend(
-        handles=[
-            Patch(color=STATE_COLOURS[k], label=lbl)
-            for k, lbl in (
-                ("S", "sensitive"),
-                ("P", "persister (circled)"),
-                ("E", "expanded persister"),
-                ("R", "resistant"),
-            )
-        ]
-        + [Patch(color=KIND_COLOURS[k], label=k) for k in ("caf", "tam", "vessel")],
-        loc="upper right",
-        fontsize=7,
+        handles=states + [h for h in kind_handles() if h.get_label() != "tumor"], **OUTSIDE
     )
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
+# ------------------------------------------------------------------------- validation kill
+@dataclass(frozen=True)
+class PublishedKill:
+    """Published survival of a validation experiment's kill: ``points`` are (days of drug,
+    surviving fraction, lowest, highest accepted), surviving fraction = burden / burden at
+    ``drug_day`` (the day the drug starts in the experiment's scenario)."""
+
+    experiment: str
+    drug_day: float
+    points: tuple[tuple[float, float, float, float], ...]
+    source: str
+
+
+#: the validation experiments (tmesim.validation.EXPERIMENTS) with published kill data: the
+#: values and the accepted range are judge_biphasic's (0.3 % after 9 days of 2 uM erlotinib
+#: from day 1, passing from 0.1 % to 1 %)
+PUBLISHED_KILL = {
+    "biphasic": PublishedKill(
+        "biphasic",
+        1.0,
+        ((9.0, 0.003, 0.001, 0.01),),
+        "Sharma et al. 2010 (PC9, 2 uM erlotinib)",
+    ),
+}
+
+
+def validation_experiment(name: str) -> str | None:
+    """The validation experiment a run belongs to, recognised by its run name: the scenario
+    files of scenarios/validation name each run after its file (``run.name`` =
+    ``sharma_biphasic`` in sharma_biphasic.toml), which an experiment's arms run. None for any
+    other run."""
+    from .validation import EXPERIMENTS
+
+    for e in EXPERIMENTS:
+        if any(Path(a.file).stem == name for a in e.arms):
+            return e.name
+    return None
+
+
+def kill_figure(ds):
+    """The kill curve of a validation run (surviving fraction against days of drug, log
+    scale; line gid "kill") with the published points (gid "published") and the accepted
+    range; None for a run of no experiment with published kill data."""
+    import matplotlib.pyplot as plt
+
+    exp = validation_experiment(str(ds.attrs.get("name", "")))
+    pub = PUBLISHED_KILL.get(exp) if exp else None
+    if pub is None:
+        return None
+    day = ds["step_time_h"].values / 24.0
+    burden = ds["burden"].values.astype(float)
+    i0 = int(np.argmin(np.abs(day - pub.drug_day)))
+    n0 = burden[i0]
+    fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
+    after = slice(i0, None)
+    if n0 > 0:
+        ax.plot(
+            day[after] - day[i0],
+            burden[after] / n0,
+            color="k",
+            lw=1.8,
+            label="tmesim: all tumor cells",
+            gid="kill",
+        )
+        tol = sum(ds[c].values.astype(float) for c in ("n_P", "n_E") if c in ds)
+        ax.plot(
+            day[after] - day[i0],
+            np.asarray(tol)[after] / n0,
+            color=TUMOR_STATE_COLORS["P"],
+            lw=1.4,
+            label="tmesim: persisters (P + E)",
+        )
+    t, y, lo, hi = (np.array(v) for v in zip(*pub.points))
+    eb = ax.errorbar(
+        t,
+        y,
+        yerr=[y - lo, hi - y],
+        fmt="o",
+        color="tab:red",
+        capsize=4,
+        label=f"{pub.source}; bar: accepted range",
+    )
+    eb.lines[0].set_gid("published")  # the points (a container's gid reaches no artist)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"days of drug (from day {day[i0]:g})")
+    ax.set_ylabel("surviving fraction")
+    ax.set_title(f"{ds.attrs['name']}: kill curve and published survival", fontsize=10)
+    ax.legend(**OUTSIDE)
+    if n0 <= 0:
+        _caption(fig, ["the tmesim curve (no tumor cells at the start of the drug)"])
+    return fig
+
+
+# ----------------------------------------------------------------------------------- table
 def summary_table(ds) -> str:
     """Initial and final values of the main observables, as aligned text."""
     rows = [
@@ -134,6 +471,7 @@ def summary_table(ds) -> str:
         ("expanded persisters", "cells", "n_E"),
         ("resistant", "cells", "n_R"),
         ("persister fraction", "1", "persister_fraction"),
+        ("persisters near CAFs (fraction)", "1", "persisters_near_caf_fraction"),
         ("CAFs", "cells", "n_caf"),
         ("TAMs", "cells", "n_tam"),
         ("necrotic voxels", "voxels", "n_necrotic"),
@@ -164,10 +502,18 @@ def summary_table(ds) -> str:
     return "\n".join(lines)
 
 
+def snapshot_indices(ds, times_h=None) -> list[int]:
+    """The snapshots the maps show: those nearest ``times_h`` (h), or the first, middle and
+    last."""
+    times = ds["time"].values
+    if times_h:
+        return [int(np.argmin(np.abs(times - t))) for t in times_h]
+    return sorted({0, len(times) // 2, len(times) - 1})
+
+
 def make_report(path, out_dir=None, times_h=None) -> tuple[list[Path], str]:
-    """Write <run>_population.png (populations with drug exposure shaded, hypoxia, fields, drugs),
-    <run>_maps.png (occupants and fields) and <run>_persisters.png (S/P/R with stroma); return
-    their paths and the summary table.
+    """Write <run>_population.png, <run>_maps.png, <run>_persisters.png and, for a validation
+    run with published kill data, <run>_kill.png; return their paths and the summary table.
 
     Args:
         path: a run file.
@@ -178,135 +524,26 @@ def make_report(path, out_dir=None, times_h=None) -> tuple[list[Path], str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
 
     path = Path(path)
     out_dir = Path(out_dir) if out_dir else path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    with open_run(path) as ds:
-        t_days = ds["step_time_h"].values / 24.0
-        drugs = [n[7:] for n in map(str, ds.data_vars) if n.startswith("plasma_")]
-        fig, axes = plt.subplots(1, 4 if drugs else 3, figsize=(20 if drugs else 15, 4.2))
-        ax = axes[0]
-        shade_exposure(ax, ds, t_days, drugs)
-        for col, label in (
-            ("burden", "tumor cells"),
-            ("n_necrotic", "necrotic"),
-            ("n_S", "sensitive"),
-            ("n_P", "persister"),
-            ("n_E", "expanded persister"),
-            ("n_R", "resistant"),
-        ):
-            if col not in ds:  # n_E: files from before format 1.3
-                continue
-            v = ds[col].values
-            if v.max() > 0:
-                ax.plot(t_days, v, label=label)
-        ax.set_yscale("symlog", linthresh=1)
-        ax.set_xlabel("time (days)")
-        ax.set_ylabel("count")
-        ax.set_title("populations")
-        ax.legend(fontsize=8)
-        ax = axes[1]
-        ax.plot(t_days, ds["hypoxic_fraction"].values, color="tab:purple")
-        ax.set_xlabel("time (days)")
-        ax.set_ylabel("fraction of tumor cells")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title("hypoxic fraction")
-        ax = axes[2]
-        # the non-drug fields (drugs have their own panel)
-        shown = [
-            n[5:-6]
-            for n in map(str, ds.data_vars)
-            if n.startswith("mean_") and n.endswith("_tumor") and n[5:-6] not in drugs
-        ]
-        for k, f in enumerate(shown):
-            c = f"C{k}"
-            units = ds[f"mean_{f}"].attrs.get("units", "")
-            ax.plot(
-                t_days, ds[f"mean_{f}_tumor"].values, color=c, label=f"{f} ({units}), tumor mean"
-            )
-            ax.plot(t_days, ds[f"mean_{f}"].values, "--", color=c, label=f"{f}, domain mean")
-        ax.set_xlabel("time (days)")
-        ax.set_title("fields")
-        ax.legend(fontsize=8)
-        if drugs:
-            ax = axes[3]
-            for d in drugs:
-                ax.plot(t_days, ds[f"plasma_{d}"].values, label=f"{d} plasma")
-                if f"mean_{d}_tumor" in ds:
-                    ax.plot(t_days, ds[f"mean_{d}_tumor"].values, ":", label=f"{d} at tumor cells")
-            ax.set_xlabel("time (days)")
-            ax.set_ylabel("uM")
-            ax.set_title("drugs")
-            ax.legend(fontsize=8)
-        fig.suptitle(f"{ds.attrs['name']}  (seed {ds.attrs['seed']})")
-        fig.tight_layout()
-        p = out_dir / f"{path.stem}_population.png"
-        fig.savefig(p, dpi=110)
+
+    def save(fig, suffix: str, dpi: int = 110) -> None:
+        p = out_dir / f"{path.stem}_{suffix}.png"
+        fig.savefig(p, dpi=dpi)
         plt.close(fig)
         written.append(p)
 
-        times = ds["time"].values
-        if times_h:
-            idx = [int(np.argmin(np.abs(times - t))) for t in times_h]
-        else:
-            idx = sorted({0, len(times) // 2, len(times) - 1})
-        fields = [
-            n
-            for n in ds.data_vars
-            if ds[n].dims[:1] == ("time",) and n not in ("kind", "tumor_state")
-        ]
-        nrow = 1 + len(fields)
-        fig, axes = plt.subplots(nrow, len(idx), figsize=(4 * len(idx), 3.6 * nrow), squeeze=False)
-        cmap = ListedColormap([KIND_COLOURS[k] for k in codes.KIND_NAMES])
-        dims = [d for d in ("z", "y", "x") if d in ds.dims]
-        ext_y = float(ds[dims[-2]].values[-1] + ds.attrs["dx_um"] / 2) / 1000
-        ext_x = float(ds[dims[-1]].values[-1] + ds.attrs["dx_um"] / 2) / 1000
-        extent = (0, ext_x, 0, ext_y)
-        where = " (central z plane)" if len(dims) == 3 else ""
-        for j, i in enumerate(idx):
-            kind = _mid_slice(ds["kind"][i].values)
-            a = axes[0, j]
-            a.imshow(
-                kind,
-                cmap=cmap,
-                vmin=-0.5,
-                vmax=len(codes.KIND_NAMES) - 0.5,
-                interpolation="nearest",
-                origin="lower",
-                extent=extent,
-            )
-            a.set_title(f"occupants, t = {times[i]:.0f} h{where}", fontsize=9)
-            a.set_xlabel("x (mm)")
-            a.set_ylabel("y (mm)")
-            for r, name in enumerate(fields, start=1):
-                a = axes[r, j]
-                da = ds[name]
-                im = a.imshow(
-                    _mid_slice(da[i].values), cmap="viridis", origin="lower", extent=extent
-                )
-                a.set_title(
-                    f"{name} ({da.attrs.get('units', '')}), t = {times[i]:.0f} h", fontsize=9
-                )
-                fig.colorbar(im, ax=a, shrink=0.8)
-        axes[0, -1].legend(
-            handles=[
-                Patch(color=KIND_COLOURS[k], label=k) for k in codes.KIND_NAMES if k != "empty"
-            ],
-            loc="upper right",
-            fontsize=7,
-        )
-        fig.tight_layout()
-        p = out_dir / f"{path.stem}_maps.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        written.append(p)
+    with open_run(path) as ds:
+        save(population_figure(ds), "population")
+        idx = snapshot_indices(ds, times_h)
+        save(maps_figure(ds, idx), "maps", dpi=100)
         if "tumor_state" in ds:
-            written.append(
-                persister_maps(ds, idx, out_dir / f"{path.stem}_persisters.png", extent, where)
-            )
+            save(persister_figure(ds, idx), "persisters")
+        kill = kill_figure(ds)
+        if kill is not None:
+            save(kill, "kill")
         table = summary_table(ds)
     return written, table
