@@ -191,8 +191,13 @@ def allowed(key: Key) -> str:
 
 
 def _cell(text: str) -> str:
-    """Text for one table cell: one line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Text for one table cell: one line, pipes escaped, angle brackets as text (not HTML)."""
+    return _text(" ".join(str(text).split()).replace("|", "\\|"))
+
+
+def _text(text: str) -> str:
+    """Prose that may hold ``<run.name>``: angle brackets shown, not taken as HTML tags."""
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _doc(cls) -> str:
@@ -330,7 +335,22 @@ def scenario_reference_markdown() -> str:
         f"{scenario.MAX_DEPTH} deep, strings of at most {scenario.MAX_STRING} characters, at most "
         f"{scenario.MAX_AGENT_STEPS:.0e} agent steps, at most {scenario.MAX_BOLUSES:.0e} boluses "
         f"of one drug, field and drug names of at most {scenario.MAX_NAME} characters, "
-        f"`run.name` of at most {scenario.MAX_RUN_NAME_BYTES} bytes ({scenario.RUN_NAME_RULE}).",
+        f"`run.name` of at most {scenario.MAX_RUN_NAME_BYTES} bytes "
+        f"({_text(scenario.RUN_NAME_RULE)}).",
+        "",
+    ]
+    lines += [
+        "Checks across keys (`tmesim.scenario`'s whole-scenario validation): `grid.shape` has 2 "
+        "or 3 entries, each >= 1, fewer than 2^31 voxels in all; the oxygen thresholds are in "
+        "order (`necrosis_max_mmHg` <= `necrosis_threshold_mmHg` <= `hypoxic_threshold_mmHg` "
+        "<= `proliferation_saturation_mmHg`, and `proliferation_threshold_mmHg` < "
+        "`proliferation_saturation_mmHg`); `doubling_time_h` is at least one agent step; "
+        "`init.tumor.persister_fraction + resistant_fraction` <= 1; a `disk` needs a 2D grid and "
+        "a `sphere` a 3D one; `center_um` and `size_um` have one entry per grid axis; a "
+        "`rectangle` needs `size_um`, a `mask` placement its `mask` file of the grid's shape; "
+        "random vessels need a `density` > 0; each face is named by at most one boundary entry; "
+        "a schedule's `stop_day` comes after its `start_day`; with `medium.stirred` every solved "
+        "field has one Dirichlet value. The [model](model.md) says what each key does.",
         "",
     ]
     for s in sections():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
 import importlib.util
 import os
 import re
@@ -250,7 +251,8 @@ def reference_rows() -> dict[str, list[str]]:
     for line in _hooks().scenario_reference_markdown().splitlines():
         m = re.match(r"^\| `([^`]+)` \|(.*)\|$", line)
         if m and "." in m.group(1):  # keys are dotted; preset and target rows are not
-            rows[m.group(1)] = [c.strip() for c in re.split(r"(?<!\\)\|", m.group(2))]
+            cells = re.split(r"(?<!\\)\|", m.group(2))
+            rows[m.group(1)] = [html.unescape(c.strip()) for c in cells]
     return rows
 
 
@@ -310,7 +312,8 @@ def test_the_model_page_markers_name_real_sections():
         for path, f in schema_keys().items():
             if path.rsplit(".", 1)[0] == section:
                 assert f"`{path}`" in expanded, path
-                assert " ".join(f.metadata["doc"].split()) in expanded.replace("\\|", "|"), path
+                shown = html.unescape(expanded).replace("\\|", "|")
+                assert " ".join(f.metadata["doc"].split()) in shown, path
 
 
 # ------------------------------------------------------------------------------ (5) licence
