@@ -214,18 +214,13 @@ def _dataset(f, where: str) -> tuple[xr.Dataset, dict[str, int]]:
         for col, ds in ts.items():
             with reading(where, col):
                 values = np.asarray(ds[:N])
-            var = xr.Variable(("step",), values, {"units": attr_str(ds, "units")})
             if col == "time_min":
-                var.attrs.update(units="min", long_name="time of the time-series row")
-                coords[col] = var
+                row = {"long_name": "time of the time-series row"}
+                coords[col] = ("step", values, {"units": "min", **row})
+                coords["step_time_h"] = ("step", values / 60.0, {"units": "h", **row})
                 indexed.append(col)
             else:
-                data_vars[col] = var
-        coords["step_time_h"] = (
-            "step",
-            np.asarray(coords["time_min"].values) / 60.0,
-            {"units": "h", "long_name": "time of the time-series row"},
-        )
+                data_vars[col] = xr.Variable(("step",), values, {"units": attr_str(ds, "units")})
     with reading(where, "the events"):
         rows = event_rows(f)
     coords["event_time_min"] = (
