@@ -350,3 +350,175 @@ def test_dose_is_counted_up_to_progression_on_known_curves():
     rows = {line.split()[0]: line for line in text.splitlines()[3:]}
     assert "dose x to progression" in text
     assert f"{2 * t_a:.3g} ± 0" in rows["A"] and "60 ± 0" in rows["B"]
+
+
+# ------------------------------------------------- Kaplan-Meier, censored bounds, outputs
+def test_kaplan_meier_against_a_hand_computed_example():
+    """Times 1, 2, 2+, 3, 4+, 5 (+ censored). By hand: at 1, 6 at risk, 1 progresses: S = 5/6;
+    at 2, 5 at risk (the one censored at 2 still counts), 1 progresses: S = 5/6 x 4/5 = 2/3;
+    at 3, 3 at risk: S = 2/3 x 2/3 = 4/9; 4+ leaves; at 5, 1 at risk: S = 0. Median: 3 (the
+    first S <= 1/2). Tied progressions count together: 2, 2, 3+ gives S = 1 - 2/3 at 2."""
+    t, s, n, d = compare.kaplan_meier([1, 2, 2, 3, 4, 5], [1, 1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(t, [1, 2, 3, 5])
+    np.testing.assert_allclose(s, [5 / 6, 2 / 3, 4 / 9, 0.0])
+    np.testing.assert_array_equal(n, [6, 5, 3, 1])
+    np.testing.assert_array_equal(d, [1, 1, 1, 1])
+    assert compare.km_median([1, 2, 2, 3, 4, 5], [1, 1, 0, 1, 0, 1]) == 3.0
+    t, s, n, d = compare.kaplan_meier([2, 2, 3], [True, True, False])
+    np.testing.assert_array_equal(t, [2]) and np.testing.assert_allclose(s, [1 / 3])
+    assert n.tolist() == [3] and d.tolist() == [2]
+    t, s, _, _ = compare.kaplan_meier([4.0, 6.0], [False, False])  # all censored: S stays 1
+    assert t.size == 0 and compare.km_median([4.0, 6.0], [False, False]) is None
+
+
+def _grow(day, delay, rate=0.2):
+    return np.where(day < delay, 100.0, 100 * np.exp(rate * (day - delay)))
+
+
+def _series(end_day, burden_of_day, dose_x=0.0, dose_y=0.0):
+    day = np.arange(0, end_day + 1e-9, 0.05)
+    return {
+        "day": day,
+        "burden": burden_of_day(day),
+        "n_P": 0 * day + 3,
+        "n_R": 0 * day,
+        "cumulative_dose_x": dose_x * day,
+        "cumulative_dose_y": dose_y * day,
+        "plasma_x": 0 * day + dose_x,
+        "plasma_y": 0 * day + dose_y,
+    }
+
+
+def _known_results():
+    """Arm A: replicate 0 progresses (flat 1 day, then e^0.2t) in a 10-day run, replicates 1
+    and 2 stay flat and are censored by runs of 5 and 8 days (a run stopped early, one run
+    shorter than another); arm B: three progressions at delays 0, 2 and 2 (a tie). Drug x
+    is off in every arm, y is given in B only."""
+    flat = lambda d: 100.0 + 0 * d  # noqa: E731
+    res = {
+        "A": [_series(10, lambda d: _grow(d, 1.0)), _series(5, flat), _series(8, flat)],
+        "B": [_series(10, lambda d, k=k: _grow(d, k), dose_y=1.0) for k in (0.0, 2.0, 2.0)],
+    }
+    c = compare.Comparison(
+        scenario=compare.Path("s.toml"),
+        arms={"A": [], "B": []},
+        replicates=3,
+        reference_day=0.0,
+        progression_fraction=1.2,
+        times_days=[4.0, 6.0],
+    )
+    return c, res
+
+
+def test_each_censored_time_shows_its_own_runs_bound():
+    """A censored replicate's time is a lower bound at the end of its own run: 5 and 8 days
+    here, shown as ">5" and ">8"; not the shortest time of the arm (A's progression after
+    1 + ln(1.2)/0.2 days, which the label used to show for every censored replicate)."""
+    c, res = _known_results()
+    text = compare.table(c, res)
+    row = next(line for line in text.splitlines() if line.startswith("A "))
+    assert "2 not progressed: >5, >8" in row
+    t_a = 1.0 + np.ceil(np.log(1.2) / 0.2 / 0.05) * 0.05
+    assert f">{t_a:.3g}" not in row
+    (a, _) = compare.summary(c, res)
+    assert a["censored_bounds_days"] == pytest.approx([5.0, 8.0])
+    assert [r["censored_at_days"] for r in a["replicate_values"]] == pytest.approx([None, 5.0, 8.0])
+    # P and R at day 6: replicate 1 ended at day 5
+    assert "ended (1/3)" in row
+
+
+def test_drugs_off_in_every_arm_have_no_column():
+    c, res = _known_results()
+    assert compare.drugs_given(res) == ["y"]
+    text = compare.table(c, res)
+    assert "dose y to progression" in text and "dose x" not in text
+    assert not any("dose_x" in k for k in compare.csv_rows(c, res)[0])
+
+
+def test_figure_shows_the_threshold_and_a_kaplan_meier_step_per_progression_time():
+    """The threshold line lies at y = progression_fraction; each arm's Kaplan-Meier line falls
+    once per distinct progression time (A: 1, B: 2 with the tie) and marks each censored
+    replicate at its own time; only drug y gets a dosing row."""
+    c, res = _known_results()
+    fig = compare.figure_of(c, res)
+
+    def by_gid(g):
+        return fig.findobj(lambda a: getattr(a, "get_gid", lambda: None)() == g)
+
+    (thr,) = by_gid("threshold")
+    assert set(thr.get_ydata()) == {c.progression_fraction}
+    for arm in ("A", "B"):
+        ttp = [compare.time_to_progression(s["day"], s["burden"], 0.0, 1.2) for s in res[arm]]
+        distinct = {round(t, 9) for t, p in ttp if p}
+        (km,) = by_gid(f"km:{arm}")
+        y = np.asarray(km.get_ydata())
+        assert np.count_nonzero(np.diff(y) < 0) == len(distinct)
+        assert y[0] == 1.0 and np.all(np.diff(y) <= 0)
+        cens = by_gid(f"km-censored:{arm}")
+        if arm == "A":
+            np.testing.assert_allclose(cens[0].get_xdata(), [5.0, 8.0])
+            np.testing.assert_allclose(cens[0].get_ydata(), [2 / 3, 2 / 3])
+        else:
+            assert cens == []
+    labels = [a.get_ylabel() for a in fig.axes]
+    assert labels.count("A") == 1 and labels.count("B") == 1
+    legends = [t.get_text() for a in fig.axes if a.get_legend() for t in a.get_legend().get_texts()]
+    assert "y" in legends and "x" not in legends
+
+
+def test_cli_keeps_runs_writes_csv_and_json_with_set_and_one_progress_bar(tmp_path, capsys):
+    """tmesim compare --set run.duration_days=0.75 --jobs 2 --replicates 2: every arm's runs
+    end at day 0.75; the run files are kept beside the figure (<arm>_seed<seed>.h5) and each
+    holds the time series the table was made from; the CSV and JSON hold the table's numbers;
+    one progress bar on stderr counts the 4 runs; -q shows none."""
+    import csv
+    import json
+
+    import h5py
+
+    (tmp_path / "s.toml").write_text(SCEN)
+    f = tmp_path / "c.toml"
+    f.write_text(CMP.replace("times_days = [1, 2]", "times_days = [0.5]"))
+    fig = tmp_path / "out" / "cmp.png"
+    args = ["compare", str(f), "--jobs", "2", "--figure", str(fig), "--replicates", "2"]
+    assert main(args + ["--set", "run.duration_days=0.75"]) == 0
+    err = capsys.readouterr().err
+    assert "compare" in err and "4/4" in err
+    runs = tmp_path / "out" / "cmp_runs"
+    assert sorted(p.name for p in runs.glob("*.h5")) == [
+        "treated_seed7.h5",
+        "treated_seed8.h5",
+        "untreated_seed7.h5",
+        "untreated_seed8.h5",
+    ]
+    doc = json.loads(fig.with_suffix(".json").read_text())
+    assert doc["comparison"]["overrides"] == ["run.duration_days=0.75"]
+    rows = list(csv.DictReader(fig.with_suffix(".csv").open()))
+    assert [r["arm"] for r in rows] == ["treated", "untreated"]
+    for arm, r in zip(doc["arms"], rows):
+        assert float(r["ttp_mean_days"]) == pytest.approx(arm["ttp_mean_days"])
+        assert int(r["censored"]) == arm["censored"]
+        for rep in arm["replicate_values"]:
+            assert rep["run_end_day"] == pytest.approx(0.75)
+            with h5py.File(rep["run_file"], "r") as h:
+                day = h["timeseries/time_min"][:] / 1440.0
+                burden = h["timeseries/burden"][:]
+            ttp, progressed = compare.time_to_progression(day, burden, 0.5, 1.2)
+            assert (ttp, progressed) == (pytest.approx(rep["ttp_days"]), rep["progressed"])
+            assert day[-1] == pytest.approx(0.75)
+    # a kept run is the in-memory run written out
+    mem = compare.run_one(str(tmp_path / "s.toml"), ["run.duration_days=0.75", "run.seed=8"])
+    with h5py.File(runs / "treated_seed8.h5", "r") as h:
+        np.testing.assert_array_equal(h["timeseries/burden"][:], mem["burden"])
+    # quiet: no bar; a bad --set names its key path
+    assert (
+        main(
+            args[:-2]
+            + ["--replicates", "1", "-q", "--no-keep-runs", "--set", "run.duration_days=0.1"]
+        )
+        == 0
+    )
+    assert "compare" not in capsys.readouterr().err
+    assert main(args + ["--set", "grid.dxx=3"]) == 2
+    err = capsys.readouterr().err
+    assert "--set" in err and "grid.dxx" in err

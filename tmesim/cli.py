@@ -202,13 +202,31 @@ def cmd_resume(args) -> int:
 def cmd_compare(args) -> int:
     from . import compare
 
-    c = compare.load_comparison(args.file)
+    c = compare.load_comparison(args.file, overrides=args.set)
     if args.replicates:
         c.replicates = args.replicates
-    results = compare.run_comparison(c, jobs=args.jobs)
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: expected an integer >= 1")
     out = Path(args.figure) if args.figure else Path(args.file).with_suffix(".png")
+    runs = None
+    if not args.no_keep_runs:
+        runs = Path(args.keep_runs) if args.keep_runs else out.with_name(f"{out.stem}_runs")
+        if runs.exists() and not runs.is_dir():
+            raise UserError(f"--keep-runs {shown_path(str(runs))}: exists and is not a folder")
+    if not args.quiet:
+        print(
+            f"tmesim compare: {len(c.arms)} arms x {c.replicates} replicates of "
+            f"{c.scenario.name}" + (f"; run files in {runs}" if runs else ""),
+            file=sys.stderr,
+        )
+    results = compare.run_comparison(c, jobs=args.jobs, runs_dir=runs, progress=not args.quiet)
+    out.parent.mkdir(parents=True, exist_ok=True)
     compare.figure(c, results, out)
+    p_csv, p_json = compare.write_tables(c, results, out, runs)
     print(f"figure: {out}")
+    print(f"table: {p_csv}, {p_json}")
+    if runs:
+        print(f"run files: {runs}")
     return 0
 
 
@@ -431,14 +449,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a scenario under several treatment arms with replicate seeds and compare them",
         description="Runs every arm of a comparison file with replicate seeds, "
         "prints time to progression, cumulative dose and persister/resistant "
-        "counts per arm, and writes a figure of the burden curves with dosing.",
+        "counts per arm, writes the table as CSV and JSON and a figure (burden against the "
+        "progression threshold, Kaplan-Meier curves of time to progression, dosing), and "
+        "keeps each run's file.",
     )
     cp.add_argument(
         "file", help="comparison file (TOML), e.g. scenarios/therapy/adaptive_vs_continuous.toml"
     )
     cp.add_argument("--replicates", type=int, default=0, help="override the file's replicates")
     cp.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel")
-    cp.add_argument("--figure", help="PNG to write (default: beside the file)")
+    cp.add_argument(
+        "--figure",
+        help="PNG to write (default: beside the file); the table goes beside it as .csv and .json",
+    )
+    cp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a scenario value in every arm, after the arm's own set, "
+        "e.g. --set grid.shape=[50,50] (repeatable)",
+    )
+    cp.add_argument(
+        "--keep-runs",
+        metavar="DIR",
+        help="folder for the run files, ARM_seedSEED.h5 (default: FIGURE_runs beside the figure)",
+    )
+    cp.add_argument(
+        "--no-keep-runs", action="store_true", help="run in memory and keep no run files"
+    )
+    cp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cp.set_defaults(func=cmd_compare)
 
     vm = sub.add_parser(

@@ -50,11 +50,33 @@ gains over continuous dosing (MODEL.md section 7, item 6).
 rule as above), which saves most of the time of arms that progress early; counts at
 ``times_days`` after a run ended are then shown as "ended" and the figure's mean curve covers
 the replicates still running.
+
+A censored replicate's time is a lower bound: its own run's time from the reference day to its
+end (runs of one comparison may end at different times), and the table says it per replicate
+(">T"). The figure shows the burden relative to its value at the reference day with the
+progression threshold (``progression_fraction``) as a line, a Kaplan-Meier curve of time to
+progression per arm (:func:`kaplan_meier`; censored replicates as censored, marked "|"), and
+each arm's dosing; drugs off in every arm get no column and no row.
+
+``tmesim compare`` also writes the table as CSV (one row per arm, numbers in their own columns)
+and JSON (the comparison, each arm's summary and every replicate's values, the paired and
+contrast statistics) beside the figure, and keeps every replicate's run file
+(``<arm>_seed<seed>.h5``) in a folder beside the figure (``<figure>_runs``, or ``--keep-runs
+DIR``; ``--no-keep-runs`` runs in memory). A kept run is the run made in memory written out:
+the scenario's ``[run.stop]`` conditions are not applied in either (only
+``stop_days_after_progression`` ends a run early), so keeping runs changes no number.
+Command-line ``--set key.path=value`` overrides apply to every arm after the arm's own ``set``.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+import re
+import sys
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,10 +98,23 @@ class Comparison:
     margin_days: float | None = None
     contrasts: list[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=list)
     stop_days_after_progression: float | None = None
+    #: overrides applied to every arm after its own ``set`` (``tmesim compare --set``)
+    overrides: list[str] = field(default_factory=list)
+
+    def arm_overrides(self, arm: str) -> list[str]:
+        """The overrides of ``arm``'s runs (before the replicate's seed)."""
+        return self.arms[arm] + self.overrides
+
+    def base_seed(self) -> int:
+        """Replicate k runs with this seed + k: the scenario's seed (after ``overrides``)."""
+        return load_scenario(self.scenario, overrides=self.overrides).run.seed
 
 
-def load_comparison(path) -> Comparison:
-    """Read and check a comparison file (errors name the key, the value and what was expected)."""
+def load_comparison(path, overrides=()) -> Comparison:
+    """Read and check a comparison file (errors name the key, the value and what was expected).
+
+    ``overrides``: ``["key.path=value", ...]`` applied to every arm after its own ``set``
+    (``tmesim compare --set``); each is checked against the scenario first."""
     p = Path(path)
     if not p.is_file():
         raise ScenarioError("(file)", str(path), "an existing comparison file")
@@ -189,10 +224,16 @@ def load_comparison(path) -> Comparison:
                 "(two pairs of different arms) among: " + ", ".join(c.arms),
             )
         c.contrasts = [((str(a), str(b)), (str(d), str(e))) for (a, b), (d, e) in ct]
-    # every arm must make a valid scenario: check them all before running anything
-    for name, sets in c.arms.items():
+    c.overrides = [str(x) for x in overrides]
+    if c.overrides:
         try:
-            load_scenario(c.scenario, overrides=sets)
+            load_scenario(c.scenario, overrides=c.overrides)
+        except ScenarioError as exc:
+            raise UserError(f"--set: {exc}") from None
+    # every arm must make a valid scenario: check them all before running anything
+    for name in c.arms:
+        try:
+            load_scenario(c.scenario, overrides=c.arm_overrides(name))
         except ScenarioError as exc:
             raise UserError(f"arm '{name}': {exc}") from None
     return c
@@ -251,10 +292,55 @@ def time_to_progression(
     return float(day[i] - day[i0]), progressed
 
 
-def run_comparison(c: Comparison, jobs: int = 1, echo=print):
-    """Run every arm x replicate; print the table; return {arm: [series per replicate]}."""
-    base_seed = load_scenario(c.scenario).run.seed
-    from .simulation import run_series
+def run_file_names(c: Comparison) -> dict[tuple[str, int], str]:
+    """{(arm, replicate): file name} of the kept runs: ``<arm>_seed<seed>.h5``, the arm's name
+    cut to letters, digits, ``-``, ``_`` and ``.``; prefixed with the arm's number where two
+    arms would otherwise share names."""
+    seed = c.base_seed()
+    safe = {a: re.sub(r"[^A-Za-z0-9_.-]+", "_", a).strip(".") or "arm" for a in c.arms}
+    clash = len(set(safe.values())) < len(safe)
+    return {
+        (a, k): (f"{i}-" if clash else "") + f"{safe[a]}_seed{seed + k}.h5"
+        for i, a in enumerate(c.arms)
+        for k in range(c.replicates)
+    }
+
+
+def run_one(path: str, overrides: list[str], stop=None, out: str | None = None) -> dict:
+    """The time series {column: array, "day": array} of one replicate, run on the CPU; with
+    ``out``, also written as a run file (the scenario's writers: time series, snapshots,
+    checkpoints). Only ``stop`` ends a run early, with or without a file, so the series is
+    the same either way (the scenario's ``[run.stop]`` is not applied)."""
+    from .simulation import Simulation, run_in_memory
+
+    if out is None:
+        return run_in_memory(path, overrides, stop)
+    from .callbacks import StopOnRows
+    from .writers import InMemoryWriter
+
+    sim = Simulation(load_scenario(path, overrides=overrides), backend="cpu")
+    mem = InMemoryWriter()
+    sim.output_writers["in_memory"] = mem
+    sim.callbacks = [] if stop is None else [StopOnRows(stop, mem, "stop(rows) was true")]
+    sim.run(out)
+    return mem.series()
+
+
+def run_comparison(
+    c: Comparison, jobs: int = 1, echo=print, runs_dir=None, progress: bool = False
+) -> dict:
+    """Run every arm x replicate; print the table; return {arm: [series per replicate]}.
+
+    Args:
+        jobs: runs at a time (worker processes when > 1).
+        echo: where the tables go (a callable of a string).
+        runs_dir: keep each replicate's run file there (:func:`run_file_names`); None: in memory.
+        progress: one progress bar (tqdm, on stderr) over all runs, advanced as each ends.
+    """
+    base_seed = c.base_seed()
+    names = run_file_names(c) if runs_dir is not None else {}
+    if runs_dir is not None:
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
 
     def stop():  # one per run: a ProgressionStop keeps its place in the rows
         return (
@@ -266,13 +352,21 @@ def run_comparison(c: Comparison, jobs: int = 1, echo=print):
         )
 
     tasks = [
-        (arm, k, (str(c.scenario), sets + [f"run.seed={base_seed + k}"], stop()))
-        for arm, sets in c.arms.items()
+        (
+            arm,
+            (
+                str(c.scenario),
+                c.arm_overrides(arm) + [f"run.seed={base_seed + k}"],
+                stop(),
+                str(Path(runs_dir) / names[arm, k]) if runs_dir is not None else None,
+            ),
+        )
+        for arm in c.arms
         for k in range(c.replicates)
     ]
-    series = run_series([t[2] for t in tasks], jobs)
+    series = _run_all([t[1] for t in tasks], jobs, progress)
     results: dict[str, list] = {}
-    for (arm, _, _), s in zip(tasks, series):
+    for (arm, _), s in zip(tasks, series):
         results.setdefault(arm, []).append(s)
     echo(table(c, results))
     if c.pairs and c.replicates > 1:
@@ -282,6 +376,34 @@ def run_comparison(c: Comparison, jobs: int = 1, echo=print):
         echo("")
         echo(contrast_table(c, results))
     return results
+
+
+def _run_all(tasks: list, jobs: int, progress: bool) -> list[dict]:
+    """:func:`run_one` of each task, in task order, with one bar over all of them that moves
+    as each run ends (in whatever order worker processes finish them)."""
+    from tqdm.auto import tqdm
+
+    out: list = [None] * len(tasks)
+    with tqdm(
+        total=len(tasks), unit="run", desc="compare", file=sys.stderr, disable=not progress
+    ) as bar:
+        if jobs <= 1 or len(tasks) <= 1:
+            for i, t in enumerate(tasks):
+                out[i] = run_one(*t)
+                bar.update(1)
+            return out
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+            futures = {pool.submit(run_one, *t): i for i, t in enumerate(tasks)}
+            try:
+                for f in as_completed(futures):
+                    out[futures[f]] = f.result()
+                    bar.update(1)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    return out
 
 
 def paired_ttps(c: Comparison, results: dict, arm: str, ref: str):
@@ -471,63 +593,317 @@ def _ms(values) -> str:
     return f"{v.mean():.3g} ± {v.std(ddof=1):.2g}"
 
 
-def table(c: Comparison, results: dict) -> str:
-    drugs = sorted(
+def _mean_sd(values) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else math.nan)
+
+
+def kaplan_meier(times, progressed) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The product-limit (Kaplan-Meier) estimate of the probability of no progression yet.
+
+    Args:
+        times: per replicate, its time to progression or, when censored, the time it was last
+            seen without progression (days).
+        progressed: per replicate, True for a progression, False for a censored time.
+
+    Returns:
+        (t, s, at_risk, events): the distinct progression times in increasing order, S just
+        after each (S(t_i) = prod over t_j <= t_i of 1 - d_j / n_j), the number n_j still
+        followed at t_j (times >= t_j: a replicate censored at t_j counts as at risk then) and
+        the number d_j that progressed at t_j. S is 1 before the first time.
+    """
+    t = np.asarray(times, dtype=float)
+    ev = np.asarray(progressed, dtype=bool)
+    if t.shape != ev.shape:
+        raise ValueError(f"kaplan_meier: {t.size} times but {ev.size} progressed flags")
+    tk = np.unique(t[ev])
+    at_risk = np.array([int(np.count_nonzero(t >= x)) for x in tk], dtype=int)
+    events = np.array([int(np.count_nonzero(ev & (t == x))) for x in tk], dtype=int)
+    s = np.cumprod(1.0 - events / at_risk) if tk.size else np.zeros(0)
+    return tk, s, at_risk, events
+
+
+def km_median(times, progressed) -> float | None:
+    """The Kaplan-Meier median time to progression: the first time S falls to 0.5 or below
+    (None: not reached)."""
+    tk, s, _, _ = kaplan_meier(times, progressed)
+    below = np.flatnonzero(s <= 0.5 + 1e-12)
+    return float(tk[below[0]]) if below.size else None
+
+
+def drugs_given(results: dict) -> list[str]:
+    """The drugs some run of some arm gives (a positive cumulative dose); a drug off in every
+    arm gets no column in the table and no row in the figure."""
+    names = sorted(
         {
             k[len("cumulative_dose_") :]
-            for s in next(iter(results.values()))
+            for reps in results.values()
+            for s in reps
             for k in s
             if k.startswith("cumulative_dose_")
         }
     )
-    head = ["arm", "time to progression (d)"] + [f"dose {d} to progression" for d in drugs]
+    return [
+        d
+        for d in names
+        if any(
+            f"cumulative_dose_{d}" in s and np.nanmax(s[f"cumulative_dose_{d}"]) > 0
+            for reps in results.values()
+            for s in reps
+        )
+    ]
+
+
+def summary(c: Comparison, results: dict, runs_dir=None) -> list[dict]:
+    """Per arm, the table's numbers and every replicate's: time to progression (days from the
+    reference day; for a censored replicate its own run's time to its end, a lower bound),
+    cumulative dose of each drug given up to progression (to the end when censored), and P and
+    R counts at ``times_days`` (None after the run ended). JSON-ready (NaN as None)."""
+    drugs = drugs_given(results)
+    known = c.scenario is not None and Path(c.scenario).is_file()
+    seed = c.base_seed() if known else None
+    names = run_file_names(c) if known and runs_dir is not None else {}
+    out = []
+    for arm, reps in results.items():
+        reps_out: list[dict] = []
+        for k, s in enumerate(reps):
+            i0, i, progressed = progression_index(
+                s["day"], s["burden"], c.reference_day, c.progression_fraction
+            )
+            ttp = float(s["day"][i] - s["day"][i0])
+            counts: dict[str, dict | None] = {}
+            for t in c.times_days:
+                if t > s["day"][-1] + 1e-9:  # a run stopped after its progression
+                    counts[f"{t:g}"] = None
+                    continue
+                j = int(np.argmin(np.abs(s["day"] - t)))
+                counts[f"{t:g}"] = {"P": float(s["n_P"][j]), "R": float(s["n_R"][j])}
+            reps_out.append(
+                {
+                    "replicate": k,
+                    "seed": None if seed is None else seed + k,
+                    "ttp_days": ttp,
+                    "progressed": bool(progressed),
+                    "censored_at_days": None if progressed else ttp,
+                    "run_end_day": float(s["day"][-1]),
+                    "dose_to_progression": {d: float(s[f"cumulative_dose_{d}"][i]) for d in drugs},
+                    "counts": counts,
+                    "run_file": (
+                        str(Path(runs_dir) / names[arm, k]) if (arm, k) in names else None
+                    ),
+                }
+            )
+        ttps = [r["ttp_days"] for r in reps_out]
+        prog = [r["progressed"] for r in reps_out]
+        mean, sd = _mean_sd(ttps)
+        row: dict = {
+            "arm": arm,
+            "replicates": len(reps_out),
+            "progressed": int(sum(prog)),
+            "censored": int(len(prog) - sum(prog)),
+            "ttp_mean_days": mean,
+            "ttp_sd_days": sd,
+            "ttp_km_median_days": km_median(ttps, prog),
+            "censored_bounds_days": [
+                r["censored_at_days"] for r in reps_out if not r["progressed"]
+            ],
+            "dose_to_progression": {
+                d: dict(
+                    zip(("mean", "sd"), _mean_sd([r["dose_to_progression"][d] for r in reps_out]))
+                )
+                for d in drugs
+            },
+            "counts": {},
+            "replicate_values": reps_out,
+        }
+        for t in c.times_days:
+            key = f"{t:g}"
+            got = [r["counts"][key] for r in reps_out]
+            ended = sum(1 for g in got if g is None)
+            row["counts"][key] = {"ended": ended}
+            for x in ("P", "R"):
+                m, sdv = _mean_sd([g[x] for g in got]) if not ended else (math.nan, math.nan)
+                row["counts"][key][x] = {"mean": m, "sd": sdv}
+        out.append(_json_ready(row))
+    return out
+
+
+def _json_ready(x):
+    """NaN and infinities as None (JSON has no NaN), numpy scalars as Python numbers."""
+    if isinstance(x, dict):
+        return {k: _json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_ready(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _censored_cell(row: dict) -> str:
+    """What a censored replicate's time means: the bound of each censored replicate, its own
+    run's time from the reference day to its end."""
+    bounds = row["censored_bounds_days"]
+    if not bounds:
+        return ""
+    if len(set(f"{b:.3g}" for b in bounds)) == 1:
+        each = "each " if len(bounds) > 1 else ""
+        return f" ({len(bounds)} not progressed: {each}>{bounds[0]:.3g})"
+    return f" ({len(bounds)} not progressed: " + ", ".join(f">{b:.3g}" for b in bounds) + ")"
+
+
+def _fmt_ms(d: dict, n: int) -> str:
+    if n == 1 or d["sd"] is None:
+        return f"{d['mean']:.3g}"
+    return f"{d['mean']:.3g} ± {d['sd']:.2g}"
+
+
+def table(c: Comparison, results: dict) -> str:
+    rows_in = summary(c, results)
+    drugs = drugs_given(results)
+    head = ["arm", "time to progression (d)", "KM median (d)"]
+    head += [f"dose {d} to progression" for d in drugs]
     for t in c.times_days:
         head += [f"P at {t:g} d", f"R at {t:g} d"]
     rows = []
-    for arm, reps in results.items():
-        found = [
-            progression_index(s["day"], s["burden"], c.reference_day, c.progression_fraction)
-            for s in reps
-        ]
-        days = [float(s["day"][i] - s["day"][i0]) for s, (i0, i, _) in zip(reps, found)]
-        censored = sum(1 for _, _, p in found if not p)
-        cell = _ms(days) + (f" ({censored} not progressed: >{min(days):.3g})" if censored else "")
-        row = [arm, cell]
+    for r in rows_in:
+        n = r["replicates"]
+        cell = _fmt_ms({"mean": r["ttp_mean_days"], "sd": r["ttp_sd_days"]}, n)
+        med = r["ttp_km_median_days"]
+        row = [r["arm"], cell + _censored_cell(r), "not reached" if med is None else f"{med:.3g}"]
         # cumulative dose up to progression (to the end where censored): what each schedule
         # spent while it held the tumor, whatever the runs did after
-        at = [i for _, i, _ in found]
         for d in drugs:
-            row.append(_ms([s[f"cumulative_dose_{d}"][i] for s, i in zip(reps, at)]))
+            row.append(_fmt_ms(r["dose_to_progression"][d], n))
         for t in c.times_days:
-            # a run stopped after its progression has no count at later times
-            ended = sum(1 for s in reps if t > s["day"][-1] + 1e-9)
-            if ended:
-                row += [f"ended ({ended}/{len(reps)})"] * 2
-                continue
-            idx = [int(np.argmin(np.abs(s["day"] - t))) for s in reps]
-            row.append(_ms([s["n_P"][i] for s, i in zip(reps, idx)]))
-            row.append(_ms([s["n_R"][i] for s, i in zip(reps, idx)]))
+            got = r["counts"][f"{t:g}"]
+            if got["ended"]:
+                row += [f"ended ({got['ended']}/{n})"] * 2
+            else:
+                row += [_fmt_ms(got["P"], n), _fmt_ms(got["R"], n)]
         rows.append(row)
+    name = c.scenario.name if c.scenario is not None else "(scenario)"
     title = (
-        f"{len(results)} arms x {c.replicates} replicates of {c.scenario.name}; progression: "
+        f"{len(results)} arms x {c.replicates} replicates of {name}; progression: "
         f"burden > {c.progression_fraction:g} x its value at day {c.reference_day:g}; "
-        "mean ± sd over replicates"
+        "mean ± sd over replicates (a censored time is its run's end: a bound)"
     )
     if c.stop_days_after_progression is not None:
         title += f"; each run ends {c.stop_days_after_progression:g} d after it progressed"
+    if c.overrides:
+        title += "; every arm with " + ", ".join(c.overrides)
     return _layout(title, head, rows)
 
 
-def figure(c: Comparison, results: dict, out: Path) -> Path:
-    """Burden curves per arm (replicates thin, mean thick) with each arm's dosing shaded."""
+def csv_rows(c: Comparison, results: dict) -> list[dict]:
+    """The table as flat rows (one per arm), numbers in their own columns: what the CSV holds.
+    A count after some run ended is empty; censored bounds are joined with ';'."""
+    out = []
+    for r in summary(c, results):
+        row = {
+            "arm": r["arm"],
+            "replicates": r["replicates"],
+            "progressed": r["progressed"],
+            "censored": r["censored"],
+            "ttp_mean_days": r["ttp_mean_days"],
+            "ttp_sd_days": r["ttp_sd_days"],
+            "ttp_km_median_days": r["ttp_km_median_days"],
+            "censored_bounds_days": ";".join(f"{b:g}" for b in r["censored_bounds_days"]),
+        }
+        for d, v in r["dose_to_progression"].items():
+            row[f"dose_{d}_to_progression_mean"] = v["mean"]
+            row[f"dose_{d}_to_progression_sd"] = v["sd"]
+        for t, v in r["counts"].items():
+            for x in ("P", "R"):
+                row[f"{x}_at_{t}d_mean"] = v[x]["mean"]
+                row[f"{x}_at_{t}d_sd"] = v[x]["sd"]
+            row[f"ended_by_{t}d"] = v["ended"]
+        out.append(row)
+    return out
+
+
+def _pair_record(st: dict, g: np.ndarray, censored: bool) -> dict:
+    return dict(st, gains=[float(x) for x in g], censored=bool(censored))
+
+
+def write_tables(c: Comparison, results: dict, out: Path, runs_dir=None) -> tuple[Path, Path]:
+    """Write ``out`` with suffixes .csv (:func:`csv_rows`) and .json: the comparison, each arm's
+    :func:`summary` with every replicate's values (its run file's name where runs are kept),
+    the paired gains and the contrasts with their statistics. Returns both paths."""
+    out = Path(out)
+    rows = csv_rows(c, results)
+    p_csv, p_json = out.with_suffix(".csv"), out.with_suffix(".json")
+    with open(p_csv, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if v is None or v != v else v for k, v in r.items()})
+    pairs, contrasts = [], []
+    if c.replicates > 1:
+        for arm, ref in c.pairs:
+            g, cens = paired_gains(c, results, arm, ref)
+            rec = _pair_record(paired_stats(g), g, cens.any())
+            rec.update(arm=arm, reference=ref)
+            if c.margin_days is not None:
+                rec["verdict"] = verdict(paired_stats(g), c.margin_days)
+            pairs.append(rec)
+        for (a, b), (d, e) in c.contrasts:
+            g1, c1 = paired_gains(c, results, a, b)
+            g2, c2 = paired_gains(c, results, d, e)
+            rec = _pair_record(paired_stats(g1 - g2), g1 - g2, (c1 | c2).any())
+            rec.update(first=[a, b], second=[d, e])
+            contrasts.append(rec)
+    doc = {
+        "comparison": {
+            "scenario": str(c.scenario),
+            "arms": c.arms,
+            "overrides": c.overrides,
+            "replicates": c.replicates,
+            "reference_day": c.reference_day,
+            "progression_fraction": c.progression_fraction,
+            "times_days": c.times_days,
+            "stop_days_after_progression": c.stop_days_after_progression,
+            "margin_days": c.margin_days,
+        },
+        "drugs_given": drugs_given(results),
+        "runs_dir": None if runs_dir is None else str(runs_dir),
+        "arms": summary(c, results, runs_dir),
+        "pairs": pairs,
+        "contrasts": contrasts,
+    }
+    p_json.write_text(json.dumps(_json_ready(doc), indent=1) + "\n", encoding="utf-8")
+    return p_csv, p_json
+
+
+def relative_burden(c: Comparison, s: dict) -> np.ndarray:
+    """The burden over its value at the row nearest the reference day (NaN where that is 0):
+    progression is this crossing ``progression_fraction``."""
+    i0 = int(np.argmin(np.abs(s["day"] - c.reference_day)))
+    ref = float(s["burden"][i0])
+    if ref <= 0:
+        return np.full(len(s["burden"]), np.nan)
+    return np.asarray(s["burden"], dtype=float) / ref
+
+
+def figure_of(c: Comparison, results: dict):
+    """The figure (a matplotlib Figure): burden relative to the reference day per arm
+    (replicates thin, mean thick) with the progression threshold (line gid "threshold"); the
+    Kaplan-Meier curve of time to progression per arm (step line gid "km:<arm>", censored
+    replicates as "|" marks, gid "km-censored:<arm>"); each arm's dosing of the drugs given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    drugs = drugs_given(results)
     n = len(results)
-    fig, axes = plt.subplots(n + 1, 1, figsize=(10, 2.2 * (n + 1)), sharex=True)
-    ax0 = axes[0]
+    rows = 2 + (n if drugs else 0)
+    fig = plt.figure(figsize=(11, 3.2 * 2 + 1.1 * (rows - 2)), layout="constrained")
+    gs = fig.add_gridspec(rows, 1, height_ratios=[3, 3] + [1] * (rows - 2))
+    ax0 = fig.add_subplot(gs[0])
+    axk = fig.add_subplot(gs[1])
+    outside = dict(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
     for k, (arm, reps) in enumerate(results.items()):
         col = f"C{k}"
         # runs may end at different times (stopped after progression): the mean is over the
@@ -536,35 +912,81 @@ def figure(c: Comparison, results: dict, out: Path) -> Path:
         day = longest["day"]
         padded = np.full((len(reps), len(day)), np.nan)
         for j, s in enumerate(reps):
-            padded[j, : len(s["burden"])] = s["burden"]
-        mean = np.nanmean(padded, axis=0)
-        for s in reps:
-            ax0.plot(s["day"], s["burden"], color=col, alpha=0.25, lw=0.7)
+            rel = relative_burden(c, s)
+            padded[j, : len(rel)] = rel
+            ax0.plot(s["day"], rel, color=col, alpha=0.25, lw=0.7)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a day no replicate reached
+            mean = np.nanmean(padded, axis=0)
         ax0.plot(day, mean, color=col, lw=2, label=arm)
-        ax = axes[k + 1]
-        s = longest
-        plasma = [key for key in s if key.startswith("plasma_")]
-        for j, key in enumerate(plasma):
-            on = s[key] > 0
+        # Kaplan-Meier curve of time to progression
+        ttp = [
+            time_to_progression(s["day"], s["burden"], c.reference_day, c.progression_fraction)
+            for s in reps
+        ]
+        times = np.array([t for t, _ in ttp])
+        prog = np.array([p for _, p in ttp])
+        tk, sk, _, _ = kaplan_meier(times, prog)
+        xs = np.r_[0.0, tk, times.max()]
+        ys = np.r_[1.0, sk, sk[-1] if sk.size else 1.0]
+        axk.step(xs, ys, where="post", color=col, lw=2, label=arm, gid=f"km:{arm}")
+        cens = times[~prog]
+        if cens.size:
+            # S at a censored time: the estimate after the last progression at or before it
+            s_at = np.r_[1.0, sk][np.searchsorted(tk, cens, side="right")]
+            axk.plot(cens, s_at, "|", color=col, ms=12, mew=1.5, gid=f"km-censored:{arm}")
+    ax0.axhline(
+        c.progression_fraction,
+        color="k",
+        ls="--",
+        lw=1,
+        gid="threshold",
+        label=f"progression: {c.progression_fraction:g} x burden at day {c.reference_day:g}",
+    )
+    ax0.axvline(c.reference_day, color="k", ls=":", lw=0.8, label="reference day")
+    ax0.set_yscale("log")
+    ax0.set_ylabel(f"burden / burden at day {c.reference_day:g}")
+    ax0.set_xlabel("time (days)")
+    ax0.legend(**outside)
+    ax0.set_title(f"{c.scenario.stem}: burden (mean and replicates) and the progression threshold")
+    axk.set_ylim(-0.03, 1.05)
+    axk.set_xlabel(f"days from day {c.reference_day:g} (reference)")
+    axk.set_ylabel("not progressed")
+    axk.set_title("Kaplan-Meier estimate of time to progression (| censored: run ended first)")
+    axk.legend(**outside)
+    for k, (arm, reps) in enumerate(results.items()):
+        if not drugs:
+            break
+        ax = fig.add_subplot(gs[2 + k], sharex=ax0)
+        s = max(reps, key=lambda s: len(s["day"]))
+        for j, d in enumerate(drugs):
+            key = f"plasma_{d}"
+            if key not in s:
+                continue
             ax.fill_between(
                 s["day"],
                 j,
                 j + 0.8,
-                where=on,
-                color=f"C{j + 3}",
+                where=s[key] > 0,
+                color=f"C{(j + 3) % 10}",
                 alpha=0.6,
                 step="post",
-                label=key[len("plasma_") :],
+                label=d,
             )
         ax.set_yticks([])
+        ax.set_ylim(0, len(drugs))
         ax.set_ylabel(arm, rotation=0, ha="right", va="center")
-        ax.legend(fontsize=7, loc="upper right")
-    ax0.axvline(c.reference_day, color="k", ls=":", lw=0.8)
-    ax0.set_ylabel("tumor cells")
-    ax0.legend(fontsize=8)
-    ax0.set_title(f"{c.scenario.stem}: burden (mean and replicates) and dosing per arm")
-    axes[-1].set_xlabel("time (days)")
-    fig.tight_layout()
+        ax.legend(**outside)
+        if k == n - 1:
+            ax.set_xlabel("time (days)")
+    return fig
+
+
+def figure(c: Comparison, results: dict, out: Path) -> Path:
+    """Write :func:`figure_of` to ``out`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure_of(c, results)
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return out
+    return Path(out)
