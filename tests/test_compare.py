@@ -469,7 +469,8 @@ def test_figure_shows_the_threshold_and_a_kaplan_meier_step_per_progression_time
 def test_cli_keeps_runs_writes_csv_and_json_with_set_and_one_progress_bar(tmp_path, capsys):
     """tmesim compare --set run.duration_days=0.75 --jobs 2 --replicates 2: every arm's runs
     end at day 0.75; the run files are kept beside the figure (<arm>_seed<seed>.h5) and each
-    holds the time series the table was made from; the CSV and JSON hold the table's numbers;
+    holds the time series the table was made from (the JSON names it relative to itself); the
+    CSV and JSON hold the table's numbers;
     one progress bar on stderr counts the 4 runs; -q shows none."""
     import csv
     import json
@@ -500,7 +501,8 @@ def test_cli_keeps_runs_writes_csv_and_json_with_set_and_one_progress_bar(tmp_pa
         assert int(r["censored"]) == arm["censored"]
         for rep in arm["replicate_values"]:
             assert rep["run_end_day"] == pytest.approx(0.75)
-            with h5py.File(rep["run_file"], "r") as h:
+            assert rep["run_file"] == f"cmp_runs/{arm['arm']}_seed{rep['seed']}.h5"
+            with h5py.File(fig.parent / rep["run_file"], "r") as h:
                 day = h["timeseries/time_min"][:] / 1440.0
                 burden = h["timeseries/burden"][:]
             ttp, progressed = compare.time_to_progression(day, burden, 0.5, 1.2)

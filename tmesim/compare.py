@@ -73,6 +73,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import sys
 import tomllib
@@ -830,8 +831,11 @@ def _pair_record(st: dict, g: np.ndarray, censored: bool) -> dict:
 def write_tables(c: Comparison, results: dict, out: Path, runs_dir=None) -> tuple[Path, Path]:
     """Write ``out`` with suffixes .csv (:func:`csv_rows`) and .json: the comparison, each arm's
     :func:`summary` with every replicate's values (its run file's name where runs are kept),
-    the paired gains and the contrasts with their statistics. Returns both paths."""
+    the paired gains and the contrasts with their statistics. Run files are named relative
+    to the JSON file's folder. Returns both paths."""
     out = Path(out)
+    if runs_dir is not None:
+        runs_dir = os.path.relpath(runs_dir, out.parent)
     rows = csv_rows(c, results)
     p_csv, p_json = out.with_suffix(".csv"), out.with_suffix(".json")
     with open(p_csv, "w", newline="", encoding="utf-8") as f:
@@ -961,7 +965,7 @@ def figure_of(c: Comparison, results: dict):
         s = max(reps, key=lambda s: len(s["day"]))
         for j, d in enumerate(drugs):
             key = f"plasma_{d}"
-            if key not in s:
+            if key not in s or not np.any(s[key] > 0):
                 continue
             ax.fill_between(
                 s["day"],
@@ -976,7 +980,10 @@ def figure_of(c: Comparison, results: dict):
         ax.set_yticks([])
         ax.set_ylim(0, len(drugs))
         ax.set_ylabel(arm, rotation=0, ha="right", va="center")
-        ax.legend(**outside)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(**outside)
+        else:
+            ax.text(0.5, 0.5, "no drug", transform=ax.transAxes, ha="center", va="center")
         if k == n - 1:
             ax.set_xlabel("time (days)")
     return fig
