@@ -409,3 +409,28 @@ def on_files(files, config):
 
 def on_page_markdown(markdown, page, config, files):
     return expand_markers(markdown)
+
+
+_HREF = re.compile(r'(href=")([^"#:]+\.md)(#[^"]*)?(")')
+
+
+def on_page_content(html, page, config, files):
+    """Links of a notebook's Markdown cells to other pages (``../model.md``): MkDocs rewrites
+    those of Markdown pages to the pages' URLs, mkdocs-jupyter leaves them as written, so they
+    are rewritten here; a link to no page is a warning (an error under --strict)."""
+    if not page.file.src_uri.endswith(".ipynb"):
+        return html
+    import logging
+    import posixpath
+
+    log = logging.getLogger("mkdocs.hooks.tmesim")
+
+    def one(m: re.Match) -> str:
+        src = posixpath.normpath(posixpath.join(posixpath.dirname(page.file.src_uri), m[2]))
+        target = files.get_file_from_path(src)
+        if target is None:
+            log.warning(f"{page.file.src_uri}: link to {m[2]!r}, which is not a page of the site")
+            return m[0]
+        return m[1] + target.url_relative_to(page.file) + (m[3] or "") + m[4]
+
+    return _HREF.sub(one, html)

@@ -92,6 +92,9 @@ def test_the_site_builds_with_no_warning(tmp_path):
     assert "<code>tumor.transitions.entry_basal_per_h</code>" in model  # a generated table
     tutorial = (site / "tutorials" / "first-run" / "index.html").read_text(encoding="utf-8")
     assert tutorial.count("data:image/png;base64,") >= 2, "the executed notebook drew no figure"
+    links = re.findall(r'href="([^"]+)"', tutorial)
+    assert "../../scenario-reference/" in links
+    assert not [x for x in links if x.split("#")[0].endswith(".md")], "links left to sources"
 
 
 # ------------------------------------------------------------------------------ (2) the notebook
