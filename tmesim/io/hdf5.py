@@ -20,6 +20,11 @@ writer claims the room it needs (tmesim.io.diskspace): when the disk is full it 
 last flush left it, resumable from its last checkpoint once space is freed. Every chunked dataset
 carries a Fletcher-32 checksum per chunk, so a flipped bit fails the read instead of being read
 as data.
+
+The file is written in HDF5 1.10's file format (:data:`LIBVER`), which SWMR needs and HDF5 1.10
+and later read: ParaView and VTK, whose HDF5 is older than the one h5py may bring, read the
+snapshots through the XDMF sidecar (tmesim.io.xdmf). Each field dataset carries its ``units``
+and its ``role`` (oxygen, growth_factor, signal, drug or other: what viewers style it by).
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ from .xdmf import write_xdmf
 STATUS_MARGIN = 16 << 10
 #: bytes of the fixed-length status attribute
 STATUS_BYTES = 64
+#: the HDF5 file-format versions a run file is written in: 1.10's, the oldest that has SWMR, and no
+#: newer, so that readers built on older HDF5 (ParaView and VTK ship 1.14 or older) read it;
+#: "latest" under HDF5 2.0 writes dataset layout messages HDF5 1.14 cannot decode
+LIBVER = ("v110", "v110")
 #: the datasets of /snapshots (beside the fields) and of /events, each one row per snapshot / event
 SNAPSHOT_ARRAYS = ("time", "step", "kind", "tumor_state", "memory")
 EVENT_ARRAYS = ("time_min", "kind", "detail")
@@ -107,7 +116,7 @@ class RunWriter:
         # a name of its own: another run creating the same path never truncates this one
         part = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(3)}.part")
         try:
-            self.f = h5py.File(part, "w-", libver="latest")
+            self.f = h5py.File(part, "w-", libver=LIBVER)
         except OSError as exc:
             part.unlink(missing_ok=True)
             if diskspace.is_no_space(exc):  # another process took the room meanwhile
@@ -189,6 +198,8 @@ class RunWriter:
         for fc in scenario.fields:
             d = fg.create_dataset(fc.name, (0,) + shape, dtype="f4", **opts)
             d.attrs["units"] = fc.units
+            # what the field is (oxygen, growth_factor, signal, drug, other): viewers style by it
+            d.attrs["role"] = fc.role
         ts = f.create_group(schema.TIMESERIES)
         for col, units in columns.items():
             d = ts.create_dataset(col, (0,), dtype="f8", chunks=(1024,), **grow)

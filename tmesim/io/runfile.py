@@ -274,7 +274,12 @@ def _hdf5_function(name: str):
 
 
 def file_access(*, locking: bool = True, latest: bool = False) -> h5py.h5p.PropFAID:
-    """A file-access property list with :data:`SWMR_READ_ATTEMPTS` metadata read attempts."""
+    """A file-access property list with :data:`SWMR_READ_ATTEMPTS` metadata read attempts.
+
+    ``latest`` sets HDF5's format bounds to its latest (a writer reopening a run file): it
+    changes nothing in the objects already there, whose messages HDF5 rewrites in the versions
+    they were created in, so a file keeps the format it was written in (tmesim.io.hdf5.LIBVER;
+    checked after a resume by tests/io/test_hdf5.py)."""
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     if latest:
         fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
