@@ -348,6 +348,9 @@ class Simulation:
             f.close()
         if status not in self.RESUMABLE:
             self.status = status
+            # a writer killed after its final status but before closing left the file flagged
+            # as open: clear that, so plain HDF5 opens the ended run too
+            ckpt.clear_ended(path)
             with open_run_file(path) as g, reading(str(path), "its last time-series row"):
                 self.last_row = last_row(g, list(g[schema.TIMESERIES]))
                 # where it ended, for messages (the state's arrays stay the initial ones)

@@ -97,8 +97,7 @@ def test_resume_after_sigkill_at_random_moments(tiny, tmp_path):
         if attempt < 4:
             # kill at a random row still ahead of the file (whatever the machine's speed), within
             # the next third of what is left, so each attempt makes progress and four fit
-            # (not while the writer rewrites the root `status` attribute, on reopening or
-            # closing: a kill there can leave the root attributes unreadable, a known limit)
+            # (kills at each write around the status rewrites: tests/io/test_kill_points.py)
             have = rows_in(out)
             if have >= total - 15:
                 p.communicate(timeout=120)

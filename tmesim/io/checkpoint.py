@@ -563,6 +563,25 @@ class WriterLock:
             self.fd = -1
 
 
+def clear_ended(path) -> bool:
+    """Clear the open-for-write flags of a run file whose writer ended the run (its status is
+    final) but was killed before closing the file.
+
+    The status rewrite and the superblock write that clears the flags are two writes; a kill
+    between them leaves a finished run that plain HDF5 refuses to open ("file is already open
+    for write"). Takes the exclusive writer lock (a writer still closing the file holds it), so
+    a live writer's file is never touched. Returns True when the file was changed."""
+    p = Path(path)
+    lock = WriterLock(p)
+    lock.exclusive()
+    try:
+        return repair_after_kill(p)
+    except OSError as exc:
+        raise RunFileError(f"{path}: its open-for-write flags cannot be cleared ({exc})") from None
+    finally:
+        lock.release()
+
+
 def open_for_append(path) -> tuple[h5py.File, WriterLock]:
     """Open an existing run file for writing after its writer ended (cleanly or killed).
 
