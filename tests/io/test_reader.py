@@ -261,6 +261,12 @@ def test_chunks_give_dask_arrays_that_read_only_what_is_computed(rich_run, tmp_p
         assert isinstance(dask_ds["oxygen"].data, da.Array)
         assert dask_ds["oxygen"].chunks == ((1,) * 5, (48,), (48,))  # one per HDF5 chunk
         xr.testing.assert_identical(dask_ds.load(), lazy_ds.load())
+    with open_run(path, chunks="auto") as auto_ds, open_run(path) as lazy_ds:
+        # "auto" sizes chunks by bytes: the event texts stay numpy arrays (dask cannot size text)
+        assert isinstance(auto_ds["kind"].data, da.Array)
+        assert isinstance(auto_ds["burden"].data, da.Array)
+        assert isinstance(auto_ds["event_kind"].data, np.ndarray)
+        xr.testing.assert_identical(auto_ds.load(), lazy_ds.load())
     with h5py.File(path, "r") as f:
         chunk = f["snapshots/fields/oxygen"].id.get_chunk_info(2)
         good = f["snapshots/fields/oxygen"][3]

@@ -4,8 +4,8 @@ Snapshot arrays stay in the file until indexed (xarray's lazy indexing over h5py
 backend-array protocol), so opening a large run is instant; ``open_run(path, chunks=...)`` gives
 dask arrays instead (``{}``: one chunk per HDF5 chunk, i.e. per snapshot; a dict names chunk
 sizes per dimension, dimensions it leaves out keep the HDF5 chunking; ``"auto"`` and ``-1`` as in
-xarray). The file is opened in SWMR mode, so a run still being written can be read; call
-``ds.close()`` (or use ``with``) to release it.
+xarray; the event texts stay numpy arrays). The file is opened in SWMR mode, so a run still being
+written can be read; call ``ds.close()`` (or use ``with``) to release it.
 
 The file is checked before anything is read (tmesim.io.runfile.open_run_file): a damaged or crafted
 file gives a one-line RunFileError, and so does a read of snapshot data that HDF5 finds damaged
@@ -21,9 +21,10 @@ Dimensions and coordinates (every time coordinate carries ``units``):
 - ``event``: the run's events, ``event_time_min`` (coordinate, minutes), ``event_kind`` and
   ``event_detail`` (JSON text of an object); :func:`events` gives them as (time_min, kind, dict).
 
-Minutes are the shared time: snapshots and rows are taken at multiples of the agent step, so the
-time-series values at the snapshot times are ``ds["burden"].sel(time_min=ds["snapshot_time_min"],
-method="nearest")`` (on the ``time`` dimension).
+Minutes are the shared time: the time-series values at the snapshot times are
+``ds["burden"].sel(time_min=ds["snapshot_time_min"])`` (on the ``time`` dimension); add
+``method="nearest"`` where a snapshot may have no row of its own time (rows written on another
+schedule than every step, a run still being written).
 
 Snapshot variables: ``kind`` and ``tumor_state`` (uint8 codes with CF ``flag_values`` and
 ``flag_meanings``, and the names as a list in ``names``), ``memory`` and one per field;
@@ -99,16 +100,12 @@ def open_run(path, chunks=None) -> xr.Dataset:
     try:
         with reading(str(path), "its metadata"):
             out, native = _dataset(f, str(path))
+        if chunks is not None:
+            out = _chunked(out, chunks, native, _token(path))
     except BaseException:
         f.close()
         raise
     out.set_close(f.close)
-    if chunks is not None:
-        try:
-            out = _chunked(out, chunks, native, _token(path))
-        except BaseException:
-            f.close()
-            raise
     return out
 
 
@@ -141,7 +138,9 @@ def _token(path) -> str:
 
 def _chunked(ds: xr.Dataset, chunks, native: dict[str, int], token: str) -> xr.Dataset:
     """``ds`` with dask arrays: a dict's missing dimensions get ``native`` (HDF5) chunk sizes,
-    dimensions HDF5 does not chunk (rows, events) one chunk."""
+    dimensions HDF5 does not chunk (rows, events) one chunk. The event texts stay numpy arrays
+    (dask cannot size text for "auto")."""
+    text = ["event_kind", "event_detail"]
     if isinstance(chunks, dict):
         unknown = [d for d in chunks if d not in ds.dims]
         if unknown:
@@ -149,9 +148,8 @@ def _chunked(ds: xr.Dataset, chunks, native: dict[str, int], token: str) -> xr.D
                 f"open_run: chunks names {str(unknown)[:80]}, which are not dimensions of the "
                 f"run (expected some of {sorted(map(str, ds.dims))})"
             )
-        spec = {d: chunks.get(d, native.get(str(d), -1)) for d in ds.dims}
-        return ds.chunk(spec, token=token)
-    return ds.chunk(chunks, token=token)
+        chunks = {d: chunks.get(d, native.get(str(d), -1)) for d in ds.dims}
+    return ds.drop_vars(text).chunk(chunks, token=token).assign({n: ds[n] for n in text})
 
 
 def _dataset(f, where: str) -> tuple[xr.Dataset, dict[str, int]]:
