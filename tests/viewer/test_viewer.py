@@ -107,7 +107,8 @@ def _write_run(tmp: Path, text: str, name: str, **overrides) -> Path:
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("viewer_runs")
     r2 = _write_run(tmp, TINY_2D, "tiny2d")
-    # the schema's optional field roles, as a writer with drugs sets them (missing = unknown)
+    # drug_a and drug_b are plain [fields] tables (role "other"): marked as drugs here, as the
+    # attribute a writer stores wins over the scenario (test_routes.py takes real [drugs])
     with h5py.File(r2, "r+") as f:
         f["snapshots/fields/drug_a"].attrs["role"] = "drug"
         f["snapshots/fields/drug_b"].attrs["role"] = "drug"

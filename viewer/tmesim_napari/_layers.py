@@ -45,14 +45,22 @@ def remove_run(viewer, path) -> None:
         viewer.layers.remove(layer)
 
 
-def refresh_layers(viewer, path) -> bool:
+def show_snapshot(viewer, layer, index: int) -> None:
+    """Move the viewer's time slider to snapshot ``index`` of ``layer``'s run (by its time in
+    hours, so runs of other intervals in the same viewer do not shift it)."""
+    meta = layer.metadata[META_KEY]
+    viewer.dims.set_point(time_axis(viewer, layer), meta["t0_h"] + index * meta["interval_h"])
+
+
+def refresh_layers(viewer, path, to_last: bool | None = None) -> bool:
     """Re-read a run that may have grown and update its layers in place.
 
     Layers keep what the user changed (visibility, colormap, contrast); only data, time scale and
     metadata are replaced. A layer the run did not have before (e.g. a field that appeared) is
-    added. If the time slider was on the last snapshot it moves to the new last one, so the view
-    follows the run. Returns True when anything changed (more snapshots, a new status, a new
-    layer); the run's layers are added when the viewer has none of them yet.
+    added. When the run has new snapshots the time slider moves to the newest one if ``to_last``
+    is True (following the run), or if it was on the last one and ``to_last`` is None; False
+    leaves it. Returns True when anything changed (more snapshots, a new status, a new layer);
+    the run's layers are added when the viewer has none of them yet.
     """
     layers = {layer.metadata[META_KEY]["key"]: layer for layer in run_layers(viewer, path)}
     if not layers:
@@ -68,7 +76,7 @@ def refresh_layers(viewer, path) -> bool:
     if not changed and not missing:
         return False
     axis = time_axis(viewer, first)
-    at_end = viewer.dims.current_step[axis] >= old_T - 1
+    at_end = viewer.dims.point[axis] >= meta["t0_h"] + (old_T - 1) * meta["interval_h"] - 1e-9
     for key, layer in layers.items():
         if key not in info.datasets:
             continue
@@ -88,6 +96,7 @@ def refresh_layers(viewer, path) -> bool:
         for data, kwargs, layer_type in layer_data(info):
             if kwargs["metadata"][META_KEY]["key"] in missing:
                 getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-    if at_end:
-        viewer.dims.set_current_step(axis, info.n_snapshots - 1)
+    grew = info.n_snapshots > old_T or not same_file
+    if grew and (to_last or (to_last is None and at_end)):
+        show_snapshot(viewer, first, info.n_snapshots - 1)
     return True

@@ -4,8 +4,10 @@
 HDF5 signature, then the root ``format`` attribute; the extension alone proves nothing), and
 otherwise :func:`read_run`, which returns napari layer-data tuples ``(data, kwargs, layer_type)``:
 
-- one Image layer per field, named with its units (``"oxygen (mmHg)"``), bottom to top: oxygen, the
-  others in file order; all hidden except oxygen and the first drug;
+- one Image layer per field, named with its units (``"oxygen (mmHg)"``) and coloured by its role
+  (:mod:`tmesim_napari._roles`: the dataset's ``role`` attribute, else the run's scenario, else
+  the field's name), bottom to top: oxygen, the others in the scenario's order (its fields, then
+  its drugs); all hidden except oxygen and the first drug;
 - ``epigenetic memory`` (Image, hidden) when the run has it;
 - ``kind`` and ``tumor state`` Labels layers with the fixed colours of :mod:`tmesim_napari._style`.
 
@@ -45,6 +47,7 @@ from tmesim.io.runfile import (
 )
 
 from . import _style
+from ._roles import field_role, scenario_roles
 
 # a damaged file is claimed only if its first bytes hold the format string: the writer stores the
 # root attributes (format, scenario text, ...) when it creates the file, so they sit near the start
@@ -103,7 +106,7 @@ def get_reader(path):
 class FieldInfo:
     name: str
     units: str
-    role: str  # "oxygen", "growth_factor", "signal", "drug" or "unknown"
+    role: str  # "oxygen", "growth_factor", "signal", "drug", "other" or "unknown"
     dataset: str  # HDF5 path
 
 
@@ -151,12 +154,20 @@ def _names(ds, root_attr, fallback) -> list[str]:
     return list(fallback) if names is None else names
 
 
-def _role(name: str, ds) -> str:
-    role = ds.attrs.get("role")
-    if role is not None:
-        return to_str(role)
-    # older files carry no role; oxygen is the one field every run has, by that name
-    return "oxygen" if name == "oxygen" else "unknown"
+def _fields(f) -> list[FieldInfo]:
+    """The run's fields with their roles (:mod:`tmesim_napari._roles`), in the order of the
+    run's scenario (fields, then drugs; HDF5 lists a group's members by name)."""
+    if schema.FIELDS not in f:
+        return []
+    from_scenario = scenario_roles(attr_str(f, "scenario"))
+    order = {name: i for i, name in enumerate(from_scenario)}
+    out = []
+    for name, ds in f[schema.FIELDS].items():
+        attr = ds.attrs.get("role")
+        role = field_role(name, to_str(attr) if attr is not None else None, from_scenario)
+        out.append(FieldInfo(name, attr_str(ds, "units"), role, ds.name))
+    # stable: a field the scenario does not name keeps its place after those it does
+    return sorted(out, key=lambda fi: order.get(fi.name, len(order)))
 
 
 def _info(f, p) -> RunInfo:
@@ -172,12 +183,10 @@ def _info(f, p) -> RunInfo:
     if has_memory:
         datasets["memory"] = snaps["memory"].name
         lengths.append(snaps["memory"].shape[0])
-    fields = []
-    if schema.FIELDS in f:
-        for name, ds in f[schema.FIELDS].items():
-            fields.append(FieldInfo(name, attr_str(ds, "units"), _role(name, ds), ds.name))
-            datasets[f"field/{name}"] = ds.name
-            lengths.append(ds.shape[0])
+    fields = _fields(f)
+    for fi in fields:
+        datasets[f"field/{fi.name}"] = fi.dataset
+        lengths.append(f[fi.dataset].shape[0])
     # the writer appends time, kind, state, memory and fields one after the other: a reader
     # that comes in between sees some one row longer; only complete snapshots count
     T = min(lengths)
@@ -305,7 +314,7 @@ def _contrast(f, dsp: str, T: int, role: str) -> tuple[float, float]:
     """Contrast limits from the first and last snapshot (reading all would defeat laziness).
 
     Concentrations (oxygen, drugs, growth factors, signals) start at 0, so a low value looks low;
-    an unknown field spans its own range."""
+    any other field spans its own range."""
     ds = f[dsp]
     vals = [np.asarray(ds[0]), np.asarray(ds[T - 1])] if T > 1 else [np.asarray(ds[0])]
     finite = [v[np.isfinite(v)] for v in vals]
@@ -314,7 +323,7 @@ def _contrast(f, dsp: str, T: int, role: str) -> tuple[float, float]:
         return 0.0, 1.0
     lo = min(float(v.min()) for v in finite)
     hi = max(float(v.max()) for v in finite)
-    if role != "unknown":
+    if role in _style.ROLE_COLORMAPS:
         lo = min(0.0, lo)
     if not hi > lo:
         hi = lo + 1.0

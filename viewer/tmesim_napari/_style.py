@@ -1,43 +1,33 @@
-"""Fixed colours and display defaults of tmesim layers (no Qt, no napari import).
+"""Display defaults of tmesim layers (no Qt, no napari import).
 
-Colours are fixed so that a figure means the same in every run and screenshot; they are looked up
-by the code's *name* (the run file stores the names in ``attrs["names"]``), so a kind appended to
-the schema later still gets a colour (from ``EXTRA_COLORS``) instead of breaking the viewer.
-Hues follow the Okabe-Ito colour-blind-safe palette where they can.
+The kind and tumor-state colours are tmesim's one scheme (:mod:`tmesim.colors`, shared with
+``tmesim report``), looked up by the code's *name* (a run file stores the names in
+``attrs["names"]``), so a kind appended to the schema later still gets a colour (from
+``EXTRA_COLORS``) instead of breaking the viewer. Field images are coloured by the field's role.
 """
 
 from __future__ import annotations
 
-# occupant kind of a voxel; "empty" is transparent so the field below shows through
-KIND_COLORS = {
-    "empty": None,
-    "tumor": "#e69f00",  # orange (hidden under the tumor-state layer where that is shown)
-    "caf": "#009e73",  # bluish green
-    "tam": "#9467bd",  # purple
-    "vessel": "#d62728",  # red
-    "necrotic": "#7f7f7f",  # grey
-}
+from tmesim.colors import (
+    EXTRA_COLORS,
+    KIND_COLORS,
+    TUMOR_STATE_COLORS,
+    TUMOR_STATE_LABELS,
+    colors_for,
+)
 
-# phenotypic state of a tumor cell; "none" (no tumor cell) is transparent
-TUMOR_STATE_COLORS = {
-    "none": None,
-    "S": "#56b4e9",  # sky blue: sensitive
-    "P": "#f0e442",  # yellow: drug-tolerant persister
-    "R": "#e7298a",  # magenta: resistant
-    "E": "#d55e00",  # vermillion: expanded persister (DTEP), cycling in drug
-}
+__all__ = [
+    "EXTRA_COLORS",
+    "KIND_COLORS",
+    "ROLE_COLORMAPS",
+    "TUMOR_STATE_COLORS",
+    "TUMOR_STATE_LABELS",
+    "UNKNOWN_COLORMAP",
+    "colors_for",
+]
 
-TUMOR_STATE_LABELS = {
-    "S": "sensitive",
-    "P": "persister",
-    "R": "resistant",
-    "E": "expanded persister",
-}
-
-# for codes a future schema adds
-EXTRA_COLORS = ("#17becf", "#bcbd22", "#8c564b", "#ff7f0e", "#1f77b4", "#2ca02c")
-
-# Image colormap per field role (the dataset attribute ``role``; missing means unknown)
+# Image colormap per field role (see tmesim_napari._roles: the dataset attribute ``role``, else
+# the run's scenario, else the field's name); a role not listed here gets UNKNOWN_COLORMAP
 ROLE_COLORMAPS = {
     "oxygen": "magma",  # dark = hypoxic, bright = well oxygenated
     "growth_factor": "green",
@@ -45,16 +35,3 @@ ROLE_COLORMAPS = {
     "drug": "cyan",
 }
 UNKNOWN_COLORMAP = "gray"
-
-
-def colors_for(names, table: dict) -> dict[int, str | None]:
-    """{code: colour or None for transparent} for the code ``names`` stored in a run file."""
-    out: dict[int, str | None] = {}
-    extra = 0
-    for code, name in enumerate(names):
-        if name in table:
-            out[code] = table[name]
-        else:
-            out[code] = EXTRA_COLORS[extra % len(EXTRA_COLORS)]
-            extra += 1
-    return out

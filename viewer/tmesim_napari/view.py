@@ -25,7 +25,9 @@ def view_run(
         show: show the window (False for tests and scripts).
         block: run the Qt event loop until the window closes (False returns at once).
 
-    A file that cannot be opened raises ``tmesim.RunFileError`` before any window opens.
+    A file that cannot be opened raises ``tmesim.RunFileError`` before any window opens. Makes
+    tmesim napari's reader for ``*.h5`` where nothing else claims it
+    (:func:`tmesim_napari._reader_choice.claim_hdf5`).
     """
     from ._reader import read_info
 
@@ -34,9 +36,12 @@ def view_run(
 
     from ._qt.explorer import RunExplorer
     from ._qt.runner import ScenarioRunner
+    from ._reader_choice import activate
 
     title = f"tmesim: {info.name or Path(path).stem}" if info else "tmesim"
     viewer = napari.Viewer(title=title, show=show)
+    # from now on `napari run.h5` opens runs with tmesim too (unless the user chose otherwise)
+    activate()
     if info is not None:
         explorer = RunExplorer(viewer, info.path, refresh_s=refresh_s)
         viewer.window.add_dock_widget(explorer, name="tmesim run", area="right")

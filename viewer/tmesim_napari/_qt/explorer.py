@@ -4,12 +4,14 @@ It works on the run whose layers are in the viewer (the first one found, or the 
 plot shows the run's cell counts (n_S, n_P, n_R, n_caf, n_tam) and, when the run has them, drug
 columns (``plasma_<drug>``, ``dose_<drug>``); a vertical line follows the time slider, dotted lines
 mark the run's events (treatment decisions, stops). "Refresh" re-reads a run that is still being
-written; "Follow" does that every few seconds until the run's status is no longer "running".
+written; "Follow" does that every few seconds until the run's status is no longer "running", and
+shows each new snapshot as it comes.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -28,8 +30,11 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _style
-from .._layers import add_run, refresh_layers, run_layers, time_axis
+from .._layers import add_run, refresh_layers, run_layers, show_snapshot, time_axis
 from .._reader import META_KEY, read_events, read_timeseries
+
+if TYPE_CHECKING:  # napari injects the viewer by this annotation, spelled out (a string here)
+    import napari.viewer
 
 COUNT_COLUMNS = {  # column -> (label, colour); colours match the label layers
     "n_S": ("S (sensitive)", _style.TUMOR_STATE_COLORS["S"]),
@@ -94,13 +99,14 @@ class RunExplorer(QWidget):
     """Dock widget for one run in ``viewer``.
 
     Args:
-        viewer: the napari viewer (npe2 passes it).
+        viewer: the napari viewer (napari passes it by this argument's annotation when the widget
+            is opened from the Plugins menu).
         path: the run file; default: the run of the first tmesim layer in the viewer (and the
             first one added later, if there is none yet).
         refresh_s: how often "Follow" re-reads the file, in seconds.
     """
 
-    def __init__(self, viewer, path=None, refresh_s: float = 2.0):
+    def __init__(self, viewer: napari.viewer.Viewer, path=None, refresh_s: float = 2.0):
         super().__init__()
         self.viewer = viewer
         self.path: str | None = None
@@ -162,15 +168,25 @@ class RunExplorer(QWidget):
             add_run(self.viewer, path)
         self._attach(path)
 
-    def refresh(self) -> bool:
-        """Re-read the run (layers, time series, events); True when it changed."""
+    def refresh(self, to_last: bool | None = None) -> bool:
+        """Re-read the run (layers, time series, events); True when it changed.
+
+        ``to_last``: move the time slider to the newest snapshot when the run has new ones
+        (True, what Follow does), or only if it showed the last one (None)."""
         if self.path is None:
             return False
-        changed = refresh_layers(self.viewer, self.path)
+        changed = refresh_layers(self.viewer, self.path, to_last=to_last)
         self._load_series()
         self._update_header()
         self._on_step()
         return changed
+
+    def show_last(self) -> None:
+        """Move the time slider to the run's newest snapshot."""
+        layers = self._layers()
+        if layers:
+            n = len(layers[0].metadata[META_KEY]["times_min"])
+            show_snapshot(self.viewer, layers[0], n - 1)
 
     def set_follow(self, on: bool) -> None:
         self.follow_box.setChecked(bool(on))
@@ -294,12 +310,15 @@ class RunExplorer(QWidget):
 
     def _on_follow(self, on: bool) -> None:
         if on:
+            # following shows the newest snapshot, wherever the slider was
+            self.refresh(to_last=True)
+            self.show_last()
             self.timer.start()
         else:
             self.timer.stop()
 
     def _on_timer(self) -> None:
-        self.refresh()
+        self.refresh(to_last=True)
         meta = self._meta()
         if meta is not None and meta.get("status") not in ("running", ""):
             self.follow_box.setChecked(False)  # finished, stopped, failed: nothing will come

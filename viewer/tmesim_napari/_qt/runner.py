@@ -39,6 +39,7 @@ from .._layers import remove_run, run_layers
 from .explorer import RunExplorer
 
 if TYPE_CHECKING:  # napari is imported when a run starts, not when the plugin loads
+    import napari.viewer  # napari injects the viewer by this annotation, spelled out
     from napari.qt.threading import FunctionWorker, GeneratorWorker
 
 STOP_REASON = "stopped in the viewer"
@@ -169,13 +170,17 @@ class ViewerLink:
 class ScenarioRunner(QWidget):
     """The interactive-run dock widget.
 
+    Each run replaces the layers of this widget's previous run (its file stays on disk; File >
+    Open shows it again), so the viewer shows one interactive run at a time.
+
     Args:
-        viewer: the napari viewer (npe2 passes it).
+        viewer: the napari viewer (napari passes it by this argument's annotation when the widget
+            is opened from the Plugins menu).
         scenario: a scenario file to load at once (optional).
         output: the run file to write (default: ``<run.name>.h5`` in the working folder).
     """
 
-    def __init__(self, viewer, scenario=None, output=None) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, scenario=None, output=None) -> None:
         super().__init__()
         self.viewer = viewer
         self.explorer: RunExplorer | None = None
@@ -267,8 +272,11 @@ class ScenarioRunner(QWidget):
             self._say(str(exc), error=True)
             return False
         out = Path(self.output_edit.text().strip() or f"{sc.run.name}.h5").resolve()
-        # the old layers of this file would show a run that is about to be replaced
+        # the old layers of this file would show a run that is about to be replaced, and the
+        # previous run's would stack under the new one's under the same names
         remove_run(self.viewer, out)
+        if self._out_path is not None:
+            remove_run(self.viewer, self._out_path)
         self._out_path = str(out)
         self.result, self.error, self.updates = None, None, 0
         self.link = ViewerLink(self._bridge, sc.run.snapshot_every_hours * 60.0, sc.n_steps)
