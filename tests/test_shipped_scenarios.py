@@ -136,3 +136,29 @@ def test_quickstart_regrows_after_the_drug_stops(quickstart):
     assert ts["burden"][-1] > 1.5 * ts["burden"][nadir], (ts["burden"][nadir], ts["burden"][-1])
     assert ts["n_S"][-1] > 2 * ts["n_S"][nadir]
     assert ts["n_P"][-1] < ts["n_P"][nadir]
+
+
+@pytest.mark.slow
+def test_pc9_shows_what_its_comments_say(tmp_path_factory):
+    """scenarios/pc9_erlotinib_caf_2d.toml (about 4 minutes of CPU time), each point of its
+    comments: growth to day 3 with a hypoxic half and no necrosis; erlotinib at clinical exposure
+    removes at least 95 % of the tumor by day 10 (kill_S about 0.05/h for a week); about a dozen
+    persisters (the calibrated 0.3 % plateau of 2,000 cells, plus the pre-existing 0.3 %), half
+    the cells left; the HGF-protected cells left sit near the CAF shell more often than the
+    tumor did at day 3; TAMs decline; no resistance."""
+    ts, _ = _run(tmp_path_factory, PC9, "pc9")
+    sch = tmesim.load_scenario(PC9).drug("erlotinib").schedule
+    b = ts["burden"]
+    i0 = _at(ts, sch.start_day)
+    assert b[i0] > 1.05 * b[0]
+    assert ts["hypoxic_fraction"][i0] > 0.3 and ts["n_necrotic"].max() == 0
+    assert ts["hypoxic_fraction"][_at(ts, sch.start_day + 2)] < 0.05
+    assert b[-1] < 0.05 * b[i0], (b[i0], b[-1])
+    n_pers = ts["n_P"][_at(ts, sch.start_day + 2) :] + ts["n_E"][_at(ts, sch.start_day + 2) :]
+    assert n_pers.min() >= 3 and n_pers.max() <= 40, n_pers  # about a dozen
+    assert ts["persister_fraction"][-1] > 0.3
+    p0 = float(ts["tumor_near_caf_fraction"][i0])
+    k, n = _near_caf_counts(ts, _at(ts, sch.start_day + 4), "tumor")
+    assert k / n > p0 and _enrichment_p(k, n, p0) < ENRICHED_ALPHA, (k, n, p0)
+    assert ts["n_tam"][-1] < 0.7 * ts["n_tam"][0]
+    assert ts["n_R"].max() == 0
