@@ -12,7 +12,8 @@ class Progress:
     """A progress bar (tqdm, on stderr): steps, simulated days, steps/s, ETA, burden."""
 
     def __init__(self, total_steps: int, every: int = 1, disable: bool = False):
-        from tqdm.auto import tqdm
+        # plain text on stderr everywhere (tqdm.auto warns in Jupyter without ipywidgets)
+        from tqdm import tqdm
 
         self.schedule = IterationInterval(every)
         self.bar = tqdm(
