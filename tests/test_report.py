@@ -80,6 +80,12 @@ def caf_run(tmp_path_factory):
     return tmesim.Simulation(sc, backend="cpu").run(tmp_path_factory.mktemp("caf") / "r.h5")
 
 
+@pytest.fixture(scope="module")
+def caf_figures(caf_run):
+    """The snapshots shown and the report's figures of caf_run, drawn once (read only)."""
+    return _figures(caf_run)
+
+
 def _figures(path):
     import matplotlib
 
@@ -101,10 +107,10 @@ def _caption(fig) -> str:
     return found[0].get_text() if found else ""
 
 
-def test_each_field_has_one_colour_scale_over_the_times_shown(caf_run):
+def test_each_field_has_one_colour_scale_over_the_times_shown(caf_run, caf_figures):
     """Every image of a field has vmin/vmax equal to the min/max over all the snapshots shown,
     read from the file with h5py (not through the reader the report uses)."""
-    idx, figs = _figures(caf_run)
+    idx, figs = caf_figures
     with h5py.File(caf_run, "r") as f:
         snap = {n: f["snapshots/fields"][n][idx] for n in f["snapshots/fields"]}
         snap["memory"] = f["snapshots/memory"][idx]
@@ -122,11 +128,11 @@ def test_each_field_has_one_colour_scale_over_the_times_shown(caf_run):
     assert "erlotinib" not in seen and np.all(snap["erlotinib"] == 0)
 
 
-def test_all_zero_panels_are_left_out_and_named_in_the_caption(caf_run):
+def test_all_zero_panels_are_left_out_and_named_in_the_caption(caf_run, caf_figures):
     """erlotinib (0 at every snapshot shown: dosed between two of them) gets no row; memory and
     HGF are 0 everywhere at t = 0 h (no panel there); the caption says both. The hypoxic
     fraction is not 0 and keeps its panel."""
-    idx, figs = _figures(caf_run)
+    idx, figs = caf_figures
     with h5py.File(caf_run, "r") as f:
         t_h = f["snapshots/time"][idx] / 60.0
         zero_at = {
@@ -145,9 +151,9 @@ def test_all_zero_panels_are_left_out_and_named_in_the_caption(caf_run):
     )
 
 
-def test_legends_lie_outside_the_data(caf_run):
+def test_legends_lie_outside_the_data(caf_run, caf_figures):
     """No legend of any report figure overlaps the data area (axes) it belongs to."""
-    _, figs = _figures(caf_run)
+    _, figs = caf_figures
     n = 0
     for fig in figs.values():
         for ax in fig.axes:
@@ -172,7 +178,7 @@ def _readme_colours() -> dict[str, str]:
     return found
 
 
-def test_kind_and_state_colours_are_the_viewers_and_readmes(caf_run):
+def test_kind_and_state_colours_are_the_viewers_and_readmes(caf_run, caf_figures):
     """The legend patch of each kind and state in the figures has colors.py's colour, which is
     the one README documents for the napari viewer (and the viewer's own table)."""
     from matplotlib.colors import to_hex
@@ -183,7 +189,7 @@ def test_kind_and_state_colours_are_the_viewers_and_readmes(caf_run):
         assert colors.KIND_COLORS[k] == readme[k]
     for s in ("S", "P", "R"):
         assert colors.TUMOR_STATE_COLORS[s] == readme[s.lower()]
-    _, figs = _figures(caf_run)
+    _, figs = caf_figures
     for name, fig in (("maps", figs["maps"]), ("persisters", figs["persisters"])):
         (leg,) = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
         patches = {
@@ -202,9 +208,9 @@ def test_kind_and_state_colours_are_the_viewers_and_readmes(caf_run):
     assert style.TUMOR_STATE_COLORS == colors.TUMOR_STATE_COLORS
 
 
-def test_near_caf_persister_fraction_is_plotted(caf_run):
+def test_near_caf_persister_fraction_is_plotted(caf_run, caf_figures):
     """The population figure draws persisters_near_caf_fraction, as the file holds it."""
-    _, figs = _figures(caf_run)
+    _, figs = caf_figures
     with h5py.File(caf_run, "r") as f:
         want = f["timeseries/persisters_near_caf_fraction"][:]
         t_days = f["timeseries/time_min"][:] / 1440.0

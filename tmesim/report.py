@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,10 @@ from . import codes
 from .colors import KIND_COLORS, TUMOR_STATE_COLORS, TUMOR_STATE_LABELS, opaque
 from .io.reader import open_run
 from .io.schema import NEAR_CAF_UM
+
+if TYPE_CHECKING:
+    import xarray as xr
+    from matplotlib.figure import Figure
 
 DRUG_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 #: a legend placed to the right of its axes, outside the data
@@ -62,7 +67,7 @@ def shade_exposure(ax, ds, t_days, drugs) -> None:
 
 
 # ------------------------------------------------------------------------------ population
-def population_figure(ds):
+def population_figure(ds: xr.Dataset) -> Figure:
     """The time-series figure of a run (a matplotlib Figure): populations (drug exposure
     shaded), hypoxic fraction, field means, drugs, and the fractions of persisters (P + E) and
     of all tumor cells within NEAR_CAF_UM of a CAF. Panels without data are left out (caption)."""
@@ -232,7 +237,7 @@ def kind_handles():
     ]
 
 
-def maps_figure(ds, idx):
+def maps_figure(ds: xr.Dataset, idx: list[int]) -> Figure:
     """Occupants, then one row per field, at the snapshots ``idx`` (columns). Each field has
     one colour scale (:func:`colour_limits`) and one colour bar for its row; a field all zero
     at every shown time gets no row, and a panel all zero at its time is left blank; the
@@ -300,7 +305,7 @@ def maps_figure(ds, idx):
     return fig
 
 
-def persister_figure(ds, idx):
+def persister_figure(ds: xr.Dataset, idx: list[int]) -> Figure:
     """Maps of tumor states (S, P, E, R) with CAFs, TAMs, vessels and necrosis at the snapshots
     ``idx``; persisters circled so that the few that survive a drug stay visible."""
     import matplotlib.pyplot as plt
@@ -406,7 +411,7 @@ def validation_experiment(name: str) -> str | None:
     return None
 
 
-def kill_figure(ds):
+def kill_figure(ds: xr.Dataset) -> Figure | None:
     """The kill curve of a validation run (surviving fraction against days of drug, log
     scale; line gid "kill") with the published points (gid "published") and the accepted
     range; None for a run of no experiment with published kill data."""
