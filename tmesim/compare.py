@@ -382,7 +382,7 @@ def run_comparison(
 def _run_all(tasks: list, jobs: int, progress: bool) -> list[dict]:
     """:func:`run_one` of each task, in task order, with one bar over all of them that moves
     as each run ends (in whatever order worker processes finish them)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     out: list = [None] * len(tasks)
     with tqdm(
