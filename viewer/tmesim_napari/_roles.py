@@ -35,7 +35,8 @@ def scenario_roles(text: str) -> dict[str, str]:
     (the scenario's fields, then its drugs); {} for text that is not a TOML table."""
     try:
         data = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, TypeError, ValueError):
+    except (tomllib.TOMLDecodeError, TypeError, ValueError, RecursionError):
+        # a damaged or hostile text (nesting deeper than the parser recurses) names no roles
         return {}
     presets = preset_roles()
     out: dict[str, str] = {}
