@@ -1,6 +1,8 @@
 """tmesim_napari: the napari plugin of tmesim (npe2 manifest ``napari.yaml``).
 
-- a reader: ``napari run.h5`` (or File > Open) shows a tmesim run as lazily loaded layers;
+- a reader: ``napari run.h5`` (or File > Open) shows a tmesim run as lazily loaded layers; once
+  napari has used the plugin, tmesim is napari's reader for ``*.h5`` where nothing else claims it
+  (``_reader_choice``), so napari stops asking which reader to use;
 - ``RunExplorer``: a dock widget with the legend, the time series, a time marker, the run's
   events, and refresh/follow for a run still being written;
 - ``ScenarioRunner``: loads a scenario, takes ``key.path=value`` overrides, runs it in a background

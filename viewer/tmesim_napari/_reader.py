@@ -20,7 +20,8 @@ new run is never served from a stale handle. Scale: voxel edge ``dx_um`` in µm 
 the time axis the snapshot interval in hours, so the slider reads hours.
 
 This module reads the documented file schema only (``tmesim.io.schema``, files opened and checked
-by ``tmesim.io.runfile``): never the simulator.
+by ``tmesim.io.runfile``), and field roles the file does not store from the run's own scenario
+text (:mod:`tmesim_napari._roles`, with the scenario layer's field presets): never the simulator.
 """
 
 from __future__ import annotations
