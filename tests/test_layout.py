@@ -77,7 +77,8 @@ UPSTREAM_MAY_IMPORT = {
     PKG / "drug_presets.py": set(),
     PKG.parent / "viewer/tmesim_napari/_reader.py": {"tmesim.errors", "tmesim.io"},
     PKG.parent / "viewer/tmesim_napari/_layers.py": {"tmesim.errors", "tmesim.io"},
-    PKG.parent / "viewer/tmesim_napari/_style.py": set(),
+    PKG.parent / "viewer/tmesim_napari/_style.py": {"tmesim.colors"},
+    PKG.parent / "viewer/tmesim_napari/_roles.py": {"tmesim.scenario"},
 }
 
 

@@ -145,7 +145,7 @@ def test_stop_at_burden_is_an_event(tmp_path):
     with tmesim.open_run(path) as ds:
         assert ds.attrs["status"] == "stopped"
         assert ds["burden"].values[-1] >= 200 > ds["burden"].values[-2]
-        assert [e[1] for e in ds.attrs["events"]] == ["start", "stop"]
+        assert list(ds["event_kind"].values) == ["start", "stop"]
         assert ds["time"].values[-1] == ds["step_time_h"].values[-1]  # last state snapshotted
 
 

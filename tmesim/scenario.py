@@ -1106,10 +1106,13 @@ def drug_column_names(name: str) -> tuple[str, ...]:
 
 #: names a field or drug may not take: the run file's own datasets, coordinates and dimensions
 #: (tmesim.io.reader.open_run: kind, tumor_state and memory are data variables beside the
-#: fields; time, step, step_time_h and the axes are coordinates), the in-memory series' "day",
-#: and the time-series columns: a field or drug of one of these names would shadow it
+#: fields, and event_kind and event_detail beside the events; time, snapshot_time_min, step,
+#: step_time_h, event_time_min and the axes are coordinates, event a dimension), the in-memory
+#: series' "day", and the time-series columns: a field or drug of one of these names would
+#: shadow it
 RESERVED_NAMES = frozenset(
     {"kind", "tumor_state", "memory", "time", "step", "step_time_h", "day", "x", "y", "z"}
+    | {"snapshot_time_min", "event", "event_time_min", "event_kind", "event_detail"}
     | set(RUN_FILE_COLUMNS)
 )
 #: the prefixes of the columns made for each field (mean_) and drug (plasma_, dose_,
@@ -1129,7 +1132,8 @@ def _check_name(where: str, name, what: str) -> None:
             where,
             name,
             f"a {what} name that is not one of the run file's own names (kind, tumor_state, "
-            "memory, time, step, x, y, z, day and the time-series columns such as burden)",
+            "memory, time, step, x, y, z, day, the event variables and the time-series columns "
+            "such as burden)",
         )
     for prefix in RESERVED_PREFIXES:
         if name.startswith(prefix):

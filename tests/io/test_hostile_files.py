@@ -447,6 +447,8 @@ def _read_open_run(path, hits, drop_resume=False):
 
     with open_run(path) as ds:
         ds.load()
+        if drop_resume:  # the events a resume adds
+            ds = ds.isel(event=ds["event_kind"].values != "resume")
         items = [(("var", n), ds[n].values) for n in sorted(map(str, ds.variables))]
         items += [
             (("vattrs", n), sorted(ds[n].attrs.items())) for n in sorted(map(str, ds.variables))
@@ -454,7 +456,6 @@ def _read_open_run(path, hits, drop_resume=False):
         attrs = {k: v for k, v in ds.attrs.items() if k != "path"}
         if drop_resume:
             attrs.pop("created")
-            attrs["events"] = [e for e in attrs["events"] if e[1] != "resume"]
         items += sorted(attrs.items())
     return _arrays_digest(items, hits)
 
@@ -749,8 +750,10 @@ def campaign(work: Path, scale: int = 1, seed: int = 18, every_report: int = 1) 
 
 
 # ----------------------------------------------------------------------------------- the tests
-#: the CI campaign: about 120 files, 5 readers, well under a minute on 2 cores
-CI_SCALE, CI_EVERY_REPORT = 1, 6
+#: the CI campaign: about 120 files, 5 readers, about a minute on 2 cores; `tmesim report`
+#: reads every snapshot (one colour scale per field over the run), so a flipped byte it reads
+#: past is rare: it runs on every second flipped file to meet one
+CI_SCALE, CI_EVERY_REPORT = 1, 2
 
 
 @pytest.fixture(scope="module")
