@@ -143,6 +143,19 @@ def test_python_m_tmesim_movie_writes_what_it_says(run2d, tmp_path):
     assert "oxygen" in bad.stderr and not (tmp_path / "x.gif").exists()
 
 
+def test_tmesim_movie_command(run2d, tmp_path, capsys):
+    """``tmesim movie`` is the same command as ``python -m tmesim.movie``."""
+    from tmesim.cli import main
+
+    gif = tmp_path / "k.gif"
+    assert main(["movie", str(run2d), "-o", str(gif), "--layer", "tumor_state"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {gif}: 5 frames of tumor_state (pillow")
+    assert Image.open(gif).n_frames == 5
+    assert main(["movie", str(run2d), "-o", str(tmp_path / "x.gif"), "--layer", "oxgen"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tmesim movie: error: ") and "no layer 'oxgen'" in err
+
+
 @pytest.mark.skipif(
     not animation.writers.is_available("ffmpeg"), reason="matplotlib finds no ffmpeg"
 )

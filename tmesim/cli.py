@@ -299,6 +299,12 @@ def cmd_sweep(args) -> int:
     return 0 if res.failed == 0 else 1
 
 
+def cmd_movie(args) -> int:
+    from .movie import run_args
+
+    return run_args(args)
+
+
 def cmd_report(args) -> int:
     from .report import make_report
 
@@ -509,6 +515,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out-dir", help="folder for the figures (default: beside the run)")
     rep.add_argument("--times-h", help="snapshot times for the maps, e.g. 0,48,96")
     rep.set_defaults(func=cmd_report)
+    from .movie import add_arguments as movie_arguments
+
+    mv = sub.add_parser(
+        "movie",
+        help="a movie of a run, one frame per snapshot",
+        description="Write a movie of one layer of a run (kind, tumor_state, memory or a "
+        "field), one frame per snapshot: .mp4 where ffmpeg is found, else an animated GIF.",
+    )
+    movie_arguments(mv)
+    mv.set_defaults(func=cmd_movie)
 
     vw = sub.add_parser(
         "view",
