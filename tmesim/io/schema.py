@@ -10,7 +10,8 @@ One run, one HDF5 file (DESIGN.md). Axis order is (z, y, x); a 2D run has (y, x)
     /snapshots/kind         (T, [Z,] Y, X) uint8, codes in attrs["names"]
     /snapshots/tumor_state  (T, [Z,] Y, X) uint8, codes in attrs["names"]
     /snapshots/memory       (T, [Z,] Y, X) float32, epigenetic memory of tumor cells in [0, 1]
-    /snapshots/fields/NAME  (T, [Z,] Y, X) float32, attrs["units"]
+    /snapshots/fields/NAME  (T, [Z,] Y, X) float32, attrs["units"], attrs["role"] (oxygen,
+                            growth_factor, signal, drug, other)
     /timeseries/COLUMN      (N,) float64, one row per agent step, attrs["units"]
     /events/time_min        (E,) float64, minutes
     /events/kind            (E,) fixed-length bytes (EVENT_KIND_BYTES), ASCII
