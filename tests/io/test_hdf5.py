@@ -251,3 +251,62 @@ def test_a_run_written_in_the_latest_format_still_opens_and_resumes(tmp_path, mo
     assert sim.resumed_from == 25 and sim.status == "finished"
     assert (8, 5) in header_messages(out)
     assert_same_run(tmp_path / "ref.h5", out)
+
+
+def _part_of_killed_creation(out, age_s: float):
+    """A temporary file as a `tmesim run` killed while creating ``out`` leaves it: made by a
+    process (HDF5 holding its lock) that is then killed; its time set ``age_s`` seconds back."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, h5py, sys\n"
+        "p = sys.argv[1] + f'.{os.getpid()}.abc123.part'\n"
+        "f = h5py.File(p, 'w-', libver=('v110', 'v110'))\n"
+        "f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, str(out)], timeout=120)
+    assert p.returncode == -signal.SIGKILL
+    (part,) = out.parent.glob(out.name + ".*.part")
+    t = part.stat().st_mtime - age_s
+    os.utime(part, (t, t))
+    return part
+
+
+def test_a_new_run_removes_the_temporary_files_killed_creations_left(tmp_path):
+    """Parts of killed creations older than a minute go when the next run of that name starts;
+    a recent one (another host's creation may be in progress) and one a live process holds
+    stay, as do files of other names."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "a.h5"
+    old = _part_of_killed_creation(out, age_s=2 * hdf5.STALE_PART_AGE_S)
+    recent = _part_of_killed_creation(tmp_path / "b.h5", age_s=0)
+    recent = recent.rename(tmp_path / (out.name + recent.name[len("b.h5") :]))
+    # a creation in progress: its process alive, HDF5's lock held, and an old time
+    live = tmp_path / f"{out.name}.999999.ffffff.part"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, h5py; f = h5py.File(sys.argv[1], 'w-', libver=('v110', 'v110'));"
+            " print('open', flush=True); time.sleep(120)",
+            str(live),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"open"
+        t = live.stat().st_mtime - 2 * hdf5.STALE_PART_AGE_S
+        os.utime(live, (t, t))
+        other = tmp_path / "a.h5x.1.aaaaaa.part"
+        other.write_bytes(b"not ours")
+        run_small(tmp_path, name="a.h5")
+        assert not old.exists()
+        assert recent.exists() and live.exists() and other.exists()
+        with h5py.File(out, "r") as f:
+            assert status_in(f) == "finished"
+    finally:
+        holder.kill()
+        holder.wait()

@@ -7,8 +7,9 @@ buffered and flushed every ``flush_every_steps`` steps, at every snapshot, and a
 
 The file is built under a temporary name of its own (``run.h5.<pid>.<random>.part``) and put in
 place once SWMR mode is on, so a process killed while creating it never leaves a half-made file
-under the run's name. It is put in place only when no live process holds the file already there:
-two runs given one output path do not both write it (the second one is refused,
+under the run's name (the next run of that name removes what it left:
+:func:`remove_stale_parts`). It is put in place only when no live process holds the file already
+there: two runs given one output path do not both write it (the second one is refused,
 :class:`tmesim.io.checkpoint.RunLockedError`), and a finished or abandoned run there is replaced.
 When given the state's arrays the writer also creates the checkpoint slots
 (tmesim.io.checkpoint); :meth:`RunWriter.reopen` opens a run for appending after its writer
@@ -33,10 +34,13 @@ import contextlib
 import ctypes
 import datetime as _dt
 import errno
+import fcntl
 import json
 import os
 import secrets
 import sys
+import time
+from glob import escape as glob_escape
 from pathlib import Path
 
 import h5py
@@ -113,6 +117,7 @@ class RunWriter:
             )
         except DiskFullError as exc:
             raise exc.with_after("no run file was made") from None
+        remove_stale_parts(self.path)
         # a name of its own: another run creating the same path never truncates this one
         part = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(3)}.part")
         try:
@@ -621,6 +626,48 @@ def _renameat2():
 
 
 _RENAMEAT2 = _renameat2()
+#: a temporary file left by a killed creation is removed only once it is this old (seconds): a
+#: run file folder shared between machines may hold another host's creation in progress, whose
+#: process id means nothing here, in the moment between HDF5's lock and ours
+STALE_PART_AGE_S = 60.0
+
+
+def remove_stale_parts(path: Path) -> list[Path]:
+    """Remove the temporary files (``<name>.<pid>.<hex>.part``) that writers of ``path`` killed
+    while creating it left behind: no process holds a lock on one, its process is gone, and it
+    is older than :data:`STALE_PART_AGE_S`. Returns the files removed."""
+    removed = []
+    for part in path.parent.glob(f"{glob_escape(path.name)}.*.part"):
+        bits = part.name[len(path.name) + 1 :].split(".")
+        if len(bits) != 3 or not bits[0].isdigit():
+            continue
+        try:
+            if time.time() - part.stat().st_mtime < STALE_PART_AGE_S or _alive(int(bits[0])):
+                continue
+            fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # HDF5's lock, or ours: in use
+            part.unlink()
+            removed.append(part)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
+
+
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
