@@ -1291,19 +1291,23 @@ RUN_NAME_RULE = (
 )
 
 
-def _check_run_name(name: str) -> None:
-    """The run name becomes the default run file, ``<run.name>.h5`` in the working folder: no
-    separator, parent reference, option-like or hidden name, or character a shell or a file
-    system treats specially."""
-    ok = (
+def run_name_ok(name: str, room: int = 0) -> bool:
+    """Whether ``name`` (and ``room`` bytes appended to it) may name a run: the run name becomes
+    the default run file, ``<run.name>.h5`` in the working folder, so no separator, parent
+    reference, option-like or hidden name, or character a shell or a file system treats
+    specially."""
+    return (
         bool(name)
         and _RUN_NAME.fullmatch(name) is not None
         and name[0] not in ".- "
         and not name.endswith(" ")
         and ".." not in name
-        and len(name.encode("utf-8")) <= MAX_RUN_NAME_BYTES
+        and len(name.encode("utf-8")) + room <= MAX_RUN_NAME_BYTES
     )
-    if not ok:
+
+
+def _check_run_name(name: str) -> None:
+    if not run_name_ok(name):
         raise ScenarioError("run.name", name, RUN_NAME_RULE)
 
 

@@ -64,3 +64,24 @@ def test_misspelt_parameter_refuses_the_whole_sweep(tmp_path, capsys):
     p.write_text(p.read_text().replace('"run.duration_days" = 2', '"tumor.doubling_hours" = 3'))
     assert main(["sweep", str(p), "-q"]) == 2
     assert "no run has a valid scenario" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/olute", "-x", ".hidden", "a" * 190, "a\nb"])
+def test_a_sweep_name_that_cannot_name_its_runs_is_refused(tmp_path, capsys, name):
+    """The name becomes each run's run.name (<name>_r0001) and its runs' folder: a name that is
+    not a valid run name with room for the run id is refused before any run starts."""
+    p = write_sweep(tmp_path)
+    p.write_text(p.read_text().replace('name = "t"', f"name = {name!r}".replace("'", '"')))
+    assert main(["sweep", str(p), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sweep.name" in err and "at most 184 bytes" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_longest_sweep_name_names_valid_runs(tmp_path):
+    """A name just inside the limit gives run names every scenario accepts."""
+    p = write_sweep(tmp_path)
+    p.write_text(p.read_text().replace('name = "t"', f'name = "{"a" * 184}"'))
+    spec = sw.load_sweep(p)
+    for r in spec.runs():
+        assert tmesim.load_scenario(spec.scenario, overrides=r.overrides).run.name.endswith(r.id)

@@ -61,6 +61,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..scenario import MAX_RUN_NAME_BYTES, run_name_ok
+
+#: bytes a run's id adds to the sweep's name in its run.name ("_r" and up to 14 digits)
+RUN_ID_ROOM = 16
 
 
 class SweepError(UserError):
@@ -280,6 +284,16 @@ def load_sweep(path, out_dir=None) -> SweepSpec:
             f"an existing scenario file (looked for {scen})",
         )
     name = str(sw.get("name", p.stem))
+    # each run is named <name>_r0001 (its run.name) and the runs go in a folder of that name
+    if not run_name_ok(name, room=RUN_ID_ROOM):
+        raise SweepError(
+            where,
+            "sweep.name",
+            name,
+            "a name of letters, digits, spaces and _ - . + = , @ ( ), not starting with '.', "
+            f"'-' or a space, without '..', of at most {MAX_RUN_NAME_BYTES - RUN_ID_ROOM} bytes "
+            "(each run is named <name>_r0001, ...; without sweep.name the file's name is used)",
+        )
     out = Path(out_dir) if out_dir else base / sw.get("out_dir", name)
     summary = out / sw.get("summary", "summary.csv")
     if summary.suffix not in (".csv", ".parquet"):
