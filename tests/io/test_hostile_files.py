@@ -867,12 +867,6 @@ def test_sweep_records_take_a_stop_reason_only_from_a_json_object(tmp_path):
         assert str(exc.value).startswith(f"{path}: damaged run file")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the writer stores string attributes variable-length, in HDF5's global heap, which "
-    "has no checksum: a flipped byte there reads as a different scenario or unit (fixed-length "
-    "attributes are checksummed with their object header)",
-)
 @pytest.mark.parametrize("text", [b"checkpoint_every_hours", b"voxels/step"])
 def test_a_flipped_byte_in_a_string_attribute_is_detected(ci_results, tmp_path, text):
     """The scenario text (what a resume runs) and a column's units, one byte flipped: a reader

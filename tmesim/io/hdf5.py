@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import __version__, codes
 from ..errors import RunFileError
-from . import checkpoint, diskspace, runfile, schema
+from . import checkpoint, diskspace, runfile, schema, trust
 from .diskspace import DiskFullError
 from .xdmf import write_xdmf
 
@@ -223,6 +223,9 @@ class RunWriter:
         )
         if checkpoint_arrays is not None:
             checkpoint.create_slots(f, checkpoint_arrays, getattr(scenario, "base_dir", "."))
+        # last: the text attributes are all written (the global heap they live in has no
+        # checksum; this fixed-length attribute lives in the root's checksummed header)
+        a.create(trust.TEXT_DIGEST, trust.text_digest(f).encode("ascii"), dtype="S64")
 
     def _publish(self, part: Path) -> None:
         """Put the new file ``part`` (held by our shared lock) in place under the run's name.

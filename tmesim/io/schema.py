@@ -27,7 +27,7 @@ any moment leaves a file that opens, holding everything flushed before the kill.
 """
 
 FORMAT = "tmesim"
-FORMAT_VERSION = "1.3"  # major.minor: readers refuse a newer major version
+FORMAT_VERSION = "1.4"  # major.minor: readers refuse a newer major version
 #: the first format written by a tmesim whose tumor cells push at division by default: a
 #: scenario stored in an older file that names no push reach ran with none
 #: (tmesim.simulation.stored_scenario)
@@ -38,6 +38,9 @@ PUSH_DEFAULT_SINCE = (1, 2)
 #: which were 0 throughout, and a resumed run goes on without them (tmesim.io.hdf5.RunWriter)
 DTEP_SINCE = (1, 3)
 DTEP_COLUMNS = ("n_E", "became_E")
+#: the first format whose writer records the SHA-256 of its text attributes (root attribute
+#: ``text_digest``, tmesim.io.trust) and rewrites the status in place as a fixed-length string
+TEXT_DIGEST_SINCE = (1, 4)
 #: P -> R per hour before format 1.3
 OLD_RESISTANCE_PER_H = 5e-6
 MAJOR = 1

@@ -16,7 +16,12 @@ hard link (so no other file is ever opened) and refuses, with a one-line
   (1032) times the bytes stored for them, so that no reader allocates what the file cannot hold;
 - root attributes that are not what the schema says: ``grid_shape`` positive integers (2 or 3
   of them), ``dx_um`` and ``dt_min`` finite and positive, ``seed`` an integer, ``status`` one a
-  writer sets, ``scenario`` text, code names lists of strings.
+  writer sets, ``scenario`` text, code names lists of strings;
+- text attributes (the scenario, units, roles, code names) that differ from what the writer
+  wrote: HDF5 keeps variable-length strings in its global heap, which has no checksum, so the
+  writer stores a SHA-256 of them all (:data:`TEXT_DIGEST`, fixed length, in the root's object
+  header, which is checksummed) and a file whose text no longer matches it is refused. Files
+  written before it existed have none and are not checked.
 
 The format itself (``format``, ``format_version``) is tmesim.io.runfile.check_format's, which
 runs first. The checkpoint slots' state arrays are read only when their slot is committed, and
@@ -26,6 +31,7 @@ raw data: a few ms for a run file.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -58,6 +64,56 @@ _FILTERS = {
 }
 _LINK_KINDS = {h5py.h5l.TYPE_SOFT: "a soft link", h5py.h5l.TYPE_EXTERNAL: "an external link"}
 _STR = "str"  # a dtype: fixed-length bytes or a variable-length string
+#: the root attribute holding the SHA-256 (hex) of every text attribute (:func:`text_digest`)
+TEXT_DIGEST = "text_digest"
+#: text attributes left out of the digest: the status (rewritten while a run goes on) and the
+#: creation time (so that two runs of one seed differ in nothing else, their digest included)
+_UNCHECKED_TEXT = {("/", "status"), ("/", "created"), ("/", TEXT_DIGEST)}
+
+
+def _canon(v) -> bytes:
+    """An attribute value as unambiguous bytes (type, length and content of each string)."""
+    if isinstance(v, str):
+        b = v.encode("utf-8", "surrogatepass")
+        return b"u" + len(b).to_bytes(8, "little") + b
+    if isinstance(v, bytes):
+        return b"b" + len(v).to_bytes(8, "little") + v
+    a = np.asarray(v, dtype=object).ravel()
+    return b"a" + len(a).to_bytes(8, "little") + b"".join(_canon(x) for x in a)
+
+
+def text_digest(f: h5py.File) -> str:
+    """SHA-256 (hex) of every text attribute of every object in ``f`` (paths and names sorted),
+    but the status, the creation time and the digest itself."""
+    paths = ["/"]
+    f.visit(lambda name: paths.append("/" + name))
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        obj = f[path]
+        for name in sorted(obj.attrs):
+            if (path, name) in _UNCHECKED_TEXT:
+                continue
+            dt = obj.attrs.get_id(name).dtype
+            if dt.kind in "SU" or h5py.check_string_dtype(dt) is not None:
+                h.update(_canon(path) + _canon(name) + _canon(obj.attrs[name]))
+    return h.hexdigest()
+
+
+def check_text_digest(f: h5py.File, where: str, version: tuple[int, int]) -> None:
+    """Refuse a file whose text attributes are not those its writer recorded the digest of.
+    Only formats from :data:`schema.TEXT_DIGEST_SINCE` to this tmesim's carry the digest as
+    computed here (a newer format may compute its own)."""
+    if not schema.TEXT_DIGEST_SINCE <= version <= schema.parse_version(schema.FORMAT_VERSION):
+        return
+    want = f.attrs.get(TEXT_DIGEST)
+    if want is None:
+        raise RunFileError(f"{where}: damaged run file (its text_digest attribute is missing)")
+    want = want.decode("ascii", "replace") if isinstance(want, bytes) else str(want)
+    if text_digest(f) != want:
+        raise RunFileError(
+            f"{where}: damaged run file (its text attributes -- the scenario, units, names -- "
+            "are not those its writer wrote: their SHA-256 differs)"
+        )
 
 
 @dataclass(frozen=True)
@@ -344,6 +400,7 @@ def check_structure(f: h5py.File, where: str) -> None:
         if root.rc > 1:
             walk.fail("/", f"is reached by {root.rc} links")
         walk.group(f.id, "", SCHEMA)
+        check_text_digest(f, where, (major, minor))
     except RunFileError:
         raise
     except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
