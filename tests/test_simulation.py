@@ -274,5 +274,7 @@ def test_quickstart_runs_as_readme_says(tmp_path):
     code = main(["run", "scenarios/quickstart_2d.toml", "-o", str(tmp_path / "q.h5"), "-q"])
     assert code == 0
     with tmesim.open_run(tmp_path / "q.h5") as ds:
-        assert ds["burden"].values[-1] > ds["burden"].values[0]  # it grows
-        assert ds["hypoxic_fraction"].values[-1] > 0.2  # and turns hypoxic
+        # README: treated from day 3, it falls by about 90 %, then regrows off drug (the whole
+        # story is checked in tests/test_shipped_scenarios.py)
+        b = ds["burden"].values
+        assert b.min() < 0.15 * b.max() and b[-1] > 1.5 * b.min()
