@@ -254,3 +254,44 @@ def test_validation_run_has_a_kill_curve_beside_the_published_point(tmp_path, ca
     assert list(x) == [9.0] and list(y) == [0.003]
     with tmesim.open_run(caf_run) as ds:
         assert report.kill_figure(ds) is None
+
+
+def test_the_band_shows_when_the_drug_acts_not_when_any_is_left(tmp_path):
+    """A bolus with a 36 h half-life lingers in plasma to the end of the run, but acts only
+    while the free drug at the cells (plasma x unbound fraction, uniform transport) is at or
+    above its EC50: the band ends when that falls below, well before the run ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ec50, unbound = 0.05, 0.05
+    sc = make_scenario(
+        "run.seed=3",
+        "run.duration_days=3",
+        "grid.shape=[24,24]",
+        drop=("run.name", "init.vessels"),
+        extra=f"""
+[drugs.erlotinib]
+preset = "egfr_tki"
+transport = "uniform"
+half_life_h = 36
+unbound_fraction = {unbound}
+schedule = {{ kind = "doses", times_h = [6], doses_uM = [2.0] }}
+effects.kill_S = {{ ec50_uM = {ec50}, rate_per_h = 0.06 }}
+effects.block_division = {{ ec50_uM = 0.5 }}
+""",
+    )
+    path = tmesim.Simulation(sc, backend="cpu").run(tmp_path / "b.h5")
+    with tmesim.open_run(path) as ds:
+        t_h = ds["step_time_h"].values
+        plasma = ds["plasma_erlotinib"].values
+        fig, ax = plt.subplots()
+        shade_exposure(ax, ds, t_h / 24.0, ["erlotinib"])
+    # independently: 2 uM x 0.05 = 0.1 uM free halves to 0.05 (the lowest EC50) in one half-life
+    assert plasma[-1] > 0
+    assert len(ax.patches) == 1 and ax.get_legend_handles_labels()[1] == ["erlotinib above EC50"]
+    ext = ax.patches[0].get_extents()
+    x0, x1 = ax.transData.inverted().transform([[ext.x0, 0], [ext.x1, 0]])[:, 0] * 24.0
+    assert abs(x0 - 6.0) < 0.2 and abs(x1 - (6.0 + 36.0)) < 0.3
+    plt.close(fig)

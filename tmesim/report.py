@@ -48,10 +48,40 @@ def _caption(fig, notes: list[str]) -> None:
         fig.supxlabel("Not shown: " + "; ".join(notes) + ".", fontsize=8, gid="caption")
 
 
+def _ec50s(ds) -> dict[str, tuple[float, float]]:
+    """{drug: (unbound fraction, lowest EC50 of its effects in uM)} from the run's scenario;
+    empty when the stored scenario cannot be read."""
+    try:
+        from .scenario import loads_scenario
+
+        sc = loads_scenario(str(ds.attrs["scenario"]))
+    except Exception:  # an older or foreign scenario text: shade by plasma instead
+        return {}
+    return {
+        d.name: (d.unbound_fraction, min(e.ec50_uM for e in d.effects.values()))
+        for d in sc.drugs
+        if d.effects
+    }
+
+
+def exposure(ds, d: str, ec50s: dict) -> tuple[np.ndarray, str]:
+    """The steps when drug ``d`` acts, and what the band means: its free concentration at the
+    tumor cells (``mean_<d>_tumor``, else plasma x unbound fraction) at or above its lowest
+    EC50; where the scenario gives no EC50, any drug in plasma."""
+    if d in ec50s:
+        unbound, ec50 = ec50s[d]
+        col = f"mean_{d}_tumor"
+        free = ds[col].values if col in ds else ds[f"plasma_{d}"].values * unbound
+        return free >= ec50, f"{d} above EC50"
+    return ds[f"plasma_{d}"].values > 0, f"{d} in plasma"
+
+
 def shade_exposure(ax, ds, t_days, drugs) -> None:
-    """Shade the periods when each drug's plasma level is above zero (one band colour per drug)."""
+    """Shade the periods when each drug acts (:func:`exposure`; one band colour per drug), from
+    the first step it acts to the first step it does not."""
+    ec50s = _ec50s(ds)
     for k, d in enumerate(drugs):
-        on = ds[f"plasma_{d}"].values > 0
+        on, what = exposure(ds, d, ec50s)
         if not on.any():
             continue
         edges = np.flatnonzero(np.diff(np.r_[0, on.astype(int), 0]))
@@ -62,7 +92,7 @@ def shade_exposure(ax, ds, t_days, drugs) -> None:
                 alpha=0.12,
                 color=DRUG_COLOURS[k % len(DRUG_COLOURS)],
                 lw=0,
-                label=f"{d} on" if a == edges[0] else None,
+                label=what if a == edges[0] else None,
             )
 
 
