@@ -288,7 +288,10 @@ if mode == "exact" and "checkpoint" in c:
             n += 1
             judge(f"checkpoint/{name}", d[f"checkpoint/{name}"][()], obj[()], True, 0.0)
     c["checkpoint"].visititems(visit)
-status = tuple(str(f.attrs["status"]).strip() for f in (d, c))
+status = tuple(
+    (v.decode() if isinstance(v, bytes) else str(v)).strip()
+    for v in (f.attrs["status"] for f in (d, c))
+)
 if status[0] != status[1]:
     bad.append(f"status {status[0]} vs {status[1]}")
 claim = "bit for bit" if mode == "exact" else "integers equal, floats within 1e-4 over 4 steps"
@@ -386,7 +389,7 @@ s_smoke() {
             for b in "$GPU_BACKEND" cpu; do
                 t=$SECONDS
                 "$PY" -m tmesim run scenarios/quickstart_2d.toml --backend "$b" -o "$WORK/q_${m}_$b.h5" \
-                    --set run.duration_days=0.25 --set run.snapshot_every_hours=0.4 \
+                    --set run.duration_days=0.25 --set run.snapshot_every_hours=1 \
                     --set "solver.method=$m" -q 2>&1 | tail -3
                 echo "$m on $b: exit ${PIPESTATUS[0]}, $((SECONDS - t)) s wall"
             done
