@@ -272,6 +272,14 @@ class At:
             self.fn(sim)
 
 
+def restamp_text_digest(f: h5py.File) -> None:
+    """After a test edits a file's text attributes: record their digest as this tmesim's writer
+    of that text would have (else readers refuse the file as damaged, tmesim.io.trust)."""
+    from tmesim.io import trust
+
+    f.attrs.create(trust.TEXT_DIGEST, trust.text_digest(f).encode("ascii"), dtype="S64")
+
+
 def status_in(f: h5py.File) -> str:
     """The run file's status attribute as text (stored as a 64-byte ASCII string, read as bytes)."""
     v = f.attrs["status"]

@@ -23,7 +23,7 @@ import pytest
 import tmesim
 from tmesim.cli import main
 from tmesim.errors import RunFileError
-from tmesim.io import checkpoint, schema, trust
+from tmesim.io import checkpoint, schema
 
 from ..helpers import (
     TINY,
@@ -31,6 +31,7 @@ from ..helpers import (
     At,
     assert_same_run,
     event_kinds,
+    restamp_text_digest,
     rows_in,
     run_contents,
     scenario_text,
@@ -363,10 +364,6 @@ def test_resume_with_drugs_stroma_and_persisters_is_identical(tmp_path):
     assert_same_run(ref, out)
 
 
-def _stamp_text_digest(f):
-    f.attrs.create(trust.TEXT_DIGEST, trust.text_digest(f).encode("ascii"), dtype="S64")
-
-
 def test_a_file_from_before_pushing_resumes_without_it(tiny, tmp_path):
     """A run file of format 1.1 (before cells pushed by default) whose scenario names no push
     reach ran with none: `tmesim resume` continues it with none, and the finished file's data
@@ -394,7 +391,7 @@ def test_a_file_from_before_pushing_resumes_without_it(tiny, tmp_path):
     assert differ == ["@format_version", "@scenario"]
     with h5py.File(out, "r+") as f:
         f.attrs["format_version"] = schema.FORMAT_VERSION
-        _stamp_text_digest(f)  # as this version's writer of that text would have
+        restamp_text_digest(f)  # as this version's writer of that text would have
     assert tmesim.simulation.stored_scenario(out).tumor.mechanics.push_reach_um == 60.0
 
 
@@ -435,7 +432,7 @@ def test_a_file_from_before_expanded_persisters_resumes_as_it_ran(tiny, tmp_path
     with h5py.File(out, "r+") as f:
         f.attrs["scenario"] = text
         f.attrs["format_version"] = schema.FORMAT_VERSION
-        _stamp_text_digest(f)
+        restamp_text_digest(f)
     tr = tmesim.simulation.stored_scenario(out).tumor.transitions
     assert tr.expansion_per_h == 7.5e-4 and tr.resistance_per_h == 1e-7
 

@@ -42,7 +42,7 @@ from tmesim.errors import RunFileError  # noqa: E402
 from tmesim_napari import read_info, read_run  # noqa: E402
 from tmesim_napari._reader_choice import claim_hdf5  # noqa: E402
 
-from ..helpers import scenario_text  # noqa: E402
+from ..helpers import restamp_text_digest, scenario_text  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -162,10 +162,12 @@ def test_field_roles_with_and_without_the_attribute(files, tmp_path):
         for name, ds in f["snapshots/fields"].items():
             # as the writer stores it (where this tmesim's writer already does, unchanged)
             ds.attrs.setdefault("role", expected[name])
+        restamp_text_digest(f)
     with h5py.File(without, "r+") as f:
         for ds in f["snapshots/fields"].values():
             if "role" in ds.attrs:
                 del ds.attrs["role"]
+        restamp_text_digest(f)
     for path in (with_attr, without):
         layers = _field_layers(path)
         assert set(layers) == set(expected), path.name
@@ -191,12 +193,14 @@ def test_field_roles_with_and_without_the_attribute(files, tmp_path):
     shutil.copy(without, overridden)
     with h5py.File(overridden, "r+") as f:
         f["snapshots/fields/capmatinib"].attrs["role"] = "signal"
+        restamp_text_digest(f)
     assert _field_layers(overridden)["capmatinib"][1]["colormap"] == ROLE_COLORMAP["signal"]
     # no readable scenario: the known fields by their names, anything else unknown (grey)
     no_scenario = tmp_path / "no_scenario.h5"
     shutil.copy(without, no_scenario)
     with h5py.File(no_scenario, "r+") as f:
         f.attrs["scenario"] = "this is [not toml"
+        restamp_text_digest(f)
     layers = _field_layers(no_scenario)
     for name in ("oxygen", "hgf", "igf1", "signal"):
         assert layers[name][1]["colormap"] == ROLE_COLORMAP[expected[name]], name

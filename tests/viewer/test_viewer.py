@@ -34,7 +34,7 @@ import tmesim_napari  # noqa: E402
 from tmesim.errors import RunFileError  # noqa: E402
 from tmesim_napari import get_reader, read_info, read_run  # noqa: E402
 
-from ..helpers import scenario_text, status_in  # noqa: E402
+from ..helpers import restamp_text_digest, scenario_text, status_in  # noqa: E402
 
 # documented colours (README "Viewing runs in napari"), spelled out independently of the viewer
 KIND_RGB = {
@@ -113,6 +113,7 @@ def runs(tmp_path_factory):
         f["snapshots/fields/drug_a"].attrs["role"] = "drug"
         f["snapshots/fields/drug_b"].attrs["role"] = "drug"
         f["snapshots/fields/hgf"].attrs["role"] = "growth_factor"
+        restamp_text_digest(f)
     r3 = _write_run(tmp, TINY_3D, "tiny3d")
     return {"2d": r2, "3d": r3, "dir": tmp}
 
