@@ -70,6 +70,28 @@ def _without(text: str, key: str) -> str:
     return "".join(out)
 
 
+#: tables to add to the small test scenario: a CAF shell and an erlotinib field dosed at 6 h and
+#: stopped at 12 h (a run with several kinds, states and fields, and a drug period)
+CAF_AND_DRUG = """
+[init.caf]
+placement = "shell"
+density = 0.3
+[drugs.erlotinib]
+preset = "egfr_tki"
+transport = "uniform"
+schedule = { kind = "doses", times_h = [6, 12], doses_uM = [2.0, 0.0] }
+"""
+
+#: the small scenario as a 10 x 12 x 14 lattice (no two axes alike, so a swapped axis shows)
+SMALL_3D_SETS = (
+    "grid.shape=[10,12,14]",
+    'init.tumor.shape="sphere"',
+    "init.tumor.radius_um=80",
+    "run.duration_days=0.25",
+    "run.snapshot_every_hours=3",
+)
+
+
 def scenario_text(
     *sets: str, extra: str = "", drop: tuple[str, ...] = (), base: str = SMALL_2D
 ) -> str:

@@ -20,7 +20,7 @@ from tmesim import codes
 from tmesim.colors import KIND_COLORS, opaque
 from tmesim.movie import write_movie
 
-from .helpers import make_scenario
+from .helpers import SMALL_3D_SETS, make_scenario
 
 CAF = """
 [init.caf]
@@ -38,13 +38,7 @@ def run2d(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run3d(tmp_path_factory):
-    sc = make_scenario(
-        "grid.shape=[10,12,14]",
-        'init.tumor.shape="sphere"',
-        "init.tumor.radius_um=80",
-        "run.duration_days=0.25",
-        "run.snapshot_every_hours=3",
-    )
+    sc = make_scenario(*SMALL_3D_SETS)
     return tmesim.Simulation(sc, backend="cpu").run(tmp_path_factory.mktemp("m3") / "r.h5")
 
 

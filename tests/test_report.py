@@ -3,18 +3,7 @@
 import tmesim
 from tmesim.report import make_report, shade_exposure
 
-from .helpers import make_scenario
-
-#: the small scenario's tables beside which the report needs CAFs and a drug
-CAF_AND_DRUG = """
-[init.caf]
-placement = "shell"
-density = 0.3
-[drugs.erlotinib]
-preset = "egfr_tki"
-transport = "uniform"
-schedule = { kind = "doses", times_h = [6, 12], doses_uM = [2.0, 0.0] }
-"""
+from .helpers import CAF_AND_DRUG, make_scenario
 
 
 def test_report_shades_exposure_and_maps_persisters(tmp_path):

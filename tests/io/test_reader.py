@@ -21,7 +21,7 @@ from tmesim.cli import main
 from tmesim.errors import RunFileError
 from tmesim.io.reader import events, flag_meanings, open_run
 
-from ..helpers import make_scenario, run_small
+from ..helpers import CAF_AND_DRUG, make_scenario, run_small
 
 
 def test_open_run_is_lazy_xarray(tmp_path):
@@ -136,15 +136,6 @@ def test_snapshot_arrays_one_row_apart_read_as_the_complete_snapshots(tmp_path):
 
 # ------------------------------------------------------- xarray users: netCDF, zarr, dask, CF
 #: a CAF shell, persisters and a drug: every kind of variable a run file holds
-RICH = """
-[init.caf]
-placement = "shell"
-density = 0.3
-[drugs.erlotinib]
-preset = "egfr_tki"
-transport = "uniform"
-schedule = { kind = "doses", times_h = [6, 12], doses_uM = [2.0, 0.0] }
-"""
 NOTE = {"why": "burden ≥ baseline", "dose_uM": 2.0}
 
 
@@ -162,7 +153,9 @@ def _append_event(path, t_min: float, kind: str, detail: str) -> None:
 
 @pytest.fixture(scope="module")
 def rich_run(tmp_path_factory):
-    sc = make_scenario("init.tumor.persister_fraction=0.05", drop=("init.vessels",), extra=RICH)
+    sc = make_scenario(
+        "init.tumor.persister_fraction=0.05", drop=("init.vessels",), extra=CAF_AND_DRUG
+    )
     path = tmesim.Simulation(sc, backend="cpu").run(tmp_path_factory.mktemp("rich") / "r.h5")
     _append_event(path, 60.0, "note", json.dumps(NOTE, ensure_ascii=False))
     _append_event(path, 61.0, "note", "not JSON")

@@ -11,36 +11,19 @@ import tmesim
 from tmesim import codes
 from tmesim.io.tables import cells, to_anndata
 
-from ..helpers import make_scenario
-
-#: a CAF shell, persisters and a drug (a second field): several kinds and states to count
-RICH = """
-[init.caf]
-placement = "shell"
-density = 0.3
-[drugs.erlotinib]
-preset = "egfr_tki"
-transport = "uniform"
-schedule = { kind = "doses", times_h = [6, 12], doses_uM = [2.0, 0.0] }
-"""
+from ..helpers import CAF_AND_DRUG, SMALL_3D_SETS, make_scenario
 
 
 @pytest.fixture(scope="module")
 def run2d(tmp_path_factory):
-    sc = make_scenario("init.tumor.persister_fraction=0.05", extra=RICH)
+    sc = make_scenario("init.tumor.persister_fraction=0.05", extra=CAF_AND_DRUG)
     return tmesim.Simulation(sc, backend="cpu").run(tmp_path_factory.mktemp("t2") / "r.h5")
 
 
 @pytest.fixture(scope="module")
 def run3d(tmp_path_factory):
     """A 10 x 12 x 14 lattice (no two axes alike, so a swapped axis shows)."""
-    sc = make_scenario(
-        "grid.shape=[10,12,14]",
-        'init.tumor.shape="sphere"',
-        "init.tumor.radius_um=80",
-        "run.duration_days=0.25",
-        "run.snapshot_every_hours=3",
-    )
+    sc = make_scenario(*SMALL_3D_SETS)
     return tmesim.Simulation(sc, backend="cpu").run(tmp_path_factory.mktemp("t3") / "r.h5")
 
 
