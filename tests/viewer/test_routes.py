@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -38,11 +37,11 @@ if not os.environ.get("DISPLAY"):
     )
 
 import tmesim  # noqa: E402
-from tmesim.errors import RunFileError  # noqa: E402
 from tmesim_napari import read_info, read_run  # noqa: E402
 from tmesim_napari._reader_choice import claim_hdf5  # noqa: E402
 
 from ..helpers import restamp_text_digest, scenario_text  # noqa: E402
+from .live import start_gated_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -401,30 +400,9 @@ def test_follow_shows_the_newest_snapshot(tmp_path, viewer, qtbot):
     scen.write_text(SMALL.replace('name = "small2d"', 'name = "live"'))
     out = tmp_path / "live.h5"
     gate = tmp_path / "go"
-    # a writer that holds after its second snapshot until the test lets it go on
-    code = textwrap.dedent(f"""
-        import time, pathlib, tmesim
-        class Gate:
-            from tmesim.schedules import IterationInterval
-            schedule = IterationInterval(1)
-            def __call__(self, sim):
-                while sim.state.step >= 25 and not pathlib.Path({str(gate)!r}).exists():
-                    time.sleep(0.02)
-        sim = tmesim.Simulation(tmesim.load_scenario({str(scen)!r}))
-        sim.callbacks.append(Gate())
-        sim.run({str(out)!r})
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    # a writer that holds after its first snapshots until the test lets it go on
+    proc = start_gated_run(scen, out, gate)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if read_info(out).n_snapshots >= 2:
-                    break
-            except RunFileError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.1)
         v = viewer(show=True)
         v.open(str(out), plugin="tmesim")
         kind, oxygen = v.layers["kind"], v.layers["oxygen (mmHg)"]

@@ -32,9 +32,10 @@ if not os.environ.get("DISPLAY"):
 import tmesim  # noqa: E402
 import tmesim_napari  # noqa: E402
 from tmesim.errors import RunFileError  # noqa: E402
-from tmesim_napari import get_reader, read_info, read_run  # noqa: E402
+from tmesim_napari import get_reader, read_run  # noqa: E402
 
 from ..helpers import restamp_text_digest, scenario_text, status_in  # noqa: E402
+from .live import start_gated_run  # noqa: E402
 
 # documented colours (README "Viewing runs in napari"), spelled out independently of the viewer
 KIND_RGB = {
@@ -382,29 +383,8 @@ def test_view_run_follows_a_run_being_written(tmp_path, viewer, qtbot):
     out = tmp_path / "live.h5"
     gate = tmp_path / "go"
     # a writer that holds after its first snapshots until the test lets it go on
-    code = textwrap.dedent(f"""
-        import time, pathlib, tmesim
-        class Gate:
-            from tmesim.schedules import IterationInterval
-            schedule = IterationInterval(1)
-            def __call__(self, sim):
-                while sim.state.step >= 25 and not pathlib.Path({str(gate)!r}).exists():
-                    time.sleep(0.02)
-        sim = tmesim.Simulation(tmesim.load_scenario({str(scen)!r}))
-        sim.callbacks.append(Gate())
-        sim.run({str(out)!r})
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    proc = start_gated_run(scen, out, gate)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if read_info(out).n_snapshots >= 2:
-                    break
-            except RunFileError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.1)
         v = tmesim_napari.view_run(out, show=False, block=False, refresh_s=0.2)
         qtbot.waitUntil(lambda: True)
         made = v
