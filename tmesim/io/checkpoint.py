@@ -570,8 +570,13 @@ def clear_ended(path) -> bool:
     The status rewrite and the superblock write that clears the flags are two writes; a kill
     between them leaves a finished run that plain HDF5 refuses to open ("file is already open
     for write"). Takes the exclusive writer lock (a writer still closing the file holds it), so
-    a live writer's file is never touched. Returns True when the file was changed."""
+    a live writer's file is never touched; a file without the flags is left alone without the
+    lock (a viewer may hold it). Returns True when the file was changed."""
     p = Path(path)
+    with open(p, "rb") as fh:
+        head = fh.read(12)
+    if head[:8] != HDF5_SIGNATURE or len(head) < 12 or head[8] < 2 or head[11] == 0:
+        return False  # no v2/v3 superblock flags set: nothing a killed writer left
     lock = WriterLock(p)
     lock.exclusive()
     try:
