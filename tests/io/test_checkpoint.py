@@ -471,6 +471,11 @@ def test_checkpoint_slots_carry_checksums_and_are_rewritten_in_place(tmp_path):
         f["timeseries/time_min"] = np.arange(100) * 6.0
         f["events/time_min"] = np.zeros(1)
         checkpoint.create_slots(f, arrays)
+        # creating the slots writes no state bytes (chunks are allocated as they are written):
+        # no zero-fill pass; an unwritten slot still reads as zeros
+        for k in range(checkpoint.N_SLOTS):
+            for ds in f[f"checkpoint/slot{k}/state"].values():
+                assert ds.id.get_storage_size() == 0 and not ds[()].any()
         for name in ("state/kind", "state/fields", "counts", "extra", "extra_index"):
             assert f[f"checkpoint/slot0/{name}"].fletcher32, name
         assert f["checkpoint/slot0/state/fields"].chunks == (1, 5000)

@@ -115,7 +115,10 @@ def create_slots(f: h5py.File, arrays: dict, scenario_base_dir: str = ".") -> No
         st = s.create_group("state")
         for name, a in arrays.items():
             a = np.asarray(a)
-            # fill value written at allocation, so an unwritten slot is zeros, never old disk bytes
+            # the fill value makes an unwritten slot read as zeros, never old disk bytes, and costs
+            # nothing: chunks are allocated when first written, and one written whole is not
+            # filled first (a fill time of "never" would save no byte, and would make an
+            # unwritten slot read as whatever the reader's buffer held)
             st.create_dataset(name, shape=a.shape, dtype=a.dtype, fillvalue=0, **_checked(a))
         s.create_dataset("time_min", data=np.float64(0.0))
         counts = np.zeros(len(COUNTS), dtype=np.int64)
