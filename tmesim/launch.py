@@ -37,7 +37,7 @@ import numpy as np
 from .errors import UserError
 
 #: translation units, in build order; headers are pulled in by their #include lines
-KERNEL_SOURCES = ("rng.cu", "fields.cu", "tumor.cu", "stroma.cu", "mechanics.cu")
+KERNEL_SOURCES = ("rng.cu", "fields.cu", "tumor.cu", "stroma.cu", "mechanics.cu", "observe.cu")
 #: threads per block of every launch (the kernels use grid-stride loops, so any size is correct)
 BLOCK = 256
 #: most blocks per launch: enough to fill any current GPU many times over; grid-stride loops do
