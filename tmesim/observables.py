@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from . import codes, launch, reduce
+from . import codes, reduce
 from .backend import array_module, as_host
 from .io import schema
 
@@ -115,8 +115,10 @@ def _near_in_box(xp, caf, rows, lo, hi):
     return near
 
 
-def _grid3(shape):
-    return tuple(int(v) for v in launch.grid3(shape)[:3])
+def _grid3(shape) -> tuple[int, int, int]:
+    """(nz, ny, nx) of a 2D or 3D grid shape (2D: nz = 1), as the kernels index it."""
+    shape = tuple(int(v) for v in shape)
+    return (1, *shape) if len(shape) == 2 else shape
 
 
 def near_caf(kind, shape, dx_um: float, distance_um: float = schema.NEAR_CAF_UM):
@@ -246,8 +248,13 @@ def observe(
     # numpy compares a float32 array with a Python float in float32: so do both paths
     hypoxic = np.float32(sc.tumor.hypoxic_threshold_mmHg)
     rows = near_ball(float(schema.NEAR_CAF_UM), float(sc.grid.dx_um), len(sc.grid.shape))
-    if launcher is None and array_module(state.kind) is not np:
-        launcher = launch.CupyLauncher(state.kind.device.id)
+    xp = array_module(state.kind)
+    if launcher is None and xp is not np:
+        if not xp.__name__.startswith("cupy"):
+            raise ValueError(f"observe: arrays of module {xp.__name__} need a kernel launcher")
+        from .launch import CupyLauncher  # only here: the CPU path never imports the launch layer
+
+        launcher = CupyLauncher(state.kind.device.id)
     args = (state, sc.grid.shape, len(names), o2, hypoxic, rows)
     v = numpy_totals(*args) if launcher is None else kernel_totals(*args, launcher)
     kinds = v[OBS["KINDS"] : OBS["KINDS"] + nk].astype(np.int64)
