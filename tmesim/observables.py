@@ -28,9 +28,9 @@ def columns(sc) -> dict:
     return cols
 
 
-#: quantities of a row's reduction: their indices (``TM_OBS_*`` of kernels/observe.cu)
-#: (the layout of ``tm_observe_columns``'s output; tests/test_observables.py checks that the two
-#: agree, and the numpy path needs no kernel sources)
+#: the layout of a row's reduction, ``TM_OBS_*`` of kernels/observe.cu: index of each quantity
+#: (kept here so that the numpy path needs no kernel sources; tests/test_observables.py checks
+#: that the two agree)
 OBS = {
     "N_KINDS": 6,
     "KINDS": 0,

@@ -38,8 +38,8 @@ def column_sums(plane: Callable[[int], np.ndarray], m0: int, q: int, p: int) -> 
     """Pass 1: (q, p) float64 column sums of the contributions ``plane(i)`` ((q, p) float64,
     those of grid plane i), added from plane m0 - 1 down to plane 0 starting from 0.0."""
     acc = np.zeros((q, p), dtype=np.float64)
-    for i in range(m0 - 1, -1, -1):
-        acc = acc + np.asarray(plane(i), dtype=np.float64).reshape(q, p)
+    for i in range(m0 - 1, -1, -1):  # in place: the same elementwise adds, no temporary
+        np.add(acc, np.asarray(plane(i), dtype=np.float64).reshape(q, p), out=acc)
     return acc
 
 
