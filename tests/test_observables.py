@@ -303,3 +303,22 @@ def test_near_caf_on_the_sphere():
     k3[0, 0, 0] = codes.CAF
     near = observables.near_caf(kind, shape, 20.0).reshape(shape)
     assert near[0, 3, 4] and near[5, 0, 0] and not near[0, 4, 4] and not near[1, 1, 5]
+
+
+# ------------------------------------------------------------------------------------ GPU
+@pytest.mark.parametrize("case", ["2d-wide", "3d-odd"])
+def test_gpu_row_from_device_arrays(gpu_launcher, case):
+    """On a GPU with the state on the device: the row (through the backend's launcher, or the
+    device's own without one) and near_caf() are the CPU's, bit for bit."""
+    import cupy
+
+    sc = model_scenario(*CASES[case])
+    st = random_state(sc, 13)
+    want = observables.observe(st, sc)
+    dev = st.to_backend(cupy.asarray)
+    assert rows_equal(observables.observe(dev, sc, launcher=gpu_launcher), want)
+    assert rows_equal(observables.observe(dev, sc), want)
+    near = observables.near_caf(dev.kind, sc.grid.shape, sc.grid.dx_um)
+    np.testing.assert_array_equal(
+        cupy.asnumpy(near), edt_near(st.kind, sc.grid.shape, sc.grid.dx_um)
+    )
