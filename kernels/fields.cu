@@ -17,15 +17,9 @@
 #include "common.cuh"
 #include "lattice.cuh"
 
+#include "pins.cuh"
+
 typedef unsigned short u16;
-
-/* Pin code of a voxel a stirred bath holds (tmesim.steps.medium.BATH): the field kernels that
- * pin voxels read a "pin code" array, the occupant kind with this code at held medium voxels
- * (the kind itself when the medium is not stirred). No occupant kind uses the code. */
-#define TM_PIN_BATH 255
-
-/* Whether a voxel of pin code k is a Dirichlet node: a vessel, or medium held by the bath. */
-TM_HD bool tm_pinned(u8 k) { return k == TM_VESSEL || k == TM_PIN_BATH; }
 
 /* Number of lines along kernel axis `axis` in F fields: the work items of a line solve. */
 TM_HD long long tm_n_lines(int F, int nz, int ny, int nx, int axis) {
@@ -621,5 +615,42 @@ TM_KERNEL void tm_medium_pins(long long n_sites, const u8* __restrict__ kind,
     TM_FOR_EACH(s, n_sites) {
         const u8 k = kind[s];
         pin[s] = (k == TM_EMPTY && pin[s] != 0 && (int)D[s] > cap) ? (u8)TM_PIN_BATH : k;
+    }
+}
+
+/* The multigrid preconditioner's kernels (tm_mg_*). */
+#include "multigrid.cuh"
+
+/* tm_cg_update: c = c + alpha[f] p and r = r - alpha[f] q (each product rounded first, as numpy's
+ * "tmp = p * a; c += tmp; tmp = q * a; r -= tmp"), for the fields still iterating (active[f]);
+ * a field that has converged is left as it is. Twin of the update of FieldSolver._adi_step.
+ *   F, n        fields and sites; active (F,) uint8; alpha (F,) float32
+ *   p, q        (F, n) float32: the search direction and A p
+ *   c, r        (F, n) float32, in place: the iterate (field units) and the residual (units/min)
+ * One work item per (field, site); each reads and writes its own entries only. */
+TM_KERNEL void tm_cg_update(int F, long long n, const u8* __restrict__ active,
+                            const float* __restrict__ alpha, const float* __restrict__ p,
+                            const float* __restrict__ q, float* __restrict__ c,
+                            float* __restrict__ r) {
+    TM_FOR_EACH(i, (long long)F * n) {
+        const long long f = i / n;
+        if (!active[f]) continue;
+        const float a = alpha[f];
+        c[i] = __fadd_rn(c[i], __fmul_rn(p[i], a));
+        r[i] = __fsub_rn(r[i], __fmul_rn(q[i], a));
+    }
+}
+
+/* tm_cg_direction: p = p beta[f] + z (two roundings, numpy's "p *= beta; p += z") for the fields
+ * still iterating (active[f]). Twin of the direction update of FieldSolver._adi_step.
+ *   p, z (F, n) float32; active (F,) uint8; beta (F,) float32
+ * One work item per (field, site). */
+TM_KERNEL void tm_cg_direction(int F, long long n, const u8* __restrict__ active,
+                               const float* __restrict__ beta, const float* __restrict__ z,
+                               float* __restrict__ p) {
+    TM_FOR_EACH(i, (long long)F * n) {
+        const long long f = i / n;
+        if (!active[f]) continue;
+        p[i] = __fadd_rn(__fmul_rn(p[i], beta[f]), z[i]);
     }
 }

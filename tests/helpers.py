@@ -212,6 +212,7 @@ def solver_text(
     max_iterations: int | None = None,
     dx: float = 20.0,
     dt_agent: float = 6.0,
+    preconditioner: str | None = None,
 ) -> str:
     """The head of a field-solver test scenario as TOML text: a ``shape`` grid of ``dx`` um
     voxels with no tumor, agent steps of ``dt_agent`` min, and the [solver] keys given (the
@@ -221,6 +222,7 @@ def solver_text(
         "dt_min": None if dt_field is None else repr(float(dt_field)),
         "tolerance": None if tolerance is None else repr(float(tolerance)),
         "max_iterations": None if max_iterations is None else str(int(max_iterations)),
+        "preconditioner": None if preconditioner is None else f'"{preconditioner}"',
     }
     return (
         f"\n[run]\ndt_min = {float(dt_agent)!r}\n[grid]\nshape = {list(shape)}\n"

@@ -29,6 +29,7 @@ O(F * edge length), not O(sites).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from pathlib import Path
 
@@ -110,11 +111,16 @@ def field_workspace_estimate(sc, backend_name: str) -> int:
     - kernel solvers (gpu, portable; :func:`bytes_needed` takes their exact count instead,
       tmesim.steps.fields_kernel.field_workspace_bytes): "lod" a float64 work array of one
       field (8 bytes per voxel);
-      "adi" U, S, diag, b, r, z, p, q (8 words per field) and per axis the preconditioner's
-      factors inv and cp (2 ndim): (8 + 2 ndim) words per field;
+      "adi" U, S, diag, b, r, z, p, q (8 words per field) and, with the line-factor
+      preconditioner, per axis the factors inv and cp (2 ndim): (8 + 2 ndim) words per field;
+      with multigrid (the default) the fine level's edge weights and diagonal (ndim + 1 words)
+      and on each coarser level w, e, d, x, t, r (5 + ndim words per field of its sites), and a
+      byte of free flags per site of every level;
     - numpy (cpu): "lod": U, S and five float64 work arrays (c, t, a, b, swapped) = 12 words;
-      "adi": U, S, diag, b, r, z, p, q, lap, tmp (10), a flux array per axis (ndim), the
-      factors (2 ndim), a swapped-layout buffer (1): 11 + 3 ndim words.
+      "adi": U, S, diag, b, r, z, p, q, lap, tmp (10), a flux array per axis (ndim), and with
+      line factors the factors (2 ndim) and a swapped-layout buffer (1): 11 + 3 ndim words; with
+      multigrid 10 + ndim words, and per level w, e, d (2 + ndim words) and the V-cycle's work
+      arrays (x, t, s; and r on coarse levels), and the free flags.
     Plus the rates' index array (intp, 8 bytes per voxel) on the CPU.
     A stirred medium (tmesim.steps.medium) adds, on the kernels, the pin codes and the distance
     buffer (uint8 + uint16: 3 bytes per voxel); on the CPU the temporaries of its mask: the int32
@@ -126,13 +132,33 @@ def field_workspace_estimate(sc, backend_name: str) -> int:
         return 0
     method = sc.solver.method
     stirred = sc.medium.stirred
+    mg = method == "adi" and sc.solver.preconditioner == "multigrid"
+    # sites of every multigrid level below the fine one
+    coarse = _multigrid_sites(tuple(sc.grid.shape))[1:] if mg else []
     if backend_name == "cpu":
+        if mg:
+            levels = (n + sum(coarse)) * (4 * F * (2 + nd) + 1)
+            work = 4 * F * (3 * n + 4 * sum(coarse))
+            return n * (4 * F * (10 + nd) + 8 + (16 if stirred else 0)) + levels + work
         words = 12 if method == "lod" else 11 + 3 * nd
         return n * (4 * F * words + 8 + (16 if stirred else 0))
     bath = 3 if stirred else 0
     if method == "lod":
         return n * (8 + bath)
+    if mg:
+        return n * (4 * F * (9 + nd) + 1 + bath) + sum(coarse) * (4 * F * (5 + nd) + 1)
     return n * (4 * F * (8 + 2 * nd) + bath)
+
+
+def _multigrid_sites(shape: tuple) -> list[int]:
+    """Sites of every multigrid level, fine to coarsest (tmesim.steps.multigrid)."""
+    from .steps import multigrid
+
+    out, s = [], shape
+    for _ in range(multigrid.n_levels(shape)):
+        out.append(math.prod(s))
+        s = multigrid.coarse_shape(s)
+    return out
 
 
 def _field_workspace(sc, backend_name: str) -> tuple[int, str]:

@@ -764,6 +764,14 @@ class SolverConfig:
         choices=("adi", "lod"),
     )
     dt_min: float = param(0.0, "min", "field time step; 0 means one step per agent step", lo=0)
+    preconditioner: str = param(
+        "multigrid",
+        "",
+        "adi: the conjugate gradients' preconditioner: multigrid (one aggregation V-cycle, "
+        "iterations flat with the grid size) or adi (a symmetric product of line solves at one "
+        "pseudo-step, iterations growing with the grid)",
+        choices=("multigrid", "adi"),
+    )
     tolerance: float = param(
         3e-2,
         "",

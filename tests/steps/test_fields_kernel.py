@@ -51,6 +51,7 @@ def fields_text(
     drug_faces='"x-", "y+"',
     tolerance=1e-3,
     max_iterations=200,
+    preconditioner=None,
 ):
     """Three fields: oxygen (Dirichlet bath and vessels at 38 mmHg, uptake by tumor cells with
     per-state rates and by CAFs), a drug (bath on some faces, vessels; its supply is changed by
@@ -62,6 +63,7 @@ def fields_text(
             dt_field=dt_field,
             tolerance=tolerance,
             max_iterations=max_iterations,
+            preconditioner=preconditioner,
         )
         + f"""
 [fields.oxygen]
@@ -138,24 +140,48 @@ def run_both(ref, ks, shape, n_steps=4, seed=1):
 
 
 CASES = [
-    # shape, method, field dt (0: one field step per agent step), faces of oxygen, of the drug
+    # shape, method ("adi": CG with the default multigrid preconditioner; "adi/line": with the
+    # line-factor one), field dt (0: one field step per agent step), faces of oxygen, of the drug
     ((24, 24), "adi", 0.0, '"all"', '"x-", "y+"'),
     ((24, 24), "adi", 2.0, '"y-", "x+"', '"x-"'),  # n_sub = 3; a face with no bath at all
+    ((24, 24), "adi/line", 0.0, '"all"', '"x-", "y+"'),
+    ((24, 24), "adi/line", 2.0, '"y-", "x+"', '"x-"'),
     ((24, 24), "lod", 0.5, '"all"', '"x-", "y+"'),  # n_sub = 12
     ((24, 24), "lod", 1.5, '"y-", "x+"', '"x-"'),
     ((12, 12, 12), "adi", 0.0, '"all"', '"z-", "x-", "y+"'),
     ((12, 12, 12), "adi", 3.0, '"z+", "y-"', '"x+"'),
+    ((12, 12, 12), "adi/line", 0.0, '"all"', '"z-", "x-", "y+"'),
+    ((12, 12, 12), "adi/line", 3.0, '"z+", "y-"', '"x+"'),
+    ((13, 11, 9), "adi", 0.0, '"z-", "y+"', '"x-"'),  # odd axes: blocks of one layer
+    ((25, 17), "adi", 0.0, '"all"', '"y-"'),
     ((12, 12, 12), "lod", 0.5, '"all"', '"z-", "x-", "y+"'),
     ((12, 12, 12), "lod", 2.0, '"z+", "y-"', '"x+"'),
     ((1, 30), "adi", 0.0, '"all"', '"x-"'),  # lines of length 1 along y
+    ((1, 200), "adi", 0.0, '"all"', '"x-"'),  # an axis of length 1 through every level
+    ((1, 30), "adi/line", 0.0, '"all"', '"x-"'),
     ((5, 1, 9), "lod", 1.0, '"all"', '"x-", "z+"'),
+    ((9, 1, 17), "adi", 1.0, '"all"', '"x-", "z+"'),
 ]
+
+
+def _method(method: str) -> tuple[str, dict]:
+    """A CASES method: the scenario's solver.method and its preconditioner keyword."""
+    if method == "adi/line":
+        return "adi", {"preconditioner": "adi"}
+    return method, {}
 
 
 @pytest.mark.parametrize("shape, method, dt_field, o2_faces, drug_faces", CASES)
 def test_matches_numpy_bit_for_bit(launcher, shape, method, dt_field, o2_faces, drug_faces):
+    method, pre = _method(method)
     _sc, ref, ks = solvers(
-        launcher, shape, method, dt_field=dt_field, o2_faces=o2_faces, drug_faces=drug_faces
+        launcher,
+        shape,
+        method,
+        dt_field=dt_field,
+        o2_faces=o2_faces,
+        drug_faces=drug_faces,
+        **pre,
     )
     for name in ("F", "method", "n_sub", "dt"):
         assert getattr(ks, name) == getattr(ref, name)
@@ -170,15 +196,19 @@ def test_matches_numpy_bit_for_bit(launcher, shape, method, dt_field, o2_faces, 
     "shape, method, dt_field",
     [
         ((12, 12, 12), "adi", 3.0),
+        ((13, 11, 9), "adi", 0.0),
+        ((12, 12, 12), "adi/line", 3.0),
         ((12, 12, 12), "lod", 2.0),
         ((24, 24), "adi", 0.0),
+        ((24, 24), "adi/line", 0.0),
         ((24, 24), "lod", 1.5),
     ],
 )
 def test_work_order_does_not_matter(launcher, order, shape, method, dt_field):
     """Every launch's work items run backwards, or in a scrambled order: still numpy's result
     (the forward order is test_matches_numpy_bit_for_bit)."""
-    _sc, ref, ks = solvers(launcher, shape, method, dt_field=dt_field)
+    method, pre = _method(method)
+    _sc, ref, ks = solvers(launcher, shape, method, dt_field=dt_field, **pre)
     launcher.set_order(order)
     try:
         run_both(ref, ks, shape, n_steps=3, seed=5)
@@ -246,12 +276,28 @@ def test_max_iterations_warns_once_like_numpy(launcher):
     assert "solver.max_iterations = 3" in caught[1][0]
 
 
-@pytest.mark.parametrize("shape", [(24, 24), (12, 12, 12)])
-@pytest.mark.parametrize("method", ["adi", "lod"])
+def multigrid_bytes(shape, F: int) -> int:
+    """Bytes per grid of the CG with the multigrid preconditioner, counted level by level: on
+    the fine level eight vectors per field (U, S, diag, b, r, z, p, q), the edge weights (ndim)
+    and the Jacobi diagonal, and a byte of free flags; on each coarser level (every axis halved,
+    rounded up, until at most 64 sites) w, e (ndim), d, x, t and r per field and the flags."""
+    nd = len(shape)
+    total = (4 * F * (8 + nd + 1) + 1) * int(np.prod(shape))
+    s = tuple(shape)
+    while int(np.prod(s)) > 64 and max(s) > 1:
+        s = tuple((m + 1) // 2 for m in s)
+        total += (4 * F * (5 + nd) + 1) * int(np.prod(s))
+    return total
+
+
+@pytest.mark.parametrize("shape", [(24, 24), (12, 12, 12), (13, 11, 9)])
+@pytest.mark.parametrize("method", ["adi", "adi/line", "lod"])
 def test_workspace_bytes_counts_every_array(launcher, shape, method):
-    """field_workspace_bytes(sc) is what the solver holds after stepping, and its per-voxel part
-    is 8 B (lod: one field's float64 work array) or 4 F (8 + 2 ndim) B (adi)."""
-    sc, ref, ks = solvers(launcher, shape, method)
+    """field_workspace_bytes(sc) is what the solver holds after stepping, and its part that
+    grows with the grid is 8 B per voxel (lod: one field's float64 work array), 4 F (8 + 2 ndim)
+    B per voxel (adi with line factors) or multigrid_bytes (adi with multigrid)."""
+    method, pre = _method(method)
+    sc, ref, ks = solvers(launcher, shape, method, **pre)
     run_both(ref, ks, shape, n_steps=1)
     assert ks.workspace_bytes() == field_workspace_bytes(sc)
     # and nothing else of the grid's size is kept on the solver
@@ -259,8 +305,13 @@ def test_workspace_bytes_counts_every_array(launcher, shape, method):
     held += sum(v.nbytes for v in ks._arrays.values())
     assert held == field_workspace_bytes(sc)
     n, F, nd = int(np.prod(shape)), 3, len(shape)
-    per_voxel = 8 if method == "lod" else 4 * F * (8 + 2 * nd)
-    small = field_workspace_bytes(sc) - per_voxel * n
+    if method == "lod":
+        grows = 8 * n
+    elif pre:
+        grows = 4 * F * (8 + 2 * nd) * n
+    else:
+        grows = multigrid_bytes(shape, F)
+    small = field_workspace_bytes(sc) - grows
     assert 0 < small < 8192  # O(F x (kinds x states + edge lengths)), not O(voxels)
 
 
@@ -284,7 +335,12 @@ boundary = [{{ faces = ["all"], kind = "dirichlet", value = 1.0 }}]
     assert 8 * n <= ws < 8 * n + (1 << 20)  # + coefficient tables (3 x 3 x 1024 x 5)
     assert ws + (4 * 5 + 10) * n < 80e9 / 1.9  # 80 GB with room to spare
     adi = tmesim.loads_scenario(text.replace('method = "lod"', 'method = "adi"') + fields)
-    assert field_workspace_bytes(adi) >= 4 * 5 * 14 * n
+    assert multigrid_bytes((1024,) * 3, 5) <= field_workspace_bytes(adi)
+    assert field_workspace_bytes(adi) < multigrid_bytes((1024,) * 3, 5) + (1 << 20)
+    line = tmesim.loads_scenario(
+        text.replace('method = "lod"', 'method = "adi"\npreconditioner = "adi"') + fields
+    )
+    assert field_workspace_bytes(line) >= 4 * 5 * 14 * n
 
 
 # ------------------------------------------------------------------------------------- primitives

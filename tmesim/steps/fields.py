@@ -97,7 +97,7 @@ from ..backend import array_module
 from ..errors import UserError
 from ..grid import Grid
 from ..scenario import Scenario, face_conditions
-from . import medium
+from . import medium, multigrid
 from .medium import layer_units
 
 #: diagonal of a pinned (vessel) voxel in the line solves: fixes it to 0
@@ -787,6 +787,14 @@ class FieldSolver:
         inv_dt = np.float32(1.0 / self.dt)
         diag = self._buf("diag", U.shape)
         np.add(U, inv_dt, out=diag)
+        if self.sc.solver.preconditioner == "multigrid":
+            free = np.ones(self.grid.shape, dtype=bool)
+            free.reshape(-1)[pinned] = False
+            levels = multigrid.hierarchy(diag, self.D_over_h2.reshape(F), free, self.dirichlet)
+            # kept on the solver until the next agent step: what the memory estimate counts
+            self._mg_levels = levels
+            self._mg_work = multigrid.work_arrays(levels, F, getattr(self, "_mg_work", None))
+            return dict(diag=diag, levels=levels, work=self._mg_work)
         bshape = (F,) + (1,) * nd
         tau = self.tau.astype(self.dtype).reshape(bshape)
         factors = {}
@@ -866,7 +874,19 @@ class FieldSolver:
         """out = M^-1 r for the fields g, with M the symmetric product of line factors
         (I + share tau w - tau_a L_a), w = 1/dt + U, factored in _adi_prepare; pinned voxels
         carry a huge diagonal in every factor, so out is 0 there. ``work``: per factor key, the
-        swapped-layout copy (or None) and a row scratch, for the fields g."""
+        swapped-layout copy (or None) and a row scratch, for the fields g. With the multigrid
+        preconditioner: one V-cycle (tmesim.steps.multigrid)."""
+        if "levels" in prep:
+            levels = [
+                multigrid.Level(lv.w[g], lv.e[:, g], lv.d[g], lv.free) for lv in prep["levels"]
+            ]
+            work = [
+                multigrid.Work(w.x[g], w.t[g], w.s[g], None if w.r is None else w.r[g])
+                for w in prep["work"]
+            ]
+            multigrid.vcycle(levels, r, work, out)
+            out.reshape(out.shape[0], -1)[:, pinned] = 0
+            return out
         np.copyto(out, r)
         factors = prep["factors"]
         for key, k in prep["plan"]:
@@ -901,7 +921,7 @@ class FieldSolver:
         bcast = (1,) * nd
         # per factor key: its swapped-layout copy and a row scratch (all fields; sliced per group)
         work_all = {}
-        for key, (sw, ax, inv, _) in prep["factors"].items():
+        for key, (sw, ax, inv, _) in prep.get("factors", {}).items():
             buf = None if sw is None else self._buf(f"sw{sw}", inv.shape)
             row = self._buf(f"row{ax}{sw}", np.moveaxis(inv, ax + 1, 0).shape[1:])
             work_all[key] = (buf, row)
@@ -952,27 +972,64 @@ class FieldSolver:
         r0 = np.concatenate([x[1] for x in res])
         tol = self.sc.solver.tolerance
         floor = min(tol, 1e-6) * np.concatenate([x[2] for x in res])
+        # converged when the residual has fallen by the tolerance from its value at the start
+        # of the step (so small steps are resolved as well as large ones), or to near float32
+        # rounding of the right-hand side; a residual under RESIDUAL_ZERO field units is
+        # zero (a field that is all but absent stalls there in float32 arithmetic). A field
+        # that has converged leaves the iteration: its values are final, whatever the others do
+        thresh = np.maximum(np.maximum(tol * r0, floor), RESIDUAL_ZERO)
+        active = r0 > thresh
         beta = None
         it = 0
-        rmax = r0
+        rmax = r0.copy()
+        if not active.any():
+            return 0
         for it in range(1, self.sc.solver.max_iterations + 1):  # noqa: B007 - read after the loop
-            pq = np.concatenate(self._map(functools.partial(direction, beta=beta), groups))
+            run = self._active_groups(active, _THREAD_MIN_SITES)
+            pq = self._gather(run, self._map(functools.partial(direction, beta=beta), run))
             alpha = np.where(pq > 0, rz / np.where(pq > 0, pq, 1.0), 0.0)
-            rmax = np.concatenate(self._map(functools.partial(update, alpha=alpha), groups))
-            # converged when the residual has fallen by the tolerance from its value at the start
-            # of the step (so small steps are resolved as well as large ones), or to near float32
-            # rounding of the right-hand side; a residual under RESIDUAL_ZERO field units is
-            # zero (a field that is all but absent stalls there in float32 arithmetic)
-            if np.all(rmax <= np.maximum(np.maximum(tol * r0, floor), RESIDUAL_ZERO)):
+            new_rmax = self._gather(run, self._map(functools.partial(update, alpha=alpha), run))
+            rmax = np.where(active, new_rmax, rmax)
+            active &= rmax > thresh
+            if not active.any():
                 break
-            rz_new = np.concatenate(self._map(precondition, groups))
+            run = self._active_groups(active, _THREAD_MIN_SITES)
+            rz_new = self._gather(run, self._map(precondition, run))
             beta = np.where(rz > 0, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
-            rz = rz_new
+            rz = np.where(active, rz_new, rz)
         else:
             if not self._warned:
                 self._warned = True
                 warn_max_iterations(it, float(rmax.max()), float(r0.max()))
         return it
+
+    def _active_groups(self, active: np.ndarray, min_sites: int) -> list[tuple[int, int]]:
+        """The contiguous runs of active fields, split among the worker threads as _groups
+        splits all fields (a field's arithmetic is the same in any grouping)."""
+        runs, f = [], 0
+        while f < self.F:
+            if not active[f]:
+                f += 1
+                continue
+            f1 = f
+            while f1 < self.F and active[f1]:
+                f1 += 1
+            runs.append((f, f1))
+            f = f1
+        n = self.threads if self.grid.n_sites >= min_sites else 1
+        out = []
+        for f0, f1 in runs:
+            k = max(1, min(n, f1 - f0))
+            edges = [f0 + round(i * (f1 - f0) / k) for i in range(k + 1)]
+            out += [(edges[i], edges[i + 1]) for i in range(k)]
+        return out
+
+    def _gather(self, groups, results) -> np.ndarray:
+        """(F,) float64 of per-group results (NaN for fields in no group)."""
+        out = np.full(self.F, np.nan)
+        for (f0, f1), v in zip(groups, results, strict=True):
+            out[f0:f1] = v
+        return out
 
     # ----------------------------------------------------------------------------- lod
     def _lod_run(self, c, U, S, pinned, pin_value):

@@ -47,6 +47,7 @@ from ..launch import check_arrays, flat_f32, grid3
 from ..scenario import Scenario
 from . import fields as F_
 from . import medium
+from . import multigrid as MG
 from .fields import FieldSolver, FieldSolverError
 
 __all__ = ["FieldSolverError", "KernelFieldSolver", "field_workspace_bytes"]
@@ -407,15 +408,34 @@ def _factor_keys(ndim: int) -> list[tuple[int, float]]:
     return keys
 
 
+def _mg_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The grid shape of every multigrid level, fine to coarsest (tmesim.steps.multigrid)."""
+    out = [tuple(shape)]
+    while len(out) < MG.n_levels(shape):
+        out.append(MG.coarse_shape(out[-1]))
+    return out
+
+
 def _array_specs(
-    method: str, F: int, shape: tuple[int, ...], stirred: bool = False
+    method: str,
+    F: int,
+    shape: tuple[int, ...],
+    stirred: bool = False,
+    preconditioner: str = "multigrid",
 ) -> dict[str, tuple[tuple, type]]:
     """Every device array a KernelFieldSolver holds, name -> (shape, dtype): the one list that
     both allocates them and counts them (field_workspace_bytes).
 
     adi: per field and voxel eight float32 vectors (U, which is reused as the line factors'
-    diagonal scratch once the operator's diagonal is built; S, diag, b, r, z, p, q) and two per
-    distinct line factor (inv, cp; 2 in 2D, 3 in 3D), i.e. 4 F (8 + 2 ndim) B per voxel.
+    diagonal scratch once the operator's diagonal is built; S, diag, b, r, z, p, q), and for the
+    preconditioner
+    - multigrid: on the fine level the edge weights (ndim vectors) and the Jacobi diagonal (U
+      holds the level's w, b its V-cycle iterate and q its residual: each is free while the
+      V-cycle runs), 1 B of free flags; on each coarser level w, e (ndim), d, x, t and r, about
+      a seventh (3D; a third in 2D) of the fine level's voxels in all: in 3D about
+      4 F (12 + 8/7) + 1.2 B per voxel;
+    - adi: two vectors per distinct line factor (inv, cp; 2 in 2D, 3 in 3D), i.e.
+      4 F (8 + 2 ndim) B per voxel in all.
     lod: one float64 work array of one field, 8 B per voxel.
     A stirred medium (tmesim.steps.medium): the pin codes (uint8) and the distance buffer
     (uint16), 3 B per voxel.
@@ -440,6 +460,17 @@ def _array_specs(
         specs["D_over_h2"] = ((F,), f32)
         specs["ghosts"] = ((F, 3, 2), f32)
         specs["ghosts0"] = ((F, 3, 2), f32)
+        if preconditioner == "multigrid":
+            specs["mg_dir"] = ((F, ndim, 2), np.uint8)
+            for lvl, shp in enumerate(_mg_shapes(tuple(shape))):
+                nl = math.prod(shp)
+                specs[f"mg_e{lvl}"] = ((ndim, F, nl), f32)
+                specs[f"mg_d{lvl}"] = ((F, nl), f32)
+                specs[f"mg_free{lvl}"] = ((nl,), np.uint8)
+                if lvl:
+                    for name in ("w", "x", "t", "r"):
+                        specs[f"mg_{name}{lvl}"] = ((F, nl), f32)
+            return specs
         for j, (a, _) in enumerate(_factor_keys(ndim)):
             specs[f"inv{j}"] = (full, f32)
             specs[f"cp{j}"] = (full, f32)
@@ -464,7 +495,9 @@ def field_workspace_bytes(sc: Scenario) -> int:
     F = len(sc.fields)
     if F == 0:
         return 0
-    specs = _array_specs(sc.solver.method, F, tuple(sc.grid.shape), sc.medium.stirred)
+    specs = _array_specs(
+        sc.solver.method, F, tuple(sc.grid.shape), sc.medium.stirred, sc.solver.preconditioner
+    )
     return int(sum(math.prod(shp) * np.dtype(dt).itemsize for shp, dt in specs.values()))
 
 
@@ -493,7 +526,10 @@ class KernelFieldSolver:
         if self.F == 0:
             return
         self.stirred, self.bath_cap = ref.stirred, ref.bath_cap
-        specs = _array_specs(self.method, self.F, grid.shape, self.stirred)
+        self.multigrid = sc.solver.preconditioner == "multigrid"
+        specs = _array_specs(
+            self.method, self.F, grid.shape, self.stirred, sc.solver.preconditioner
+        )
         for name, (shape, dtype) in specs.items():
             self._arrays[name] = xp.zeros(shape, dtype=dtype)
         a = self._arrays
@@ -504,6 +540,14 @@ class KernelFieldSolver:
         if self.method == "adi":
             a["D_over_h2"][...] = xp.asarray(ref.D_over_h2.reshape(F))
             a["ghosts0"][...] = xp.asarray(pack_ghosts(np, ref.ghosts0, F, nd))
+            if self.multigrid:
+                dirichlet = np.zeros((F, nd, 2), dtype=np.uint8)
+                for ax, (lo, hi) in enumerate(ref.dirichlet):
+                    dirichlet[:, ax, 0], dirichlet[:, ax, 1] = lo, hi
+                a["mg_dir"][...] = xp.asarray(dirichlet)
+                self._mg = _mg_shapes(tuple(grid.shape))
+                self._sync_supply()
+                return
             tau = ref.tau.astype(np.float32)
             self._plan = []  # per factor of the product: index of its key
             keys = _factor_keys(nd)
@@ -653,6 +697,9 @@ class KernelFieldSolver:
         inv_dt = np.float32(1.0 / self.dt)
         # diag = U + 1/dt (b is redone by every field step)
         L("tm_cg_setup", c.size, np.int64(c.size), inv_dt, c, U, S, a["diag"], a["b"])
+        if self.multigrid:
+            self._mg_prepare(pin)
+            return
         extra = U  # U is not needed again this agent step
         for j, (axis, _) in enumerate(_factor_keys(self.ndim)):
             factor_diag(a["diag"], a[f"scale{j}"], pin, F_.PIN, extra, launcher=L)
@@ -660,9 +707,77 @@ class KernelFieldSolver:
                 axis, a[f"k{j}"], a[f"base{j}"], extra, a[f"inv{j}"], a[f"cp{j}"], launcher=L
             )
 
+    def _mg_level(self, lvl: int):
+        """(w, e, d, free, x, t) device arrays of multigrid level ``lvl`` (level 0: w in U, the
+        iterate in b, the residual in q)."""
+        a = self._arrays
+        if lvl == 0:
+            F = self.F
+            flat = [a[n].reshape(F, -1) for n in ("U", "b", "q")]
+            return flat[0], a["mg_e0"], a["mg_d0"], a["mg_free0"], flat[1], flat[2]
+        return tuple(a[f"mg_{n}{lvl}"] for n in ("w", "e", "d", "free", "x", "t"))
+
+    def _mg_dims(self, lvl: int):
+        """(nz, ny, nx, ndim) of level ``lvl`` as kernel arguments."""
+        return grid3(self._mg[lvl])
+
+    def _mg_prepare(self, pin):
+        """Once per agent step: every multigrid level from the operator's diagonal and the pin
+        codes (tm_mg_fine, tm_mg_coarsen, tm_mg_diag): multigrid.hierarchy."""
+        a, L, F = self._arrays, self.L, self.F
+        F32 = np.int32(F)
+        w, e, d, free, _, _ = self._mg_level(0)
+        dims = self._mg_dims(0)
+        n0 = math.prod(self._mg[0])
+        L("tm_mg_fine", F * n0, F32, *dims, a["diag"], pin, a["D_over_h2"], a["mg_dir"], w, e, free)
+        L("tm_mg_diag", F * n0, F32, *dims, w, e, d)
+        for lvl in range(1, len(self._mg)):
+            wf, ef, _, ff, _, _ = self._mg_level(lvl - 1)
+            wc, ec, dc, fc, _, _ = self._mg_level(lvl)
+            fine, coarse = self._mg_dims(lvl - 1), self._mg_dims(lvl)
+            nc = math.prod(self._mg[lvl])
+            L("tm_mg_coarsen", F * nc, F32, *fine[:3], *coarse, wf, ef, ff, wc, ec, fc)
+            L("tm_mg_diag", F * nc, F32, *coarse, wc, ec, dc)
+
+    def _vcycle(self, lvl: int, r, out=None):
+        """One V-cycle from level ``lvl`` on r ((F, n_lvl) device array); returns the array
+        holding the result (``out`` when given): multigrid.vcycle."""
+        L, F = self.L, self.F
+        F32 = np.int32(F)
+        om = np.float32(MG.OMEGA)
+        w, e, d, free, x, t = self._mg_level(lvl)
+        dims = self._mg_dims(lvl)
+        n = F * math.prod(self._mg[lvl])
+        L("tm_mg_smooth0", n, np.int64(n), om, r, d, x)
+        if lvl == len(self._mg) - 1:
+            cur, nxt = x, t
+            for _ in range(MG.COARSEST_SWEEPS - 1):
+                L("tm_mg_jacobi", n, F32, *dims, om, w, e, d, cur, r, nxt)
+                cur, nxt = nxt, cur
+            if out is not None:
+                self.xp.copyto(out, cur)
+                return out
+            return cur
+        L("tm_mg_residual", n, F32, *dims, w, e, x, r, t)
+        coarse = self._mg_dims(lvl + 1)
+        rc = self._arrays[f"mg_r{lvl + 1}"]
+        nc = F * math.prod(self._mg[lvl + 1])
+        L("tm_mg_restrict", nc, F32, *dims[:3], *coarse, free, t, rc)
+        xc = self._vcycle(lvl + 1, rc)
+        L("tm_mg_prolong_add", n, F32, *dims[:3], *coarse[:3], dims[3], free, xc, x)
+        dest = t if out is None else out
+        L("tm_mg_jacobi", n, F32, *dims, om, w, e, d, x, r, dest)
+        return dest
+
     def _precondition(self, r, out, kind):
-        """out = M^-1 r, the symmetric product of line factors: FieldSolver._precondition."""
+        """out = M^-1 r: one V-cycle (multigrid) or the symmetric product of line factors (adi):
+        FieldSolver._precondition."""
         a, L, xp = self._arrays, self.L, self.xp
+        if self.multigrid:
+            F = self.F
+            self._vcycle(0, r.reshape(F, -1), out.reshape(F, -1))
+            set_pinned(out, kind, a["zeros"], a["zeros"], launcher=L)
+            return out
         xp.copyto(out, r)
         keys = _factor_keys(self.ndim)
         for j in self._plan:
@@ -695,32 +810,42 @@ class KernelFieldSolver:
         # r = b - A c with the true boundary values; 0 at pinned voxels
         self._apply(c, a["ghosts"], r)
         residual(b, r, kind, launcher=L)
+        # the right-hand side's largest value before the preconditioner (multigrid keeps its
+        # fine-level iterate in b)
+        r0, bmax = self._absmax(r), self._absmax(b)
         self._precondition(r, z, kind)
         xp.copyto(p, z)
-        rz, r0, bmax = self._dots(r, z), self._absmax(r), self._absmax(b)
+        rz = self._dots(r, z)
         tol = self.sc.solver.tolerance
         # numpy evaluates tol * r0 with the Python float as a float32 (NEP 50): the same here,
         # spelled with the array first so that a cupy array's operator handles it
         thresh = xp.maximum(xp.maximum(r0 * f32(tol), bmax * f32(min(tol, 1e-6))), F_.RESIDUAL_ZERO)
+        # a field that has converged leaves the iteration (FieldSolver._adi_step)
+        active = r0 > thresh
+        F = self.F
+        n = np.int64(c.size // F)
         beta = None
         it = 0
         rmax = r0
+        if not bool(active.any()):
+            return 0
         for it in range(1, self.sc.solver.max_iterations + 1):  # noqa: B007 - read after the loop
+            flags = active.astype(xp.uint8)
             if beta is not None:
-                scale_add(p, beta, z, launcher=L)
+                L("tm_cg_direction", c.size, np.int32(F), n, flags, beta, z, p)
             self._apply(p, a["ghosts0"], q)
             set_pinned(q, kind, a["zeros"], a["zeros"], launcher=L)
             pq = self._dots(p, q)
             alpha = xp.where(pq > 0, rz / xp.where(pq > 0, pq, 1.0), 0.0).astype(f32)
-            axpy(c, alpha, p, launcher=L)
-            axpy(r, -alpha, q, launcher=L)
-            rmax = self._absmax(r)
-            if bool((rmax <= thresh).all()):  # the one host sync of an iteration
+            L("tm_cg_update", c.size, np.int32(F), n, flags, alpha, p, q, c, r)
+            rmax = xp.where(active, self._absmax(r), rmax)
+            active = active & (rmax > thresh)
+            if not bool(active.any()):  # the one host sync of an iteration
                 break
             self._precondition(r, z, kind)
             rz_new = self._dots(r, z)
             beta = xp.where(rz > 0, rz_new / xp.where(rz > 0, rz, 1.0), 0.0).astype(f32)
-            rz = rz_new
+            rz = xp.where(active, rz_new, rz)
         else:
             if not self._warned:
                 self._warned = True

@@ -1,0 +1,276 @@
+/* multigrid.cuh -- the field solver's multigrid preconditioner (tmesim/steps/multigrid.py, the
+ * specification; driver tmesim.steps.fields_kernel), included by fields.cu.
+ *
+ * One level of the hierarchy, every field at once, flat in C order:
+ *   w     (F, n) float32  the reaction part of the graph-form operator, 1/min (1 off the free set)
+ *   e     (ndim, F, n) float32  e[a][f, s]: the coupling of s and its upper neighbour along numpy
+ *         grid axis a (kernel axis a + 3 - ndim), 1/min; 0 on the last layer and where an end is
+ *         not free
+ *   d     (F, n) float32  w plus the incident edges (the Jacobi diagonal)
+ *   free  (n,) uint8      1 where the voxel (block) takes part
+ * (A x)_s = w_s x_s + sum over neighbours t of e_st (x_s - x_t).
+ *
+ * Every kernel computes what multigrid.py computes, operation for operation in the same order and
+ * float32 precision (round-to-nearest intrinsics, no FMA), so the results are bit for bit numpy's:
+ * sums over the children of a block run in C order of the child offsets from 0.0f, a missing child
+ * (odd axis) or a non-free one adding 0.0f; A x adds per axis the lower neighbour's term, then the
+ * upper one's; d adds per axis the lower edge, then the upper one.
+ *
+ * Races: every kernel writes only its own work item's outputs and reads arrays no work item of the
+ * same launch writes (the Jacobi sweep writes a separate array; the prolongation reads only its
+ * own site of the array it updates in place), so the result does not depend on the order in which
+ * work items run. One work item per (field, site) of the level written; free is written by the
+ * field-0 work items. */
+#ifndef TM_MULTIGRID_CUH
+#define TM_MULTIGRID_CUH
+
+#include "common.cuh"
+#include "pins.cuh"
+
+/* Extent of numpy grid axis a (of ndim) in a (nz, ny, nx) kernel grid, its stride in sites, and
+ * the coordinate of a site along it. */
+TM_HD int tm_mg_len(int a, int ndim, int nz, int ny, int nx) {
+    const int k = a + 3 - ndim;
+    return k == 0 ? nz : (k == 1 ? ny : nx);
+}
+TM_HD long long tm_mg_stride(int a, int ndim, int ny, int nx) {
+    const int k = a + 3 - ndim;
+    return k == 0 ? (long long)ny * nx : (k == 1 ? (long long)nx : 1LL);
+}
+TM_HD int tm_mg_coord(long long s, int a, int ndim, int ny, int nx) {
+    int z, y, x;
+    tm_site_coords(s, ny, nx, &z, &y, &x);
+    const int k = a + 3 - ndim;
+    return k == 0 ? z : (k == 1 ? y : x);
+}
+
+/* tm_mg_fine: level 0 from the CG's diagonal. Twin of multigrid.fine_level (w, e, free; d comes
+ * from tm_mg_diag).
+ *   F, nz, ny, nx, ndim  fields and grid (2D: nz = 1)
+ *   diag       (F, n) float32, 1/dt + U in 1/min
+ *   pin        (n,) uint8 pin codes (tm_pinned voxels are not free)
+ *   D_over_h2  (F,) float32, 1/min
+ *   dirichlet  (F, ndim, 2) uint8: 1 where numpy grid axis a's (lo, hi) face holds a bath value
+ *   w, e, free outputs as the file comment */
+TM_KERNEL void tm_mg_fine(int F, int nz, int ny, int nx, int ndim,
+                          const float* __restrict__ diag, const u8* __restrict__ pin,
+                          const float* __restrict__ D_over_h2,
+                          const u8* __restrict__ dirichlet,
+                          float* __restrict__ w, float* __restrict__ e,
+                          u8* __restrict__ free) {
+    const long long n = (long long)nz * ny * nx;
+    TM_FOR_EACH(i, (long long)F * n) {
+        const int f = (int)(i / n);
+        const long long s = i % n;
+        const bool fs = !tm_pinned(pin[s]);
+        const float Dh = D_over_h2[f];
+        float lost = 0.0f;  /* small integers: exact in any order */
+        for (int a = 0; a < ndim; ++a) {
+            const int m = tm_mg_len(a, ndim, nz, ny, nx);
+            const long long st = tm_mg_stride(a, ndim, ny, nx);
+            const int c = tm_mg_coord(s, a, ndim, ny, nx);
+            bool up_free = false;
+            if (c > 0 && tm_pinned(pin[s - st])) lost = __fadd_rn(lost, 1.0f);
+            if (c < m - 1) {
+                up_free = !tm_pinned(pin[s + st]);
+                if (!up_free) lost = __fadd_rn(lost, 1.0f);
+            }
+            if (c == 0 && dirichlet[(f * ndim + a) * 2 + 0]) lost = __fadd_rn(lost, 1.0f);
+            if (c == m - 1 && dirichlet[(f * ndim + a) * 2 + 1]) lost = __fadd_rn(lost, 1.0f);
+            e[(long long)a * F * n + i] = (fs && up_free) ? Dh : 0.0f;
+        }
+        w[i] = fs ? __fadd_rn(diag[i], __fmul_rn(Dh, lost)) : 1.0f;
+        if (f == 0) free[s] = (u8)fs;
+    }
+}
+
+/* tm_mg_diag: d = w + the incident edges (per axis the lower edge, then the upper one). Twin of
+ * multigrid._diag. One work item per (field, site). */
+TM_KERNEL void tm_mg_diag(int F, int nz, int ny, int nx, int ndim,
+                          const float* __restrict__ w, const float* __restrict__ e,
+                          float* __restrict__ d) {
+    const long long n = (long long)nz * ny * nx;
+    TM_FOR_EACH(i, (long long)F * n) {
+        const long long s = i % n;
+        float acc = w[i];
+        for (int a = 0; a < ndim; ++a) {
+            const float* ea = e + (long long)a * F * n;
+            const int m = tm_mg_len(a, ndim, nz, ny, nx);
+            const long long st = tm_mg_stride(a, ndim, ny, nx);
+            const int c = tm_mg_coord(s, a, ndim, ny, nx);
+            if (c > 0) acc = __fadd_rn(acc, ea[i - st]);
+            if (c < m - 1) acc = __fadd_rn(acc, ea[i]);
+        }
+        d[i] = acc;
+    }
+}
+
+/* The flat fine site of child `k` (C order of offsets over the ndim grid axes; with axis `skip`
+ * held at fine coordinate `fixed` instead when skip >= 0) of coarse site sc, or -1 when the child
+ * lies past an odd axis's end. Fine grid (nz, ny, nx), coarse grid (cz, cy, cx). */
+TM_HD long long tm_mg_child(long long sc, int k, int nchild_axes, int ndim, int nz, int ny,
+                            int nx, int cy, int cx, int skip, int fixed) {
+    int cc[3];
+    tm_site_coords(sc, cy, cx, &cc[0], &cc[1], &cc[2]);
+    const int fn[3] = {nz, ny, nx};
+    int fc[3] = {cc[0], cc[1], cc[2]};  /* axes outside the grid's ndim: 0 */
+    /* offsets: the last child axis varies fastest */
+    int rem = k;
+    for (int a = ndim - 1; a >= 0; --a) {
+        const int kax = a + 3 - ndim;
+        if (a == skip) {
+            fc[kax] = fixed;
+            continue;
+        }
+        const int off = rem & 1;
+        rem >>= 1;
+        fc[kax] = 2 * cc[kax] + off;
+        if (fc[kax] >= fn[kax]) return -1;
+    }
+    (void)nchild_axes;
+    return ((long long)fc[0] * ny + fc[1]) * nx + fc[2];
+}
+
+/* tm_mg_coarsen: the Galerkin coarse level (w, e, free; d from tm_mg_diag). Twin of
+ * multigrid.coarsen.
+ *   fine grid (nz, ny, nx) with w_f, e_f, free_f; coarse grid (cz, cy, cx) = halves rounded up
+ *   w_c = sum of the free children's w (1 where no child is free); e_c[a] = sum of the fine
+ *   edges leaving the block on its upper side along a (fine layer 2 I + 1; 0 when it does not
+ *   exist) over the children along the other axes; free_c = some child free.
+ * One work item per (field, coarse site). */
+TM_KERNEL void tm_mg_coarsen(int F, int nz, int ny, int nx, int cz, int cy, int cx, int ndim,
+                             const float* __restrict__ w_f, const float* __restrict__ e_f,
+                             const u8* __restrict__ free_f,
+                             float* __restrict__ w_c, float* __restrict__ e_c,
+                             u8* __restrict__ free_c) {
+    const long long n = (long long)nz * ny * nx;
+    const long long nc = (long long)cz * cy * cx;
+    const int nk = 1 << ndim;
+    TM_FOR_EACH(i, (long long)F * nc) {
+        const int f = (int)(i / nc);
+        const long long sc = i % nc;
+        float acc = 0.0f;
+        bool any = false;
+        for (int k = 0; k < nk; ++k) {
+            const long long t = tm_mg_child(sc, k, ndim, ndim, nz, ny, nx, cy, cx, -1, 0);
+            float v = 0.0f;
+            if (t >= 0 && free_f[t]) {
+                v = w_f[(long long)f * n + t];
+                any = true;
+            }
+            acc = __fadd_rn(acc, v);
+        }
+        w_c[i] = any ? acc : 1.0f;
+        if (f == 0) free_c[sc] = (u8)any;
+        for (int a = 0; a < ndim; ++a) {
+            const int kax = a + 3 - ndim;
+            int cc[3];
+            tm_site_coords(sc, cy, cx, &cc[0], &cc[1], &cc[2]);
+            const int fn[3] = {nz, ny, nx};
+            const int layer = 2 * cc[kax] + 1;
+            float ea = 0.0f;
+            if (layer < fn[kax]) {
+                const float* ef = e_f + (long long)a * F * n + (long long)f * n;
+                for (int k = 0; k < (nk >> 1); ++k) {
+                    const long long t =
+                        tm_mg_child(sc, k, ndim - 1, ndim, nz, ny, nx, cy, cx, a, layer);
+                    ea = __fadd_rn(ea, t >= 0 ? ef[t] : 0.0f);
+                }
+            }
+            e_c[(long long)a * F * nc + i] = ea;
+        }
+    }
+}
+
+/* (A x)_s on one level: w x, then per axis the lower neighbour's term e (x_s - x_lo) and the
+ * upper one's e (x_s - x_hi). Twin of multigrid.apply at one site. */
+TM_HD float tm_mg_Ax(int F, int nz, int ny, int nx, int ndim, long long n, long long i,
+                     const float* w, const float* e, const float* x) {
+    const long long s = i % n;
+    const float xs = x[i];
+    float y = __fmul_rn(w[i], xs);
+    for (int a = 0; a < ndim; ++a) {
+        const float* ea = e + (long long)a * F * n;
+        const int m = tm_mg_len(a, ndim, nz, ny, nx);
+        const long long st = tm_mg_stride(a, ndim, ny, nx);
+        const int c = tm_mg_coord(s, a, ndim, ny, nx);
+        if (c > 0) y = __fadd_rn(y, __fmul_rn(ea[i - st], __fsub_rn(xs, x[i - st])));
+        if (c < m - 1) y = __fadd_rn(y, __fmul_rn(ea[i], __fsub_rn(xs, x[i + st])));
+    }
+    return y;
+}
+
+/* tm_mg_smooth0: x = (r omega) / d, the first damped Jacobi sweep from zero. Twin of the first
+ * lines of multigrid.vcycle. One work item per (field, site). */
+TM_KERNEL void tm_mg_smooth0(long long n_total, float omega, const float* __restrict__ r,
+                             const float* __restrict__ d, float* __restrict__ x) {
+    TM_FOR_EACH(i, n_total) { x[i] = __fdiv_rn(__fmul_rn(r[i], omega), d[i]); }
+}
+
+/* tm_mg_jacobi: out = x + ((r - A x) omega) / d, one damped Jacobi sweep (out is not x). Twin of
+ * multigrid.jacobi. One work item per (field, site). */
+TM_KERNEL void tm_mg_jacobi(int F, int nz, int ny, int nx, int ndim, float omega,
+                            const float* __restrict__ w, const float* __restrict__ e,
+                            const float* __restrict__ d, const float* __restrict__ x,
+                            const float* __restrict__ r, float* __restrict__ out) {
+    const long long n = (long long)nz * ny * nx;
+    TM_FOR_EACH(i, (long long)F * n) {
+        float t = __fsub_rn(r[i], tm_mg_Ax(F, nz, ny, nx, ndim, n, i, w, e, x));
+        t = __fmul_rn(t, omega);
+        t = __fdiv_rn(t, d[i]);
+        out[i] = __fadd_rn(x[i], t);
+    }
+}
+
+/* tm_mg_residual: res = r - A x. Twin of "r - apply(lv, x)" in multigrid.vcycle. One work item
+ * per (field, site); res is not x. */
+TM_KERNEL void tm_mg_residual(int F, int nz, int ny, int nx, int ndim,
+                              const float* __restrict__ w, const float* __restrict__ e,
+                              const float* __restrict__ x, const float* __restrict__ r,
+                              float* __restrict__ res) {
+    const long long n = (long long)nz * ny * nx;
+    TM_FOR_EACH(i, (long long)F * n) {
+        res[i] = __fsub_rn(r[i], tm_mg_Ax(F, nz, ny, nx, ndim, n, i, w, e, x));
+    }
+}
+
+/* tm_mg_restrict: rc = P^T res, each block the sum of its free children's values. Twin of
+ * multigrid.restrict. One work item per (field, coarse site). */
+TM_KERNEL void tm_mg_restrict(int F, int nz, int ny, int nx, int cz, int cy, int cx, int ndim,
+                              const u8* __restrict__ free_f, const float* __restrict__ res,
+                              float* __restrict__ rc) {
+    const long long n = (long long)nz * ny * nx;
+    const long long nc = (long long)cz * cy * cx;
+    const int nk = 1 << ndim;
+    TM_FOR_EACH(i, (long long)F * nc) {
+        const int f = (int)(i / nc);
+        const long long sc = i % nc;
+        float acc = 0.0f;
+        for (int k = 0; k < nk; ++k) {
+            const long long t = tm_mg_child(sc, k, ndim, ndim, nz, ny, nx, cy, cx, -1, 0);
+            acc = __fadd_rn(acc, (t >= 0 && free_f[t]) ? res[(long long)f * n + t] : 0.0f);
+        }
+        rc[i] = acc;
+    }
+}
+
+/* tm_mg_prolong_add: x = x + P xc, each free voxel adding its block's value (in place: a work
+ * item reads and writes its own site of x only). Twin of multigrid.prolong_add. One work item
+ * per (field, fine site). */
+TM_KERNEL void tm_mg_prolong_add(int F, int nz, int ny, int nx, int cz, int cy, int cx,
+                                 int ndim, const u8* __restrict__ free_f,
+                                 const float* __restrict__ xc, float* __restrict__ x) {
+    const long long n = (long long)nz * ny * nx;
+    const long long nc = (long long)cz * cy * cx;
+    TM_FOR_EACH(i, (long long)F * n) {
+        const int f = (int)(i / n);
+        const long long s = i % n;
+        int z, y, xx;
+        tm_site_coords(s, ny, nx, &z, &y, &xx);
+        const int zc = ndim == 3 ? z / 2 : z;   /* a 2D grid's kernel z axis is not coarsened */
+        const long long p = ((long long)zc * cy + y / 2) * cx + xx / 2;
+        x[i] = __fadd_rn(x[i], free_f[s] ? xc[(long long)f * nc + p] : 0.0f);
+    }
+}
+
+#endif /* TM_MULTIGRID_CUH */
