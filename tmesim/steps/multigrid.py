@@ -225,8 +225,8 @@ def work_arrays(levels: list[Level], F: int, old: list[Work] | None = None) -> l
     out = []
     for i, lv in enumerate(levels):
         shp = (F,) + lv.shape
-        arrays = [np.empty(shp, dtype=np.float32) for _ in range(3 if i == 0 else 4)]
-        out.append(Work(*arrays[:3], arrays[3] if i else None))
+        x, t, s = (np.empty(shp, dtype=np.float32) for _ in range(3))
+        out.append(Work(x, t, s, np.empty(shp, dtype=np.float32) if i else None))
     return out
 
 
