@@ -287,6 +287,21 @@ def test_near_caf_is_the_distance_transform(shape, dx, launcher):
         assert tot[observables.OBS["NEAR_TUMOR"]] == n_near
         assert tot[observables.OBS["NEAR_PERSISTERS"]] == n_near
         np.testing.assert_array_equal(observables.kernel_totals(*args, launcher), tot)
+        # tumor only in a box touching one edge, CAFs all around it: the numpy twin reads the
+        # box grown by the ball's reach, the kernel the whole grid
+        lo = [int(g.integers(0, s // 2)) for s in shape]
+        lo[-1] = 0
+        box = tuple(slice(a, a + max(2, s // 3)) for a, s in zip(lo, shape))
+        tum = np.zeros(shape, dtype=bool)
+        tum[box] = True
+        tum = tum.ravel() & ~caf
+        st.kind[:] = np.where(caf, codes.CAF, np.where(tum, codes.TUMOR, codes.EMPTY))
+        st.tumor_state[:] = np.where(tum, g.integers(1, 5, n), 0)
+        pers = tum & ((st.tumor_state == codes.PERSISTER) | (st.tumor_state == codes.EXPANDED))
+        tot = observables.numpy_totals(*args)
+        assert tot[observables.OBS["NEAR_TUMOR"]] == np.count_nonzero(want & tum)
+        assert tot[observables.OBS["NEAR_PERSISTERS"]] == np.count_nonzero(want & pers)
+        np.testing.assert_array_equal(observables.kernel_totals(*args, launcher), tot)
 
 
 def test_near_caf_on_the_sphere():

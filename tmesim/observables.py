@@ -146,21 +146,25 @@ def numpy_totals(state, shape, n_fields: int, o2: int, hypoxic: np.float32, rows
     out = np.zeros(n_quantities(n_fields), dtype=np.float64)
     out[OBS["KINDS"] : OBS["KINDS"] + nk] = np.bincount(kind, minlength=nk)[:nk]
     tumor = kind == codes.TUMOR
-    t_idx = np.flatnonzero(tumor)
-    t_state = ts[t_idx]
+    t_state = ts[tumor]
     out[OBS["STATES"] : OBS["STATES"] + ns] = np.bincount(t_state, minlength=ns)[:ns]
-    t_pers = (t_state == codes.PERSISTER) | (t_state == codes.EXPANDED)
     if o2 >= 0:
-        out[OBS["HYPOXIC"]] = np.count_nonzero(state.fields[o2][t_idx] < hypoxic)
-    if len(t_idx) and out[OBS["KINDS"] + codes.CAF] and len(rows):
+        out[OBS["HYPOXIC"]] = np.count_nonzero(state.fields[o2][tumor] < hypoxic)
+    n_caf = out[OBS["KINDS"] + codes.CAF]
+    if n_caf and len(t_state) and len(rows):
+        # near-CAF on the tumor's bounding box only (the ball's reach around it is read)
         g3 = _grid3(shape)
-        zyx = np.unravel_index(t_idx, g3)
-        lo = tuple(int(a.min()) for a in zyx)
-        hi = tuple(int(a.max()) for a in zyx)
+        t3 = tumor.reshape(g3)
+        ext = [np.flatnonzero(t3.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+        lo, hi = tuple(int(e[0]) for e in ext), tuple(int(e[-1]) for e in ext)
+        box = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
         near = _near_in_box(np, (kind == codes.CAF).reshape(g3), rows, lo, hi)
-        t_near = near[tuple(a - b for a, b in zip(zyx, lo))]
-        out[OBS["NEAR_TUMOR"]] = np.count_nonzero(t_near)
-        out[OBS["NEAR_PERSISTERS"]] = np.count_nonzero(t_near & t_pers)
+        near &= t3[box]
+        out[OBS["NEAR_TUMOR"]] = np.count_nonzero(near)
+        s3 = ts.reshape(g3)[box]
+        out[OBS["NEAR_PERSISTERS"]] = np.count_nonzero(
+            near & ((s3 == codes.PERSISTER) | (s3 == codes.EXPANDED))
+        )
     # the float64 sums: memory, time in P, then per field all sites and tumor sites
     m0, p = reduce.grid_split(shape)
     k2, s2 = kind.reshape(m0, p), ts.reshape(m0, p)
