@@ -21,7 +21,9 @@
  * with o.o <= K lands on a CAF voxel inside the grid", K the largest integer with
  * sqrt(K) * dx <= d in float64 (the distance transform's arithmetic; tmesim.observables.near_ball).
  * The ball is passed as rows (dz, dy, w): offsets (dz, dy, -w..w); a tumor site scans them until
- * it finds a CAF (only tumor sites are asked).
+ * a row holds a CAF (only tumor sites are asked). Cost: a work item's serial chain is its
+ * column's tumor sites times the rows (81 at d/dx = 5 in 3D), so the latency of one row's loads
+ * is paid once per row, not once per byte.
  *
  * Layout: per-site arrays flat over n_sites = nz*ny*nx in C order (2D: nz = 1); m0 is the length
  * of grid axis 0 (nz in 3D, ny in 2D) and P = n_sites / m0.
@@ -50,8 +52,11 @@ TM_HD bool tm_obs_near_caf(const u8* kind, int z, int y, int x, int nz, int ny, 
         if (zz < 0 || zz >= nz || yy < 0 || yy >= ny) continue;
         const int x0 = x - w < 0 ? 0 : x - w, x1 = x + w >= nx ? nx - 1 : x + w;
         const u8* line = kind + ((long long)zz * ny + yy) * nx;
-        for (int xx = x0; xx <= x1; ++xx)
-            if (line[xx] == TM_CAF) return true;
+        /* no exit inside a row: its loads are independent and overlap (a row is short, <= 2r+1
+         * bytes; an exit per byte would chain every load's latency) */
+        bool hit = false;
+        for (int xx = x0; xx <= x1; ++xx) hit |= line[xx] == TM_CAF;
+        if (hit) return true;
     }
     return false;
 }
