@@ -35,7 +35,9 @@ from tmesim.steps.fields import FieldSolver
 
 from ..helpers import DEFAULTS, make_scenario, solver_text
 
-ADI_LOD = pytest.mark.parametrize("method", ["adi", "lod"])
+# adi: CG with the default multigrid preconditioner; adi/line: with the line-factor one
+ADI_LOD = pytest.mark.parametrize("method", ["adi", "adi/line", "lod"])
+PRECONDITIONERS = pytest.mark.parametrize("pre", ["multigrid", "adi"])
 ALL_DIRICHLET_0 = '[{ faces = ["all"], kind = "dirichlet", value = 0.0 }]'
 NO_FLUX = "[]"  # faces not named are no-flux
 DT = 6.0  # agent step of the secretion tests, min
@@ -60,9 +62,13 @@ def make_solver(
     uptake="{}",
     secretion="{}",
     vessel_value=0.0,
+    preconditioner=None,
 ):
     """A FieldSolver for a scenario whose only field is oxygen with the given parameters
-    (tolerance and max_iterations: the scenario defaults unless given)."""
+    (tolerance, max_iterations and preconditioner: the scenario defaults unless given; method
+    "adi/line" is adi with the line-factor preconditioner)."""
+    if method == "adi/line":
+        method, preconditioner = "adi", "adi"
     text = (
         solver_text(
             shape,
@@ -72,6 +78,7 @@ def make_solver(
             max_iterations=max_iterations,
             dx=dx,
             dt_agent=dt_agent,
+            preconditioner=preconditioner,
         )
         + f"""
 [fields.oxygen]
@@ -227,7 +234,7 @@ def test_gaussian_spread_2d(method):
         growth_err = (var - var0) / (2 * D * T) - 1
         assert abs(growth_err) < 5e-4, growth_err
     exact = s0**2 / sigma2 * np.exp(-(r**2) / (2 * sigma2))
-    c_t = 4.0 if method == "adi" else 3.0
+    c_t = 3.0 if method == "lod" else 4.0
     predicted = (c_t * D**2 * T * dt + D * T * dx**2 / 2) / sigma2**2
     assert np.abs(c - exact).max() == pytest.approx(c.max() - exact.max(), rel=1e-6)
     ratio = (c.max() - exact.max()) / exact.max() / predicted
@@ -520,7 +527,8 @@ BAR_BOUNDARY = '[{ faces = ["x-"], kind = "dirichlet", value = 10.0 }]'
 
 
 @pytest.mark.parametrize("dx,N", [(5.0, 13), (2.5, 26)])
-def test_dirichlet_bar_adi(dx, N):
+@PRECONDITIONERS
+def test_dirichlet_bar_adi(dx, N, pre):
     """adi steady state of the bar equals the closed-form discrete solution (1e-5 of cb; measured
     6e-7, float32 and the 1e-6 iteration tolerance) and the sparse direct solve of the same
     discrete operator, and lies within (dx/ell)^2/10 of cb from the continuum solution with the
@@ -540,6 +548,7 @@ def test_dirichlet_bar_adi(dx, N):
         dt_agent=120.0,
         tolerance=1e-6,
         max_iterations=400,
+        preconditioner=pre,
     )
     c = advance(fs, np.zeros((1, N)), np.zeros((1, N)), 5)[0]
     assert np.abs(c - discrete).max() < 1e-5 * cb
@@ -613,7 +622,8 @@ def uptake_disk():
 OXYGEN_BOUNDARY = '[{ faces = ["all"], kind = "dirichlet", value = 38.0 }]'
 
 
-def test_adi_uptake_steady_matches_direct(uptake_disk):
+@PRECONDITIONERS
+def test_adi_uptake_steady_matches_direct(uptake_disk, pre):
     """adi (default 6-min agent step, default solver settings) from a flat 38 start reaches the
     sparse direct steady state to 1e-4 of the far-field value (measured 2e-7): no splitting, so
     the 10 /min uptake is as exact as the diffusion."""
@@ -626,6 +636,7 @@ def test_adi_uptake_steady_matches_direct(uptake_disk):
         dt_agent=6.0,
         boundary=OXYGEN_BOUNDARY,
         uptake="{ tumor = 10.0 }",
+        preconditioner=pre,
     )
     c = advance(fs, np.full((u["n"],) * 2, 38.0), u["kind"], 6)
     err = np.abs(c - u["ref"]).max() / 38.0
@@ -664,7 +675,8 @@ def test_lod_uptake_splitting_error(uptake_disk):
 
 
 @pytest.mark.parametrize("shape", [(41, 41), (21, 23, 25)], ids=["2d", "3d"])
-def test_vessels_pinned_and_steady(shape):
+@PRECONDITIONERS
+def test_vessels_pinned_and_steady(shape, pre):
     """Vessel voxels hold vessel_value exactly, and the field around them in a decaying medium
     (no other source, Dirichlet 0 faces) is the discrete steady state with pinned nodes: the
     sparse direct solve, to 1e-5 of vessel_value (measured 6e-8)."""
@@ -693,6 +705,7 @@ def test_vessels_pinned_and_steady(shape):
         tolerance=1e-6,
         max_iterations=400,
         vessel_value=cv,
+        preconditioner=pre,
     )
     f = np.zeros((1, ves.size), np.float32)
     for _ in range(6):
@@ -795,7 +808,8 @@ def test_fields_are_independent(method, dt_field):
 
 
 @pytest.mark.parametrize("dt", [0.05, 0.02])
-def test_adi_default_tolerance_small_steps(dt):
+@PRECONDITIONERS
+def test_adi_default_tolerance_small_steps(dt, pre):
     """With the default tolerance, many small adi steps are still implicit Euler, whose variance
     grows by exactly 2 D T: within 1 % after T = 20 min.
 
@@ -805,7 +819,15 @@ def test_adi_default_tolerance_small_steps(dt):
     from tmesim.scenario import SolverConfig
 
     D, dx, s0, T = 1000.0, 40.0, 200.0, 20.0
-    x, c0, c, _ = gaussian_1d(D, dx, s0, T, dt, "adi", tolerance=SolverConfig().tolerance)
+    x, c0, c, _ = gaussian_1d(
+        D,
+        dx,
+        s0,
+        T,
+        dt,
+        "adi" if pre == "multigrid" else "adi/line",
+        tolerance=SolverConfig().tolerance,
+    )
     var0 = (c0 * x**2).sum() / c0.sum()
     var = (c * x**2).sum() / c.sum()
     assert abs((var - var0) / (2 * D * T) - 1) < 0.01
