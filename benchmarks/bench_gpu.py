@@ -93,18 +93,30 @@ WRITE_ONLY = {
     "tm_tumor_decide": {"action", "target"},
     "tm_push_distance_first": {"D"},
     "tm_push_apply": {"target"},
+    "tm_mg_fine": {"w", "e", "free"},
+    "tm_mg_diag": {"d"},
+    "tm_mg_coarsen": {"w_c", "e_c", "free_c"},
+    "tm_mg_smooth0": {"x"},
+    "tm_mg_jacobi": {"out"},
+    "tm_mg_residual": {"res"},
+    "tm_mg_restrict": {"rc"},
+    "tm_cg_rhs": {"b"},
+    "tm_observe_columns": {"cols"},
+    "tm_reduce_columns": {"cols"},
+    "tm_reduce_tree": {"out"},
 }
 
 
 def kernel_signatures() -> dict[str, list[tuple[str, str]]]:
-    """{kernel: [(parameter name, role)]} from kernels/*.cu, role "r" (a const pointer: read),
+    """{kernel: [(parameter name, role)]} from kernels/*.cu and *.cuh, role "r" (a const
+    pointer: read),
     "w" (an output, :data:`WRITE_ONLY`), "rw" (any other pointer: updated in place) or "scalar".
     """
     from tmesim.launch import find_kernel_dir
 
     out = {}
     d = find_kernel_dir()
-    for src in sorted(d.glob("*.cu")):
+    for src in sorted([*d.glob("*.cu"), *d.glob("*.cuh")]):
         text = re.sub(r"/\*.*?\*/", "", src.read_text(), flags=re.S)
         for name, params in _KERNEL.findall(text):
             sig = []

@@ -274,8 +274,12 @@ PROBE = ROOT / "benchmarks" / "gpu_probe.py"
 def test_probe_timeline_holds_every_launch_of_the_step(tmp_path):
     """benchmarks/gpu_probe.py on the portable kernels at 16^3: no section fails, and its
     timelines hold each launch of the step, per kernel as the solver and rules make them: a CG
-    step of s sweeps (3D, 5 fields, converged) applies the operator s + 1 times, preconditions s
-    times with 5 line solves each, updates c and r by axpy 2 s times; the rules launch the three
+    step of s sweeps (3D, 5 fields, converged) applies the operator s + 1 times, updates c and r
+    s times and the direction s - 1 times, and preconditions s times, each a V-cycle over the
+    three multigrid levels of 16^3 (16^3, 8^3, 4^3: smoothing on each, a residual, restriction
+    and prolongation on the two finer ones, a post-sweep on those and 7 more sweeps on the
+    coarsest), after building the levels once (fine level, a diagonal per level, two
+    coarsenings); the rules launch the three
     tumor kernels and, at the bench scenario's 60 um on 20 um voxels, 3 distance passes and the
     push's claim, apply and finish; an LOD step sweeps each of 5 fields along 3 axes."""
     r = subprocess.run(
@@ -293,8 +297,13 @@ def test_probe_timeline_holds_every_launch_of_the_step(tmp_path):
     calls = {k: v["calls"] for k, v in fields["parts"].items()}
     assert s >= 2
     assert calls["tm_apply_operator"] == s + 1
-    assert calls["tm_thomas_solve_factored"] == 5 * s
-    assert calls["tm_axpy"] == 2 * s and calls["tm_scale_add"] == s - 1
+    assert calls["tm_cg_update"] == s and calls["tm_cg_direction"] == s - 1
+    assert calls["tm_mg_fine"] == 1 and calls["tm_mg_diag"] == 3 and calls["tm_mg_coarsen"] == 2
+    assert calls["tm_mg_smooth0"] == 3 * s
+    for name in ("tm_mg_residual", "tm_mg_restrict", "tm_mg_prolong_add"):
+        assert calls[name] == 2 * s, name
+    assert calls["tm_mg_jacobi"] == (2 + 7) * s
+    assert "tm_thomas_solve_factored" not in calls and "tm_axpy" not in calls
     assert calls["tm_set_pinned"] == 1 + 2 * s
     assert calls["tm_rates"] == calls["tm_cg_setup"] == calls["tm_residual"] == 1
     assert {k: v["calls"] for k, v in p["timeline_tumor rules"]["parts"].items()} == {

@@ -94,10 +94,14 @@ def test_memory_estimate_parts_by_hand():
     assert est["state"] == n * (10 + 4 * F)
     assert est["rules"] == n * (13 + 2)
     assert memory.bytes_needed(sc, "cpu")["rules"] == n * 16
-    # the observables' temporaries: masks and a masked copy, and with CAFs the distance transform
+    # the observables' temporaries: on the kernels one float64 column sum per quantity
+    # (16 + 2 F) and plane position (24 + the totals); on the CPU the tumor mask and states
+    # (2 B per voxel) and with CAFs the near-CAF work on the tumor's box (12 B per voxel of it)
     no_caf = model_scenario("2d-adi", "init.caf.placement=none")
-    assert memory.bytes_needed(no_caf, "gpu")["observables"] == n * 6
-    assert est["observables"] > n * 6
+    assert memory.bytes_needed(no_caf, "gpu")["observables"] == 8 * (16 + 2 * F) * (24 + 1)
+    assert est["observables"] == 8 * (16 + 2 * F) * (24 + 1)
+    assert memory.bytes_needed(no_caf, "cpu")["observables"] == 2 * n
+    assert memory.bytes_needed(sc, "cpu")["observables"] == 14 * n
 
 
 def lod_1024(*extra):
@@ -108,8 +112,8 @@ def lod_1024(*extra):
 def test_1024_cubed_five_field_lod_fits_80_gb(cafs):
     """A 1024^3 grid with five fields (oxygen, HGF, IGF-1, signal, a drug), LOD: state 30 +
     LOD work 8 + rules 15 B per voxel (13, and 2 for the push rule's distance buffer), plus the
-    observables' peak: 6 B without CAFs (about 63e9 bytes in all), 20 B with them (the near-CAF
-    distance transform; about 78e9)."""
+    observables' column sums: (16 + 2 F) float64 per plane position, with or without CAFs
+    (about 57e9 bytes in all; 78e9 with CAFs while the row used a distance transform)."""
     extra = () if cafs else ("init.caf.placement=none",)
     sc = lod_1024(*extra)
     assert len(sc.fields) == 5
@@ -117,7 +121,8 @@ def test_1024_cubed_five_field_lod_fits_80_gb(cafs):
     n = 1024**3
     assert est["persistent"] == n * (30 + 8 + 15) + (est["fields"] - 8 * n)
     assert est["fields"] - 8 * n < 1e6  # small tables only
-    assert est["observables"] == n * (20 if cafs else 6)
+    assert est["observables"] == 8 * (16 + 2 * 5) * (1024**2 + 1)
+    assert est["total"] <= 58e9
     assert est["total"] <= 80e9, memory.describe(est)
 
 
@@ -154,7 +159,7 @@ def test_oversized_run_is_refused_up_front():
         "observables",
         "37.25 GiB is free",
         "a smaller grid",
-        "73.00 GiB on the GPU",
+        "53.20 GiB on the GPU",
     ):
         assert word in msg, msg
     assert "lod" not in msg.split("Use")[1]  # already LOD: not suggested

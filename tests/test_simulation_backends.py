@@ -241,13 +241,6 @@ class DeviceLauncher(launch.PortableLauncher):
     xp = DEVICE_XP
 
 
-def _device_edt(image):
-    """scipy's transform on the emulated device (cupyx's plays this part on a GPU)."""
-    from scipy import ndimage
-
-    return _wrap(ndimage.distance_transform_edt(np.asarray(image)))
-
-
 class EmulatedDevice(Portable):
     """The Portable backend with DeviceArrays for device memory: a step that mixes host arrays
     into device computations (which cupy refuses) fails here, without a GPU."""
@@ -281,12 +274,6 @@ def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
     """A whole model on the emulated device: every step, row, snapshot and checkpoint path runs
     without a host array meeting a device one, the state stays on the device (plasma and
     dose_total on the host), and the run is still the CPU's."""
-    from tmesim import observables
-
-    real = observables._edt
-    monkeypatch.setattr(
-        observables, "_edt", lambda xp: _device_edt if xp is DEVICE_XP else real(xp)
-    )
     # the CG's reductions choose numpy's or cupy's code by `xp is numpy`: numpy's here
     from tmesim.steps import fields as F_
     from tmesim.steps.fields_kernel import KernelFieldSolver

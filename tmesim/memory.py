@@ -180,33 +180,24 @@ def _places_cafs(sc) -> bool:
 
 
 def observables_bytes(sc, backend_name: str) -> int:
-    """Peak bytes of the temporaries of one observables row (tmesim.observables.observe): the
-    largest temporaries of a step (the rules' are a 1-byte mask per voxel; therapy's copy of the
-    drug fields, 4 B per drug and voxel, exists only when they are not consecutive rows, and is
-    then counted if larger).
+    """Peak bytes of the temporaries of one observables row (tmesim.observables.observe), or of
+    therapy's copy of the drug fields (4 B per drug and voxel, only when they are not
+    consecutive rows), whichever is larger.
 
-    The tumor and persister masks (bool, 2 B per voxel) live through the row; beside them, one
-    at a time, a masked copy (at most every voxel, float32: 4 B) or, with CAFs, near_caf's
-    distance transform: the CAF mask and its negation (2 B), float64 distances (8 B, scaled in
-    place), and the transform's own work arrays: on a GPU (cupyx, parallel banding) two encoded
-    images of the grid padded to at most a cube of its longest side, int32 per voxel up to 1024
-    per axis (int64 beyond) in 3D, a pair of int32 per voxel in 2D; on the CPU (scipy) the
-    feature transform (ndim int32 per voxel) and ndim float64 while it makes the distances.
+    Kernel backends (one fused pass, tmesim.observables.kernel_totals): the column sums, one
+    float64 per quantity (16 + 2 F) and plane position (the sites off grid axis 0), and the
+    totals; no per-voxel temporaries. CPU (the numpy twin, numpy_totals): the tumor mask and the
+    tumor cells' states (2 B per voxel) and, with CAFs, the near-CAF work over the tumor's
+    bounding box grown by the ball's reach, about 12 B per voxel of it (the whole grid at
+    worst); the per-plane float64 rows are small.
     """
-    n, nd = n_sites(sc), sc.ndim
-    masks, masked_copy = 2 * n, 4 * n
-    if not _places_cafs(sc):
-        return max(masks + masked_copy, _drug_copy_bytes(sc))
-    edt = n * (2 + 8)
-    if backend_name == "gpu":
-        if nd == 3:
-            side = max(sc.grid.shape)
-            edt += 2 * (4 if side <= 1024 else 8) * side**3
-        else:
-            edt += 2 * 8 * n
+    n, F = n_sites(sc), len(sc.fields)
+    if backend_name == "cpu":
+        peak = 2 * n + (12 * n if _places_cafs(sc) else 0)
     else:
-        edt += n * nd * (4 + 8)
-    return max(masks + max(masked_copy, edt), _drug_copy_bytes(sc))
+        plane = n // int(sc.grid.shape[0])
+        peak = 8 * (16 + 2 * F) * (plane + 1)
+    return max(peak, _drug_copy_bytes(sc))
 
 
 def _drug_copy_bytes(sc) -> int:
