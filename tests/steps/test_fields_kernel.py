@@ -135,6 +135,7 @@ def run_both(ref, ks, shape, n_steps=4, seed=1):
         ks.step(got, kind, state)
         np.testing.assert_array_equal(got, want, err_msg=f"agent step {s}")
         assert ks.last_sweeps == ref.last_sweeps
+        np.testing.assert_array_equal(ks.last_field_sweeps, ref.last_field_sweeps)
         kind, state = evolve(g, kind)
     return got
 

@@ -594,6 +594,8 @@ class FieldSolver:
         else:
             self._setup_lod()
         self.last_sweeps = 0  # CG iterations (adi) or LOD substeps of the last step
+        # per field: the CG iterations it took part in (adi) or the LOD substeps, last step
+        self.last_field_sweeps = np.zeros(self.F, dtype=np.int64)
 
     # ----------------------------------------------------------------------------- coefficients
     def _setup_adi(self):
@@ -698,6 +700,7 @@ class FieldSolver:
         S = S.reshape(c.shape)
         pinned, pin_value = self.pins(kind)
         fields[:, pinned] = pin_value
+        self.last_field_sweeps = np.zeros(self.F, dtype=np.int64)
         if self.method == "adi":
             prep = self._adi_prepare(U, pinned)
             sweeps = 0
@@ -706,6 +709,7 @@ class FieldSolver:
         else:
             self._lod_run(c, U, S, pinned, pin_value)
             sweeps = self.n_sub
+            self.last_field_sweeps[:] = self.n_sub
         self.last_sweeps = sweeps
         if not np.isfinite(fields).all():
             bad = [
@@ -985,6 +989,7 @@ class FieldSolver:
         if not active.any():
             return 0
         for it in range(1, self.sc.solver.max_iterations + 1):  # noqa: B007 - read after the loop
+            self.last_field_sweeps += active
             run = self._active_groups(active, _THREAD_MIN_SITES)
             pq = self._gather(run, self._map(functools.partial(direction, beta=beta), run))
             alpha = np.where(pq > 0, rz / np.where(pq > 0, pq, 1.0), 0.0)

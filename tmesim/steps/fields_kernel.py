@@ -458,6 +458,7 @@ def _array_specs(
         for name in ("U", "S", "diag", "b", "r", "z", "p", "q"):
             specs[name] = (full, f32)
         specs["D_over_h2"] = ((F,), f32)
+        specs["field_sweeps"] = ((F,), np.int64)
         specs["ghosts"] = ((F, 3, 2), f32)
         specs["ghosts0"] = ((F, 3, 2), f32)
         if preconditioner == "multigrid":
@@ -565,6 +566,14 @@ class KernelFieldSolver:
                     a[f"lod_{part}{ax}"][...] = xp.asarray(getattr(co, part).reshape(m, F))
         self._sync_supply()
 
+    @property
+    def last_field_sweeps(self) -> np.ndarray:
+        """(F,) int64 host array: per field the CG iterations it took part in during the last
+        step (adi), or its LOD substeps (FieldSolver.last_field_sweeps)."""
+        if self.method == "lod" or self.F == 0:
+            return np.full(self.F, self.last_sweeps, dtype=np.int64)
+        return _host(self._arrays["field_sweeps"]).astype(np.int64)
+
     # ----------------------------------------------------------------------------- supply, rates
     @property
     def vessel_value(self) -> np.ndarray:
@@ -632,6 +641,7 @@ class KernelFieldSolver:
             )
         set_pinned(c, pin, a["vessel"], a["bath"], launcher=self.L)
         if self.method == "adi":
+            self._arrays["field_sweeps"][...] = 0
             self._adi_prepare(c, kind, tumor_state, pin)
             sweeps = 0
             for _ in range(self.n_sub):
@@ -830,6 +840,7 @@ class KernelFieldSolver:
         if not bool(active.any()):
             return 0
         for it in range(1, self.sc.solver.max_iterations + 1):  # noqa: B007 - read after the loop
+            a["field_sweeps"] += active
             flags = active.astype(xp.uint8)
             if beta is not None:
                 L("tm_cg_direction", c.size, np.int32(F), n, flags, beta, z, p)
