@@ -80,24 +80,24 @@ def count_step(size: int, warm: int, extra=()):
     return dict(per), int(fs.last_sweeps), fs.last_field_sweeps.tolist(), m, sc
 
 
-def reductions(sweeps: int, n_sites: int, F: int) -> int:
-    """Bytes of the CG's array-library reductions in one field step of ``sweeps`` iterations:
-    at the start largest |r| and |b| (a max and a min each) and r.z; per iteration p.q and
-    largest |r|, and r.z on all but the last; then the finiteness check (max and min)."""
-    per_pass = 4 * F * n_sites
-    start = 2 * 2 + 2  # two absmax (max + min), one dot of two arrays
-    per_it = 2 + 2 + 2  # p.q, absmax r, r.z
-    return per_pass * (start + per_it * sweeps - 2 + 2)
+def reductions(field_sweeps, n_sites: int) -> int:
+    """Bytes of the CG's array-library reductions in one field step, per field from the
+    iterations it took part in (``field_sweeps``; a field that has converged is no longer
+    reduced): at the start largest |r| and |b| (a max and a min each) and r.z; per iteration
+    p.q and largest |r|, and r.z on all but the last; then the finiteness check (max and min)."""
+    F = len(field_sweeps)
+    passes = F * (2 + 2 + 2) + sum(6 * k - 2 for k in field_sweeps if k) + 2 * F
+    return 4 * n_sites * passes
 
 
-def table(per, sweeps, field_sweeps, size, target, target_sweeps, bw, F, n):
+def table(per, sweeps, field_sweeps, size, target, target_sweeps, bw, n):
     scale = (target / size) ** 3
     it_scale = target_sweeps / sweeps if sweeps else 1.0
     rows = []
     for name, (calls, nbytes) in sorted(per.items(), key=lambda kv: -kv[1][1]):
         f = scale * (it_scale if name in PER_ITERATION else 1.0)
         rows.append((name, calls, nbytes, nbytes * f))
-    red = reductions(sweeps, n, F)
+    red = reductions(field_sweeps, n)
     red_t = red * scale * it_scale
     rows.append(("CG reductions (array library, counted)", 5 + 3 * sweeps, red, red_t))
     total = sum(r[3] for r in rows)
@@ -127,9 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     per, sweeps, field_sweeps, m, sc = count_step(a.size, a.warm, a.set)
-    F, n = len(sc.fields), m.grid.n_sites
+    n = m.grid.n_sites
     text, total = table(
-        per, sweeps, field_sweeps, a.size, a.target, a.target_sweeps or sweeps, a.bandwidth, F, n
+        per, sweeps, field_sweeps, a.size, a.target, a.target_sweeps or sweeps, a.bandwidth, n
     )
     per_step = 14 * 24 * 60 / sc.run.dt_min
     text += (

@@ -21,6 +21,14 @@
 
 #define TM_HD __host__ __device__ __forceinline__
 
+/* Unroll the next loop on the device (a loop over the three axes whose per-axis values must
+ * stay in registers); nothing in the portable build, where g++ does not know the pragma. */
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define TM_UNROLL _Pragma("unroll")
+#else
+#define TM_UNROLL
+#endif
+
 /* Threads per block of every launch: tmesim/launch.py puts its BLOCK in the #define preamble,
  * so the launch and the compiler's register budget (__launch_bounds__) agree. */
 #ifndef TM_BLOCK

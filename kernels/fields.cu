@@ -126,6 +126,31 @@ TM_KERNEL void tm_apply_operator(int F, int nz, int ny, int nx, int ndim,
     }
 }
 
+/* tm_apply_operator_pinned: out = diag p - D lap(p), 0 at pinned voxels: the CG's "A p" with
+ * "q[:, pinned] = 0" folded in (FieldSolver._adi_step). Arguments as tm_apply_operator, plus
+ *   pin  (n_sites,) uint8 pin codes (tm_pinned voxels get 0)
+ * One work item per (field, site). */
+TM_KERNEL void tm_apply_operator_pinned(int F, int nz, int ny, int nx, int ndim,
+                                        const float* __restrict__ p,
+                                        const float* __restrict__ diag,
+                                        const float* __restrict__ D_over_h2,
+                                        const float* __restrict__ ghosts,
+                                        const u8* __restrict__ pin,
+                                        float* __restrict__ out) {
+    const long long n = (long long)nz * ny * nx;
+    TM_FOR_EACH(i, (long long)F * n) {
+        const int f = (int)(i / n);
+        const long long s = i % n;
+        if (tm_pinned(pin[s])) {
+            out[i] = 0.0f;
+            continue;
+        }
+        const float lap = __fmul_rn(tm_lap_sum(p, ghosts, f * n, s, f, nz, ny, nx, ndim),
+                                    D_over_h2[f]);
+        out[i] = __fsub_rn(__fmul_rn(diag[i], p[i]), lap);
+    }
+}
+
 /* tm_rates: per-voxel implicit rate and source from the (field, kind, state) tables.
  * Twin of FieldSolver.rates.
  *   n          sites

@@ -3,9 +3,9 @@
  *
  * One level of the hierarchy, every field at once, flat in C order:
  *   w     (F, n) float32  the reaction part of the graph-form operator, 1/min (1 off the free set)
- *   e     (ndim, F, n) float32  e[a][f, s]: the coupling of s and its upper neighbour along numpy
+ *   e     (F, ndim, n) float32  e[f][a, s]: the coupling of s and its upper neighbour along numpy
  *         grid axis a (kernel axis a + 3 - ndim), 1/min; 0 on the last layer and where an end is
- *         not free
+ *         not free (field-major, so that the fields a launch works on are one contiguous run)
  *   d     (F, n) float32  w plus the incident edges (the Jacobi diagonal)
  *   free  (n,) uint8      1 where the voxel (block) takes part
  * (A x)_s = w_s x_s + sum over neighbours t of e_st (x_s - x_t).
@@ -77,7 +77,7 @@ TM_KERNEL void tm_mg_fine(int F, int nz, int ny, int nx, int ndim,
             }
             if (c == 0 && dirichlet[(f * ndim + a) * 2 + 0]) lost = __fadd_rn(lost, 1.0f);
             if (c == m - 1 && dirichlet[(f * ndim + a) * 2 + 1]) lost = __fadd_rn(lost, 1.0f);
-            e[(long long)a * F * n + i] = (fs && up_free) ? Dh : 0.0f;
+            e[((long long)f * ndim + a) * n + s] = (fs && up_free) ? Dh : 0.0f;
         }
         w[i] = fs ? __fadd_rn(diag[i], __fmul_rn(Dh, lost)) : 1.0f;
         if (f == 0) free[s] = (u8)fs;
@@ -91,15 +91,16 @@ TM_KERNEL void tm_mg_diag(int F, int nz, int ny, int nx, int ndim,
                           float* __restrict__ d) {
     const long long n = (long long)nz * ny * nx;
     TM_FOR_EACH(i, (long long)F * n) {
+        const long long f = i / n;
         const long long s = i % n;
         float acc = w[i];
         for (int a = 0; a < ndim; ++a) {
-            const float* ea = e + (long long)a * F * n;
+            const float* ea = e + (f * ndim + a) * n;
             const int m = tm_mg_len(a, ndim, nz, ny, nx);
             const long long st = tm_mg_stride(a, ndim, ny, nx);
             const int c = tm_mg_coord(s, a, ndim, ny, nx);
-            if (c > 0) acc = __fadd_rn(acc, ea[i - st]);
-            if (c < m - 1) acc = __fadd_rn(acc, ea[i]);
+            if (c > 0) acc = __fadd_rn(acc, ea[s - st]);
+            if (c < m - 1) acc = __fadd_rn(acc, ea[s]);
         }
         d[i] = acc;
     }
@@ -170,32 +171,33 @@ TM_KERNEL void tm_mg_coarsen(int F, int nz, int ny, int nx, int cz, int cy, int 
             const int layer = 2 * cc[kax] + 1;
             float ea = 0.0f;
             if (layer < fn[kax]) {
-                const float* ef = e_f + (long long)a * F * n + (long long)f * n;
+                const float* ef = e_f + ((long long)f * ndim + a) * n;
                 for (int k = 0; k < (nk >> 1); ++k) {
                     const long long t =
                         tm_mg_child(sc, k, ndim - 1, ndim, nz, ny, nx, cy, cx, a, layer);
                     ea = __fadd_rn(ea, t >= 0 ? ef[t] : 0.0f);
                 }
             }
-            e_c[(long long)a * F * nc + i] = ea;
+            e_c[((long long)f * ndim + a) * nc + sc] = ea;
         }
     }
 }
 
 /* (A x)_s on one level: w x, then per axis the lower neighbour's term e (x_s - x_lo) and the
  * upper one's e (x_s - x_hi). Twin of multigrid.apply at one site. */
-TM_HD float tm_mg_Ax(int F, int nz, int ny, int nx, int ndim, long long n, long long i,
+TM_HD float tm_mg_Ax(int nz, int ny, int nx, int ndim, long long n, long long i,
                      const float* w, const float* e, const float* x) {
+    const long long f = i / n;
     const long long s = i % n;
     const float xs = x[i];
     float y = __fmul_rn(w[i], xs);
     for (int a = 0; a < ndim; ++a) {
-        const float* ea = e + (long long)a * F * n;
+        const float* ea = e + (f * ndim + a) * n;
         const int m = tm_mg_len(a, ndim, nz, ny, nx);
         const long long st = tm_mg_stride(a, ndim, ny, nx);
         const int c = tm_mg_coord(s, a, ndim, ny, nx);
-        if (c > 0) y = __fadd_rn(y, __fmul_rn(ea[i - st], __fsub_rn(xs, x[i - st])));
-        if (c < m - 1) y = __fadd_rn(y, __fmul_rn(ea[i], __fsub_rn(xs, x[i + st])));
+        if (c > 0) y = __fadd_rn(y, __fmul_rn(ea[s - st], __fsub_rn(xs, x[i - st])));
+        if (c < m - 1) y = __fadd_rn(y, __fmul_rn(ea[s], __fsub_rn(xs, x[i + st])));
     }
     return y;
 }
@@ -215,7 +217,7 @@ TM_KERNEL void tm_mg_jacobi(int F, int nz, int ny, int nx, int ndim, float omega
                             const float* __restrict__ r, float* __restrict__ out) {
     const long long n = (long long)nz * ny * nx;
     TM_FOR_EACH(i, (long long)F * n) {
-        float t = __fsub_rn(r[i], tm_mg_Ax(F, nz, ny, nx, ndim, n, i, w, e, x));
+        float t = __fsub_rn(r[i], tm_mg_Ax(nz, ny, nx, ndim, n, i, w, e, x));
         t = __fmul_rn(t, omega);
         t = __fdiv_rn(t, d[i]);
         out[i] = __fadd_rn(x[i], t);
@@ -230,7 +232,7 @@ TM_KERNEL void tm_mg_residual(int F, int nz, int ny, int nx, int ndim,
                               float* __restrict__ res) {
     const long long n = (long long)nz * ny * nx;
     TM_FOR_EACH(i, (long long)F * n) {
-        res[i] = __fsub_rn(r[i], tm_mg_Ax(F, nz, ny, nx, ndim, n, i, w, e, x));
+        res[i] = __fsub_rn(r[i], tm_mg_Ax(nz, ny, nx, ndim, n, i, w, e, x));
     }
 }
 
@@ -270,6 +272,127 @@ TM_KERNEL void tm_mg_prolong_add(int F, int nz, int ny, int nx, int cz, int cy, 
         const int zc = ndim == 3 ? z / 2 : z;   /* a 2D grid's kernel z axis is not coarsened */
         const long long p = ((long long)zc * cy + y / 2) * cx + xx / 2;
         x[i] = __fadd_rn(x[i], free_f[s] ? xc[(long long)f * nc + p] : 0.0f);
+    }
+}
+
+/* ------------------------------------------------------------------------- level 0 on the fly
+ * The fine level's w, e and d follow from the CG's diagonal and the pin codes (tm_mg_fine,
+ * tm_mg_diag), so the kernels the V-cycle runs on level 0 every iteration recompute them per site
+ * with the same operations instead of reading 5 + ndim stored words per voxel and field: they
+ * read diag and the pin codes (1 B per voxel, shared by the fields). Same bits as the stored
+ * level (the same float32 operations in the same order).
+ *   diag (F, n) float32 1/min; pin (n,) uint8 pin codes; D_over_h2 (F,) float32;
+ *   dirichlet (F, ndim, 2) uint8 as tm_mg_fine */
+
+/* w, d and the lower / upper edge weights per grid axis at work item i = f n + s of level 0. */
+TM_HD void tm_mg0_site(int nz, int ny, int nx, int ndim, long long n, long long i,
+                       const float* diag, const u8* pin, const float* D_over_h2,
+                       const u8* dirichlet, float* w, float* d, float* e_lo, float* e_hi) {
+    const long long f = i / n;
+    const long long s = i % n;
+    const bool fs = !tm_pinned(pin[s]);
+    const float Dh = D_over_h2[f];
+    float lost = 0.0f;
+TM_UNROLL
+    for (int a = 0; a < 3; ++a) {  /* unrolled: e_lo, e_hi stay in registers */
+        if (a >= ndim) break;
+        const int m = tm_mg_len(a, ndim, nz, ny, nx);
+        const long long st = tm_mg_stride(a, ndim, ny, nx);
+        const int c = tm_mg_coord(s, a, ndim, ny, nx);
+        bool lo_free = false, up_free = false;
+        if (c > 0) {
+            lo_free = !tm_pinned(pin[s - st]);
+            if (!lo_free) lost = __fadd_rn(lost, 1.0f);
+        }
+        if (c < m - 1) {
+            up_free = !tm_pinned(pin[s + st]);
+            if (!up_free) lost = __fadd_rn(lost, 1.0f);
+        }
+        if (c == 0 && dirichlet[(f * ndim + a) * 2 + 0]) lost = __fadd_rn(lost, 1.0f);
+        if (c == m - 1 && dirichlet[(f * ndim + a) * 2 + 1]) lost = __fadd_rn(lost, 1.0f);
+        e_lo[a] = (fs && lo_free) ? Dh : 0.0f;
+        e_hi[a] = (fs && up_free) ? Dh : 0.0f;
+    }
+    const float ww = fs ? __fadd_rn(diag[i], __fmul_rn(Dh, lost)) : 1.0f;
+    float dd = ww;
+TM_UNROLL
+    for (int a = 0; a < 3; ++a) {  /* unrolled: e_lo, e_hi stay in registers */
+        if (a >= ndim) break;
+        const int m = tm_mg_len(a, ndim, nz, ny, nx);
+        const int c = tm_mg_coord(s, a, ndim, ny, nx);
+        if (c > 0) dd = __fadd_rn(dd, e_lo[a]);
+        if (c < m - 1) dd = __fadd_rn(dd, e_hi[a]);
+    }
+    *w = ww;
+    *d = dd;
+}
+
+/* (A x) at work item i of level 0, from w and the edges of tm_mg0_site (tm_mg_Ax's order). */
+TM_HD float tm_mg0_Ax(int nz, int ny, int nx, int ndim, long long n, long long i, float w,
+                      const float* e_lo, const float* e_hi, const float* x) {
+    const long long s = i % n;
+    const float xs = x[i];
+    float y = __fmul_rn(w, xs);
+TM_UNROLL
+    for (int a = 0; a < 3; ++a) {  /* unrolled: e_lo, e_hi stay in registers */
+        if (a >= ndim) break;
+        const int m = tm_mg_len(a, ndim, nz, ny, nx);
+        const long long st = tm_mg_stride(a, ndim, ny, nx);
+        const int c = tm_mg_coord(s, a, ndim, ny, nx);
+        if (c > 0) y = __fadd_rn(y, __fmul_rn(e_lo[a], __fsub_rn(xs, x[i - st])));
+        if (c < m - 1) y = __fadd_rn(y, __fmul_rn(e_hi[a], __fsub_rn(xs, x[i + st])));
+    }
+    return y;
+}
+
+/* tm_mg0_smooth0: x = (r omega) / d on level 0 (tm_mg_smooth0 with d recomputed). */
+TM_KERNEL void tm_mg0_smooth0(int F, int nz, int ny, int nx, int ndim, float omega,
+                              const float* __restrict__ diag, const u8* __restrict__ pin,
+                              const float* __restrict__ D_over_h2,
+                              const u8* __restrict__ dirichlet, const float* __restrict__ r,
+                              float* __restrict__ x) {
+    const long long n = (long long)nz * ny * nx;
+    TM_FOR_EACH(i, (long long)F * n) {
+        float w, d, e_lo[3], e_hi[3];
+        tm_mg0_site(nz, ny, nx, ndim, n, i, diag, pin, D_over_h2, dirichlet, &w, &d, e_lo, e_hi);
+        x[i] = __fdiv_rn(__fmul_rn(r[i], omega), d);
+    }
+}
+
+/* tm_mg0_residual: res = r - A x on level 0 (tm_mg_residual with w and e recomputed). */
+TM_KERNEL void tm_mg0_residual(int F, int nz, int ny, int nx, int ndim,
+                               const float* __restrict__ diag, const u8* __restrict__ pin,
+                               const float* __restrict__ D_over_h2,
+                               const u8* __restrict__ dirichlet, const float* __restrict__ x,
+                               const float* __restrict__ r, float* __restrict__ res) {
+    const long long n = (long long)nz * ny * nx;
+    TM_FOR_EACH(i, (long long)F * n) {
+        float w, d, e_lo[3], e_hi[3];
+        tm_mg0_site(nz, ny, nx, ndim, n, i, diag, pin, D_over_h2, dirichlet, &w, &d, e_lo, e_hi);
+        res[i] = __fsub_rn(r[i], tm_mg0_Ax(nz, ny, nx, ndim, n, i, w, e_lo, e_hi, x));
+    }
+}
+
+/* tm_mg0_jacobi: out = x + ((r - A x) omega) / d on level 0, and 0 at pinned voxels: the V-cycle's
+ * last sweep, with FieldSolver._precondition's "out[:, pinned] = 0" folded in (numpy's values
+ * there are +0 before that assignment too). */
+TM_KERNEL void tm_mg0_jacobi(int F, int nz, int ny, int nx, int ndim, float omega,
+                             const float* __restrict__ diag, const u8* __restrict__ pin,
+                             const float* __restrict__ D_over_h2,
+                             const u8* __restrict__ dirichlet, const float* __restrict__ x,
+                             const float* __restrict__ r, float* __restrict__ out) {
+    const long long n = (long long)nz * ny * nx;
+    TM_FOR_EACH(i, (long long)F * n) {
+        if (tm_pinned(pin[i % n])) {
+            out[i] = 0.0f;
+            continue;
+        }
+        float w, d, e_lo[3], e_hi[3];
+        tm_mg0_site(nz, ny, nx, ndim, n, i, diag, pin, D_over_h2, dirichlet, &w, &d, e_lo, e_hi);
+        float t = __fsub_rn(r[i], tm_mg0_Ax(nz, ny, nx, ndim, n, i, w, e_lo, e_hi, x));
+        t = __fmul_rn(t, omega);
+        t = __fdiv_rn(t, d);
+        out[i] = __fadd_rn(x[i], t);
     }
 }
 

@@ -459,13 +459,14 @@ def _array_specs(
             specs[name] = (full, f32)
         specs["D_over_h2"] = ((F,), f32)
         specs["field_sweeps"] = ((F,), np.int64)
+        specs["ones"] = ((F,), np.uint8)  # every field active: the flags of a run's launch
         specs["ghosts"] = ((F, 3, 2), f32)
         specs["ghosts0"] = ((F, 3, 2), f32)
         if preconditioner == "multigrid":
             specs["mg_dir"] = ((F, ndim, 2), np.uint8)
             for lvl, shp in enumerate(_mg_shapes(tuple(shape))):
                 nl = math.prod(shp)
-                specs[f"mg_e{lvl}"] = ((ndim, F, nl), f32)
+                specs[f"mg_e{lvl}"] = ((F, ndim, nl), f32)
                 specs[f"mg_d{lvl}"] = ((F, nl), f32)
                 specs[f"mg_free{lvl}"] = ((nl,), np.uint8)
                 if lvl:
@@ -541,6 +542,7 @@ class KernelFieldSolver:
         if self.method == "adi":
             a["D_over_h2"][...] = xp.asarray(ref.D_over_h2.reshape(F))
             a["ghosts0"][...] = xp.asarray(pack_ghosts(np, ref.ghosts0, F, nd))
+            a["ones"][...] = 1
             if self.multigrid:
                 dirichlet = np.zeros((F, nd, 2), dtype=np.uint8)
                 for ax, (lo, hi) in enumerate(ref.dirichlet):
@@ -661,25 +663,17 @@ class KernelFieldSolver:
         return fields
 
     # ----------------------------------------------------------------------------- adi (CG)
-    def _apply(self, p, ghosts, out):
-        """out = (1/dt + U) p - D lap(p) with packed ghosts: FieldSolver._apply."""
-        F = self.F
+    def _apply(self, p, ghosts, out, g=slice(None), pin=None):
+        """out = (1/dt + U) p - D lap(p) with packed ghosts for the fields g (p and out that
+        run, (f1 - f0, *grid)): FieldSolver._apply; with ``pin`` (pin codes) 0 at pinned voxels
+        as well (tm_apply_operator_pinned: "q[:, pinned] = 0" folded in)."""
         nz, ny, nx, ndim = grid3(self.grid.shape)
         a = self._arrays
-        self.L(
-            "tm_apply_operator",
-            p.size,
-            np.int32(F),
-            nz,
-            ny,
-            nx,
-            ndim,
-            p,
-            a["diag"],
-            a["D_over_h2"],
-            ghosts,
-            out,
-        )
+        head = (np.int32(p.shape[0]), nz, ny, nx, ndim, p, a["diag"][g], a["D_over_h2"][g])
+        if pin is None:
+            self.L("tm_apply_operator", p.size, *head, ghosts[g], out)
+        else:
+            self.L("tm_apply_operator_pinned", p.size, *head, ghosts[g], pin, out)
         return out
 
     def _adi_prepare(self, c, kind, tumor_state, pin):
@@ -717,15 +711,19 @@ class KernelFieldSolver:
                 axis, a[f"k{j}"], a[f"base{j}"], extra, a[f"inv{j}"], a[f"cp{j}"], launcher=L
             )
 
-    def _mg_level(self, lvl: int):
-        """(w, e, d, free, x, t) device arrays of multigrid level ``lvl`` (level 0: w in U, the
-        iterate in b, the residual in q)."""
+    def _mg_level(self, lvl: int, g=slice(None)):
+        """(w, e, d, free, x, t) device arrays of multigrid level ``lvl`` for the fields g, each
+        (f1 - f0, n_lvl) (e: (f1 - f0, ndim, n_lvl)); level 0 keeps w in U, its iterate in b and
+        its residual in q, the arrays the CG leaves free while the V-cycle runs."""
         a = self._arrays
         if lvl == 0:
             F = self.F
-            flat = [a[n].reshape(F, -1) for n in ("U", "b", "q")]
-            return flat[0], a["mg_e0"], a["mg_d0"], a["mg_free0"], flat[1], flat[2]
-        return tuple(a[f"mg_{n}{lvl}"] for n in ("w", "e", "d", "free", "x", "t"))
+            w, x, t = (a[n].reshape(F, -1)[g] for n in ("U", "b", "q"))
+            return w, a["mg_e0"][g], a["mg_d0"][g], a["mg_free0"], x, t
+        return tuple(
+            a[f"mg_{n}{lvl}"] if n == "free" else a[f"mg_{n}{lvl}"][g]
+            for n in ("w", "e", "d", "free", "x", "t")
+        )
 
     def _mg_dims(self, lvl: int):
         """(nz, ny, nx, ndim) of level ``lvl`` as kernel arguments."""
@@ -733,13 +731,16 @@ class KernelFieldSolver:
 
     def _mg_prepare(self, pin):
         """Once per agent step: every multigrid level from the operator's diagonal and the pin
-        codes (tm_mg_fine, tm_mg_coarsen, tm_mg_diag): multigrid.hierarchy."""
+        codes (tm_mg_fine, tm_mg_coarsen, tm_mg_diag): multigrid.hierarchy. The V-cycle reads
+        level 0's w, e and d recomputed per site (tm_mg0_*); the stored ones feed the
+        coarsening."""
         a, L, F = self._arrays, self.L, self.F
         F32 = np.int32(F)
         w, e, d, free, _, _ = self._mg_level(0)
         dims = self._mg_dims(0)
         n0 = math.prod(self._mg[0])
-        L("tm_mg_fine", F * n0, F32, *dims, a["diag"], pin, a["D_over_h2"], a["mg_dir"], w, e, free)
+        L("tm_mg_fine", F * n0, F32, *dims, a["diag"], pin, a["D_over_h2"], a["mg_dir"], w, e,
+          free)
         L("tm_mg_diag", F * n0, F32, *dims, w, e, d)
         for lvl in range(1, len(self._mg)):
             wf, ef, _, ff, _, _ = self._mg_level(lvl - 1)
@@ -749,52 +750,72 @@ class KernelFieldSolver:
             L("tm_mg_coarsen", F * nc, F32, *fine[:3], *coarse, wf, ef, ff, wc, ec, fc)
             L("tm_mg_diag", F * nc, F32, *coarse, wc, ec, dc)
 
-    def _vcycle(self, lvl: int, r, out=None):
-        """One V-cycle from level ``lvl`` on r ((F, n_lvl) device array); returns the array
-        holding the result (``out`` when given): multigrid.vcycle."""
-        L, F = self.L, self.F
+    def _vcycle(self, lvl: int, r, g, pin, out=None):
+        """One V-cycle from level ``lvl`` on r ((f1 - f0, n_lvl) device array, the fields g);
+        returns the array holding the result (``out`` when given; on level 0 it is 0 at pinned
+        voxels): multigrid.vcycle, then (level 0) FieldSolver._precondition's pinning."""
+        L, a = self.L, self._arrays
+        F = r.shape[0]
         F32 = np.int32(F)
         om = np.float32(MG.OMEGA)
-        w, e, d, free, x, t = self._mg_level(lvl)
+        w, e, d, free, x, t = self._mg_level(lvl, g)
         dims = self._mg_dims(lvl)
         n = F * math.prod(self._mg[lvl])
-        L("tm_mg_smooth0", n, np.int64(n), om, r, d, x)
-        if lvl == len(self._mg) - 1:
+        last = lvl == len(self._mg) - 1
+        # level 0 recomputes w, e and d per site from the diagonal and the pin codes
+        fine = (a["diag"][g], pin, a["D_over_h2"][g], a["mg_dir"][g]) if lvl == 0 else None
+        if fine is not None:
+            L("tm_mg0_smooth0", n, F32, *dims, om, *fine, r, x)
+        else:
+            L("tm_mg_smooth0", n, np.int64(n), om, r, d, x)
+        if last:
             cur, nxt = x, t
-            for _ in range(MG.COARSEST_SWEEPS - 1):
-                L("tm_mg_jacobi", n, F32, *dims, om, w, e, d, cur, r, nxt)
+            for k in range(MG.COARSEST_SWEEPS - 1):
+                if fine is not None and k == MG.COARSEST_SWEEPS - 2 and out is not None:
+                    nxt = out  # the last sweep straight into out, pinned voxels 0
+                if fine is not None:
+                    L("tm_mg0_jacobi", n, F32, *dims, om, *fine, cur, r, nxt)
+                else:
+                    L("tm_mg_jacobi", n, F32, *dims, om, w, e, d, cur, r, nxt)
                 cur, nxt = nxt, cur
-            if out is not None:
+            if out is not None and cur is not out:
                 self.xp.copyto(out, cur)
+                if fine is not None:  # one sweep only: pin it as the sweeps do
+                    set_pinned(out, pin, a["zeros"][g], a["zeros"][g], launcher=L)
                 return out
             return cur
-        L("tm_mg_residual", n, F32, *dims, w, e, x, r, t)
+        if fine is not None:
+            L("tm_mg0_residual", n, F32, *dims, *fine, x, r, t)
+        else:
+            L("tm_mg_residual", n, F32, *dims, w, e, x, r, t)
         coarse = self._mg_dims(lvl + 1)
-        rc = self._arrays[f"mg_r{lvl + 1}"]
+        rc = a[f"mg_r{lvl + 1}"][g]
         nc = F * math.prod(self._mg[lvl + 1])
         L("tm_mg_restrict", nc, F32, *dims[:3], *coarse, free, t, rc)
-        xc = self._vcycle(lvl + 1, rc)
+        xc = self._vcycle(lvl + 1, rc, g, pin)
         L("tm_mg_prolong_add", n, F32, *dims[:3], *coarse[:3], dims[3], free, xc, x)
         dest = t if out is None else out
-        L("tm_mg_jacobi", n, F32, *dims, om, w, e, d, x, r, dest)
+        if fine is not None:
+            L("tm_mg0_jacobi", n, F32, *dims, om, *fine, x, r, dest)
+        else:
+            L("tm_mg_jacobi", n, F32, *dims, om, w, e, d, x, r, dest)
         return dest
 
-    def _precondition(self, r, out, kind):
-        """out = M^-1 r: one V-cycle (multigrid) or the symmetric product of line factors (adi):
-        FieldSolver._precondition."""
+    def _precondition(self, r, out, kind, g=slice(None)):
+        """out = M^-1 r for the fields g (r, out: that run): one V-cycle (multigrid) or the
+        symmetric product of line factors (adi), 0 at pinned voxels: FieldSolver._precondition."""
         a, L, xp = self._arrays, self.L, self.xp
         if self.multigrid:
-            F = self.F
-            self._vcycle(0, r.reshape(F, -1), out.reshape(F, -1))
-            set_pinned(out, kind, a["zeros"], a["zeros"], launcher=L)
+            F = r.shape[0]
+            self._vcycle(0, r.reshape(F, -1), g, kind, out.reshape(F, -1))
             return out
         xp.copyto(out, r)
         keys = _factor_keys(self.ndim)
         for j in self._plan:
             thomas_solve_factored(
-                out, keys[j][0], a[f"k{j}"], a[f"inv{j}"], a[f"cp{j}"], launcher=L
+                out, keys[j][0], a[f"k{j}"][g], a[f"inv{j}"][g], a[f"cp{j}"][g], launcher=L
             )
-        set_pinned(out, kind, a["zeros"], a["zeros"], launcher=L)
+        set_pinned(out, kind, a["zeros"][g], a["zeros"][g], launcher=L)
         return out
 
     def _dots(self, x, y):
@@ -812,10 +833,15 @@ class KernelFieldSolver:
         return self.xp.maximum(x2.max(axis=1), -x2.min(axis=1))
 
     def _adi_step(self, c, kind) -> int:
-        """One implicit-Euler field step by preconditioned CG: FieldSolver._adi_step."""
+        """One implicit-Euler field step by preconditioned CG: FieldSolver._adi_step. A field
+        that has converged leaves the iteration: the host reads which fields are still active
+        at the iteration's one sync and launches every kernel of the next iteration on the
+        contiguous runs of active fields only (the fields are independent, so the runs do not
+        change a bit)."""
         a, L, xp = self._arrays, self.L, self.xp
         S, b, r, z, p, q = (a[n] for n in ("S", "b", "r", "z", "p", "q"))
         f32 = np.float32
+        F = self.F
         cg_rhs(c, S, f32(1.0 / self.dt), b, launcher=L)
         # r = b - A c with the true boundary values; 0 at pinned voxels
         self._apply(c, a["ghosts"], r)
@@ -830,31 +856,45 @@ class KernelFieldSolver:
         # numpy evaluates tol * r0 with the Python float as a float32 (NEP 50): the same here,
         # spelled with the array first so that a cupy array's operator handles it
         thresh = xp.maximum(xp.maximum(r0 * f32(tol), bmax * f32(min(tol, 1e-6))), F_.RESIDUAL_ZERO)
-        # a field that has converged leaves the iteration (FieldSolver._adi_step)
         active = r0 > thresh
-        F = self.F
+        act = _host(active)  # the host's copy: which runs of fields the launches cover
         n = np.int64(c.size // F)
+        ones = a["ones"]
         beta = None
         it = 0
         rmax = r0
-        if not bool(active.any()):
+        if not act.any():
             return 0
         for it in range(1, self.sc.solver.max_iterations + 1):  # noqa: B007 - read after the loop
             a["field_sweeps"] += active
-            flags = active.astype(xp.uint8)
-            if beta is not None:
-                L("tm_cg_direction", c.size, np.int32(F), n, flags, beta, z, p)
-            self._apply(p, a["ghosts0"], q)
-            set_pinned(q, kind, a["zeros"], a["zeros"], launcher=L)
-            pq = self._dots(p, q)
+            runs = _runs(act)
+            pq = xp.zeros(F, dtype=xp.float64)
+            for f0, f1 in runs:
+                g = slice(f0, f1)
+                k = np.int32(f1 - f0)
+                if beta is not None:
+                    L("tm_cg_direction", (f1 - f0) * int(n), k, n, ones[g], beta[g], z[g], p[g])
+                self._apply(p[g], a["ghosts0"], q[g], g, pin=kind)
+                pq[g] = self._dots(p[g], q[g])
             alpha = xp.where(pq > 0, rz / xp.where(pq > 0, pq, 1.0), 0.0).astype(f32)
-            L("tm_cg_update", c.size, np.int32(F), n, flags, alpha, p, q, c, r)
-            rmax = xp.where(active, self._absmax(r), rmax)
+            new_rmax = rmax.copy()
+            for f0, f1 in runs:
+                g = slice(f0, f1)
+                k = np.int32(f1 - f0)
+                L("tm_cg_update", (f1 - f0) * int(n), k, n, ones[g], alpha[g], p[g], q[g], c[g],
+                  r[g])
+                new_rmax[g] = self._absmax(r[g])
+            rmax = xp.where(active, new_rmax, rmax)
             active = active & (rmax > thresh)
-            if not bool(active.any()):  # the one host sync of an iteration
+            act = _host(active)  # the one host sync of an iteration
+            if not act.any():
                 break
-            self._precondition(r, z, kind)
-            rz_new = self._dots(r, z)
+            runs = _runs(act)
+            rz_new = rz.copy()
+            for f0, f1 in runs:
+                g = slice(f0, f1)
+                self._precondition(r[g], z[g], kind, g)
+                rz_new[g] = self._dots(r[g], z[g])
             beta = xp.where(rz > 0, rz_new / xp.where(rz > 0, rz, 1.0), 0.0).astype(f32)
             rz = xp.where(active, rz_new, rz)
         else:
@@ -916,6 +956,21 @@ class KernelFieldSolver:
                     )
             out.append(terms)
         return out
+
+
+def _runs(active: np.ndarray) -> list[tuple[int, int]]:
+    """The contiguous runs [f0, f1) of True in a host bool vector."""
+    out, f, F = [], 0, len(active)
+    while f < F:
+        if active[f]:
+            f1 = f
+            while f1 < F and active[f1]:
+                f1 += 1
+            out.append((f, f1))
+            f = f1
+        else:
+            f += 1
+    return out
 
 
 def _host(x) -> np.ndarray:
