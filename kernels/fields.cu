@@ -18,6 +18,7 @@
 #include "lattice.cuh"
 
 #include "pins.cuh"
+#include "reduce.cuh"
 
 typedef unsigned short u16;
 
@@ -679,3 +680,108 @@ TM_KERNEL void tm_cg_direction(int F, long long n, const u8* __restrict__ active
         p[i] = __fadd_rn(__fmul_rn(p[i], beta[f]), z[i]);
     }
 }
+
+/* ------------------------------------------------------------------- reductions of the CG
+ * The CG's per-field dot products follow tmesim.reduce's order, so that every backend gives the
+ * same bits: pass 1 sums each column (the sites sharing a position j off grid axis 0: site
+ * i P + j, P = n_sites / m0) from i = m0 - 1 down to 0 in float64, each product of two float32
+ * exact; pass 2 is reduce.cuh's tm_reduce_tree over the (F, P) column sums. The largest |x| needs
+ * no order (max is exact); it goes by columns too, then the array library's max over them.
+ * One work item per (field, column): it walks its column, writing only its own outputs; a
+ * stencil reads neighbours of an array no work item of the launch writes. */
+
+/* tm_dots_columns: cols[f, j] = the column sum of x[f] y[f] (pass 1 of reduce.field_dots).
+ *   x, y (F, n) float32; cols (F, P) float64 */
+TM_KERNEL void tm_dots_columns(int F, long long m0, long long P, const float* __restrict__ x,
+                               const float* __restrict__ y, double* __restrict__ cols) {
+    TM_FOR_EACH(w, (long long)F * P) {
+        const long long f = w / P, j = w % P;
+        const long long base = f * m0 * P + j;
+        double acc = 0.0;
+        for (long long i = m0 - 1; i >= 0; --i) {
+            const long long at = base + i * P;
+            acc = __dadd_rn(acc, __dmul_rn((double)x[at], (double)y[at]));
+        }
+        cols[w] = acc;
+    }
+}
+
+/* |v| folded into a running maximum; a NaN sticks (numpy's max propagates it). */
+TM_HD float tm_absmax_step(float acc, float v) {
+    const float a = v < 0.0f ? -v : v;
+    return (tm_isnan(a) || a > acc) ? (tm_isnan(acc) ? acc : a) : acc;
+}
+
+/* tm_absmax_columns: colmax[f, j] = the largest |x| of the column (NaN if one is NaN).
+ *   x (F, n) float32; colmax (F, P) float32 */
+TM_KERNEL void tm_absmax_columns(int F, long long m0, long long P, const float* __restrict__ x,
+                                 float* __restrict__ colmax) {
+    TM_FOR_EACH(w, (long long)F * P) {
+        const long long f = w / P, j = w % P;
+        const long long base = f * m0 * P + j;
+        float acc = 0.0f;
+        for (long long i = m0 - 1; i >= 0; --i) acc = tm_absmax_step(acc, x[base + i * P]);
+        colmax[w] = acc;
+    }
+}
+
+/* tm_apply_pinned_dot: tm_apply_operator_pinned with the column sums of p q (pass 1 of the CG's
+ * p.q): out = diag p - D lap(p), 0 at pinned voxels, one column at a time.
+ *   F, nz, ny, nx, ndim, p, diag, D_over_h2, ghosts, pin, out as tm_apply_operator_pinned
+ *   m0, P   grid axis 0's length and the sites per plane; cols (F, P) float64 */
+TM_KERNEL void tm_apply_pinned_dot(int F, int nz, int ny, int nx, int ndim, long long m0,
+                                   long long P, const float* __restrict__ p,
+                                   const float* __restrict__ diag,
+                                   const float* __restrict__ D_over_h2,
+                                   const float* __restrict__ ghosts,
+                                   const u8* __restrict__ pin, float* __restrict__ out,
+                                   double* __restrict__ cols) {
+    const long long n = (long long)nz * ny * nx;
+    TM_FOR_EACH(w, (long long)F * P) {
+        const int f = (int)(w / P);
+        const long long j = w % P;
+        double acc = 0.0;
+        for (long long i = m0 - 1; i >= 0; --i) {
+            const long long s = i * P + j;
+            const long long at = (long long)f * n + s;
+            float q = 0.0f;
+            if (!tm_pinned(pin[s])) {
+                const float lap = __fmul_rn(tm_lap_sum(p, ghosts, (long long)f * n, s, f, nz, ny,
+                                                       nx, ndim),
+                                            D_over_h2[f]);
+                q = __fsub_rn(__fmul_rn(diag[at], p[at]), lap);
+            }
+            out[at] = q;
+            acc = __dadd_rn(acc, __dmul_rn((double)p[at], (double)q));
+        }
+        cols[w] = acc;
+    }
+}
+
+/* tm_cg_update_absmax: tm_cg_update with the column maxima of the new |r| (largest |r| by
+ * columns), one column at a time.
+ *   F, m0, P; active (F,) uint8; alpha (F,) float32; p, q, c, r as tm_cg_update;
+ *   colmax (F, P) float32 (a field not active keeps its old entries) */
+TM_KERNEL void tm_cg_update_absmax(int F, long long m0, long long P,
+                                   const u8* __restrict__ active,
+                                   const float* __restrict__ alpha,
+                                   const float* __restrict__ p, const float* __restrict__ q,
+                                   float* __restrict__ c, float* __restrict__ r,
+                                   float* __restrict__ colmax) {
+    TM_FOR_EACH(w, (long long)F * P) {
+        const long long f = w / P, j = w % P;
+        if (!active[f]) continue;
+        const float a = alpha[f];
+        const long long base = f * m0 * P + j;
+        float acc = 0.0f;
+        for (long long i = m0 - 1; i >= 0; --i) {
+            const long long at = base + i * P;
+            c[at] = __fadd_rn(c[at], __fmul_rn(p[at], a));
+            const float rr = __fsub_rn(r[at], __fmul_rn(q[at], a));
+            r[at] = rr;
+            acc = tm_absmax_step(acc, rr);
+        }
+        colmax[w] = acc;
+    }
+}
+

@@ -396,4 +396,39 @@ TM_KERNEL void tm_mg0_jacobi(int F, int nz, int ny, int nx, int ndim, float omeg
     }
 }
 
+/* tm_mg0_jacobi_dot: tm_mg0_jacobi one column at a time, with the column sums of r out (pass 1
+ * of the CG's r.z, z being the V-cycle's result): the last sweep of the V-cycle.
+ *   as tm_mg0_jacobi, plus m0, P (grid axis 0's length, sites per plane) and cols (F, P)
+ *   float64 */
+TM_KERNEL void tm_mg0_jacobi_dot(int F, int nz, int ny, int nx, int ndim, long long m0,
+                                 long long P, float omega, const float* __restrict__ diag,
+                                 const u8* __restrict__ pin,
+                                 const float* __restrict__ D_over_h2,
+                                 const u8* __restrict__ dirichlet,
+                                 const float* __restrict__ x, const float* __restrict__ r,
+                                 float* __restrict__ out, double* __restrict__ cols) {
+    const long long n = (long long)nz * ny * nx;
+    TM_FOR_EACH(w, (long long)F * P) {
+        const long long f = w / P, j = w % P;
+        double acc = 0.0;
+        for (long long i = m0 - 1; i >= 0; --i) {
+            const long long s = i * P + j;
+            const long long at = f * n + s;
+            float z = 0.0f;
+            if (!tm_pinned(pin[s])) {
+                float ww, d, e_lo[3], e_hi[3];
+                tm_mg0_site(nz, ny, nx, ndim, n, at, diag, pin, D_over_h2, dirichlet, &ww, &d,
+                            e_lo, e_hi);
+                float t = __fsub_rn(r[at], tm_mg0_Ax(nz, ny, nx, ndim, n, at, ww, e_lo, e_hi, x));
+                t = __fmul_rn(t, omega);
+                t = __fdiv_rn(t, d);
+                z = __fadd_rn(x[at], t);
+            }
+            out[at] = z;
+            acc = __dadd_rn(acc, __dmul_rn((double)r[at], (double)z));
+        }
+        cols[w] = acc;
+    }
+}
+
 #endif /* TM_MULTIGRID_CUH */

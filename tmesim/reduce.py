@@ -64,3 +64,17 @@ def reduce_sites(values: np.ndarray, shape) -> np.ndarray:
     m0, p = grid_split(shape)
     v = np.asarray(values, dtype=np.float64).reshape(-1, m0, p)
     return tree_sums(column_sums(lambda i: v[:, i, :], m0, v.shape[0], p))
+
+
+def field_dots(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(F,) float64 inner products of two (F, *grid) float32 arrays, each product exact in
+    float64, summed in this module's order (columns down grid axis 0, then the tree): the CG's
+    dot products, the same bits as the kernels' tm_dots_columns + tm_reduce_tree and the fused
+    kernels that reduce as they go (kernels/fields.cu)."""
+    F = x.shape[0]
+    m0, p = grid_split(x.shape[1:])
+    x3, y3 = x.reshape(F, m0, p), y.reshape(F, m0, p)
+    cols = column_sums(
+        lambda i: x3[:, i, :].astype(np.float64) * y3[:, i, :].astype(np.float64), m0, F, p
+    )
+    return tree_sums(cols)

@@ -92,7 +92,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import codes
+from .. import codes, reduce
 from ..backend import array_module
 from ..errors import UserError
 from ..grid import Grid
@@ -300,13 +300,12 @@ def thomas_solve_factored(
 
 
 def dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-field inner products of two (F, ...) arrays, accumulated in float64.
-
-    One field at a time, so that a field's value does not depend on which other fields share the
-    call (threads over groups of fields give the single-threaded result bit for bit)."""
-    n = a.shape[0]
-    a2, b2 = a.reshape(n, -1), b.reshape(n, -1)
-    return np.array([np.einsum("i,i->", a2[f], b2[f], dtype=np.float64) for f in range(n)])
+    """Per-field inner products of two (F, *grid) arrays, in float64: each product exact, the
+    sums in tmesim.reduce's fixed order (columns down grid axis 0, then a tree), which the
+    kernels follow too, so CG iterates are the same bits on every backend. A field's value does
+    not depend on which other fields share the call (threads over groups of fields give the
+    single-threaded result bit for bit)."""
+    return reduce.field_dots(a, b)
 
 
 def absmax(x: np.ndarray) -> np.ndarray:

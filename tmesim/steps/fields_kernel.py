@@ -459,6 +459,9 @@ def _array_specs(
             specs[name] = (full, f32)
         specs["D_over_h2"] = ((F,), f32)
         specs["field_sweeps"] = ((F,), np.int64)
+        plane = math.prod(shape) // shape[0]
+        specs["cols"] = ((F, plane), f64)  # column sums of a dot product (tmesim.reduce)
+        specs["colmax"] = ((F, plane), f32)  # column maxima of |r|
         specs["ones"] = ((F,), np.uint8)  # every field active: the flags of a run's launch
         specs["ghosts"] = ((F, 3, 2), f32)
         specs["ghosts0"] = ((F, 3, 2), f32)
@@ -676,6 +679,34 @@ class KernelFieldSolver:
             self.L("tm_apply_operator_pinned", p.size, *head, ghosts[g], pin, out)
         return out
 
+    def _apply_dot(self, p, q, g, pin):
+        """q = A p, 0 at pinned voxels, for the fields g (p, q: that run) with the homogeneous
+        ghosts, and the (F_run,) float64 dots p.q (tm_apply_pinned_dot, tm_reduce_tree)."""
+        a = self._arrays
+        nz, ny, nx, ndim = grid3(self.grid.shape)
+        m0, P = self._cols_shape()
+        F = p.shape[0]
+        cols = a["cols"][:F]
+        self.L(
+            "tm_apply_pinned_dot",
+            F * int(P),
+            np.int32(F),
+            nz,
+            ny,
+            nx,
+            ndim,
+            m0,
+            P,
+            p,
+            a["diag"][g],
+            a["D_over_h2"][g],
+            a["ghosts0"][g],
+            pin,
+            q,
+            cols,
+        )
+        return self._tree(cols)
+
     def _adi_prepare(self, c, kind, tumor_state, pin):
         """Once per agent step: rates (from the kinds), the operator's diagonal, and every
         distinct line factor's elimination factors, pinned where ``pin`` says
@@ -739,8 +770,7 @@ class KernelFieldSolver:
         w, e, d, free, _, _ = self._mg_level(0)
         dims = self._mg_dims(0)
         n0 = math.prod(self._mg[0])
-        L("tm_mg_fine", F * n0, F32, *dims, a["diag"], pin, a["D_over_h2"], a["mg_dir"], w, e,
-          free)
+        L("tm_mg_fine", F * n0, F32, *dims, a["diag"], pin, a["D_over_h2"], a["mg_dir"], w, e, free)
         L("tm_mg_diag", F * n0, F32, *dims, w, e, d)
         for lvl in range(1, len(self._mg)):
             wf, ef, _, ff, _, _ = self._mg_level(lvl - 1)
@@ -750,7 +780,7 @@ class KernelFieldSolver:
             L("tm_mg_coarsen", F * nc, F32, *fine[:3], *coarse, wf, ef, ff, wc, ec, fc)
             L("tm_mg_diag", F * nc, F32, *coarse, wc, ec, dc)
 
-    def _vcycle(self, lvl: int, r, g, pin, out=None):
+    def _vcycle(self, lvl: int, r, g, pin, out=None, cols=None):
         """One V-cycle from level ``lvl`` on r ((f1 - f0, n_lvl) device array, the fields g);
         returns the array holding the result (``out`` when given; on level 0 it is 0 at pinned
         voxels): multigrid.vcycle, then (level 0) FieldSolver._precondition's pinning."""
@@ -771,8 +801,10 @@ class KernelFieldSolver:
         if last:
             cur, nxt = x, t
             for k in range(MG.COARSEST_SWEEPS - 1):
-                if fine is not None and k == MG.COARSEST_SWEEPS - 2 and out is not None:
-                    nxt = out  # the last sweep straight into out, pinned voxels 0
+                final = fine is not None and k == MG.COARSEST_SWEEPS - 2 and out is not None
+                if final:  # the last sweep straight into out, pinned voxels 0
+                    self._mg0_last_sweep(cur, r, out, g, pin, cols)
+                    return out
                 if fine is not None:
                     L("tm_mg0_jacobi", n, F32, *dims, om, *fine, cur, r, nxt)
                 else:
@@ -782,6 +814,8 @@ class KernelFieldSolver:
                 self.xp.copyto(out, cur)
                 if fine is not None:  # one sweep only: pin it as the sweeps do
                     set_pinned(out, pin, a["zeros"][g], a["zeros"][g], launcher=L)
+                    if cols is not None:
+                        self._dot_columns(r, out, cols)
                 return out
             return cur
         if fine is not None:
@@ -795,20 +829,57 @@ class KernelFieldSolver:
         xc = self._vcycle(lvl + 1, rc, g, pin)
         L("tm_mg_prolong_add", n, F32, *dims[:3], *coarse[:3], dims[3], free, xc, x)
         dest = t if out is None else out
-        if fine is not None:
+        if fine is not None and out is not None:
+            self._mg0_last_sweep(x, r, out, g, pin, cols)
+        elif fine is not None:
             L("tm_mg0_jacobi", n, F32, *dims, om, *fine, x, r, dest)
         else:
             L("tm_mg_jacobi", n, F32, *dims, om, w, e, d, x, r, dest)
         return dest
 
+    def _mg0_last_sweep(self, x, r, out, g, pin, cols):
+        """The V-cycle's last sweep on level 0 into out (pinned voxels 0), with the column sums
+        of r out into cols when given (tm_mg0_jacobi_dot: the CG's r.z, pass 1)."""
+        a, L = self._arrays, self.L
+        F = r.shape[0]
+        dims = self._mg_dims(0)
+        fine = (a["diag"][g], pin, a["D_over_h2"][g], a["mg_dir"][g])
+        om = np.float32(MG.OMEGA)
+        if cols is None:
+            L("tm_mg0_jacobi", r.size, np.int32(F), *dims, om, *fine, x, r, out)
+            return
+        m0, P = self._cols_shape()
+        L("tm_mg0_jacobi_dot", F * P, np.int32(F), *dims, m0, P, om, *fine, x, r, out, cols)
+
+    def _cols_shape(self):
+        """(m0, P) of the grid as kernel arguments: grid axis 0's length, sites per plane."""
+        m0 = int(self.grid.shape[0])
+        return np.int64(m0), np.int64(self.grid.n_sites // m0)
+
+    def _dot_columns(self, x, y, cols):
+        """Pass 1 of the dots of x and y ((F_run, ...) arrays) into cols (tm_dots_columns)."""
+        m0, P = self._cols_shape()
+        F = x.shape[0]
+        self.L("tm_dots_columns", F * int(P), np.int32(F), m0, P, x, y, cols)
+
+    def _tree(self, cols):
+        """Pass 2: (F_run,) float64 totals of (F_run, P) column sums (tm_reduce_tree)."""
+        F, P = cols.shape
+        out = self.xp.empty(F, dtype=self.xp.float64)
+        self.L("tm_reduce_tree", F * 256, cols, np.int64(F), np.int64(P), out)
+        return out
+
     def _precondition(self, r, out, kind, g=slice(None)):
         """out = M^-1 r for the fields g (r, out: that run): one V-cycle (multigrid) or the
-        symmetric product of line factors (adi), 0 at pinned voxels: FieldSolver._precondition."""
+        symmetric product of line factors (adi), 0 at pinned voxels: FieldSolver._precondition.
+        Returns the (F_run,) float64 dots r.out (the CG's r.z; multigrid reduces them in its
+        last sweep)."""
         a, L, xp = self._arrays, self.L, self.xp
+        F = r.shape[0]
+        cols = a["cols"][:F]
         if self.multigrid:
-            F = r.shape[0]
-            self._vcycle(0, r.reshape(F, -1), g, kind, out.reshape(F, -1))
-            return out
+            self._vcycle(0, r.reshape(F, -1), g, kind, out.reshape(F, -1), cols)
+            return self._tree(cols)
         xp.copyto(out, r)
         keys = _factor_keys(self.ndim)
         for j in self._plan:
@@ -816,21 +887,23 @@ class KernelFieldSolver:
                 out, keys[j][0], a[f"k{j}"][g], a[f"inv{j}"][g], a[f"cp{j}"][g], launcher=L
             )
         set_pinned(out, kind, a["zeros"][g], a["zeros"][g], launcher=L)
-        return out
+        return self._dots(r, out)
 
     def _dots(self, x, y):
-        """Per-field inner products in float64: numpy's own dots on the CPU (bit for bit), a
-        cupy reduction of the exact float64 products on the GPU."""
-        if self.xp is np:
-            return F_.dots(x, y)
-        return _cupy_dot()(x.reshape(self.F, -1), y.reshape(self.F, -1), axis=1)
+        """Per-field inner products in float64 of (F_run, ...) arrays, in tmesim.reduce's order
+        (tm_dots_columns, tm_reduce_tree): numpy's FieldSolver dots bit for bit."""
+        cols = self._arrays["cols"][: x.shape[0]]
+        self._dot_columns(x, y, cols)
+        return self._tree(cols)
 
     def _absmax(self, x):
-        """Per-field largest |x| (exact on either side: max and min do not round)."""
-        if self.xp is np:
-            return F_.absmax(x)
-        x2 = x.reshape(self.F, -1)
-        return self.xp.maximum(x2.max(axis=1), -x2.min(axis=1))
+        """Per-field largest |x| of (F_run, ...) arrays (exact: max does not round): column
+        maxima (tm_absmax_columns), then the array library's max over them."""
+        m0, P = self._cols_shape()
+        F = x.shape[0]
+        colmax = self._arrays["colmax"][:F]
+        self.L("tm_absmax_columns", F * int(P), np.int32(F), m0, P, x, colmax)
+        return colmax.max(axis=1)
 
     def _adi_step(self, c, kind) -> int:
         """One implicit-Euler field step by preconditioned CG: FieldSolver._adi_step. A field
@@ -849,9 +922,8 @@ class KernelFieldSolver:
         # the right-hand side's largest value before the preconditioner (multigrid keeps its
         # fine-level iterate in b)
         r0, bmax = self._absmax(r), self._absmax(b)
-        self._precondition(r, z, kind)
+        rz = self._precondition(r, z, kind)
         xp.copyto(p, z)
-        rz = self._dots(r, z)
         tol = self.sc.solver.tolerance
         # numpy evaluates tol * r0 with the Python float as a float32 (NEP 50): the same here,
         # spelled with the array first so that a cupy array's operator handles it
@@ -874,16 +946,29 @@ class KernelFieldSolver:
                 k = np.int32(f1 - f0)
                 if beta is not None:
                     L("tm_cg_direction", (f1 - f0) * int(n), k, n, ones[g], beta[g], z[g], p[g])
-                self._apply(p[g], a["ghosts0"], q[g], g, pin=kind)
-                pq[g] = self._dots(p[g], q[g])
+                pq[g] = self._apply_dot(p[g], q[g], g, kind)
             alpha = xp.where(pq > 0, rz / xp.where(pq > 0, pq, 1.0), 0.0).astype(f32)
             new_rmax = rmax.copy()
             for f0, f1 in runs:
                 g = slice(f0, f1)
                 k = np.int32(f1 - f0)
-                L("tm_cg_update", (f1 - f0) * int(n), k, n, ones[g], alpha[g], p[g], q[g], c[g],
-                  r[g])
-                new_rmax[g] = self._absmax(r[g])
+                m0, P = self._cols_shape()
+                colmax = a["colmax"][: f1 - f0]
+                L(
+                    "tm_cg_update_absmax",
+                    (f1 - f0) * int(P),
+                    k,
+                    m0,
+                    P,
+                    ones[g],
+                    alpha[g],
+                    p[g],
+                    q[g],
+                    c[g],
+                    r[g],
+                    colmax,
+                )
+                new_rmax[g] = colmax.max(axis=1)
             rmax = xp.where(active, new_rmax, rmax)
             active = active & (rmax > thresh)
             act = _host(active)  # the one host sync of an iteration
@@ -893,8 +978,7 @@ class KernelFieldSolver:
             rz_new = rz.copy()
             for f0, f1 in runs:
                 g = slice(f0, f1)
-                self._precondition(r[g], z[g], kind, g)
-                rz_new[g] = self._dots(r[g], z[g])
+                rz_new[g] = self._precondition(r[g], z[g], kind, g)
             beta = xp.where(rz > 0, rz_new / xp.where(rz > 0, rz, 1.0), 0.0).astype(f32)
             rz = xp.where(active, rz_new, rz)
         else:
