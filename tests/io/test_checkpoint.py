@@ -650,3 +650,39 @@ def test_a_file_with_unchecked_contiguous_slots_still_resumes(tiny, tmp_path):
     sim = tmesim.Simulation.resume(out, backend="cpu")
     assert sim.resumed_from == 30 and sim.status == "finished"
     assert_same_run(ref, out)
+
+
+def test_chunks_past_the_recorded_end_address_are_not_allocated_again(tiny, tmp_path):
+    """A writer killed between the write of a chunk index and that of the superblock leaves
+    chunks the file names past the end address the superblock records (killing a run at each
+    write of a snapshot found it). The repair moves that address to the file's end, so the
+    resumed writer does not allocate their bytes a second time: the events chunk the resume
+    keeps shared its bytes with a new snapshot's and failed its checksum."""
+    scen, ref = tiny
+    src = tmp_path / "r.h5"
+    sim = tmesim.Simulation(tmesim.load_scenario(scen), "cpu")
+    sim.callbacks.append(At(95, lambda s: (_ for _ in ()).throw(KeyboardInterrupt)))
+    with pytest.raises(KeyboardInterrupt):
+        sim.run(src)  # checkpoint at step 80; a snapshot (step 90) and events after it
+    out = _killed(src, tmp_path / "k.h5")
+    with h5py.File(out, "r", swmr=True, locking=False) as f:
+        assert checkpoint.read(f).n_snapshots == 3 and f["snapshots/step"][-1] == 90
+        ds = f["snapshots/fields/oxygen"]
+        cut = min(ds.id.get_chunk_info(i).byte_offset for i in range(3, ds.id.get_num_chunks()))
+        events = f["events/detail"].id.get_chunk_info(0).byte_offset
+    assert events > cut  # the events chunk the resume keeps lies past the address below
+    # the superblock as a kill before its last write leaves it: its end address short of chunks
+    # that flushed metadata names
+    sb = bytearray(out.read_bytes()[:48])
+    sb[28:36] = cut.to_bytes(8, "little")
+    sb[44:48] = checkpoint.lookup3(bytes(sb[:44])).to_bytes(4, "little")
+    with open(out, "r+b") as fh:
+        fh.write(bytes(sb))
+    size = out.stat().st_size
+    assert checkpoint.repair_after_kill(out) is True
+    head = out.read_bytes()[:48]
+    assert int.from_bytes(head[28:36], "little") == size and head[11] == 0
+    assert checkpoint.lookup3(head[:44]) == int.from_bytes(head[44:48], "little")
+    sim = tmesim.Simulation.resume(out, backend="cpu")
+    assert sim.resumed_from == 80 and sim.status == "finished"
+    assert_same_run(ref, out)

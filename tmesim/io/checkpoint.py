@@ -479,13 +479,18 @@ def lookup3(data: bytes, initval: int = 0) -> int:
 
 
 def repair_after_kill(path) -> bool:
-    """What ``h5clear -s --increment`` does, for a run file whose writer was killed.
+    """What ``h5clear -s --increment=0`` does, for a run file whose writer was killed.
 
     Superblock versions 2 and 3 (``libver="latest"``) keep "open for write" and "open for SWMR
     write" flags, which make HDF5 refuse to reopen the file for writing after a crash; and the
-    end-of-file address they record may lie past the last byte that reached the disk, which HDF5
-    reports as a truncated file. Clears the flags (rewriting the superblock checksum) and extends
-    the file to the recorded end. Only call this while holding the exclusive lock.
+    end-of-file address they record is that of the writer's last superblock write, which a kill
+    can leave either past the last byte that reached the disk (HDF5 then reports a truncated
+    file) or short of it, with chunks past it that flushed metadata already names (a kill
+    between the write of a chunk index and that of the superblock): a writer reopening the file
+    would allocate space there again, and two chunks would share it (the kept one then fails
+    its checksum). Clears the flags and sets the recorded end to the file's size where that is
+    more (rewriting the superblock checksum), and extends the file to the recorded end where
+    that is more. Only call this while holding the exclusive lock.
 
     Changes nothing in a superblock that fails its checksum (rewriting the checksum would make
     its damage look whole): the open that follows refuses it. The file is extended by at most
@@ -502,15 +507,18 @@ def repair_after_kill(path) -> bool:
         sb = bytearray(head[: end + 4])
         if len(sb) < end + 4 or lookup3(bytes(sb[:end])) != int.from_bytes(sb[end:], "little"):
             return False
+        eoa = slice(12 + 2 * so, 12 + 3 * so)
+        eof = int.from_bytes(sb[eoa], "little")
+        size = os.fstat(fh.fileno()).st_size
         changed = False
-        if sb[11] != 0:
+        if sb[11] != 0 or eof < size:
             sb[11] = 0
+            if eof < size:
+                sb[eoa] = size.to_bytes(so, "little")
             sb[end : end + 4] = lookup3(bytes(sb[:end])).to_bytes(4, "little")
             fh.seek(0)
             fh.write(bytes(sb))
             changed = True
-        eof = int.from_bytes(sb[12 + 2 * so : 12 + 3 * so], "little")
-        size = os.fstat(fh.fileno()).st_size
         if size < eof <= 2 * size + MAX_EXTEND_BYTES:
             fh.truncate(eof)
             changed = True
