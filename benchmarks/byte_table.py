@@ -38,6 +38,12 @@ import bench_gpu
 
 #: kernels whose launches repeat every CG iteration (their bytes scale with the iterations)
 PER_ITERATION = (
+    "tm_apply_pinned_dot",
+    "tm_cg_update_absmax",
+    "tm_mg0_smooth0",
+    "tm_mg0_residual_restrict",
+    "tm_mg0_prolong_jacobi_dot",
+    "tm_reduce_tree",
     "tm_apply_operator",
     "tm_set_pinned",
     "tm_cg_update",

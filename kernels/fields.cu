@@ -175,6 +175,71 @@ TM_KERNEL void tm_rates(int F, long long n, int n_codes, int n_states,
     }
 }
 
+/* |v| folded into a running maximum; a NaN sticks (numpy's max propagates it). */
+TM_HD float tm_absmax_step(float acc, float v) {
+    const float a = v < 0.0f ? -v : v;
+    return (tm_isnan(a) || a > acc) ? (tm_isnan(acc) ? acc : a) : acc;
+}
+
+/* tm_rates_diag: the operator's diagonal diag = U + 1/dt and the source S from the rate tables
+ * in one pass, U never stored (tm_rates then the diag line of tm_cg_setup; numpy's
+ * "np.add(U, inv_dt, out=diag)" with U its float32 rate).
+ *   F, n, n_codes, n_states, kind, tumor_state, U_table, S_table as tm_rates; inv_dt float32
+ *   diag, S (F, n) float32 outputs (1/min; units/min)
+ * One work item per (field, site). */
+TM_KERNEL void tm_rates_diag(int F, long long n, int n_codes, int n_states,
+                             const u8* __restrict__ kind, const u8* __restrict__ tumor_state,
+                             const float* __restrict__ U_table,
+                             const float* __restrict__ S_table, float inv_dt,
+                             float* __restrict__ diag, float* __restrict__ S) {
+    TM_FOR_EACH(i, (long long)F * n) {
+        const int f = (int)(i / n);
+        const long long s = i % n;
+        const int idx = (int)kind[s] * n_states + (int)tumor_state[s];
+        diag[i] = __fadd_rn(U_table[f * n_codes + idx], inv_dt);
+        S[i] = S_table[f * n_codes + idx];
+    }
+}
+
+/* tm_cg_start: the start of a CG field step in one pass, one column at a time: the residual
+ * r = (c inv_dt + S) - A c with the true boundary values, 0 at pinned voxels, and the column
+ * maxima of |r| and of |b| = |c inv_dt + S| (b itself is not stored). Twin of
+ * "np.multiply(c, inv_dt, out=b); b += S", "_apply(c, ..., r, ghosts)", "r = b - r;
+ * r[:, pinned] = 0" and the absmax of r and b in FieldSolver._adi_step.
+ *   F, nz, ny, nx, ndim; m0, P (grid axis 0's length, sites per plane); inv_dt float32
+ *   c, S, diag (F, n) float32; D_over_h2 (F,); ghosts (F, 3, 2) as tm_laplacian; pin (n,)
+ *   r (F, n) float32 output; colmax_r, colmax_b (F, P) float32 outputs
+ * One work item per (field, column). */
+TM_KERNEL void tm_cg_start(int F, int nz, int ny, int nx, int ndim, long long m0, long long P,
+                           float inv_dt, const float* __restrict__ c,
+                           const float* __restrict__ S, const float* __restrict__ diag,
+                           const float* __restrict__ D_over_h2,
+                           const float* __restrict__ ghosts, const u8* __restrict__ pin,
+                           float* __restrict__ r, float* __restrict__ colmax_r,
+                           float* __restrict__ colmax_b) {
+    const long long n = (long long)nz * ny * nx;
+    TM_FOR_EACH(w, (long long)F * P) {
+        const int f = (int)(w / P);
+        const long long j = w % P;
+        float mr = 0.0f, mb = 0.0f;
+        for (long long i = m0 - 1; i >= 0; --i) {
+            const long long s = i * P + j;
+            const long long at = (long long)f * n + s;
+            const float b = __fadd_rn(__fmul_rn(c[at], inv_dt), S[at]);
+            const float lap = __fmul_rn(tm_lap_sum(c, ghosts, (long long)f * n, s, f, nz, ny, nx,
+                                                   ndim),
+                                        D_over_h2[f]);
+            const float Ac = __fsub_rn(__fmul_rn(diag[at], c[at]), lap);
+            const float rr = tm_pinned(pin[s]) ? 0.0f : __fsub_rn(b, Ac);
+            r[at] = rr;
+            mr = tm_absmax_step(mr, rr);
+            mb = tm_absmax_step(mb, b);
+        }
+        colmax_r[w] = mr;
+        colmax_b[w] = mb;
+    }
+}
+
 /* tm_cg_setup: diag = U + 1/dt and b = c/dt + S (computed as c * inv_dt + S, as numpy does).
  * Twin of the first lines of FieldSolver._adi_step.
  *   c, U, S    (F*n,) float32 (field units; 1/min; units/min)
@@ -704,12 +769,6 @@ TM_KERNEL void tm_dots_columns(int F, long long m0, long long P, const float* __
         }
         cols[w] = acc;
     }
-}
-
-/* |v| folded into a running maximum; a NaN sticks (numpy's max propagates it). */
-TM_HD float tm_absmax_step(float acc, float v) {
-    const float a = v < 0.0f ? -v : v;
-    return (tm_isnan(a) || a > acc) ? (tm_isnan(acc) ? acc : a) : acc;
 }
 
 /* tm_absmax_columns: colmax[f, j] = the largest |x| of the column (NaN if one is NaN).

@@ -431,4 +431,177 @@ TM_KERNEL void tm_mg0_jacobi_dot(int F, int nz, int ny, int nx, int ndim, long l
     }
 }
 
+/* x at work item i of level 0 after the prolongation x + P xc (multigrid.prolong_add): a free
+ * voxel adds its block's value of the coarse iterate xc ((F, nc) float32, coarse grid
+ * (cz, cy, cx)); computed where it is needed instead of stored. */
+TM_HD float tm_mg0_prolonged(int ny, int nx, int cy, int cx, int ndim, long long n, long long nc,
+                             long long i, const u8* pin, const float* x, const float* xc) {
+    const long long f = i / n;
+    const long long s = i % n;
+    if (tm_pinned(pin[s])) return __fadd_rn(x[i], 0.0f);
+    int z, y, xx;
+    tm_site_coords(s, ny, nx, &z, &y, &xx);
+    const int zc = ndim == 3 ? z / 2 : z;
+    const long long p = ((long long)zc * cy + y / 2) * cx + xx / 2;
+    return __fadd_rn(x[i], xc[f * nc + p]);
+}
+
+/* tm_mg0_residual_restrict: rc = P^T (r - A x) on level 0, each coarse block the sum of its free
+ * children's residuals (C order of the child offsets, from 0.0f): tm_mg0_residual and
+ * tm_mg_restrict in one pass, the residual never stored. Twin of "res = r - apply(lv, x);
+ * restrict(lv, res, rc)" in multigrid.vcycle on level 0.
+ *   F, nz, ny, nx (fine), cz, cy, cx (coarse), ndim; diag, pin, D_over_h2, dirichlet as
+ *   tm_mg0_residual; x, r (F, n) float32; rc (F, nc) float32
+ * One work item per (field, coarse site); children partition the fine sites, so each residual
+ * is computed once. */
+TM_KERNEL void tm_mg0_residual_restrict(int F, int nz, int ny, int nx, int cz, int cy, int cx,
+                                        int ndim, const float* __restrict__ diag,
+                                        const u8* __restrict__ pin,
+                                        const float* __restrict__ D_over_h2,
+                                        const u8* __restrict__ dirichlet,
+                                        const float* __restrict__ x,
+                                        const float* __restrict__ r, float* __restrict__ rc) {
+    const long long n = (long long)nz * ny * nx;
+    const long long nc = (long long)cz * cy * cx;
+    const int nk = 1 << ndim;
+    TM_FOR_EACH(i, (long long)F * nc) {
+        const long long f = i / nc;
+        const long long sc = i % nc;
+        float acc = 0.0f;
+        for (int k = 0; k < nk; ++k) {
+            const long long t = tm_mg_child(sc, k, ndim, ndim, nz, ny, nx, cy, cx, -1, 0);
+            float v = 0.0f;
+            if (t >= 0 && !tm_pinned(pin[t])) {
+                const long long at = f * n + t;
+                float w, d, e_lo[3], e_hi[3];
+                tm_mg0_site(nz, ny, nx, ndim, n, at, diag, pin, D_over_h2, dirichlet, &w, &d,
+                            e_lo, e_hi);
+                v = __fsub_rn(r[at], tm_mg0_Ax(nz, ny, nx, ndim, n, at, w, e_lo, e_hi, x));
+            }
+            acc = __fadd_rn(acc, v);
+        }
+        rc[i] = acc;
+    }
+}
+
+/* tm_mg0_prolong_jacobi_dot: the V-cycle's end on level 0: x' = x + P xc (the prolongation,
+ * recomputed per site and per neighbour, never stored), then out = x' + ((r - A x') omega) / d,
+ * 0 at pinned voxels, with the column sums of r out (the CG's r.z, pass 1). Twin of
+ * "prolong_add(lv, x, xc); jacobi(lv, x, r, out)" and FieldSolver._precondition's pinning.
+ *   as tm_mg0_jacobi_dot, plus the coarse grid (cz, cy, cx) and xc (F, nc) float32
+ * One work item per (field, column). */
+TM_KERNEL void tm_mg0_prolong_jacobi_dot(int F, int nz, int ny, int nx, int cz, int cy, int cx,
+                                         int ndim, long long m0, long long P, float omega,
+                                         const float* __restrict__ diag,
+                                         const u8* __restrict__ pin,
+                                         const float* __restrict__ D_over_h2,
+                                         const u8* __restrict__ dirichlet,
+                                         const float* __restrict__ x,
+                                         const float* __restrict__ xc,
+                                         const float* __restrict__ r, float* __restrict__ out,
+                                         double* __restrict__ cols) {
+    const long long n = (long long)nz * ny * nx;
+    const long long nc = (long long)cz * cy * cx;
+    TM_FOR_EACH(w, (long long)F * P) {
+        const long long f = w / P, j = w % P;
+        double acc = 0.0;
+        for (long long i = m0 - 1; i >= 0; --i) {
+            const long long s = i * P + j;
+            const long long at = f * n + s;
+            float zv = 0.0f;
+            if (!tm_pinned(pin[s])) {
+                float ww, d, e_lo[3], e_hi[3];
+                tm_mg0_site(nz, ny, nx, ndim, n, at, diag, pin, D_over_h2, dirichlet, &ww, &d,
+                            e_lo, e_hi);
+                const float xs = tm_mg0_prolonged(ny, nx, cy, cx, ndim, n, nc, at, pin, x, xc);
+                float y = __fmul_rn(ww, xs);
+                TM_UNROLL
+                for (int a = 0; a < 3; ++a) {
+                    if (a >= ndim) break;
+                    const int m = tm_mg_len(a, ndim, nz, ny, nx);
+                    const long long st = tm_mg_stride(a, ndim, ny, nx);
+                    const int c = tm_mg_coord(s, a, ndim, ny, nx);
+                    if (c > 0) {
+                        const float xl =
+                            tm_mg0_prolonged(ny, nx, cy, cx, ndim, n, nc, at - st, pin, x, xc);
+                        y = __fadd_rn(y, __fmul_rn(e_lo[a], __fsub_rn(xs, xl)));
+                    }
+                    if (c < m - 1) {
+                        const float xh =
+                            tm_mg0_prolonged(ny, nx, cy, cx, ndim, n, nc, at + st, pin, x, xc);
+                        y = __fadd_rn(y, __fmul_rn(e_hi[a], __fsub_rn(xs, xh)));
+                    }
+                }
+                float t = __fsub_rn(r[at], y);
+                t = __fmul_rn(t, omega);
+                t = __fdiv_rn(t, d);
+                zv = __fadd_rn(xs, t);
+            }
+            out[at] = zv;
+            acc = __dadd_rn(acc, __dmul_rn((double)r[at], (double)zv));
+        }
+        cols[w] = acc;
+    }
+    (void)cz;
+}
+
+/* tm_mg0_coarsen: level 1 straight from the CG's diagonal and the pin codes (tm_mg_fine then
+ * tm_mg_coarsen, level 0 never stored): w_c the sum of the free children's w, e_c[a] the sum of
+ * the fine edges leaving the block on its upper side along a, free_c some child free. Twin of
+ * multigrid.coarsen(fine_level(...)).
+ *   F, nz, ny, nx (fine), cz, cy, cx (coarse), ndim; diag, pin, D_over_h2, dirichlet as
+ *   tm_mg_fine; w_c (F, nc), e_c (F, ndim, nc) float32, free_c (nc,) uint8 outputs
+ * One work item per (field, coarse site). */
+TM_KERNEL void tm_mg0_coarsen(int F, int nz, int ny, int nx, int cz, int cy, int cx, int ndim,
+                              const float* __restrict__ diag, const u8* __restrict__ pin,
+                              const float* __restrict__ D_over_h2,
+                              const u8* __restrict__ dirichlet, float* __restrict__ w_c,
+                              float* __restrict__ e_c, u8* __restrict__ free_c) {
+    const long long n = (long long)nz * ny * nx;
+    const long long nc = (long long)cz * cy * cx;
+    const int nk = 1 << ndim;
+    TM_FOR_EACH(i, (long long)F * nc) {
+        const long long f = i / nc;
+        const long long sc = i % nc;
+        float acc = 0.0f;
+        bool any = false;
+        for (int k = 0; k < nk; ++k) {
+            const long long t = tm_mg_child(sc, k, ndim, ndim, nz, ny, nx, cy, cx, -1, 0);
+            float v = 0.0f;
+            if (t >= 0 && !tm_pinned(pin[t])) {
+                float w, d, e_lo[3], e_hi[3];
+                tm_mg0_site(nz, ny, nx, ndim, n, f * n + t, diag, pin, D_over_h2, dirichlet, &w,
+                            &d, e_lo, e_hi);
+                v = w;
+                any = true;
+            }
+            acc = __fadd_rn(acc, v);
+        }
+        w_c[i] = any ? acc : 1.0f;
+        if (f == 0) free_c[sc] = (u8)any;
+        int cc[3];
+        tm_site_coords(sc, cy, cx, &cc[0], &cc[1], &cc[2]);
+        const int fn[3] = {nz, ny, nx};
+        for (int a = 0; a < ndim; ++a) {
+            const int kax = a + 3 - ndim;
+            const int layer = 2 * cc[kax] + 1;
+            const long long st = tm_mg_stride(a, ndim, ny, nx);
+            float ea = 0.0f;
+            if (layer < fn[kax]) {
+                for (int k = 0; k < (nk >> 1); ++k) {
+                    const long long t =
+                        tm_mg_child(sc, k, ndim - 1, ndim, nz, ny, nx, cy, cx, a, layer);
+                    /* the fine edge from t to its upper neighbour: D/h^2 when both are free */
+                    float e = 0.0f;
+                    if (t >= 0 && layer < fn[kax] - 1 && !tm_pinned(pin[t]) &&
+                        !tm_pinned(pin[t + st]))
+                        e = D_over_h2[f];
+                    ea = __fadd_rn(ea, e);
+                }
+            }
+            e_c[(f * ndim + a) * nc + sc] = ea;
+        }
+    }
+}
+
 #endif /* TM_MULTIGRID_CUH */

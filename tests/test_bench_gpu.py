@@ -274,14 +274,15 @@ PROBE = ROOT / "benchmarks" / "gpu_probe.py"
 def test_probe_timeline_holds_every_launch_of_the_step(tmp_path):
     """benchmarks/gpu_probe.py on the portable kernels at 16^3: no section fails, and its
     timelines hold each launch of the step, per kernel as the solver and rules make them. A CG
-    step of s sweeps (3D, 5 fields, converged) applies the operator with the true boundary once
-    and then, per iteration and run of still-active fields, applies it with p.q (a launches in
-    all, at least s), updates c and r with largest |r| as often, and preconditions (v V-cycles:
-    the start's and one per run of every iteration but the last), each V-cycle over the three
-    multigrid levels of 16^3 (16^3, 8^3, 4^3): level 0 smoothing, residual and last sweep with
-    r.z recomputing its coefficients, the coarser levels smoothing, a residual, restriction and
-    prolongation on 8^3 and 7 more sweeps on 4^3; every dot product is a tree pass (a + v); the
-    levels are built once (fine level, a diagonal per level, two coarsenings). The rules launch
+    step of s sweeps (3D, 5 fields, converged) builds the diagonal and sources (one pass), starts
+    with one pass for the residual and its maxima, then per iteration and run of still-active
+    fields applies the operator with p.q (a launches in all, at least s), updates c and r with
+    largest |r| as often, and preconditions (v V-cycles: the start's and one per run of every
+    iteration but the last), each V-cycle over the three multigrid levels of 16^3 (16^3, 8^3,
+    4^3): on level 0 smoothing, the residual restricted as it is computed, and the prolongation
+    with the last sweep and r.z, each recomputing the level's coefficients; on 8^3 smoothing, a
+    residual, restriction, prolongation and a sweep; 7 more sweeps on 4^3; every dot product
+    is a tree pass (a + v); levels 1 and 2 are built once per step. The rules launch
     the three tumor kernels and, at the bench scenario's 60 um on 20 um voxels, 3 distance
     passes and the push's claim, apply and finish; an LOD step sweeps each of 5 fields along 3
     axes."""
@@ -299,21 +300,20 @@ def test_probe_timeline_holds_every_launch_of_the_step(tmp_path):
     s = fields["sweeps"]
     calls = {k: v["calls"] for k, v in fields["parts"].items()}
     assert s >= 2
-    assert calls["tm_apply_operator"] == 1 and calls["tm_set_pinned"] == 1
-    assert calls["tm_absmax_columns"] == 2  # largest |r| and |b| at the start
+    assert calls["tm_rates_diag"] == calls["tm_cg_start"] == calls["tm_set_pinned"] == 1
     a = calls["tm_apply_pinned_dot"]
     assert a >= s and calls["tm_cg_update_absmax"] == a
     assert calls.get("tm_cg_direction", 0) >= s - 1
-    v = calls["tm_mg0_jacobi_dot"]
+    v = calls["tm_mg0_prolong_jacobi_dot"]
     assert s <= v <= a + 1
-    assert calls["tm_mg0_smooth0"] == calls["tm_mg0_residual"] == v
+    assert calls["tm_mg0_smooth0"] == calls["tm_mg0_residual_restrict"] == v
     assert calls["tm_mg_smooth0"] == 2 * v and calls["tm_mg_residual"] == v
-    assert calls["tm_mg_restrict"] == calls["tm_mg_prolong_add"] == 2 * v
+    assert calls["tm_mg_restrict"] == calls["tm_mg_prolong_add"] == v
     assert calls["tm_mg_jacobi"] == (1 + 7) * v
     assert calls["tm_reduce_tree"] == a + v
-    assert calls["tm_mg_fine"] == 1 and calls["tm_mg_diag"] == 3 and calls["tm_mg_coarsen"] == 2
-    assert "tm_thomas_solve_factored" not in calls and "tm_dots_columns" not in calls
-    assert calls["tm_rates"] == calls["tm_cg_setup"] == calls["tm_residual"] == 1
+    assert calls["tm_mg0_coarsen"] == calls["tm_mg_coarsen"] == 1 and calls["tm_mg_diag"] == 2
+    for gone in ("tm_apply_operator", "tm_thomas_solve_factored", "tm_dots_columns", "tm_rates"):
+        assert gone not in calls, gone
     assert {k: v["calls"] for k, v in p["timeline_tumor rules"]["parts"].items()} == {
         "tm_tumor_decide": 1,
         "tm_tumor_apply": 1,
@@ -329,7 +329,7 @@ def test_probe_timeline_holds_every_launch_of_the_step(tmp_path):
         "tm_lod_sweep": 15,
     }
     md = (tmp_path / "probe.md").read_text()
-    assert "| tm_apply_operator | " in md and "failures: []" in md
+    assert "| tm_apply_pinned_dot | " in md and "failures: []" in md
 
 
 @pytest.mark.slow

@@ -113,9 +113,10 @@ def field_workspace_estimate(sc, backend_name: str) -> int:
       field (8 bytes per voxel);
       "adi" U, S, diag, b, r, z, p, q (8 words per field) and, with the line-factor
       preconditioner, per axis the factors inv and cp (2 ndim): (8 + 2 ndim) words per field;
-      with multigrid (the default) the fine level's edge weights and diagonal (ndim + 1 words)
-      and on each coarser level w, e, d, x, t, r (5 + ndim words per field of its sites), and a
-      byte of free flags per site of every level;
+      with multigrid (the default) S, diag, b, r, z, p, q only (7 words per field: the fine
+      level's coefficients are recomputed per site), on each coarser level w, e, d, x, t, r
+      (5 + ndim words per field of its sites) and a byte of free flags, and the reductions'
+      column sums and maxima (16 B per field and site of a plane);
     - numpy (cpu): "lod": U, S and five float64 work arrays (c, t, a, b, swapped) = 12 words;
       "adi": U, S, diag, b, r, z, p, q, lap, tmp (10), a flux array per axis (ndim), and with
       line factors the factors (2 ndim) and a swapped-layout buffer (1): 11 + 3 ndim words; with
@@ -146,7 +147,9 @@ def field_workspace_estimate(sc, backend_name: str) -> int:
     if method == "lod":
         return n * (8 + bath)
     if mg:
-        return n * (4 * F * (9 + nd) + 1 + bath) + sum(coarse) * (4 * F * (5 + nd) + 1)
+        plane = n // int(sc.grid.shape[0])
+        fine = n * (4 * F * 7 + bath) + 16 * F * plane
+        return fine + sum(coarse) * (4 * F * (5 + nd) + 1)
     return n * (4 * F * (8 + 2 * nd) + bath)
 
 

@@ -455,26 +455,33 @@ def _array_specs(
         specs["bath_dist"] = ((math.prod(shape),), np.uint16)
     if method == "adi":
         full = (F,) + tuple(shape)
-        for name in ("U", "S", "diag", "b", "r", "z", "p", "q"):
+        mg = preconditioner == "multigrid"
+        # multigrid never stores U (tm_rates_diag); the line factors use it as scratch
+        for name in (
+            ("S", "diag", "b", "r", "z", "p", "q")
+            if mg
+            else ("U", "S", "diag", "b", "r", "z", "p", "q")
+        ):
             specs[name] = (full, f32)
         specs["D_over_h2"] = ((F,), f32)
         specs["field_sweeps"] = ((F,), np.int64)
         plane = math.prod(shape) // shape[0]
         specs["cols"] = ((F, plane), f64)  # column sums of a dot product (tmesim.reduce)
         specs["colmax"] = ((F, plane), f32)  # column maxima of |r|
+        specs["colmax_b"] = ((F, plane), f32)  # and of |b| at the start of a field step
         specs["ones"] = ((F,), np.uint8)  # every field active: the flags of a run's launch
         specs["ghosts"] = ((F, 3, 2), f32)
         specs["ghosts0"] = ((F, 3, 2), f32)
         if preconditioner == "multigrid":
             specs["mg_dir"] = ((F, ndim, 2), np.uint8)
-            for lvl, shp in enumerate(_mg_shapes(tuple(shape))):
+            # level 0 is never stored: its kernels recompute w, e, d from diag and the pins
+            for lvl, shp in enumerate(_mg_shapes(tuple(shape))[1:], start=1):
                 nl = math.prod(shp)
                 specs[f"mg_e{lvl}"] = ((F, ndim, nl), f32)
                 specs[f"mg_d{lvl}"] = ((F, nl), f32)
                 specs[f"mg_free{lvl}"] = ((nl,), np.uint8)
-                if lvl:
-                    for name in ("w", "x", "t", "r"):
-                        specs[f"mg_{name}{lvl}"] = ((F, nl), f32)
+                for name in ("w", "x", "t", "r"):
+                    specs[f"mg_{name}{lvl}"] = ((F, nl), f32)
             return specs
         for j, (a, _) in enumerate(_factor_keys(ndim)):
             specs[f"inv{j}"] = (full, f32)
@@ -713,8 +720,28 @@ class KernelFieldSolver:
         (FieldSolver._adi_prepare)."""
         a, L, F = self._arrays, self.L, self.F
         n = self.grid.n_sites
-        U, S = a["U"], a["S"]
         nk, ns = len(codes.KIND_NAMES), len(codes.TUMOR_STATE_NAMES)
+        inv_dt = np.float32(1.0 / self.dt)
+        if self.multigrid:
+            # diag = U + 1/dt and S in one pass (U is not needed again)
+            L(
+                "tm_rates_diag",
+                F * n,
+                np.int32(F),
+                np.int64(n),
+                np.int32(nk * ns),
+                np.int32(ns),
+                kind,
+                tumor_state,
+                a["U_table"],
+                a["S_table"],
+                inv_dt,
+                a["diag"],
+                a["S"],
+            )
+            self._mg_prepare(pin)
+            return
+        U, S = a["U"], a["S"]
         L(
             "tm_rates",
             F * n,
@@ -729,12 +756,8 @@ class KernelFieldSolver:
             U,
             S,
         )
-        inv_dt = np.float32(1.0 / self.dt)
         # diag = U + 1/dt (b is redone by every field step)
         L("tm_cg_setup", c.size, np.int64(c.size), inv_dt, c, U, S, a["diag"], a["b"])
-        if self.multigrid:
-            self._mg_prepare(pin)
-            return
         extra = U  # U is not needed again this agent step
         for j, (axis, _) in enumerate(_factor_keys(self.ndim)):
             factor_diag(a["diag"], a[f"scale{j}"], pin, F_.PIN, extra, launcher=L)
@@ -747,10 +770,10 @@ class KernelFieldSolver:
         (f1 - f0, n_lvl) (e: (f1 - f0, ndim, n_lvl)); level 0 keeps w in U, its iterate in b and
         its residual in q, the arrays the CG leaves free while the V-cycle runs."""
         a = self._arrays
-        if lvl == 0:
+        if lvl == 0:  # w, e, d, free recomputed per site by the level-0 kernels
             F = self.F
-            w, x, t = (a[n].reshape(F, -1)[g] for n in ("U", "b", "q"))
-            return w, a["mg_e0"][g], a["mg_d0"][g], a["mg_free0"], x, t
+            x, t = (a[n].reshape(F, -1)[g] for n in ("b", "q"))
+            return None, None, None, None, x, t
         return tuple(
             a[f"mg_{n}{lvl}"] if n == "free" else a[f"mg_{n}{lvl}"][g]
             for n in ("w", "e", "d", "free", "x", "t")
@@ -761,23 +784,21 @@ class KernelFieldSolver:
         return grid3(self._mg[lvl])
 
     def _mg_prepare(self, pin):
-        """Once per agent step: every multigrid level from the operator's diagonal and the pin
-        codes (tm_mg_fine, tm_mg_coarsen, tm_mg_diag): multigrid.hierarchy. The V-cycle reads
-        level 0's w, e and d recomputed per site (tm_mg0_*); the stored ones feed the
-        coarsening."""
+        """Once per agent step: every multigrid level below the fine one, from the operator's
+        diagonal and the pin codes (tm_mg0_coarsen, then tm_mg_coarsen; tm_mg_diag on each):
+        multigrid.hierarchy. Level 0 is not stored: its kernels recompute it per site."""
         a, L, F = self._arrays, self.L, self.F
         F32 = np.int32(F)
-        w, e, d, free, _, _ = self._mg_level(0)
-        dims = self._mg_dims(0)
-        n0 = math.prod(self._mg[0])
-        L("tm_mg_fine", F * n0, F32, *dims, a["diag"], pin, a["D_over_h2"], a["mg_dir"], w, e, free)
-        L("tm_mg_diag", F * n0, F32, *dims, w, e, d)
+        fine0 = (a["diag"], pin, a["D_over_h2"], a["mg_dir"])
         for lvl in range(1, len(self._mg)):
-            wf, ef, _, ff, _, _ = self._mg_level(lvl - 1)
             wc, ec, dc, fc, _, _ = self._mg_level(lvl)
             fine, coarse = self._mg_dims(lvl - 1), self._mg_dims(lvl)
             nc = math.prod(self._mg[lvl])
-            L("tm_mg_coarsen", F * nc, F32, *fine[:3], *coarse, wf, ef, ff, wc, ec, fc)
+            if lvl == 1:
+                L("tm_mg0_coarsen", F * nc, F32, *fine[:3], *coarse, *fine0, wc, ec, fc)
+            else:
+                wf, ef, _, ff, _, _ = self._mg_level(lvl - 1)
+                L("tm_mg_coarsen", F * nc, F32, *fine[:3], *coarse, wf, ef, ff, wc, ec, fc)
             L("tm_mg_diag", F * nc, F32, *coarse, wc, ec, dc)
 
     def _vcycle(self, lvl: int, r, g, pin, out=None, cols=None):
@@ -818,23 +839,41 @@ class KernelFieldSolver:
                         self._dot_columns(r, out, cols)
                 return out
             return cur
-        if fine is not None:
-            L("tm_mg0_residual", n, F32, *dims, *fine, x, r, t)
-        else:
-            L("tm_mg_residual", n, F32, *dims, w, e, x, r, t)
         coarse = self._mg_dims(lvl + 1)
         rc = a[f"mg_r{lvl + 1}"][g]
         nc = F * math.prod(self._mg[lvl + 1])
-        L("tm_mg_restrict", nc, F32, *dims[:3], *coarse, free, t, rc)
+        if fine is not None:  # the residual restricted as it is computed, never stored
+            L("tm_mg0_residual_restrict", nc, F32, *dims[:3], *coarse, *fine, x, r, rc)
+        else:
+            L("tm_mg_residual", n, F32, *dims, w, e, x, r, t)
+            L("tm_mg_restrict", nc, F32, *dims[:3], *coarse, free, t, rc)
         xc = self._vcycle(lvl + 1, rc, g, pin)
+        if fine is not None and out is not None and cols is not None:
+            # the prolongation recomputed where the last sweep reads it, never stored
+            m0, P = self._cols_shape()
+            L(
+                "tm_mg0_prolong_jacobi_dot",
+                F * int(P),
+                F32,
+                *dims[:3],
+                *coarse[:3],
+                dims[3],
+                m0,
+                P,
+                om,
+                *fine,
+                x,
+                xc,
+                r,
+                out,
+                cols,
+            )
+            return out
+        if fine is not None:
+            raise AssertionError("level 0 ends in tm_mg0_prolong_jacobi_dot")
         L("tm_mg_prolong_add", n, F32, *dims[:3], *coarse[:3], dims[3], free, xc, x)
         dest = t if out is None else out
-        if fine is not None and out is not None:
-            self._mg0_last_sweep(x, r, out, g, pin, cols)
-        elif fine is not None:
-            L("tm_mg0_jacobi", n, F32, *dims, om, *fine, x, r, dest)
-        else:
-            L("tm_mg_jacobi", n, F32, *dims, om, w, e, d, x, r, dest)
+        L("tm_mg_jacobi", n, F32, *dims, om, w, e, d, x, r, dest)
         return dest
 
     def _mg0_last_sweep(self, x, r, out, g, pin, cols):
@@ -912,16 +951,36 @@ class KernelFieldSolver:
         contiguous runs of active fields only (the fields are independent, so the runs do not
         change a bit)."""
         a, L, xp = self._arrays, self.L, self.xp
-        S, b, r, z, p, q = (a[n] for n in ("S", "b", "r", "z", "p", "q"))
+        S, r, z, p, q = (a[n] for n in ("S", "r", "z", "p", "q"))
         f32 = np.float32
         F = self.F
-        cg_rhs(c, S, f32(1.0 / self.dt), b, launcher=L)
-        # r = b - A c with the true boundary values; 0 at pinned voxels
-        self._apply(c, a["ghosts"], r)
-        residual(b, r, kind, launcher=L)
-        # the right-hand side's largest value before the preconditioner (multigrid keeps its
-        # fine-level iterate in b)
-        r0, bmax = self._absmax(r), self._absmax(b)
+        # r = b - A c with b = c/dt + S and the true boundary values, 0 at pinned voxels, and
+        # the largest |r| and |b| (b itself is not stored: multigrid keeps its level-0 iterate
+        # there), in one pass
+        nz, ny, nx, ndim = grid3(self.grid.shape)
+        m0, P = self._cols_shape()
+        L(
+            "tm_cg_start",
+            F * int(P),
+            np.int32(F),
+            nz,
+            ny,
+            nx,
+            ndim,
+            m0,
+            P,
+            f32(1.0 / self.dt),
+            c,
+            S,
+            a["diag"],
+            a["D_over_h2"],
+            a["ghosts"],
+            kind,
+            r,
+            a["colmax"],
+            a["colmax_b"],
+        )
+        r0, bmax = a["colmax"].max(axis=1), a["colmax_b"].max(axis=1)
         rz = self._precondition(r, z, kind)
         xp.copyto(p, z)
         tol = self.sc.solver.tolerance
