@@ -2021,5 +2021,10 @@ def summary(sc: Scenario) -> str:
     lines.extend(rule_sentences(sc))
     sv = sc.solver
     fdt = sv.dt_min or r.dt_min
-    lines.append(f"Fields solved by {sv.method.upper()} with steps of {fdt:g} min.")
+    how = (
+        f"implicit Euler by conjugate gradients ({sv.preconditioner} preconditioner)"
+        if sv.method == "adi"
+        else "LOD (BioFVM's split scheme)"
+    )
+    lines.append(f"Fields solved by {how} with steps of {fdt:g} min.")
     return "\n".join(lines)

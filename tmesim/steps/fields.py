@@ -30,17 +30,21 @@ are precomputed once, vectorized over all lines and all fields:
 
     (I/dt + U - L) c_new = c_old/dt + S,          U = decay + uptake, S = secretion
 
-solved *without operator splitting* by conjugate gradients preconditioned with a symmetric ADI
+solved *without operator splitting* by conjugate gradients. The preconditioner
+(``[solver] preconditioner``) is by default one V-cycle of aggregation multigrid
+(tmesim.steps.multigrid: iterations flat with the grid size); the alternative is a symmetric ADI
 product of line factors, (Z/2)(Y/2)(X)(Y/2)(Z/2) in 3D and (Y/2)(X)(Y/2) in 2D (grid axes
 (z, y, x), x contiguous), each factor
 I + share*tau*(1/dt + U) - tau_a L_a solved by a Thomas sweep with the per-voxel diagonal, at one
 pseudo-step tau = 0.3/sqrt(a_min a_max) of the operator's spectrum. On the free (non-vessel) voxels
 the system is symmetric positive definite and the preconditioner is too (a congruence of positive
-factors), so the iteration converges for any rates, boundaries and vessel layout. It stops when the
-residual has fallen to ``tolerance`` times its value at the start of the step (or to
-min(tolerance, 1e-6) of the right-hand side's largest value). At convergence c is the exact
-implicit-Euler solution: the steady state is exact whatever the agent step, and uptake and
-diffusion are never split. Vessel voxels
+factors; the V-cycle too), so the iteration converges for any rates, boundaries and vessel layout.
+A field stops when its residual has fallen to ``tolerance`` times its value at the start of the
+step (or to min(tolerance, 1e-6) of the right-hand side's largest value), and leaves the
+iteration then: its values are final whatever the other fields still do. The per-field inner
+products are summed in tmesim.reduce's fixed order, which the kernels follow too. At convergence
+c is the exact implicit-Euler solution: the steady state is exact whatever the agent step, and
+uptake and diffusion are never split. Vessel voxels
 are pinned: residual and update zero there, and a huge diagonal in every line factor. The line
 factors depend only on the occupants, so their elimination factors are computed once per agent
 step (thomas_factor_diag) and every iteration runs plain forward and back substitutions
