@@ -29,6 +29,7 @@ from .grid import Grid
 from .initial import initial_state
 from .io import checkpoint as ckpt
 from .io import schema
+from .io.background import BackgroundWriter, available_bytes, background_bytes
 from .io.diskspace import DiskFilledError, DiskFullError
 from .io.hdf5 import RunWriter, last_row
 from .io.runfile import attr_str, check_format, open_run_file, reading
@@ -206,7 +207,12 @@ class Simulation:
             None before.
         wall_deadline: optional absolute wall-clock time (``time.time()`` seconds) at which to
             checkpoint and end as "interrupted", e.g. the end of a cluster job minus the time a
-            checkpoint takes.
+            checkpoint (and the writes still waiting for the writer thread) takes.
+        background_writes: write the run file on a thread of its own
+            (tmesim.io.background), so that the loop hands over host copies of the arrays and
+            steps on while they are compressed and written; it does where the host has room for
+            the copies (:func:`tmesim.io.background.background_bytes`). False: every write is
+            made in the loop (for debugging, or to time the writes). The file is the same.
         resumed_from: the step the last run continued from (None for a fresh start).
     """
 
@@ -231,7 +237,8 @@ class Simulation:
         self.resumed_from: int | None = None
         self.checkpoints_written = 0
         self.last_row: dict = self.model.observe()
-        self.writer: RunWriter | None = None
+        self.writer: RunWriter | BackgroundWriter | None = None
+        self.background_writes = True
         self.wall_seconds = 0.0
         self._signal: str | None = None
 
@@ -305,9 +312,20 @@ class Simulation:
                 device=self.backend.device,
                 checkpoint_arrays=arrays,
             )
-        self.writer = w
+        self.writer = self._background(w)
         self._loop(progress, fresh)
         return path
+
+    def _background(self, w: RunWriter) -> RunWriter | BackgroundWriter:
+        """``w``, or a BackgroundWriter around it where :attr:`background_writes` is on and the
+        host has room for the copies handed over to it."""
+        if not self.background_writes:
+            return w
+        state_bytes = sum(int(a.nbytes) for a in self.state.arrays().values())
+        room = background_bytes(state_bytes, available_bytes())
+        if room == 0:
+            return w
+        return BackgroundWriter(w, room, lambda: (self.state.step, self.state.time_min))
 
     @classmethod
     def resume(cls, path, backend="auto", progress: bool = False, callbacks=()) -> Simulation:
@@ -391,8 +409,15 @@ class Simulation:
         self.model.load_extra_state(ck.extra)
 
     def checkpoint(self) -> int:
-        """Write a checkpoint of the current state into the open run file; returns the slot."""
-        return write_checkpoint(self)
+        """Write a checkpoint of the current state into the open run file; returns the slot
+        (once written: a background writer is drained first)."""
+        if self.writer is None:
+            raise RuntimeError("Simulation.checkpoint: no run file is open")
+        write_checkpoint(self)
+        self.writer.drain()
+        slot = self.writer.checkpoint_slot
+        assert slot is not None  # a checkpoint was just committed
+        return slot
 
     def _event(self, time_min: float, kind: str, detail: dict) -> None:
         """Record an event in the run file (a run without one keeps none)."""
@@ -488,14 +513,17 @@ class Simulation:
                     "interrupted",
                     {"reason": self.interrupt_reason, "checkpoint_step": self.state.step},
                 )
+            if self.writer is not None:
+                self.writer.drain()  # a write that fails in the writer thread fails the run here
         except DiskFullError as exc:
             # nothing of the write that found no room was written: the file stands as its last
             # flush left it, resumable from its last checkpoint once space is freed
             status = "interrupted"
             raising = True
             self.interrupt_reason = exc.reason
+            _, time_min = self._stopped_at()
             with contextlib.suppress(DiskFullError):
-                self._event(self.state.time_min, "interrupted", {"reason": exc.reason})
+                self._event(time_min, "interrupted", {"reason": exc.reason})
             raise self._disk_full(exc) from None
         except KeyboardInterrupt:
             status = "interrupted"
@@ -524,12 +552,18 @@ class Simulation:
                         self.interrupt_reason = exc.reason
                         raise self._disk_full(exc) from None
 
+    def _stopped_at(self) -> tuple[int, float]:
+        """(step, time_min) where the run's file stopped after a failed write: that of the
+        write, which a background writer makes after the loop has stepped on."""
+        at = getattr(self.writer, "failed_at", None)
+        return at if at is not None else (self.state.step, self.state.time_min)
+
     def _disk_full(self, exc: DiskFullError) -> DiskFullError:
         """``exc`` saying where the run stopped and how to continue it."""
         w = self.writer
         if w is None:
             return exc
-        step = self.state.step
+        step, _ = self._stopped_at()
         if isinstance(exc, DiskFilledError):
             return exc.with_after(
                 f"the run stopped at step {step}, and its file may be damaged past its last "

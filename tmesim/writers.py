@@ -24,6 +24,8 @@ Schedules are evaluated every step for the writers, and by the loop in dict orde
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .schedules import IterationInterval, TimeInterval
@@ -94,7 +96,7 @@ class SnapshotWriter(OutputWriter):
     schedule fires, and at the end of a run that was not interrupted (unless the last
     snapshot is of that step).
 
-    The per-site arrays are copied to the host here (on the CPU they are passed as they are).
+    The per-site arrays are copied to the host here (see :func:`host_array`).
     """
 
     needs_file = True
@@ -110,23 +112,43 @@ class SnapshotWriter(OutputWriter):
             _continue(self.schedule, sim)
 
     def write(self, sim) -> None:
-        sim.writer.snapshot(sim.state.to_backend(sim.backend.to_host))
+        st = sim.state
+        # only what a snapshot stores is copied (time_in_P_min stays where it is)
+        sim.writer.snapshot(
+            dataclasses.replace(st, **{k: host_array(sim, getattr(st, k)) for k in SNAPSHOT_SITE})
+        )
 
     def finish(self, sim, status: str) -> None:
         if status == "interrupted":
             return  # the run goes on after a resume: its end is not this step
-        last = sim.writer.f["snapshots/step"]
-        if last.shape[0] == 0 or last[-1] != sim.state.step:
+        if sim.writer.last_snapshot_step != sim.state.step:
             self.write(sim)
 
 
-def write_checkpoint(sim) -> int:
+#: the per-site arrays of the state a snapshot stores
+SNAPSHOT_SITE = ("kind", "tumor_state", "memory", "fields")
+
+
+def host_array(sim, a):
+    """``a`` (an array of ``sim``'s state) on the host, for its run file: a copy of its own
+    when the file is written in the background (tmesim.io.background: the next step changes
+    the state's arrays while the writer thread may still read them), else possibly ``a``
+    itself (the CPU's arrays are on the host already)."""
+    h = sim.backend.to_host(a)
+    if sim.writer.background and isinstance(a, np.ndarray) and np.may_share_memory(h, a):
+        h = h.copy()
+    return h
+
+
+def write_checkpoint(sim) -> int | None:
     """Write a checkpoint of ``sim``'s state (copied to the host) and of the steps' own state
-    (``sim.model.extra_state()``) into its open run file; returns the slot written."""
-    arrays = {k: sim.backend.to_host(v) for k, v in sim.state.arrays().items()}
-    slot = sim.writer.checkpoint(
-        arrays, sim.state.step, sim.state.time_min, sim.model.extra_state()
-    )
+    (``sim.model.extra_state()``) into its open run file; returns the slot written, or None
+    when the file is written in the background (``sim.writer.checkpoint_slot`` once it is
+    drained)."""
+    arrays = {k: host_array(sim, v) for k, v in sim.state.arrays().items()}
+    # extra_state() returns copies of its own (Controllers.state)
+    extra = sim.model.extra_state()
+    slot = sim.writer.checkpoint(arrays, sim.state.step, sim.state.time_min, extra)
     sim.checkpoints_written += 1
     return slot
 

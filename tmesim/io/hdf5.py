@@ -99,6 +99,13 @@ class RunWriter:
     resumed_checkpoint: checkpoint.Checkpoint | None
     #: the step of the last checkpoint committed in the file (None before the first)
     checkpoint_step: int | None
+    #: the slot of the last checkpoint committed in the file (None before the first)
+    checkpoint_slot: int | None
+    #: the step of the file's last snapshot (None while it has none)
+    last_snapshot_step: int | None
+    #: writes are made when called: arrays passed may be views (tmesim.io.background's writer
+    #: needs copies of their own)
+    background = False
 
     def __init__(
         self,
@@ -279,6 +286,8 @@ class RunWriter:
         self._lock = None
         self.resumed_checkpoint = None
         self.checkpoint_step = None
+        self.checkpoint_slot = None
+        self.last_snapshot_step = None
         self._layouts: dict[str, diskspace.Layout] = {}
         self._datasets: dict[str, h5py.Dataset] = {}
         self._claims = 0
@@ -309,6 +318,7 @@ class RunWriter:
                     )
                 self.resumed_checkpoint = ck = checkpoint.read(f)
                 self.checkpoint_step = ck.step if ck is not None else None
+                self.checkpoint_slot = ck.slot if ck is not None else None
                 ts = f[schema.TIMESERIES]
                 missing = set(self.columns) - set(ts)
                 if missing and missing <= set(schema.DTEP_COLUMNS):
@@ -357,6 +367,8 @@ class RunWriter:
                 self._set_status("running")
                 f.flush()
                 self._snap_times = [float(t) for t in snaps["time"][:]]
+                if n_snap:
+                    self.last_snapshot_step = int(snaps["step"][n_snap - 1])
                 if self.xdmf:
                     self._write_xdmf()
                 self._lock.shared()
@@ -394,6 +406,7 @@ class RunWriter:
                     self._ds(f"{g}/{name}")
             slot = checkpoint.write(f, state_arrays, time_min, counts, extra)
         self.checkpoint_step = int(step)
+        self.checkpoint_slot = slot
         return slot
 
     # ------------------------------------------------------------------ writing
@@ -500,6 +513,7 @@ class RunWriter:
             for i, fc in enumerate(self.sc.fields):
                 self._append(self._ds(f"{F}/{fc.name}"), state.fields[i].reshape((1,) + shape))
             self._snap_times.append(float(state.time_min))
+            self.last_snapshot_step = int(state.step)
             self.flush_rows()
         if self.xdmf:
             self._write_xdmf()
@@ -543,24 +557,13 @@ class RunWriter:
             self.f.flush()
 
     def event(self, time_min: float, kind: str, detail: dict | None = None) -> None:
-        """Record an event (treatment decision, stop, checkpoint, ...); detail is stored as JSON.
+        """Record an event (treatment decision, stop, checkpoint, ...); detail is stored as JSON
+        (see :func:`encode_event`)."""
+        kind_b, detail_b = encode_event(kind, detail)
+        self.write_event(time_min, kind, kind_b, detail_b)
 
-        A detail longer than ``schema.EVENT_DETAIL_BYTES`` in UTF-8 is kept as
-        ``{"truncated": true, "text": <its JSON cut to fit>}`` rather than failing the run.
-        """
-        kind_b = kind.encode("ascii")
-        if len(kind_b) > schema.EVENT_KIND_BYTES:
-            raise ValueError(f"event kind {kind!r} is longer than {schema.EVENT_KIND_BYTES} bytes")
-        text = json.dumps(detail or {}, sort_keys=True)
-        detail_b = text.encode("utf-8")
-        if len(detail_b) > schema.EVENT_DETAIL_BYTES:
-            room = schema.EVENT_DETAIL_BYTES - 64
-            while True:  # cut on whole characters, then re-escape, until the JSON fits
-                cut = json.dumps({"truncated": True, "text": text[:room]}, sort_keys=True)
-                detail_b = cut.encode("utf-8")
-                if len(detail_b) <= schema.EVENT_DETAIL_BYTES:
-                    break
-                room -= max(1, len(detail_b) - schema.EVENT_DETAIL_BYTES)
+    def write_event(self, time_min: float, kind: str, kind_b: bytes, detail_b: bytes) -> None:
+        """Append one event, encoded by :func:`encode_event`, and flush the file."""
         E = schema.EVENTS
         with self._claim(self._growth(E, EVENT_ARRAYS, 1), f"the {kind} event"):
             self._append(self._ds(f"{E}/time_min"), [time_min])
@@ -569,6 +572,10 @@ class RunWriter:
             detail_a = np.array([detail_b], dtype=f"S{schema.EVENT_DETAIL_BYTES}")
             self._append(self._ds(f"{E}/detail"), detail_a)
             self.f.flush()
+
+    def drain(self) -> None:
+        """Nothing to wait for: every write is made when it is called (see
+        tmesim.io.background for a writer that makes them on a thread of its own)."""
 
     def _set_status(self, status: str) -> None:
         """Rewrite the status attribute in place, as the 64-byte ASCII string it was created as.
@@ -619,6 +626,27 @@ class RunWriter:
 
     def __exit__(self, *exc):
         self.close("finished" if exc[0] is None else "failed")
+
+
+def encode_event(kind: str, detail: dict | None) -> tuple[bytes, bytes]:
+    """The stored bytes of an event's kind (ASCII, at most ``schema.EVENT_KIND_BYTES``: a longer
+    one is a ValueError) and of its detail as JSON. A detail longer than
+    ``schema.EVENT_DETAIL_BYTES`` in UTF-8 is kept as ``{"truncated": true, "text": <its JSON cut
+    to fit>}`` rather than failing the run."""
+    kind_b = kind.encode("ascii")
+    if len(kind_b) > schema.EVENT_KIND_BYTES:
+        raise ValueError(f"event kind {kind!r} is longer than {schema.EVENT_KIND_BYTES} bytes")
+    text = json.dumps(detail or {}, sort_keys=True)
+    detail_b = text.encode("utf-8")
+    if len(detail_b) > schema.EVENT_DETAIL_BYTES:
+        room = schema.EVENT_DETAIL_BYTES - 64
+        while True:  # cut on whole characters, then re-escape, until the JSON fits
+            cut = json.dumps({"truncated": True, "text": text[:room]}, sort_keys=True)
+            detail_b = cut.encode("utf-8")
+            if len(detail_b) <= schema.EVENT_DETAIL_BYTES:
+                break
+            room -= max(1, len(detail_b) - schema.EVENT_DETAIL_BYTES)
+    return kind_b, detail_b
 
 
 def _renameat2():
