@@ -159,7 +159,7 @@ def test_layer_units_and_passes():
 def test_pin_code_agrees_with_the_kernel_source():
     from tmesim.launch import kernel_defines
 
-    assert kernel_defines("fields.cu", "TM_PIN_")["BATH"] == medium.BATH
+    assert kernel_defines("pins.cuh", "TM_PIN_")["BATH"] == medium.BATH
     assert len(codes.KIND_NAMES) <= medium.BATH
 
 
