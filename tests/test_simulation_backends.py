@@ -312,9 +312,10 @@ def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", ["2d-adi", "3d-lod"])
 def test_gpu_model_is_device_resident_and_matches(gpu_backend, case):
-    """On a GPU: the site arrays are cupy arrays, plasma stays numpy; LOD runs are bit for bit
-    the CPU's; ADI runs agree in every integer array over a few steps (the CG's dot products are
-    cupy reductions, summed in another order than numpy's)."""
+    """On a GPU: the site arrays are cupy arrays, plasma stays numpy; LOD and ADI runs are the
+    CPU's bit for bit, states and rows (the CG's dot products and the observables' sums follow
+    tmesim.reduce's order on both; until issue 16 they were cupy reductions and ADI agreed to
+    1e-4)."""
     import cupy
 
     b = gpu_backend
@@ -322,21 +323,8 @@ def test_gpu_model_is_device_resident_and_matches(gpu_backend, case):
     m = Model(sc, b)
     assert isinstance(m.state.kind, cupy.ndarray) and isinstance(m.state.fields, cupy.ndarray)
     assert isinstance(m.state.plasma, np.ndarray)
-    if case.endswith("lod"):
-        run_pair(sc, b, rtol=1e-12)  # the state bit for bit; the rows' sums summed by cupy
-        return
-    ref = Model(sc, CPU())
-    for s in range(4):
-        ref.step()
-        m.step()
-        for name in ("kind", "tumor_state"):
-            np.testing.assert_array_equal(
-                b.to_host(getattr(m.state, name)), getattr(ref.state, name), err_msg=f"{s} {name}"
-            )
-        np.testing.assert_allclose(
-            b.to_host(m.state.fields), ref.state.fields, rtol=1e-4, atol=1e-5
-        )
-        assert_rows_equal(ref.observe(), m.observe(), f"step {s}", rtol=1e-4)
+    del m
+    run_pair(sc, b)
 
 
 @pytest.mark.gpu
