@@ -169,6 +169,7 @@ class Model:
             self.field_solver.last_sweeps,
             self.therapy.last_given,
             self.last_stroma,
+            launcher=self.classes.launcher,
         )
         return self.last_row
 
