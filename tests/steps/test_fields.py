@@ -1137,3 +1137,42 @@ def test_persisters_secrete_the_signal_and_sensitive_cells_do_not():
             assert total == pytest.approx(n_P * s_p * DT / (1 + lam * DT), rel=1e-4)
         else:
             assert np.all(fields[si] == 0)
+
+
+def _step_in_child(q):
+    fs = _two_field_solver()
+    f = np.ones((fs.F, fs.grid.n_sites), np.float32)
+    fs.step(f, np.zeros(fs.grid.n_sites, np.uint8))
+    q.put(float(f.sum()))
+
+
+def _two_field_solver():
+    """A solver of at least two fields on 200 x 200 voxels, on two worker threads."""
+    text = solver_text((200, 200)) + "".join(
+        f'\n[fields.f{i}]\nunits = "uM"\ndiffusion_um2_per_min = 1e3\ndecay_per_min = 0.1\n'
+        for i in range(2)
+    )
+    sc = tmesim.loads_scenario(text)
+    return FieldSolver(sc, Grid(sc.grid.shape, sc.grid.dx_um), threads=2)
+
+
+def test_a_forked_child_steps_after_the_parent_used_the_worker_threads():
+    """A process that has stepped on worker threads, then forks (tmesim compare's process pool
+    does), steps in the child too: the child gets pools of its own. Regression: the child
+    inherited the parent's pool without its threads and waited forever."""
+    import multiprocessing
+
+    fs = _two_field_solver()
+    assert fs.grid.n_sites >= 1 << 15 and fs.threads == 2 and fs.F >= 2  # the threads work
+    f = np.ones((fs.F, fs.grid.n_sites), np.float32)
+    fs.step(f, np.zeros(fs.grid.n_sites, np.uint8))
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_step_in_child, args=(q,))
+    p.start()
+    p.join(60)
+    alive = p.is_alive()
+    if alive:
+        p.kill()
+    assert not alive, "the child's field step hung"
+    assert p.exitcode == 0 and q.get(timeout=5) == pytest.approx(float(f.sum()), rel=1e-6)

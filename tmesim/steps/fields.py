@@ -489,6 +489,18 @@ def _pool(n: int) -> ThreadPoolExecutor:
         return _POOLS[n]
 
 
+def _forget_pools() -> None:
+    """In a forked child: the parent's pools have no threads here (fork copies only the forking
+    thread), so work given to them would wait forever; start afresh (a lock another thread held
+    at the fork stays held in the child, so it is replaced too)."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
+
+
 #: residual (field units) below which a CG solve counts as converged whatever its start: far
 #: below any physical concentration, above where float32 residuals of near-empty fields stall
 RESIDUAL_ZERO = np.float32(1e-30)
