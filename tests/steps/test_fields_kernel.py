@@ -705,3 +705,24 @@ def test_a_field_decayed_into_denormals_converges_at_once(launcher):
                 assert solver.last_sweeps < 50
     np.testing.assert_array_equal(got, want)
     assert np.abs(want[2]).max() < 1e-40
+
+
+@pytest.mark.parametrize("method", ["adi", "adi/line"])
+def test_a_field_that_overflows_is_reported_not_passed_as_converged(launcher, method):
+    """A diffusion coefficient so large that D/h^2 overflows float32 makes the first CG residual
+    non-finite: the field step reports the field as non-finite (numpy and kernels alike), as a
+    sweep's failing runs rely on, instead of leaving the field as it was (a field whose first
+    residual is within its tolerance leaves the iteration at once; an infinite residual and
+    threshold once passed for that). LOD's float64 coefficients stay finite here."""
+    method, pre = _method(method)
+    text = fields_text((12, 12), method, **pre).replace(
+        "diffusion_um2_per_min = 5e3", "diffusion_um2_per_min = 1e300"
+    )
+    sc = tmesim.loads_scenario(text)
+    grid = Grid(sc.grid.shape, sc.grid.dx_um)
+    g = np.random.default_rng(4)
+    kind, state = random_cells(g, grid.n_sites)
+    for solver in (FieldSolver(sc, grid), KernelFieldSolver(sc, grid, launcher=launcher)):
+        f = initial_fields(g, grid.n_sites)
+        with pytest.raises(FieldSolverError, match="hgf"):
+            solver.step(f, kind, state)

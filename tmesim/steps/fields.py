@@ -997,7 +997,9 @@ class FieldSolver:
         # zero (a field that is all but absent stalls there in float32 arithmetic). A field
         # that has converged leaves the iteration: its values are final, whatever the others do
         thresh = np.maximum(np.maximum(tol * r0, floor), RESIDUAL_ZERO)
-        active = r0 > thresh
+        # a non-finite residual iterates (and spreads into the field, which the step's
+        # finiteness check then reports) instead of passing for converged
+        active = (r0 > thresh) | ~np.isfinite(r0)
         beta = None
         it = 0
         rmax = r0.copy()

@@ -987,7 +987,9 @@ class KernelFieldSolver:
         # numpy evaluates tol * r0 with the Python float as a float32 (NEP 50): the same here,
         # spelled with the array first so that a cupy array's operator handles it
         thresh = xp.maximum(xp.maximum(r0 * f32(tol), bmax * f32(min(tol, 1e-6))), F_.RESIDUAL_ZERO)
-        active = r0 > thresh
+        # a non-finite residual iterates (and spreads into the field, which the step's
+        # finiteness check then reports) instead of passing for converged
+        active = (r0 > thresh) | ~xp.isfinite(r0)
         act = _host(active)  # the host's copy: which runs of fields the launches cover
         n = np.int64(c.size // F)
         ones = a["ones"]
