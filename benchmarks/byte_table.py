@@ -46,7 +46,6 @@ PER_ITERATION = (
     "tm_reduce_tree",
     "tm_apply_operator",
     "tm_set_pinned",
-    "tm_cg_update",
     "tm_cg_direction",
     "tm_mg_smooth0",
     "tm_mg_jacobi",
@@ -89,9 +88,9 @@ def count_step(size: int, warm: int, extra=()):
 def reductions(per, n_sites: int, F: int, plane: int) -> int:
     """Bytes of the reductions the array library still does in one field step: the finiteness
     check of the fields (a max and a min over all of them) and the maxima over the column
-    maxima of |r| (one per largest-|r| launch: tm_absmax_columns, tm_cg_update_absmax). The
+    maxima of |r| and |b| (two per tm_cg_start, one per tm_cg_update_absmax). The
     CG's dot products are launches of ours (column sums, tree), counted above."""
-    n_max = sum(per.get(k, [0])[0] for k in ("tm_absmax_columns", "tm_cg_update_absmax"))
+    n_max = 2 * per.get("tm_cg_start", [0])[0] + per.get("tm_cg_update_absmax", [0])[0]
     return 2 * 4 * F * n_sites + n_max * 4 * F * plane
 
 

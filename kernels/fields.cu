@@ -127,31 +127,6 @@ TM_KERNEL void tm_apply_operator(int F, int nz, int ny, int nx, int ndim,
     }
 }
 
-/* tm_apply_operator_pinned: out = diag p - D lap(p), 0 at pinned voxels: the CG's "A p" with
- * "q[:, pinned] = 0" folded in (FieldSolver._adi_step). Arguments as tm_apply_operator, plus
- *   pin  (n_sites,) uint8 pin codes (tm_pinned voxels get 0)
- * One work item per (field, site). */
-TM_KERNEL void tm_apply_operator_pinned(int F, int nz, int ny, int nx, int ndim,
-                                        const float* __restrict__ p,
-                                        const float* __restrict__ diag,
-                                        const float* __restrict__ D_over_h2,
-                                        const float* __restrict__ ghosts,
-                                        const u8* __restrict__ pin,
-                                        float* __restrict__ out) {
-    const long long n = (long long)nz * ny * nx;
-    TM_FOR_EACH(i, (long long)F * n) {
-        const int f = (int)(i / n);
-        const long long s = i % n;
-        if (tm_pinned(pin[s])) {
-            out[i] = 0.0f;
-            continue;
-        }
-        const float lap = __fmul_rn(tm_lap_sum(p, ghosts, f * n, s, f, nz, ny, nx, ndim),
-                                    D_over_h2[f]);
-        out[i] = __fsub_rn(__fmul_rn(diag[i], p[i]), lap);
-    }
-}
-
 /* tm_rates: per-voxel implicit rate and source from the (field, kind, state) tables.
  * Twin of FieldSolver.rates.
  *   n          sites
@@ -712,26 +687,6 @@ TM_KERNEL void tm_medium_pins(long long n_sites, const u8* __restrict__ kind,
 /* The multigrid preconditioner's kernels (tm_mg_*). */
 #include "multigrid.cuh"
 
-/* tm_cg_update: c = c + alpha[f] p and r = r - alpha[f] q (each product rounded first, as numpy's
- * "tmp = p * a; c += tmp; tmp = q * a; r -= tmp"), for the fields still iterating (active[f]);
- * a field that has converged is left as it is. Twin of the update of FieldSolver._adi_step.
- *   F, n        fields and sites; active (F,) uint8; alpha (F,) float32
- *   p, q        (F, n) float32: the search direction and A p
- *   c, r        (F, n) float32, in place: the iterate (field units) and the residual (units/min)
- * One work item per (field, site); each reads and writes its own entries only. */
-TM_KERNEL void tm_cg_update(int F, long long n, const u8* __restrict__ active,
-                            const float* __restrict__ alpha, const float* __restrict__ p,
-                            const float* __restrict__ q, float* __restrict__ c,
-                            float* __restrict__ r) {
-    TM_FOR_EACH(i, (long long)F * n) {
-        const long long f = i / n;
-        if (!active[f]) continue;
-        const float a = alpha[f];
-        c[i] = __fadd_rn(c[i], __fmul_rn(p[i], a));
-        r[i] = __fsub_rn(r[i], __fmul_rn(q[i], a));
-    }
-}
-
 /* tm_cg_direction: p = p beta[f] + z (two roundings, numpy's "p *= beta; p += z") for the fields
  * still iterating (active[f]). Twin of the direction update of FieldSolver._adi_step.
  *   p, z (F, n) float32; active (F,) uint8; beta (F,) float32
@@ -771,22 +726,10 @@ TM_KERNEL void tm_dots_columns(int F, long long m0, long long P, const float* __
     }
 }
 
-/* tm_absmax_columns: colmax[f, j] = the largest |x| of the column (NaN if one is NaN).
- *   x (F, n) float32; colmax (F, P) float32 */
-TM_KERNEL void tm_absmax_columns(int F, long long m0, long long P, const float* __restrict__ x,
-                                 float* __restrict__ colmax) {
-    TM_FOR_EACH(w, (long long)F * P) {
-        const long long f = w / P, j = w % P;
-        const long long base = f * m0 * P + j;
-        float acc = 0.0f;
-        for (long long i = m0 - 1; i >= 0; --i) acc = tm_absmax_step(acc, x[base + i * P]);
-        colmax[w] = acc;
-    }
-}
-
-/* tm_apply_pinned_dot: tm_apply_operator_pinned with the column sums of p q (pass 1 of the CG's
- * p.q): out = diag p - D lap(p), 0 at pinned voxels, one column at a time.
- *   F, nz, ny, nx, ndim, p, diag, D_over_h2, ghosts, pin, out as tm_apply_operator_pinned
+/* tm_apply_pinned_dot: the CG's q = A p with "q[:, pinned] = 0" folded in, out = diag p - D lap(p),
+ * 0 at pinned voxels, one column at a time, with the column sums of p q (pass 1 of the CG's p.q).
+ *   F, nz, ny, nx, ndim, p, diag, D_over_h2, ghosts as tm_apply_operator; pin (n_sites,) uint8
+ *   pin codes (tm_pinned voxels get 0); out (F, n_sites) float32
  *   m0, P   grid axis 0's length and the sites per plane; cols (F, P) float64 */
 TM_KERNEL void tm_apply_pinned_dot(int F, int nz, int ny, int nx, int ndim, long long m0,
                                    long long P, const float* __restrict__ p,
@@ -817,9 +760,12 @@ TM_KERNEL void tm_apply_pinned_dot(int F, int nz, int ny, int nx, int ndim, long
     }
 }
 
-/* tm_cg_update_absmax: tm_cg_update with the column maxima of the new |r| (largest |r| by
- * columns), one column at a time.
- *   F, m0, P; active (F,) uint8; alpha (F,) float32; p, q, c, r as tm_cg_update;
+/* tm_cg_update_absmax: c = c + alpha[f] p and r = r - alpha[f] q (each product rounded first, as
+ * numpy's "tmp = p * a; c += tmp; tmp = q * a; r -= tmp") for the fields still iterating
+ * (active[f]; a converged field is left as it is), one column at a time, with the column maxima
+ * of the new |r|. Twin of the update of FieldSolver._adi_step.
+ *   F, m0, P; active (F,) uint8; alpha (F,) float32; p, q (F, n) float32 (the search direction
+ *   and A p); c, r (F, n) float32 in place (the iterate, field units; the residual, units/min);
  *   colmax (F, P) float32 (a field not active keeps its old entries) */
 TM_KERNEL void tm_cg_update_absmax(int F, long long m0, long long P,
                                    const u8* __restrict__ active,

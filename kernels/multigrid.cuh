@@ -44,46 +44,6 @@ TM_HD int tm_mg_coord(long long s, int a, int ndim, int ny, int nx) {
     return k == 0 ? z : (k == 1 ? y : x);
 }
 
-/* tm_mg_fine: level 0 from the CG's diagonal. Twin of multigrid.fine_level (w, e, free; d comes
- * from tm_mg_diag).
- *   F, nz, ny, nx, ndim  fields and grid (2D: nz = 1)
- *   diag       (F, n) float32, 1/dt + U in 1/min
- *   pin        (n,) uint8 pin codes (tm_pinned voxels are not free)
- *   D_over_h2  (F,) float32, 1/min
- *   dirichlet  (F, ndim, 2) uint8: 1 where numpy grid axis a's (lo, hi) face holds a bath value
- *   w, e, free outputs as the file comment */
-TM_KERNEL void tm_mg_fine(int F, int nz, int ny, int nx, int ndim,
-                          const float* __restrict__ diag, const u8* __restrict__ pin,
-                          const float* __restrict__ D_over_h2,
-                          const u8* __restrict__ dirichlet,
-                          float* __restrict__ w, float* __restrict__ e,
-                          u8* __restrict__ free) {
-    const long long n = (long long)nz * ny * nx;
-    TM_FOR_EACH(i, (long long)F * n) {
-        const int f = (int)(i / n);
-        const long long s = i % n;
-        const bool fs = !tm_pinned(pin[s]);
-        const float Dh = D_over_h2[f];
-        float lost = 0.0f;  /* small integers: exact in any order */
-        for (int a = 0; a < ndim; ++a) {
-            const int m = tm_mg_len(a, ndim, nz, ny, nx);
-            const long long st = tm_mg_stride(a, ndim, ny, nx);
-            const int c = tm_mg_coord(s, a, ndim, ny, nx);
-            bool up_free = false;
-            if (c > 0 && tm_pinned(pin[s - st])) lost = __fadd_rn(lost, 1.0f);
-            if (c < m - 1) {
-                up_free = !tm_pinned(pin[s + st]);
-                if (!up_free) lost = __fadd_rn(lost, 1.0f);
-            }
-            if (c == 0 && dirichlet[(f * ndim + a) * 2 + 0]) lost = __fadd_rn(lost, 1.0f);
-            if (c == m - 1 && dirichlet[(f * ndim + a) * 2 + 1]) lost = __fadd_rn(lost, 1.0f);
-            e[((long long)f * ndim + a) * n + s] = (fs && up_free) ? Dh : 0.0f;
-        }
-        w[i] = fs ? __fadd_rn(diag[i], __fmul_rn(Dh, lost)) : 1.0f;
-        if (f == 0) free[s] = (u8)fs;
-    }
-}
-
 /* tm_mg_diag: d = w + the incident edges (per axis the lower edge, then the upper one). Twin of
  * multigrid._diag. One work item per (field, site). */
 TM_KERNEL void tm_mg_diag(int F, int nz, int ny, int nx, int ndim,
@@ -276,13 +236,13 @@ TM_KERNEL void tm_mg_prolong_add(int F, int nz, int ny, int nx, int cz, int cy, 
 }
 
 /* ------------------------------------------------------------------------- level 0 on the fly
- * The fine level's w, e and d follow from the CG's diagonal and the pin codes (tm_mg_fine,
- * tm_mg_diag), so the kernels the V-cycle runs on level 0 every iteration recompute them per site
+ * The fine level's w, e and d follow from the CG's diagonal and the pin codes
+ * (multigrid.fine_level), so the kernels the V-cycle runs on level 0 recompute them per site
  * with the same operations instead of reading 5 + ndim stored words per voxel and field: they
  * read diag and the pin codes (1 B per voxel, shared by the fields). Same bits as the stored
  * level (the same float32 operations in the same order).
  *   diag (F, n) float32 1/min; pin (n,) uint8 pin codes; D_over_h2 (F,) float32;
- *   dirichlet (F, ndim, 2) uint8 as tm_mg_fine */
+ *   dirichlet (F, ndim, 2) uint8: 1 where numpy grid axis a's (lo, hi) face holds a bath value */
 
 /* w, d and the lower / upper edge weights per grid axis at work item i = f n + s of level 0. */
 TM_HD void tm_mg0_site(int nz, int ny, int nx, int ndim, long long n, long long i,
@@ -356,20 +316,6 @@ TM_KERNEL void tm_mg0_smooth0(int F, int nz, int ny, int nx, int ndim, float ome
         float w, d, e_lo[3], e_hi[3];
         tm_mg0_site(nz, ny, nx, ndim, n, i, diag, pin, D_over_h2, dirichlet, &w, &d, e_lo, e_hi);
         x[i] = __fdiv_rn(__fmul_rn(r[i], omega), d);
-    }
-}
-
-/* tm_mg0_residual: res = r - A x on level 0 (tm_mg_residual with w and e recomputed). */
-TM_KERNEL void tm_mg0_residual(int F, int nz, int ny, int nx, int ndim,
-                               const float* __restrict__ diag, const u8* __restrict__ pin,
-                               const float* __restrict__ D_over_h2,
-                               const u8* __restrict__ dirichlet, const float* __restrict__ x,
-                               const float* __restrict__ r, float* __restrict__ res) {
-    const long long n = (long long)nz * ny * nx;
-    TM_FOR_EACH(i, (long long)F * n) {
-        float w, d, e_lo[3], e_hi[3];
-        tm_mg0_site(nz, ny, nx, ndim, n, i, diag, pin, D_over_h2, dirichlet, &w, &d, e_lo, e_hi);
-        res[i] = __fsub_rn(r[i], tm_mg0_Ax(nz, ny, nx, ndim, n, i, w, e_lo, e_hi, x));
     }
 }
 
@@ -447,11 +393,11 @@ TM_HD float tm_mg0_prolonged(int ny, int nx, int cy, int cx, int ndim, long long
 }
 
 /* tm_mg0_residual_restrict: rc = P^T (r - A x) on level 0, each coarse block the sum of its free
- * children's residuals (C order of the child offsets, from 0.0f): tm_mg0_residual and
- * tm_mg_restrict in one pass, the residual never stored. Twin of "res = r - apply(lv, x);
+ * children's residuals (C order of the child offsets, from 0.0f): tm_mg_residual on level 0
+ * and tm_mg_restrict in one pass, the residual never stored. Twin of "res = r - apply(lv, x);
  * restrict(lv, res, rc)" in multigrid.vcycle on level 0.
  *   F, nz, ny, nx (fine), cz, cy, cx (coarse), ndim; diag, pin, D_over_h2, dirichlet as
- *   tm_mg0_residual; x, r (F, n) float32; rc (F, nc) float32
+ *   tm_mg0_smooth0; x, r (F, n) float32; rc (F, nc) float32
  * One work item per (field, coarse site); children partition the fine sites, so each residual
  * is computed once. */
 TM_KERNEL void tm_mg0_residual_restrict(int F, int nz, int ny, int nx, int cz, int cy, int cx,
@@ -545,12 +491,12 @@ TM_KERNEL void tm_mg0_prolong_jacobi_dot(int F, int nz, int ny, int nx, int cz, 
     (void)cz;
 }
 
-/* tm_mg0_coarsen: level 1 straight from the CG's diagonal and the pin codes (tm_mg_fine then
- * tm_mg_coarsen, level 0 never stored): w_c the sum of the free children's w, e_c[a] the sum of
+/* tm_mg0_coarsen: level 1 straight from the CG's diagonal and the pin codes (multigrid.fine_level
+ * then tm_mg_coarsen, level 0 never stored): w_c the sum of the free children's w, e_c[a] the sum of
  * the fine edges leaving the block on its upper side along a, free_c some child free. Twin of
  * multigrid.coarsen(fine_level(...)).
  *   F, nz, ny, nx (fine), cz, cy, cx (coarse), ndim; diag, pin, D_over_h2, dirichlet as
- *   tm_mg_fine; w_c (F, nc), e_c (F, ndim, nc) float32, free_c (nc,) uint8 outputs
+ *   tm_mg0_smooth0; w_c (F, nc), e_c (F, ndim, nc) float32, free_c (nc,) uint8 outputs
  * One work item per (field, coarse site). */
 TM_KERNEL void tm_mg0_coarsen(int F, int nz, int ny, int nx, int cz, int cy, int cx, int ndim,
                               const float* __restrict__ diag, const u8* __restrict__ pin,

@@ -673,19 +673,6 @@ class KernelFieldSolver:
         return fields
 
     # ----------------------------------------------------------------------------- adi (CG)
-    def _apply(self, p, ghosts, out, g=slice(None), pin=None):
-        """out = (1/dt + U) p - D lap(p) with packed ghosts for the fields g (p and out that
-        run, (f1 - f0, *grid)): FieldSolver._apply; with ``pin`` (pin codes) 0 at pinned voxels
-        as well (tm_apply_operator_pinned: "q[:, pinned] = 0" folded in)."""
-        nz, ny, nx, ndim = grid3(self.grid.shape)
-        a = self._arrays
-        head = (np.int32(p.shape[0]), nz, ny, nx, ndim, p, a["diag"][g], a["D_over_h2"][g])
-        if pin is None:
-            self.L("tm_apply_operator", p.size, *head, ghosts[g], out)
-        else:
-            self.L("tm_apply_operator_pinned", p.size, *head, ghosts[g], pin, out)
-        return out
-
     def _apply_dot(self, p, q, g, pin):
         """q = A p, 0 at pinned voxels, for the fields g (p, q: that run) with the homogeneous
         ghosts, and the (F_run,) float64 dots p.q (tm_apply_pinned_dot, tm_reduce_tree)."""
@@ -934,15 +921,6 @@ class KernelFieldSolver:
         cols = self._arrays["cols"][: x.shape[0]]
         self._dot_columns(x, y, cols)
         return self._tree(cols)
-
-    def _absmax(self, x):
-        """Per-field largest |x| of (F_run, ...) arrays (exact: max does not round): column
-        maxima (tm_absmax_columns), then the array library's max over them."""
-        m0, P = self._cols_shape()
-        F = x.shape[0]
-        colmax = self._arrays["colmax"][:F]
-        self.L("tm_absmax_columns", F * int(P), np.int32(F), m0, P, x, colmax)
-        return colmax.max(axis=1)
 
     def _adi_step(self, c, kind) -> int:
         """One implicit-Euler field step by preconditioned CG: FieldSolver._adi_step. A field
