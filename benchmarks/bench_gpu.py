@@ -104,7 +104,6 @@ WRITE_ONLY = {
     "tm_mg0_jacobi": {"out"},
     "tm_mg0_jacobi_dot": {"out", "cols"},
     "tm_mg0_residual_restrict": {"rc"},
-    "tm_mg0_prolong_jacobi_dot": {"out", "cols"},
     "tm_apply_pinned_dot": {"out", "cols"},
     "tm_dots_columns": {"cols"},
     "tm_cg_update_absmax": {"colmax"},

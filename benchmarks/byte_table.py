@@ -42,7 +42,7 @@ PER_ITERATION = (
     "tm_cg_update_absmax",
     "tm_mg0_smooth0",
     "tm_mg0_residual_restrict",
-    "tm_mg0_prolong_jacobi_dot",
+    "tm_mg0_jacobi_dot",
     "tm_reduce_tree",
     "tm_apply_operator",
     "tm_set_pinned",

@@ -305,6 +305,62 @@ TM_UNROLL
     return y;
 }
 
+/* x at work item i of level 0 after the prolongation x + P xc (multigrid.prolong_add): a free
+ * voxel adds its block's value of the coarse iterate xc ((F, nc) float32, coarse grid
+ * (cz, cy, cx)); computed where it is needed instead of stored. */
+TM_HD float tm_mg0_prolonged(int ny, int nx, int cy, int cx, int ndim, long long n, long long nc,
+                             long long i, const u8* pin, const float* x, const float* xc) {
+    const long long f = i / n;
+    const long long s = i % n;
+    if (tm_pinned(pin[s])) return __fadd_rn(x[i], 0.0f);
+    int z, y, xx;
+    tm_site_coords(s, ny, nx, &z, &y, &xx);
+    const int zc = ndim == 3 ? z / 2 : z;
+    const long long p = ((long long)zc * cy + y / 2) * cx + xx / 2;
+    return __fadd_rn(x[i], xc[f * nc + p]);
+}
+
+/* One damped Jacobi sweep's value at work item i of level 0: x' + ((r - A x') omega) / d, 0 at a
+ * pinned voxel, with x' = x, or (prolong) x + P xc recomputed here for the site and each
+ * neighbour (tm_mg0_prolonged): multigrid.jacobi, after multigrid.prolong_add when prolonging,
+ * and FieldSolver._precondition's pinning. Coarse grid (cy, cx), nc coarse sites, and xc are read
+ * only when prolonging. */
+template <bool prolong>  /* a compile-time choice: each kernel path keeps its own registers */
+TM_HD float tm_mg0_sweep(int nz, int ny, int nx, int ndim, long long n, long long i, float omega,
+                         const float* diag, const u8* pin, const float* D_over_h2,
+                         const u8* dirichlet, const float* x, const float* r, int cy, int cx,
+                         long long nc, const float* xc) {
+    const long long s = i % n;
+    if (tm_pinned(pin[s])) return 0.0f;
+    float w, d, e_lo[3], e_hi[3];
+    tm_mg0_site(nz, ny, nx, ndim, n, i, diag, pin, D_over_h2, dirichlet, &w, &d, e_lo, e_hi);
+    const float xs = prolong ? tm_mg0_prolonged(ny, nx, cy, cx, ndim, n, nc, i, pin, x, xc) : x[i];
+    float y = __fmul_rn(w, xs);
+    TM_UNROLL
+    for (int a = 0; a < 3; ++a) {
+        if (a >= ndim) break;
+        const int m = tm_mg_len(a, ndim, nz, ny, nx);
+        const long long st = tm_mg_stride(a, ndim, ny, nx);
+        const int c = tm_mg_coord(s, a, ndim, ny, nx);
+        if (c > 0) {
+            const float xl =
+                prolong ? tm_mg0_prolonged(ny, nx, cy, cx, ndim, n, nc, i - st, pin, x, xc)
+                        : x[i - st];
+            y = __fadd_rn(y, __fmul_rn(e_lo[a], __fsub_rn(xs, xl)));
+        }
+        if (c < m - 1) {
+            const float xh =
+                prolong ? tm_mg0_prolonged(ny, nx, cy, cx, ndim, n, nc, i + st, pin, x, xc)
+                        : x[i + st];
+            y = __fadd_rn(y, __fmul_rn(e_hi[a], __fsub_rn(xs, xh)));
+        }
+    }
+    float t = __fsub_rn(r[i], y);
+    t = __fmul_rn(t, omega);
+    t = __fdiv_rn(t, d);
+    return __fadd_rn(xs, t);
+}
+
 /* tm_mg0_smooth0: x = (r omega) / d on level 0 (tm_mg_smooth0 with d recomputed). */
 TM_KERNEL void tm_mg0_smooth0(int F, int nz, int ny, int nx, int ndim, float omega,
                               const float* __restrict__ diag, const u8* __restrict__ pin,
@@ -329,67 +385,44 @@ TM_KERNEL void tm_mg0_jacobi(int F, int nz, int ny, int nx, int ndim, float omeg
                              const float* __restrict__ r, float* __restrict__ out) {
     const long long n = (long long)nz * ny * nx;
     TM_FOR_EACH(i, (long long)F * n) {
-        if (tm_pinned(pin[i % n])) {
-            out[i] = 0.0f;
-            continue;
-        }
-        float w, d, e_lo[3], e_hi[3];
-        tm_mg0_site(nz, ny, nx, ndim, n, i, diag, pin, D_over_h2, dirichlet, &w, &d, e_lo, e_hi);
-        float t = __fsub_rn(r[i], tm_mg0_Ax(nz, ny, nx, ndim, n, i, w, e_lo, e_hi, x));
-        t = __fmul_rn(t, omega);
-        t = __fdiv_rn(t, d);
-        out[i] = __fadd_rn(x[i], t);
+        out[i] = tm_mg0_sweep<false>(nz, ny, nx, ndim, n, i, omega, diag, pin, D_over_h2,
+                                     dirichlet, x, r, 1, 1, 1, x);
     }
 }
 
-/* tm_mg0_jacobi_dot: tm_mg0_jacobi one column at a time, with the column sums of r out (pass 1
- * of the CG's r.z, z being the V-cycle's result): the last sweep of the V-cycle.
- *   as tm_mg0_jacobi, plus m0, P (grid axis 0's length, sites per plane) and cols (F, P)
- *   float64 */
-TM_KERNEL void tm_mg0_jacobi_dot(int F, int nz, int ny, int nx, int ndim, long long m0,
-                                 long long P, float omega, const float* __restrict__ diag,
-                                 const u8* __restrict__ pin,
+/* tm_mg0_jacobi_dot: the V-cycle's last sweep on level 0, one column at a time: out =
+ * tm_mg0_sweep (0 at pinned voxels), after the prolongation x + P xc when ``prolong`` (recomputed
+ * where the sweep reads it, never stored), with the column sums of r out (pass 1 of the CG's r.z,
+ * z being the V-cycle's result). Twin of "prolong_add(lv, x, xc); jacobi(lv, x, r, out)" (or the
+ * coarsest level's last sweep) and FieldSolver._precondition's pinning.
+ *   as tm_mg0_jacobi, plus the coarse grid (cz, cy, cx) and xc (F, nc) float32 (read only when
+ *   prolong), m0, P (grid axis 0's length, sites per plane) and cols (F, P) float64
+ * One work item per (field, column). */
+TM_KERNEL void tm_mg0_jacobi_dot(int F, int nz, int ny, int nx, int cz, int cy, int cx,
+                                 int ndim, long long m0, long long P, float omega,
+                                 const float* __restrict__ diag, const u8* __restrict__ pin,
                                  const float* __restrict__ D_over_h2,
-                                 const u8* __restrict__ dirichlet,
-                                 const float* __restrict__ x, const float* __restrict__ r,
-                                 float* __restrict__ out, double* __restrict__ cols) {
+                                 const u8* __restrict__ dirichlet, const float* __restrict__ x,
+                                 int prolong, const float* __restrict__ xc,
+                                 const float* __restrict__ r, float* __restrict__ out,
+                                 double* __restrict__ cols) {
     const long long n = (long long)nz * ny * nx;
+    const long long nc = (long long)cz * cy * cx;
     TM_FOR_EACH(w, (long long)F * P) {
         const long long f = w / P, j = w % P;
         double acc = 0.0;
         for (long long i = m0 - 1; i >= 0; --i) {
-            const long long s = i * P + j;
-            const long long at = f * n + s;
-            float z = 0.0f;
-            if (!tm_pinned(pin[s])) {
-                float ww, d, e_lo[3], e_hi[3];
-                tm_mg0_site(nz, ny, nx, ndim, n, at, diag, pin, D_over_h2, dirichlet, &ww, &d,
-                            e_lo, e_hi);
-                float t = __fsub_rn(r[at], tm_mg0_Ax(nz, ny, nx, ndim, n, at, ww, e_lo, e_hi, x));
-                t = __fmul_rn(t, omega);
-                t = __fdiv_rn(t, d);
-                z = __fadd_rn(x[at], t);
-            }
+            const long long at = f * n + i * P + j;
+            const float z =
+                prolong ? tm_mg0_sweep<true>(nz, ny, nx, ndim, n, at, omega, diag, pin, D_over_h2,
+                                             dirichlet, x, r, cy, cx, nc, xc)
+                        : tm_mg0_sweep<false>(nz, ny, nx, ndim, n, at, omega, diag, pin,
+                                              D_over_h2, dirichlet, x, r, cy, cx, nc, xc);
             out[at] = z;
             acc = __dadd_rn(acc, __dmul_rn((double)r[at], (double)z));
         }
         cols[w] = acc;
     }
-}
-
-/* x at work item i of level 0 after the prolongation x + P xc (multigrid.prolong_add): a free
- * voxel adds its block's value of the coarse iterate xc ((F, nc) float32, coarse grid
- * (cz, cy, cx)); computed where it is needed instead of stored. */
-TM_HD float tm_mg0_prolonged(int ny, int nx, int cy, int cx, int ndim, long long n, long long nc,
-                             long long i, const u8* pin, const float* x, const float* xc) {
-    const long long f = i / n;
-    const long long s = i % n;
-    if (tm_pinned(pin[s])) return __fadd_rn(x[i], 0.0f);
-    int z, y, xx;
-    tm_site_coords(s, ny, nx, &z, &y, &xx);
-    const int zc = ndim == 3 ? z / 2 : z;
-    const long long p = ((long long)zc * cy + y / 2) * cx + xx / 2;
-    return __fadd_rn(x[i], xc[f * nc + p]);
 }
 
 /* tm_mg0_residual_restrict: rc = P^T (r - A x) on level 0, each coarse block the sum of its free
@@ -428,67 +461,6 @@ TM_KERNEL void tm_mg0_residual_restrict(int F, int nz, int ny, int nx, int cz, i
         }
         rc[i] = acc;
     }
-}
-
-/* tm_mg0_prolong_jacobi_dot: the V-cycle's end on level 0: x' = x + P xc (the prolongation,
- * recomputed per site and per neighbour, never stored), then out = x' + ((r - A x') omega) / d,
- * 0 at pinned voxels, with the column sums of r out (the CG's r.z, pass 1). Twin of
- * "prolong_add(lv, x, xc); jacobi(lv, x, r, out)" and FieldSolver._precondition's pinning.
- *   as tm_mg0_jacobi_dot, plus the coarse grid (cz, cy, cx) and xc (F, nc) float32
- * One work item per (field, column). */
-TM_KERNEL void tm_mg0_prolong_jacobi_dot(int F, int nz, int ny, int nx, int cz, int cy, int cx,
-                                         int ndim, long long m0, long long P, float omega,
-                                         const float* __restrict__ diag,
-                                         const u8* __restrict__ pin,
-                                         const float* __restrict__ D_over_h2,
-                                         const u8* __restrict__ dirichlet,
-                                         const float* __restrict__ x,
-                                         const float* __restrict__ xc,
-                                         const float* __restrict__ r, float* __restrict__ out,
-                                         double* __restrict__ cols) {
-    const long long n = (long long)nz * ny * nx;
-    const long long nc = (long long)cz * cy * cx;
-    TM_FOR_EACH(w, (long long)F * P) {
-        const long long f = w / P, j = w % P;
-        double acc = 0.0;
-        for (long long i = m0 - 1; i >= 0; --i) {
-            const long long s = i * P + j;
-            const long long at = f * n + s;
-            float zv = 0.0f;
-            if (!tm_pinned(pin[s])) {
-                float ww, d, e_lo[3], e_hi[3];
-                tm_mg0_site(nz, ny, nx, ndim, n, at, diag, pin, D_over_h2, dirichlet, &ww, &d,
-                            e_lo, e_hi);
-                const float xs = tm_mg0_prolonged(ny, nx, cy, cx, ndim, n, nc, at, pin, x, xc);
-                float y = __fmul_rn(ww, xs);
-                TM_UNROLL
-                for (int a = 0; a < 3; ++a) {
-                    if (a >= ndim) break;
-                    const int m = tm_mg_len(a, ndim, nz, ny, nx);
-                    const long long st = tm_mg_stride(a, ndim, ny, nx);
-                    const int c = tm_mg_coord(s, a, ndim, ny, nx);
-                    if (c > 0) {
-                        const float xl =
-                            tm_mg0_prolonged(ny, nx, cy, cx, ndim, n, nc, at - st, pin, x, xc);
-                        y = __fadd_rn(y, __fmul_rn(e_lo[a], __fsub_rn(xs, xl)));
-                    }
-                    if (c < m - 1) {
-                        const float xh =
-                            tm_mg0_prolonged(ny, nx, cy, cx, ndim, n, nc, at + st, pin, x, xc);
-                        y = __fadd_rn(y, __fmul_rn(e_hi[a], __fsub_rn(xs, xh)));
-                    }
-                }
-                float t = __fsub_rn(r[at], y);
-                t = __fmul_rn(t, omega);
-                t = __fdiv_rn(t, d);
-                zv = __fadd_rn(xs, t);
-            }
-            out[at] = zv;
-            acc = __dadd_rn(acc, __dmul_rn((double)r[at], (double)zv));
-        }
-        cols[w] = acc;
-    }
-    (void)cz;
 }
 
 /* tm_mg0_coarsen: level 1 straight from the CG's diagonal and the pin codes (multigrid.fine_level

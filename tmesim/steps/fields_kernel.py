@@ -839,7 +839,7 @@ class KernelFieldSolver:
             # the prolongation recomputed where the last sweep reads it, never stored
             m0, P = self._cols_shape()
             L(
-                "tm_mg0_prolong_jacobi_dot",
+                "tm_mg0_jacobi_dot",
                 F * int(P),
                 F32,
                 *dims[:3],
@@ -850,6 +850,7 @@ class KernelFieldSolver:
                 om,
                 *fine,
                 x,
+                np.int32(1),  # prolong first
                 xc,
                 r,
                 out,
@@ -857,7 +858,7 @@ class KernelFieldSolver:
             )
             return out
         if fine is not None:
-            raise AssertionError("level 0 ends in tm_mg0_prolong_jacobi_dot")
+            raise AssertionError("level 0 ends in tm_mg0_jacobi_dot")
         L("tm_mg_prolong_add", n, F32, *dims[:3], *coarse[:3], dims[3], free, xc, x)
         dest = t if out is None else out
         L("tm_mg_jacobi", n, F32, *dims, om, w, e, d, x, r, dest)
@@ -875,7 +876,30 @@ class KernelFieldSolver:
             L("tm_mg0_jacobi", r.size, np.int32(F), *dims, om, *fine, x, r, out)
             return
         m0, P = self._cols_shape()
-        L("tm_mg0_jacobi_dot", F * P, np.int32(F), *dims, m0, P, om, *fine, x, r, out, cols)
+        nz, ny, nx, ndim = dims
+        one = np.int32(1)  # no coarse grid: nothing prolonged (x stands in for xc, unread)
+        L(
+            "tm_mg0_jacobi_dot",
+            F * P,
+            np.int32(F),
+            nz,
+            ny,
+            nx,
+            one,
+            one,
+            one,
+            ndim,
+            m0,
+            P,
+            om,
+            *fine,
+            x,
+            np.int32(0),
+            x,
+            r,
+            out,
+            cols,
+        )
 
     def _cols_shape(self):
         """(m0, P) of the grid as kernel arguments: grid axis 0's length, sites per plane."""
