@@ -270,20 +270,11 @@ def test_emulated_device_refuses_host_arrays():
 
 @needs_cxx
 @pytest.mark.parametrize("case", ["2d-adi", "3d-lod", "2d-biopsy"])
-def test_model_keeps_host_and_device_apart(case, monkeypatch, tmp_path):
+def test_model_keeps_host_and_device_apart(case, tmp_path):
     """A whole model on the emulated device: every step, row, snapshot and checkpoint path runs
     without a host array meeting a device one, the state stays on the device (plasma and
     dose_total on the host), and the run is still the CPU's."""
-    # the CG's reductions choose numpy's or cupy's code by `xp is numpy`: numpy's here
-    from tmesim.steps import fields as F_
-    from tmesim.steps.fields_kernel import KernelFieldSolver
-
-    monkeypatch.setattr(
-        KernelFieldSolver, "_dots", lambda self, x, y: _wrap(F_.dots(np.asarray(x), np.asarray(y)))
-    )
-    monkeypatch.setattr(
-        KernelFieldSolver, "_absmax", lambda self, x: _wrap(F_.absmax(np.asarray(x)))
-    )
+    # the CG's reductions are kernels now (no numpy-or-cupy choice to stand in for)
     b = EmulatedDevice()
     sc = model_scenario(case)
     m = Model(sc, b)
