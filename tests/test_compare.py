@@ -168,10 +168,11 @@ def test_therapy_library_comparisons_are_valid_and_every_arm_runs(path):
     start = c.reference_day
     given = {}
     for arm, sets in c.arms.items():
-        s = run_arm(
-            str(c.scenario),
-            sets + [f"run.duration_days={start + 0.1}", "grid.shape=[40, 40]", "run.dt_min=30"],
-        )
+        cut = [f"run.duration_days={start + 0.1}", "grid.shape=[40, 40]", "run.dt_min=30"]
+        if any(x.endswith("resistant_placement=edge") for x in sets):
+            # a tumor larger than the cut fills it and has no edge to place resistant cells on
+            cut.append("init.tumor.radius_um=200")
+        s = run_arm(str(c.scenario), sets + cut)
         assert s["burden"][-1] > 0
         given[arm] = tuple(
             round(float(s[k][-1]), 6) for k in sorted(s) if k.startswith("cumulative_dose_")
@@ -524,3 +525,108 @@ def test_cli_keeps_runs_writes_csv_and_json_with_set_and_one_progress_bar(tmp_pa
     assert main(args + ["--set", "grid.dxx=3"]) == 2
     err = capsys.readouterr().err
     assert "--set" in err and "grid.dxx" in err
+
+
+def test_capacity_and_start_burden_over_it_on_known_curves():
+    """A capacity arm's capacity is its mean burden from capacity_from_day to its end, per seed:
+    a plateau of 1000 with alternating ±10 (six rows of +10, five of -10: mean 1000 + 10/11)
+    and a line 900 + 10 t (mean 975 over days 5-10; drift, the mean of the window's last 6 rows
+    over that of its first 5, minus 1: 987.5 / 960 - 1). Each arm's burden at the
+    reference day over the capacity of the same seed: 250 / capacity."""
+    day = np.arange(0, 10.001, 0.5)  # days 5..10: 11 rows
+    plateau = np.where(day < 5, 500.0, 1000.0 + 10.0 * (-1.0) ** np.arange(day.size))
+    line = 900.0 + 10.0 * day
+    c = compare.Comparison(
+        scenario=None,
+        arms={"cap": [], "T": []},
+        replicates=2,
+        reference_day=1.0,
+        capacity_of={"T": "cap"},
+        capacity_from_day=5.0,
+    )
+    treated = {"day": day, "burden": np.where(day == 1.0, 250.0, 100.0)}
+    res = {
+        "cap": [{"day": day, "burden": plateau}, {"day": day, "burden": line}],
+        "T": [treated, treated],
+    }
+    cap = compare.capacities(c, res)["cap"]
+    win = day[day >= 5]
+    assert win.size == 11
+    # rows 10..20 of (-1)^row: six +10 and five -10
+    assert cap["cells"][0] == pytest.approx(1000 + 10 / 11)
+    assert cap["cells"][1] == pytest.approx(975.0)
+    first, second = 900 + 10 * win[:5], 900 + 10 * win[5:]
+    assert cap["drift"][1] == pytest.approx(second.mean() / first.mean() - 1)
+    assert cap["drift"][1] == pytest.approx(987.5 / 960.0 - 1)
+    rel = compare.start_over_capacity(c, res)["T"]
+    assert rel["capacity_arm"] == "cap"
+    np.testing.assert_allclose(rel["values"], [250 / (1000 + 10 / 11), 250 / 975.0])
+    assert "of cap" in compare.capacity_table(c, res)
+
+
+@pytest.mark.parametrize(
+    "arms,head,match",
+    [
+        (
+            '[arms.treated]\nset = []\ncapacity = "nobody"\n',
+            "capacity_from_day = 1\n",
+            "arms.treated.capacity.*nobody",
+        ),
+        (
+            '[arms.treated]\nset = []\ncapacity = "treated"\n',
+            "capacity_from_day = 1\n",
+            "arms.treated.capacity",
+        ),
+        ('[arms.treated]\nset = []\ncapacity = "untreated"\n', "", "capacity_from_day"),
+        (
+            '[arms.treated]\nset = []\ncapacity = "untreated"\n',
+            "capacity_from_day = -1\n",
+            "capacity_from_day.*-1",
+        ),
+        ("[arms.treated]\nset = []\nsize = 3\n", "", "arms.treated.*capacity"),
+    ],
+)
+def test_bad_capacity_is_named(tmp_path, arms, head, match):
+    (tmp_path / "s.toml").write_text(SCEN)
+    f = tmp_path / "c.toml"
+    f.write_text(head + CMP.replace("[arms.treated]\nset = []\n", arms))
+    with pytest.raises((ScenarioError, UserError), match=match):
+        compare.load_comparison(f)
+
+
+def test_capacity_arm_runs_to_its_end_and_is_reported(tmp_path):
+    """With stop_days_after_progression, an arm that only measures a capacity is not stopped
+    when it progresses: it runs the scenario's whole duration (its steady burden is a mean to
+    the end), while another untreated arm of the same lattice stops; the printed table and the
+    JSON give the capacity and each arm's burden at the reference day over it."""
+    import json
+
+    (tmp_path / "s.toml").write_text(SCEN)
+    f = tmp_path / "c.toml"
+    text = (
+        "stop_days_after_progression = 0.2\ncapacity_from_day = 1.5\n"
+        + CMP.replace(
+            "[arms.treated]\nset = []\n", '[arms.treated]\nset = []\ncapacity = "untreated"\n'
+        )
+        + '[arms.untreated_stopped]\nset = ["drugs.erlotinib.schedule.kind=none"]\n'
+    )
+    f.write_text(text)
+    c = compare.load_comparison(f)
+    assert c.capacity_arms == ["untreated"]
+    printed = []
+    res = compare.run_comparison(c, echo=printed.append)
+    for full, cut in zip(res["untreated"], res["untreated_stopped"]):
+        assert full["day"][-1] == pytest.approx(2.0)
+        assert cut["day"][-1] < 2.0
+        np.testing.assert_array_equal(cut["burden"], full["burden"][: cut["burden"].size])
+    cap = compare.capacities(c, res)["untreated"]
+    for k, s in enumerate(res["untreated"]):
+        assert cap["cells"][k] == pytest.approx(s["burden"][s["day"] >= 1.5].mean())
+    assert any("capacity" in p and "of untreated" in p for p in printed)
+    compare.write_tables(c, res, tmp_path / "out.png")
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert doc["capacity"]["untreated"]["cells"] == pytest.approx(cap["cells"])
+    ref = [s["burden"][np.argmin(np.abs(s["day"] - 0.5))] for s in res["treated"]]
+    np.testing.assert_allclose(
+        doc["start_over_capacity"]["treated"]["values"], np.array(ref) / np.array(cap["cells"])
+    )

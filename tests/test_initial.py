@@ -178,3 +178,60 @@ def test_initial_clusters_and_random_stroma_avoid_tumor_and_vessels():
     free = grid.n_sites - (k == codes.TUMOR).sum() - (k == codes.VESSEL).sum()
     assert_binomial(n_caf, free, 0.1, "random CAFs")
     assert_binomial(n_tam, free - n_caf, 0.1, "random TAMs")
+
+
+def test_resistant_cells_placed_at_the_edge_or_inside():
+    """resistant_placement edge / interior: exactly round(fraction x cells) resistant cells, each
+    with (edge) or without (interior) an empty lattice neighbour, checked against a dilation of
+    the empty voxels (scipy.ndimage, the 3 x 3 Moore neighbourhood); never a persister; spread
+    over the eligible cells (not the first ones in site order); the same seed gives the same
+    cells, and random placement keeps its per-cell draw."""
+    moore = np.ones((3, 3), dtype=bool)
+    for place in ("edge", "interior"):
+        sets = (
+            "grid.shape=[100,100]",
+            "init.tumor.radius_um=600",
+            "init.tumor.persister_fraction=0.05",
+            "init.tumor.resistant_fraction=0.02",
+            f"init.tumor.resistant_placement={place}",
+        )
+        _sc, grid, st = _init(*sets)
+        kind = st.kind.reshape(grid.shape)
+        tum = kind == codes.TUMOR
+        res = (st.tumor_state == R).reshape(grid.shape)
+        assert res.sum() == round(0.02 * tum.sum())
+        beside_empty = ndimage.binary_dilation(kind == codes.EMPTY, structure=moore)
+        edge = tum & beside_empty
+        assert (res & (edge if place == "edge" else tum & ~edge)).sum() == res.sum()
+        ys, xs = np.nonzero(res)
+        # spread around the disk / through it, not bunched in the first rows
+        assert ys.min() < 40 and ys.max() > 60 and xs.min() < 40 and xs.max() > 60
+        _, _, again = _init(*sets)
+        assert np.array_equal(again.tumor_state, st.tumor_state)
+    _, _, rnd = _init(
+        "grid.shape=[100,100]", "init.tumor.radius_um=600", "init.tumor.resistant_fraction=0.02"
+    )
+    _, _, dflt = _init(
+        "grid.shape=[100,100]",
+        "init.tumor.radius_um=600",
+        "init.tumor.resistant_fraction=0.02",
+        "init.tumor.resistant_placement=random",
+    )
+    assert np.array_equal(rnd.tumor_state, dflt.tumor_state)
+
+
+def test_too_few_edge_cells_is_a_clear_error():
+    """A tumor filling the whole lattice has no cell beside an empty voxel (the lattice's border
+    is a wall, not space): edge placement names the key, the value and the counts."""
+    import pytest
+
+    from tmesim.errors import ScenarioError
+
+    with pytest.raises(ScenarioError, match=r"init.tumor.resistant_placement.*edge.*among 0 edge"):
+        _init(
+            "grid.shape=[30,30]",
+            "init.tumor.shape=rectangle",
+            "init.tumor.size_um=[900,900]",
+            "init.tumor.resistant_fraction=0.01",
+            "init.tumor.resistant_placement=edge",
+        )

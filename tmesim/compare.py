@@ -46,6 +46,14 @@ gain of a over b minus the gain of c over d (same seed k in all four arms), with
 and Wilcoxon p-value; e.g. whether a fitness cost of resistance changes what adaptive therapy
 gains over continuous dosing (MODEL.md section 7, item 6).
 
+Capacity (the steady burden of the untreated lattice, Strobl et al. 2021's K): an arm with
+``capacity = "NAME"`` names the arm that measures its capacity, and ``capacity_from_day = D``
+says from when that arm's burden is steady. A capacity arm runs its whole duration (never
+stopped at progression); its capacity, per seed, is its mean burden from day D to its end, with
+its drift (the window's second half over its first) to show it is steady. The tables and the
+JSON then give each capacity and every arm's burden at ``reference_day`` over the capacity
+measured with the same seed (``start_over_capacity``).
+
 ``stop_days_after_progression`` ends each run that long after its own progression (the same
 rule as above), which saves most of the time of arms that progress early; counts at
 ``times_days`` after a run ended are then shown as "ended" and the figure's mean curve covers
@@ -83,7 +91,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ScenarioError, UserError
+from .errors import _MISSING, ScenarioError, UserError
 from .scenario import load_scenario
 
 
@@ -101,6 +109,15 @@ class Comparison:
     stop_days_after_progression: float | None = None
     #: overrides applied to every arm after its own ``set`` (``tmesim compare --set``)
     overrides: list[str] = field(default_factory=list)
+    #: {arm: the arm that measures its capacity} (an arm's ``capacity = "NAME"``)
+    capacity_of: dict[str, str] = field(default_factory=dict)
+    #: a capacity arm's steady burden is its mean burden from this day to its end
+    capacity_from_day: float | None = None
+
+    @property
+    def capacity_arms(self) -> list[str]:
+        """Arms that measure a capacity, in arm order: never stopped at progression."""
+        return [a for a in self.arms if a in self.capacity_of.values()]
 
     def arm_overrides(self, arm: str) -> list[str]:
         """The overrides of ``arm``'s runs (before the replicate's seed)."""
@@ -134,6 +151,7 @@ def load_comparison(path, overrides=()) -> Comparison:
         "margin_days",
         "contrasts",
         "stop_days_after_progression",
+        "capacity_from_day",
     }
     for k in data:
         if k not in known:
@@ -145,15 +163,42 @@ def load_comparison(path, overrides=()) -> Comparison:
     if not isinstance(arms, dict) or not arms:
         raise ScenarioError("arms", arms, "at least one [arms.NAME] table with set = [...]")
     out = {}
+    capacity_of = {}
     for name, spec in arms.items():
         if (
             not isinstance(spec, dict)
-            or set(spec) - {"set"}
+            or set(spec) - {"set", "capacity"}
             or not isinstance(spec.get("set", []), list)
         ):
-            raise ScenarioError(f"arms.{name}", spec, 'a table with set = ["key.path=value", ...]')
+            raise ScenarioError(
+                f"arms.{name}",
+                spec,
+                'a table with set = ["key.path=value", ...] and optionally capacity = "ARM"',
+            )
         out[name] = [str(x) for x in spec.get("set", [])]
-    c = Comparison(scen, out)
+        if "capacity" in spec:
+            capacity_of[name] = spec["capacity"]
+    for name, cap in capacity_of.items():
+        if cap not in out or cap == name or cap in capacity_of:
+            raise ScenarioError(
+                f"arms.{name}.capacity",
+                cap,
+                "the name of another arm that measures the capacity (its untreated lattice; "
+                "itself without a capacity key) among: " + ", ".join(out),
+            )
+    if capacity_of and "capacity_from_day" not in data:
+        raise ScenarioError(
+            "capacity_from_day",
+            _MISSING,
+            "the day from which a capacity arm's burden is steady (its mean from then to the "
+            "end is the capacity), given when an arm names a capacity arm",
+        )
+    c = Comparison(scen, out, capacity_of=capacity_of)
+    if "capacity_from_day" in data:
+        v = data["capacity_from_day"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ScenarioError("capacity_from_day", v, "a number of days >= 0")
+        c.capacity_from_day = float(v)
     for key, tp, lo in (
         ("replicates", int, 1),
         ("reference_day", (int, float), 0),
@@ -358,7 +403,7 @@ def run_comparison(
             (
                 str(c.scenario),
                 c.arm_overrides(arm) + [f"run.seed={base_seed + k}"],
-                stop(),
+                None if arm in c.capacity_arms else stop(),
                 str(Path(runs_dir) / names[arm, k]) if runs_dir is not None else None,
             ),
         )
@@ -370,6 +415,9 @@ def run_comparison(
     for (arm, _), s in zip(tasks, series):
         results.setdefault(arm, []).append(s)
     echo(table(c, results))
+    if c.capacity_of:
+        echo("")
+        echo(capacity_table(c, results))
     if c.pairs and c.replicates > 1:
         echo("")
         echo(paired_table(c, results))
@@ -405,6 +453,73 @@ def _run_all(tasks: list, jobs: int, progress: bool) -> list[dict]:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
     return out
+
+
+def capacities(c: Comparison, results: dict) -> dict[str, dict]:
+    """Per capacity arm: every replicate's capacity (cells), its mean burden from
+    ``capacity_from_day`` to the run's end, and its drift (the mean of that window's second
+    half over its first, minus 1: near 0 when the burden is steady)."""
+    out = {}
+    assert c.capacity_from_day is not None, "validated: given with any capacity arm"
+    for arm in c.capacity_arms:
+        cells, drift = [], []
+        for s in results[arm]:
+            day, burden = np.asarray(s["day"]), np.asarray(s["burden"], dtype=float)
+            win = burden[day >= c.capacity_from_day - 1e-9]
+            if win.size < 2:
+                raise UserError(
+                    f"capacity arm '{arm}': the run ended on day {day[-1]:g}, before "
+                    f"capacity_from_day ({c.capacity_from_day:g}) left two rows to average; "
+                    "a longer run.duration_days or an earlier capacity_from_day"
+                )
+            half = win.size // 2
+            cells.append(float(win.mean()))
+            drift.append(float(win[half:].mean() / win[:half].mean() - 1.0))
+        m, sd = _mean_sd(cells)
+        out[arm] = {
+            "from_day": c.capacity_from_day,
+            "cells": cells,
+            "mean": m,
+            "sd": sd,
+            "drift": drift,
+        }
+    return out
+
+
+def start_over_capacity(c: Comparison, results: dict) -> dict[str, dict]:
+    """Per arm with a capacity arm: every replicate's burden at the reference day over the
+    capacity its capacity arm measured with the same seed, with mean and sd."""
+    cap = capacities(c, results)
+    out = {}
+    for arm, of in c.capacity_of.items():
+        vals = []
+        for s, k in zip(results[arm], cap[of]["cells"]):
+            i0 = int(np.argmin(np.abs(np.asarray(s["day"]) - c.reference_day)))
+            vals.append(float(s["burden"][i0]) / k if k > 0 else math.nan)
+        m, sd = _mean_sd(vals)
+        out[arm] = {"capacity_arm": of, "values": vals, "mean": m, "sd": sd}
+    return out
+
+
+def capacity_table(c: Comparison, results: dict) -> str:
+    """The capacities (steady burden of each capacity arm) and each arm's burden at the
+    reference day relative to its capacity."""
+    cap = capacities(c, results)
+    rel = start_over_capacity(c, results)
+    n = c.replicates
+    rows = []
+    for arm, v in cap.items():
+        d = max(v["drift"], key=abs)
+        rows.append([arm, _fmt_ms(v, n) + " cells", f"{100 * d:+.2g} %", "(capacity arm)"])
+    for arm, v in rel.items():
+        rows.append([arm, "", "", f"{_fmt_ms(v, n)} of {v['capacity_arm']}"])
+    title = (
+        "capacity: steady burden of the capacity arm (mean burden from day "
+        f"{c.capacity_from_day:g} to its end; drift: second half of that window over the "
+        "first, largest of the replicates); each arm's burden at day "
+        f"{c.reference_day:g} over the capacity of the same seed"
+    )
+    return _layout(title, ["arm", "capacity", "drift", "burden at reference / capacity"], rows)
 
 
 def paired_ttps(c: Comparison, results: dict, arm: str, ref: str):
@@ -858,7 +973,7 @@ def write_tables(c: Comparison, results: dict, out: Path, runs_dir=None) -> tupl
             rec = _pair_record(paired_stats(g1 - g2), g1 - g2, (c1 | c2).any())
             rec.update(first=[a, b], second=[d, e])
             contrasts.append(rec)
-    doc = {
+    doc: dict = {
         "comparison": {
             "scenario": str(c.scenario),
             "arms": c.arms,
@@ -876,6 +991,11 @@ def write_tables(c: Comparison, results: dict, out: Path, runs_dir=None) -> tupl
         "pairs": pairs,
         "contrasts": contrasts,
     }
+    if c.capacity_of:
+        doc["comparison"]["capacity_of"] = c.capacity_of
+        doc["comparison"]["capacity_from_day"] = c.capacity_from_day
+        doc["capacity"] = capacities(c, results)
+        doc["start_over_capacity"] = start_over_capacity(c, results)
     p_json.write_text(json.dumps(_json_ready(doc), indent=1) + "\n", encoding="utf-8")
     return p_csv, p_json
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import codes, rng
+from .errors import ScenarioError
 from .grid import Grid
 from .scenario import Scenario, resolve_path
 from .state import State
@@ -107,6 +108,33 @@ def stroma_region(cfg, sc: Scenario, grid: Grid, tumor: np.ndarray, stream: int)
     return d <= cfg.cluster_radius_um
 
 
+def placed_resistant(
+    sc: Scenario, grid: Grid, kind: np.ndarray, eligible: np.ndarray
+) -> np.ndarray:
+    """Sites of the initial resistant cells under ``resistant_placement`` "edge" or "interior".
+
+    Exactly round(resistant_fraction x tumor cells) cells, drawn (smallest counter-based keys)
+    among the eligible tumor cells with at least one empty lattice neighbour (edge) or with none
+    (interior), so two tumors of the same cells differ only in where their resistant cells sit.
+    """
+    ti = sc.init.tumor
+    cells = np.flatnonzero(kind == codes.TUMOR)
+    want = int(round(ti.resistant_fraction * cells.size))
+    nbr, inside = grid.neighbours(cells)
+    free = (inside & (kind[nbr] == codes.EMPTY)).any(axis=1)
+    pool = cells[(free if ti.resistant_placement == "edge" else ~free) & eligible[cells]]
+    if pool.size < want:
+        raise ScenarioError(
+            "init.tumor.resistant_placement",
+            ti.resistant_placement,
+            f"{want} resistant cells ({ti.resistant_fraction:g} of {cells.size}) among "
+            f"{pool.size} {ti.resistant_placement} cells: a smaller resistant_fraction, another "
+            "placement or a more compact tumor",
+        )
+    key = rng.raw_at(sc.run.seed, 0, rng.INIT_STATE, pool, lane=1)
+    return pool[np.argsort(key, kind="stable")[:want]]
+
+
 def initial_state(sc: Scenario, grid: Grid) -> State:
     """The state at time zero: vessels, tumor cells (sensitive, with the scenario's fractions of
     persisters and resistant cells), CAFs and TAMs in empty voxels, fields at their initial
@@ -127,9 +155,14 @@ def initial_state(sc: Scenario, grid: Grid) -> State:
     u = rng.uniform_range(sc.run.seed, 0, rng.INIT_STATE, grid.n_sites)
     p_frac = ti.persister_fraction if sc.tumor.transitions.pre_existing else 0.0
     state.tumor_state[tumor & (u < p_frac)] = codes.PERSISTER
-    state.tumor_state[tumor & (u >= p_frac) & (u < p_frac + ti.resistant_fraction)] = (
-        codes.RESISTANT
-    )
+    if ti.resistant_placement == "random":
+        state.tumor_state[tumor & (u >= p_frac) & (u < p_frac + ti.resistant_fraction)] = (
+            codes.RESISTANT
+        )
+    else:
+        state.tumor_state[placed_resistant(sc, grid, state.kind, tumor & (u >= p_frac))] = (
+            codes.RESISTANT
+        )
     occupied = tumor | vessels
     for cfg, code, stream in (
         (sc.init.caf, codes.CAF, rng.INIT_CAF),

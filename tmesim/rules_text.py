@@ -160,7 +160,19 @@ def tumor_sentences(sc) -> list[str]:
     if ti.persister_fraction or ti.resistant_fraction:
         out.append(
             f"Initially {_g(100 * ti.persister_fraction)} % of tumor cells are persisters "
-            f"and {_g(100 * ti.resistant_fraction)} % resistant."
+            f"and {_g(100 * ti.resistant_fraction)} % resistant"
+            + (
+                ""
+                if ti.resistant_placement == "random"
+                else " (exactly, drawn among the cells "
+                + (
+                    "beside an empty voxel"
+                    if ti.resistant_placement == "edge"
+                    else "with no empty neighbour"
+                )
+                + ")"
+            )
+            + "."
         )
     return out
 

@@ -197,6 +197,15 @@ class TumorInitConfig:
         lo=0,
         hi=1,
     )
+    resistant_placement: str = param(
+        "random",
+        "",
+        "which initial cells are resistant: random (each cell with resistant_fraction), or "
+        "exactly round(resistant_fraction x cells) chosen at random among the cells with an "
+        "empty lattice neighbour (edge: free space beside them) or with none (interior: "
+        "surrounded by other cells)",
+        choices=("random", "edge", "interior"),
+    )
 
 
 @dataclass(frozen=True)
