@@ -370,19 +370,50 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
     return rows
 
 
-def grid_points(out: Path) -> dict[tuple[float, float], list[tuple[float, tuple]]]:
-    """{(cost, turnover): [(burden / capacity, (mean, lo, hi) % gain), ...]} of at_burden.toml."""
-    pts = {}
+#: the statement files' arms on the cost x turnover x burden grid: (file tag, adaptive arm,
+#: continuous arm, cost, turnover, fill fraction)
+STATEMENT_POINTS = [
+    ("cost_near", "adaptive", "continuous", 0.0, 0.0, "75"),
+    ("cost_near", "adaptive_cost25", "continuous_cost25", 0.25, 0.0, "75"),
+    ("cost_near", "adaptive_cost50", "continuous_cost50", 0.5, 0.0, "75"),
+    ("turnover_far", "adaptive", "continuous", 0.0, 0.0, "25"),
+    ("turnover_far", "adaptive_cost25", "continuous_cost25", 0.25, 0.0, "25"),
+    (
+        "turnover_far",
+        "adaptive_cost25_turnover25",
+        "continuous_cost25_turnover25",
+        0.25,
+        0.25,
+        "25",
+    ),
+    ("turnover_far", "adaptive_cost25_turnover50", "continuous_cost25_turnover50", 0.25, 0.5, "25"),
+]
+
+
+def grid_points(out: Path) -> dict[tuple[float, float], list[tuple[float, tuple, int]]]:
+    """{(cost, turnover): [(burden / capacity, (mean, lo, hi) % gain, replicates), ...]} by
+    burden: at_burden.toml's runs under each cost and turnover, and the statement files' arms
+    that lie on the grid (the one with more replicates where both ran)."""
+    got: dict[tuple[float, float, str], tuple[float, tuple, int]] = {}
+
+    def put(key, doc, arm, ref):
+        g, _ = percent_gains(doc, arm, ref)
+        if key not in got or g.size > got[key][2]:
+            got[key] = (start_fraction(doc, ref), interval(g), g.size)
+
     for c in COSTS:
         for t in TURNOVERS:
             doc = load(out, f"burden_c{round(100 * c)}_t{round(100 * t)}")
-            if doc is None:
-                continue
-            row = []
-            for f in ("25", "50", "75"):
-                g, _ = percent_gains(doc, f"adaptive_{f}", f"continuous_{f}")
-                row.append((start_fraction(doc, f"continuous_{f}"), interval(g)))
-            pts[c, t] = row
+            if doc is not None:
+                for f in ("25", "50", "75"):
+                    put((c, t, f), doc, f"adaptive_{f}", f"continuous_{f}")
+    for tag, arm, ref, c, t, f in STATEMENT_POINTS:
+        doc = load(out, tag)
+        if doc is not None:
+            put((c, t, f), doc, arm, ref)
+    pts: dict[tuple[float, float], list] = {}
+    for (c, t, _f), v in sorted(got.items()):
+        pts.setdefault((c, t), []).append(v)
     return pts
 
 
@@ -474,7 +505,8 @@ def summary(out: Path) -> str:
             "|---|---|---|---|---|---|",
         ]
         for (c, t), row in sorted(pts.items()):
-            cells = [f"{x:.2f}: {_fmt(*i)}" for x, i in row]
+            cells = [f"{x:.2f}: {_fmt(*i)} (n = {n})" for x, i, n in row]
+            cells += [""] * (3 - len(cells))
             lv = " / ".join(f"{lv_gain(f, c, t):+.1f} %" for f in (0.25, 0.5, 0.75))
             lines.append(f"| {c:g} | {t:g} | " + " | ".join(cells) + f" | {lv} |")
         lines.append("")
