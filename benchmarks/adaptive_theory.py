@@ -62,6 +62,13 @@ JOBS: list[tuple[str, str, int, str]] = [
     ("cost_near", "at_cost_near.toml", 8, ""),
     ("turnover_far", "at_turnover_far.toml", 8, ""),
     ("resistant", "at_resistant.toml", 6, ""),
+    (
+        "turnover_far_t50",
+        "at_turnover_far.toml",
+        8,
+        "--arms continuous_cost25,adaptive_cost25,continuous_cost25_turnover50,"
+        "adaptive_cost25_turnover50",
+    ),
     ("burden_c0_t0_push0", "at_burden.toml", 8, PUSH0),
     ("burden_c0_t0_spaceonly", "at_burden.toml", 8, SPACE_ONLY),
     ("space_spaceonly", "at_space.toml", 4, SPACE_ONLY),
@@ -302,7 +309,9 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
         g0, _, _ = gain(doc, "adaptive", "continuous")
         gc, ic, _ = gain(doc, "adaptive_cost25", "continuous_cost25")
         g25, i25, c25 = gain(doc, "adaptive_cost25_turnover25", "continuous_cost25_turnover25")
-        g50, i50, c50 = gain(doc, "adaptive_cost25_turnover50", "continuous_cost25_turnover50")
+        # the 100-day runs of the turnover-0.5 arms where they ran (40 days before)
+        d50 = load(out, "turnover_far_t50" + suffix) or doc
+        g50, i50, c50 = gain(d50, "adaptive_cost25_turnover50", "continuous_cost25_turnover50")
         dc = interval(gc - g0)
         # "at least doubles": the gain with turnover minus twice the gain without, > 0
         x25, x50 = interval(g25 - 2 * gc), interval(g50 - 2 * gc)
@@ -387,6 +396,14 @@ STATEMENT_POINTS = [
         "25",
     ),
     ("turnover_far", "adaptive_cost25_turnover50", "continuous_cost25_turnover50", 0.25, 0.5, "25"),
+    (
+        "turnover_far_t50",
+        "adaptive_cost25_turnover50",
+        "continuous_cost25_turnover50",
+        0.25,
+        0.5,
+        "25",
+    ),
 ]
 
 
@@ -398,7 +415,7 @@ def grid_points(out: Path) -> dict[tuple[float, float], list[tuple[float, tuple,
 
     def put(key, doc, arm, ref):
         g, _ = percent_gains(doc, arm, ref)
-        if key not in got or g.size > got[key][2]:
+        if key not in got or g.size >= got[key][2]:  # ties: the later source
             got[key] = (start_fraction(doc, ref), interval(g), g.size)
 
     for c in COSTS:

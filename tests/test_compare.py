@@ -630,3 +630,32 @@ def test_capacity_arm_runs_to_its_end_and_is_reported(tmp_path):
     np.testing.assert_allclose(
         doc["start_over_capacity"]["treated"]["values"], np.array(ref) / np.array(cap["cells"])
     )
+
+
+def test_arms_subset_keeps_capacity_arms_pairs_and_contrasts(tmp_path, capsys):
+    """--arms A,B runs only those arms and the capacity arms they name, in the file's order,
+    with the pairs and contrasts among them; an unknown arm is a clear error (exit 2, the arm
+    named, the arms listed), before anything runs."""
+    (tmp_path / "s.toml").write_text(SCEN)
+    f = tmp_path / "c.toml"
+    f.write_text(
+        "capacity_from_day = 1\n"
+        'pairs = [["treated", "untreated"], ["other", "untreated"]]\n'
+        'contrasts = [[["treated", "untreated"], ["other", "untreated"]]]\n'
+        + CMP.replace(
+            "[arms.treated]\nset = []\n", '[arms.treated]\nset = []\ncapacity = "untreated"\n'
+        )
+        + '[arms.other]\nset = ["tumor.death_per_h=0.01"]\n'
+    )
+    c = compare.load_comparison(f)
+    sub = compare.restrict(c, ["treated"])
+    assert list(sub.arms) == ["treated", "untreated"]
+    assert sub.capacity_of == {"treated": "untreated"}
+    assert sub.pairs == [("treated", "untreated")] and sub.contrasts == []
+    assert list(c.arms) == ["treated", "untreated", "other"]  # the original is left whole
+    both = compare.restrict(c, ["other", "treated"])
+    assert list(both.arms) == ["treated", "untreated", "other"] and len(both.contrasts) == 1
+    assert main(["compare", str(f), "--arms", "treated,nope", "-q", "--no-keep-runs"]) == 2
+    err = capsys.readouterr().err
+    assert "--arms treated,nope: no arm named nope" in err and "treated, untreated, other" in err
+    assert "Traceback" not in err

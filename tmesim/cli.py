@@ -203,6 +203,8 @@ def cmd_compare(args) -> int:
     from . import compare
 
     c = compare.load_comparison(args.file, overrides=args.set)
+    if args.arms:
+        c = compare.restrict(c, [a.strip() for a in args.arms.split(",") if a.strip()])
     if args.replicates:
         c.replicates = args.replicates
     if args.jobs < 1:
@@ -463,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
         "file", help="comparison file (TOML), e.g. scenarios/therapy/adaptive_vs_continuous.toml"
     )
     cp.add_argument("--replicates", type=int, default=0, help="override the file's replicates")
+    cp.add_argument(
+        "--arms",
+        metavar="A,B,...",
+        help="run only these arms (and the capacity arms they name); pairs and contrasts "
+        "among them are kept",
+    )
     cp.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel")
     cp.add_argument(
         "--figure",

@@ -285,6 +285,24 @@ def load_comparison(path, overrides=()) -> Comparison:
     return c
 
 
+def restrict(c: Comparison, arms: list[str]) -> Comparison:
+    """``c`` with only ``arms`` (in the file's order) and the capacity arms they name; the
+    pairs and contrasts among those arms are kept (``tmesim compare --arms``)."""
+    unknown = [a for a in arms if a not in c.arms]
+    if unknown or not arms:
+        raise UserError(
+            f"--arms {','.join(arms)}: no arm named {', '.join(unknown) or '(none given)'}; "
+            "arms: " + ", ".join(c.arms)
+        )
+    keep = set(arms) | {c.capacity_of[a] for a in arms if a in c.capacity_of}
+    out = Comparison(**{k: getattr(c, k) for k in c.__dataclass_fields__})
+    out.arms = {a: v for a, v in c.arms.items() if a in keep}
+    out.capacity_of = {a: v for a, v in c.capacity_of.items() if a in keep}
+    out.pairs = [p for p in c.pairs if set(p) <= keep]
+    out.contrasts = [q for q in c.contrasts if set(q[0]) | set(q[1]) <= keep]
+    return out
+
+
 class ProgressionStop:
     """A ``stop`` for :func:`tmesim.simulation.run_scenario` in memory: True once the run is
     ``after_days`` past its progression, by the rule of :func:`time_to_progression` applied to
