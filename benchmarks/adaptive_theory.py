@@ -317,8 +317,8 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
         x25, x50 = interval(g25 - 2 * gc), interval(g50 - 2 * gc)
         v = [
             band_verdict(dc[1], dc[2], high=10),
-            band_verdict(x25[1], x25[2], low=0),
-            band_verdict(x50[1], x50[2], low=0),
+            "not measured (runs did not progress)" if c25 else band_verdict(x25[1], x25[2], low=0),
+            "not measured (runs did not progress)" if c50 else band_verdict(x50[1], x50[2], low=0),
         ]
         verdict = (
             "holds"
@@ -334,7 +334,7 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
                 "turnover >= 0.25 b at least doubles the gain at equal cost",
                 f"{start_fraction(doc, 'continuous'):.2f} of capacity: cost 0.25 - none "
                 f"{_fmt(*dc, unit=' pt')}; cost 0.25: {_fmt(*ic)}, with turnover 0.25 b "
-                f"{_fmt(*i25)}, 0.5 b {_fmt(*i50)}{cens}",
+                f"{_fmt(*i25)} ({i25[0] / ic[0]:.2g}x), 0.5 b {_fmt(*i50)} ({i50[0] / ic[0]:.2g}x){cens}",
                 f"{verdict} (cost alone: {v[0]}; doubling at 0.25 b: {v[1]}; at 0.5 b: {v[2]})",
             )
         )
