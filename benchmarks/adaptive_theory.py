@@ -334,7 +334,8 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
                 "turnover >= 0.25 b at least doubles the gain at equal cost",
                 f"{start_fraction(doc, 'continuous'):.2f} of capacity: cost 0.25 - none "
                 f"{_fmt(*dc, unit=' pt')}; cost 0.25: {_fmt(*ic)}, with turnover 0.25 b "
-                f"{_fmt(*i25)} ({i25[0] / ic[0]:.2g}x), 0.5 b {_fmt(*i50)} ({i50[0] / ic[0]:.2g}x){cens}",
+                f"{_fmt(*i25)} ({i25[0] / ic[0]:.2g}x), 0.5 b {_fmt(*i50)} "
+                f"({i50[0] / ic[0]:.2g}x){cens}",
                 f"{verdict} (cost alone: {v[0]}; doubling at 0.25 b: {v[1]}; at 0.5 b: {v[2]})",
             )
         )
