@@ -419,7 +419,9 @@ def grid_points(out: Path) -> dict[tuple[float, float], list[tuple[float, tuple,
     got: dict[tuple[float, float, str], tuple[float, tuple, int]] = {}
 
     def put(key, doc, arm, ref):
-        g, _ = percent_gains(doc, arm, ref)
+        g, censored = percent_gains(doc, arm, ref)
+        if censored:  # a run that did not progress: no gain to show
+            return
         if key not in got or g.size >= got[key][2]:  # ties: the later source
             got[key] = (start_fraction(doc, ref), interval(g), g.size)
 
@@ -488,7 +490,7 @@ def figure(out: Path, path: Path) -> None:
     )
     axes[0].legend(loc="upper left", fontsize=8)
     fig.suptitle(
-        "AT50 vs continuous erlotinib in at_dish.toml (green: item 6a's <= 10 % band at "
+        "AT50 vs continuous erlotinib in at_lattice.toml (green: item 6a's <= 10 % band at "
         "<= 0.3 of capacity; orange: >= 25 % at >= 0.7)",
         fontsize=9,
     )
