@@ -62,7 +62,6 @@ JOBS: list[tuple[str, str, int, str]] = [
     ("cost_near", "at_cost_near.toml", 8, ""),
     ("turnover_far", "at_turnover_far.toml", 8, ""),
     ("resistant", "at_resistant.toml", 6, ""),
-    ("resistant_r01_long", "at_resistant.toml", 6, "--arms continuous_r01,adaptive_r01"),
     (
         "turnover_far_t50",
         "at_turnover_far.toml",
@@ -342,9 +341,7 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
         )
     doc = load(out, "resistant" + suffix)
     if doc:
-        # the 0.1 % arms' 80-day runs where they ran (40 days before: some did not progress)
-        d01 = load(out, "resistant_r01_long" + suffix) or doc
-        g01, i01, c01 = gain(d01, "adaptive_r01", "continuous_r01")
+        g01, i01, c01 = gain(doc, "adaptive_r01", "continuous_r01")
         g1, i1, _ = gain(doc, "adaptive_r1", "continuous_r1")
         d = interval(g01 - g1)
         rows.append(
