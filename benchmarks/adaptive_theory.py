@@ -217,6 +217,13 @@ def band_verdict(lo: float, hi: float, low=-math.inf, high=math.inf) -> str:
     return "not decided"
 
 
+def combined(verdicts: list[str]) -> str:
+    """One verdict from a statement's parts: holds if all hold, does not if any does not."""
+    if all(x == "holds" for x in verdicts):
+        return "holds"
+    return "does not hold" if "does not hold" in verdicts else "not decided"
+
+
 def start_fraction(doc: dict, arm: str) -> float:
     return float(doc["start_over_capacity"][arm]["mean"])
 
@@ -259,13 +266,7 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
         _, i50, _ = gain(doc, "adaptive_50", "continuous_50")
         d = interval(g75 - g25)
         v = [band_verdict(i25[1], i25[2], high=10), band_verdict(i75[1], i75[2], low=25)]
-        verdict = (
-            "holds"
-            if all(x == "holds" for x in v)
-            else "does not hold"
-            if "does not hold" in v
-            else "not decided"
-        )
+        verdict = combined(v)
         rows.append(
             (
                 "a. gain <= 10 % at <= 0.3 of capacity, >= 25 % at >= 0.7 (no cost, no turnover)",
@@ -287,13 +288,7 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
             band_verdict(d25[1], d25[2], -15, 15),
             band_verdict(d50[1], d50[2], -15, 15),
         ]
-        verdict = (
-            "holds"
-            if all(x == "holds" for x in v)
-            else "does not hold"
-            if "does not hold" in v
-            else "not decided"
-        )
+        verdict = combined(v)
         rows.append(
             (
                 "b. near capacity: gain >= 25 % without a cost; cost <= 0.5 changes it by "
@@ -320,13 +315,7 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
             "not measured (runs did not progress)" if c25 else band_verdict(x25[1], x25[2], low=0),
             "not measured (runs did not progress)" if c50 else band_verdict(x50[1], x50[2], low=0),
         ]
-        verdict = (
-            "holds"
-            if all(x == "holds" for x in v)
-            else "does not hold"
-            if "does not hold" in v
-            else "not decided"
-        )
+        verdict = combined(v)
         cens = " (censored runs: bounds)" if (c25 or c50) else ""
         rows.append(
             (
@@ -361,13 +350,7 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
         ge, ie, _ = gain(doc, "adaptive_edge", "continuous_edge")
         d1, d2 = interval(gc - gs), interval(gi - ge)
         v = [band_verdict(d1[1], d1[2], low=0), band_verdict(d2[1], d2[2], low=0)]
-        verdict = (
-            "holds"
-            if all(x == "holds" for x in v)
-            else "does not hold"
-            if "does not hold" in v
-            else "not decided"
-        )
+        verdict = combined(v)
         rows.append(
             (
                 "e. compact gains more than spread; the gain falls when resistant cells have "
