@@ -72,16 +72,94 @@ JOBS: list[tuple[str, str, int, str]] = [
     ("burden_c0_t0_push0", "at_burden.toml", 8, PUSH0),
     ("burden_c0_t0_spaceonly", "at_burden.toml", 8, SPACE_ONLY),
     ("space_spaceonly", "at_space.toml", 4, SPACE_ONLY),
-    *_grid_jobs(),
+    # 2 of 6 adaptive runs at 0.1 % had not progressed by day 40: the same seeds for 80 days
+    (
+        "resistant_80d",
+        "at_resistant.toml",
+        6,
+        "--arms continuous_r01,adaptive_r01 --set run.duration_days=80",
+    ),
     ("space_push0", "at_space.toml", 4, PUSH0),
     ("cost_near_push0", "at_cost_near.toml", 4, PUSH0),
     ("turnover_far_push0", "at_turnover_far.toml", 4, PUSH0),
     ("resistant_push0", "at_resistant.toml", 4, PUSH0),
+    *_grid_jobs(),
 ]
+
+
+#: the untreated lattice grown from 5 % filled, for its density dependence (what the logistic
+#: 1 - N/K of the well-mixed model stands for): (tag, extra arguments)
+GROWTH = [("default", ""), ("spaceonly", SPACE_ONLY)]
+GROWTH_SETS = (
+    "--set drugs.erlotinib.schedule.kind=none --set init.tumor.fill_fraction=0.05 "
+    "--set init.tumor.resistant_fraction=0 --set run.duration_days=25"
+)
+
+
+def growth_runs(out: Path) -> None:
+    """``OUT/growth_<tag>.csv`` (time_day, burden) of each :data:`GROWTH` run, if missing."""
+    import tmesim
+
+    for tag, sets in GROWTH:
+        csv = out / f"growth_{tag}.csv"
+        if csv.exists():
+            continue
+        h5 = out / f"growth_{tag}.h5"
+        cmd = (
+            f"{sys.executable} -m tmesim run {THERAPY / 'at_lattice.toml'} -o {h5} --overwrite "
+            f"-q {GROWTH_SETS} {sets}"
+        )
+        t0 = time.time()
+        subprocess.run(cmd.split(), check=True)
+        with tmesim.open_run(h5) as ds:
+            t = ds["time_min"].values / 1440.0
+            n = ds["burden"].values
+        rows = "\n".join(f"{a:.5f},{int(b)}" for a, b in zip(t, n))
+        csv.write_text(
+            f"# wall {time.time() - t0:.0f} s: tmesim run scenarios/therapy/at_lattice.toml "
+            f"{GROWTH_SETS} {sets}\ntime_day,burden\n{rows}\n",
+            encoding="utf-8",
+        )
+        for f in (h5, h5.with_suffix(".xdmf")):
+            f.unlink(missing_ok=True)
+        print(f"growth_{tag}: ok ({time.time() - t0:.0f} s)")
+
+
+def growth_curve(out: Path, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(burden / capacity, per-capita division rate / b) of the untreated run ``tag``, over
+    24 h windows every 12 h up to 0.97 of capacity (the capacity: its mean burden, days
+    15-25)."""
+    p = out / f"growth_{tag}.csv"
+    if not p.exists():
+        return None
+    t, n = np.loadtxt(p, delimiter=",", comments="#", skiprows=2, unpack=True)
+    cap = n[t >= 15].mean()
+    w = int(round(1.0 / (t[1] - t[0])))
+    f, r = [], []
+    for i in range(0, len(t) - w, w // 2):
+        x = 0.5 * (n[i] + n[i + w]) / cap
+        if x > 0.97:
+            break
+        f.append(x)
+        r.append(math.log(n[i + w] / n[i]) / (t[i + w] - t[i]) / (B * 24))
+    return np.array(f), np.array(r)
+
+
+def measured_room(out: Path, tag: str):
+    """:func:`lv_ttp`'s ``room`` from :func:`growth_curve`: linear between its points, its
+    first value below them, falling linearly to 0 at capacity above them."""
+    fr = growth_curve(out, tag)
+    if fr is None:
+        return None
+    f = np.concatenate([[0.0], fr[0], [1.0]])
+    r = np.concatenate([[fr[1][0]], fr[1], [0.0]])
+    return lambda N: float(np.interp(N, f, r))
 
 
 def run(out: Path, jobs: int, only: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if not only:
+        growth_runs(out)
     for tag, file, reps, sets in JOBS:
         if (out / f"{tag}.json").exists() or (only and tag not in only):
             continue
@@ -111,6 +189,7 @@ def lv_ttp(
     dose_uM: float = 2.0,
     days: float = 400.0,
     r_at_day: float | None = None,
+    room=None,
 ) -> float:
     """Time to progression (days) of Strobl et al. 2021's Lotka-Volterra competition with
     at_dish.toml's own rates: sensitive cells divide at b (1 - N/K) (1 - E) and die at
@@ -120,21 +199,29 @@ def lv_ttp(
     steady burden 1 - d / b, with r0 of it resistant. AT50 decided every hour as the
     controller does; progression: N > 1.2 N(0). Persisters and space are left out: this is
     what the same rates give when every cell competes with every other. With ``r_at_day``,
-    returns instead the resistant cells at that day over those at the start."""
+    returns instead the resistant cells at that day over those at the start. ``room``, a
+    function of the burden N (K = 1) giving the division rate over b, replaces the
+    logistic 1 - N/K (e.g. :func:`measured_room`, tmesim's own density dependence)."""
     from tmesim.drugs import hill
 
     b, dt = B, 0.5  # 1/h; h
     d = turnover * b
     e = float(hill(dose_uM, 1.0, 0.06, 1.5))
     kill = 0.06 * e
-    n0 = f0 * (1.0 - d / b)
+    if room is None:
+        n0 = f0 * (1.0 - d / b)
+    else:  # the steady burden: where division at room(N) b balances death
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            lo, hi = ((lo + hi) / 2, hi) if room((lo + hi) / 2) > d / b else (lo, (lo + hi) / 2)
+        n0 = f0 * lo
     S, R = n0 * (1.0 - r0), n0 * r0
     on = True
 
     def rhs(S, R, level):
-        room = 1.0 - S - R
-        dS = b * room * (1.0 - level * e) * S - (level * kill + d) * S
-        dR = (1.0 - cost) * b * room * R - d * R
+        g = 1.0 - S - R if room is None else room(S + R)
+        dS = b * g * (1.0 - level * e) * S - (level * kill + d) * S
+        dR = (1.0 - cost) * b * g * R - d * R
         return dS, dR
 
     steps = int(days * 24 / dt)
@@ -162,10 +249,10 @@ def lv_ttp(
     return math.inf
 
 
-def lv_gain(f0: float, cost: float, turnover: float, r0: float = 0.01) -> float:
+def lv_gain(f0: float, cost: float, turnover: float, r0: float = 0.01, room=None) -> float:
     """AT50's gain over continuous dosing, % of continuous TTP, in :func:`lv_ttp`."""
-    tc = lv_ttp(f0, cost, turnover, False, r0)
-    ta = lv_ttp(f0, cost, turnover, True, r0)
+    tc = lv_ttp(f0, cost, turnover, False, r0, room=room)
+    ta = lv_ttp(f0, cost, turnover, True, r0, room=room)
     return 100.0 * (ta - tc) / tc if math.isfinite(tc) else math.nan
 
 
@@ -330,7 +417,9 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
         )
     doc = load(out, "resistant" + suffix)
     if doc:
-        g01, i01, c01 = gain(doc, "adaptive_r01", "continuous_r01")
+        # the same seeds run for 80 days where they ran (some did not progress in 40)
+        d01 = load(out, "resistant_80d" + suffix) or doc
+        g01, i01, c01 = gain(d01, "adaptive_r01", "continuous_r01")
         g1, i1, _ = gain(doc, "adaptive_r1", "continuous_r1")
         d = interval(g01 - g1)
         rows.append(
@@ -459,6 +548,17 @@ def figure(out: Path, path: Path) -> None:
                 lw=1,
                 label=f"well mixed, cost {c:g}" if t == 0 else None,
             )
+        room = measured_room(out, "default")
+        if t == 0 and room is not None:
+            fs = np.linspace(0.1, 0.9, 17)
+            ax.plot(
+                fs,
+                [lv_gain(f, 0, 0, room=room) for f in fs],
+                color="k",
+                ls=":",
+                lw=1.2,
+                label="well mixed, cost 0, tmesim's density dependence",
+            )
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xlim(0, 1)
         ax.set_title(f"turnover {t:g} x division rate")
@@ -537,6 +637,17 @@ def summary(out: Path) -> str:
             f"{lv_ttp(f, 0, 0, True, r_at_day=5) / lv_ttp(f, 0, 0, False, r_at_day=5):.2f}"
             for f in (0.25, 0.5, 0.75)
         )
+        room = measured_room(out, "default")
+        if room is not None:
+            mech.append(
+                "| well mixed, tmesim's density dependence | "
+                + " | ".join(
+                    f"{lv_ttp(f, 0, 0, True, r_at_day=5, room=room) / lv_c:.2f}"
+                    for f in (0.25, 0.5, 0.75)
+                    for lv_c in [lv_ttp(f, 0, 0, False, r_at_day=5, room=room)]
+                )
+                + " |"
+            )
         lines += [
             "## why: resistant cells at day 5, adaptive over continuous (no cost, no turnover)",
             "",
@@ -547,6 +658,58 @@ def summary(out: Path) -> str:
             "|---|---|---|---|",
             *mech,
             f"| well mixed (Lotka-Volterra) | {lv} |",
+            "",
+        ]
+    dens = [(tag, measured_room(out, tag), growth_curve(out, tag)) for tag, _ in GROWTH]
+    if all(r is not None for _, r, _ in dens):
+        fs = (0.1, 0.25, 0.5, 0.75, 0.9)
+        lines += [
+            "## why: tmesim's density dependence against the logistic one",
+            "",
+            "The untreated lattice grown from 5 % filled (`growth_*.csv`): its per-capita "
+            "division rate over b against burden / capacity (24 h windows), and Strobl et al.'s "
+            "model run with that density dependence in place of 1 - N/K (every cell still "
+            "competing with every other), no cost, no turnover.",
+            "",
+            "| density dependence | "
+            + " | ".join(f"{x:g}" for x in fs)
+            + " | well-mixed gain at 0.25 / 0.5 / 0.75 |",
+            "|---|" + "---|" * len(fs) + "---|",
+            "| logistic 1 - N/K (Lotka-Volterra) | "
+            + " | ".join(f"{1 - x:.2f}" for x in fs)
+            + " | "
+            + " / ".join(f"{lv_gain(x, 0, 0):+.1f} %" for x in (0.25, 0.5, 0.75))
+            + " |",
+        ]
+        for tag, room, _ in dens:
+            name = "tmesim, default" if tag == "default" else "tmesim, space alone"
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{room(x):.2f}" for x in fs)
+                + " | "
+                + " / ".join(f"{lv_gain(x, 0, 0, room=room):+.1f} %" for x in (0.25, 0.5, 0.75))
+                + " |"
+            )
+        room = dens[0][1]
+        g0, gc = lv_gain(0.25, 0, 0, room=room), lv_gain(0.25, 0.25, 0, room=room)
+        # the turnover arms start nearer their (lower) capacity, as the lattice's do
+        g25 = lv_gain(0.30, 0.25, 0.25, room=room)
+        g50 = lv_gain(0.47, 0.25, 0.5, room=room)
+        lines += [
+            "",
+            f"Statement c in the well-mixed model with tmesim's density dependence: a cost of "
+            f"0.25 alone {gc - g0:+.1f} points at 0.25 of capacity ({gc:+.1f} %); with death "
+            f"at 0.25 b (from 0.30 of its capacity) {g25:+.1f} % ({g25 / gc:.2g}x); at 0.5 b "
+            f"(from 0.47) "
+            + (
+                "no arm progresses (the costly resistant cells' division, 0.75 b x room, "
+                "outpaces death at 0.5 b only below "
+                f"{next(x for x in np.linspace(0, 1, 101) if room(x) < 0.5 / 0.75):.2f} of "
+                "capacity)"
+                if not math.isfinite(g50)
+                else f"{g50:+.1f} % ({g50 / gc:.2g}x)"
+            )
+            + ".",
             "",
         ]
     walls = []
