@@ -304,6 +304,10 @@ def band_verdict(lo: float, hi: float, low=-math.inf, high=math.inf) -> str:
     return "not decided"
 
 
+NOT_MEASURED = "not measured (runs did not progress)"
+CENSORED = " (censored runs: bounds)"
+
+
 def combined(verdicts: list[str]) -> str:
     """One verdict from a statement's parts: holds if all hold, does not if any does not."""
     if all(x == "holds" for x in verdicts):
@@ -348,9 +352,9 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
 
     doc = load(out, "burden_c0_t0" + suffix)
     if doc:
-        g25, i25, _ = gain(doc, "adaptive_25", "continuous_25")
-        g75, i75, _ = gain(doc, "adaptive_75", "continuous_75")
-        _, i50, _ = gain(doc, "adaptive_50", "continuous_50")
+        g25, i25, ca = gain(doc, "adaptive_25", "continuous_25")
+        g75, i75, cb = gain(doc, "adaptive_75", "continuous_75")
+        _, i50, cc = gain(doc, "adaptive_50", "continuous_50")
         d = interval(g75 - g25)
         v = [band_verdict(i25[1], i25[2], high=10), band_verdict(i75[1], i75[2], low=25)]
         verdict = combined(v)
@@ -360,21 +364,23 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
                 f"{start_fraction(doc, 'continuous_25'):.2f}: {_fmt(*i25)}; "
                 f"{start_fraction(doc, 'continuous_50'):.2f}: {_fmt(*i50)}; "
                 f"{start_fraction(doc, 'continuous_75'):.2f}: {_fmt(*i75)}; "
-                f"0.75 - 0.25: {_fmt(*d, unit=' pt')}",
+                f"0.75 - 0.25: {_fmt(*d, unit=' pt')}" + (CENSORED if ca or cb or cc else ""),
                 f"{verdict} (at 0.25: {v[0]}; at 0.75: {v[1]})",
             )
         )
     doc = load(out, "cost_near" + suffix)
     if doc:
-        g0, i0, _ = gain(doc, "adaptive", "continuous")
-        g25, _, _ = gain(doc, "adaptive_cost25", "continuous_cost25")
-        g50, _, _ = gain(doc, "adaptive_cost50", "continuous_cost50")
+        g0, i0, c0 = gain(doc, "adaptive", "continuous")
+        g25, _, c25 = gain(doc, "adaptive_cost25", "continuous_cost25")
+        g50, _, c50 = gain(doc, "adaptive_cost50", "continuous_cost50")
         d25, d50 = interval(g25 - g0), interval(g50 - g0)
         v = [
             band_verdict(i0[1], i0[2], low=25),
             band_verdict(d25[1], d25[2], -15, 15),
             band_verdict(d50[1], d50[2], -15, 15),
         ]
+        # a run that did not progress: its gain is a bound, not a value to test a band with
+        v = [NOT_MEASURED if cens else x for x, cens in zip(v, (c0, c0 or c25, c0 or c50))]
         verdict = combined(v)
         rows.append(
             (
@@ -382,7 +388,7 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
                 "<= ~15 points",
                 f"{start_fraction(doc, 'continuous'):.2f} of capacity: no cost {_fmt(*i0)}; "
                 f"cost 0.25 - none {_fmt(*d25, unit=' pt')}; cost 0.5 - none "
-                f"{_fmt(*d50, unit=' pt')}",
+                f"{_fmt(*d50, unit=' pt')}" + (CENSORED if c0 or c25 or c50 else ""),
                 f"{verdict} (gain: {v[0]}; cost 0.25: {v[1]}; cost 0.5: {v[2]})",
             )
         )
@@ -399,19 +405,26 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
         x25, x50 = interval(g25 - 2 * gc), interval(g50 - 2 * gc)
         v = [
             band_verdict(dc[1], dc[2], high=10),
-            "not measured (runs did not progress)" if c25 else band_verdict(x25[1], x25[2], low=0),
-            "not measured (runs did not progress)" if c50 else band_verdict(x50[1], x50[2], low=0),
+            NOT_MEASURED if c25 else band_verdict(x25[1], x25[2], low=0),
+            NOT_MEASURED if c50 else band_verdict(x50[1], x50[2], low=0),
         ]
         verdict = combined(v)
-        cens = " (censored runs: bounds)" if (c25 or c50) else ""
+        none50 = not _ttps(d50, "continuous_cost25_turnover50")[1].any()
+        cens = CENSORED if (c25 or (c50 and not none50)) else ""
         rows.append(
             (
                 "c. far from capacity: a cost alone adds < 10 points without turnover; "
                 "turnover >= 0.25 b at least doubles the gain at equal cost",
                 f"{start_fraction(doc, 'continuous'):.2f} of capacity: cost 0.25 - none "
                 f"{_fmt(*dc, unit=' pt')}; cost 0.25: {_fmt(*ic)}, with turnover 0.25 b "
-                f"{_fmt(*i25)} ({i25[0] / ic[0]:.2g}x), 0.5 b {_fmt(*i50)} "
-                f"({i50[0] / ic[0]:.2g}x){cens}",
+                f"{_fmt(*i25)} ({i25[0] / ic[0]:.2g}x), 0.5 b "
+                + (
+                    f"{_fmt(*i50)} ({i50[0] / ic[0]:.2g}x)"
+                    if not none50
+                    else f"no run progressed in "
+                    f"{_ttps(d50, 'continuous_cost25_turnover50')[0].max():.0f} days"
+                )
+                + cens,
                 f"{verdict} (cost alone: {v[0]}; doubling at 0.25 b: {v[1]}; at 0.5 b: {v[2]})",
             )
         )
@@ -433,10 +446,10 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
         )
     doc = load(out, "space" + suffix)
     if doc:
-        gc, ic, _ = gain(doc, "adaptive_compact", "continuous_compact")
-        gs, is_, _ = gain(doc, "adaptive_spread", "continuous_spread")
-        gi, ii, _ = gain(doc, "adaptive_interior", "continuous_interior")
-        ge, ie, _ = gain(doc, "adaptive_edge", "continuous_edge")
+        gc, ic, ca = gain(doc, "adaptive_compact", "continuous_compact")
+        gs, is_, cb = gain(doc, "adaptive_spread", "continuous_spread")
+        gi, ii, cc = gain(doc, "adaptive_interior", "continuous_interior")
+        ge, ie, cd = gain(doc, "adaptive_edge", "continuous_edge")
         d1, d2 = interval(gc - gs), interval(gi - ge)
         v = [band_verdict(d1[1], d1[2], low=0), band_verdict(d2[1], d2[2], low=0)]
         verdict = combined(v)
@@ -446,7 +459,7 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
                 "more free space",
                 f"compact {_fmt(*ic)}, spread {_fmt(*is_)}, difference {_fmt(*d1, unit=' pt')}; "
                 f"resistant inside {_fmt(*ii)}, at the edge {_fmt(*ie)}, difference "
-                f"{_fmt(*d2, unit=' pt')}",
+                f"{_fmt(*d2, unit=' pt')}" + (CENSORED if ca or cb or cc or cd else ""),
                 f"{verdict} (compact vs spread: {v[0]}; inside vs edge: {v[1]})",
             )
         )
@@ -482,17 +495,22 @@ STATEMENT_POINTS = [
 
 
 def grid_points(out: Path) -> dict[tuple[float, float], list[tuple[float, tuple, int]]]:
-    """{(cost, turnover): [(burden / capacity, (mean, lo, hi) % gain, replicates), ...]} by
-    burden: at_burden.toml's runs under each cost and turnover, and the statement files' arms
-    that lie on the grid (the one with more replicates where both ran)."""
-    got: dict[tuple[float, float, str], tuple[float, tuple, int]] = {}
+    """{(cost, turnover): [(burden / capacity, (mean, lo, hi) % gain, replicates, censored),
+    ...]} by burden: at_burden.toml's runs under each cost and turnover, and the statement
+    files' arms that lie on the grid (where both ran: the one without censored runs, then the
+    one with more replicates). Censored: some run did not progress, the gain is a lower
+    bound."""
+    got: dict[tuple[float, float, str], tuple[float, tuple, int, bool]] = {}
 
     def put(key, doc, arm, ref):
         g, censored = percent_gains(doc, arm, ref)
-        if censored:  # a run that did not progress: no gain to show
+        if not _ttps(doc, ref)[1].all():  # the reference did not progress: no gain, no bound
             return
-        if key not in got or g.size >= got[key][2]:  # ties: the later source
-            got[key] = (start_fraction(doc, ref), interval(g), g.size)
+        old = got.get(key)
+        # a source whose runs all progressed beats one with bounds; then more replicates; ties:
+        # the later source
+        if old is None or (old[3], -old[2]) >= (censored, -g.size):
+            got[key] = (start_fraction(doc, ref), interval(g), g.size, censored)
 
     for c in COSTS:
         for t in TURNOVERS:
@@ -529,6 +547,7 @@ def figure(out: Path, path: Path) -> None:
             m = np.array([p[1][0] for p in pts[c, t]])
             lo = np.array([p[1][1] for p in pts[c, t]])
             hi = np.array([p[1][2] for p in pts[c, t]])
+            cens = np.array([p[3] for p in pts[c, t]])
             ax.errorbar(
                 x + (c - 0.25) * 0.04,
                 m,
@@ -538,6 +557,8 @@ def figure(out: Path, path: Path) -> None:
                 capsize=3,
                 label=f"cost {c:g}",
             )
+            # lower bounds (runs that did not progress): hollow
+            ax.plot(x[cens] + (c - 0.25) * 0.04, m[cens], "o", color="w", ms=3.5)
         for c, color in zip(COSTS, ("tab:blue", "tab:purple", "tab:red")):
             fs = np.linspace(0.1, 0.9, 17)
             ax.plot(
@@ -609,7 +630,9 @@ def summary(out: Path) -> str:
             "|---|---|---|---|---|---|",
         ]
         for (c, t), row in sorted(pts.items()):
-            cells = [f"{x:.2f}: {_fmt(*i)} (n = {n})" for x, i, n in row]
+            cells = [
+                f"{x:.2f}: {'>= ' if cens else ''}{_fmt(*i)} (n = {n})" for x, i, n, cens in row
+            ]
             cells += [""] * (3 - len(cells))
             lv = " / ".join(f"{lv_gain(f, c, t):+.1f} %" for f in (0.25, 0.5, 0.75))
             lines.append(f"| {c:g} | {t:g} | " + " | ".join(cells) + f" | {lv} |")
