@@ -186,7 +186,7 @@ def check_resistant_fraction(overrides=()):
     """MODEL.md 7.6d on 4 of at_resistant.toml's 6 seeds (a 250 x 250 lattice, cells spread at
     0.75 of it): AT50's gain (% of continuous TTP) is larger with 0.1 % pre-existing resistant
     cells (about 46 founders) than with 1 %, seed by seed (95 % interval of the difference above
-    0). Every run progresses (the 0.1 % arms run for up to 60 days)."""
+    0). Every run progresses (the 0.1 % arms run for up to 120 days)."""
     arms = ["continuous_r01", "adaptive_r01", "continuous_r1", "adaptive_r1"]
     c, res, report = run_statement("at_resistant.toml", 4, arms, overrides)
     low = percent_gain(c, res, "adaptive_r01", "continuous_r01")
