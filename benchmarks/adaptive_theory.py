@@ -349,6 +349,29 @@ def lv_text(statement: str) -> str:
     return "(no space in it)"
 
 
+def _no_cost_turnover(out: Path, suffix: str) -> str:
+    """c without a cost, from the grid (at_burden.toml, 0.25 of the lattice): the gain with
+    turnover over the gain without on the same seeds (the grid's first replicates)."""
+    base = load(out, "burden_c0_t0" + suffix)
+    if base is None:
+        return ""
+    g0, _ = percent_gains(base, "adaptive_25", "continuous_25")
+    parts = []
+    for t in (25, 50):
+        doc = load(out, f"burden_c0_t{t}" + suffix)
+        if doc is None or not _ttps(doc, "continuous_25")[1].all():
+            continue
+        g, cens = percent_gains(doc, "adaptive_25", "continuous_25")
+        x = interval(g - 2 * g0[: g.size])
+        parts.append(
+            f"{t / 100:g} b (from {start_fraction(doc, 'continuous_25'):.2f} of its capacity) "
+            f"{'>= ' if cens else ''}{_fmt(*interval(g))} "
+            f"({'>= ' if cens else ''}{g.mean() / g0[: g.size].mean():.2g}x; minus twice the "
+            f"gain without: {_fmt(*x, unit=' pt')}, n = {g.size})"
+        )
+    return f"; without a cost (at_burden.toml): turnover {', '.join(parts)}" if parts else ""
+
+
 def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
     """(statement, measured, verdict) for a-e from the comparisons (``suffix`` "_push0": the
     runs with a push reach of 0; "_spaceonly": without oxygen uptake)."""
@@ -432,7 +455,8 @@ def statements(out: Path, suffix: str = "") -> list[tuple[str, str, str]]:
                     else f"no run progressed in "
                     f"{_ttps(d50, 'continuous_cost25_turnover50')[0].max():.0f} days"
                 )
-                + cens,
+                + cens
+                + _no_cost_turnover(out, suffix),
                 f"{verdict} (cost alone: {v[0]}; doubling at 0.25 b: {v[1]}; at 0.5 b: {v[2]})",
             )
         )
@@ -642,7 +666,10 @@ def summary(out: Path) -> str:
                 f"{x:.2f}: {'>= ' if cens else ''}{_fmt(*i)} (n = {n})" for x, i, n, cens in row
             ]
             cells += [""] * (3 - len(cells))
-            lv = " / ".join(f"{lv_gain(f, c, t):+.1f} %" for f in (0.25, 0.5, 0.75))
+            lv = " / ".join(
+                f"{g:+.1f} %" if math.isfinite(g) else "no progression"
+                for g in (lv_gain(f, c, t) for f in (0.25, 0.5, 0.75))
+            )
             lines.append(f"| {c:g} | {t:g} | " + " | ".join(cells) + f" | {lv} |")
         lines.append("")
     mech = []

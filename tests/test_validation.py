@@ -96,7 +96,8 @@ def check_gain_grows_with_burden(overrides=()):
 def test_adaptive_gain_grows_with_burden_over_capacity():
     """MODEL.md section 7, item 6a (Strobl et al. 2021, Cancer Res 81:1135) in at_lattice.toml:
     :func:`check_gain_grows_with_burden`. Not asserted, because tmesim does not show it: a gain
-    of at most 10 % far from capacity (+12.8 % [+11.7, +13.9] at 0.26 on 8 seeds; README). It
+    of at most 10 % far from capacity (+12.8 % [+11.7, +13.9] at 0.26 on 8 seeds, what the
+    well-mixed model gives with the lattice's measured density dependence; README). It
     fails with its mechanism removed: when the cells compete for space alone (oxygen not taken
     up) the gain near capacity is a few per cent. About 3 minutes on 2 cores."""
     check_gain_grows_with_burden()
@@ -176,9 +177,9 @@ def test_turnover_not_cost_raises_the_gain_far_from_capacity():
     """MODEL.md section 7, item 6c (Strobl et al. 2021) in at_lattice.toml:
     :func:`check_turnover_far_from_capacity`. Not asserted, because tmesim does not show it:
     that turnover at 0.25 of the division rate at least *doubles* the gain (1.8x on 8 seeds:
-    +22.4 % against +12.3 %; README). It fails with its mechanism removed: with the turnover
-    set to 0 (``tumor.death_per_h=0`` over every arm) the two gains are the same. About 4
-    minutes on 2 cores."""
+    +22.4 % against +12.3 %; the well-mixed model, with the same rates, 1.3x; README). It
+    fails with its mechanism removed: with the turnover set to 0 (``tumor.death_per_h=0`` over
+    every arm) the two gains are the same. About 4 minutes on 2 cores."""
     check_turnover_far_from_capacity()
 
 
