@@ -567,9 +567,8 @@ def figure(out: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pts = grid_points(out)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.8), sharey=True)
     for ax, t in zip(axes, TURNOVERS):
-        ax.axhspan(-100, 10, xmin=0, xmax=0.3, color="tab:green", alpha=0.08)
         ax.fill_between([0.0, 0.3], -100, 10, color="tab:green", alpha=0.12, lw=0)
         ax.fill_between([0.7, 1.0], 25, 1000, color="tab:orange", alpha=0.12, lw=0)
         for c, color in zip(COSTS, ("tab:blue", "tab:purple", "tab:red")):
@@ -590,7 +589,7 @@ def figure(out: Path, path: Path) -> None:
                 label=f"cost {c:g}",
             )
             # lower bounds (runs that did not progress): hollow
-            ax.plot(x[cens] + (c - 0.25) * 0.04, m[cens], "o", color="w", ms=3.5)
+            ax.plot(x[cens] + (c - 0.25) * 0.04, m[cens], "o", color="w", ms=3.5, zorder=5)
         for c, color in zip(COSTS, ("tab:blue", "tab:purple", "tab:red")):
             fs = np.linspace(0.1, 0.9, 17)
             ax.plot(
@@ -621,13 +620,14 @@ def figure(out: Path, path: Path) -> None:
     axes[0].set_ylim(
         min(-5.0, *[p[1][1] for r in pts.values() for p in r if math.isfinite(p[1][1])]), ymax * 1.1
     )
-    axes[0].legend(loc="upper left", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(
         "AT50 vs continuous erlotinib in at_lattice.toml (green: item 6a's <= 10 % band at "
-        "<= 0.3 of capacity; orange: >= 25 % at >= 0.7)",
+        "<= 0.3 of capacity; orange: >= 25 % at >= 0.7; hollow: lower bounds)",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
