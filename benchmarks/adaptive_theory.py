@@ -771,8 +771,8 @@ def summary(out: Path) -> str:
             "",
         ]
     walls = []
-    for tag, *_ in JOBS:
-        p = out / f"{tag}.txt"
+    for tag, *_ in [(f"growth_{g}",) for g, _ in GROWTH] + JOBS:
+        p = out / f"{tag}.{'csv' if tag.startswith('growth_') else 'txt'}"
         if p.exists():
             last = [ln for ln in p.read_text().splitlines() if ln.startswith("# wall")]
             if last:
