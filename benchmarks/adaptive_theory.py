@@ -15,7 +15,10 @@ percentage of continuous time to progression (per replicate, paired by seed; mea
 interval) against the burden at treatment start over the measured capacity, one panel per
 turnover and one line per cost, beside the bands of item 6; and a line per statement a-e with
 its verdict on the 95 % interval: "holds" (inside the band), "does not hold" (outside it) or
-"not decided" (across its edge).
+"not decided" (across its edge). ``run`` also grows the untreated lattice from 5 % filled
+(``OUT/growth_*.csv``): its per-capita division rate against burden / capacity is the density
+dependence that ``summary`` puts into the well-mixed model in place of the logistic 1 - N/K,
+to show what of the lattice's result is that shape and what is space.
 """
 
 from __future__ import annotations
