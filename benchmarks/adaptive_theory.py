@@ -570,6 +570,7 @@ def figure(out: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pts = grid_points(out)
+    room = measured_room(out, "default")
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.8), sharey=True)
     for ax, t in zip(axes, TURNOVERS):
         ax.fill_between([0.0, 0.3], -100, 10, color="tab:green", alpha=0.12, lw=0)
@@ -603,7 +604,6 @@ def figure(out: Path, path: Path) -> None:
                 lw=1,
                 label=f"well mixed, cost {c:g}" if t == 0 else None,
             )
-        room = measured_room(out, "default")
         if t == 0 and room is not None:
             fs = np.linspace(0.1, 0.9, 17)
             ax.plot(
@@ -636,6 +636,7 @@ def figure(out: Path, path: Path) -> None:
 
 
 def summary(out: Path) -> str:
+    rooms = {tag: measured_room(out, tag) for tag, _ in GROWTH}
     lines = ["# MODEL.md section 7, item 6 (a-e) in tmesim", ""]
     for suffix, title in (
         ("", "the default model: tissue with oxygen, push reach 60 um"),
@@ -698,7 +699,7 @@ def summary(out: Path) -> str:
             f"{lv_ttp(f, 0, 0, True, r_at_day=5) / lv_ttp(f, 0, 0, False, r_at_day=5):.2f}"
             for f in (0.25, 0.5, 0.75)
         )
-        room = measured_room(out, "default")
+        room = rooms["default"]
         if room is not None:
             mech.append(
                 "| well mixed, tmesim's density dependence | "
@@ -721,8 +722,7 @@ def summary(out: Path) -> str:
             f"| well mixed (Lotka-Volterra) | {lv} |",
             "",
         ]
-    dens = [(tag, measured_room(out, tag), growth_curve(out, tag)) for tag, _ in GROWTH]
-    if all(r is not None for _, r, _ in dens):
+    if all(r is not None for r in rooms.values()):
         fs = (0.1, 0.25, 0.5, 0.75, 0.9)
         lines += [
             "## why: tmesim's density dependence against the logistic one",
@@ -742,7 +742,7 @@ def summary(out: Path) -> str:
             + " / ".join(f"{lv_gain(x, 0, 0):+.1f} %" for x in (0.25, 0.5, 0.75))
             + " |",
         ]
-        for tag, room, _ in dens:
+        for tag, room in rooms.items():
             name = "tmesim, default" if tag == "default" else "tmesim, space alone"
             lines.append(
                 f"| {name} | "
@@ -751,7 +751,7 @@ def summary(out: Path) -> str:
                 + " / ".join(f"{lv_gain(x, 0, 0, room=room):+.1f} %" for x in (0.25, 0.5, 0.75))
                 + " |"
             )
-        room = dens[0][1]
+        room = rooms["default"]
         g0, gc = lv_gain(0.25, 0, 0, room=room), lv_gain(0.25, 0.25, 0, room=room)
         # the turnover arms start nearer their (lower) capacity, as the lattice's do
         g25 = lv_gain(0.30, 0.25, 0.25, room=room)
